@@ -1,0 +1,30 @@
+# forgetlab: 'make demo' sets everything up and runs the offline default; 'make test' runs the tests.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export FORGETLAB_HOME ?= $(CURDIR)/.cache/forgetlab
+
+.PHONY: demo test setup system-data benchmark clean
+
+demo: setup
+	$(BIN)/forgetlab pretrain
+	$(BIN)/forgetlab run
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not benchmark"
+
+benchmark: setup
+	$(BIN)/python benchmarks/budgets.py
+
+setup: system-data $(VENV)/.installed
+
+system-data:
+	@bash scripts/install-system-data.sh
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .cache runs

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The offline world's real data comes from Debian packages: Fashion-MNIST, WordNet 3.0 and fonts.
+# Installs what is missing with apt-get when run as root; otherwise says what to run.
+set -euo pipefail
+packages=(dataset-fashion-mnist wordnet-base wordnet-sense-index
+          fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf fonts-urw-base35)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+    echo "forgetlab: missing Debian packages: ${missing[*]}" >&2
+    echo "forgetlab: install them with: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+echo "forgetlab: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,5 @@
+import sys
+
+from forgetlab.cli import main
+
+sys.exit(main())

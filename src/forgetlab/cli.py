@@ -1,0 +1,155 @@
+"""The ``forgetlab`` command. It parses arguments and calls one library function per command.
+
+Errors the user can fix (:class:`forgetlab.errors.ForgetlabError`) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from forgetlab.errors import ForgetlabError
+
+EXIT_USER_ERROR = 2
+
+
+def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    config_path, overrides = None, []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif config_path is None:
+            config_path = item
+        else:
+            raise ForgetlabError(f"'{item}': give one config file, then key=value overrides")
+    return config_path, overrides
+
+
+def cmd_run(args) -> int:
+    from forgetlab import config as config_module
+    from forgetlab.run import run
+
+    config_path, overrides = _split_config_and_overrides(args.items)
+    config = config_module.load(config_path, overrides)
+    folder = run(config, log=_log(args))
+    print(folder.read_matrix().format_table())
+    print(f"results: {folder.path}")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from forgetlab.models.offline import OFFLINE_BACKBONES
+    from forgetlab.models.backbones import offline_backbone_dir
+    from forgetlab.pretrain import pretrain
+
+    names = OFFLINE_BACKBONES if args.backbone == "all" else (args.backbone,)
+    for name in names:
+        folder = offline_backbone_dir(name)
+        if (folder / "model.safetensors").exists() and not args.force:
+            print(f"{name}: already built in {folder} (use --force to rebuild)")
+            continue
+        pretrain(name, out_dir=Path(args.out) / name if args.out else None)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from forgetlab.results import RunFolder, read_json
+
+    folder = RunFolder(args.run_dir)
+    if not folder.matrix.exists():
+        raise ForgetlabError(f"{folder.path} is not a run folder (no accuracy_matrix.json); give a folder that 'forgetlab run' printed")
+    matrix = folder.read_matrix()
+    print(f"{folder.path}: {len(matrix.values) - 1}/{matrix.num_tasks} tasks done")
+    print(matrix.format_table())
+    if folder.tasks.exists():
+        for record in read_json(folder.tasks):
+            print(
+                f"  {record['task']}: {record['trainable_backbone_parameters']:,} trainable backbone parameters "
+                f"({100 * record['trainable_fraction_of_backbone']:.3f}%), {record['steps']} steps, "
+                f"{record['images_per_second']:.0f} img/s"
+            )
+    return 0
+
+
+def cmd_config(args) -> int:
+    from forgetlab import config as config_module
+
+    config_path, overrides = _split_config_and_overrides(args.items)
+    config = config_module.load(config_path, overrides)
+    if args.keys:
+        for key, help_text, value in config_module.describe(config):
+            print(f"{key} = {value!r}\n    {help_text}")
+    else:
+        print(config_module.dump(config), end="")
+    return 0
+
+
+def _log(args):
+    if getattr(args, "quiet", False):
+        return lambda message: None
+    return lambda message: print(f"forgetlab: {message}", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forgetlab",
+        description="Measure what pretrained vision models forget under incremental (low-rank) fine-tuning.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run (or resume) a task sequence",
+        description="Run a task sequence from a YAML config (default: the built-in offline config) with "
+        "key=value overrides, e.g. 'forgetlab run method.rank=16 backbone.name=offline_resnet'. "
+        "Running the same command again resumes after the last finished task.",
+    )
+    run.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="a config file and/or overrides")
+    run.add_argument("--quiet", action="store_true", help="print only the final table")
+    run.set_defaults(func=cmd_run)
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="pretrain the offline backbones on the offline upstream task",
+        description="Pretrain offline_vit and/or offline_resnet on the offline upstream task, "
+        "deterministically, into the cache ($FORGETLAB_HOME/backbones).",
+    )
+    pretrain.add_argument("--backbone", choices=["all", "offline_vit", "offline_resnet"], default="all")
+    pretrain.add_argument("--force", action="store_true", help="rebuild even if already in the cache")
+    pretrain.add_argument("--out", help="write to OUT/<backbone> instead of the cache")
+    pretrain.set_defaults(func=cmd_pretrain)
+
+    show = commands.add_parser("show", help="print a run's accuracy matrix", description="Print a run's accuracy matrix as a table.")
+    show.add_argument("run_dir", metavar="RUN_DIR")
+    show.set_defaults(func=cmd_show)
+
+    config = commands.add_parser(
+        "config",
+        help="print the resolved config",
+        description="Print the resolved config (defaults, a config file, overrides) as YAML, or every key with its help.",
+    )
+    config.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value")
+    config.add_argument("--keys", action="store_true", help="list every key with its help text")
+    config.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ForgetlabError as error:
+        print(f"forgetlab: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ModuleNotFoundError as error:
+        print(f"forgetlab: error: the Python package '{error.name}' is missing; run 'make demo' (or pip install -e .)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("forgetlab: interrupted; run the same command again to resume after the last finished task", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Typed run configs: dataclasses whose fields carry help text, read from YAML with ``key=value``
+overrides on top. Unknown keys, wrong types and invalid values are :class:`ConfigError` s that name
+the key and the fix. The method section is polymorphic: ``method.name`` picks the method, and the other
+keys of that section are checked against that method's own config dataclass (see
+:mod:`forgetlab.methods`), so a config never carries keys its method ignores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from forgetlab.errors import ConfigError
+
+
+def option(default, help: str, **kwargs):
+    """A dataclass field with help text (shown by ``forgetlab config``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def section(cls, help: str):
+    """A nested config section, built from its own defaults."""
+    return field(default_factory=cls, metadata={"help": help})
+
+
+@dataclass
+class BackboneConfig:
+    name: str = option("offline_vit", "backbone: 'offline_vit', 'offline_resnet', or a timm model name")
+    weights: str | None = option(None, "local weights file (.safetensors or timm/torch checkpoint); default: built-in")
+
+
+@dataclass
+class DataConfig:
+    upstream: str = option("offline_upstream", "the pretraining task, evaluated after every task")
+    tasks: list[str] = option(["fontfamily", "digits", "fontstyle"], "the downstream task sequence")
+    max_train: int | None = option(None, "use at most this many training images per task (smoke runs)")
+    max_test: int | None = option(None, "evaluate at most this many test images per task (seeded subset)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(3, "epochs per task")
+    max_steps: int | None = option(None, "stop a task after this many optimiser steps (smoke runs)")
+    batch_size: int = option(64, "training batch size")
+    optimizer: str = option("adamw", "'adamw' or 'sgd' (momentum 0.9)")
+    lr: float = option(1e-3, "peak learning rate")
+    weight_decay: float = option(1e-2, "weight decay")
+    warmup_fraction: float = option(1 / 18, "fraction of a task's steps with linear warm-up (paper 1: 1/18)")
+    label_smoothing: float = option(0.0, "label smoothing of the task loss")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = option(256, "evaluation batch size")
+    upstream_evaluator: str = option("head", "how the upstream task is scored: 'head' (its original classifier)")
+
+
+@dataclass
+class RunConfig:
+    name: str = option("default", "the run's folder name under out_dir")
+    out_dir: str = option("runs", "where run folders are written")
+    seed: int = option(0, "seed of initialisation, data order and dropout")
+    device: str = option("auto", "'auto' (cuda when present), 'cpu' or 'cuda'")
+    precision: str = option("auto", "'auto' (bf16 autocast on cuda, fp32 on cpu), 'fp32' or 'bf16'")
+    backbone: BackboneConfig = section(BackboneConfig, "the pretrained backbone")
+    data: DataConfig = section(DataConfig, "the upstream task and the downstream sequence")
+    method: Any = option(None, "the fine-tuning method; 'name' picks it, the other keys are its own")
+    train: TrainConfig = section(TrainConfig, "training of each task")
+    eval: EvalConfig = section(EvalConfig, "evaluation after each task")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+DEFAULT_METHOD = {"name": "lora"}
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value, tp, key: str):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls, data, prefix: str = ""):
+    """Build dataclass ``cls`` from a dict, refusing unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(fields))}"
+        )
+    values = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    return cls(**values)
+
+
+def method_config_from_dict(data) -> Any:
+    from forgetlab.methods import method_class
+
+    data = dict(DEFAULT_METHOD if data is None else data)
+    name = data.pop("name", DEFAULT_METHOD["name"])
+    return from_dict(method_class(name).Config, {**data, "name": name}, prefix="method.")
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` to a nested dict; the value is parsed as YAML (``4`` is an int)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override '{assignment}' must look like key=value, e.g. method.rank=16")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override key '{key}' is malformed; use dotted names like train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} not found; give an existing YAML file or none for the default")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}; fix the file") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
+    return data
+
+
+def resolve(tree: dict | None = None, overrides: list[str] = ()) -> RunConfig:
+    """A validated :class:`RunConfig` from a dict (e.g. loaded YAML) and ``key=value`` overrides."""
+    tree = dict(tree or {})
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    method = tree.pop("method", None)
+    config = from_dict(RunConfig, tree)
+    config.method = method_config_from_dict(method)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    checks = [
+        (config.device in ("auto", "cpu", "cuda"), "device must be 'auto', 'cpu' or 'cuda'"),
+        (config.precision in ("auto", "fp32", "bf16"), "precision must be 'auto', 'fp32' or 'bf16'"),
+        (config.train.optimizer in ("adamw", "sgd"), "train.optimizer must be 'adamw' or 'sgd'"),
+        (config.train.epochs >= 1, "train.epochs must be at least 1"),
+        (config.train.max_steps is None or config.train.max_steps >= 1, "train.max_steps must be at least 1"),
+        (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (config.train.lr > 0, "train.lr must be positive"),
+        (0 <= config.train.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),
+        (config.eval.batch_size >= 1, "eval.batch_size must be at least 1"),
+        (len(config.data.tasks) >= 1, "data.tasks must name at least one task"),
+        (len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks must not repeat a task"),
+        ("/" not in config.name and config.name not in ("", ".", ".."), "name must be a plain folder name"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    return resolve(load_yaml(path) if path else {}, overrides)
+
+
+def dump(config: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def describe(config) -> list[tuple[str, str, object]]:
+    """``(dotted key, help, value)`` for every leaf of a resolved config."""
+    rows = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += [(f"{f.name}.{key}", help_text, v) for key, help_text, v in describe(value)]
+        else:
+            rows.append((f.name, f.metadata.get("help", ""), value))
+    return rows

@@ -1,0 +1,69 @@
+"""What a task is: train and test splits, class names and, where known, each class's WordNet synset.
+
+A task is a plain record. Upstream tasks carry a WordNet synset per class (ImageNet classes carry their
+wnid), which the contextual-forgetting analysis uses; downstream tasks carry the WordNet concept of
+their domain (``car.n.01`` for Stanford Cars).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class ArrayDataset(Dataset):
+    """In-memory uint8 images ``[N, H, W]`` or ``[N, H, W, C]`` with integer labels.
+
+    Items are ``(float image [C, H, W] normalised by mean/std, label)``. Used for the offline world,
+    where every task fits in memory.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: float = 0.5, std: float = 0.5):
+        if images.ndim == 3:
+            images = images[..., None]
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        image = (self.images[index].float() / 255.0 - self.mean) / self.std
+        return image, self.labels[index]
+
+    def subset(self, count: int, seed: int) -> "ArrayDataset":
+        """A fixed, seeded subset of ``count`` examples (all of them if fewer)."""
+        if count >= len(self):
+            return self
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count]
+        order, _ = order.sort()
+        subset = ArrayDataset.__new__(ArrayDataset)
+        subset.images, subset.labels = self.images[order], self.labels[order]
+        subset.mean, subset.std = self.mean, self.std
+        return subset
+
+
+@dataclass
+class TaskData:
+    """One task: its splits and what its classes mean."""
+
+    name: str
+    classes: list[str]
+    train: Dataset
+    test: Dataset
+    description: str = ""
+    class_synsets: list[str] | None = None  # one WordNet synset name per class (upstream tasks)
+    class_groups: list[str] | None = None  # a semantic group per class, e.g. 'clothing', 'letters'
+    domain_synset: str | None = None  # the WordNet concept of the task's domain (downstream tasks)
+    stands_in_for: str = ""  # which real dataset this offline task plays the role of
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

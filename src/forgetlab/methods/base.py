@@ -1,0 +1,83 @@
+"""The interface every fine-tuning method keeps, and the registry that maps names to methods.
+
+A method decides two things about the backbone (the task heads are the runner's business):
+
+* :meth:`Method.prepare` - before a task: which backbone parameters train (``requires_grad``), and
+  any modules it adds (LoRA adapters, expanded blocks).
+* :meth:`Method.finish` - when the task ends: merge, expand, or nothing.
+
+Everything else (the loop, the losses, evaluation) is shared, so LwF or replay combine with any
+method through the config alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from torch import nn
+
+from forgetlab.errors import ConfigError
+
+_METHODS: dict[str, type["Method"]] = {}
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    name: str = dataclasses.field(default="", metadata={"help": "the method"})
+
+
+class Method:
+    name: ClassVar[str]
+    Config: ClassVar[type] = MethodConfig
+
+    def __init__(self, config):
+        self.config = config
+
+    def prepare(self, model: "MultiHeadModel", task: str) -> None:  # noqa: F821
+        """Make the backbone ready to learn ``task``: set ``requires_grad``, add modules."""
+        for parameter in model.backbone.parameters():
+            parameter.requires_grad_(False)
+
+    def finish(self, model: "MultiHeadModel", task: str) -> None:  # noqa: F821
+        """End of ``task``: fold, store or drop what :meth:`prepare` added."""
+
+    def describe(self) -> str:
+        fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "name"}
+        return f"{self.name}({', '.join(f'{k}={v}' for k, v in fields.items())})"
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if cls.name in _METHODS:
+        raise ValueError(f"method '{cls.name}' registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    from forgetlab.methods import lora  # noqa: F401
+
+
+def method_names() -> list[str]:
+    _load_builtin()
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    _load_builtin()
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def build_method(config) -> Method:
+    return method_class(config.name)(config)
+
+
+def backbone_kind(backbone: nn.Module) -> str:
+    """'vit' or 'resnet', from timm's structure (blocks vs layer1..4)."""
+    if hasattr(backbone, "blocks"):
+        return "vit"
+    if hasattr(backbone, "layer4"):
+        return "resnet"
+    raise ConfigError(f"backbone {type(backbone).__name__} is neither a timm ViT nor a timm ResNet")

@@ -1,0 +1,174 @@
+"""LoRA layers, parameterised as in PEFT so that adapters are interchangeable with PEFT's.
+
+For a frozen linear layer ``y = W x + b``, LoRA (Hu et al., 2021) learns a low-rank update::
+
+    y = W x + b + (alpha / r) * B A dropout(x),    A: r x in,  B: out x r
+
+``A`` starts Kaiming-uniform (a = sqrt(5)) and ``B`` at zero, so a fresh adapter leaves the layer's
+output unchanged. Merging folds the update into the weights: ``W <- W + (alpha / r) B A``. After the
+merge the layer computes exactly what it computed with the live adapter (up to fp32 rounding), and
+the adapter is gone: this is paper 1's incremental update.
+
+Two generalisations the papers need:
+
+* ``out_slices``: an adapter per named row range of ``W``. On timm's fused ``attn.qkv`` (rows
+  ``[q; k; v]``) the slices ``q`` and ``v`` give paper 2's LoRA on the query and value projections
+  while the key rows never change. With a single slice ``all`` the layer is PEFT's ``lora.Linear``.
+* :class:`LoRAConv2d`: ``A`` is a convolution with the base layer's kernel, stride and padding into
+  ``r`` channels, ``B`` a 1x1 convolution back to ``out`` channels (PEFT's ``lora.Conv2d``); the merged
+  kernel is ``W[o, i] += (alpha / r) sum_r B[o, r] A[r, i]``. Paper 1 adapts ResNet-50's 1x1 ``conv3``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from forgetlab.errors import MergeError
+
+
+class LoRALayer(nn.Module, abc.ABC):
+    """Base of the LoRA wrappers: holds the frozen ``base_layer`` and one (A, B) pair per slice."""
+
+    base_layer: nn.Module
+
+    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+        self.base_layer = base_layer
+        self.rank, self.alpha = rank, alpha
+        self.scaling = alpha / rank
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        for parameter in base_layer.parameters():
+            parameter.requires_grad_(False)
+
+    def reset_lora_parameters(self) -> None:
+        for name in self.lora_A:
+            nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B[name].weight)
+
+    @abc.abstractmethod
+    def delta_weight(self) -> torch.Tensor:
+        """``(alpha / r) B A`` in fp32, shaped like the base weight."""
+
+    def merged_weight(self) -> torch.Tensor:
+        """The base weight with the update folded in, in fp32. Pure: changes nothing."""
+        return self.base_layer.weight.detach().float() + self.delta_weight()
+
+
+class LoRALinear(LoRALayer):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        out_slices: dict[str, tuple[int, int]] | None = None,
+    ):
+        super().__init__(base_layer, rank, alpha, dropout)
+        self.out_slices = dict(out_slices or {"all": (0, base_layer.out_features)})
+        spans = sorted(self.out_slices.values())
+        if any(a < 0 or b > base_layer.out_features or a >= b for a, b in spans) or any(
+            spans[i][1] > spans[i + 1][0] for i in range(len(spans) - 1)
+        ):
+            raise ValueError(f"out_slices {self.out_slices} must be disjoint ranges of 0..{base_layer.out_features}")
+        weight = base_layer.weight
+        for name, (start, end) in self.out_slices.items():
+            self.lora_A[name] = nn.Linear(base_layer.in_features, rank, bias=False, device=weight.device)
+            self.lora_B[name] = nn.Linear(rank, end - start, bias=False, device=weight.device)
+        self.reset_lora_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        hidden = self.lora_dropout(x)
+        if list(self.out_slices) == ["all"]:
+            return result + self.lora_B["all"](self.lora_A["all"](hidden)) * self.scaling
+        # Rows outside every slice get no update: assemble [0 | delta_q | 0 | delta_v] along the features.
+        pieces, cursor = [], 0
+        for name, (start, end) in sorted(self.out_slices.items(), key=lambda item: item[1]):
+            if start > cursor:
+                pieces.append(result.new_zeros(*result.shape[:-1], start - cursor))
+            pieces.append(self.lora_B[name](self.lora_A[name](hidden)) * self.scaling)
+            cursor = end
+        if cursor < result.shape[-1]:
+            pieces.append(result.new_zeros(*result.shape[:-1], result.shape[-1] - cursor))
+        return result + torch.cat(pieces, dim=-1)
+
+    def delta_weight(self) -> torch.Tensor:
+        delta = torch.zeros_like(self.base_layer.weight, dtype=torch.float32)
+        for name, (start, end) in self.out_slices.items():
+            delta[start:end] = self.lora_B[name].weight.float() @ self.lora_A[name].weight.float()
+        return delta * self.scaling
+
+
+class LoRAConv2d(LoRALayer):
+    def __init__(self, base_layer: nn.Conv2d, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__(base_layer, rank, alpha, dropout)
+        if base_layer.groups != 1:
+            raise ValueError("LoRA on grouped convolutions is not supported")
+        device = base_layer.weight.device
+        self.lora_A["all"] = nn.Conv2d(
+            base_layer.in_channels, rank, base_layer.kernel_size, base_layer.stride,
+            base_layer.padding, base_layer.dilation, bias=False, device=device,
+        )  # fmt: skip
+        self.lora_B["all"] = nn.Conv2d(rank, base_layer.out_channels, 1, bias=False, device=device)
+        self.reset_lora_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = self.lora_B["all"](self.lora_A["all"](self.lora_dropout(x)))
+        return self.base_layer(x) + update * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        a = self.lora_A["all"].weight.float()  # r, in, kh, kw
+        b = self.lora_B["all"].weight.float()[:, :, 0, 0]  # out, r
+        return torch.einsum("or,rikl->oikl", b, a) * self.scaling
+
+
+def wrap(module: nn.Module, rank: int, alpha: float, dropout: float, out_slices=None) -> LoRALayer:
+    if isinstance(module, nn.Linear):
+        return LoRALinear(module, rank, alpha, dropout, out_slices)
+    if isinstance(module, nn.Conv2d):
+        if out_slices:
+            raise ValueError("out_slices apply to linear layers only")
+        return LoRAConv2d(module, rank, alpha, dropout)
+    raise TypeError(f"LoRA supports nn.Linear and nn.Conv2d, not {type(module).__name__}")
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALayer]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoRALayer)]
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA adapter in ``model`` into its base layer, in fp32, and unwrap it.
+
+    All merged weights are computed and checked first; if any is non-finite, :class:`MergeError` is
+    raised and the model is left exactly as it was. Returns how many layers were merged.
+    """
+    layers = lora_layers(model)
+    merged = {}
+    for name, layer in layers:
+        weight = layer.merged_weight()
+        if not torch.isfinite(weight).all():
+            raise MergeError(f"merging the LoRA adapter of '{name}' gives non-finite weights; lower train.lr")
+        merged[name] = weight
+    for name, layer in layers:
+        base = layer.base_layer
+        with torch.no_grad():
+            base.weight.copy_(merged[name].to(base.weight.dtype))
+        model.set_submodule(name, base)
+    return len(layers)
+
+
+def unwrap_lora(model: nn.Module) -> int:
+    """Remove every adapter without merging: the base layers return, unchanged."""
+    layers = lora_layers(model)
+    for name, layer in layers:
+        model.set_submodule(name, layer.base_layer)
+    return len(layers)

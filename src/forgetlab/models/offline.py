@@ -1,0 +1,37 @@
+"""The two offline backbones: a small timm ``VisionTransformer`` and a small bottleneck ``ResNet``,
+the same families as paper 1's ViT-B/16 and ResNet-50, sized for 28x28 grayscale images on a CPU.
+
+Registered with timm's own registry, so ``timm.create_model('offline_vit', num_classes=36)`` builds
+them like any timm model. Measured on 2 CPU cores, fp32, batch 128: offline_vit trains at about
+475 img/s (evaluates at 1,400), offline_resnet trains at about 1,100 img/s (evaluates at 4,000).
+"""
+
+from __future__ import annotations
+
+from timm.models import register_model
+from timm.models.resnet import Bottleneck, ResNet
+from timm.models.vision_transformer import VisionTransformer
+
+
+def _model_kwargs(kwargs: dict) -> dict:
+    """timm's create_model passes pretrained-config keys that plain constructors do not take."""
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    return kwargs
+
+
+@register_model
+def offline_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT: 28 px, patch 4 (7x7 tokens + class token), width 96, 6 blocks of 3 heads; 0.68 M parameters."""
+    args = dict(img_size=28, patch_size=4, in_chans=1, embed_dim=96, depth=6, num_heads=3, mlp_ratio=4.0)
+    return VisionTransformer(**{**args, **_model_kwargs(kwargs)})
+
+
+@register_model
+def offline_resnet(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet with one bottleneck per stage, widths 32-256 (out 1024), BatchNorm; 2.0 M parameters."""
+    args = dict(block=Bottleneck, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, in_chans=1)
+    return ResNet(**{**args, **_model_kwargs(kwargs)})
+
+
+OFFLINE_BACKBONES = ("offline_vit", "offline_resnet")

@@ -1,0 +1,210 @@
+"""The incremental run: paper 1's protocol for any method.
+
+For each task of the sequence: a new linear head; the method prepares the backbone (a fresh LoRA
+adapter, by default); the adapter and the head train; the method finishes the task (the adapter is
+merged into the backbone weights, in fp32); then the upstream task is scored with its original,
+frozen head and every task so far with its own head. Row ``i`` of the accuracy matrix is committed
+atomically after task ``i``, with the model, so running the same command again resumes after the
+last finished task and gives the same matrix as an uninterrupted run (each task is seeded from the
+run's seed and its index, not from what ran before it in the same process).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from forgetlab import config as config_module
+from forgetlab.data import build_task
+from forgetlab.errors import ConfigError
+from forgetlab.evaluate import accuracy, dataset_labels, predict, upstream_evaluator
+from forgetlab.methods.base import build_method
+from forgetlab.models.backbones import load_backbone
+from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
+from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, read_json, save_safetensors, write_json, write_npz
+from forgetlab.runtime import autocast_dtype, configure_threads, resolve_device, seed_everything
+from forgetlab.train import count_parameters, train_task, trainable_parameters
+
+
+def environment_record(device: torch.device) -> dict:
+    packages = {}
+    for name in ("forgetlab", "torch", "torchvision", "timm", "numpy", "safetensors", "nltk", "peft"):
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "git_commit": _git_commit(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _open_folder(folder: RunFolder, config) -> None:
+    """A new folder gets the config; an existing one must hold the same config (then we resume)."""
+    resolved = config_module.to_dict(config)
+    if folder.config.exists():
+        import yaml
+
+        stored = yaml.safe_load(folder.config.read_text())
+        if stored != resolved:
+            differing = sorted(_differences(stored, resolved))
+            raise ConfigError(
+                f"{folder.path} holds a run with a different config (differs in: {', '.join(differing[:4])}); "
+                "choose another name=... or delete that folder"
+            )
+        return
+    folder.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder.config, config_module.dump(config))
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def run(config, *, log=print) -> RunFolder:
+    """Run (or resume) the sequence described by ``config``; return its folder."""
+    folder = RunFolder(config.run_dir)
+    method = build_method(config.method)  # validates the method's options before anything is written
+    evaluate_upstream = upstream_evaluator(config.eval.upstream_evaluator)
+    device = resolve_device(config.device)
+    amp_dtype = autocast_dtype(device, config.precision)
+    upstream = build_task(config.data.upstream, config.data)
+    tasks = [build_task(name, config.data) for name in config.data.tasks]
+    backbone = load_backbone(config.backbone, device=device)
+    head_classes = getattr(backbone.model.get_classifier(), "out_features", 0)
+    if config.eval.upstream_evaluator == "head" and head_classes != upstream.num_classes:
+        raise ConfigError(
+            f"the backbone's head predicts {head_classes} classes but {config.data.upstream} has "
+            f"{upstream.num_classes}; pick the upstream dataset the backbone was trained on"
+        )
+    _open_folder(folder, config)
+    configure_threads()
+
+    model = MultiHeadModel(backbone.model).to(device)
+    completed = folder.completed_tasks()
+    if completed < 0:
+        write_json(folder.environment, {**environment_record(device), "backbone_recipe": backbone.recipe})
+        matrix = AccuracyMatrix(columns=[UPSTREAM] + [task.name for task in tasks])
+        start = time.perf_counter()
+        upstream_accuracy, predictions = evaluate_upstream(
+            model, upstream.test, batch_size=config.eval.batch_size, device=device, amp_dtype=amp_dtype
+        )
+        matrix.add_row({UPSTREAM: upstream_accuracy})
+        write_npz(folder.predictions(0), predictions=predictions, labels=dataset_labels(upstream.test))
+        folder.write_matrix(matrix)
+        write_json(folder.tasks, [])
+        write_json(folder.progress, {"completed_tasks": 0, "total_tasks": len(tasks)})
+        log(f"pretrained {backbone.name}: upstream {100 * upstream_accuracy:.2f}% ({time.perf_counter() - start:.1f}s)")
+        completed = 0
+    else:
+        matrix = folder.read_matrix()
+        for task in tasks[:completed]:
+            model.add_head(task.name, task.num_classes)
+        if completed:
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(folder.checkpoint)), strict=True)
+            model.to(device)
+        if completed == len(tasks):
+            log(f"{folder.path} is complete ({completed} tasks); nothing to do")
+        else:
+            log(f"resuming {folder.path} after task {completed}/{len(tasks)}")
+    task_records = read_json(folder.tasks)[:completed]
+
+    for index in range(completed + 1, len(tasks) + 1):
+        task = tasks[index - 1]
+        seed = seed_everything(config.seed, index)
+        head = model.add_head(task.name, task.num_classes)
+        method.prepare(model, task.name)
+        model.heads.requires_grad_(False)  # earlier heads stay as they are
+        head.requires_grad_(True)
+        model.upstream_head.requires_grad_(False)  # evaluated, never trained
+        model.to(device)
+
+        trainable = trainable_parameters(model)
+        backbone_ids = {id(p) for p in model.backbone.parameters()}
+        trainable_backbone = count_parameters([p for p in trainable if id(p) in backbone_ids])
+        backbone_size = count_parameters(list(model.backbone.parameters()))
+        stats = train_task(
+            model, task.name, task.train, config.train, device=device, amp_dtype=amp_dtype, seed=seed,
+            description=f"task {index}/{len(tasks)} {task.name}",
+        )  # fmt: skip
+        method.finish(model, task.name)
+        model.requires_grad_(False)
+
+        start = time.perf_counter()
+        upstream_accuracy, predictions = evaluate_upstream(
+            model, upstream.test, batch_size=config.eval.batch_size, device=device, amp_dtype=amp_dtype
+        )
+        row = {UPSTREAM: upstream_accuracy}
+        for seen in tasks[:index]:
+            seen_predictions = predict(
+                model, seen.name, seen.test, batch_size=config.eval.batch_size, device=device,
+                amp_dtype=amp_dtype, description=f"eval {seen.name}",
+            )  # fmt: skip
+            row[seen.name] = accuracy(seen_predictions, dataset_labels(seen.test))
+        matrix.add_row(row)
+        task_records.append(
+            {
+                "task": task.name,
+                "num_classes": task.num_classes,
+                "train_images": len(task.train),
+                "trainable_parameters": count_parameters(trainable),
+                "trainable_backbone_parameters": trainable_backbone,
+                "backbone_parameters": backbone_size,
+                "trainable_fraction_of_backbone": trainable_backbone / backbone_size,
+                "steps": stats.steps,
+                "train_seconds": round(stats.seconds, 2),
+                "images_per_second": round(stats.images_per_second, 1),
+                "final_loss": stats.final_loss,
+                "eval_seconds": round(time.perf_counter() - start, 2),
+            }
+        )
+        # Commit: results first, the resume marker last.
+        write_npz(folder.predictions(index), predictions=predictions, labels=dataset_labels(upstream.test))
+        folder.write_matrix(matrix)
+        write_json(folder.tasks, task_records)
+        save_safetensors(folder.checkpoint, model.state_dict())
+        write_json(folder.progress, {"completed_tasks": index, "total_tasks": len(tasks)})
+        drop = upstream_accuracy - matrix.values[0][0]
+        log(
+            f"task {index}/{len(tasks)} {task.name}: {stats.steps} steps in {stats.seconds:.1f}s, "
+            f"{trainable_backbone:,} trainable backbone parameters ({100 * trainable_backbone / backbone_size:.3f}%); "
+            f"upstream {100 * upstream_accuracy:.2f}% ({100 * drop:+.2f}), {task.name} {100 * row[task.name]:.2f}%"
+        )
+    return folder

@@ -1,0 +1,144 @@
+"""The training loop: plain PyTorch, read top to bottom.
+
+One call trains one task: whatever has ``requires_grad`` (chosen by the method, plus the task head)
+is optimised with AdamW or SGD under a cosine schedule with linear warm-up (paper 1 warms up over the
+first 1/18 of the steps). Extra loss terms (LwF) are callables added to the task's cross-entropy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from forgetlab.runtime import autocast, progress
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    examples: int
+    seconds: float
+    final_loss: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.examples / max(self.seconds, 1e-9)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters with ``requires_grad``, each once even if shared."""
+    seen, params = set(), []
+    for parameter in model.parameters():
+        if parameter.requires_grad and id(parameter) not in seen:
+            seen.add(id(parameter))
+            params.append(parameter)
+    return params
+
+
+def count_parameters(parameters: Sequence[nn.Parameter]) -> int:
+    return sum(p.numel() for p in parameters)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr at a step: linear from 1/warmup up to 1, then cosine down to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress_ = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+    return factor
+
+
+def make_optimizer(parameters, train_config) -> torch.optim.Optimizer:
+    if train_config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=train_config.lr, momentum=0.9, weight_decay=train_config.weight_decay)
+    return torch.optim.AdamW(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0, device=None):
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator if shuffle else None,
+        num_workers=workers,
+        pin_memory=device is not None and device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """Put every BatchNorm in eval mode: running statistics stay frozen (paper 1, ResNet)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def train_task(
+    model,
+    head: str,
+    dataset: Dataset,
+    train_config,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    seed: int,
+    extra_losses: Sequence[Callable] = (),
+    extra_heads: Sequence[str] = (),
+    freeze_batchnorm: bool = True,
+    description: str = "train",
+) -> TrainStats:
+    """Train ``model``'s trainable parameters on ``dataset`` through head ``head``.
+
+    ``extra_losses`` are called as ``loss(images, outputs)`` with the outputs of ``head`` and of
+    ``extra_heads`` (one backbone pass serves them all) and return a scalar added to the task loss.
+    """
+    loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * train_config.epochs
+    if train_config.max_steps is not None:
+        total_steps = min(total_steps, train_config.max_steps)
+    warmup_steps = max(1, round(train_config.warmup_fraction * total_steps)) if train_config.warmup_fraction else 0
+    parameters = trainable_parameters(model)
+    optimizer = make_optimizer(parameters, train_config)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
+    heads = [head, *[h for h in extra_heads if h != head]]
+
+    model.train()
+    if freeze_batchnorm:
+        freeze_batchnorm_statistics(model)
+    step, examples, loss_value, start = 0, 0, float("nan"), time.perf_counter()
+    bar = progress(total=total_steps, desc=description, unit="step")
+    while step < total_steps:
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                outputs = model(images, heads)
+                loss = F.cross_entropy(outputs[head].float(), labels, label_smoothing=train_config.label_smoothing)
+                for extra in extra_losses:
+                    loss = loss + extra(images, outputs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            examples += len(labels)
+            loss_value = loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+            if step >= total_steps:
+                break
+    bar.close()
+    model.eval()
+    return TrainStats(steps=step, examples=examples, seconds=time.perf_counter() - start, final_loss=loss_value)

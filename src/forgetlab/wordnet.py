@@ -1,0 +1,99 @@
+"""WordNet 3.0, read offline from Debian's ``wordnet-base`` through NLTK.
+
+NLTK will not read ``/usr/share/wordnet`` in place, and the Debian package lacks the ``lexnames`` file
+that NLTK's reader opens first. :func:`setup` copies the database into forgetlab's own NLTK data folder
+and writes ``lexnames`` from the table in the package's ``lexnames(5WN)`` manual page.
+
+ImageNet wnids (``n02958343``) are WordNet 3.0 noun offsets, so a class's synset is exact:
+:func:`synset_from_wnid`.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import re
+import shutil
+from pathlib import Path
+
+from forgetlab import paths
+from forgetlab.errors import DataError
+
+WORDNET_DIR = Path("/usr/share/wordnet")
+LEXNAMES_MANPAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
+_POS_NUMBER = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+_INSTALL_HINT = "install it with: sudo apt-get install wordnet-base wordnet-sense-index (or run 'make demo')"
+
+
+def _lexnames_from_manpage(manpage: Path) -> list[str]:
+    """The 45 ``NN<TAB>name<TAB>pos`` lines NLTK expects, parsed from the manual page's table."""
+    text = gzip.open(manpage, "rt", encoding="utf-8", errors="replace").read()
+    entries = re.findall(r"^(\d\d)\t([a-z]+\.[A-Za-z]+)\s", text, flags=re.MULTILINE)
+    lines = [f"{number}\t{name}\t{_POS_NUMBER[name.split('.')[0]]}" for number, name in entries]
+    if len(lines) != 45 or [int(n) for n, _ in entries] != list(range(45)):
+        raise DataError(f"could not read the 45 lexnames from {manpage}; reinstall wordnet-base")
+    return lines
+
+
+def setup(data_dir: Path | None = None, source: Path = WORDNET_DIR, manpage: Path = LEXNAMES_MANPAGE) -> Path:
+    """Build ``<data_dir>/corpora/wordnet`` from the Debian files; return that folder. Idempotent."""
+    target = (data_dir or paths.home() / "nltk_data") / "corpora" / "wordnet"
+    if (target / "lexnames").exists() and (target / "data.noun").exists():
+        return target
+    if not (source / "data.noun").exists():
+        raise DataError(f"WordNet 3.0 not found in {source}; {_INSTALL_HINT}")
+    if not manpage.exists():
+        raise DataError(f"{manpage} not found; {_INSTALL_HINT}")
+    staging = target.with_name("wordnet.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for file in source.iterdir():
+        if file.is_file():
+            shutil.copyfile(file, staging / file.name)
+    (staging / "lexnames").write_text("\n".join(_lexnames_from_manpage(manpage)) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+@functools.lru_cache(maxsize=None)
+def reader(data_dir: str | None = None):
+    """An NLTK ``WordNetCorpusReader`` over the offline copy."""
+    try:
+        import nltk
+        from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    except ImportError as error:  # pragma: no cover - nltk is a dependency
+        raise DataError("the Python package nltk is missing; run 'make demo' or pip install -e .") from error
+    root = setup(Path(data_dir) if data_dir else None)
+    # NLTK only reads below the folders on nltk.data.path (its path sandbox).
+    nltk_data = str(root.parent.parent)
+    if nltk_data not in nltk.data.path:
+        nltk.data.path.insert(0, nltk_data)
+    return WordNetCorpusReader(str(root), None)
+
+
+def synset(name: str):
+    """``synset('car.n.01')``, with a one-line error for a name WordNet does not have."""
+    try:
+        return reader().synset(name)
+    except Exception as error:  # NLTK raises WordNetError or ValueError
+        raise DataError(f"unknown WordNet synset '{name}'; use a name like 'car.n.01'") from error
+
+
+def synset_from_wnid(wnid: str):
+    """The synset of an ImageNet-style wnid: ``n02958343`` -> ``car.n.01``."""
+    if not re.fullmatch(r"n\d{8}", wnid):
+        raise DataError(f"'{wnid}' is not a wnid; a wnid is 'n' and an 8-digit noun offset")
+    return reader().synset_from_pos_and_offset("n", int(wnid[1:]))
+
+
+def wnid(synset_name: str) -> str:
+    """The wnid of a noun synset: ``car.n.01`` -> ``n02958343``."""
+    return f"n{synset(synset_name).offset():08d}"
+
+
+def wup_similarity(a, b) -> float:
+    """Wu-Palmer similarity of two synsets (objects or names), in [0, 1]."""
+    a = synset(a) if isinstance(a, str) else a
+    b = synset(b) if isinstance(b, str) else b
+    return float(a.wup_similarity(b) or 0.0)
