@@ -1,0 +1,104 @@
+"""The CLI end to end, and every user error as one line with exit code 2 and no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from forgetlab.cli import main
+from tests.conftest import tiny_overrides
+
+
+def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
+    overrides = tiny_overrides(random_backbones["offline_resnet"], tmp_path, name="cli")
+    assert main(["run", *overrides, "method.rank=2"]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "cli"
+    assert f"results: {folder}" in out and "after digits" in out
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["method"] == {"name": "lora", "rank": 2, "alpha": None, "dropout": 0.1, "targets": "default"}
+    environment = json.loads((folder / "environment.json").read_text())
+    assert environment["packages"]["torch"].startswith("2.14.1") and environment["device"] == "cpu"
+    matrix = json.loads((folder / "accuracy_matrix.json").read_text())
+    assert matrix["row_labels"] == ["pretrained", "after fontfamily", "after digits"]
+    assert matrix["values"][0][1:] == [None, None] and all(0 <= v <= 1 for v in matrix["values"][2])
+    assert (folder / "accuracy_matrix.csv").read_text().splitlines()[0] == "row,upstream,fontfamily,digits"
+    for task in range(3):
+        assert (folder / "predictions" / f"upstream_after_{task}.npz").exists()
+    assert json.loads((folder / "progress.json").read_text()) == {"completed_tasks": 2, "total_tasks": 2}
+    assert (folder / "checkpoint" / "model.safetensors").exists()
+    assert not list(folder.rglob("*.partial")), "a temporary file was left behind"
+    # 4 bottlenecks x rank 2 x (in + out channels of conv3): (32+128) (64+256) (128+512) (256+1024)
+    tasks = json.loads((folder / "tasks.json").read_text())
+    assert tasks[0]["trainable_backbone_parameters"] == 2 * (160 + 320 + 640 + 1280)
+
+    assert main(["show", str(folder)]) == 0
+    shown = capsys.readouterr().out
+    assert "2/2 tasks done" in shown and "fontfamily" in shown
+
+
+def _cli(*args, env=None, code="from forgetlab.cli import main; sys.exit(main(sys.argv[1:]))"):
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; {code}", *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300,
+    )  # fmt: skip
+    return result.returncode, result.stderr.strip()
+
+
+def _assert_one_line_error(code, stderr, *fragments):
+    assert code == 2, stderr
+    assert len(stderr.splitlines()) == 1 and "Traceback" not in stderr, stderr
+    assert stderr.startswith("forgetlab: error: ")
+    for fragment in fragments:
+        assert fragment in stderr, stderr
+
+
+def test_unknown_key_is_a_one_line_error():
+    _assert_one_line_error(*_cli("run", "train.epoch=3"), "unknown config key 'train.epoch'", "epochs")
+
+
+def test_unknown_method_key_names_the_method_keys():
+    _assert_one_line_error(*_cli("run", "method.rnak=3"), "'method.rnak'", "rank")
+
+
+def test_wrong_type_is_a_one_line_error():
+    _assert_one_line_error(*_cli("run", "train.lr=fast"), "'train.lr' must be float", "'fast'")
+
+
+def test_missing_config_file(tmp_path):
+    _assert_one_line_error(*_cli("run", str(tmp_path / "nope.yaml")), "nope.yaml not found")
+
+
+def test_missing_dataset_file(tmp_path):
+    env = {"FORGETLAB_HOME": str(tmp_path / "home"), "FORGETLAB_FASHION_MNIST_DIR": str(tmp_path / "none")}
+    _assert_one_line_error(*_cli("run", env=env), "Fashion-MNIST not found", "apt-get install dataset-fashion-mnist")
+
+
+def test_missing_weights_file(tmp_path):
+    _assert_one_line_error(
+        *_cli("run", "backbone.name=offline_vit", f"backbone.weights={tmp_path}/w.safetensors"), "w.safetensors not found"
+    )
+
+
+def test_missing_package():
+    code = "sys.modules['timm'] = None; from forgetlab.cli import main; sys.exit(main(sys.argv[1:]))"
+    _assert_one_line_error(*_cli("run", code=code), "'timm' is missing", "make demo")
+
+
+def test_other_config_in_existing_folder_is_refused_and_nothing_is_touched(random_backbones, tmp_path):
+    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="kept", **{"data.tasks": "[digits]"})
+    assert main(["run", *overrides]) == 0
+    folder = tmp_path / "kept"
+    snapshot = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    _assert_one_line_error(*_cli("run", *overrides, "method.rank=8"), "different config", "method.rank")
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == snapshot
+
+
+def test_every_command_has_help():
+    for command in ([], ["run"], ["pretrain"], ["show"], ["config"]):
+        result = subprocess.run([sys.executable, "-m", "forgetlab", *command, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage: forgetlab" in result.stdout
