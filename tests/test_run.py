@@ -66,8 +66,8 @@ def test_accuracy_matrix_shape_and_pretrained_cell(random_backbones, tmp_path):
     np.testing.assert_array_equal(folder.read_predictions(0)["predictions"], predictions)
     records = __import__("json").loads(folder.tasks.read_text())
     assert [r["task"] for r in records] == ["fontfamily", "digits"]
-    # offline_vit: 6 blocks x rank 4 x (96 in + 288 out) on the fused qkv.
-    assert all(r["trainable_backbone_parameters"] == 6 * 4 * (96 + 288) for r in records)
+    # offline_vit: 6 blocks x rank 4 x (128 in + 384 out) on the fused qkv.
+    assert all(r["trainable_backbone_parameters"] == 6 * 4 * (128 + 384) for r in records)
 
 
 def test_same_seed_same_matrix(random_backbones, tmp_path):

@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = option(3, "epochs per task")
+    epochs: int = option(8, "epochs per task")
     max_steps: int | None = option(None, "stop a task after this many optimiser steps (smoke runs)")
     batch_size: int = option(64, "training batch size")
     optimizer: str = option("adamw", "'adamw' or 'sgd' (momentum 0.9)")

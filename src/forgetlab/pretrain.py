@@ -23,7 +23,7 @@ from forgetlab.train import train_task
 UPSTREAM_DATASET = "offline_upstream"
 PRETRAIN_SEED = 0
 RECIPES = {
-    "offline_vit": TrainConfig(epochs=4, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_fraction=0.1),
+    "offline_vit": TrainConfig(epochs=5, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05),
     "offline_resnet": TrainConfig(epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_fraction=0.1),
 }
 

@@ -3,7 +3,7 @@ the same families as paper 1's ViT-B/16 and ResNet-50, sized for 28x28 grayscale
 
 Registered with timm's own registry, so ``timm.create_model('offline_vit', num_classes=36)`` builds
 them like any timm model. Measured on 2 CPU cores, fp32, batch 128: offline_vit trains at about
-475 img/s (evaluates at 1,400), offline_resnet trains at about 1,100 img/s (evaluates at 4,000).
+850 img/s (evaluates at 2,700), offline_resnet trains at about 1,100 img/s (evaluates at 4,000).
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ def _model_kwargs(kwargs: dict) -> dict:
 
 @register_model
 def offline_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """ViT: 28 px, patch 4 (7x7 tokens + class token), width 96, 6 blocks of 3 heads; 0.68 M parameters."""
-    args = dict(img_size=28, patch_size=4, in_chans=1, embed_dim=96, depth=6, num_heads=3, mlp_ratio=4.0)
+    """ViT: 28 px, patch 7 (4x4 tokens + class token), width 128, 6 blocks of 4 heads; 1.2 M parameters.
+
+    Patch 7 rather than 4: pretrained the same way, patch 4 at width 96 reached 52 % upstream test
+    accuracy in 3 epochs (250 s), patch 7 at width 128 reached 88 % in 5 epochs (176 s), on 2 cores.
+    """
+    args = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0)
     return VisionTransformer(**{**args, **_model_kwargs(kwargs)})
 
 

@@ -1,0 +1,33 @@
+"""Offline WordNet 3.0 through NLTK, set up by forgetlab from Debian's files."""
+
+from __future__ import annotations
+
+import pytest
+
+from forgetlab import wordnet
+from forgetlab.errors import DataError
+
+
+def test_setup_from_a_clean_folder(tmp_path):
+    root = wordnet.setup(tmp_path / "nltk_data")
+    assert root == tmp_path / "nltk_data" / "corpora" / "wordnet"
+    lexnames = (root / "lexnames").read_text().splitlines()
+    assert len(lexnames) == 45 and lexnames[0] == "00\tadj.all\t3" and lexnames[18] == "18\tnoun.person\t1"
+    reader = wordnet.reader(str(tmp_path / "nltk_data"))
+    assert reader.synset("car.n.01").lexname() == "noun.artifact"
+    assert not (root.parent / "wordnet.partial").exists()
+
+
+def test_reference_values():
+    assert wordnet.wup_similarity("car.n.01", "sports_car.n.01") == pytest.approx(0.96)
+    assert wordnet.synset_from_wnid("n02958343").name() == "car.n.01"
+    assert wordnet.wnid("car.n.01") == "n02958343"
+
+
+def test_errors_name_the_fix(tmp_path):
+    with pytest.raises(DataError, match="apt-get install wordnet-base"):
+        wordnet.setup(tmp_path / "x", source=tmp_path / "missing")
+    with pytest.raises(DataError, match="unknown WordNet synset"):
+        wordnet.synset("carr.n.01")
+    with pytest.raises(DataError, match="not a wnid"):
+        wordnet.synset_from_wnid("02958343")
