@@ -16,7 +16,7 @@ from forgetlab.data import build_task
 from forgetlab.evaluate import head_evaluator
 from forgetlab.models.backbones import create, offline_backbone_dir
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
-from forgetlab.results import atomic_write_text, save_safetensors
+from forgetlab.results import atomic_write_bytes, atomic_write_text
 from forgetlab.runtime import autocast_dtype, configure_threads, resolve_device, seed_everything
 from forgetlab.train import train_task
 
@@ -50,6 +50,7 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
     from safetensors.torch import save
 
     state = {key: value.detach().cpu().contiguous() for key, value in model.backbone.state_dict().items()}
+    weights = save(state)  # serialised once: written to disk and hashed for the recipe
     recipe_record = {
         "model": name,
         "upstream": UPSTREAM_DATASET,
@@ -61,9 +62,9 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
         "device": str(device),
         "upstream_test_accuracy": test_accuracy,
         "train_seconds": round(stats.seconds, 1),
-        "weights_sha256": hashlib.sha256(save(state)).hexdigest(),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
-    save_safetensors(folder / "model.safetensors", state)
+    atomic_write_bytes(folder / "model.safetensors", weights)
     atomic_write_text(folder / "recipe.json", json.dumps(recipe_record, indent=2) + "\n")
     print(f"forgetlab: pretrained {name}: upstream test accuracy {100 * test_accuracy:.2f}% in {stats.seconds:.0f}s -> {folder}", flush=True)
     return folder

@@ -65,7 +65,7 @@ def font_files(families) -> list[tuple[str, str, str]]:
 
 def render_glyph(text: str, font_path: str, rng: np.random.Generator, size: int = 28, canvas: int = 64) -> np.ndarray:
     """One glyph as a ``size x size`` uint8 image, jittered in scale, position and rotation by ``rng``."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     font = _font(font_path, int(rng.integers(36, 50)))
     image = Image.new("L", (canvas, canvas), 0)
