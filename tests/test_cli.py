@@ -20,7 +20,8 @@ def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
     folder = tmp_path / "cli"
     assert f"results: {folder}" in out and "after digits" in out
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    assert config["method"] == {"name": "lora", "rank": 2, "alpha": None, "dropout": 0.1, "targets": "default"}
+    assert config["method"] == {"name": "lora", "rank": 2, "alpha": None, "dropout": 0.1, "targets": "default", "policy": "merge"}
+    assert config["lwf"] == {"alpha": 0.0, "temperature": 2.0} and config["replay"] == {"size": 0, "batch_size": 16}
     environment = json.loads((folder / "environment.json").read_text())
     assert environment["packages"]["torch"].startswith("2.14.1") and environment["device"] == "cpu"
     matrix = json.loads((folder / "accuracy_matrix.json").read_text())
@@ -31,6 +32,8 @@ def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
         assert (folder / "predictions" / f"upstream_after_{task}.npz").exists()
     assert json.loads((folder / "progress.json").read_text()) == {"completed_tasks": 2, "total_tasks": 2}
     assert (folder / "checkpoint" / "model.safetensors").exists()
+    for task in ("fontfamily", "digits"):  # every task's adapter, in PEFT's format
+        assert json.loads((folder / "adapters" / task / "adapter_config.json").read_text())["r"] == 2
     assert not list(folder.rglob("*.partial")), "a temporary file was left behind"
     # 4 bottlenecks x rank 2 x (in + out channels of conv3): (32+128) (64+256) (128+512) (256+1024)
     tasks = json.loads((folder / "tasks.json").read_text())

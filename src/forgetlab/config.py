@@ -64,6 +64,18 @@ class EvalConfig:
 
 
 @dataclass
+class LwFConfig:
+    alpha: float = option(0.0, "weight of LwF distillation on every earlier head; 0 turns LwF off (paper 1: 5)")
+    temperature: float = option(2.0, "LwF softmax temperature (paper 1: 2)")
+
+
+@dataclass
+class ReplayConfig:
+    size: int = option(0, "upstream training examples kept in the replay buffer; 0 turns replay off")
+    batch_size: int = option(16, "replayed examples appended to every training batch")
+
+
+@dataclass
 class RunConfig:
     name: str = option("default", "the run's folder name under out_dir")
     out_dir: str = option("runs", "where run folders are written")
@@ -74,6 +86,8 @@ class RunConfig:
     data: DataConfig = section(DataConfig, "the upstream task and the downstream sequence")
     method: Any = option(None, "the fine-tuning method; 'name' picks it, the other keys are its own")
     train: TrainConfig = section(TrainConfig, "training of each task")
+    lwf: LwFConfig = section(LwFConfig, "Learning without Forgetting, with any method")
+    replay: ReplayConfig = section(ReplayConfig, "replay of upstream training examples, with any method")
     eval: EvalConfig = section(EvalConfig, "evaluation after each task")
 
     @property
@@ -218,6 +232,10 @@ def validate(config: RunConfig) -> None:
         (config.train.lr > 0, "train.lr must be positive"),
         (0 <= config.train.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),
         (config.eval.batch_size >= 1, "eval.batch_size must be at least 1"),
+        (config.lwf.alpha >= 0, "lwf.alpha must be 0 (off) or positive"),
+        (config.lwf.temperature > 0, "lwf.temperature must be positive"),
+        (config.replay.size >= 0, "replay.size must be 0 (off) or positive"),
+        (config.replay.batch_size >= 1, "replay.batch_size must be at least 1"),
         (len(config.data.tasks) >= 1, "data.tasks must name at least one task"),
         (len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks must not repeat a task"),
         ("/" not in config.name and config.name not in ("", ".", ".."), "name must be a plain folder name"),

@@ -1,7 +1,8 @@
 """The incremental run: paper 1's protocol for any method.
 
 For each task of the sequence: a new linear head; the method prepares the backbone (a fresh LoRA
-adapter, by default); the adapter and the head train; the method finishes the task (the adapter is
+adapter, by default); the adapter and the head train, with LwF's distillation term and replayed
+upstream examples when the config asks for them; the method finishes the task (the adapter is
 merged into the backbone weights, in fp32); then the upstream task is scored with its original,
 frozen head and every task so far with its own head. Row ``i`` of the accuracy matrix is committed
 atomically after task ``i``, with the model, so running the same command again resumes after the
@@ -26,6 +27,7 @@ from forgetlab.evaluate import accuracy, dataset_labels, predict, upstream_evalu
 from forgetlab.methods.base import build_method
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
+from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, read_json, save_safetensors, write_json, write_npz
 from forgetlab.runtime import autocast_dtype, configure_threads, resolve_device, seed_everything
 from forgetlab.train import count_parameters, train_task, trainable_parameters
@@ -112,8 +114,12 @@ def run(config, *, log=print) -> RunFolder:
             f"the backbone's head predicts {head_classes} classes but {config.data.upstream} has "
             f"{upstream.num_classes}; pick the upstream dataset the backbone was trained on"
         )
+    method.check(backbone.model)  # e.g. block expansion on a ResNet: refused before anything is written
+    if config.replay.size and len(upstream.train) == 0:
+        raise ConfigError(f"replay needs the upstream train split and {config.data.upstream} has none; set replay.size=0")
     _open_folder(folder, config)
     configure_threads()
+    replay_buffer = ReplayBuffer(upstream.train, config.replay.size, seed=config.seed) if config.replay.size else None
 
     model = MultiHeadModel(backbone.model).to(device)
     completed = folder.completed_tasks()
@@ -138,6 +144,7 @@ def run(config, *, log=print) -> RunFolder:
         if completed:
             from safetensors.torch import load_file
 
+            method.restore(model, [task.name for task in tasks[:completed]], folder.path)
             model.load_state_dict(load_file(str(folder.checkpoint)), strict=True)
             model.to(device)
         if completed == len(tasks):
@@ -149,6 +156,10 @@ def run(config, *, log=print) -> RunFolder:
     for index in range(completed + 1, len(tasks) + 1):
         task = tasks[index - 1]
         seed = seed_everything(config.seed, index)
+        extra_losses = []
+        if config.lwf.alpha > 0:
+            earlier = [] if method.isolates_tasks else [seen.name for seen in tasks[: index - 1]]
+            extra_losses.append(DistillationLoss(model, [UPSTREAM, *earlier], config.lwf.alpha, config.lwf.temperature))
         head = model.add_head(task.name, task.num_classes)
         method.prepare(model, task.name)
         model.heads.requires_grad_(False)  # earlier heads stay as they are
@@ -162,21 +173,26 @@ def run(config, *, log=print) -> RunFolder:
         backbone_size = count_parameters(list(model.backbone.parameters()))
         stats = train_task(
             model, task.name, task.train, config.train, device=device, amp_dtype=amp_dtype, seed=seed,
-            description=f"task {index}/{len(tasks)} {task.name}",
+            extra_losses=extra_losses, extra_heads=[h for loss in extra_losses for h in loss.heads],
+            replay=replay_buffer.batches(config.replay.batch_size, seed) if replay_buffer else None,
+            replay_head=UPSTREAM, description=f"task {index}/{len(tasks)} {task.name}",
         )  # fmt: skip
+        del extra_losses  # the teacher copy
         method.finish(model, task.name)
         model.requires_grad_(False)
 
         start = time.perf_counter()
-        upstream_accuracy, predictions = evaluate_upstream(
-            model, upstream.test, batch_size=config.eval.batch_size, device=device, amp_dtype=amp_dtype
-        )
+        with method.evaluating(model, UPSTREAM):
+            upstream_accuracy, predictions = evaluate_upstream(
+                model, upstream.test, batch_size=config.eval.batch_size, device=device, amp_dtype=amp_dtype
+            )
         row = {UPSTREAM: upstream_accuracy}
         for seen in tasks[:index]:
-            seen_predictions = predict(
-                model, seen.name, seen.test, batch_size=config.eval.batch_size, device=device,
-                amp_dtype=amp_dtype, description=f"eval {seen.name}",
-            )  # fmt: skip
+            with method.evaluating(model, seen.name):
+                seen_predictions = predict(
+                    model, seen.name, seen.test, batch_size=config.eval.batch_size, device=device,
+                    amp_dtype=amp_dtype, description=f"eval {seen.name}",
+                )  # fmt: skip
             row[seen.name] = accuracy(seen_predictions, dataset_labels(seen.test))
         matrix.add_row(row)
         task_records.append(
@@ -199,6 +215,7 @@ def run(config, *, log=print) -> RunFolder:
         write_npz(folder.predictions(index), predictions=predictions, labels=dataset_labels(upstream.test))
         folder.write_matrix(matrix)
         write_json(folder.tasks, task_records)
+        method.save_task(task.name, folder.path)
         save_safetensors(folder.checkpoint, model.state_dict())
         write_json(folder.progress, {"completed_tasks": index, "total_tasks": len(tasks)})
         drop = upstream_accuracy - matrix.values[0][0]

@@ -2,7 +2,8 @@
 
 One call trains one task: whatever has ``requires_grad`` (chosen by the method, plus the task head)
 is optimised with AdamW or SGD under a cosine schedule with linear warm-up (paper 1 warms up over the
-first 1/18 of the steps). Extra loss terms (LwF) are callables added to the task's cross-entropy.
+first 1/18 of the steps). Extra loss terms (LwF) are callables added to the task's cross-entropy;
+replayed examples (a data source) are concatenated to each batch and learned through their own head.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -96,12 +97,16 @@ def train_task(
     extra_losses: Sequence[Callable] = (),
     extra_heads: Sequence[str] = (),
     freeze_batchnorm: bool = True,
+    replay: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    replay_head: str | None = None,
     description: str = "train",
 ) -> TrainStats:
     """Train ``model``'s trainable parameters on ``dataset`` through head ``head``.
 
     ``extra_losses`` are called as ``loss(images, outputs)`` with the outputs of ``head`` and of
     ``extra_heads`` (one backbone pass serves them all) and return a scalar added to the task loss.
+    ``replay`` yields ``(images, labels)`` batches appended to every task batch and scored through
+    ``replay_head``; the cross-entropy is then the mean over task and replayed examples together.
     """
     loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device)
     steps_per_epoch = len(loader)
@@ -113,6 +118,8 @@ def train_task(
     optimizer = make_optimizer(parameters, train_config)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
     heads = [head, *[h for h in extra_heads if h != head]]
+    if replay is not None and replay_head not in heads:
+        heads.append(replay_head)
 
     model.train()
     if freeze_batchnorm:
@@ -123,9 +130,19 @@ def train_task(
         for images, labels in loader:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
+            count = len(labels)
+            if replay is not None:
+                replay_images, replay_labels = next(replay)
+                images = torch.cat([images, replay_images.to(device, non_blocking=True)])
+                replay_labels = replay_labels.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
                 outputs = model(images, heads)
-                loss = F.cross_entropy(outputs[head].float(), labels, label_smoothing=train_config.label_smoothing)
+                smoothing = train_config.label_smoothing
+                loss = F.cross_entropy(outputs[head][:count].float(), labels, label_smoothing=smoothing, reduction="sum")
+                if replay is not None:
+                    replayed = outputs[replay_head][count:].float()
+                    loss = loss + F.cross_entropy(replayed, replay_labels, label_smoothing=smoothing, reduction="sum")
+                loss = loss / len(images)
                 for extra in extra_losses:
                     loss = loss + extra(images, outputs)
             optimizer.zero_grad(set_to_none=True)
@@ -133,7 +150,7 @@ def train_task(
             optimizer.step()
             schedule.step()
             step += 1
-            examples += len(labels)
+            examples += len(images)
             loss_value = loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)

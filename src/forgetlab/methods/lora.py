@@ -14,20 +14,35 @@ Targets (``targets``):
 ``all_conv``    every convolution of the backbone
 =============== ============================================================= =====================
 
+End-of-task policies (``policy``):
+
+* ``merge`` (paper 1): the adapter is folded into the weights, so later tasks build on it and the
+  upstream head sees the drifted features: this is what forgetting is measured on.
+* ``keep``: the backbone never changes; each task's adapter is stored (in PEFT's format, under the
+  run's ``adapters/<task>/``) and hot-swapped in when that task is scored; the upstream task is scored
+  with no adapter, so its accuracy cannot move. Comparing the two on one sequence separates what
+  merging costs from what the adapters learn.
+
+Either way each task's adapter is written to ``adapters/<task>/`` and loads into ``peft``.
+
 The update of one ``in x out`` matrix costs ``rank * (in + out)`` parameters: on ViT-B/16's qkv
 (768 -> 2304) that is 3,072 per unit of rank per block, about 0.042 % of the model (paper 1).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
 from forgetlab.errors import ConfigError
 from forgetlab.methods.base import Method, backbone_kind, register_method
 from forgetlab.models import lora_layers
+from forgetlab.models.adapter_files import load_adapter, save_adapter
 
+POLICIES = ("merge", "keep")
 TARGETS = ("default", "qkv", "q,v", "attn", "all_linear", "conv3", "all_conv")
 _VIT_ONLY = ("qkv", "q,v", "attn")
 _RESNET_ONLY = ("conv3",)
@@ -40,6 +55,7 @@ class LoRAConfig:
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; default 2 x rank (paper 1)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter's input (paper 1: 0.1)"})
     targets: str = field(default="default", metadata={"help": f"modules to adapt: {', '.join(TARGETS)}"})
+    policy: str = field(default="merge", metadata={"help": "end of a task: 'merge' into the weights (paper 1) or 'keep' per-task adapters"})
 
 
 @register_method
@@ -55,6 +71,10 @@ class LoRA(Method):
             raise ConfigError("method.dropout must be in [0, 1)")
         if config.targets not in TARGETS:
             raise ConfigError(f"method.targets '{config.targets}' is unknown; choose one of: {', '.join(TARGETS)}")
+        if config.policy not in POLICIES:
+            raise ConfigError(f"method.policy '{config.policy}' is unknown; choose 'merge' or 'keep'")
+        self.isolates_tasks = config.policy == "keep"
+        self.adapters: dict[str, dict[str, lora_layers.LoRALayer]] = {}  # task -> module name -> its adapter
 
     @property
     def alpha(self) -> float:
@@ -88,15 +108,62 @@ class LoRA(Method):
             raise ConfigError(f"method.targets '{targets}' matched no module of this backbone")
         return chosen
 
+    def check(self, backbone: nn.Module) -> None:
+        self.target_modules(backbone)
+
     def prepare(self, model, task: str) -> None:
         super().prepare(model, task)  # freeze the backbone; the adapters are the only new parameters
+        self._base_model = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("architecture", "")
         for name, out_slices in self.target_modules(model.backbone).items():
             module = model.backbone.get_submodule(name)
             adapter = lora_layers.wrap(module, self.config.rank, self.alpha, self.config.dropout, out_slices)
             model.backbone.set_submodule(name, adapter)
 
     def finish(self, model, task: str) -> None:
-        lora_layers.merge_lora(model.backbone)
+        adapters = dict(lora_layers.lora_layers(model.backbone))
+        for layer in adapters.values():
+            layer.requires_grad_(False)
+        if self.config.policy == "merge":
+            # Keep a copy of the factors for the adapter file; the merge drops the live ones.
+            self.adapters = {task: {name: _detached_copy(layer) for name, layer in adapters.items()}}
+            lora_layers.merge_lora(model.backbone)
+        else:
+            self.adapters[task] = adapters
+            lora_layers.unwrap_lora(model.backbone)
+
+    @contextlib.contextmanager
+    def evaluating(self, model, head: str):
+        if self.config.policy == "merge" or head not in self.adapters:
+            yield  # merged: the backbone is what every head sees; the upstream head sees the bare one
+            return
+        for name, layer in self.adapters[head].items():
+            model.backbone.set_submodule(name, layer)
+        try:
+            yield
+        finally:
+            lora_layers.unwrap_lora(model.backbone)
+
+    def save_task(self, task: str, folder: Path) -> None:
+        save_adapter(folder / "adapters" / task, self.adapters[task], task=task, base_model=getattr(self, "_base_model", ""), dropout=self.config.dropout)
+        if self.config.policy == "merge":
+            self.adapters.clear()
+
+    def restore(self, model, tasks, folder: Path) -> None:
+        if self.config.policy == "keep":
+            for task in tasks:
+                self.adapters[task] = load_adapter(folder / "adapters" / task, model.backbone, self.config.dropout)
+
+
+def _detached_copy(layer: lora_layers.LoRALayer) -> lora_layers.LoRALayer:
+    import copy
+
+    base, layer.base_layer = layer.base_layer, nn.Identity()  # do not copy the (large) base weights
+    try:
+        clone = copy.deepcopy(layer)
+    finally:
+        layer.base_layer = base
+    clone.base_layer = base
+    return clone
 
 
 def _qv_slices(qkv: nn.Linear) -> dict[str, tuple[int, int]]:

@@ -1,0 +1,48 @@
+"""Block Expansion (LLaMA Pro; paper 2's best trade-off): ``copies`` identity-initialised copies of
+blocks are inserted evenly into the ViT and only they (and the task head) train, so the original
+blocks, and with them the pretrained features they compute, stay exactly as they were.
+
+In a sequence every task inserts its own ``copies`` new blocks (earlier ones freeze with the rest),
+which is LLaMA Pro's recipe applied per task. The surgery lives in :mod:`forgetlab.models.expansion`.
+For ResNets the method is not defined (a bottleneck has no pre-norm residual form whose identity
+copy is obvious; zeroing ``bn3``'s gain would be an analogue, but no paper defines it), so it is a
+config error there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from forgetlab.errors import ConfigError
+from forgetlab.methods.base import Method, backbone_kind, register_method
+from forgetlab.models.expansion import expand_blocks, expansion_positions
+
+
+@dataclass
+class BlockExpansionConfig:
+    name: str = field(default="block_expansion", metadata={"help": "the method"})
+    copies: int = field(default=1, metadata={"help": "p: identity blocks inserted per task, one after each of p equal groups (paper 2: 1..4)"})
+
+
+@register_method
+class BlockExpansion(Method):
+    name = "block_expansion"
+    Config = BlockExpansionConfig
+
+    def check(self, backbone: nn.Module) -> None:
+        if backbone_kind(backbone) != "vit":
+            raise ConfigError("block_expansion is defined for ViTs only; use method.name=topk, lora or full for a ResNet")
+        expansion_positions(len(backbone.blocks), self.config.copies)
+
+    def prepare(self, model, task: str) -> None:
+        super().prepare(model, task)
+        inserted = expand_blocks(model.backbone, self.config.copies)
+        for index in inserted:
+            model.backbone.blocks[index].requires_grad_(True)
+
+    def restore(self, model, tasks, folder) -> None:
+        # The checkpoint holds the expanded blocks' weights; rebuild the structure they belong to.
+        for _ in tasks:
+            expand_blocks(model.backbone, self.config.copies)
