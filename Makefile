@@ -4,13 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FORGETLAB_HOME ?= $(CURDIR)/.cache/forgetlab
 
-.PHONY: demo test setup system-data benchmark clean
+.PHONY: demo test setup system-data test-tools benchmark clean
 
+# The offline default run, then a small LoRA rank sweep on both backbones, then the report of both.
 demo: setup
 	$(BIN)/forgetlab pretrain
 	$(BIN)/forgetlab run
+	$(BIN)/forgetlab sweep sweeps/demo.yaml --quiet
+	$(BIN)/forgetlab report runs/default runs/demo-rank-sweep --out runs/demo-report
 
-test: setup
+test: setup test-tools
 	$(BIN)/python -m pytest -q -m "not benchmark"
 
 benchmark: setup
@@ -20,6 +23,9 @@ setup: system-data $(VENV)/.installed
 
 system-data:
 	@bash scripts/install-system-data.sh
+
+test-tools:
+	@bash scripts/install-system-data.sh --test
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The offline world's real data comes from Debian packages: Fashion-MNIST, WordNet 3.0 and fonts.
 # Installs what is missing with apt-get when run as root; otherwise says what to run.
+# With --test it also installs Chromium, which the tests use to render the HTML report headless.
 set -euo pipefail
 packages=(dataset-fashion-mnist wordnet-base wordnet-sense-index
           fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf fonts-urw-base35)
+if [ "${1:-}" = "--test" ]; then
+    packages+=(chromium)
+fi
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

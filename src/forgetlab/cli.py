@@ -72,6 +72,29 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from forgetlab.sweep import load_sweep, run_sweep
+
+    if args.jobs < 1:
+        raise ForgetlabError("--jobs must be at least 1")
+    sweep = load_sweep(args.sweep_file, args.overrides)
+    status = run_sweep(sweep, jobs=args.jobs, quiet=args.quiet, log=_log(args))
+    ran = sum(value == "ran" for value in status.values())
+    print(f"sweep {sweep.name}: {len(sweep.cells)} cells ({ran} run now, {len(status) - ran} already done)")
+    print(f"results: {sweep.folder} (table: {sweep.folder / 'sweep.csv'})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from forgetlab.report import write_report
+
+    if args.permutations < 1:
+        raise ForgetlabError("--permutations must be at least 1")
+    out = Path(args.out) if args.out else (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
+    write_report(args.paths, out, permutations=args.permutations, log=_log(args))
+    return 0
+
+
 def cmd_config(args) -> int:
     from forgetlab import config as config_module
 
@@ -123,6 +146,31 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="print a run's accuracy matrix", description="Print a run's accuracy matrix as a table.")
     show.add_argument("run_dir", metavar="RUN_DIR")
     show.set_defaults(func=cmd_show)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a grid of runs from a sweep file",
+        description="Run every cell of a sweep file's grid as an ordinary run folder under the sweep's folder. "
+        "Finished cells are skipped, so running the same command again resumes an interrupted sweep.",
+    )
+    sweep.add_argument("sweep_file", metavar="SWEEP.yaml")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the sweep's base config")
+    sweep.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default 1)")
+    sweep.add_argument("--quiet", action="store_true", help="print only the summary")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = commands.add_parser(
+        "report",
+        help="write the HTML report and Markdown summary of runs and sweeps",
+        description="Turn run folders, sweep folders or folders of them into report.html (self-contained), "
+        "report.md and figures/*.png|svg: forgetting metrics, accuracy against LoRA rank, the most forgotten "
+        "upstream classes and the contextual-forgetting test.",
+    )
+    report.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
+    report.add_argument("--out", help="output folder (default: PATH/report for one path, else ./report)")
+    report.add_argument("--permutations", type=int, default=10_000, help="permutations of the contextual-forgetting test")
+    report.add_argument("--quiet", action="store_true")
+    report.set_defaults(func=cmd_report)
 
     config = commands.add_parser(
         "config",

@@ -73,6 +73,16 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def task_metadata(task) -> dict:
+    """What the analysis needs to know of the upstream task's classes (names, WordNet synsets, groups)."""
+    return {
+        "name": task.name,
+        "classes": list(task.classes),
+        "synsets": list(task.class_synsets) if task.class_synsets else None,
+        "groups": list(task.class_groups) if task.class_groups else None,
+    }
+
+
 def _open_folder(folder: RunFolder, config) -> None:
     """A new folder gets the config; an existing one must hold the same config (then we resume)."""
     resolved = config_module.to_dict(config)
@@ -125,6 +135,7 @@ def run(config, *, log=print) -> RunFolder:
     completed = folder.completed_tasks()
     if completed < 0:
         write_json(folder.environment, {**environment_record(device), "backbone_recipe": backbone.recipe})
+        write_json(folder.upstream, task_metadata(upstream))
         matrix = AccuracyMatrix(columns=[UPSTREAM] + [task.name for task in tasks])
         start = time.perf_counter()
         upstream_accuracy, predictions = evaluate_upstream(
@@ -199,6 +210,7 @@ def run(config, *, log=print) -> RunFolder:
             {
                 "task": task.name,
                 "num_classes": task.num_classes,
+                "domain_synset": task.domain_synset,
                 "train_images": len(task.train),
                 "trainable_parameters": count_parameters(trainable),
                 "trainable_backbone_parameters": trainable_backbone,

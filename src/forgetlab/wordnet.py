@@ -69,7 +69,11 @@ def reader(data_dir: str | None = None):
     nltk_data = str(root.parent.parent)
     if nltk_data not in nltk.data.path:
         nltk.data.path.insert(0, nltk_data)
-    return WordNetCorpusReader(str(root), None)
+    import warnings
+
+    with warnings.catch_warnings():  # "multilingual functions not available": no OMW here, none needed
+        warnings.simplefilter("ignore", UserWarning)
+        return WordNetCorpusReader(str(root), None)
 
 
 def synset(name: str):

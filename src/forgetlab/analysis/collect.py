@@ -1,0 +1,104 @@
+"""Reading finished (or partly finished) run folders for analysis: a run, a sweep, or a tree of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from forgetlab.errors import DataError
+from forgetlab.results import AccuracyMatrix, RunFolder, read_json
+
+
+@dataclass
+class RunResult:
+    folder: RunFolder
+
+    @cached_property
+    def config(self) -> dict:
+        return yaml.safe_load(self.folder.config.read_text())
+
+    @cached_property
+    def matrix(self) -> AccuracyMatrix:
+        return self.folder.read_matrix()
+
+    @cached_property
+    def tasks(self) -> list[dict]:
+        return read_json(self.folder.tasks) if self.folder.tasks.exists() else []
+
+    @cached_property
+    def upstream(self) -> dict:
+        """Upstream class names and synsets: stored with the run, or rebuilt from the dataset registry."""
+        if self.folder.upstream.exists():
+            return read_json(self.folder.upstream)
+        from forgetlab.data import build_task
+        from forgetlab.run import task_metadata
+
+        return task_metadata(build_task(self.config["data"]["upstream"]))
+
+    @property
+    def name(self) -> str:
+        return self.folder.path.name
+
+    @property
+    def backbone(self) -> str:
+        return self.config["backbone"]["name"]
+
+    @property
+    def method(self) -> str:
+        """A short label: 'lora r=4', 'topk k=3', 'block_expansion p=2', 'linear'; '+lwf', '+replay'."""
+        method = self.config["method"]
+        label = method["name"]
+        if label == "lora":
+            label += f" r={method['rank']}" + (" keep" if method.get("policy") == "keep" else "")
+        elif label == "topk":
+            label = f"top-{method['k']}"
+        elif label == "block_expansion":
+            label = f"block p={method['copies']}"
+        if self.config.get("lwf", {}).get("alpha", 0) > 0:
+            label += " +lwf"
+        if self.config.get("replay", {}).get("size", 0) > 0:
+            label += " +replay"
+        return label
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def completed(self) -> int:
+        return self.folder.completed_tasks()
+
+    def domain(self, task_index: int) -> str | None:
+        """The WordNet concept of task ``task_index`` (1-based), stored with the run or from the registry."""
+        if task_index - 1 < len(self.tasks) and self.tasks[task_index - 1].get("domain_synset"):
+            return self.tasks[task_index - 1]["domain_synset"]
+        from forgetlab.data import build_task
+
+        return build_task(self.matrix.columns[task_index]).domain_synset
+
+    def predictions(self, after_task: int) -> dict[str, np.ndarray]:
+        return self.folder.read_predictions(after_task)
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "config.yaml").exists() and (path / "accuracy_matrix.json").exists()
+
+
+def find_runs(paths: list[str | Path]) -> list[RunResult]:
+    """Run folders at, or below, each path (a run, a sweep, or a folder of either), in a stable order."""
+    runs = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise DataError(f"{path} does not exist; give a run folder or a sweep folder")
+        if _is_run(path):
+            runs.append(RunResult(RunFolder(path)))
+            continue
+        found = sorted(p.parent for p in path.rglob("accuracy_matrix.json") if _is_run(p.parent))
+        if not found:
+            raise DataError(f"no run folders under {path}; give a folder that 'forgetlab run' or 'forgetlab sweep' wrote")
+        runs += [RunResult(RunFolder(p)) for p in found]
+    return runs

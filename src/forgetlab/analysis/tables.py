@@ -1,0 +1,105 @@
+"""Tables derived from run folders: one row per run (config and metrics), means over seeds, and
+paper 2's table (method, trainable parameters, downstream and upstream accuracy, their mean)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from forgetlab.analysis.collect import RunResult, find_runs
+from forgetlab.analysis.metrics import over_seeds, summarise
+from forgetlab.results import atomic_write_text
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def reference_matrix(run: RunResult, runs: list[RunResult]) -> np.ndarray | None:
+    """The linear probe with the same backbone, sequence and seed: the reference of forward transfer."""
+    for other in runs:
+        if (
+            other.config["method"]["name"] == "linear"
+            and other.backbone == run.backbone
+            and other.config["data"] == run.config["data"]
+            and other.seed == run.seed
+        ):
+            return other.matrix.as_array()
+    return None
+
+
+def run_row(run: RunResult, runs: list[RunResult] = ()) -> dict:
+    matrix = run.matrix.as_array()
+    row = {
+        "run": run.name,
+        "backbone": run.backbone,
+        "method": run.method,
+        "seed": run.seed,
+        "completed_tasks": run.completed,
+        "total_tasks": run.matrix.num_tasks,
+        "trainable_parameters": run.tasks[0]["trainable_parameters"] if run.tasks else None,
+        "trainable_backbone_parameters": run.tasks[0]["trainable_backbone_parameters"] if run.tasks else None,
+        "upstream_pretrained": float(matrix[0, 0]),
+    }
+    row.update(summarise(matrix, reference_matrix(run, list(runs))))
+    row.update({f"config.{k}": v for k, v in _flatten(run.config).items()})
+    return row
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def write_sweep_table(folder: Path) -> list[dict]:
+    runs = [run for run in find_runs([folder])] if any(folder.rglob("accuracy_matrix.json")) else []
+    rows = [run_row(run, runs) for run in runs]
+    if rows:
+        atomic_write_text(folder / "sweep.csv", rows_to_csv(rows))
+    return rows
+
+
+def seed_groups(runs: list[RunResult]) -> dict[tuple, list[RunResult]]:
+    """Runs that differ only in their seed, keyed by (backbone, method, sequence)."""
+    groups = defaultdict(list)
+    for run in runs:
+        groups[(run.backbone, run.method, tuple(run.config["data"]["tasks"]))].append(run)
+    return dict(groups)
+
+
+def paper2_table(runs: list[RunResult]) -> list[dict]:
+    """Per (backbone, method): trainable parameters, final downstream and upstream accuracy, their mean,
+    each as (mean, std, seeds) over seeds."""
+    table = []
+    for (backbone, method, sequence), members in seed_groups(runs).items():
+        summaries = []
+        for run in members:
+            a = run.matrix.as_array()
+            downstream = float(np.nanmean(a[-1, 1:])) if a.shape[0] > 1 else math.nan
+            summaries.append({"downstream": downstream, "upstream": float(a[-1, 0]), "mean": (downstream + float(a[-1, 0])) / 2})
+        table.append(
+            {
+                "backbone": backbone,
+                "method": method,
+                "sequence": " > ".join(sequence),
+                "trainable_parameters": members[0].tasks[0]["trainable_parameters"] if members[0].tasks else None,
+                **over_seeds(summaries),
+            }
+        )
+    return table

@@ -1,0 +1,123 @@
+"""Figures of the papers, drawn from stored results only (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from forgetlab.analysis.collect import RunResult  # noqa: E402
+from forgetlab.analysis.contextual import ContextualTest  # noqa: E402
+from forgetlab.analysis.perclass import ClassChanges, most_forgotten  # noqa: E402
+
+COLOURS = {"vit": "#1f77b4", "resnet": "#2ca02c"}
+
+
+def _colour(backbone: str, index: int) -> str:
+    for key, colour in COLOURS.items():
+        if key in backbone:
+            return colour
+    return plt.rcParams["axes.prop_cycle"].by_key()["color"][index % 10]
+
+
+def matrix_heatmap(run: RunResult):
+    """The accuracy matrix: rows after each task, columns upstream and the tasks (percent)."""
+    values = 100 * run.matrix.as_array()
+    labels = run.matrix.row_labels()
+    figure, axis = plt.subplots(figsize=(1.3 + 1.1 * values.shape[1], 0.9 + 0.45 * values.shape[0]))
+    image = axis.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        if not math.isnan(value):
+            axis.text(j, i, f"{value:.1f}", ha="center", va="center", color="white" if value < 60 else "black", fontsize=8)
+    axis.set_xticks(range(values.shape[1]), run.matrix.columns, rotation=30, ha="right")
+    axis.set_yticks(range(values.shape[0]), labels)
+    axis.set_title(f"{run.name}: {run.backbone}, {run.method}", fontsize=9)
+    figure.colorbar(image, ax=axis, label="accuracy (%)")
+    figure.tight_layout()
+    return figure
+
+
+def rank_curves(runs: list[RunResult]):
+    """Paper 1, figures 1 and 2: final upstream and first-task accuracy against LoRA rank, per backbone
+    (and with/without LwF), mean and standard deviation over seeds. None without two ranks."""
+    series = defaultdict(lambda: defaultdict(list))  # (backbone, variant) -> rank -> [(upstream, first task)]
+    for run in runs:
+        method = run.config["method"]
+        if method["name"] != "lora" or run.completed < run.matrix.num_tasks:
+            continue
+        a = run.matrix.as_array()
+        variant = run.method.split(" ", 2)[2] if run.method.count(" ") >= 2 else ""
+        series[(run.backbone, variant)][method["rank"]].append((a[-1, 0], a[-1, 1]))
+    series = {key: value for key, value in series.items() if len(value) >= 2}
+    if not series:
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for index, ((backbone, variant), by_rank) in enumerate(sorted(series.items())):
+        ranks = sorted(by_rank)
+        for panel, axis in enumerate(axes):
+            values = [np.array([v[panel] for v in by_rank[r]]) * 100 for r in ranks]
+            means = [v.mean() for v in values]
+            stds = [v.std(ddof=1) if len(v) > 1 else 0.0 for v in values]
+            axis.errorbar(ranks, means, yerr=stds, marker="o", capsize=3, color=_colour(backbone, index),
+                          linestyle="--" if variant else "-", label=f"{backbone} {variant}".strip())  # fmt: skip
+    first_task = next(iter(runs)).matrix.columns[1]
+    for axis, title in zip(axes, ["upstream task, after the sequence", f"{first_task} (first task), after the sequence"]):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("LoRA rank")
+        axis.set_ylabel("accuracy (%)")
+        axis.set_title(title, fontsize=10)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def most_forgotten_figure(changes: ClassChanges, class_names: list[str], title: str, k: int = 20):
+    """Paper 1, figure 3: the classes with the most forgotten test images."""
+    top = most_forgotten(changes, k)
+    figure, axis = plt.subplots(figsize=(6, 0.8 + 0.28 * max(len(top), 1)))
+    if top:
+        names = [class_names[c] for c, _ in top][::-1]
+        counts = [n for _, n in top][::-1]
+        axis.barh(names, counts, color="#d62728")
+    else:
+        axis.text(0.5, 0.5, "no upstream image was forgotten", ha="center", va="center", transform=axis.transAxes)
+    axis.set_xlabel("forgotten test images")
+    axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def similarity_figure(test: ContextualTest, domain: str, title: str):
+    """Paper 1, figure 4: Wu-Palmer similarity to the task's domain of the forgotten images and of all
+    upstream test images (classes weighted by image counts), with the permutation test."""
+    figure, axis = plt.subplots(figsize=(6.5, 3.6))
+    bins = np.linspace(0, 1, 21)
+    for weights, label, colour in [
+        (test.images_per_class, "all upstream test images", "#7f7f7f"),
+        (test.forgotten_per_class, "forgotten images", "#d62728"),
+    ]:
+        if weights.sum() == 0:
+            continue
+        axis.hist(test.similarity, bins=bins, weights=weights, density=True, alpha=0.45, color=colour, label=label)
+        if len(np.unique(test.similarity[weights > 0])) > 1:
+            from scipy.stats import gaussian_kde
+
+            grid = np.linspace(0, 1, 200)
+            kde = gaussian_kde(test.similarity, weights=weights.astype(float))
+            axis.plot(grid, kde(grid), color=colour)
+    axis.set_xlabel(f"Wu-Palmer similarity to {domain}")
+    axis.set_ylabel("density")
+    axis.set_title(
+        f"{title}\nmean forgotten {test.mean_forgotten:.3f} vs all {test.mean_all:.3f} "
+        f"(difference {test.difference:+.3f}, permutation p = {test.p_value:.2g})",
+        fontsize=9,
+    )
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,212 @@
+"""``forgetlab report PATH...``: one self-contained HTML page (figures embedded as data URIs) and a
+Markdown summary, with every figure also written as PNG and SVG next to them."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from forgetlab.analysis.collect import RunResult, find_runs
+from forgetlab.analysis.contextual import ContextualTest, class_similarities, contextual_forgetting
+from forgetlab.analysis.perclass import class_changes
+from forgetlab.analysis.tables import paper2_table, run_row
+from forgetlab.report import figures
+from forgetlab.results import atomic_write_bytes, atomic_write_text
+from forgetlab.runtime import progress
+
+MAX_HEATMAPS = 12
+
+
+@dataclass
+class Figure:
+    key: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class ContextualRow:
+    run: RunResult
+    task: str
+    domain: str
+    test: ContextualTest
+
+
+def _save(figure, key: str, caption: str, folder: Path) -> Figure:
+    import matplotlib.pyplot as plt
+
+    buffers = {}
+    for extension in ("png", "svg"):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=extension, dpi=110)
+        buffers[extension] = buffer.getvalue()
+        atomic_write_bytes(folder / f"{key}.{extension}", buffers[extension])
+    plt.close(figure)
+    return Figure(key, caption, buffers["png"])
+
+
+def contextual_rows(runs: list[RunResult], permutations: int) -> list[ContextualRow]:
+    """The contextual-forgetting test after every finished task of every run with WordNet metadata."""
+    rows = []
+    for run in progress(runs, desc="contextual forgetting", unit="run"):
+        synsets = run.upstream.get("synsets")
+        if not synsets:
+            continue
+        labels = run.predictions(0)["labels"]
+        for index in range(1, run.completed + 1):
+            domain = run.domain(index)
+            if not domain:
+                continue
+            before, after = run.predictions(index - 1)["predictions"], run.predictions(index)["predictions"]
+            similarity = class_similarities(domain, synsets=synsets)
+            test = contextual_forgetting(before, after, labels, similarity, permutations=permutations, seed=index)
+            rows.append(ContextualRow(run, run.matrix.columns[index], domain, test))
+    return rows
+
+
+def focus_runs(runs: list[RunResult]) -> list[RunResult]:
+    """Per backbone, the run whose per-class forgetting is drawn: the highest LoRA rank (paper 1 used
+    its largest), lowest seed; without LoRA runs, the one with the largest upstream drop."""
+    chosen = []
+    for backbone in dict.fromkeys(run.backbone for run in runs):
+        candidates = [r for r in runs if r.backbone == backbone and r.completed >= 1]
+        lora = [r for r in candidates if r.config["method"]["name"] == "lora" and r.config["method"].get("policy") != "keep"]
+        if lora:
+            chosen.append(max(lora, key=lambda r: (r.config["method"]["rank"], -r.seed)))
+        elif candidates:
+            chosen.append(min(candidates, key=lambda r: r.matrix.as_array()[1, 0] - r.matrix.as_array()[0, 0]))
+    return chosen
+
+
+def _percent(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def _number(value: float, form: str) -> str:
+    return "" if math.isnan(value) else form.format(value)
+
+
+def _mean_std(cell) -> str:
+    mean, std, seeds = cell
+    if math.isnan(mean):
+        return ""
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f}"
+
+
+def _tables(runs: list[RunResult], contextual: list[ContextualRow]) -> dict[str, tuple[list[str], list[list[str]]]]:
+    paper2 = paper2_table(runs)
+    rows = [run_row(run, runs) for run in runs]
+    return {
+        "Methods (paper 2's table: final accuracies, mean ± std over seeds)": (
+            ["backbone", "method", "trainable params", "downstream (mean of tasks)", "upstream", "mean"],
+            [[r["backbone"], r["method"], f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else "",
+              _mean_std(r["downstream"]), _mean_std(r["upstream"]), _mean_std(r["mean"])] for r in paper2],
+        ),  # fmt: skip
+        "Forgetting metrics per run (percentage points)": (
+            ["run", "backbone", "method", "seed", "tasks", "avg acc", "avg forgetting", "BWT", "FWT vs linear", "plasticity", "upstream", "upstream drop"],
+            [[r["run"], r["backbone"], r["method"], str(r["seed"]), f"{r['completed_tasks']}/{r['total_tasks']}",
+              _percent(r["average_accuracy"]), _percent(r["average_forgetting"]), _percent(r["backward_transfer"]),
+              _percent(r.get("forward_transfer")), _percent(r["plasticity"]), _percent(r["upstream_final"]),
+              _percent(r["upstream_drop"])] for r in rows],
+        ),  # fmt: skip
+        "Contextual forgetting (Wu-Palmer similarity of forgotten upstream images to the task's domain)": (
+            ["run", "after task", "domain", "forgotten images", "mean sim. forgotten", "mean sim. all", "difference", "p (permutation)"],
+            [[c.run.name, c.task, c.domain, str(c.test.forgotten), _number(c.test.mean_forgotten, "{:.3f}"), _number(c.test.mean_all, "{:.3f}"),
+              _number(c.test.difference, "{:+.3f}"), _number(c.test.p_value, "{:.2g}") if c.test.forgotten else ""] for c in contextual],
+        ),  # fmt: skip
+    }
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+figcaption { font-size: 0.8em; color: #555; max-width: 600px; }
+img { max-width: 100%; }
+"""
+# Marks the page once every figure has decoded, so a headless browser can check the page.
+_CHECK_SCRIPT = """
+window.addEventListener('load', function () {
+  var images = Array.from(document.querySelectorAll('figure img'));
+  var loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-figures-loaded', loaded + '/' + images.length);
+});
+"""
+
+
+def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: int = 10_000, log=print) -> Path:
+    """Write ``report.html``, ``report.md`` and ``figures/*.png|svg`` for the runs under ``paths``."""
+    runs = find_runs(paths)
+    out_dir = Path(out_dir)
+    figure_dir = out_dir / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    contextual = contextual_rows(runs, permutations)
+    sections: list[tuple[str, list[Figure]]] = []
+
+    curves = figures.rank_curves(runs)
+    if curves is not None:
+        sections.append(("Accuracy against LoRA rank (paper 1, figures 1-2)", [
+            _save(curves, "rank_curves", "Final upstream accuracy (left) and first-task accuracy (right) against LoRA rank; "
+                  "bars: standard deviation over seeds.", figure_dir)]))  # fmt: skip
+    per_class = []
+    for run in focus_runs(runs):
+        names = run.upstream["classes"]
+        before, after = run.predictions(0), run.predictions(1)
+        changes = class_changes(before["predictions"], after["predictions"], before["labels"], len(names))
+        task = run.matrix.columns[1]
+        per_class.append(_save(figures.most_forgotten_figure(changes, names, f"{run.name}: most forgotten after {task}"),
+                               f"forgotten_{run.name}", f"The 20 upstream classes with most test images forgotten by {run.name} "
+                               f"after {task} (right before, wrong after).", figure_dir))  # fmt: skip
+        for row in contextual:
+            if row.run is run and row.task == task:
+                per_class.append(_save(figures.similarity_figure(row.test, row.domain, f"{run.name} after {task}"),
+                                       f"similarity_{run.name}", "Similarity to the task's domain of forgotten vs all "
+                                       "upstream test images; one-sided permutation test of the forgotten images' mean.",
+                                       figure_dir))  # fmt: skip
+    if per_class:
+        sections.append(("Which upstream classes are forgotten (paper 1, figures 3-4)", per_class))
+    heatmaps = [_save(figures.matrix_heatmap(run), f"matrix_{run.name}", f"Accuracy matrix of {run.name}.", figure_dir)
+                for run in runs[:MAX_HEATMAPS]]  # fmt: skip
+    sections.append((f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps))
+
+    tables = _tables(runs, contextual)
+    title = f"forgetlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}"
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>From: {html.escape(', '.join(map(str, paths)))}</p>"]
+    markdown = [f"# {title}", "", f"From: {', '.join(map(str, paths))}", ""]
+    for heading, (header, rows) in tables.items():
+        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
+        markdown += [f"## {heading}", "", _markdown_table(header, rows), ""]
+    for heading, items in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        markdown += [f"## {heading}", ""]
+        for item in items:
+            data = base64.b64encode(item.png).decode()
+            body.append(f'<figure><img alt="{html.escape(item.key)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(item.caption)}</figcaption></figure>")  # fmt: skip
+            markdown += [f"![{item.caption}](figures/{item.key}.png)", ""]
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style><script>{_CHECK_SCRIPT}</script></head><body>{''.join(body)}</body></html>"
+    )
+    atomic_write_text(out_dir / "report.html", page)
+    atomic_write_text(out_dir / "report.md", "\n".join(markdown))
+    log(f"report of {len(runs)} runs: {out_dir / 'report.html'} and {out_dir / 'report.md'}, figures in {figure_dir}")
+    return out_dir / "report.html"

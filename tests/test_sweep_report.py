@@ -1,0 +1,126 @@
+"""Sweeps (grid, resume after interruption, parallel cells) and the report (HTML in headless Chromium)."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from forgetlab.cli import main
+from forgetlab.errors import ConfigError
+from forgetlab.sweep import load_sweep, run_sweep
+
+
+def _sweep_file(tmp_path, backbone_file, grid: dict, name: str = "tiny"):
+    definition = {
+        "name": name,
+        "out_dir": str(tmp_path / "runs"),
+        "base": {
+            "backbone": {"name": backbone_file.stem, "weights": str(backbone_file)},
+            "data": {"tasks": ["fontfamily", "digits"], "max_train": 48, "max_test": 60},
+            "train": {"batch_size": 16, "max_steps": 3, "lr": 0.05},
+        },
+        "grid": grid,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(definition))
+    return path
+
+
+def test_an_interrupted_sweep_resumes_and_runs_every_cell_once(random_backbones, tmp_path):
+    path = _sweep_file(tmp_path, random_backbones["offline_vit"], {"method.rank": [1, 4], "seed": [0, 1]})
+    sweep = load_sweep(path)
+    assert [cell.name for cell in sweep.cells] == ["rank1-seed0", "rank1-seed1", "rank4-seed0", "rank4-seed1"]
+    done = []
+
+    def stop_after_two(cell):
+        done.append(cell.name)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, quiet=True, log=lambda message: None, on_cell_done=stop_after_two)
+    stamps = {name: (sweep.folder / name / "accuracy_matrix.json").stat().st_mtime_ns for name in done}
+    status = run_sweep(load_sweep(path), quiet=True, log=lambda message: None)
+    assert status == {"rank1-seed0": "skipped", "rank1-seed1": "skipped", "rank4-seed0": "ran", "rank4-seed1": "ran"}
+    assert all((sweep.folder / name / "accuracy_matrix.json").stat().st_mtime_ns == stamp for name, stamp in stamps.items())
+    rows = list(csv.DictReader((sweep.folder / "sweep.csv").open()))
+    assert sorted(row["run"] for row in rows) == sorted(status) and all(row["completed_tasks"] == "2" for row in rows)
+    assert {row["config.method.rank"] for row in rows} == {"1", "4"}
+    assert run_sweep(load_sweep(path), quiet=True, log=lambda message: None) == dict.fromkeys(status, "skipped")
+
+
+def test_sweep_in_parallel_processes_matches_one_process(random_backbones, tmp_path):
+    grid = {"backbone.name": ["offline_resnet"], "method.rank": [1, 2]}
+    serial = _sweep_file(tmp_path, random_backbones["offline_resnet"], grid, name="serial")
+    parallel = _sweep_file(tmp_path, random_backbones["offline_resnet"], grid, name="parallel")
+    assert main(["sweep", str(serial), "--quiet"]) == 0
+    assert main(["sweep", str(parallel), "--quiet", "--jobs", "2"]) == 0
+    for cell in ("offline_resnet-rank1", "offline_resnet-rank2"):
+        a = (tmp_path / "runs" / "serial" / cell / "accuracy_matrix.json").read_text()
+        assert a == (tmp_path / "runs" / "parallel" / cell / "accuracy_matrix.json").read_text()
+
+
+def test_bad_sweeps_are_refused_before_anything_runs(random_backbones, tmp_path):
+    path = _sweep_file(tmp_path, random_backbones["offline_vit"], {"method.rnak": [1, 2]})
+    with pytest.raises(ConfigError, match="sweep cell rnak1: unknown config key 'method.rnak'"):
+        load_sweep(path)
+    assert not (tmp_path / "runs").exists()
+    result = subprocess.run([sys.executable, "-m", "forgetlab", "sweep", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    path.write_text(yaml.safe_dump({"grid": {"method.rank": 4}}))
+    with pytest.raises(ConfigError, match="non-empty lists"):
+        load_sweep(path)
+
+
+@pytest.fixture(scope="module")
+def report_runs(random_backbones, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("report")
+    grid = {"method.rank": [1, 8], "seed": [0, 1]}
+    sweep = load_sweep(_sweep_file(tmp_path, random_backbones["offline_vit"], grid))
+    run_sweep(sweep, quiet=True, log=lambda message: None)
+    linear = _sweep_file(tmp_path, random_backbones["offline_vit"], {"method.name": ["linear"], "seed": [0, 1]}, name="linear")
+    run_sweep(load_sweep(linear), quiet=True, log=lambda message: None)
+    return tmp_path / "runs"
+
+
+def test_report_writes_html_markdown_and_every_figure(report_runs, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(report_runs / "tiny"), str(report_runs / "linear"), "--out", str(out), "--permutations", "500", "--quiet"]) == 0
+    page = (out / "report.html").read_text()
+    figures = sorted(p.stem for p in (out / "figures").glob("*.png"))
+    assert figures == sorted(p.stem for p in (out / "figures").glob("*.svg"))
+    assert "rank_curves" in figures and "forgotten_rank8-seed0" in figures and "similarity_rank8-seed0" in figures
+    assert len([f for f in figures if f.startswith("matrix_")]) == 6
+    assert page.count("data:image/png;base64,") == len(figures)
+    assert "src=\"figures/" not in page, "the page must be self-contained"
+    markdown = (out / "report.md").read_text()
+    # Paper 2's table: one row per (backbone, method), over two seeds; FWT against the linear probe.
+    assert re.search(r"\| offline_vit \| lora r=8 \| [\d,]+ \| [\d.]+ ± [\d.]+ \|", markdown)
+    assert "| offline_vit | linear | 1,032 |" in markdown  # the fontfamily head: 128 x 8 + 8
+    assert "FWT vs linear" in markdown and "letter.n.02" in markdown
+
+
+def test_report_renders_in_headless_chromium(report_runs, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is missing: 'make test' installs it (scripts/install-system-data.sh --test)"
+    out = tmp_path / "report"
+    assert main(["report", str(report_runs / "tiny"), "--out", str(out), "--permutations", "200", "--quiet"]) == 0
+    url = (out / "report.html").resolve().as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=5000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    loaded = re.search(r'data-figures-loaded="(\d+)/(\d+)"', dom)
+    figures = len(list((out / "figures").glob("*.png")))
+    assert loaded and int(loaded.group(1)) == int(loaded.group(2)) == figures >= 6
+    screenshot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, "--window-size=1200,3000", f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    from PIL import Image
+
+    with Image.open(screenshot) as image:
+        assert image.size == (1200, 3000)
+        assert len(image.convert("L").getcolors(maxcolors=2**16) or range(2**16)) > 50, "the screenshot is blank"
