@@ -36,7 +36,9 @@ def test_idx_reader_round_trip_and_errors(tmp_path):
 
 
 def test_world_sizes_and_labels():
-    assert dataset_names() == ["digits", "fontfamily", "fontstyle", "offline_upstream"]
+    offline = ["digits", "fontfamily", "fontstyle", "offline_upstream"]
+    real = ["cifar100", "cub200", "fgvc_aircraft", "flowers102", "imagenet", "stanford_cars"]
+    assert dataset_names() == sorted(offline + real)
     expected = {  # name: (classes, train, test)
         "offline_upstream": (36, 10 * 800 + 26 * 80 * 4, 10 * 200 + 26 * 80),
         "fontfamily": (8, 26 * 8 * 4 * 3, 26 * 8 * 4),

@@ -34,7 +34,10 @@ def section(cls, help: str):
 @dataclass
 class BackboneConfig:
     name: str = option("offline_vit", "backbone: 'offline_vit', 'offline_resnet', or a timm model name")
-    weights: str | None = option(None, "local weights file (.safetensors or timm/torch checkpoint); default: built-in")
+    weights: str | None = option(None, "local weights file (.safetensors or timm/torch checkpoint); default: built-in or Hugging Face")
+    image_size: int | None = option(None, "input size override (smoke runs at reduced size); default: the backbone's pretrained_cfg")
+    random_init: bool = option(False, "random weights instead of pretrained ones (smoke tests of real architectures only)")
+    num_classes: int | None = option(None, "upstream head size with random_init (default 1000; 0 for a headless backbone)")
 
 
 @dataclass
@@ -43,6 +46,8 @@ class DataConfig:
     tasks: list[str] = option(["fontfamily", "digits", "fontstyle"], "the downstream task sequence")
     max_train: int | None = option(None, "use at most this many training images per task (smoke runs)")
     max_test: int | None = option(None, "evaluate at most this many test images per task (seeded subset)")
+    workers: int = option(0, "data-loader worker processes (decode real images in parallel; 0: in the main process)")
+    root: str | None = option(None, "folder of the real datasets (default: $FORGETLAB_DATA); see 'forgetlab data check'")
 
 
 @dataclass
@@ -60,7 +65,10 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = option(256, "evaluation batch size")
-    upstream_evaluator: str = option("head", "how the upstream task is scored: 'head' (its original classifier)")
+    upstream_evaluator: str = option("head", "how the upstream task is scored: 'head' (its original classifier, paper 1) or 'knn' (paper 2)")
+    upstream_subset: int | None = option(None, "score the upstream task on a fixed, seeded subset of this many test images (reports a 95% CI)")
+    knn_k: int = option(20, "k of the k-NN evaluator (accuracies at 10, 20, 100 and 200 are recorded too)")
+    knn_temperature: float = option(0.07, "temperature of the k-NN votes, exp(similarity / T) (DINO: 0.07)")
 
 
 @dataclass
@@ -232,6 +240,9 @@ def validate(config: RunConfig) -> None:
         (config.train.lr > 0, "train.lr must be positive"),
         (0 <= config.train.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),
         (config.eval.batch_size >= 1, "eval.batch_size must be at least 1"),
+        (config.eval.upstream_evaluator in ("head", "knn"), "eval.upstream_evaluator must be 'head' or 'knn'"),
+        (config.eval.upstream_subset is None or config.eval.upstream_subset >= 1, "eval.upstream_subset must be at least 1"),
+        (config.eval.knn_k >= 1 and config.eval.knn_temperature > 0, "eval.knn_k must be at least 1 and eval.knn_temperature positive"),
         (config.lwf.alpha >= 0, "lwf.alpha must be 0 (off) or positive"),
         (config.lwf.temperature > 0, "lwf.temperature must be positive"),
         (config.replay.size >= 0, "replay.size must be 0 (off) or positive"),

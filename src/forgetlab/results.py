@@ -134,6 +134,7 @@ class RunFolder:
     tasks = property(lambda self: self.path / "tasks.json")
     checkpoint = property(lambda self: self.path / "checkpoint" / "model.safetensors")
     progress = property(lambda self: self.path / "progress.json")
+    upstream_eval = property(lambda self: self.path / "upstream_eval.json")  # per row: accuracy, CI, k-NN at every k
     upstream = property(lambda self: self.path / "upstream.json")  # the upstream label space and its synsets
 
     def predictions(self, after_task: int) -> Path:

@@ -23,7 +23,8 @@ import torch
 from forgetlab import config as config_module
 from forgetlab.data import build_task
 from forgetlab.errors import ConfigError
-from forgetlab.evaluate import accuracy, dataset_labels, predict, upstream_evaluator
+from forgetlab.data.files import preprocess_for
+from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
 from forgetlab.methods.base import build_method
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
@@ -112,12 +113,16 @@ def run(config, *, log=print) -> RunFolder:
     """Run (or resume) the sequence described by ``config``; return its folder."""
     folder = RunFolder(config.run_dir)
     method = build_method(config.method)  # validates the method's options before anything is written
-    evaluate_upstream = upstream_evaluator(config.eval.upstream_evaluator)
     device = resolve_device(config.device)
     amp_dtype = autocast_dtype(device, config.precision)
-    upstream = build_task(config.data.upstream, config.data)
-    tasks = [build_task(name, config.data) for name in config.data.tasks]
     backbone = load_backbone(config.backbone, device=device)
+    preprocess = None if backbone.name.startswith("offline_") else preprocess_for(backbone.model, config.backbone.image_size)
+    upstream = build_task(config.data.upstream, config.data, preprocess)
+    if config.eval.upstream_subset is not None and hasattr(upstream.test, "subset"):
+        upstream.test = upstream.test.subset(config.eval.upstream_subset, seed=config.seed)
+    tasks = [build_task(name, config.data, preprocess) for name in config.data.tasks]
+    evaluate_upstream = build_upstream_evaluator(config.eval, upstream)
+    workers = config.data.workers
     head_classes = getattr(backbone.model.get_classifier(), "out_features", 0)
     if config.eval.upstream_evaluator == "head" and head_classes != upstream.num_classes:
         raise ConfigError(
@@ -132,17 +137,32 @@ def run(config, *, log=print) -> RunFolder:
     replay_buffer = ReplayBuffer(upstream.train, config.replay.size, seed=config.seed) if config.replay.size else None
 
     model = MultiHeadModel(backbone.model).to(device)
+    if device.type == "cuda" and not hasattr(backbone.model, "blocks"):
+        model = model.to(memory_format=torch.channels_last)  # convolutions run faster in NHWC on GPUs
+
+    def score_upstream(row: int):
+        start = time.perf_counter()
+        with method.evaluating(model, UPSTREAM):
+            value, predicted = evaluate_upstream(model, upstream.test, batch_size=config.eval.batch_size, device=device,
+                                                 amp_dtype=amp_dtype, workers=workers)  # fmt: skip
+        record = {"row": row, "accuracy": value, "images": len(predicted), "seconds": round(time.perf_counter() - start, 2)}
+        if config.eval.upstream_subset is not None:
+            record["ci95"] = confidence_interval(value, len(predicted))
+        if getattr(evaluate_upstream, "last", None):
+            record["knn"] = {str(k): v for k, v in evaluate_upstream.last.items()}
+        records = read_json(folder.upstream_eval)[:row] if folder.upstream_eval.exists() else []
+        return value, predicted, [*records, record]
+
     completed = folder.completed_tasks()
     if completed < 0:
         write_json(folder.environment, {**environment_record(device), "backbone_recipe": backbone.recipe})
         write_json(folder.upstream, task_metadata(upstream))
         matrix = AccuracyMatrix(columns=[UPSTREAM] + [task.name for task in tasks])
         start = time.perf_counter()
-        upstream_accuracy, predictions = evaluate_upstream(
-            model, upstream.test, batch_size=config.eval.batch_size, device=device, amp_dtype=amp_dtype
-        )
+        upstream_accuracy, predictions, upstream_records = score_upstream(0)
         matrix.add_row({UPSTREAM: upstream_accuracy})
         write_npz(folder.predictions(0), predictions=predictions, labels=dataset_labels(upstream.test))
+        write_json(folder.upstream_eval, upstream_records)
         folder.write_matrix(matrix)
         write_json(folder.tasks, [])
         write_json(folder.progress, {"completed_tasks": 0, "total_tasks": len(tasks)})
@@ -186,23 +206,20 @@ def run(config, *, log=print) -> RunFolder:
             model, task.name, task.train, config.train, device=device, amp_dtype=amp_dtype, seed=seed,
             extra_losses=extra_losses, extra_heads=[h for loss in extra_losses for h in loss.heads],
             replay=replay_buffer.batches(config.replay.batch_size, seed) if replay_buffer else None,
-            replay_head=UPSTREAM, description=f"task {index}/{len(tasks)} {task.name}",
+            replay_head=UPSTREAM, workers=workers, description=f"task {index}/{len(tasks)} {task.name}",
         )  # fmt: skip
         del extra_losses  # the teacher copy
         method.finish(model, task.name)
         model.requires_grad_(False)
 
         start = time.perf_counter()
-        with method.evaluating(model, UPSTREAM):
-            upstream_accuracy, predictions = evaluate_upstream(
-                model, upstream.test, batch_size=config.eval.batch_size, device=device, amp_dtype=amp_dtype
-            )
+        upstream_accuracy, predictions, upstream_records = score_upstream(index)
         row = {UPSTREAM: upstream_accuracy}
         for seen in tasks[:index]:
             with method.evaluating(model, seen.name):
                 seen_predictions = predict(
                     model, seen.name, seen.test, batch_size=config.eval.batch_size, device=device,
-                    amp_dtype=amp_dtype, description=f"eval {seen.name}",
+                    amp_dtype=amp_dtype, workers=workers, description=f"eval {seen.name}",
                 )  # fmt: skip
             row[seen.name] = accuracy(seen_predictions, dataset_labels(seen.test))
         matrix.add_row(row)
@@ -225,6 +242,7 @@ def run(config, *, log=print) -> RunFolder:
         )
         # Commit: results first, the resume marker last.
         write_npz(folder.predictions(index), predictions=predictions, labels=dataset_labels(upstream.test))
+        write_json(folder.upstream_eval, upstream_records)
         folder.write_matrix(matrix)
         write_json(folder.tasks, task_records)
         method.save_task(task.name, folder.path)

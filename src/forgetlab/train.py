@@ -99,6 +99,7 @@ def train_task(
     freeze_batchnorm: bool = True,
     replay: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
     replay_head: str | None = None,
+    workers: int = 0,
     description: str = "train",
 ) -> TrainStats:
     """Train ``model``'s trainable parameters on ``dataset`` through head ``head``.
@@ -108,7 +109,7 @@ def train_task(
     ``replay`` yields ``(images, labels)`` batches appended to every task batch and scored through
     ``replay_head``; the cross-entropy is then the mean over task and replayed examples together.
     """
-    loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device)
+    loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device, workers=workers)
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * train_config.epochs
     if train_config.max_steps is not None:

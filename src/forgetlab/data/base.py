@@ -67,3 +67,24 @@ class TaskData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+class LabelSubset(Dataset):
+    """The examples of ``dataset`` whose label is a key of ``relabel``, with labels mapped through it."""
+
+    def __init__(self, dataset: Dataset, relabel: dict[int, int]):
+        labels = np.asarray(getattr(dataset, "labels", None) if getattr(dataset, "labels", None) is not None
+                            else [int(dataset[i][1]) for i in range(len(dataset))])  # fmt: skip
+        self.dataset = dataset
+        self.indices = np.flatnonzero(np.isin(labels, list(relabel)))
+        mapping = np.full(max(list(relabel) + [int(labels.max()) if len(labels) else 0]) + 1, -1, dtype=np.int64)
+        for old, new in relabel.items():
+            mapping[old] = new
+        self.labels = mapping[labels[self.indices]]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        image, _ = self.dataset[int(self.indices[index])]
+        return image, int(self.labels[index])

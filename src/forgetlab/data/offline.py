@@ -208,7 +208,7 @@ def _task(name: str, data_config, classes: list[str], **metadata) -> TaskData:
 
 # --------------------------------------------------------------------------------------------- registry
 @register_dataset("offline_upstream")
-def offline_upstream(data_config=None) -> TaskData:
+def offline_upstream(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "upstream",
         data_config,
@@ -221,7 +221,7 @@ def offline_upstream(data_config=None) -> TaskData:
 
 
 @register_dataset("fontfamily")
-def fontfamily(data_config=None) -> TaskData:
+def fontfamily(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "fontfamily",
         data_config,
@@ -233,7 +233,7 @@ def fontfamily(data_config=None) -> TaskData:
 
 
 @register_dataset("digits")
-def digits(data_config=None) -> TaskData:
+def digits(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "digits",
         data_config,
@@ -245,7 +245,7 @@ def digits(data_config=None) -> TaskData:
 
 
 @register_dataset("fontstyle")
-def fontstyle(data_config=None) -> TaskData:
+def fontstyle(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "fontstyle",
         data_config,

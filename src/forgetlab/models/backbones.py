@@ -4,6 +4,10 @@
   ``forgetlab pretrain`` and cached in ``$FORGETLAB_HOME/backbones``; built on first use.
 * any timm model name with ``backbone.weights``: a local ``.safetensors`` or timm/torch checkpoint,
   loaded with ``weights_only=True``.
+* a timm name with a pretrained tag (``vit_base_patch16_224.augreg_in1k``) and no ``weights``: timm's
+  own weights from the Hugging Face cache, or downloaded when online. The upstream head comes with them
+  (ImageNet-1k: 1000 classes in sorted-wnid order); DINO has no head (use the k-NN evaluator).
+* ``random_init``: the architecture with random weights, for smoke tests of the real pipeline.
 """
 
 from __future__ import annotations
@@ -79,7 +83,34 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         )
 
 
+def _create_kwargs(config) -> dict:
+    kwargs = {}
+    if getattr(config, "image_size", None) and _is_vit(config.name):
+        kwargs["img_size"] = config.image_size
+    return kwargs
+
+
+def _is_vit(name: str) -> bool:
+    return name.split(".")[0].startswith(("vit_", "deit", "offline_vit"))
+
+
+def _from_hub(config) -> Backbone:
+    try:
+        model = timm.create_model(config.name, pretrained=True, **_create_kwargs(config))
+    except Exception as error:  # no cache and no network, or a name without weights
+        architecture, _, tag = config.name.partition(".")
+        raise DataError(
+            f"no weights for {config.name} (not in the Hugging Face cache, and no download: {type(error).__name__}); "
+            f"download model.safetensors from https://huggingface.co/timm/{config.name} and set backbone.weights=/path/to/model.safetensors"
+        ) from error
+    return Backbone(model=model.eval(), name=config.name, recipe={"source": "timm pretrained", "tag": config.name.partition(".")[2]})
+
+
 def load_backbone(config, *, pretrain_if_missing: bool = True, device=None) -> Backbone:
+    if getattr(config, "random_init", False):
+        num_classes = 1000 if config.num_classes is None else config.num_classes
+        model = create(config.name, num_classes=num_classes, **_create_kwargs(config))
+        return Backbone(model=model.eval(), name=config.name, recipe={"source": "random init (smoke test)"})
     if config.name in OFFLINE_BACKBONES and config.weights is None:
         folder = offline_backbone_dir(config.name)
         if not (folder / "model.safetensors").exists():
@@ -91,16 +122,18 @@ def load_backbone(config, *, pretrain_if_missing: bool = True, device=None) -> B
             pretrain(config.name, device=device)
         return _load_folder(config.name, folder)
     if config.weights is None:
+        if "." in config.name:
+            return _from_hub(config)
         raise DataError(
             f"no weights for backbone '{config.name}': set backbone.weights=/path/to/model.safetensors "
-            "(or a timm/torch checkpoint)"
+            "(or a timm/torch checkpoint), or name timm's pretrained weights, e.g. vit_base_patch16_224.augreg_in1k"
         )
     weights = Path(config.weights)
     recipe_file = weights.with_name("recipe.json")
     recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
     state = read_state_dict(weights)
     head_weight = _head_weight(state)
-    model = create(config.name, num_classes=head_weight.shape[0] if head_weight is not None else 0)
+    model = create(config.name, num_classes=head_weight.shape[0] if head_weight is not None else 0, **_create_kwargs(config))
     load_weights(model, state, str(weights))
     return Backbone(model=model.eval(), name=config.name, classes=recipe.get("classes", []), recipe=recipe)
 

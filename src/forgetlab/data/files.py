@@ -1,0 +1,106 @@
+"""Datasets of image files on disk (the real datasets), decoded with PIL and preprocessed the way the
+backbone was pretrained (its timm ``pretrained_cfg``: input size, interpolation, crop, mean and std)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from forgetlab.errors import ConfigError, DataError
+
+DATA_ENV = "FORGETLAB_DATA"
+
+
+@dataclass
+class Preprocess:
+    """The train and eval transforms of one backbone (PIL image -> normalised tensor)."""
+
+    train: Callable
+    eval: Callable
+    input_size: tuple[int, int, int]
+
+
+def preprocess_for(model: torch.nn.Module, image_size: int | None = None) -> Preprocess:
+    """timm's transforms for ``model``'s own data config; ``image_size`` overrides its input size."""
+    import timm.data
+
+    config = timm.data.resolve_model_data_config(model)
+    if image_size:
+        config["input_size"] = (config["input_size"][0], image_size, image_size)
+    train = timm.data.create_transform(**config, is_training=True, scale=(0.25, 1.0), re_prob=0.0, auto_augment=None)
+    evaluation = timm.data.create_transform(**config, is_training=False)
+    return Preprocess(train=train, eval=evaluation, input_size=tuple(config["input_size"]))
+
+
+class FileDataset(Dataset):
+    """``(path, label)`` pairs; items are ``(transform(PIL image), label)``."""
+
+    def __init__(self, paths: list[Path], labels: list[int], transform: Callable | None = None):
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} files but {len(labels)} labels")
+        self.paths = [Path(p) for p in paths]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[index]) as image:
+                image = image.convert("RGB")
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot decode {self.paths[index]} ({error}); re-extract the dataset") from error
+        if self.transform is None:
+            return image, int(self.labels[index])
+        return self.transform(image), int(self.labels[index])
+
+    def subset(self, count: int, seed: int) -> "FileDataset":
+        if count >= len(self):
+            return self
+        order = np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
+        return FileDataset([self.paths[i] for i in order], self.labels[order].tolist(), self.transform)
+
+
+class ArrayImageDataset(Dataset):
+    """In-memory uint8 RGB images ``[N, H, W, 3]`` (CIFAR), items preprocessed like files."""
+
+    def __init__(self, images: np.ndarray, labels, transform: Callable | None = None):
+        self.images, self.labels, self.transform = images, np.asarray(labels, dtype=np.int64), transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        image = Image.fromarray(self.images[index])
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+    def subset(self, count: int, seed: int) -> "ArrayImageDataset":
+        if count >= len(self):
+            return self
+        order = np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
+        return ArrayImageDataset(self.images[order], self.labels[order], self.transform)
+
+
+def data_root(data_config) -> Path:
+    """``data.root``, else ``$FORGETLAB_DATA``; a one-line error naming both when neither is set."""
+    root = getattr(data_config, "root", None) or os.environ.get(DATA_ENV)
+    if not root:
+        raise ConfigError(f"the real datasets need a folder: set data.root=/path/to/datasets or {DATA_ENV}=/path/to/datasets")
+    return Path(root).expanduser()
+
+
+def require(path: Path, what: str, how: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{what} not found at {path}; {how}")
+    return path
