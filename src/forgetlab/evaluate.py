@@ -106,7 +106,7 @@ class KNNEvaluator:
         digest = hashlib.sha256()
         for name, tensor in sorted(model.backbone.state_dict().items()):
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
     def __call__(self, model, dataset: Dataset, *, batch_size, device, amp_dtype, workers: int = 0, description="upstream k-NN"):
