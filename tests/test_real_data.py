@@ -3,6 +3,7 @@ hand computation, and real-size weights through the local-file path."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -51,10 +52,10 @@ def root(tmp_path_factory):
         for n in range(1, count + 1):
             _jpg(cars / f"cars_{split}" / f"{n:05d}.jpg", n)
     flowers = root / "flowers-102"
-    for n in range(1, 7):
+    for n in range(1, 8):
         _jpg(flowers / "jpg" / f"image_{n:05d}.jpg", n)
-    savemat(flowers / "imagelabels.mat", {"labels": np.array([1, 2, 1, 2, 102, 1])})
-    savemat(flowers / "setid.mat", {"trnid": np.array([1, 2]), "valid": np.array([3]), "tstid": np.array([4, 5, 6])})
+    savemat(flowers / "imagelabels.mat", {"labels": np.array([1, 2, 1, 2, 102, 1, 102])})
+    savemat(flowers / "setid.mat", {"trnid": np.array([1, 2]), "valid": np.array([3, 7]), "tstid": np.array([4, 5, 6])})
     aircraft = root / "fgvc-aircraft-2013b" / "data"
     aircraft.mkdir(parents=True)
     (aircraft / "variants.txt").write_text("707-320\nA380\n")
@@ -77,7 +78,7 @@ def root(tmp_path_factory):
     ("imagenet", 3, [0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 0, 1, 1, 2, 2], None),  # labels: sorted wnids
     ("cifar100", 3, [0, 1, 2, 0, 1, 2], [0, 1, 2, 0], "object.n.01"),
     ("stanford_cars", 2, [0, 1, 1], [1, 0], "car.n.01"),
-    ("flowers102", 102, [0, 1, 0], [1, 101, 0], "flower.n.01"),
+    ("flowers102", 102, [0, 1, 0, 101], [1, 101, 0], "flower.n.01"),
     ("fgvc_aircraft", 2, [0, 1, 1], [0], "airplane.n.01"),
     ("cub200", 2, [0, 1], [1], "bird.n.01"),
 ])  # fmt: skip
@@ -187,3 +188,81 @@ def test_real_size_weights_round_trip_through_a_local_file(tmp_path):
         load_backbone(BackboneConfig(name="vit_base_patch16_224", weights=str(tmp_path / "missing.safetensors")))
     with pytest.raises(DataError, match="set backbone.weights"):
         load_backbone(BackboneConfig(name="vit_base_patch16_224"))
+
+
+# ----------------------------------------------------------------------------- decoded cache, data check, presets
+def test_decoded_cache_is_built_once_and_reused(root, monkeypatch, forgetlab_home):
+    from forgetlab.data.files import preprocess_for
+    from forgetlab.models.backbones import create
+
+    preprocess = preprocess_for(create("resnet18", num_classes=0), image_size=32)
+    config = DataConfig(root=str(root), cache_decoded=True)
+    task = build_task("fgvc_aircraft", config, preprocess)
+    files = sorted((forgetlab_home / "decoded").glob("*.npy"))
+    assert len(files) == 2 and task.train.images.shape == (3, 34, 34, 3)  # ceil(32 / 0.95), resnet18.a1_in1k crop
+    assert task.test[0][0].shape == (3, 32, 32) and task.train.labels.tolist() == [0, 1, 1]
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(Image, "open", no_decoding)
+    again = build_task("fgvc_aircraft", config, preprocess)
+    assert np.array_equal(np.asarray(again.train.images), np.asarray(task.train.images))
+    assert sorted((forgetlab_home / "decoded").glob("*")) == files
+
+
+def test_data_check_lists_every_dataset(root, capsys):
+    from forgetlab.cli import main
+
+    assert main(["data", "check", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "stanford_cars   ok" in out and "train 3 / test 2 images" in out
+    assert "imagenet        ok" in out and "train 9 / test 6 images" in out
+    assert main(["data", "check", "--root", str(root / "nowhere"), "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "cub200          MISSING" in out and "CUB_200_2011.tgz" in out
+
+
+def test_every_preset_resolves_to_its_papers_settings():
+    from forgetlab import config as config_module
+    from forgetlab.presets import PRESETS, preset_tree
+
+    assert {"paper1-vit", "paper1-resnet", "paper1-vit-long", "paper1-vit-lwf", "paper2-full", "paper2-top3", "paper2-linear",
+            "paper2-lora-r4", "paper2-lora-r8", "paper2-lora-r16", "paper2-block-p1", "paper2-block-p4"} <= set(PRESETS)  # fmt: skip
+    for name in PRESETS:
+        config = config_module.resolve(preset_tree(name))
+        assert config.name == name and config.data.upstream == "imagenet"
+    vit = config_module.resolve(preset_tree("paper1-vit"))
+    assert vit.train.task_epochs == {"stanford_cars": 20, "flowers102": 60, "fgvc_aircraft": 40, "cub200": 40}
+    assert (vit.train.lr, vit.train.weight_decay, vit.train.batch_size, vit.method.alpha, vit.method.dropout) == (1e-3, 1e-2, 32, None, 0.1)
+    assert config_module.resolve(preset_tree("paper1-vit-lwf")).lwf.alpha == 5
+    long = config_module.resolve(preset_tree("paper1-vit-long")).data.tasks
+    assert long[:2] == ["stanford_cars:half1", "flowers102:half1"] and long[4] == "stanford_cars:half2"
+    dino = config_module.resolve(preset_tree("paper2-lora-r4"))
+    assert (dino.eval.upstream_evaluator, dino.train.optimizer, dino.train.max_steps, dino.method.targets) == ("knn", "sgd", 10_000, "q,v")
+    with pytest.raises(ConfigError, match="forgetlab presets"):
+        preset_tree("paper3")
+
+
+@pytest.mark.parametrize("name", sorted(__import__("forgetlab.presets", fromlist=["PRESETS"]).PRESETS))
+def test_presets_run_end_to_end_at_smoke_scale(root, tmp_path, name):
+    """Random-init real architectures at 32 px, two images a task, one step: the whole real pipeline."""
+    from forgetlab import config as config_module
+    from forgetlab.presets import preset_tree
+    from forgetlab.run import run
+
+    smoke = [f"data.root={root}", "backbone.random_init=true", "backbone.image_size=32", "data.max_train=4", "data.max_test=4",
+             "data.workers=0", "train.max_steps=1", "train.batch_size=2", "eval.batch_size=8", f"out_dir={tmp_path}"]  # fmt: skip
+    if name.startswith("paper1"):
+        smoke.append("backbone.num_classes=3")  # the tiny ImageNet copy has 3 classes
+    else:
+        smoke.append("eval.knn_k=2")
+    config = config_module.resolve(preset_tree(name), smoke)
+    folder = run(config, log=lambda message: None)
+    matrix = folder.read_matrix().as_array()
+    assert matrix.shape == (len(config.data.tasks) + 1, len(config.data.tasks) + 1)
+    assert folder.completed_tasks() == len(config.data.tasks)
+    records = json.loads(folder.upstream_eval.read_text())
+    assert len(records) == len(config.data.tasks) + 1
+    if name.startswith("paper2"):
+        assert set(records[0]["knn"]) == {"2", "10", "20", "100", "200"}

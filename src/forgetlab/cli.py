@@ -6,6 +6,7 @@ Errors the user can fix (:class:`forgetlab.errors.ForgetlabError`) print one lin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,12 +31,43 @@ def cmd_run(args) -> int:
     from forgetlab import config as config_module
     from forgetlab.run import run
 
-    config_path, overrides = _split_config_and_overrides(args.items)
-    config = config_module.load(config_path, overrides)
+    config = _resolve(args)
     folder = run(config, log=_log(args))
     print(folder.read_matrix().format_table())
     print(f"results: {folder.path}")
     return 0
+
+
+def _resolve(args):
+    """The run config of ``run``/``config``: a preset or a YAML file (or the default), then overrides."""
+    from forgetlab import config as config_module
+
+    config_path, overrides = _split_config_and_overrides(args.items)
+    if getattr(args, "preset", None):
+        from forgetlab.presets import preset_tree
+
+        if config_path:
+            raise ForgetlabError("give either --preset or a config file, not both (add key=value overrides instead)")
+        return config_module.resolve(preset_tree(args.preset), overrides)
+    return config_module.load(config_path, overrides)
+
+
+def cmd_presets(args) -> int:
+    from forgetlab.presets import PRESETS
+
+    for preset in PRESETS.values():
+        print(f"{preset.name}\n    reproduces: {preset.reproduces}\n    command:    {preset.command}\n    cost:       {preset.expected_time}")
+        if preset.notes:
+            print(f"    note:       {preset.notes}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from forgetlab.data.check import check_datasets
+
+    lines, missing = check_datasets(args.root)
+    print("\n".join(lines))
+    return 0 if not missing or not args.strict else 1
 
 
 def cmd_pretrain(args) -> int:
@@ -98,8 +130,7 @@ def cmd_report(args) -> int:
 def cmd_config(args) -> int:
     from forgetlab import config as config_module
 
-    config_path, overrides = _split_config_and_overrides(args.items)
-    config = config_module.load(config_path, overrides)
+    config = _resolve(args)
     if args.keys:
         for key, help_text, value in config_module.describe(config):
             print(f"{key} = {value!r}\n    {help_text}")
@@ -130,7 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="a config file and/or overrides")
     run.add_argument("--quiet", action="store_true", help="print only the final table")
+    run.add_argument("--preset", help="start from a named preset ('forgetlab presets' lists them)")
     run.set_defaults(func=cmd_run)
+
+    presets = commands.add_parser("presets", help="list the papers' presets", description="List the presets: what each reproduces, its command and cost.")
+    presets.set_defaults(func=cmd_presets)
+
+    data = commands.add_parser("data", help="inspect the datasets", description="Dataset tools.")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    check = data_commands.add_parser(
+        "check",
+        help="list every dataset, where it was looked for, what was found and how to get what is missing",
+        description="List every dataset: where forgetlab looked, the images per split it found, and how to get what is missing.",
+    )
+    check.add_argument("--root", help="the real datasets' folder (default: $FORGETLAB_DATA)")
+    check.add_argument("--strict", action="store_true", help="exit with 1 when a dataset is missing")
+    check.set_defaults(func=cmd_data_check)
 
     pretrain = commands.add_parser(
         "pretrain",
@@ -179,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value")
     config.add_argument("--keys", action="store_true", help="list every key with its help text")
+    config.add_argument("--preset", help="start from a named preset")
     config.set_defaults(func=cmd_config)
     return parser
 
@@ -194,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as error:
         print(f"forgetlab: error: the Python package '{error.name}' is missing; run 'make demo' (or pip install -e .)", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # e.g. 'forgetlab presets | head'
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("forgetlab: interrupted; run the same command again to resume after the last finished task", file=sys.stderr)
         return 130

@@ -47,12 +47,14 @@ class DataConfig:
     max_train: int | None = option(None, "use at most this many training images per task (smoke runs)")
     max_test: int | None = option(None, "evaluate at most this many test images per task (seeded subset)")
     workers: int = option(0, "data-loader worker processes (decode real images in parallel; 0: in the main process)")
+    cache_decoded: bool = option(False, "decode real images once into a memory-mapped uint8 cache under $FORGETLAB_HOME/decoded")
     root: str | None = option(None, "folder of the real datasets (default: $FORGETLAB_DATA); see 'forgetlab data check'")
 
 
 @dataclass
 class TrainConfig:
     epochs: int = option(8, "epochs per task")
+    task_epochs: dict[str, int] = option({}, "epochs of named tasks, overriding train.epochs (paper 1: Cars 20, Flowers 60, ...)")
     max_steps: int | None = option(None, "stop a task after this many optimiser steps (smoke runs)")
     batch_size: int = option(64, "training batch size")
     optimizer: str = option("adamw", "'adamw' or 'sgd' (momentum 0.9)")
@@ -133,6 +135,11 @@ def _coerce(value, tp, key: str):
         if not isinstance(value, list):
             raise ConfigError(f"'{key}' must be a list, got {value!r}")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, prefix=f"{key}.")
     if tp is bool:
@@ -235,6 +242,7 @@ def validate(config: RunConfig) -> None:
         (config.precision in ("auto", "fp32", "bf16"), "precision must be 'auto', 'fp32' or 'bf16'"),
         (config.train.optimizer in ("adamw", "sgd"), "train.optimizer must be 'adamw' or 'sgd'"),
         (config.train.epochs >= 1, "train.epochs must be at least 1"),
+        (all(v >= 1 for v in config.train.task_epochs.values()), "train.task_epochs values must be at least 1"),
         (config.train.max_steps is None or config.train.max_steps >= 1, "train.max_steps must be at least 1"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.train.lr > 0, "train.lr must be positive"),

@@ -22,7 +22,7 @@ import torch
 
 from forgetlab import config as config_module
 from forgetlab.data import build_task
-from forgetlab.errors import ConfigError
+from forgetlab.errors import ConfigError, DataError
 from forgetlab.data.files import preprocess_for
 from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
 from forgetlab.methods.base import build_method
@@ -121,6 +121,9 @@ def run(config, *, log=print) -> RunFolder:
     if config.eval.upstream_subset is not None and hasattr(upstream.test, "subset"):
         upstream.test = upstream.test.subset(config.eval.upstream_subset, seed=config.seed)
     tasks = [build_task(name, config.data, preprocess) for name in config.data.tasks]
+    for task in tasks:
+        if len(task.train) == 0:
+            raise DataError(f"task {task.name} has no training images; check its dataset (forgetlab data check)")
     evaluate_upstream = build_upstream_evaluator(config.eval, upstream)
     workers = config.data.workers
     head_classes = getattr(backbone.model.get_classifier(), "out_features", 0)

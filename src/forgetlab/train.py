@@ -111,7 +111,8 @@ def train_task(
     """
     loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device, workers=workers)
     steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * train_config.epochs
+    epochs = train_config.task_epochs.get(head, train_config.task_epochs.get(head.partition(":")[0], train_config.epochs))
+    total_steps = steps_per_epoch * epochs
     if train_config.max_steps is not None:
         total_steps = min(total_steps, train_config.max_steps)
     warmup_steps = max(1, round(train_config.warmup_fraction * total_steps)) if train_config.warmup_fraction else 0

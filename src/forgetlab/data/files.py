@@ -24,6 +24,7 @@ class Preprocess:
     train: Callable
     eval: Callable
     input_size: tuple[int, int, int]
+    crop_pct: float = 1.0
 
 
 def preprocess_for(model: torch.nn.Module, image_size: int | None = None) -> Preprocess:
@@ -35,7 +36,7 @@ def preprocess_for(model: torch.nn.Module, image_size: int | None = None) -> Pre
         config["input_size"] = (config["input_size"][0], image_size, image_size)
     train = timm.data.create_transform(**config, is_training=True, scale=(0.25, 1.0), re_prob=0.0, auto_augment=None)
     evaluation = timm.data.create_transform(**config, is_training=False)
-    return Preprocess(train=train, eval=evaluation, input_size=tuple(config["input_size"]))
+    return Preprocess(train=train, eval=evaluation, input_size=tuple(config["input_size"]), crop_pct=config.get("crop_pct") or 1.0)
 
 
 class FileDataset(Dataset):
@@ -90,6 +91,48 @@ class ArrayImageDataset(Dataset):
             return self
         order = np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
         return ArrayImageDataset(self.images[order], self.labels[order], self.transform)
+
+
+def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDataset:
+    """``dataset``'s images decoded once, resized (shorter side) and centre-cropped to ``size`` x ``size``,
+    kept as one uint8 array memory-mapped from ``folder``; later runs and tasks reuse the file.
+
+    The key covers the files (paths, sizes, modification times) and the size, so a changed dataset
+    gets a new cache. The file is written under a temporary name and renamed when complete.
+    """
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from forgetlab.runtime import progress
+
+    digest = hashlib.sha256(str(size).encode())
+    for path in dataset.paths:
+        stat = path.stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    target = folder / f"{digest.hexdigest()[:24]}-{size}px.npy"
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(dataset), size, size, 3))
+
+        def decode(index: int) -> None:
+            with Image.open(dataset.paths[index]) as image:
+                image = image.convert("RGB")
+                scale = size / min(image.size)
+                width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+                image = image.resize((width, height), Image.BICUBIC)
+                left, top = (width - size) // 2, (height - size) // 2
+                array[index] = np.asarray(image.crop((left, top, left + size, top + size)))
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for _ in progress(pool.map(decode, range(len(dataset))), total=len(dataset), desc="decoding once", unit="img"):
+                pass
+        array.flush()
+        del array
+        os.replace(partial, target)
+    return ArrayImageDataset(np.load(target, mmap_mode="r"), dataset.labels, dataset.transform)
 
 
 def data_root(data_config) -> Path:

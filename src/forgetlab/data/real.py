@@ -24,6 +24,7 @@ contextual-forgetting analysis (``car.n.01`` for Cars, ``airplane.n.01`` for Air
 from __future__ import annotations
 
 import csv
+import math
 import pickle
 import re
 from pathlib import Path
@@ -31,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from forgetlab.data.base import TaskData
-from forgetlab.data.files import ArrayImageDataset, FileDataset, data_root, require
+from forgetlab import paths
+from forgetlab.data.files import ArrayImageDataset, FileDataset, data_root, decoded_cache, require
 from forgetlab.data.registry import register_dataset
 from forgetlab.errors import DataError
 
@@ -62,6 +64,12 @@ def _images_in(folder: Path) -> list[Path]:
 def _finish(name, data_config, preprocess, classes, train, test, **metadata) -> TaskData:
     train_transform = preprocess.train if preprocess else None
     eval_transform = preprocess.eval if preprocess else None
+    if preprocess is not None and getattr(data_config, "cache_decoded", False):
+        # Decode once at the size the eval crop is taken from (e.g. 248 px for a 224 px, 0.9-crop model).
+        size = math.ceil(preprocess.input_size[-1] / preprocess.crop_pct)
+        folder = paths.home() / "decoded"
+        train = decoded_cache(train, size, folder) if isinstance(train, FileDataset) and len(train) else train
+        test = decoded_cache(test, size, folder) if isinstance(test, FileDataset) else test
     if train is not None:
         train.transform = train_transform
         if data_config is not None and data_config.max_train is not None:

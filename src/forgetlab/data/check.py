@@ -1,0 +1,29 @@
+"""``forgetlab data check``: every dataset, where it was looked for, what was found, how to get the rest."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from forgetlab.data.files import DATA_ENV
+from forgetlab.data.real import SOURCES
+from forgetlab.data.registry import build_task, dataset_names
+from forgetlab.errors import ForgetlabError
+
+
+def check_datasets(root: str | None = None) -> tuple[list[str], list[str]]:
+    """Report lines, and the names of the datasets that are missing or unreadable."""
+    root = root or os.environ.get(DATA_ENV)
+    lines = [f"real datasets root: {root or f'(not set: give --root or {DATA_ENV})'}"]
+    missing = []
+    data_config = SimpleNamespace(root=root, max_train=None, max_test=None)
+    for name in dataset_names():
+        where = f"{root}/{SOURCES[name][0]}" if name in SOURCES and root else ("built-in (offline world)" if name not in SOURCES else "-")
+        try:
+            task = build_task(name, data_config)
+        except ForgetlabError as error:
+            missing.append(name)
+            lines.append(f"  {name:15s} MISSING  looked in {where}: {error}")
+            continue
+        lines.append(f"  {name:15s} ok       {where}: {len(task.classes)} classes, train {len(task.train):,} / test {len(task.test):,} images")
+    return lines, missing
