@@ -190,6 +190,15 @@ def test_real_size_weights_round_trip_through_a_local_file(tmp_path):
         load_backbone(BackboneConfig(name="vit_base_patch16_224"))
 
 
+def test_pretrained_tag_without_cache_or_network_names_the_file_to_place(monkeypatch, tmp_path):
+    from forgetlab.models.backbones import load_backbone
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(DataError, match=r"huggingface.co/timm/resnet18.a1_in1k and set backbone.weights=/path/to/model.safetensors"):
+        load_backbone(BackboneConfig(name="resnet18.a1_in1k"))
+
+
 # ----------------------------------------------------------------------------- decoded cache, data check, presets
 def test_decoded_cache_is_built_once_and_reused(root, monkeypatch, forgetlab_home):
     from forgetlab.data.files import preprocess_for
@@ -256,7 +265,7 @@ def test_presets_run_end_to_end_at_smoke_scale(root, tmp_path, name):
     if name.startswith("paper1"):
         smoke.append("backbone.num_classes=3")  # the tiny ImageNet copy has 3 classes
     else:
-        smoke.append("eval.knn_k=2")
+        smoke += ["eval.knn_k=2", "eval.upstream_subset=4"]
     config = config_module.resolve(preset_tree(name), smoke)
     folder = run(config, log=lambda message: None)
     matrix = folder.read_matrix().as_array()
@@ -266,3 +275,4 @@ def test_presets_run_end_to_end_at_smoke_scale(root, tmp_path, name):
     assert len(records) == len(config.data.tasks) + 1
     if name.startswith("paper2"):
         assert set(records[0]["knn"]) == {"2", "10", "20", "100", "200"}
+        assert records[0]["images"] == 4 and records[0]["ci95"] == pytest.approx(confidence_interval(records[0]["accuracy"], 4))
