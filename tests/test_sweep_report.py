@@ -101,7 +101,7 @@ def test_report_writes_html_markdown_and_every_figure(report_runs, tmp_path):
     assert "src=\"figures/" not in page, "the page must be self-contained"
     markdown = (out / "report.md").read_text()
     # Paper 2's table: one row per (backbone, method), over two seeds; FWT against the linear probe.
-    assert re.search(r"\| offline_vit \| lora r=8 \| [\d,]+ \| [\d.]+ ± [\d.]+ \|", markdown)
+    assert re.search(r"\| offline_vit \| lora r=8 \| [\d,]+ \| [\d.]+ ± [\d.]+ \|.*\| rank8-seed0, rank8-seed1 \|", markdown)
     assert "| offline_vit | linear | 1,032 |" in markdown  # the fontfamily head: 128 x 8 + 8
     assert "FWT vs linear" in markdown and "letter.n.02" in markdown
 
@@ -124,3 +124,21 @@ def test_report_renders_in_headless_chromium(report_runs, tmp_path):
     with Image.open(screenshot) as image:
         assert image.size == (1200, 3000)
         assert len(image.convert("L").getcolors(maxcolors=2**16) or range(2**16)) > 50, "the screenshot is blank"
+
+
+def test_only_runs_that_differ_in_seed_are_averaged(report_runs, tmp_path):
+    """A run with other settings (here: more steps) is its own row, not a third 'seed'."""
+    from forgetlab.analysis.collect import find_runs
+    from forgetlab.analysis.tables import paper2_table
+    from forgetlab.run import run
+    from forgetlab import config as config_module
+
+    seeds = find_runs([report_runs / "tiny"])
+    base = yaml.safe_load((report_runs / "tiny" / "rank8-seed0" / "config.yaml").read_text())
+    base.update(name="longer", out_dir=str(tmp_path))
+    base["train"]["max_steps"] = 4
+    run(config_module.resolve(base), log=lambda message: None)
+    table = paper2_table(seeds + find_runs([tmp_path / "longer"]))
+    rank8 = [row for row in table if row["method"] == "lora r=8"]
+    assert sorted(len(row["runs"]) for row in rank8) == [1, 2]
+    assert [row["method"] for row in table] == ["lora r=1", "lora r=8", "lora r=8"]  # natural order

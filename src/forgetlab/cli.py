@@ -110,7 +110,8 @@ def cmd_sweep(args) -> int:
     if args.jobs < 1:
         raise ForgetlabError("--jobs must be at least 1")
     sweep = load_sweep(args.sweep_file, args.overrides)
-    status = run_sweep(sweep, jobs=args.jobs, quiet=args.quiet, log=_log(args))
+    # --quiet silences the cells' own logs; the sweep still says which cell finished.
+    status = run_sweep(sweep, jobs=args.jobs, quiet=args.quiet, log=lambda message: print(f"forgetlab: {message}", flush=True))
     ran = sum(value == "ran" for value in status.values())
     print(f"sweep {sweep.name}: {len(sweep.cells)} cells ({ran} run now, {len(status) - ran} already done)")
     print(f"results: {sweep.folder} (table: {sweep.folder / 'sweep.csv'})")

@@ -72,6 +72,22 @@ class RunResult:
     def completed(self) -> int:
         return self.folder.completed_tasks()
 
+    def config_key(self, *ignored: str) -> str:
+        """The config without ``name``, ``out_dir``, ``seed`` and the ``ignored`` dotted keys, as a
+        canonical string: runs with equal keys differ only there (e.g. seeds of one setting)."""
+        import copy
+        import json
+
+        tree = copy.deepcopy(self.config)
+        for key in ("name", "out_dir", "seed", *ignored):
+            node, *path = key.split(".")
+            parent = tree
+            for part in path:
+                parent = parent.get(node, {})
+                node = part
+            parent.pop(node, None)
+        return json.dumps(tree, sort_keys=True)
+
     def domain(self, task_index: int) -> str | None:
         """The WordNet concept of task ``task_index`` (1-based), stored with the run or from the registry."""
         if task_index - 1 < len(self.tasks) and self.tasks[task_index - 1].get("domain_synset"):

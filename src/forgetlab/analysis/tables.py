@@ -76,18 +76,26 @@ def write_sweep_table(folder: Path) -> list[dict]:
 
 
 def seed_groups(runs: list[RunResult]) -> dict[tuple, list[RunResult]]:
-    """Runs that differ only in their seed, keyed by (backbone, method, sequence)."""
+    """Runs that differ only in their seed (and folder), keyed by (backbone, method, sequence, config)
+    and ordered by backbone and method."""
     groups = defaultdict(list)
     for run in runs:
-        groups[(run.backbone, run.method, tuple(run.config["data"]["tasks"]))].append(run)
-    return dict(groups)
+        groups[(run.backbone, run.method, tuple(run.config["data"]["tasks"]), run.config_key())].append(run)
+    return dict(sorted(groups.items(), key=lambda item: _natural(item[0][:2])))
+
+
+def _natural(parts) -> list:
+    """Sort key in which 'lora r=4' comes before 'lora r=16'."""
+    import re
+
+    return [[int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(part))] for part in parts]
 
 
 def paper2_table(runs: list[RunResult]) -> list[dict]:
     """Per (backbone, method): trainable parameters, final downstream and upstream accuracy, their mean,
     each as (mean, std, seeds) over seeds."""
     table = []
-    for (backbone, method, sequence), members in seed_groups(runs).items():
+    for (backbone, method, sequence, _), members in seed_groups(runs).items():
         summaries = []
         for run in members:
             a = run.matrix.as_array()
@@ -99,6 +107,7 @@ def paper2_table(runs: list[RunResult]) -> list[dict]:
                 "method": method,
                 "sequence": " > ".join(sequence),
                 "trainable_parameters": members[0].tasks[0]["trainable_parameters"] if members[0].tasks else None,
+                "runs": [run.name for run in members],
                 **over_seeds(summaries),
             }
         )

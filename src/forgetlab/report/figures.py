@@ -45,19 +45,21 @@ def matrix_heatmap(run: RunResult):
 def rank_curves(runs: list[RunResult]):
     """Paper 1, figures 1 and 2: final upstream and first-task accuracy against LoRA rank, per backbone
     (and with/without LwF), mean and standard deviation over seeds. None without two ranks."""
-    series = defaultdict(lambda: defaultdict(list))  # (backbone, variant) -> rank -> [(upstream, first task)]
+    series = defaultdict(lambda: defaultdict(list))  # (backbone, variant, config) -> rank -> [(upstream, first task)]
     for run in runs:
         method = run.config["method"]
         if method["name"] != "lora" or run.completed < run.matrix.num_tasks:
             continue
         a = run.matrix.as_array()
         variant = run.method.split(" ", 2)[2] if run.method.count(" ") >= 2 else ""
-        series[(run.backbone, variant)][method["rank"]].append((a[-1, 0], a[-1, 1]))
+        # Only runs that differ in rank and seed alone share a curve.
+        series[(run.backbone, variant, run.config_key("method.rank"))][method["rank"]].append((a[-1, 0], a[-1, 1]))
     series = {key: value for key, value in series.items() if len(value) >= 2}
     if not series:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for index, ((backbone, variant), by_rank) in enumerate(sorted(series.items())):
+    all_ranks = sorted({rank for by_rank in series.values() for rank in by_rank})
+    for index, ((backbone, variant, _), by_rank) in enumerate(sorted(series.items())):
         ranks = sorted(by_rank)
         for panel, axis in enumerate(axes):
             values = [np.array([v[panel] for v in by_rank[r]]) * 100 for r in ranks]
@@ -68,6 +70,7 @@ def rank_curves(runs: list[RunResult]):
     first_task = next(iter(runs)).matrix.columns[1]
     for axis, title in zip(axes, ["upstream task, after the sequence", f"{first_task} (first task), after the sequence"]):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(all_ranks, [str(r) for r in all_ranks])
         axis.set_xlabel("LoRA rank")
         axis.set_ylabel("accuracy (%)")
         axis.set_title(title, fontsize=10)
@@ -105,7 +108,7 @@ def similarity_figure(test: ContextualTest, domain: str, title: str):
         if weights.sum() == 0:
             continue
         axis.hist(test.similarity, bins=bins, weights=weights, density=True, alpha=0.45, color=colour, label=label)
-        if len(np.unique(test.similarity[weights > 0])) > 1:
+        if len(np.unique(test.similarity[weights > 0])) >= 5:  # a density of a few distinct values misleads
             from scipy.stats import gaussian_kde
 
             grid = np.linspace(0, 1, 200)

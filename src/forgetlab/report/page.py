@@ -86,6 +86,10 @@ def _percent(value) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 3 else f"{names[0]} ... {names[-1]} ({len(names)})"
+
+
 def _number(value: float, form: str) -> str:
     return "" if math.isnan(value) else form.format(value)
 
@@ -102,9 +106,9 @@ def _tables(runs: list[RunResult], contextual: list[ContextualRow]) -> dict[str,
     rows = [run_row(run, runs) for run in runs]
     return {
         "Methods (paper 2's table: final accuracies, mean ± std over seeds)": (
-            ["backbone", "method", "trainable params", "downstream (mean of tasks)", "upstream", "mean"],
+            ["backbone", "method", "trainable params", "downstream (mean of tasks)", "upstream", "mean", "runs"],
             [[r["backbone"], r["method"], f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else "",
-              _mean_std(r["downstream"]), _mean_std(r["upstream"]), _mean_std(r["mean"])] for r in paper2],
+              _mean_std(r["downstream"]), _mean_std(r["upstream"]), _mean_std(r["mean"]), _names(r["runs"])] for r in paper2],
         ),  # fmt: skip
         "Forgetting metrics per run (percentage points)": (
             ["run", "backbone", "method", "seed", "tasks", "avg acc", "avg forgetting", "BWT", "FWT vs linear", "plasticity", "upstream", "upstream drop"],
