@@ -101,7 +101,24 @@ def test_other_config_in_existing_folder_is_refused_and_nothing_is_touched(rando
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == snapshot
 
 
+def test_method_that_does_not_apply_is_refused_before_anything_is_written(random_backbones, tmp_path):
+    overrides = tiny_overrides(random_backbones["offline_resnet"], tmp_path, name="expanded", **{"method.name": "block_expansion"})
+    _assert_one_line_error(*_cli("run", *overrides), "block_expansion is defined for ViTs only")
+    assert not (tmp_path / "expanded").exists()
+
+
+def test_new_commands_give_one_line_errors(random_backbones, tmp_path):
+    weights = f"backbone.weights={random_backbones['offline_vit']}"
+    _assert_one_line_error(*_cli("run", "--preset", "paper3"), "unknown preset 'paper3'", "forgetlab presets")
+    _assert_one_line_error(*_cli("run", "--preset", "paper1-vit", str(tmp_path / "x.yaml")), "either --preset or a config file")
+    _assert_one_line_error(*_cli("report", str(tmp_path / "nowhere")), "does not exist")
+    _assert_one_line_error(*_cli("report", str(tmp_path)), "no run folders under")
+    _assert_one_line_error(*_cli("sweep", str(tmp_path / "missing.yaml")), "not found")
+    _assert_one_line_error(*_cli("run", weights, "data.tasks=[stanford_cars]", env={"FORGETLAB_DATA": ""}), "set data.root=")
+    _assert_one_line_error(*_cli("run", weights, "data.tasks=[cub200]", f"data.root={tmp_path}"), "CUB_200_2011.tgz")
+
+
 def test_every_command_has_help():
-    for command in ([], ["run"], ["pretrain"], ["show"], ["config"]):
+    for command in ([], ["run"], ["pretrain"], ["show"], ["config"], ["sweep"], ["report"], ["presets"], ["data"], ["data", "check"]):
         result = subprocess.run([sys.executable, "-m", "forgetlab", *command, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: forgetlab" in result.stdout
