@@ -112,3 +112,21 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(random_backbon
     messages.clear()
     run(interrupted, log=messages.append)
     assert any("nothing to do" in m for m in messages)
+
+
+def test_a_folder_from_before_an_option_existed_resumes(random_backbones, tmp_path):
+    """Options added later take their defaults; the stored config file is not rewritten."""
+    import yaml
+
+    config = config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="old"))
+    run(config, log=lambda m: None)
+    stored = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    del stored["replay"], stored["eval"]["knn_k"]  # as written by an older forgetlab
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(stored))
+    messages = []
+    run(config, log=messages.append)
+    assert any("nothing to do" in m for m in messages)
+    assert "replay" not in yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    changed = config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="old") + ["replay.size=5"])
+    with pytest.raises(config_module.ConfigError, match="differs in: replay.size"):
+        run(changed, log=lambda m: None)

@@ -85,12 +85,19 @@ def task_metadata(task) -> dict:
 
 
 def _open_folder(folder: RunFolder, config) -> None:
-    """A new folder gets the config; an existing one must hold the same config (then we resume)."""
+    """A new folder gets the config; an existing one must hold the same config (then we resume).
+
+    The stored config is read through the current schema first, so a folder written before an
+    option existed still resumes when that option is at its default (its file is left as it is)."""
     resolved = config_module.to_dict(config)
     if folder.config.exists():
         import yaml
 
         stored = yaml.safe_load(folder.config.read_text())
+        try:
+            stored = config_module.to_dict(config_module.resolve(stored))
+        except ConfigError:
+            pass  # an option that no longer exists: compared as it is, so it shows up as a difference
         if stored != resolved:
             differing = sorted(_differences(stored, resolved))
             raise ConfigError(
