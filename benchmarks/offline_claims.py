@@ -70,7 +70,7 @@ def main() -> None:
                 (tasks[0]["trainable_backbone_parameters"], matrix[0, 0], matrix[-1, 0], np.nanmean(matrix[-1, 1:]), seconds)
             )
     lines = [
-        f"| backbone | method | trainable backbone params | upstream before | upstream after | drop | mean downstream (final) | time per run |",
+        "| backbone | method | trainable backbone params | upstream before | upstream after | drop | mean downstream (final) | time per run |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (backbone, label), rows in results.items():

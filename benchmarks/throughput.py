@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"| backbone | device | precision | batch | train img/s (LoRA r=4) | eval img/s |\n|---|---|---|---|---:|---:|")
+    print("| backbone | device | precision | batch | train img/s (LoRA r=4) | eval img/s |\n|---|---|---|---|---:|---:|")
     for name in ("vit_base_patch16_224", "resnet50"):
         train, evaluation = measure(name, device, args.batch, args.steps)
         precision = "bf16 autocast" if autocast_dtype(device, "auto") else "fp32"

@@ -28,7 +28,6 @@ def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]
 
 
 def cmd_run(args) -> int:
-    from forgetlab import config as config_module
     from forgetlab.run import run
 
     config = _resolve(args)

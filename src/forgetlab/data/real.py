@@ -166,8 +166,8 @@ def stanford_cars(data_config=None, preprocess=None) -> TaskData:
     how = SOURCES["stanford_cars"][1]
     names = [str(n) for n in np.atleast_1d(_mat(require(root / "devkit" / "cars_meta.mat", "devkit/cars_meta.mat", how))["class_names"])]
     splits = {}
-    for split, annotations in (("train", root / "devkit" / "cars_train_annos.mat"), ("test", root / "cars_test_annos_withlabels.mat")):
-        records = np.atleast_1d(_mat(require(annotations, annotations.name, how))["annotations"])
+    for split, annotation_file in (("train", root / "devkit" / "cars_train_annos.mat"), ("test", root / "cars_test_annos_withlabels.mat")):
+        records = np.atleast_1d(_mat(require(annotation_file, annotation_file.name, how))["annotations"])
         folder = root / f"cars_{split}"
         splits[split] = FileDataset([folder / str(r["fname"]) for r in records], [int(r["class"]) - 1 for r in records])
     return _finish("stanford_cars", data_config, preprocess, names, splits["train"], splits["test"],
