@@ -145,3 +145,11 @@ def test_only_runs_that_differ_in_seed_are_averaged(report_runs, tmp_path):
     rank8 = [row for row in table if row["method"] == "lora r=8"]
     assert sorted(len(row["runs"]) for row in rank8) == [1, 2]
     assert [row["method"] for row in table] == ["lora r=1", "lora r=8", "lora r=8"]  # natural order
+    # A folder written before an option existed still groups with its seeds (the option at its default).
+    older = tmp_path / "older"
+    shutil.copytree(report_runs / "tiny" / "rank8-seed1", older)
+    stored = yaml.safe_load((older / "config.yaml").read_text())
+    del stored["replay"]
+    (older / "config.yaml").write_text(yaml.safe_dump(stored))
+    (older_run,) = find_runs([older])
+    assert older_run.config_key() == seeds[-1].config_key() and older_run.config["replay"]["size"] == 0
