@@ -15,17 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from forgetlab.data.base import dataset_labels
 from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import UPSTREAM
 from forgetlab.runtime import autocast, progress
 from forgetlab.train import make_loader
-
-
-def dataset_labels(dataset: Dataset) -> np.ndarray:
-    labels = getattr(dataset, "labels", None)
-    if labels is not None:
-        return np.asarray(labels)
-    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
 
 
 @torch.no_grad()

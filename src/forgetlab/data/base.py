@@ -14,6 +14,22 @@ import torch
 from torch.utils.data import Dataset
 
 
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """Every example's label, from the dataset's ``labels`` when it has them (no image is loaded)."""
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return np.asarray(labels)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+def subset_indices(length: int, count: int, seed: int) -> np.ndarray | None:
+    """Sorted indices of a fixed, seeded subset of ``count`` of ``length`` examples; None for all."""
+    if count >= length:
+        return None
+    order = torch.randperm(length, generator=torch.Generator().manual_seed(seed))[:count]
+    return order.sort().values.numpy()
+
+
 class ArrayDataset(Dataset):
     """In-memory uint8 images ``[N, H, W]`` or ``[N, H, W, C]`` with integer labels.
 
@@ -39,10 +55,10 @@ class ArrayDataset(Dataset):
 
     def subset(self, count: int, seed: int) -> "ArrayDataset":
         """A fixed, seeded subset of ``count`` examples (all of them if fewer)."""
-        if count >= len(self):
+        order = subset_indices(len(self), count, seed)
+        if order is None:
             return self
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count]
-        order, _ = order.sort()
+        order = torch.from_numpy(order)
         subset = ArrayDataset.__new__(ArrayDataset)
         subset.images, subset.labels = self.images[order], self.labels[order]
         subset.mean, subset.std = self.mean, self.std
@@ -73,8 +89,7 @@ class LabelSubset(Dataset):
     """The examples of ``dataset`` whose label is a key of ``relabel``, with labels mapped through it."""
 
     def __init__(self, dataset: Dataset, relabel: dict[int, int]):
-        labels = np.asarray(getattr(dataset, "labels", None) if getattr(dataset, "labels", None) is not None
-                            else [int(dataset[i][1]) for i in range(len(dataset))])  # fmt: skip
+        labels = dataset_labels(dataset)
         self.dataset = dataset
         self.indices = np.flatnonzero(np.isin(labels, list(relabel)))
         mapping = np.full(max(list(relabel) + [int(labels.max()) if len(labels) else 0]) + 1, -1, dtype=np.int64)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from forgetlab.data.base import subset_indices
 from forgetlab.errors import ConfigError, DataError
 
 DATA_ENV = "FORGETLAB_DATA"
@@ -65,9 +66,9 @@ class FileDataset(Dataset):
         return self.transform(image), int(self.labels[index])
 
     def subset(self, count: int, seed: int) -> "FileDataset":
-        if count >= len(self):
+        order = subset_indices(len(self), count, seed)
+        if order is None:
             return self
-        order = np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
         return FileDataset([self.paths[i] for i in order], self.labels[order].tolist(), self.transform)
 
 
@@ -87,9 +88,9 @@ class ArrayImageDataset(Dataset):
         return (self.transform(image) if self.transform else image), int(self.labels[index])
 
     def subset(self, count: int, seed: int) -> "ArrayImageDataset":
-        if count >= len(self):
+        order = subset_indices(len(self), count, seed)
+        if order is None:
             return self
-        order = np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
         return ArrayImageDataset(self.images[order], self.labels[order], self.transform)
 
 

@@ -12,14 +12,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from forgetlab.data.base import dataset_labels
 from forgetlab.errors import ConfigError
 
 
 class ReplayBuffer:
-    def __init__(self, dataset: Dataset, size: int, *, seed: int, labels: np.ndarray | None = None):
+    def __init__(self, dataset: Dataset, size: int, *, seed: int):
         if size < 1:
             raise ConfigError("replay.size must be at least 1 to replay")
-        labels = np.asarray(labels if labels is not None else getattr(dataset, "labels"))
+        labels = dataset_labels(dataset)
         rng = np.random.default_rng(seed)
         # Round-robin over shuffled classes: as balanced as the size allows.
         per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in rng.permutation(np.unique(labels))]
