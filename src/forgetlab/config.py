@@ -268,6 +268,15 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig
     return resolve(load_yaml(path) if path else {}, overrides)
 
 
+def normalise(stored: dict) -> dict:
+    """A stored config (e.g. a run folder's ``config.yaml``) read through the current schema, so that
+    options added since it was written take their defaults; as it is if it no longer fits the schema."""
+    try:
+        return to_dict(resolve(stored))
+    except ConfigError:
+        return stored
+
+
 def dump(config: RunConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 

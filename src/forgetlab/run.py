@@ -93,11 +93,8 @@ def _open_folder(folder: RunFolder, config) -> None:
     if folder.config.exists():
         import yaml
 
-        stored = yaml.safe_load(folder.config.read_text())
-        try:
-            stored = config_module.to_dict(config_module.resolve(stored))
-        except ConfigError:
-            pass  # an option that no longer exists: compared as it is, so it shows up as a difference
+        # An option that no longer exists keeps the file as it is, so it shows up as a difference.
+        stored = config_module.normalise(yaml.safe_load(folder.config.read_text()))
         if stored != resolved:
             differing = sorted(_differences(stored, resolved))
             raise ConfigError(

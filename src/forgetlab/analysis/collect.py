@@ -22,13 +22,8 @@ class RunResult:
         """The stored config read through the current schema: options added since it was written
         take their defaults, so runs from before and after an option existed compare equal."""
         from forgetlab import config as config_module
-        from forgetlab.errors import ConfigError
 
-        stored = yaml.safe_load(self.folder.config.read_text())
-        try:
-            return config_module.to_dict(config_module.resolve(stored))
-        except ConfigError:
-            return stored
+        return config_module.normalise(yaml.safe_load(self.folder.config.read_text()))
 
     @cached_property
     def matrix(self) -> AccuracyMatrix:
