@@ -41,10 +41,8 @@ TABLE_FILE = "sweep.csv"
 class Cell:
     name: str
     values: dict  # grid key -> value
-    tree: dict  # the cell's run config tree (before validation)
-
-    def config(self):
-        return config_module.resolve(copy.deepcopy(self.tree))
+    tree: dict  # the cell's run config tree, as given to a worker process
+    config: config_module.RunConfig  # the same, resolved and validated
 
 
 @dataclass
@@ -93,12 +91,11 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         for key, value in values.items():
             config_module.apply_override(tree, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
         tree["name"], tree["out_dir"] = cell_name, str(folder)
-        cells.append(Cell(cell_name, values, tree))
-    for cell in cells:  # every cell is valid before anything runs
-        try:
-            cell.config()
+        try:  # every cell is valid before anything runs
+            resolved = config_module.resolve(copy.deepcopy(tree))
         except ConfigError as error:
-            raise ConfigError(f"sweep cell {cell.name}: {error}") from error
+            raise ConfigError(f"sweep cell {cell_name}: {error}") from error
+        cells.append(Cell(cell_name, values, tree, resolved))
     if len({cell.name for cell in cells}) != len(cells):
         raise ConfigError(f"{path}: two grid cells get the same folder name; make the grid values distinct")
     return Sweep(name=name, folder=folder, grid=grid, base=base, cells=cells)
@@ -118,7 +115,7 @@ def _run_cell(tree: dict, threads: int | None, quiet: bool) -> str:
 
 def cell_done(sweep: Sweep, cell: Cell) -> bool:
     folder = RunFolder(sweep.folder / cell.name)
-    return folder.completed_tasks() == len(cell.config().data.tasks)
+    return folder.completed_tasks() == len(cell.config.data.tasks)
 
 
 def run_sweep(

@@ -13,6 +13,7 @@ import numpy as np
 
 from forgetlab.analysis.collect import RunResult, find_runs
 from forgetlab.analysis.metrics import over_seeds, summarise
+from forgetlab.errors import DataError
 from forgetlab.results import atomic_write_text
 
 
@@ -68,7 +69,10 @@ def rows_to_csv(rows: list[dict]) -> str:
 
 
 def write_sweep_table(folder: Path) -> list[dict]:
-    runs = [run for run in find_runs([folder])] if any(folder.rglob("accuracy_matrix.json")) else []
+    try:
+        runs = find_runs([folder])
+    except DataError:  # no cell has written anything yet
+        runs = []
     rows = [run_row(run, runs) for run in runs]
     if rows:
         atomic_write_text(folder / "sweep.csv", rows_to_csv(rows))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
+from forgetlab.config import DataConfig
 from forgetlab.data.files import DATA_ENV
 from forgetlab.data.real import SOURCES
 from forgetlab.data.registry import build_task, dataset_names
@@ -16,7 +16,7 @@ def check_datasets(root: str | None = None) -> tuple[list[str], list[str]]:
     root = root or os.environ.get(DATA_ENV)
     lines = [f"real datasets root: {root or f'(not set: give --root or {DATA_ENV})'}"]
     missing = []
-    data_config = SimpleNamespace(root=root, max_train=None, max_test=None)
+    data_config = DataConfig(root=root)
     for name in dataset_names():
         where = f"{root}/{SOURCES[name][0]}" if name in SOURCES and root else ("built-in (offline world)" if name not in SOURCES else "-")
         try:

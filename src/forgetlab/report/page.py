@@ -53,18 +53,22 @@ def _save(figure, key: str, caption: str, folder: Path) -> Figure:
 def contextual_rows(runs: list[RunResult], permutations: int) -> list[ContextualRow]:
     """The contextual-forgetting test after every finished task of every run with WordNet metadata."""
     rows = []
+    similarities = {}  # (domain, class synsets) -> per-class similarity: runs of a sweep share them
     for run in progress(runs, desc="contextual forgetting", unit="run"):
         synsets = run.upstream.get("synsets")
         if not synsets:
             continue
-        labels = run.predictions(0)["labels"]
+        stored = run.predictions(0)
+        labels, after = stored["labels"], stored["predictions"]
         for index in range(1, run.completed + 1):
+            before, after = after, run.predictions(index)["predictions"]
             domain = run.domain(index)
             if not domain:
                 continue
-            before, after = run.predictions(index - 1)["predictions"], run.predictions(index)["predictions"]
-            similarity = class_similarities(domain, synsets=synsets)
-            test = contextual_forgetting(before, after, labels, similarity, permutations=permutations, seed=index)
+            key = (domain, tuple(synsets))
+            if key not in similarities:
+                similarities[key] = class_similarities(domain, synsets=synsets)
+            test = contextual_forgetting(before, after, labels, similarities[key], permutations=permutations, seed=index)
             rows.append(ContextualRow(run, run.matrix.columns[index], domain, test))
     return rows
 
