@@ -124,8 +124,8 @@ class LoRA(Method):
         for layer in adapters.values():
             layer.requires_grad_(False)
         if self.config.policy == "merge":
-            # Keep a copy of the factors for the adapter file; the merge drops the live ones.
-            self.adapters = {task: {name: _detached_copy(layer) for name, layer in adapters.items()}}
+            # The merge unwraps the layers but leaves their factors intact: kept for the adapter file.
+            self.adapters = {task: adapters}
             lora_layers.merge_lora(model.backbone)
         else:
             self.adapters[task] = adapters
@@ -152,18 +152,6 @@ class LoRA(Method):
         if self.config.policy == "keep":
             for task in tasks:
                 self.adapters[task] = load_adapter(folder / "adapters" / task, model.backbone, self.config.dropout)
-
-
-def _detached_copy(layer: lora_layers.LoRALayer) -> lora_layers.LoRALayer:
-    import copy
-
-    base, layer.base_layer = layer.base_layer, nn.Identity()  # do not copy the (large) base weights
-    try:
-        clone = copy.deepcopy(layer)
-    finally:
-        layer.base_layer = base
-    clone.base_layer = base
-    return clone
 
 
 def _qv_slices(qkv: nn.Linear) -> dict[str, tuple[int, int]]:
