@@ -13,7 +13,7 @@ from forgetlab.evaluate import head_evaluator
 from forgetlab.methods.lora import LoRA, LoRAConfig
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import MultiHeadModel
-from forgetlab.results import RunFolder
+from forgetlab.results import RunFolder, read_json
 from forgetlab.run import run
 from forgetlab.train import train_task
 from tests.conftest import random_backbone, tiny_overrides
@@ -104,6 +104,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(random_backbon
     assert any(m.startswith("resuming") for m in messages)
     assert not any(m.startswith("task 1/2") for m in messages), "task 1 ran again"
     assert resumed.read_matrix().values == whole.read_matrix().values
+    assert [r["row"] for r in read_json(resumed.upstream_eval)] == [0, 1, 2]
     for task in range(3):
         np.testing.assert_array_equal(
             resumed.read_predictions(task)["predictions"], whole.read_predictions(task)["predictions"]

@@ -157,8 +157,7 @@ def run(config, *, log=print) -> RunFolder:
             record["ci95"] = confidence_interval(value, len(predicted))
         if getattr(evaluate_upstream, "last", None):
             record["knn"] = {str(k): v for k, v in evaluate_upstream.last.items()}
-        records = read_json(folder.upstream_eval)[:row] if folder.upstream_eval.exists() else []
-        return value, predicted, [*records, record]
+        return value, predicted, record
 
     completed = folder.completed_tasks()
     if completed < 0:
@@ -166,7 +165,8 @@ def run(config, *, log=print) -> RunFolder:
         write_json(folder.upstream, task_metadata(upstream))
         matrix = AccuracyMatrix(columns=[UPSTREAM] + [task.name for task in tasks])
         start = time.perf_counter()
-        upstream_accuracy, predictions, upstream_records = score_upstream(0)
+        upstream_accuracy, predictions, upstream_record = score_upstream(0)
+        upstream_records = [upstream_record]
         matrix.add_row({UPSTREAM: upstream_accuracy})
         write_npz(folder.predictions(0), predictions=predictions, labels=dataset_labels(upstream.test))
         write_json(folder.upstream_eval, upstream_records)
@@ -177,6 +177,7 @@ def run(config, *, log=print) -> RunFolder:
         completed = 0
     else:
         matrix = folder.read_matrix()
+        upstream_records = read_json(folder.upstream_eval)[: completed + 1] if folder.upstream_eval.exists() else []
         for task in tasks[:completed]:
             model.add_head(task.name, task.num_classes)
         if completed:
@@ -220,7 +221,8 @@ def run(config, *, log=print) -> RunFolder:
         model.requires_grad_(False)
 
         start = time.perf_counter()
-        upstream_accuracy, predictions, upstream_records = score_upstream(index)
+        upstream_accuracy, predictions, upstream_record = score_upstream(index)
+        upstream_records.append(upstream_record)
         row = {UPSTREAM: upstream_accuracy}
         for seen in tasks[:index]:
             with method.evaluating(model, seen.name):
