@@ -295,4 +295,4 @@ def test_run_records_trainable_counts_and_fraction(random_backbones, tmp_path):
 
 
 def test_method_names_are_the_documented_ones():
-    assert method_names() == ["block_expansion", "full", "linear", "lora", "topk"]
+    assert method_names() == ["block_expansion", "full", "fullrank", "linear", "lora", "topk"]

@@ -60,6 +60,7 @@ def root(tmp_path_factory):
     aircraft.mkdir(parents=True)
     (aircraft / "variants.txt").write_text("707-320\nA380\n")
     (aircraft / "images_variant_trainval.txt").write_text("1000001 707-320\n1000002 A380\n1000003 A380\n")
+    (aircraft / "images_variant_train.txt").write_text("1000001 707-320\n1000003 A380\n")
     (aircraft / "images_variant_test.txt").write_text("1000004 707-320\n")
     for n in range(1, 5):
         _jpg(aircraft / "images" / f"100000{n}.jpg", n)
@@ -69,6 +70,7 @@ def root(tmp_path_factory):
     (cub / "images.txt").write_text("1 001.Black_footed_Albatross/a.jpg\n2 002.Laysan_Albatross/b.jpg\n3 002.Laysan_Albatross/c.jpg\n")
     (cub / "train_test_split.txt").write_text("1 1\n2 0\n3 1\n")
     (cub / "image_class_labels.txt").write_text("1 1\n2 2\n3 2\n")
+    (cub / "bounding_boxes.txt").write_text("1 2.0 3.0 10.0 8.0\n2 0.0 0.0 24.0 20.0\n3 1.0 1.0 5.0 5.0\n")
     for name in ("001.Black_footed_Albatross/a.jpg", "002.Laysan_Albatross/b.jpg", "002.Laysan_Albatross/c.jpg"):
         _jpg(cub / "images" / name, len(name))
     return root
@@ -78,8 +80,11 @@ def root(tmp_path_factory):
     ("imagenet", 3, [0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 0, 1, 1, 2, 2], None),  # labels: sorted wnids
     ("cifar100", 3, [0, 1, 2, 0, 1, 2], [0, 1, 2, 0], "object.n.01"),
     ("stanford_cars", 2, [0, 1, 1], [1, 0], "car.n.01"),
-    ("flowers102", 102, [0, 1, 0, 101], [1, 101, 0], "flower.n.01"),
-    ("fgvc_aircraft", 2, [0, 1, 1], [0], "airplane.n.01"),
+    ("flowers102", 102, [0, 1], [1, 101, 0], "flower.n.01"),  # trnid only (paper 1's code)
+    ("flowers102:trainval", 102, [0, 1, 0, 101], [1, 101, 0], "flower.n.01"),
+    ("fgvc_aircraft", 2, [0, 1], [0], "airplane.n.01"),  # the 'train' split (paper 1's code)
+    ("fgvc_aircraft:trainval", 2, [0, 1, 1], [0], "airplane.n.01"),
+    ("cub200:nocrop", 2, [0, 1], [1], "bird.n.01"),
     ("cub200", 2, [0, 1], [1], "bird.n.01"),
 ])  # fmt: skip
 def test_each_loader_reads_its_real_layout(root, name, classes, train_labels, test_labels, domain):
@@ -208,8 +213,8 @@ def test_decoded_cache_is_built_once_and_reused(root, monkeypatch, forgetlab_hom
     config = DataConfig(root=str(root), cache_decoded=True)
     task = build_task("fgvc_aircraft", config, preprocess)
     files = sorted((forgetlab_home / "decoded").glob("*.npy"))
-    assert len(files) == 2 and task.train.images.shape == (3, 34, 34, 3)  # ceil(32 / 0.95), resnet18.a1_in1k crop
-    assert task.test[0][0].shape == (3, 32, 32) and task.train.labels.tolist() == [0, 1, 1]
+    assert len(files) == 2 and task.train.images.shape == (2, 34, 34, 3)  # ceil(32 / 0.95), resnet18.a1_in1k crop
+    assert task.test[0][0].shape == (3, 32, 32) and task.train.labels.tolist() == [0, 1]
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again")
@@ -246,7 +251,7 @@ def test_every_preset_resolves_to_its_papers_settings():
     assert (vit.train.lr, vit.train.weight_decay, vit.train.batch_size, vit.method.alpha, vit.method.dropout) == (1e-3, 1e-2, 32, None, 0.1)
     assert config_module.resolve(preset_tree("paper1-vit-lwf")).lwf.alpha == 5
     long = config_module.resolve(preset_tree("paper1-vit-long")).data.tasks
-    assert long[:2] == ["stanford_cars:half1", "flowers102:half1"] and long[4] == "stanford_cars:half2"
+    assert long[:2] == ["stanford_cars:samples_half1", "flowers102:samples_half1"] and long[4] == "stanford_cars:samples_half2"
     dino = config_module.resolve(preset_tree("paper2-lora-r4"))
     assert (dino.eval.upstream_evaluator, dino.train.optimizer, dino.train.max_steps, dino.method.targets) == ("knn", "sgd", 10_000, "q,v")
     with pytest.raises(ConfigError, match="forgetlab presets"):
@@ -269,7 +274,11 @@ def test_presets_run_end_to_end_at_smoke_scale(root, tmp_path, name):
     config = config_module.resolve(preset_tree(name), smoke)
     folder = run(config, log=lambda message: None)
     matrix = folder.read_matrix().as_array()
-    assert matrix.shape == (len(config.data.tasks) + 1, len(config.data.tasks) + 1)
+    from forgetlab.data.registry import task_column
+
+    columns = dict.fromkeys(task_column(t) for t in config.data.tasks)  # a long-setting task trains twice, one column
+    assert matrix.shape == (len(config.data.tasks) + 1, len(columns) + 1)
+    assert not np.isnan(matrix[-1]).any()  # the last row scores every task
     assert folder.completed_tasks() == len(config.data.tasks)
     records = json.loads(folder.upstream_eval.read_text())
     assert len(records) == len(config.data.tasks) + 1

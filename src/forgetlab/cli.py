@@ -52,12 +52,28 @@ def _resolve(args):
 
 
 def cmd_presets(args) -> int:
-    from forgetlab.presets import PRESETS
+    from forgetlab.presets import PRESETS, markdown, preset_tree
 
+    if args.markdown:
+        print(markdown())
+        return 0
+    if args.name:
+        preset_tree(args.name)  # a one-line error for an unknown name
+        preset = PRESETS[args.name]
+        print(f"{preset.name}: {preset.reproduces}\n    command: {preset.command}\n    cost:    {preset.expected_time}")
+        if preset.notes:
+            print(f"    note:    {preset.notes}")
+        rows = preset.table()
+        key_width, value_width = max(len(r[0]) for r in rows), min(40, max(len(r[1]) for r in rows))
+        print(f"\n{'key'.ljust(key_width)}  {'value'.ljust(value_width)}  source")
+        for key, value, source in rows:
+            print(f"{key.ljust(key_width)}  {value.ljust(value_width)}  {source}")
+        return 0
     for preset in PRESETS.values():
         print(f"{preset.name}\n    reproduces: {preset.reproduces}\n    command:    {preset.command}\n    cost:       {preset.expected_time}")
         if preset.notes:
             print(f"    note:       {preset.notes}")
+    print("\n'forgetlab presets NAME' lists a preset's settings with the source of each.")
     return 0
 
 
@@ -164,7 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="start from a named preset ('forgetlab presets' lists them)")
     run.set_defaults(func=cmd_run)
 
-    presets = commands.add_parser("presets", help="list the papers' presets", description="List the presets: what each reproduces, its command and cost.")
+    presets = commands.add_parser("presets", help="list the papers' presets", description="List the presets: what each reproduces, its command and cost; "
+                                  "with a NAME, its settings and the source of each (the paper's file and line, or forgetlab's choice and why).")
+    presets.add_argument("name", nargs="?", metavar="NAME", help="one preset: print its settings with their sources")
+    presets.add_argument("--markdown", action="store_true", help="print every preset as Markdown (docs/PRESETS.md)")
     presets.set_defaults(func=cmd_presets)
 
     data = commands.add_parser("data", help="inspect the datasets", description="Dataset tools.")

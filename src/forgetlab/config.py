@@ -40,6 +40,30 @@ class BackboneConfig:
     num_classes: int | None = option(None, "upstream head size with random_init (default 1000; 0 for a headless backbone)")
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+CROP_MODES = ("center", "squash")
+
+
+@dataclass
+class PreprocessConfig:
+    """How real images become tensors: timm's transforms (``timm.data.create_transform``) with these
+    arguments; every ``None`` takes the backbone's own ``pretrained_cfg`` value. The offline world's
+    28 px images bring their own preprocessing (scaling to [-1, 1]) and ignore this section."""
+
+    train_scale: list[float] = option([0.08, 1.0], "random-resized-crop area range (timm's default (0.08, 1); both papers' code)")
+    train_ratio: list[float] = option([0.75, 4 / 3], "random-resized-crop aspect-ratio range (timm's default)")
+    train_interpolation: str | None = option(None, "training resize interpolation: bilinear, bicubic, nearest (default: the backbone's)")
+    hflip: float = option(0.5, "probability of a horizontal flip in training")
+    color_jitter: float = option(0.4, "brightness/contrast/saturation jitter in training; 0 turns it off (timm's default 0.4)")
+    eval_crop: str = option("center", "evaluation: 'center' (resize the shorter side to size / crop_pct, centre crop) or 'squash' (resize to size x size)")
+    eval_interpolation: str | None = option(None, "evaluation resize interpolation (default: the backbone's)")
+    crop_pct: float | None = option(None, "evaluation crop fraction (default: the backbone's, e.g. 0.9 for augreg ViTs); 1 with 'squash' is a plain resize")
+    mean: list[float] | None = option(None, "normalisation mean per channel (default: the backbone's)")
+    std: list[float] | None = option(None, "normalisation std per channel (default: the backbone's)")
+    upstream_eval: str = option("backbone", "upstream test images and the k-NN bank: 'backbone' (timm's eval transform from the pretrained_cfg) or 'task' (the eval transform above)")
+    upstream_crop_pct: float | None = option(None, "crop fraction of the 'backbone' upstream transform (default: the backbone's; DINO's k-NN: 0.875, i.e. 256 -> 224)")
+
+
 @dataclass
 class DataConfig:
     upstream: str = option("offline_upstream", "the pretraining task, evaluated after every task")
@@ -49,6 +73,7 @@ class DataConfig:
     workers: int = option(0, "data-loader worker processes (decode real images in parallel; 0: in the main process)")
     cache_decoded: bool = option(False, "decode real images once into a memory-mapped uint8 cache under $FORGETLAB_HOME/decoded")
     root: str | None = option(None, "folder of the real datasets (default: $FORGETLAB_DATA); see 'forgetlab data check'")
+    split_seed: int | None = option(None, "seed of the random sample splits (NAME:samples_half1 ...); default: the run's seed, as paper 1's code")
 
 
 @dataclass
@@ -61,7 +86,13 @@ class TrainConfig:
     lr: float = option(1e-3, "peak learning rate")
     weight_decay: float = option(1e-2, "weight decay")
     warmup_fraction: float = option(1 / 18, "fraction of a task's steps with linear warm-up (paper 1: 1/18)")
+    warmup_steps: int | None = option(None, "linear warm-up steps, overriding warmup_fraction (paper 2: 500; 100 for linear probing)")
+    schedule: str = option("cosine", "'cosine' (warm-up from lr/warmup, cosine to 0 at the last step) or 'hf_cosine' (transformers' "
+                           "get_cosine_schedule_with_warmup over (N // batch) x epochs steps, as both papers' code)")
+    drop_last: bool = option(False, "drop each epoch's last partial batch (paper 2's code)")
     label_smoothing: float = option(0.0, "label smoothing of the task loss")
+    select: str = option("last", "which weights end a task: 'last' or 'best' (the best task-test accuracy, scored every eval_every steps; paper 2's code)")
+    eval_every: int = option(500, "steps between scorings of the task's test set when select=best (paper 2: 500; 250 for linear probing)")
 
 
 @dataclass
@@ -71,12 +102,15 @@ class EvalConfig:
     upstream_subset: int | None = option(None, "score the upstream task on a fixed, seeded subset of this many test images (reports a 95% CI)")
     knn_k: int = option(20, "k of the k-NN evaluator (accuracies at 10, 20, 100 and 200 are recorded too)")
     knn_temperature: float = option(0.07, "temperature of the k-NN votes, exp(similarity / T) (DINO: 0.07)")
+    knn_features: str = option("backbone", "what the k-NN compares: 'backbone' features (DINO; correct) or 'task_logits', the last task head's "
+                               "outputs, which reproduces paper 2's published LoRA rows (a bug of its code)")
 
 
 @dataclass
 class LwFConfig:
     alpha: float = option(0.0, "weight of LwF distillation on every earlier head; 0 turns LwF off (paper 1: 5)")
     temperature: float = option(2.0, "LwF softmax temperature (paper 1: 2)")
+    train_earlier_heads: bool = option(False, "earlier downstream heads train too, through the distillation term (paper 1's code; the upstream head stays frozen)")
 
 
 @dataclass
@@ -91,9 +125,10 @@ class RunConfig:
     out_dir: str = option("runs", "where run folders are written")
     seed: int = option(0, "seed of initialisation, data order and dropout")
     device: str = option("auto", "'auto' (cuda when present), 'cpu' or 'cuda'")
-    precision: str = option("auto", "'auto' (bf16 autocast on cuda, fp32 on cpu), 'fp32' or 'bf16'")
+    precision: str = option("auto", "'auto' (bf16 autocast on cuda, fp32 on cpu), 'fp32', 'tf32' (fp32 with TF32 matmuls on cuda) or 'bf16'")
     backbone: BackboneConfig = section(BackboneConfig, "the pretrained backbone")
     data: DataConfig = section(DataConfig, "the upstream task and the downstream sequence")
+    preprocess: PreprocessConfig = section(PreprocessConfig, "how real images are preprocessed (timm transforms)")
     method: Any = option(None, "the fine-tuning method; 'name' picks it, the other keys are its own")
     train: TrainConfig = section(TrainConfig, "training of each task")
     lwf: LwFConfig = section(LwFConfig, "Learning without Forgetting, with any method")
@@ -239,7 +274,7 @@ def resolve(tree: dict | None = None, overrides: list[str] = ()) -> RunConfig:
 def validate(config: RunConfig) -> None:
     checks = [
         (config.device in ("auto", "cpu", "cuda"), "device must be 'auto', 'cpu' or 'cuda'"),
-        (config.precision in ("auto", "fp32", "bf16"), "precision must be 'auto', 'fp32' or 'bf16'"),
+        (config.precision in ("auto", "fp32", "tf32", "bf16"), "precision must be 'auto', 'fp32', 'tf32' or 'bf16'"),
         (config.train.optimizer in ("adamw", "sgd"), "train.optimizer must be 'adamw' or 'sgd'"),
         (config.train.epochs >= 1, "train.epochs must be at least 1"),
         (all(v >= 1 for v in config.train.task_epochs.values()), "train.task_epochs values must be at least 1"),
@@ -256,7 +291,27 @@ def validate(config: RunConfig) -> None:
         (config.replay.size >= 0, "replay.size must be 0 (off) or positive"),
         (config.replay.batch_size >= 1, "replay.batch_size must be at least 1"),
         (len(config.data.tasks) >= 1, "data.tasks must name at least one task"),
-        (len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks must not repeat a task"),
+        (len(set(config.data.tasks)) == len(config.data.tasks),
+         "data.tasks must not repeat a name; to train a task twice, give its sample splits (NAME:samples_half1, NAME:samples_half2)"),
+        (config.train.schedule in ("cosine", "hf_cosine"), "train.schedule must be 'cosine' or 'hf_cosine'"),
+        (config.train.warmup_steps is None or config.train.warmup_steps >= 0, "train.warmup_steps must be 0 or more"),
+        (config.train.select in ("last", "best"), "train.select must be 'last' or 'best'"),
+        (config.train.eval_every >= 1, "train.eval_every must be at least 1"),
+        (config.eval.knn_features in ("backbone", "task_logits"), "eval.knn_features must be 'backbone' or 'task_logits'"),
+        (len(config.preprocess.train_scale) == 2 and 0 < config.preprocess.train_scale[0] <= config.preprocess.train_scale[1] <= 1,
+         "preprocess.train_scale must be [low, high] with 0 < low <= high <= 1"),
+        (len(config.preprocess.train_ratio) == 2 and 0 < config.preprocess.train_ratio[0] <= config.preprocess.train_ratio[1],
+         "preprocess.train_ratio must be [low, high] with 0 < low <= high"),
+        (0 <= config.preprocess.hflip <= 1, "preprocess.hflip must be a probability in [0, 1]"),
+        (config.preprocess.color_jitter >= 0, "preprocess.color_jitter must be 0 (off) or positive"),
+        (config.preprocess.eval_crop in CROP_MODES, f"preprocess.eval_crop must be one of: {', '.join(CROP_MODES)}"),
+        (all(i in (None, *INTERPOLATIONS) for i in (config.preprocess.train_interpolation, config.preprocess.eval_interpolation)),
+         f"preprocess interpolations must be one of: {', '.join(INTERPOLATIONS)}"),
+        (all(c is None or 0 < c <= 1 for c in (config.preprocess.crop_pct, config.preprocess.upstream_crop_pct)),
+         "preprocess.crop_pct and upstream_crop_pct must be in (0, 1]"),
+        (all(v is None or (len(v) == 3 and (k == "mean" or min(v) > 0)) for k, v in (("mean", config.preprocess.mean), ("std", config.preprocess.std))),
+         "preprocess.mean and preprocess.std must hold 3 values (std positive)"),
+        (config.preprocess.upstream_eval in ("backbone", "task"), "preprocess.upstream_eval must be 'backbone' or 'task'"),
         ("/" not in config.name and config.name not in ("", ".", ".."), "name must be a plain folder name"),
     ]
     for ok, message in checks:

@@ -54,14 +54,17 @@ def confidence_interval(accuracy_value: float, count: int) -> float:
 
 
 @torch.no_grad()
-def extract_features(model, dataset: Dataset, *, batch_size, device, amp_dtype, workers: int = 0, description="features") -> torch.Tensor:
-    """L2-normalised pooled backbone features of every example, fp32 on the CPU."""
+def extract_features(model, dataset: Dataset, *, batch_size, device, amp_dtype, workers: int = 0, description="features",
+                     head: str | None = None) -> torch.Tensor:  # fmt: skip
+    """L2-normalised pooled backbone features of every example, fp32 on the CPU; with ``head``, that
+    head's outputs instead (paper 2's LoRA bug, see :class:`KNNEvaluator`)."""
     model.eval()
     chunks = []
     loader = make_loader(dataset, batch_size, shuffle=False, device=device, workers=workers)
     for images, _ in progress(loader, desc=description, unit="batch"):
         with autocast(device, amp_dtype):
-            features = model.features(images.to(device, non_blocking=True))
+            images = images.to(device, non_blocking=True)
+            features = model.features(images) if head is None else model(images, [head])[head]
         chunks.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0, model.num_features)
 
@@ -84,28 +87,45 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
 class KNNEvaluator:
     """Paper 2: the upstream task scored by weighted k-NN on backbone features against a bank of the
     upstream train set. The bank is cached per backbone state (a hash of its weights), so it is
-    recomputed exactly when the backbone changed and reused otherwise (e.g. by linear probing)."""
+    recomputed exactly when the backbone changed and reused otherwise (e.g. by linear probing).
 
-    def __init__(self, bank: Dataset, num_classes: int, *, k: int = 20, ks=(10, 20, 100, 200), temperature: float = 0.07):
+    Bank and queries are both read with the deterministic evaluation transform: the bank dataset is
+    taken through :func:`forgetlab.data.base.evaluation_view`, whatever transform it trains with.
+
+    ``features='task_logits'`` reproduces a bug of paper 2's code for its LoRA rows: the k-NN ran on the
+    outputs of the downstream classifier (100-d for CIFAR-100), not on backbone features. It applies to
+    rows after a task (the pretrained row has no task head and uses backbone features)."""
+
+    def __init__(self, bank: Dataset, num_classes: int, *, k: int = 20, ks=(10, 20, 100, 200), temperature: float = 0.07,
+                 features: str = "backbone"):  # fmt: skip
         if len(bank) == 0:
             raise ConfigError("the k-NN evaluator needs the upstream train split as its bank; add it or use eval.upstream_evaluator=head")
-        self.bank, self.num_classes, self.k, self.temperature = bank, num_classes, k, temperature
+        from forgetlab.data.base import evaluation_view
+
+        self.bank, self.num_classes, self.k, self.temperature = evaluation_view(bank), num_classes, k, temperature
+        self.features = features
         self.ks = sorted(set(ks) | {k})
         self.bank_labels = torch.as_tensor(dataset_labels(bank), dtype=torch.long)
         self._cache: dict[str, torch.Tensor] = {}
         self.last: dict[int, float] = {}  # accuracy at every k of the last call
 
     @staticmethod
-    def fingerprint(model) -> str:
+    def fingerprint(model, head: str | None = None) -> str:
         digest = hashlib.sha256()
-        for name, tensor in sorted(model.backbone.state_dict().items()):
+        state = dict(model.backbone.state_dict())
+        if head is not None:
+            state.update({f"head:{head}.{k}": v for k, v in model.head(head).state_dict().items()})
+        for name, tensor in sorted(state.items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
     def __call__(self, model, dataset: Dataset, *, batch_size, device, amp_dtype, workers: int = 0, description="upstream k-NN"):
-        key = self.fingerprint(model)
-        options = {"batch_size": batch_size, "device": device, "amp_dtype": amp_dtype, "workers": workers}
+        head = None
+        if self.features == "task_logits" and len(getattr(model, "heads", ())):
+            head = list(model.heads)[-1]  # the latest task's classifier
+        key = self.fingerprint(model, head)
+        options = {"batch_size": batch_size, "device": device, "amp_dtype": amp_dtype, "workers": workers, "head": head}
         if key not in self._cache:
             self._cache = {key: extract_features(model, self.bank, **options, description="k-NN bank")}
         bank = self._cache[key]
@@ -127,5 +147,6 @@ def build_upstream_evaluator(eval_config, upstream) -> Callable:
     if eval_config.upstream_evaluator == "head":
         return head_evaluator
     if eval_config.upstream_evaluator == "knn":
-        return KNNEvaluator(upstream.train, upstream.num_classes, k=eval_config.knn_k, temperature=eval_config.knn_temperature)
+        return KNNEvaluator(upstream.train, upstream.num_classes, k=eval_config.knn_k, temperature=eval_config.knn_temperature,
+                            features=eval_config.knn_features)  # fmt: skip
     raise ConfigError(f"unknown eval.upstream_evaluator '{eval_config.upstream_evaluator}'; choose one of: {', '.join(UPSTREAM_EVALUATORS)}")

@@ -70,33 +70,55 @@ def save_safetensors(path: Path, tensors: dict, metadata: dict | None = None) ->
 
 @dataclass
 class AccuracyMatrix:
-    """``values[i][j]``: accuracy on column ``j`` after task ``i`` (row 0: before any task)."""
+    """``values[i][j]``: accuracy on column ``j`` after training phase ``i`` (row 0: before any).
 
-    columns: list[str]  # ['upstream', task 1, ..., task T]
+    Columns are the distinct tasks (``upstream`` first); rows are training phases. Usually each phase
+    trains its own task, so row ``i`` trains column ``i``. In paper 1's long setting a task is trained
+    twice (``stanford_cars:samples_half1`` ... ``stanford_cars:samples_half2``): both phases train the
+    column ``stanford_cars``, and ``phase_columns`` says which column each phase trained.
+    """
+
+    columns: list[str]  # ['upstream', task 1, ..., task C]
     values: list[list[float | None]] = field(default_factory=list)
+    phases: list[str] | None = None  # the name of every training phase (default: columns[1:])
+    phase_columns: list[str] | None = None  # the column each phase trains (default: the phase's own)
+
+    def __post_init__(self):
+        self.phases = list(self.phases if self.phases is not None else self.columns[1:])
+        self.phase_columns = list(self.phase_columns if self.phase_columns is not None else self.phases)
+        unknown = sorted(set(self.phase_columns) - set(self.columns[1:]))
+        if unknown or len(self.phase_columns) != len(self.phases):
+            raise ValueError(f"phases must train the matrix's columns; unknown: {unknown}")
 
     @property
     def num_tasks(self) -> int:
-        return len(self.columns) - 1
+        """Training phases (rows after the pretrained one)."""
+        return len(self.phases)
+
+    def trained(self) -> list[int]:
+        """The column index each phase (row 1, 2, ...) trained."""
+        return [self.columns.index(column) for column in self.phase_columns]
 
     def row_labels(self) -> list[str]:
-        return ["pretrained"] + [f"after {name}" for name in self.columns[1 : len(self.values)]]
+        return ["pretrained"] + [f"after {name}" for name in self.phases[: len(self.values) - 1]]
 
     def add_row(self, accuracies: dict[str, float]) -> None:
-        """Append the row after the next task; columns not in ``accuracies`` stay empty."""
+        """Append the row after the next phase; columns not in ``accuracies`` stay empty."""
         if len(self.values) > self.num_tasks:
-            raise ValueError("the matrix already has a row for every task")
+            raise ValueError("the matrix already has a row for every phase")
         unknown = set(accuracies) - set(self.columns)
         if unknown:
             raise ValueError(f"unknown columns {sorted(unknown)}")
         self.values.append([accuracies.get(column) for column in self.columns])
 
     def to_json(self) -> dict:
-        return {"columns": self.columns, "row_labels": self.row_labels(), "values": self.values}
+        return {"columns": self.columns, "phases": self.phases, "phase_columns": self.phase_columns,
+                "row_labels": self.row_labels(), "values": self.values}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict) -> "AccuracyMatrix":
-        return cls(columns=list(data["columns"]), values=[list(row) for row in data["values"]])
+        return cls(columns=list(data["columns"]), values=[list(row) for row in data["values"]],
+                   phases=data.get("phases"), phase_columns=data.get("phase_columns"))  # fmt: skip
 
     def to_csv(self) -> str:
         lines = [",".join(["row"] + self.columns)]

@@ -30,7 +30,8 @@ from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, read_json, save_safetensors, write_json, write_npz
-from forgetlab.runtime import autocast_dtype, configure_threads, resolve_device, seed_everything
+from forgetlab.selection import BestCheckpoint
+from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, resolve_device, seed_everything
 from forgetlab.train import count_parameters, train_task, trainable_parameters
 
 
@@ -119,15 +120,24 @@ def run(config, *, log=print) -> RunFolder:
     method = build_method(config.method)  # validates the method's options before anything is written
     device = resolve_device(config.device)
     amp_dtype = autocast_dtype(device, config.precision)
+    configure_matmul_precision(device, config.precision)
     backbone = load_backbone(config.backbone, device=device)
-    preprocess = None if backbone.name.startswith("offline_") else preprocess_for(backbone.model, config.backbone.image_size)
-    upstream = build_task(config.data.upstream, config.data, preprocess)
+    preprocess = None
+    if not backbone.name.startswith("offline_"):  # the offline world's images bring their own preprocessing
+        preprocess = preprocess_for(backbone.model, config.backbone.image_size, config.preprocess)
+    upstream = build_task(config.data.upstream, config.data, preprocess.for_upstream() if preprocess else None)
     if config.eval.upstream_subset is not None and hasattr(upstream.test, "subset"):
         upstream.test = upstream.test.subset(config.eval.upstream_subset, seed=config.seed)
-    tasks = [build_task(name, config.data, preprocess) for name in config.data.tasks]
+    # Phases: one per name in data.tasks. Several phases may train one task (paper 1's long setting:
+    # NAME:samples_half1, then NAME:samples_half2), which then shares its head and matrix column.
+    tasks = [build_task(name, config.data, preprocess, seed=config.seed) for name in config.data.tasks]
+    columns: dict[str, object] = {}  # column -> the task data it is tested on (its first phase's)
     for task in tasks:
         if len(task.train) == 0:
             raise DataError(f"task {task.name} has no training images; check its dataset (forgetlab data check)")
+        first = columns.setdefault(task.column, task)
+        if first.num_classes != task.num_classes:
+            raise ConfigError(f"{first.name} and {task.name} train one head but have {first.num_classes} and {task.num_classes} classes")
     evaluate_upstream = build_upstream_evaluator(config.eval, upstream)
     workers = config.data.workers
     head_classes = getattr(backbone.model.get_classifier(), "out_features", 0)
@@ -163,7 +173,7 @@ def run(config, *, log=print) -> RunFolder:
     if completed < 0:
         write_json(folder.environment, {**environment_record(device), "backbone_recipe": backbone.recipe})
         write_json(folder.upstream, task_metadata(upstream))
-        matrix = AccuracyMatrix(columns=[UPSTREAM] + [task.name for task in tasks])
+        matrix = AccuracyMatrix(columns=[UPSTREAM, *columns], phases=[t.name for t in tasks], phase_columns=[t.column for t in tasks])
         start = time.perf_counter()
         upstream_accuracy, predictions, upstream_record = score_upstream(0)
         upstream_records = [upstream_record]
@@ -178,12 +188,12 @@ def run(config, *, log=print) -> RunFolder:
     else:
         matrix = folder.read_matrix()
         upstream_records = read_json(folder.upstream_eval)[: completed + 1] if folder.upstream_eval.exists() else []
-        for task in tasks[:completed]:
-            model.add_head(task.name, task.num_classes)
+        for column in dict.fromkeys(task.column for task in tasks[:completed]):
+            model.add_head(column, columns[column].num_classes)
         if completed:
             from safetensors.torch import load_file
 
-            method.restore(model, [task.name for task in tasks[:completed]], folder.path)
+            method.restore(model, [(task.column, task.name) for task in tasks[:completed]], folder.path)
             model.load_state_dict(load_file(str(folder.checkpoint)), strict=True)
             model.to(device)
         if completed == len(tasks):
@@ -195,13 +205,17 @@ def run(config, *, log=print) -> RunFolder:
     for index in range(completed + 1, len(tasks) + 1):
         task = tasks[index - 1]
         seed = seed_everything(config.seed, index)
+        seen_columns = list(dict.fromkeys(t.column for t in tasks[: index - 1]))
+        earlier = [] if method.isolates_tasks else [c for c in seen_columns if c != task.column]
         extra_losses = []
         if config.lwf.alpha > 0:
-            earlier = [] if method.isolates_tasks else [seen.name for seen in tasks[: index - 1]]
             extra_losses.append(DistillationLoss(model, [UPSTREAM, *earlier], config.lwf.alpha, config.lwf.temperature))
-        head = model.add_head(task.name, task.num_classes)
-        method.prepare(model, task.name)
-        model.heads.requires_grad_(False)  # earlier heads stay as they are
+        head = model.heads[task.column] if task.column in model.heads else model.add_head(task.column, task.num_classes)
+        method.prepare(model, task.column)
+        model.heads.requires_grad_(False)  # earlier heads stay as they are ...
+        if config.lwf.alpha > 0 and config.lwf.train_earlier_heads:
+            for column in earlier:  # ... unless LwF's distillation trains them (paper 1's code)
+                model.heads[column].requires_grad_(True)
         head.requires_grad_(True)
         model.upstream_head.requires_grad_(False)  # evaluated, never trained
         model.to(device)
@@ -210,31 +224,44 @@ def run(config, *, log=print) -> RunFolder:
         backbone_ids = {id(p) for p in model.backbone.parameters()}
         trainable_backbone = count_parameters([p for p in trainable if id(p) in backbone_ids])
         backbone_size = count_parameters(list(model.backbone.parameters()))
+        selection = None
+        if config.train.select == "best":
+            test_set, labels = columns[task.column].test, dataset_labels(columns[task.column].test)
+
+            def score(scored_model, column=task.column, test_set=test_set, labels=labels):
+                with method.evaluating(scored_model, column):
+                    return accuracy(predict(scored_model, column, test_set, batch_size=config.eval.batch_size, device=device,
+                                            amp_dtype=amp_dtype, workers=workers, description=f"select {column}"), labels)  # fmt: skip
+
+            selection = BestCheckpoint(config.train.eval_every, score)
         stats = train_task(
-            model, task.name, task.train, config.train, device=device, amp_dtype=amp_dtype, seed=seed,
+            model, task.column, task.train, config.train, device=device, amp_dtype=amp_dtype, seed=seed,
             extra_losses=extra_losses, extra_heads=[h for loss in extra_losses for h in loss.heads],
             replay=replay_buffer.batches(config.replay.batch_size, seed) if replay_buffer else None,
             replay_head=UPSTREAM, workers=workers, description=f"task {index}/{len(tasks)} {task.name}",
+            task_name=task.name, selection=selection,
         )  # fmt: skip
         del extra_losses  # the teacher copy
-        method.finish(model, task.name)
+        method.finish(model, task.column)
         model.requires_grad_(False)
 
         start = time.perf_counter()
         upstream_accuracy, predictions, upstream_record = score_upstream(index)
         upstream_records.append(upstream_record)
         row = {UPSTREAM: upstream_accuracy}
-        for seen in tasks[:index]:
-            with method.evaluating(model, seen.name):
+        for column in dict.fromkeys(t.column for t in tasks[:index]):
+            seen = columns[column]
+            with method.evaluating(model, column):
                 seen_predictions = predict(
-                    model, seen.name, seen.test, batch_size=config.eval.batch_size, device=device,
-                    amp_dtype=amp_dtype, workers=workers, description=f"eval {seen.name}",
+                    model, column, seen.test, batch_size=config.eval.batch_size, device=device,
+                    amp_dtype=amp_dtype, workers=workers, description=f"eval {column}",
                 )  # fmt: skip
-            row[seen.name] = accuracy(seen_predictions, dataset_labels(seen.test))
+            row[column] = accuracy(seen_predictions, dataset_labels(seen.test))
         matrix.add_row(row)
         task_records.append(
             {
                 "task": task.name,
+                "column": task.column,
                 "num_classes": task.num_classes,
                 "domain_synset": task.domain_synset,
                 "train_images": len(task.train),
@@ -247,6 +274,7 @@ def run(config, *, log=print) -> RunFolder:
                 "images_per_second": round(stats.images_per_second, 1),
                 "final_loss": stats.final_loss,
                 "eval_seconds": round(time.perf_counter() - start, 2),
+                **({"selection": selection.record()} if selection else {}),
             }
         )
         # Commit: results first, the resume marker last.
@@ -254,13 +282,13 @@ def run(config, *, log=print) -> RunFolder:
         write_json(folder.upstream_eval, upstream_records)
         folder.write_matrix(matrix)
         write_json(folder.tasks, task_records)
-        method.save_task(task.name, folder.path)
+        method.save_task(task.column, folder.path, phase=task.name)
         save_safetensors(folder.checkpoint, model.state_dict())
         write_json(folder.progress, {"completed_tasks": index, "total_tasks": len(tasks)})
         drop = upstream_accuracy - matrix.values[0][0]
         log(
             f"task {index}/{len(tasks)} {task.name}: {stats.steps} steps in {stats.seconds:.1f}s, "
             f"{trainable_backbone:,} trainable backbone parameters ({100 * trainable_backbone / backbone_size:.3f}%); "
-            f"upstream {100 * upstream_accuracy:.2f}% ({100 * drop:+.2f}), {task.name} {100 * row[task.name]:.2f}%"
+            f"upstream {100 * upstream_accuracy:.2f}% ({100 * drop:+.2f}), {task.column} {100 * row[task.column]:.2f}%"
         )
     return folder

@@ -59,18 +59,52 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
+def hf_warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """transformers' ``get_cosine_schedule_with_warmup`` (both papers' code): ``step / warmup`` during
+    the warm-up (0 at the first step), then ``0.5 (1 + cos(pi p))`` with ``p`` the fraction of the
+    remaining steps done. Past ``total_steps`` the cosine goes on rising from 0, as in transformers:
+    paper 1's code schedules ``(N // 32) x epochs`` steps but trains ``ceil(N / 32) x epochs``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        progress_ = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress_)))
+
+    return factor
+
+
+def schedule_lengths(train_config, examples: int, batches_per_epoch: int, epochs: int) -> tuple[int, int, int]:
+    """``(steps trained, steps the schedule spans, warm-up steps)`` of one task."""
+    steps = batches_per_epoch * epochs
+    if train_config.schedule == "hf_cosine":
+        span = (examples // train_config.batch_size) * epochs
+    else:
+        span = steps
+    if train_config.max_steps is not None:
+        steps, span = min(steps, train_config.max_steps), min(span, train_config.max_steps)
+    if train_config.warmup_steps is not None:
+        warmup = train_config.warmup_steps
+    elif train_config.schedule == "hf_cosine":
+        warmup = math.floor(span * train_config.warmup_fraction + 1e-9)  # paper 1: steps // 18
+    else:
+        warmup = max(1, round(train_config.warmup_fraction * span)) if train_config.warmup_fraction else 0
+    return steps, span, warmup
+
+
 def make_optimizer(parameters, train_config) -> torch.optim.Optimizer:
     if train_config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=train_config.lr, momentum=0.9, weight_decay=train_config.weight_decay)
     return torch.optim.AdamW(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay)
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0, device=None):
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0, device=None, drop_last: bool = False):
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        drop_last=drop_last and len(dataset) >= batch_size,
         generator=generator if shuffle else None,
         num_workers=workers,
         pin_memory=device is not None and device.type == "cuda",
@@ -101,6 +135,8 @@ def train_task(
     replay_head: str | None = None,
     workers: int = 0,
     description: str = "train",
+    selection=None,
+    task_name: str | None = None,
 ) -> TrainStats:
     """Train ``model``'s trainable parameters on ``dataset`` through head ``head``.
 
@@ -108,17 +144,18 @@ def train_task(
     ``extra_heads`` (one backbone pass serves them all) and return a scalar added to the task loss.
     ``replay`` yields ``(images, labels)`` batches appended to every task batch and scored through
     ``replay_head``; the cross-entropy is then the mean over task and replayed examples together.
+    ``selection`` (a :class:`forgetlab.selection.BestCheckpoint`) is called after every step and may
+    put back the best weights it saw at the end.
     """
-    loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device, workers=workers)
-    steps_per_epoch = len(loader)
-    epochs = train_config.task_epochs.get(head, train_config.task_epochs.get(head.partition(":")[0], train_config.epochs))
-    total_steps = steps_per_epoch * epochs
-    if train_config.max_steps is not None:
-        total_steps = min(total_steps, train_config.max_steps)
-    warmup_steps = max(1, round(train_config.warmup_fraction * total_steps)) if train_config.warmup_fraction else 0
+    loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device, workers=workers,
+                         drop_last=train_config.drop_last)  # fmt: skip
+    task_name = task_name or head  # train.task_epochs names a task, or its dataset
+    epochs = train_config.task_epochs.get(task_name, train_config.task_epochs.get(task_name.partition(":")[0], train_config.epochs))
+    total_steps, span, warmup_steps = schedule_lengths(train_config, len(dataset), len(loader), epochs)
     parameters = trainable_parameters(model)
     optimizer = make_optimizer(parameters, train_config)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
+    shape = hf_warmup_cosine if train_config.schedule == "hf_cosine" else warmup_cosine
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, shape(span, warmup_steps))
     heads = [head, *[h for h in extra_heads if h != head]]
     if replay is not None and replay_head not in heads:
         heads.append(replay_head)
@@ -156,8 +193,15 @@ def train_task(
             loss_value = loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+            if selection is not None and selection.due(step, total_steps):
+                selection.score(model, step)
+                model.train()
+                if freeze_batchnorm:
+                    freeze_batchnorm_statistics(model)
             if step >= total_steps:
                 break
     bar.close()
     model.eval()
+    if selection is not None:
+        selection.restore_best(model)
     return TrainStats(steps=step, examples=examples, seconds=time.perf_counter() - start, final_loss=loss_value)

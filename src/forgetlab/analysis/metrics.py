@@ -1,28 +1,37 @@
 """Continual-learning metrics from one accuracy matrix.
 
-``a[i, j]`` is the accuracy on column ``j`` after task ``i`` (row 0: the pretrained model; column 0:
-the upstream task, columns 1..T the downstream tasks). Empty cells are NaN and are skipped: a metric
-over no cells is NaN, never 0.
+``a[i, j]`` is the accuracy on column ``j`` after training phase ``i`` (row 0: the pretrained model;
+column 0: the upstream task, columns 1..C the distinct downstream tasks). ``trained[i - 1]`` is the
+column phase ``i`` trained; by default phase ``i`` trains column ``i`` (every task once). Empty cells
+are NaN and are skipped: a metric over no cells is NaN, never 0. ``T`` is the last row.
 
 =================== =====================================================================================
-average accuracy    ``mean_j a[T, j]`` over downstream tasks ``j = 1..T`` (Lopez-Paz & Ranzato, 2017)
-average forgetting  ``mean_{j<T} (max_{j<=l<T} a[l, j] - a[T, j])``, best earlier minus final
+average accuracy    ``mean_j a[T, j]`` over the downstream columns (Lopez-Paz & Ranzato, 2017)
+average forgetting  ``mean_j (max_{f(j)<=l<T} a[l, j] - a[T, j])`` over the columns not trained in the
+                    last phase, ``f(j)`` the first phase that trained ``j``: best earlier minus final
                     (Chaudhry et al., 2018)
-BWT                 ``mean_{j<T} (a[T, j] - a[j, j])``, backward transfer (Lopez-Paz & Ranzato, 2017);
-                    negative values are forgetting
-plasticity          ``mean_j a[j, j]``, accuracy right after learning each task
-FWT                 ``mean_j (a[j, j] - b[j])`` against a named reference ``b`` (e.g. the linear probe of
-                    the pretrained backbone: what the updated backbone gains for new tasks; paper 1's
+BWT                 ``mean_j (a[T, j] - a[l(j), j])`` over the same columns, ``l(j)`` the last phase
+                    that trained ``j``: backward transfer (Lopez-Paz & Ranzato, 2017); negative values
+                    are forgetting
+plasticity          ``mean_i a[i, trained(i)]`` over phases: accuracy right after each phase
+FWT                 ``mean_j (a[f(j), j] - b[j])`` against a named reference ``b`` (e.g. the linear probe
+                    of the pretrained backbone: what the updated backbone gains for new tasks; paper 1's
                     forward transfer). With task-incremental heads ``a[j-1, j]`` does not exist, so GEM's
                     definition does not apply.
 upstream drop       ``a[T, 0] - a[0, 0]``, the change of the pretraining task's accuracy
 =================== =====================================================================================
+
+With every task trained once these are the textbook formulas (``f(j) = l(j) = j``). In paper 1's long
+setting (each task trained twice, on two halves of its samples) the second pass's gain on a task shows
+as positive backward transfer relative to its first pass only through ``average_forgetting``'s max:
+BWT compares with the *last* time a task was trained, forgetting with its best accuracy since it was
+first trained, and FWT with the first time.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -36,38 +45,71 @@ def _final(a: np.ndarray) -> int:
     return a.shape[0] - 1
 
 
-def average_accuracy(a: np.ndarray) -> float:
+def _trained(a: np.ndarray, trained: Sequence[int] | None) -> list[int]:
+    """The column of every phase that has a row (phase i = row i)."""
+    rows = a.shape[0] - 1
+    if trained is None:
+        return list(range(1, min(rows, a.shape[1] - 1) + 1))
+    return list(trained[:rows])
+
+
+def _first_and_last(a: np.ndarray, trained) -> tuple[dict[int, int], dict[int, int]]:
+    first, last = {}, {}
+    for phase, column in enumerate(_trained(a, trained), start=1):
+        first.setdefault(column, phase)
+        last[column] = phase
+    return first, last
+
+
+def _earlier_columns(a: np.ndarray, trained) -> list[int]:
+    """Columns trained before, and not in, the last phase."""
+    phases = _trained(a, trained)
+    if not phases:
+        return []
+    final_column = phases[-1] if len(phases) == _final(a) else None
+    return sorted({c for c in phases if c != final_column})
+
+
+def average_accuracy(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     return _mean(a[_final(a), 1:])
 
 
-def average_forgetting(a: np.ndarray) -> float:
+def average_forgetting(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     last = _final(a)
+    first, _ = _first_and_last(a, trained)
     per_task = []
-    for j in range(1, last):
-        earlier = a[j:last, j]
+    for j in _earlier_columns(a, trained):
+        earlier = a[first[j] : last, j]
         earlier = earlier[~np.isnan(earlier)]
         if len(earlier) and not math.isnan(a[last, j]):
             per_task.append(float(earlier.max() - a[last, j]))
     return _mean(per_task)
 
 
-def backward_transfer(a: np.ndarray) -> float:
-    last = _final(a)
-    return _mean(a[last, j] - a[j, j] for j in range(1, last))
+def backward_transfer(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
+    final = _final(a)
+    _, last = _first_and_last(a, trained)
+    return _mean(a[final, j] - a[last[j], j] for j in _earlier_columns(a, trained))
 
 
-def plasticity(a: np.ndarray) -> float:
-    return _mean(a[j, j] for j in range(1, min(a.shape[0], a.shape[1])))
+def plasticity(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
+    return _mean(a[phase, column] for phase, column in enumerate(_trained(a, trained), start=1))
 
 
-def forward_transfer(a: np.ndarray, reference) -> float:
+def first_accuracies(a: np.ndarray, trained: Sequence[int] | None = None) -> dict[int, float]:
+    """Column -> its accuracy right after the first phase that trained it."""
+    first, _ = _first_and_last(a, trained)
+    return {column: float(a[phase, column]) for column, phase in first.items()}
+
+
+def forward_transfer(a: np.ndarray, reference, trained: Sequence[int] | None = None) -> float:
     """``reference[j]``: the reference accuracy on column ``j`` (NaN or missing: skipped), e.g. the
-    linear probe's plasticity ``b[j, j]``."""
+    linear probe's first accuracy on each column."""
     reference = np.asarray(reference, dtype=float)
-    return _mean(a[j, j] - reference[j] for j in range(1, min(a.shape[0], a.shape[1])) if j < len(reference))
+    return _mean(value - reference[j] for j, value in first_accuracies(a, trained).items() if j < len(reference))
 
 
-def upstream_drop(a: np.ndarray) -> float:
+def upstream_drop(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     return float(a[_final(a), 0] - a[0, 0])
 
 
@@ -80,12 +122,15 @@ METRICS = {
 }
 
 
-def summarise(a: np.ndarray, reference: np.ndarray | None = None) -> dict[str, float]:
-    """Every metric of one matrix; ``forward_transfer`` too when a reference matrix is given."""
-    values = {name: metric(a) for name, metric in METRICS.items()}
+def summarise(a: np.ndarray, reference: np.ndarray | None = None, trained: Sequence[int] | None = None,
+              reference_trained: Sequence[int] | None = None) -> dict[str, float]:  # fmt: skip
+    """Every metric of one matrix; ``forward_transfer`` too when a reference matrix (same columns)
+    is given."""
+    values = {name: metric(a, trained) for name, metric in METRICS.items()}
     values["upstream_final"] = float(a[_final(a), 0])
     if reference is not None:
-        values["forward_transfer"] = forward_transfer(a, [math.nan] + [reference[j, j] for j in range(1, min(reference.shape))])
+        firsts = first_accuracies(reference, reference_trained)
+        values["forward_transfer"] = forward_transfer(a, [firsts.get(j, math.nan) for j in range(a.shape[1])], trained)
     return values
 
 

@@ -27,7 +27,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def reference_matrix(run: RunResult, runs: list[RunResult]) -> np.ndarray | None:
+def reference_run(run: RunResult, runs: list[RunResult]) -> RunResult | None:
     """The linear probe with the same backbone, sequence and seed: the reference of forward transfer."""
     for other in runs:
         if (
@@ -36,7 +36,7 @@ def reference_matrix(run: RunResult, runs: list[RunResult]) -> np.ndarray | None
             and other.config["data"] == run.config["data"]
             and other.seed == run.seed
         ):
-            return other.matrix.as_array()
+            return other
     return None
 
 
@@ -53,7 +53,9 @@ def run_row(run: RunResult, runs: list[RunResult] = ()) -> dict:
         "trainable_backbone_parameters": run.tasks[0]["trainable_backbone_parameters"] if run.tasks else None,
         "upstream_pretrained": float(matrix[0, 0]),
     }
-    row.update(summarise(matrix, reference_matrix(run, list(runs))))
+    reference = reference_run(run, list(runs))
+    row.update(summarise(matrix, reference.matrix.as_array() if reference else None, run.matrix.trained(),
+                         reference.matrix.trained() if reference else None))  # fmt: skip
     row.update({f"config.{k}": v for k, v in _flatten(run.config).items()})
     return row
 

@@ -7,6 +7,7 @@ their domain (``car.n.01`` for Stanford Cars).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,8 +78,13 @@ class TaskData:
     class_synsets: list[str] | None = None  # one WordNet synset name per class (upstream tasks)
     class_groups: list[str] | None = None  # a semantic group per class, e.g. 'clothing', 'letters'
     domain_synset: str | None = None  # the WordNet concept of the task's domain (downstream tasks)
+    domain_word: str | None = None  # the word paper 1 matched class names against ('car', 'plane')
+    column: str = ""  # the task this data trains: its head and matrix column (the name less any sample split)
     stands_in_for: str = ""  # which real dataset this offline task plays the role of
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.column = self.column or self.name
 
     @property
     def num_classes(self) -> int:
@@ -103,3 +109,33 @@ class LabelSubset(Dataset):
     def __getitem__(self, index: int):
         image, _ = self.dataset[int(self.indices[index])]
         return image, int(self.labels[index])
+
+    def evaluation_view(self) -> "LabelSubset":
+        view = copy.copy(self)
+        view.dataset = evaluation_view(self.dataset)
+        return view
+
+
+class SampleSubset(Dataset):
+    """The examples of ``dataset`` at ``indices`` (a sample split: paper 1's long setting)."""
+
+    def __init__(self, dataset: Dataset, indices):
+        self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
+        self.labels = dataset_labels(dataset)[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[int(self.indices[index])]
+
+    def evaluation_view(self) -> "SampleSubset":
+        view = copy.copy(self)
+        view.dataset = evaluation_view(self.dataset)
+        return view
+
+
+def evaluation_view(dataset: Dataset) -> Dataset:
+    """``dataset`` under its deterministic evaluation transform (as it is when it has no other)."""
+    view = getattr(dataset, "evaluation_view", None)
+    return view() if view else dataset

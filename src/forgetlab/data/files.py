@@ -3,6 +3,8 @@ backbone was pretrained (its timm ``pretrained_cfg``: input size, interpolation,
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,40 +22,69 @@ DATA_ENV = "FORGETLAB_DATA"
 
 @dataclass
 class Preprocess:
-    """The train and eval transforms of one backbone (PIL image -> normalised tensor)."""
+    """The transforms of one backbone and preprocessing config (PIL image -> normalised tensor):
+    ``train`` and ``eval`` for the downstream tasks, ``upstream_eval`` for the upstream test set and
+    the k-NN bank. Evaluation transforms are deterministic."""
 
     train: Callable
     eval: Callable
     input_size: tuple[int, int, int]
     crop_pct: float = 1.0
+    upstream_eval: Callable | None = None
+
+    def for_upstream(self) -> "Preprocess":
+        """The same preprocessing with the upstream evaluation transform as ``eval``."""
+        return dataclasses.replace(self, eval=self.upstream_eval or self.eval)
 
 
-def preprocess_for(model: torch.nn.Module, image_size: int | None = None) -> Preprocess:
-    """timm's transforms for ``model``'s own data config; ``image_size`` overrides its input size."""
+def preprocess_for(model: torch.nn.Module, image_size: int | None = None, config=None) -> Preprocess:
+    """timm's transforms for ``model``'s own data config, with the choices of ``config`` (a
+    :class:`forgetlab.config.PreprocessConfig`; None: its defaults) on top; ``image_size`` overrides
+    the input size (smoke runs)."""
     import timm.data
 
-    config = timm.data.resolve_model_data_config(model)
+    from forgetlab.config import PreprocessConfig
+
+    config = config or PreprocessConfig()
+    data = timm.data.resolve_model_data_config(model)
     if image_size:
-        config["input_size"] = (config["input_size"][0], image_size, image_size)
-    train = timm.data.create_transform(**config, is_training=True, scale=(0.25, 1.0), re_prob=0.0, auto_augment=None)
-    evaluation = timm.data.create_transform(**config, is_training=False)
-    return Preprocess(train=train, eval=evaluation, input_size=tuple(config["input_size"]), crop_pct=config.get("crop_pct") or 1.0)
+        data["input_size"] = (data["input_size"][0], image_size, image_size)
+    upstream_data = dict(data, crop_pct=config.upstream_crop_pct) if config.upstream_crop_pct is not None else data
+    backbone_eval = timm.data.create_transform(**upstream_data, is_training=False)
+    mean = tuple(config.mean) if config.mean is not None else data["mean"]
+    std = tuple(config.std) if config.std is not None else data["std"]
+    crop_pct = config.crop_pct if config.crop_pct is not None else (data.get("crop_pct") or 1.0)
+    train = timm.data.create_transform(
+        data["input_size"], is_training=True, scale=tuple(config.train_scale), ratio=tuple(config.train_ratio),
+        hflip=config.hflip, color_jitter=config.color_jitter or None, interpolation=config.train_interpolation or data["interpolation"],
+        mean=mean, std=std, re_prob=0.0, auto_augment=None,
+    )  # fmt: skip
+    evaluation = timm.data.create_transform(
+        data["input_size"], is_training=False, interpolation=config.eval_interpolation or data["interpolation"],
+        mean=mean, std=std, crop_pct=crop_pct, crop_mode=config.eval_crop,
+    )  # fmt: skip
+    upstream = backbone_eval if config.upstream_eval == "backbone" else evaluation
+    return Preprocess(train=train, eval=evaluation, input_size=tuple(data["input_size"]), crop_pct=crop_pct, upstream_eval=upstream)
 
 
 class FileDataset(Dataset):
-    """``(path, label)`` pairs; items are ``(transform(PIL image), label)``."""
+    """``(path, label)`` pairs; items are ``(transform(PIL image), label)``. ``boxes`` (``x, y, width,
+    height`` per image, e.g. CUB's ``bounding_boxes.txt``) crop each image right after decoding."""
 
-    def __init__(self, paths: list[Path], labels: list[int], transform: Callable | None = None):
-        if len(paths) != len(labels):
-            raise ValueError(f"{len(paths)} files but {len(labels)} labels")
+    def __init__(self, paths: list[Path], labels: list[int], transform: Callable | None = None, boxes=None):
+        if len(paths) != len(labels) or (boxes is not None and len(boxes) != len(paths)):
+            raise ValueError(f"{len(paths)} files but {len(labels)} labels" + ("" if boxes is None else f" and {len(boxes)} boxes"))
         self.paths = [Path(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.boxes = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(len(self.paths), 4)
         self.transform = transform
+        self.eval_transform = transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int):
+    def open_image(self, index: int):
+        """The decoded RGB image (cropped to its box, if any)."""
         from PIL import Image
 
         try:
@@ -61,15 +92,31 @@ class FileDataset(Dataset):
                 image = image.convert("RGB")
         except (OSError, ValueError) as error:
             raise DataError(f"cannot decode {self.paths[index]} ({error}); re-extract the dataset") from error
-        if self.transform is None:
-            return image, int(self.labels[index])
-        return self.transform(image), int(self.labels[index])
+        if self.boxes is not None:
+            x, y, width, height = self.boxes[index]
+            image = image.crop((int(x), int(y), int(x + width), int(y + height)))
+        return image
+
+    def __getitem__(self, index: int):
+        image = self.open_image(index)
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+    def select(self, order) -> "FileDataset":
+        """The examples at ``order``, in that order, with the same transforms."""
+        selected = FileDataset([self.paths[i] for i in order], self.labels[order].tolist(), self.transform,
+                               None if self.boxes is None else self.boxes[order])  # fmt: skip
+        selected.eval_transform = self.eval_transform
+        return selected
 
     def subset(self, count: int, seed: int) -> "FileDataset":
         order = subset_indices(len(self), count, seed)
-        if order is None:
-            return self
-        return FileDataset([self.paths[i] for i in order], self.labels[order].tolist(), self.transform)
+        return self if order is None else self.select(order)
+
+    def evaluation_view(self) -> "FileDataset":
+        """The same examples under the deterministic evaluation transform (e.g. a k-NN bank)."""
+        view = copy.copy(self)
+        view.transform = self.eval_transform
+        return view
 
 
 class ArrayImageDataset(Dataset):
@@ -77,6 +124,7 @@ class ArrayImageDataset(Dataset):
 
     def __init__(self, images: np.ndarray, labels, transform: Callable | None = None):
         self.images, self.labels, self.transform = images, np.asarray(labels, dtype=np.int64), transform
+        self.eval_transform = transform
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,14 +132,22 @@ class ArrayImageDataset(Dataset):
     def __getitem__(self, index: int):
         from PIL import Image
 
-        image = Image.fromarray(self.images[index])
+        image = Image.fromarray(np.asarray(self.images[index]))
         return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+    def select(self, order) -> "ArrayImageDataset":
+        selected = ArrayImageDataset(self.images[order], self.labels[order], self.transform)
+        selected.eval_transform = self.eval_transform
+        return selected
 
     def subset(self, count: int, seed: int) -> "ArrayImageDataset":
         order = subset_indices(len(self), count, seed)
-        if order is None:
-            return self
-        return ArrayImageDataset(self.images[order], self.labels[order], self.transform)
+        return self if order is None else self.select(order)
+
+    def evaluation_view(self) -> "ArrayImageDataset":
+        view = copy.copy(self)
+        view.transform = self.eval_transform
+        return view
 
 
 def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDataset:
@@ -109,6 +165,8 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
     from forgetlab.runtime import progress
 
     digest = hashlib.sha256(str(size).encode())
+    if dataset.boxes is not None:
+        digest.update(dataset.boxes.tobytes())
     for path in dataset.paths:
         stat = path.stat()
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -119,8 +177,7 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
         array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(dataset), size, size, 3))
 
         def decode(index: int) -> None:
-            with Image.open(dataset.paths[index]) as image:
-                image = image.convert("RGB")
+            with dataset.open_image(index) as image:
                 scale = size / min(image.size)
                 width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
                 image = image.resize((width, height), Image.BICUBIC)
@@ -133,7 +190,9 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
         array.flush()
         del array
         os.replace(partial, target)
-    return ArrayImageDataset(np.load(target, mmap_mode="r"), dataset.labels, dataset.transform)
+    cached = ArrayImageDataset(np.load(target, mmap_mode="r"), dataset.labels, dataset.transform)
+    cached.eval_transform = dataset.eval_transform
+    return cached
 
 
 def data_root(data_config) -> Path:

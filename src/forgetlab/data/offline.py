@@ -227,6 +227,7 @@ def fontfamily(data_config=None, preprocess=None) -> TaskData:  # offline images
         data_config,
         classes=list(FAMILY_TASK_FAMILIES),
         domain_synset="letter.n.02",
+        domain_word="letter",
         description="which of 8 font families drew a lowercase letter",
         stands_in_for="Stanford Cars (fine-grained, inside the upstream 'letters' group)",
     )
@@ -239,6 +240,7 @@ def digits(data_config=None, preprocess=None) -> TaskData:  # offline images bri
         data_config,
         classes=[str(d) for d in range(10)],
         domain_synset="digit.n.01",
+        domain_word="digit",
         description="scikit-learn's handwritten digits (8x8, upsampled)",
         stands_in_for="a domain outside every upstream group (Flowers102's role)",
     )
@@ -251,6 +253,7 @@ def fontstyle(data_config=None, preprocess=None) -> TaskData:  # offline images 
         data_config,
         classes=list(STYLES),
         domain_synset="font.n.01",
+        domain_word="font",
         description="regular, bold, italic or bold italic, over 12 other font families",
         stands_in_for="FGVC-Aircraft (a second fine-grained task near the 'letters' group)",
     )

@@ -11,11 +11,15 @@ imagenet        ``imagenet/val``             test: the 50,000 validation images,
 cifar100        ``cifar-100-python``         ``train`` / ``test`` pickles (50,000 / 10,000)
 stanford_cars   ``stanford_cars``            devkit ``cars_train_annos.mat`` / ``cars_test_annos_withlabels.mat``
                                              (8,144 / 8,041)
-flowers102      ``flowers-102``              ``setid.mat``: trnid + valid / tstid (2,040 / 6,149)
-fgvc_aircraft   ``fgvc-aircraft-2013b``      ``images_variant_trainval.txt`` / ``_test.txt`` (6,667 / 3,333)
-cub200          ``CUB_200_2011``             ``train_test_split.txt`` (5,994 / 5,794)
+flowers102      ``flowers-102``              ``setid.mat``: trnid / tstid (1,020 / 6,149);
+                                             ``flowers102:trainval``: trnid + valid (2,040)
+fgvc_aircraft   ``fgvc-aircraft-2013b``      ``images_variant_train.txt`` / ``_test.txt`` (3,334 / 3,333);
+                                             ``fgvc_aircraft:trainval``: ``_trainval.txt`` (6,667)
+cub200          ``CUB_200_2011``             ``train_test_split.txt`` (5,994 / 5,794), every image
+                                             cropped to ``bounding_boxes.txt``; ``cub200:nocrop``: whole
 =============== ============================ =====================================================
 
+The default splits are those paper 1's code loads (PROTOCOLS.md); the others are variants by name.
 ImageNet's classes are its wnids in sorted order (the order of every timm ImageNet head), and each
 class's synset is its wnid. Downstream tasks name their domain's WordNet concept for the
 contextual-forgetting analysis (``car.n.01`` for Cars, ``airplane.n.01`` for Aircraft).
@@ -71,10 +75,10 @@ def _finish(name, data_config, preprocess, classes, train, test, **metadata) -> 
         train = decoded_cache(train, size, folder) if isinstance(train, FileDataset) and len(train) else train
         test = decoded_cache(test, size, folder) if isinstance(test, FileDataset) else test
     if train is not None:
-        train.transform = train_transform
+        train.transform, train.eval_transform = train_transform, eval_transform
         if data_config is not None and data_config.max_train is not None:
             train = train.subset(data_config.max_train, seed=0)
-    test.transform = eval_transform
+    test.transform = test.eval_transform = eval_transform
     if data_config is not None and data_config.max_test is not None:
         test = test.subset(data_config.max_test, seed=0)
     if len(test) == 0:
@@ -147,7 +151,7 @@ def cifar100(data_config=None, preprocess=None) -> TaskData:
         images = np.asarray(data["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         splits[split] = ArrayImageDataset(np.ascontiguousarray(images), data["fine_labels"])
     return _finish("cifar100", data_config, preprocess, list(meta["fine_label_names"]), splits["train"], splits["test"],
-                   domain_synset="object.n.01", description="CIFAR-100 (32x32, 100 classes)")  # fmt: skip
+                   domain_synset="object.n.01", domain_word="object", description="CIFAR-100 (32x32, 100 classes)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- Stanford Cars
@@ -171,12 +175,16 @@ def stanford_cars(data_config=None, preprocess=None) -> TaskData:
         folder = root / f"cars_{split}"
         splits[split] = FileDataset([folder / str(r["fname"]) for r in records], [int(r["class"]) - 1 for r in records])
     return _finish("stanford_cars", data_config, preprocess, names, splits["train"], splits["test"],
-                   domain_synset="car.n.01", description="Stanford Cars (196 models)")  # fmt: skip
+                   domain_synset="car.n.01", domain_word="car", description="Stanford Cars (196 models)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- Flowers102
-@register_dataset("flowers102")
-def flowers102(data_config=None, preprocess=None) -> TaskData:
+FLOWERS_SPLITS = {"train": ["trnid"], "trainval": ["trnid", "valid"]}
+
+
+@register_dataset("flowers102", variants={"train": "train on trnid only (1,020 images; paper 1's code, the default)",
+                                          "trainval": "train on trnid + valid (2,040 images)"})  # fmt: skip
+def flowers102(data_config=None, preprocess=None, variant: str = "train") -> TaskData:
     root = dataset_folder("flowers102", data_config)
     how = SOURCES["flowers102"][1]
     labels = np.atleast_1d(_mat(require(root / "imagelabels.mat", "imagelabels.mat", how))["labels"]).astype(int) - 1
@@ -186,19 +194,20 @@ def flowers102(data_config=None, preprocess=None) -> TaskData:
         numbers = sorted(int(i) for key in keys for i in np.atleast_1d(ids[key]))
         return FileDataset([root / "jpg" / f"image_{n:05d}.jpg" for n in numbers], [int(labels[n - 1]) for n in numbers])
 
-    return _finish("flowers102", data_config, preprocess, [f"flower {i + 1}" for i in range(102)], split(["trnid", "valid"]),
-                   split(["tstid"]), domain_synset="flower.n.01", description="Oxford Flowers102")  # fmt: skip
+    return _finish("flowers102", data_config, preprocess, [f"flower {i + 1}" for i in range(102)], split(FLOWERS_SPLITS[variant]),
+                   split(["tstid"]), domain_synset="flower.n.01", domain_word="flower", description="Oxford Flowers102")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- FGVC-Aircraft
-@register_dataset("fgvc_aircraft")
-def fgvc_aircraft(data_config=None, preprocess=None) -> TaskData:
+@register_dataset("fgvc_aircraft", variants={"train": "train on images_variant_train.txt (3,334 images; paper 1's code, the default)",
+                                             "trainval": "train on images_variant_trainval.txt (6,667 images)"})  # fmt: skip
+def fgvc_aircraft(data_config=None, preprocess=None, variant: str = "train") -> TaskData:
     data = dataset_folder("fgvc_aircraft", data_config) / "data"
     how = SOURCES["fgvc_aircraft"][1]
     variants = [line.strip() for line in require(data / "variants.txt", "data/variants.txt", how).read_text().splitlines() if line.strip()]
     index = {v: i for i, v in enumerate(variants)}
     splits = {}
-    for split, filename in (("train", "images_variant_trainval.txt"), ("test", "images_variant_test.txt")):
+    for split, filename in (("train", f"images_variant_{variant}.txt"), ("test", "images_variant_test.txt")):
         paths, labels = [], []
         for line in require(data / filename, f"data/{filename}", how).read_text().splitlines():
             if line.strip():
@@ -209,12 +218,13 @@ def fgvc_aircraft(data_config=None, preprocess=None) -> TaskData:
                 labels.append(index[variant])
         splits[split] = FileDataset(paths, labels)
     return _finish("fgvc_aircraft", data_config, preprocess, variants, splits["train"], splits["test"],
-                   domain_synset="airplane.n.01", description="FGVC-Aircraft 2013b (100 variants)")  # fmt: skip
+                   domain_synset="airplane.n.01", domain_word="plane", description="FGVC-Aircraft 2013b (100 variants)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- CUB-200-2011
-@register_dataset("cub200")
-def cub200(data_config=None, preprocess=None) -> TaskData:
+@register_dataset("cub200", variants={"crop": "each image cropped to its bounding_boxes.txt box (paper 1's code, the default)",
+                                      "nocrop": "whole images"})  # fmt: skip
+def cub200(data_config=None, preprocess=None, variant: str = "crop") -> TaskData:
     root = dataset_folder("cub200", data_config)
     how = SOURCES["cub200"][1]
 
@@ -226,11 +236,17 @@ def cub200(data_config=None, preprocess=None) -> TaskData:
             raise DataError(f"{root / name} is malformed ({error}); re-extract CUB_200_2011.tgz") from error
 
     images, is_train, labels = table("images.txt"), table("train_test_split.txt"), table("image_class_labels.txt")
+    boxes = table("bounding_boxes.txt") if variant == "crop" else {}
     classes = [name.split(".", 1)[-1].replace("_", " ") for _, name in sorted(table("classes.txt").items())]
-    splits = {"1": ([], []), "0": ([], [])}
+    splits = {"1": ([], [], []), "0": ([], [], [])}
     for image_id, relative in sorted(images.items()):
-        paths, split_labels = splits[is_train[image_id]]
+        paths, split_labels, split_boxes = splits[is_train[image_id]]
         paths.append(root / "images" / relative)
         split_labels.append(int(labels[image_id]) - 1)
-    return _finish("cub200", data_config, preprocess, classes, FileDataset(*splits["1"]), FileDataset(*splits["0"]),
-                   domain_synset="bird.n.01", description="CUB-200-2011 (200 bird species)")  # fmt: skip
+        if variant == "crop":
+            if image_id not in boxes:
+                raise DataError(f"{root / 'bounding_boxes.txt'} has no box for image {image_id}; re-extract CUB_200_2011.tgz or use cub200:nocrop")
+            split_boxes.append([float(v) for v in boxes[image_id].split()])
+    train, test = (FileDataset(p, l, boxes=b if variant == "crop" else None) for p, l, b in (splits["1"], splits["0"]))
+    return _finish("cub200", data_config, preprocess, classes, train, test,
+                   domain_synset="bird.n.01", domain_word="bird", description="CUB-200-2011 (200 bird species)")  # fmt: skip

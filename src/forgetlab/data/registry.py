@@ -1,25 +1,46 @@
 """Name -> dataset builder. A builder takes the data config and the backbone's preprocessing (real
 datasets use it; the offline ones have their own) and returns a :class:`TaskData`.
 
-A name may carry a class split, ``NAME:PART``, for paper 1's long setting: ``half1`` / ``half2`` (the
-first / second half of the classes, in class order), ``first80`` / ``last20`` (the 80/20 variant).
-The part keeps only its classes, relabelled from 0, in train and test.
+A task is named ``NAME[:PART]...``, with at most one part of each kind:
+
+* a **variant** the dataset declares (``flowers102:trainval``, ``fgvc_aircraft:trainval``,
+  ``cub200:nocrop``): another split or reading of the same files;
+* a **class split** (``half1`` / ``half2``: the first / second half of the classes in class order;
+  ``first80`` / ``last20``): only those classes, relabelled from 0, in train and test. A class split
+  is a different task, with its own head and column;
+* a **sample split**, paper 1's long setting (``samples_half1`` / ``samples_half2``, and the 80/20
+  variant ``samples_first80`` / ``samples_last20``): a seeded random part of the *training samples*.
+  It trains the **same task** as the name without it (same head, same column, the full test set), so
+  ``stanford_cars:samples_half1`` and ``stanford_cars:samples_half2`` are two phases of one task.
+
+The halves follow paper 1's code (``benchmark_factory.py``): ``perm = torch.randperm(N)`` under the
+split seed, ``s1 = perm[:N // 2]``, ``s2 = perm[N // 2:]``, and the stream pops ``s2`` first, so
+``samples_half1`` (trained first) is ``perm[N // 2:]``. The 80/20 parts are forgetlab's own
+(``perm[:floor(0.8 N)]`` first), as the paper's code has no such split.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+import torch
+
 from forgetlab.errors import ConfigError
 
 _BUILDERS: dict[str, Callable] = {}
+_VARIANTS: dict[str, dict[str, str]] = {}
 
 
-def register_dataset(name: str):
+def register_dataset(name: str, variants: dict[str, str] | None = None):
+    """Register a builder; ``variants`` (name -> help) are passed to it as ``variant=``, the first
+    being its default."""
+
     def decorator(builder: Callable) -> Callable:
         if name in _BUILDERS:
             raise ValueError(f"dataset '{name}' registered twice")
         _BUILDERS[name] = builder
+        _VARIANTS[name] = dict(variants or {})
         return builder
 
     return decorator
@@ -35,18 +56,64 @@ def dataset_names() -> list[str]:
     return sorted(_BUILDERS)
 
 
-CLASS_PARTS = {"half1": (0.0, 0.5), "half2": (0.5, 1.0), "first80": (0.0, 0.8), "last20": (0.8, 1.0)}
-
-
-def build_task(name: str, data_config=None, preprocess=None) -> "TaskData":  # noqa: F821
+def dataset_variants(name: str) -> dict[str, str]:
     _load_builtin()
-    base, _, part = name.partition(":")
+    return dict(_VARIANTS.get(name, {}))
+
+
+CLASS_PARTS = {"half1": (0.0, 0.5), "half2": (0.5, 1.0), "first80": (0.0, 0.8), "last20": (0.8, 1.0)}
+SAMPLE_PARTS = ("samples_half1", "samples_half2", "samples_first80", "samples_last20")
+
+
+def parse_task_name(name: str) -> tuple[str, str | None, str | None, str | None]:
+    """``(dataset, variant, class part, sample part)`` of a task name; a one-line error for a bad one."""
+    _load_builtin()
+    base, *parts = name.split(":")
     if base not in _BUILDERS:
-        raise ConfigError(f"unknown dataset '{base}'; choose one of: {', '.join(sorted(_BUILDERS))}")
-    if part and part not in CLASS_PARTS:
-        raise ConfigError(f"unknown class split '{name}'; use {base}:half1, :half2, :first80 or :last20")
-    task = _BUILDERS[base](data_config, preprocess)
-    return class_split(task, name, *CLASS_PARTS[part]) if part else task
+        raise ConfigError(f"unknown dataset '{base}' in task '{name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
+    kinds = {"variant": None, "class split": None, "sample split": None}
+    for part in parts:
+        kind = ("variant" if part in _VARIANTS[base] else "class split" if part in CLASS_PARTS
+                else "sample split" if part in SAMPLE_PARTS else None)  # fmt: skip
+        if kind is None:
+            options = [*_VARIANTS[base], *CLASS_PARTS, *SAMPLE_PARTS]
+            raise ConfigError(f"unknown part '{part}' in task '{name}'; {base} takes: {', '.join(options)}")
+        if kinds[kind] is not None:
+            raise ConfigError(f"task '{name}' has two parts of one kind ({kind}: '{kinds[kind]}' and '{part}'); keep one")
+        kinds[kind] = part
+    return base, kinds["variant"], kinds["class split"], kinds["sample split"]
+
+
+def task_column(name: str) -> str:
+    """The task a name trains (its head and matrix column): the name less any sample split."""
+    return ":".join(part for part in name.split(":") if part not in SAMPLE_PARTS)
+
+
+def sample_split_indices(count: int, part: str, seed: int) -> np.ndarray:
+    """Sorted indices of the training samples a sample split keeps (see the module docstring)."""
+    perm = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).numpy()
+    cut = {"samples_half1": count // 2, "samples_half2": count // 2}.get(part, int(0.8 * count))
+    chosen = {"samples_half1": perm[cut:], "samples_half2": perm[:cut], "samples_first80": perm[:cut], "samples_last20": perm[cut:]}[part]
+    return np.sort(chosen)
+
+
+def build_task(name: str, data_config=None, preprocess=None, *, seed: int = 0) -> "TaskData":  # noqa: F821
+    """The task ``name`` (see the module docstring); ``seed`` draws sample splits unless
+    ``data_config.split_seed`` is set."""
+    import dataclasses
+
+    from forgetlab.data.base import SampleSubset
+
+    base, variant, class_part, sample_part = parse_task_name(name)
+    builder = _BUILDERS[base]
+    task = builder(data_config, preprocess, variant=variant) if variant else builder(data_config, preprocess)
+    if class_part:
+        task = class_split(task, task_column(name), *CLASS_PARTS[class_part])
+    split_seed = getattr(data_config, "split_seed", None)
+    if sample_part:
+        indices = sample_split_indices(len(task.train), sample_part, seed if split_seed is None else split_seed)
+        task = dataclasses.replace(task, train=SampleSubset(task.train, indices))
+    return dataclasses.replace(task, name=name, column=task_column(name))
 
 
 def class_split(task, name: str, start: float, end: float):

@@ -59,12 +59,13 @@ class Method:
         """A context in which ``model`` scores ``head`` (the upstream head or a finished task's)."""
         return contextlib.nullcontext()
 
-    def save_task(self, task: str, folder: Path) -> None:
-        """Write what the method keeps of ``task`` outside the model's state dict into ``folder``."""
+    def save_task(self, task: str, folder: Path, phase: str | None = None) -> None:
+        """Write what the method keeps of the training phase ``phase`` (of ``task``; by default the
+        phase is the task itself) outside the model's state dict into ``folder``."""
 
-    def restore(self, model: "MultiHeadModel", tasks: list[str], folder: Path) -> None:  # noqa: F821
-        """Before a resumed run loads its checkpoint: rebuild the structure ``tasks`` left behind and
-        reload what :meth:`save_task` wrote."""
+    def restore(self, model: "MultiHeadModel", phases: list[tuple[str, str]], folder: Path) -> None:  # noqa: F821
+        """Before a resumed run loads its checkpoint: rebuild the structure the finished ``phases``
+        (``(task, phase)`` pairs, in order) left behind and reload what :meth:`save_task` wrote."""
 
     def describe(self) -> str:
         fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "name"}
@@ -79,7 +80,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def _load_builtin() -> None:
-    from forgetlab.methods import block_expansion, full, linear, lora, topk  # noqa: F401
+    from forgetlab.methods import block_expansion, full, fullrank, linear, lora, topk  # noqa: F401
 
 
 def method_names() -> list[str]:

@@ -23,7 +23,10 @@ from forgetlab.models.expansion import expand_blocks, expansion_positions
 @dataclass
 class BlockExpansionConfig:
     name: str = field(default="block_expansion", metadata={"help": "the method"})
-    copies: int = field(default=1, metadata={"help": "p: identity blocks inserted per task, one after each of p equal groups (paper 2: 1..4)"})
+    copies: int = field(default=1, metadata={"help": "p: identity blocks inserted per task (paper 2: 1..4)"})
+    split: int | None = field(default=None, metadata={"help": "copy block i after itself for every i with (i + 1) % split == 0 (paper 2's code: 11, 6, 4, 3 "
+                                                             "for p = 1..4); default: after each of p equal groups"})
+    positions: list[int] | None = field(default=None, metadata={"help": "the blocks (0-based) to copy, each right after itself; overrides split"})
 
 
 @register_method
@@ -34,15 +37,18 @@ class BlockExpansion(Method):
     def check(self, backbone: nn.Module) -> None:
         if backbone_kind(backbone) != "vit":
             raise ConfigError("block_expansion is defined for ViTs only; use method.name=topk, lora or full for a ResNet")
-        expansion_positions(len(backbone.blocks), self.config.copies)
+        expansion_positions(len(backbone.blocks), self.config.copies, self.config.split, self.config.positions)
+
+    def _expand(self, backbone) -> list[int]:
+        return expand_blocks(backbone, self.config.copies, self.config.split, self.config.positions)
 
     def prepare(self, model, task: str) -> None:
         super().prepare(model, task)
-        inserted = expand_blocks(model.backbone, self.config.copies)
+        inserted = self._expand(model.backbone)
         for index in inserted:
             model.backbone.blocks[index].requires_grad_(True)
 
-    def restore(self, model, tasks, folder) -> None:
+    def restore(self, model, phases, folder) -> None:
         # The checkpoint holds the expanded blocks' weights; rebuild the structure they belong to.
-        for _ in tasks:
-            expand_blocks(model.backbone, self.config.copies)
+        for _ in phases:
+            self._expand(model.backbone)

@@ -82,31 +82,7 @@ class LoRA(Method):
 
     def target_modules(self, backbone: nn.Module) -> dict[str, dict | None]:
         """``module name -> out_slices`` (None: the whole layer) of the layers to adapt."""
-        kind = backbone_kind(backbone)
-        targets = self.config.targets
-        if targets == "default":
-            targets = "qkv" if kind == "vit" else "conv3"
-        if (kind == "resnet" and targets in _VIT_ONLY) or (kind == "vit" and targets in _RESNET_ONLY):
-            raise ConfigError(f"method.targets '{targets}' does not apply to a {kind}; see 'forgetlab config --help'")
-        head = backbone.get_classifier()
-        head_names = {name for name, module in backbone.named_modules() if module is head}
-        chosen = {}
-        for name, module in backbone.named_modules():
-            if name in head_names:
-                continue
-            if targets in ("qkv", "q,v", "attn") and name.endswith("attn.qkv"):
-                chosen[name] = _qv_slices(module) if targets == "q,v" else None
-            elif targets == "attn" and name.endswith("attn.proj"):
-                chosen[name] = None
-            elif targets == "all_linear" and isinstance(module, nn.Linear):
-                chosen[name] = None
-            elif targets == "conv3" and name.endswith(".conv3") and isinstance(module, nn.Conv2d):
-                chosen[name] = None
-            elif targets == "all_conv" and isinstance(module, nn.Conv2d):
-                chosen[name] = None
-        if not chosen:
-            raise ConfigError(f"method.targets '{targets}' matched no module of this backbone")
-        return chosen
+        return target_modules(backbone, self.config.targets)
 
     def check(self, backbone: nn.Module) -> None:
         self.target_modules(backbone)
@@ -143,15 +119,43 @@ class LoRA(Method):
         finally:
             lora_layers.unwrap_lora(model.backbone)
 
-    def save_task(self, task: str, folder: Path) -> None:
-        save_adapter(folder / "adapters" / task, self.adapters[task], task=task, base_model=getattr(self, "_base_model", ""), dropout=self.config.dropout)
+    def save_task(self, task: str, folder: Path, phase: str | None = None) -> None:
+        save_adapter(folder / "adapters" / (phase or task), self.adapters[task], task=task, base_model=getattr(self, "_base_model", ""), dropout=self.config.dropout)
         if self.config.policy == "merge":
             self.adapters.clear()
 
-    def restore(self, model, tasks, folder: Path) -> None:
+    def restore(self, model, phases, folder: Path) -> None:
         if self.config.policy == "keep":
-            for task in tasks:
-                self.adapters[task] = load_adapter(folder / "adapters" / task, model.backbone, self.config.dropout)
+            for task, phase in phases:  # a task trained twice is scored with its latest adapter
+                self.adapters[task] = load_adapter(folder / "adapters" / phase, model.backbone, self.config.dropout)
+
+
+def target_modules(backbone: nn.Module, targets: str) -> dict[str, dict | None]:
+    """``module name -> out_slices`` (None: the whole layer) of the layers ``targets`` names."""
+    kind = backbone_kind(backbone)
+    if targets == "default":
+        targets = "qkv" if kind == "vit" else "conv3"
+    if (kind == "resnet" and targets in _VIT_ONLY) or (kind == "vit" and targets in _RESNET_ONLY):
+        raise ConfigError(f"method.targets '{targets}' does not apply to a {kind}; see 'forgetlab config --help'")
+    head = backbone.get_classifier()
+    head_names = {name for name, module in backbone.named_modules() if module is head}
+    chosen = {}
+    for name, module in backbone.named_modules():
+        if name in head_names:
+            continue
+        if targets in ("qkv", "q,v", "attn") and name.endswith("attn.qkv"):
+            chosen[name] = _qv_slices(module) if targets == "q,v" else None
+        elif targets == "attn" and name.endswith("attn.proj"):
+            chosen[name] = None
+        elif targets == "all_linear" and isinstance(module, nn.Linear):
+            chosen[name] = None
+        elif targets == "conv3" and name.endswith(".conv3") and isinstance(module, nn.Conv2d):
+            chosen[name] = None
+        elif targets == "all_conv" and isinstance(module, nn.Conv2d):
+            chosen[name] = None
+    if not chosen:
+        raise ConfigError(f"method.targets '{targets}' matched no module of this backbone")
+    return chosen
 
 
 def _qv_slices(qkv: nn.Linear) -> dict[str, tuple[int, int]]:
