@@ -95,12 +95,20 @@ def test_wordnet_similarities_of_classes_and_of_names():
     similarity = class_similarities("car.n.01", synsets=["sports_car.n.01", "n02958343", "dog.n.01"])
     assert similarity[0] == pytest.approx(0.96) and similarity[1] == pytest.approx(1.0)
     assert similarity[2] < 0.5
-    # Paper 1's token matching: "sports car" averages its words' best senses ("car" matches exactly).
-    assert token_similarity("sports car", "car.n.01") == pytest.approx(np.mean([max_sense("sports"), 1.0]))
-    assert class_similarities("car.n.01", names=["Sports car"], mode="tokens")[0] == pytest.approx(token_similarity("sports car", "car.n.01"))
+    # Paper 1's token matching: "sports car" averages its words' best senses over every part of speech
+    # against every sense of the word "car" ("car" matches exactly); "," has no sense and is left out.
+    assert token_similarity("sports car", "car") == pytest.approx(np.mean([best_sense("sports", "car"), 1.0]))
+    assert token_similarity("Sports car,", "car") == token_similarity("sports car", "car")
+    assert class_similarities("car.n.01", names=["Sports car"], mode="tokens")[0] == pytest.approx(token_similarity("sports car", "car"))
+    # With synsets, every synonym of the class counts: sports_car.n.01 is "sports car" and "sport car".
+    expected = np.mean([best_sense(t, "plane") for t in ("sports", "car", "sport", "car")])
+    assert class_similarities("airplane.n.01", synsets=["sports_car.n.01"], mode="tokens", domain_word="plane")[0] == pytest.approx(expected)
+    # A token WordNet does not know scores 0 and is skipped, not averaged in.
+    assert token_similarity("xqzt car", "car") == pytest.approx(1.0) and token_similarity("xqzt", "car") == 0.0
 
 
-def max_sense(word: str) -> float:
+def best_sense(word: str, domain_word: str) -> float:
     from forgetlab import wordnet
 
-    return max(wordnet.wup_similarity(s, "car.n.01") for s in wordnet.reader().synsets(word, pos="n"))
+    reader = wordnet.reader()
+    return max(float(s.wup_similarity(d) or 0.0) for s in reader.synsets(word) for d in reader.synsets(domain_word))

@@ -139,7 +139,16 @@ def cmd_report(args) -> int:
     if args.permutations < 1:
         raise ForgetlabError("--permutations must be at least 1")
     out = Path(args.out) if args.out else (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
-    write_report(args.paths, out, permutations=args.permutations, log=_log(args))
+    write_report(args.paths, out, permutations=args.permutations, after=args.after, similarity=args.similarity, log=_log(args))
+    return 0
+
+
+def cmd_single_adapter(args) -> int:
+    from forgetlab.single_adapter import single_adapter_predictions
+
+    written = single_adapter_predictions(args.run_dir, device=args.device, log=_log(args))
+    print(f"{len(written)} single-adapter prediction files written (existing ones kept); "
+          f"'forgetlab report {args.run_dir} --after single' uses them")  # fmt: skip
     return 0
 
 
@@ -234,8 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
     report.add_argument("--out", help="output folder (default: PATH/report for one path, else ./report)")
     report.add_argument("--permutations", type=int, default=10_000, help="permutations of the contextual-forgetting test")
+    report.add_argument("--after", choices=["sequence", "single"], default="sequence",
+                        help="contextual forgetting after each phase of the sequence, or after the pretrained model plus only that "
+                             "phase's adapter (paper 1's figures 3-5; needs 'forgetlab single-adapter RUN' first)")
+    report.add_argument("--similarity", choices=["synset", "tokens"], default="synset",
+                        help="class-to-domain similarity: the class's WordNet synset (exact), or paper 1's token matching of the class names")
     report.add_argument("--quiet", action="store_true")
     report.set_defaults(func=cmd_report)
+
+    single = commands.add_parser(
+        "single-adapter",
+        help="score the upstream task with the pretrained backbone plus only one task's stored adapter (paper 1, figures 3-5)",
+        description="For every finished phase of a LoRA run: the pretrained backbone plus only that phase's stored adapter, "
+        "merged, scored on the upstream test set; predictions go to predictions/upstream_single_<i>.npz. Nothing is retrained.",
+    )
+    single.add_argument("run_dir", metavar="RUN_DIR")
+    single.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    single.add_argument("--quiet", action="store_true")
+    single.set_defaults(func=cmd_single_adapter)
 
     config = commands.add_parser(
         "config",

@@ -264,6 +264,7 @@ def run(config, *, log=print) -> RunFolder:
                 "column": task.column,
                 "num_classes": task.num_classes,
                 "domain_synset": task.domain_synset,
+                "domain_word": task.domain_word,
                 "train_images": len(task.train),
                 "trainable_parameters": count_parameters(trainable),
                 "trainable_backbone_parameters": trainable_backbone,

@@ -93,12 +93,19 @@ class RunResult:
         return json.dumps(tree, sort_keys=True)
 
     def domain(self, task_index: int) -> str | None:
-        """The WordNet concept of task ``task_index`` (1-based), stored with the run or from the registry."""
-        if task_index - 1 < len(self.tasks) and self.tasks[task_index - 1].get("domain_synset"):
-            return self.tasks[task_index - 1]["domain_synset"]
+        """The WordNet concept of phase ``task_index`` (1-based), stored with the run or from the registry."""
+        return self._domain(task_index, "domain_synset")
+
+    def domain_word(self, task_index: int) -> str | None:
+        """The word paper 1 matched class names against after phase ``task_index`` ('car', 'plane')."""
+        return self._domain(task_index, "domain_word")
+
+    def _domain(self, task_index: int, key: str) -> str | None:
+        if task_index - 1 < len(self.tasks) and self.tasks[task_index - 1].get(key):
+            return self.tasks[task_index - 1][key]
         from forgetlab.data import build_task
 
-        return build_task(self.matrix.columns[task_index]).domain_synset
+        return getattr(build_task(self.matrix.phases[task_index - 1]), key)
 
     def predictions(self, after_task: int) -> dict[str, np.ndarray]:
         return self.folder.read_predictions(after_task)

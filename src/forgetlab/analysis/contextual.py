@@ -14,12 +14,15 @@ contextual" becomes a test:
 The figure compares the similarity distribution of forgotten images with that of all upstream test
 images (paper 1's figure 4, each class weighted by its image counts); the difference of their means
 is reported beside the p-value. Paper 1's code matched class *names* token by token instead of using
-the class synset; ``mode='tokens'`` reproduces that: each word of the name takes its best-matching noun
-sense, and the class gets the average over its words.
+the class synset; ``mode='tokens'`` reproduces that (:func:`token_similarity`): every synonym of the
+class (all lemma names of its synset, or its name) is tokenised with NLTK's Treebank tokenizer, each
+token takes its best Wu-Palmer match over all its senses (every part of speech) against all senses
+of the domain *word* ("car" after Cars, "plane" after Aircraft), and the matches above 0 are averaged.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -33,28 +36,47 @@ def as_synset(spec: str):
     return wordnet.synset_from_wnid(spec) if re.fullmatch(r"n\d{8}", spec) else wordnet.synset(spec)
 
 
-def token_similarity(name: str, domain) -> float:
-    """Paper 1's name matching: the mean over the words of ``name`` of their best noun-sense similarity."""
-    domain = as_synset(domain) if isinstance(domain, str) else domain
+@functools.lru_cache(maxsize=None)
+def _best_token_match(token: str, domain_word: str) -> float:
+    """The best Wu-Palmer similarity of any sense of ``token`` (any part of speech) to any sense of
+    ``domain_word``; 0 when either has no sense or only senses of other parts of speech."""
+    senses, domains = wordnet.reader().synsets(token), wordnet.reader().synsets(domain_word)
+    return max((float(s.wup_similarity(d) or 0.0) for s in senses for d in domains), default=0.0)
+
+
+def token_similarity(names: str | list[str], domain_word: str) -> float:
+    """Paper 1's name matching for one class: the mean over the tokens of its ``names`` (every synonym)
+    of their best match to ``domain_word``, counting only matches above 0 (0 when none is)."""
+    from nltk.tokenize import TreebankWordTokenizer
+
+    tokenizer = TreebankWordTokenizer()
     scores = []
-    for token in re.findall(r"[a-z]+", name.lower()):
-        senses = wordnet.reader().synsets(token, pos="n")
-        if senses:
-            scores.append(max(wordnet.wup_similarity(sense, domain) for sense in senses))
+    for name in [names] if isinstance(names, str) else names:
+        for token in tokenizer.tokenize(name.replace("_", " ")):
+            score = _best_token_match(token.lower(), domain_word)
+            if score > 0:
+                scores.append(score)
     return float(np.mean(scores)) if scores else 0.0
 
 
-def class_similarities(domain: str, synsets: list[str] | None = None, names: list[str] | None = None, mode: str = "synset") -> np.ndarray:
-    """Wu-Palmer similarity of every upstream class to the ``domain`` concept."""
+def class_similarities(domain: str, synsets: list[str] | None = None, names: list[str] | None = None, mode: str = "synset",
+                       domain_word: str | None = None) -> np.ndarray:  # fmt: skip
+    """Wu-Palmer similarity of every upstream class to the ``domain`` concept (``mode='synset'``), or
+    paper 1's token matching of the class names to ``domain_word`` (``mode='tokens'``; default: the
+    domain synset's first lemma). In token mode a class with a synset contributes all its lemma names
+    (ImageNet's class names are those lemmas), otherwise its name."""
     target = as_synset(domain)
     if mode == "synset":
         if not synsets:
             raise ValueError("mode 'synset' needs the classes' synsets")
         return np.array([wordnet.wup_similarity(as_synset(s), target) for s in synsets])
     if mode == "tokens":
-        if not names:
-            raise ValueError("mode 'tokens' needs the class names")
-        return np.array([token_similarity(n, target) for n in names])
+        if not names and not synsets:
+            raise ValueError("mode 'tokens' needs the class names or synsets")
+        word = domain_word or target.lemma_names()[0]
+        if synsets:
+            return np.array([token_similarity(as_synset(s).lemma_names(), word) for s in synsets])
+        return np.array([token_similarity(n, word) for n in names])
     raise ValueError(f"unknown similarity mode '{mode}'; use 'synset' or 'tokens'")
 
 

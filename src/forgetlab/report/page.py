@@ -50,8 +50,19 @@ def _save(figure, key: str, caption: str, folder: Path) -> Figure:
     return Figure(key, caption, buffers["png"])
 
 
-def contextual_rows(runs: list[RunResult], permutations: int) -> list[ContextualRow]:
-    """The contextual-forgetting test after every finished task of every run with WordNet metadata."""
+AFTER_MODES = ("sequence", "single")
+SIMILARITY_MODES = ("synset", "tokens")
+
+
+def contextual_rows(runs: list[RunResult], permutations: int, after: str = "sequence", similarity: str = "synset") -> list[ContextualRow]:
+    """The contextual-forgetting test after every finished phase of every run with WordNet metadata.
+
+    ``after='sequence'`` compares the model before and after each phase of the sequence;
+    ``after='single'`` (paper 1's figures 3-5) compares the pretrained model with the pretrained model
+    plus only that phase's adapter (``forgetlab single-adapter`` writes those predictions).
+    ``similarity`` is the class-to-domain similarity: the class ``synset`` or paper 1's ``tokens``."""
+    from forgetlab.single_adapter import read_single_predictions
+
     rows = []
     similarities = {}  # (domain, class synsets) -> per-class similarity: runs of a sweep share them
     for run in progress(runs, desc="contextual forgetting", unit="run"):
@@ -59,17 +70,21 @@ def contextual_rows(runs: list[RunResult], permutations: int) -> list[Contextual
         if not synsets:
             continue
         stored = run.predictions(0)
-        labels, after = stored["labels"], stored["predictions"]
+        labels, pretrained = stored["labels"], stored["predictions"]
+        after_predictions = pretrained
         for index in range(1, run.completed + 1):
-            before, after = after, run.predictions(index)["predictions"]
+            if after == "single":
+                before, after_predictions = pretrained, read_single_predictions(run.folder, index)["predictions"]
+            else:
+                before, after_predictions = after_predictions, run.predictions(index)["predictions"]
             domain = run.domain(index)
             if not domain:
                 continue
-            key = (domain, tuple(synsets))
+            key = (domain, tuple(synsets), similarity)
             if key not in similarities:
-                similarities[key] = class_similarities(domain, synsets=synsets)
-            test = contextual_forgetting(before, after, labels, similarities[key], permutations=permutations, seed=index)
-            rows.append(ContextualRow(run, run.matrix.columns[index], domain, test))
+                similarities[key] = class_similarities(domain, synsets=synsets, mode=similarity, domain_word=run.domain_word(index))
+            test = contextual_forgetting(before, after_predictions, labels, similarities[key], permutations=permutations, seed=index)
+            rows.append(ContextualRow(run, run.matrix.phases[index - 1], domain, test))
     return rows
 
 
@@ -167,13 +182,15 @@ window.addEventListener('load', function () {
 """
 
 
-def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: int = 10_000, log=print) -> Path:
-    """Write ``report.html``, ``report.md`` and ``figures/*.png|svg`` for the runs under ``paths``."""
+def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: int = 10_000, after: str = "sequence",
+                 similarity: str = "synset", log=print) -> Path:  # fmt: skip
+    """Write ``report.html``, ``report.md`` and ``figures/*.png|svg`` for the runs under ``paths``
+    (``after`` and ``similarity``: see :func:`contextual_rows`)."""
     runs = find_runs(paths)
+    contextual = contextual_rows(runs, permutations, after, similarity)  # before anything is written: it may refuse
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    contextual = contextual_rows(runs, permutations)
     sections: list[tuple[str, list[Figure]]] = []
 
     curves = figures.rank_curves(runs)
@@ -186,7 +203,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
         names = run.upstream["classes"]
         before, after = run.predictions(0), run.predictions(1)
         changes = class_changes(before["predictions"], after["predictions"], before["labels"], len(names))
-        task = run.matrix.columns[1]
+        task = run.matrix.phases[0]
         per_class.append(_save(figures.most_forgotten_figure(changes, names, f"{run.name}: most forgotten after {task}"),
                                f"forgotten_{run.name}", f"The 20 upstream classes with most test images forgotten by {run.name} "
                                f"after {task} (right before, wrong after).", figure_dir))  # fmt: skip

@@ -1,0 +1,84 @@
+"""Paper 1's "after" for contextual forgetting (figures 3-5): the **pretrained** backbone plus **only
+one task's** LoRA adapter, compared with the pretrained model, rather than the sequence so far.
+
+A LoRA run already stores every phase's adapter (``adapters/<phase>/``), so nothing is retrained: for
+every finished phase the pretrained backbone is rebuilt from the run's config, that phase's adapter is
+merged into it (fp32, the same checked merge as the run), and the upstream test set is predicted as
+the run predicts it. The predictions go to ``predictions/upstream_single_<i>.npz`` beside the run's
+own ``upstream_after_<i>.npz``; ``forgetlab report --after single`` reads them. Existing files are kept
+(the function is a pure function of the run folder), so rerunning it only fills what is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from forgetlab import config as config_module
+from forgetlab.data import build_task
+from forgetlab.data.base import dataset_labels
+from forgetlab.data.files import preprocess_for
+from forgetlab.errors import ConfigError, DataError
+from forgetlab.evaluate import predict
+from forgetlab.models import lora_layers
+from forgetlab.models.adapter_files import load_adapter
+from forgetlab.models.backbones import load_backbone
+from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
+from forgetlab.results import RunFolder, write_npz
+from forgetlab.runtime import autocast_dtype, resolve_device
+
+
+def single_prediction_path(folder: RunFolder, phase_index: int) -> Path:
+    return folder.path / "predictions" / f"upstream_single_{phase_index}.npz"
+
+
+def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", batch_size: int | None = None, log=print) -> list[Path]:
+    """Write the single-adapter upstream predictions of every finished phase of a LoRA run."""
+    folder = RunFolder(run_dir)
+    if not folder.config.exists() or not folder.progress.exists():
+        raise DataError(f"{folder.path} is not a run folder with finished tasks; give a folder 'forgetlab run' wrote")
+    config = config_module.resolve(config_module.normalise(yaml.safe_load(folder.config.read_text())))
+    if config.method.name != "lora":
+        raise ConfigError(f"{folder.path} is a {config.method.name} run; single-adapter predictions need a LoRA run (method.name=lora)")
+    if config.eval.upstream_evaluator != "head":
+        raise ConfigError("single-adapter predictions score the upstream head; this run scores the upstream task by k-NN")
+    completed = folder.completed_tasks()
+    phases = folder.read_matrix().phases[:completed]
+    torch_device = resolve_device(device)
+    amp_dtype = autocast_dtype(torch_device, config.precision)
+    backbone = load_backbone(config.backbone, device=torch_device)
+    preprocess = None if backbone.name.startswith("offline_") else preprocess_for(backbone.model, config.backbone.image_size, config.preprocess)
+    upstream = build_task(config.data.upstream, config.data, preprocess.for_upstream() if preprocess else None)
+    if config.eval.upstream_subset is not None and hasattr(upstream.test, "subset"):
+        upstream.test = upstream.test.subset(config.eval.upstream_subset, seed=config.seed)
+    labels = dataset_labels(upstream.test)
+    pretrained = {name: tensor.clone() for name, tensor in backbone.model.state_dict().items()}
+    written = []
+    for index, phase in enumerate(phases, start=1):
+        target = single_prediction_path(folder, index)
+        if target.exists():
+            continue
+        adapter = folder.path / "adapters" / phase
+        backbone.model.load_state_dict(pretrained)
+        for name, layer in load_adapter(adapter, backbone.model).items():
+            backbone.model.set_submodule(name, layer)
+        lora_layers.merge_lora(backbone.model)
+        model = MultiHeadModel(backbone.model).to(torch_device)
+        predictions = predict(model, UPSTREAM, upstream.test, batch_size=batch_size or config.eval.batch_size, device=torch_device,
+                              amp_dtype=amp_dtype, workers=config.data.workers, description=f"single adapter {phase}")  # fmt: skip
+        write_npz(target, predictions=predictions, labels=labels)
+        written.append(target)
+        log(f"{phase}: pretrained + its adapter alone scores {100 * (predictions == labels).mean():.2f}% upstream -> {target}")
+    return written
+
+
+def read_single_predictions(folder: RunFolder, phase_index: int) -> dict[str, np.ndarray]:
+    """The single-adapter predictions after phase ``phase_index``; a one-line error naming the command
+    that writes them when they are missing."""
+    path = single_prediction_path(folder, phase_index)
+    if not path.exists():
+        raise DataError(f"{path} is missing; run 'forgetlab single-adapter {folder.path}' first (it reuses the stored adapters)")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
