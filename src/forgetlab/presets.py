@@ -116,7 +116,7 @@ def _paper1(backbone: str, tasks: list[str], *, order: str, method: str = "lora"
         "train.warmup_fraction": Setting(1 / 18, f"{P1} experiments/lora_forget.py:359 (steps // 18)"),
         "train.drop_last": Setting(False, "forgetlab's reading of the code: Avalanche's training loader keeps the last partial batch, "
                                           "so ceil(N / 32) x epochs iterations run against a (N // 32) x epochs schedule"),
-        "train.select": Setting("last", f"{P1}: no model selection, every number after the last step"),
+        "train.select": Setting("last", f"{P1} experiments/lora_forget.py:104 (eval_every=-1: no model selection, every number after the last step)"),
         "eval.upstream_evaluator": Setting("head", f"{P1} experiments/lora_forget.py:130, 204 (the ImageNet head, frozen)"),
         "eval.batch_size": Setting(256, "forgetlab's choice (the code: 64, config/strategy/lora.yaml:3): batch size does not change predictions"),
     }
@@ -136,7 +136,7 @@ def _paper1(backbone: str, tasks: list[str], *, order: str, method: str = "lora"
             "method.name": Setting("fullrank", f"{P1} config/experiment/lora_full.yaml:11 (mode: full)"),
             "method.targets": Setting("default", f"{P1} experiments/lora_forget.py:39 (blocks.*.attn.qkv.weight), :44 (layer*.*.conv3.weight)"),
         })  # fmt: skip
-    settings["lwf.alpha"] = Setting(5.0 if lwf else 0.0, f"{P1} config/strategy/lora.yaml:9" if lwf else f"{P1}: strategy finetune (no LwF)")
+    settings["lwf.alpha"] = Setting(5.0 if lwf else 0.0, f"{P1} config/strategy/lora.yaml:9" if lwf else f"{P1} config/strategy/lora.yaml:8 (name: finetune, no LwF)")
     if lwf:
         settings["lwf.temperature"] = Setting(2.0, f"{P1} config/strategy/lora.yaml:10")
         settings["lwf.train_earlier_heads"] = Setting(True, "PROTOCOLS.md (paper 1, Setting): earlier heads stay in AdamW and LwF's term trains them")

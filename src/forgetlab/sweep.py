@@ -5,7 +5,8 @@ A sweep file (YAML)::
     name: rank-sweep              # the sweep's folder, under out_dir
     out_dir: runs
     base: {data: {tasks: [fontfamily, digits]}}   # a run config (same keys as 'forgetlab run'), or
-    base_config: my-run.yaml                      # a run config file (relative to the sweep file)
+    base_config: my-run.yaml                      # a run config file (relative to the sweep file), or
+    base_preset: paper1-vit                       # a preset ('forgetlab presets'); base keys go on top
     grid:                         # every combination of these values
       backbone.name: [offline_vit, offline_resnet]
       method.rank: [1, 4, 16]
@@ -64,18 +65,39 @@ def _slug(key: str, value) -> str:
     return text if last == "name" else f"{last}{text}"
 
 
+def _flat_assignments(tree: dict, prefix: str = "") -> list[str]:
+    """``key=value`` overrides equivalent to a (nested) config tree."""
+    assignments = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            assignments += _flat_assignments(value, f"{prefix}{key}.")
+        else:
+            assignments.append(f"{prefix}{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    return assignments
+
+
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     path = Path(path)
     data = config_module.load_yaml(path)
-    unknown = sorted(set(data) - {"name", "out_dir", "base", "base_config", "grid"})
+    unknown = sorted(set(data) - {"name", "out_dir", "base", "base_config", "base_preset", "grid"})
     if unknown:
-        raise ConfigError(f"unknown sweep key '{unknown[0]}' in {path}; valid keys: name, out_dir, base, base_config, grid")
+        raise ConfigError(f"unknown sweep key '{unknown[0]}' in {path}; valid keys: name, out_dir, base, base_config, base_preset, grid")
     grid = data.get("grid") or {}
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{path}: 'grid' must map config keys to non-empty lists of values, e.g. method.rank: [1, 4]")
     base = dict(data.get("base") or {})
+    if data.get("base_config") and data.get("base_preset"):
+        raise ConfigError(f"{path}: give base_config or base_preset, not both")
     if data.get("base_config"):
         base = {**config_module.load_yaml(path.parent / data["base_config"]), **base}
+    if data.get("base_preset"):
+        from forgetlab.presets import preset_tree
+
+        preset = preset_tree(str(data["base_preset"]))
+        preset.pop("name", None)
+        for assignment in _flat_assignments(base):
+            config_module.apply_override(preset, assignment)
+        base = preset
     for assignment in overrides:
         config_module.apply_override(base, assignment)
     for key in ("name", "out_dir"):
