@@ -30,8 +30,11 @@ def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
     assert (folder / "accuracy_matrix.csv").read_text().splitlines()[0] == "row,upstream,fontfamily,digits"
     for task in range(3):
         assert (folder / "predictions" / f"upstream_after_{task}.npz").exists()
-    assert json.loads((folder / "progress.json").read_text()) == {"completed_tasks": 2, "total_tasks": 2}
-    assert (folder / "checkpoint" / "model.safetensors").exists()
+    progress = json.loads((folder / "progress.json").read_text())
+    assert (progress["completed_tasks"], progress["total_tasks"], progress["checkpoint"]) == (2, 2, "checkpoint/model-2.safetensors")
+    assert progress["matrix"] == matrix and progress["tasks"] == json.loads((folder / "tasks.json").read_text())
+    assert sorted(p.name for p in (folder / "checkpoint").iterdir()) == ["model-2.safetensors"]  # superseded ones removed
+    assert "checkpoint/model-2.safetensors" in progress["files"] and "predictions/upstream_after_2.npz" in progress["files"]
     for task in ("fontfamily", "digits"):  # every task's adapter, in PEFT's format
         assert json.loads((folder / "adapters" / task / "adapter_config.json").read_text())["r"] == 2
     assert not list(folder.rglob("*.partial")), "a temporary file was left behind"

@@ -101,21 +101,20 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from forgetlab.results import RunFolder, read_json
+    from forgetlab.results import RunFolder
 
     folder = RunFolder(args.run_dir)
-    if not folder.matrix.exists():
-        raise ForgetlabError(f"{folder.path} is not a run folder (no accuracy_matrix.json); give a folder that 'forgetlab run' printed")
+    if not folder.progress.exists():
+        raise ForgetlabError(f"{folder.path} holds no committed result (no progress.json); give a folder that 'forgetlab run' printed")
     matrix = folder.read_matrix()
     print(f"{folder.path}: {len(matrix.values) - 1}/{matrix.num_tasks} tasks done")
     print(matrix.format_table())
-    if folder.tasks.exists():
-        for record in read_json(folder.tasks):
-            print(
-                f"  {record['task']}: {record['trainable_backbone_parameters']:,} trainable backbone parameters "
-                f"({100 * record['trainable_fraction_of_backbone']:.3f}%), {record['steps']} steps, "
-                f"{record['images_per_second']:.0f} img/s"
-            )
+    for record in folder.read_tasks():
+        print(
+            f"  {record['task']}: {record['trainable_backbone_parameters']:,} trainable backbone parameters "
+            f"({100 * record['trainable_fraction_of_backbone']:.3f}%), {record['steps']} steps, "
+            f"{record['images_per_second']:.0f} img/s"
+        )
     return 0
 
 

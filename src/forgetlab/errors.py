@@ -20,3 +20,11 @@ class DataError(ForgetlabError):
 
 class MergeError(ForgetlabError):
     """Weight surgery produced non-finite weights; the model is left unchanged."""
+
+
+class TrainingError(ForgetlabError):
+    """Training diverged (a non-finite loss or weight); nothing of the task was committed."""
+
+
+class RunLockedError(ForgetlabError):
+    """Another process is running the same run folder."""

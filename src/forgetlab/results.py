@@ -4,43 +4,92 @@ run killed at any point leaves only whole files behind.
 =============================== ===============================================================
 ``config.yaml``                 the resolved config
 ``environment.json``            package versions, git commit, device, threads
-``accuracy_matrix.json``/.csv   ``R[i][j]``: row 0 before any update, row i after task i; column 0
-                                the upstream task, column j task j; cells not yet seen are empty
-``predictions/upstream_after_<i>.npz``  per-example upstream predictions (and labels) after task i
-``tasks.json``                  per task: trainable parameters, fraction of the backbone, training stats
-``checkpoint/model.safetensors`` the model after the last finished task (resume point)
-``progress.json``               written last after each task: how many tasks are finished
+``accuracy_matrix.json``/.csv   ``R[i][j]``: row 0 before any update, row i after phase i; column 0
+                                the upstream task, then the distinct tasks; cells not yet seen are empty
+``predictions/upstream_after_<i>.npz``  per-example upstream predictions (and labels) after phase i
+``tasks.json``                  per phase: trainable parameters, fraction of the backbone, training stats
+``checkpoint/model-<i>.safetensors`` the model after the last committed phase i (the resume point)
+``progress.json``               the commit record, written last for every phase
 =============================== ===============================================================
+
+**One atomic commit per phase.** A phase first writes the files only it has (its predictions, its
+adapter, ``checkpoint/model-<i>.safetensors``: new names, so nothing committed is overwritten), then
+``progress.json``, atomically: the commit. It holds the committed state itself (the matrix rows, the
+per-phase records, the upstream records) and the SHA-256 of every file the commit refers to. The
+matrix, ``tasks.json`` and ``upstream_eval.json`` are views of it, rewritten after the commit and
+repaired from it on the next open; files of a phase that never committed (a kill before its
+``progress.json``) are ignored and replaced when it runs again. So a kill at any instant leaves either
+the old commit or the new one, and a resume reads exactly one of them. ``FORGETLAB_CRASH_AT=N`` kills
+the process (SIGKILL) at the N-th write or rename point: the test of that claim uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import math
 import os
+import signal
+import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from forgetlab.errors import DataError, RunLockedError
+
 MATRIX_FILE = "accuracy_matrix.json"
+PARTIAL_SUFFIX = ".partial"
+_crash_points = 0
+
+
+def crash_point() -> None:
+    """A place where a kill must leave a resumable folder. With ``FORGETLAB_CRASH_AT=N`` the N-th point
+    (0-based) kills this process with SIGKILL; ``FORGETLAB_CRASH_COUNT=FILE`` records how many there were."""
+    global _crash_points
+    target = os.environ.get("FORGETLAB_CRASH_AT")
+    if target is not None and int(target) == _crash_points:
+        os.kill(os.getpid(), signal.SIGKILL)
+    _crash_points += 1
+    count_file = os.environ.get("FORGETLAB_CRASH_COUNT")
+    if count_file:
+        Path(count_file).write_text(str(_crash_points))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would ignore the user's umask
             os.fsync(handle.fileno())
+        crash_point()
         os.replace(temporary, path)
+        crash_point()
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -52,7 +101,11 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+    """A JSON file; a one-line error naming it when it is not readable JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} is unreadable or not JSON ({type(error).__name__}); restore it or delete its run folder") from error
 
 
 def write_npz(path: Path, **arrays) -> None:
@@ -144,7 +197,7 @@ class AccuracyMatrix:
 
 
 class RunFolder:
-    """Paths of, and reads from, one run folder."""
+    """Paths of, and reads from, one run folder (see the module docstring for its commit protocol)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -154,30 +207,169 @@ class RunFolder:
     matrix = property(lambda self: self.path / MATRIX_FILE)
     matrix_csv = property(lambda self: self.path / "accuracy_matrix.csv")
     tasks = property(lambda self: self.path / "tasks.json")
-    checkpoint = property(lambda self: self.path / "checkpoint" / "model.safetensors")
     progress = property(lambda self: self.path / "progress.json")
     upstream_eval = property(lambda self: self.path / "upstream_eval.json")  # per row: accuracy, CI, k-NN at every k
     upstream = property(lambda self: self.path / "upstream.json")  # the upstream label space and its synsets
+    lock_file = property(lambda self: self.path / ".lock")
 
     def predictions(self, after_task: int) -> Path:
         return self.path / "predictions" / f"upstream_after_{after_task}.npz"
 
-    def completed_tasks(self) -> int:
-        """Tasks finished and committed (0: only the pretrained row, -1: nothing yet)."""
-        if not self.progress.exists():
-            return -1
-        return int(read_json(self.progress)["completed_tasks"])
+    def checkpoint_for(self, index: int) -> Path:
+        return self.path / "checkpoint" / f"model-{index}.safetensors"
 
+    @property
+    def checkpoint(self) -> Path:
+        """The committed resume point (folders of earlier versions: ``checkpoint/model.safetensors``)."""
+        state = self.state()
+        if state and state.get("checkpoint"):
+            return self.path / state["checkpoint"]
+        return self.path / "checkpoint" / "model.safetensors"
+
+    # ------------------------------------------------------------------------------------ the commit
+    def state(self) -> dict | None:
+        """The last commit (``progress.json``), checked; None before the first one."""
+        if not self.progress.exists():
+            return None
+        state = read_json(self.progress)
+        completed, total = (state.get("completed_tasks"), state.get("total_tasks")) if isinstance(state, dict) else (None, None)
+        if not (isinstance(completed, int) and isinstance(total, int) and 0 <= completed <= total):
+            raise DataError(f"{self.progress} is not a valid commit record (completed {completed!r} of {total!r} tasks); "
+                            "delete the run folder and run again")  # fmt: skip
+        if "matrix" in state:
+            matrix = state["matrix"]
+            if not isinstance(matrix, dict) or len(matrix.get("values", [])) != completed + 1:
+                raise DataError(f"{self.progress} does not hold {completed + 1} matrix rows; delete the run folder and run again")
+        return state
+
+    def completed_tasks(self) -> int:
+        """Phases finished and committed (0: only the pretrained row, -1: nothing yet)."""
+        state = self.state()
+        return -1 if state is None else state["completed_tasks"]
+
+    def commit(self, index: int, total: int, matrix: "AccuracyMatrix", task_records: list, upstream_records: list,
+               files: list[Path]) -> None:  # fmt: skip
+        """Commit phase ``index`` (0: the pretrained row): ``files`` (already written) are hashed into
+        ``progress.json``, written atomically; then the views are rewritten and what the commit
+        superseded is removed."""
+        hashes = {str(Path(f).relative_to(self.path)): file_sha256(f) for f in files}  # config.yaml: checked by meaning on open
+        state = self.state() or {}
+        kept = {name: digest for name, digest in state.get("files", {}).items() if not name.startswith("checkpoint/")}
+        committed = {**kept, **hashes}  # the new checkpoint supersedes the old one
+        checkpoint = self.checkpoint_for(index)
+        write_json(self.progress, {
+            "completed_tasks": index, "total_tasks": total,
+            "checkpoint": str(checkpoint.relative_to(self.path)) if checkpoint.exists() else None,
+            "matrix": matrix.to_json(), "tasks": task_records, "upstream_eval": upstream_records, "files": committed,
+        })  # fmt: skip
+        self.write_views()
+        self.clean()
+
+    def write_views(self) -> None:
+        """Rewrite the matrix, ``tasks.json`` and ``upstream_eval.json`` from the commit, where they differ."""
+        state = self.state()
+        if not state or "matrix" not in state:
+            return
+        matrix = AccuracyMatrix.from_json(state["matrix"])
+        views = {self.matrix: json.dumps(matrix.to_json(), indent=2) + "\n", self.matrix_csv: matrix.to_csv(),
+                 self.tasks: json.dumps(state["tasks"], indent=2) + "\n",
+                 self.upstream_eval: json.dumps(state["upstream_eval"], indent=2) + "\n"}  # fmt: skip
+        for path, text in views.items():
+            if not path.exists() or path.read_text(errors="replace") != text:
+                atomic_write_text(path, text)
+
+    def clean(self) -> None:
+        """Remove temporary files of killed writes and checkpoints other than the committed one."""
+        state = self.state()
+        keep = self.path / state["checkpoint"] if state and state.get("checkpoint") else None
+        for path in self.path.rglob(f"*{PARTIAL_SUFFIX}"):
+            path.unlink(missing_ok=True)
+        for path in (self.path / "checkpoint").glob("model-*.safetensors"):
+            if keep is None or path != keep:
+                path.unlink(missing_ok=True)
+                crash_point()
+
+    def verify(self) -> None:
+        """Check every file the commit names against its SHA-256: a one-line error naming the file."""
+        state = self.state()
+        for relative, digest in (state or {}).get("files", {}).items():
+            path = self.path / relative
+            if not path.exists():
+                raise DataError(f"{path} is missing but the run committed it; delete the run folder {self.path} and run again")
+            if file_sha256(path) != digest:
+                raise DataError(f"{path} does not match the SHA-256 committed in progress.json (changed or corrupt); "
+                                f"delete the run folder {self.path} and run again")  # fmt: skip
+
+    # ------------------------------------------------------------------------------------ reads
     def read_matrix(self) -> AccuracyMatrix:
+        state = self.state()
+        if state and "matrix" in state:
+            return AccuracyMatrix.from_json(state["matrix"])
         matrix = AccuracyMatrix.from_json(read_json(self.matrix))
         # Rows past the last committed task (a run killed mid-write) are not results.
         matrix.values = matrix.values[: self.completed_tasks() + 1]
         return matrix
+
+    def read_tasks(self) -> list[dict]:
+        state = self.state()
+        if state and "tasks" in state:
+            return state["tasks"]
+        return read_json(self.tasks)[: max(0, self.completed_tasks())] if self.tasks.exists() else []
+
+    def read_upstream_eval(self) -> list[dict]:
+        state = self.state()
+        if state and "upstream_eval" in state:
+            return state["upstream_eval"]
+        return read_json(self.upstream_eval)[: self.completed_tasks() + 1] if self.upstream_eval.exists() else []
 
     def write_matrix(self, matrix: AccuracyMatrix) -> None:
         write_json(self.matrix, matrix.to_json())
         atomic_write_text(self.matrix_csv, matrix.to_csv())
 
     def read_predictions(self, after_task: int) -> dict[str, np.ndarray]:
-        with np.load(self.predictions(after_task)) as data:
-            return {key: data[key] for key in data.files}
+        path = self.predictions(after_task)
+        try:
+            with np.load(path) as data:
+                return {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError) as error:
+            raise DataError(f"{path} is missing or unreadable ({type(error).__name__}); delete the run folder and run again") from error
+
+    # ------------------------------------------------------------------------------------ one owner
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's lock while running it; another process gets a one-line error naming the
+        holder. The lock is the kernel's (``fcntl.flock``), so it dies with its process."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_file, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunLockedError(f"{self.path} is being run by {holder}; wait for it to finish or stop it") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # releases the lock
+
+
+def lock_holder(folder: RunFolder) -> str | None:
+    """Who holds ``folder``'s lock now, or None (a probe: takes and drops the lock if free)."""
+    import fcntl
+
+    if not folder.lock_file.exists():
+        return None
+    with open(folder.lock_file, "r") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return None

@@ -12,6 +12,7 @@ run's seed and its index, not from what ran before it in the same process).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 import subprocess
@@ -22,14 +23,14 @@ import torch
 
 from forgetlab import config as config_module
 from forgetlab.data import build_task
-from forgetlab.errors import ConfigError, DataError
+from forgetlab.errors import ConfigError, DataError, TrainingError
 from forgetlab.data.files import preprocess_for
 from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
 from forgetlab.methods.base import build_method
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
-from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, read_json, save_safetensors, write_json, write_npz
+from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, save_safetensors, write_json, write_npz
 from forgetlab.selection import BestCheckpoint
 from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, resolve_device, seed_everything
 from forgetlab.train import count_parameters, train_task, trainable_parameters
@@ -75,6 +76,23 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def read_checkpoint(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise DataError(f"{path} is not a readable checkpoint ({type(error).__name__}); delete the run folder and run again") from error
+
+
+def check_finite(model, task: str, config) -> None:
+    """Refuse a task whose training left non-finite weights (any method), before it is committed."""
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise TrainingError(f"task {task}: training left non-finite weights in {name} (train.lr={config.train.lr:g}); "
+                                "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
+
+
 def task_metadata(task) -> dict:
     """What the analysis needs to know of the upstream task's classes (names, WordNet synsets, groups)."""
     return {
@@ -86,25 +104,38 @@ def task_metadata(task) -> dict:
 
 
 def _open_folder(folder: RunFolder, config) -> None:
-    """A new folder gets the config; an existing one must hold the same config (then we resume).
+    """A new folder gets the config; an existing one must hold the same config (then we resume)."""
+    _check_folder(folder, config)
+    if not folder.config.exists():
+        folder.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder.config, config_module.dump(config))
+
+
+def _check_folder(folder: RunFolder, config) -> None:
+    """Refuse a folder that holds another config, or results without one; read-only.
 
     The stored config is read through the current schema first, so a folder written before an
     option existed still resumes when that option is at its default (its file is left as it is)."""
     resolved = config_module.to_dict(config)
+    if not folder.config.exists() and (folder.progress.exists() or folder.matrix.exists()):
+        raise DataError(f"{folder.path} holds results but no config.yaml, so they cannot be resumed under a known config; "
+                        "restore its config.yaml or delete that folder")  # fmt: skip
     if folder.config.exists():
         import yaml
 
         # An option that no longer exists keeps the file as it is, so it shows up as a difference.
-        stored = config_module.normalise(yaml.safe_load(folder.config.read_text()))
+        try:
+            stored = config_module.normalise(yaml.safe_load(folder.config.read_text()))
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise DataError(f"{folder.config} is not readable YAML; restore it or delete that folder") from error
+        if not isinstance(stored, dict):
+            raise DataError(f"{folder.config} does not hold a config; restore it or delete that folder")
         if stored != resolved:
             differing = sorted(_differences(stored, resolved))
             raise ConfigError(
                 f"{folder.path} holds a run with a different config (differs in: {', '.join(differing[:4])}); "
                 "choose another name=... or delete that folder"
             )
-        return
-    folder.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder.config, config_module.dump(config))
 
 
 def _differences(a, b, prefix: str = "") -> list[str]:
@@ -115,7 +146,13 @@ def _differences(a, b, prefix: str = "") -> list[str]:
 
 
 def run(config, *, log=print) -> RunFolder:
-    """Run (or resume) the sequence described by ``config``; return its folder."""
+    """Run (or resume) the sequence described by ``config``; return its folder. The folder is locked
+    while this runs: a second process on it gets a one-line error."""
+    with contextlib.ExitStack() as stack:
+        return _run(config, log, lambda folder: stack.enter_context(folder.lock()))
+
+
+def _run(config, log, hold) -> RunFolder:
     folder = RunFolder(config.run_dir)
     method = build_method(config.method)  # validates the method's options before anything is written
     device = resolve_device(config.device)
@@ -149,7 +186,9 @@ def run(config, *, log=print) -> RunFolder:
     method.check(backbone.model)  # e.g. block expansion on a ResNet: refused before anything is written
     if config.replay.size and len(upstream.train) == 0:
         raise ConfigError(f"replay needs the upstream train split and {config.data.upstream} has none; set replay.size=0")
-    _open_folder(folder, config)
+    _check_folder(folder, config)  # before the lock, so a refused run touches nothing, not even the lock file
+    hold(folder)  # one owner per folder, from here to the end
+    _open_folder(folder, config)  # checked again under the lock
     configure_threads()
     replay_buffer = ReplayBuffer(upstream.train, config.replay.size, seed=config.seed) if config.replay.size else None
 
@@ -169,38 +208,37 @@ def run(config, *, log=print) -> RunFolder:
             record["knn"] = {str(k): v for k, v in evaluate_upstream.last.items()}
         return value, predicted, record
 
-    completed = folder.completed_tasks()
-    if completed < 0:
+    state = folder.state()
+    if state is None:
         write_json(folder.environment, {**environment_record(device), "backbone_recipe": backbone.recipe})
         write_json(folder.upstream, task_metadata(upstream))
         matrix = AccuracyMatrix(columns=[UPSTREAM, *columns], phases=[t.name for t in tasks], phase_columns=[t.column for t in tasks])
         start = time.perf_counter()
         upstream_accuracy, predictions, upstream_record = score_upstream(0)
-        upstream_records = [upstream_record]
+        upstream_records, task_records = [upstream_record], []
         matrix.add_row({UPSTREAM: upstream_accuracy})
         write_npz(folder.predictions(0), predictions=predictions, labels=dataset_labels(upstream.test))
-        write_json(folder.upstream_eval, upstream_records)
-        folder.write_matrix(matrix)
-        write_json(folder.tasks, [])
-        write_json(folder.progress, {"completed_tasks": 0, "total_tasks": len(tasks)})
+        folder.commit(0, len(tasks), matrix, task_records, upstream_records, [folder.predictions(0), folder.upstream])
         log(f"pretrained {backbone.name}: upstream {100 * upstream_accuracy:.2f}% ({time.perf_counter() - start:.1f}s)")
         completed = 0
     else:
-        matrix = folder.read_matrix()
-        upstream_records = read_json(folder.upstream_eval)[: completed + 1] if folder.upstream_eval.exists() else []
+        completed = state["completed_tasks"]
+        if state["total_tasks"] != len(tasks):
+            raise DataError(f"{folder.progress} records {state['total_tasks']} tasks but the config has {len(tasks)}; delete the folder")
+        folder.verify()  # every committed file against its hash, before anything is read from it
+        folder.write_views()  # repairs views a kill between commit and views left behind
+        folder.clean()  # temporary files and checkpoints of an uncommitted phase
+        matrix, task_records, upstream_records = folder.read_matrix(), folder.read_tasks(), folder.read_upstream_eval()
         for column in dict.fromkeys(task.column for task in tasks[:completed]):
             model.add_head(column, columns[column].num_classes)
         if completed:
-            from safetensors.torch import load_file
-
             method.restore(model, [(task.column, task.name) for task in tasks[:completed]], folder.path)
-            model.load_state_dict(load_file(str(folder.checkpoint)), strict=True)
+            model.load_state_dict(read_checkpoint(folder.checkpoint), strict=True)
             model.to(device)
         if completed == len(tasks):
             log(f"{folder.path} is complete ({completed} tasks); nothing to do")
         else:
             log(f"resuming {folder.path} after task {completed}/{len(tasks)}")
-    task_records = read_json(folder.tasks)[:completed]
 
     for index in range(completed + 1, len(tasks) + 1):
         task = tasks[index - 1]
@@ -244,6 +282,7 @@ def run(config, *, log=print) -> RunFolder:
         del extra_losses  # the teacher copy
         method.finish(model, task.column)
         model.requires_grad_(False)
+        check_finite(model, task.name, config)
 
         start = time.perf_counter()
         upstream_accuracy, predictions, upstream_record = score_upstream(index)
@@ -278,14 +317,13 @@ def run(config, *, log=print) -> RunFolder:
                 **({"selection": selection.record()} if selection else {}),
             }
         )
-        # Commit: results first, the resume marker last.
+        # Commit: the phase's own files first (new names), then progress.json, atomically.
         write_npz(folder.predictions(index), predictions=predictions, labels=dataset_labels(upstream.test))
-        write_json(folder.upstream_eval, upstream_records)
-        folder.write_matrix(matrix)
-        write_json(folder.tasks, task_records)
         method.save_task(task.column, folder.path, phase=task.name)
-        save_safetensors(folder.checkpoint, model.state_dict())
-        write_json(folder.progress, {"completed_tasks": index, "total_tasks": len(tasks)})
+        save_safetensors(folder.checkpoint_for(index), model.state_dict())
+        adapter_files = sorted((folder.path / "adapters" / task.name).glob("*")) if (folder.path / "adapters" / task.name).is_dir() else []
+        folder.commit(index, len(tasks), matrix, task_records, upstream_records,
+                      [folder.predictions(index), folder.checkpoint_for(index), *adapter_files])  # fmt: skip
         drop = upstream_accuracy - matrix.values[0][0]
         log(
             f"task {index}/{len(tasks)} {task.name}: {stats.steps} steps in {stats.seconds:.1f}s, "

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from forgetlab.errors import TrainingError
 from forgetlab.runtime import autocast, progress
 
 
@@ -184,6 +185,9 @@ def train_task(
                 loss = loss / len(images)
                 for extra in extra_losses:
                     loss = loss + extra(images, outputs)
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingError(f"{description}: the loss became non-finite at step {step + 1} (train.lr={train_config.lr:g}); "
+                                    "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

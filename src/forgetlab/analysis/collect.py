@@ -31,7 +31,7 @@ class RunResult:
 
     @cached_property
     def tasks(self) -> list[dict]:
-        return read_json(self.folder.tasks) if self.folder.tasks.exists() else []
+        return self.folder.read_tasks()
 
     @cached_property
     def upstream(self) -> dict:
