@@ -273,9 +273,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv):
+    """Parse, letting ``key=value`` overrides follow options too (``run a=1 --quiet b=2``)."""
+    args, extra = parser.parse_known_args(argv)
+    listed = "items" if hasattr(args, "items") else "overrides" if hasattr(args, "overrides") else None
+    if extra and listed and all("=" in item and not item.startswith("-") for item in extra):
+        setattr(args, listed, [*getattr(args, listed), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops like Ctrl-C: finished tasks stay committed, the same command resumes."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (e.g. called from a library thread)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
+    _stop_on_sigterm()
     try:
         return args.func(args)
     except ForgetlabError as error:

@@ -8,6 +8,8 @@ keys of that section are checked against that method's own config dataclass (see
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -144,6 +146,39 @@ DEFAULT_METHOD = {"name": "lora"}
 
 
 # ---------------------------------------------------------------------------------------------- parsing
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with two fixes: ``1e-3`` and ``1e6`` are numbers (YAML 1.2; PyYAML follows
+    YAML 1.1, which needs a dot: ``1.0e-3``), and a mapping that repeats a key is an error."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise ConfigError(f"key '{key}' appears twice (line {mark.line + 1}); keep one")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                        lambda loader, node: dict(_mapping_without_duplicates(loader, node, deep=True)))  # fmt: skip
+
+
+def parse_yaml(text: str):
+    """YAML as forgetlab reads it everywhere (command line, files, sweep grids): see :class:`_Loader`."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
@@ -185,6 +220,8 @@ def _coerce(value, tp, key: str):
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -232,7 +269,7 @@ def apply_override(tree: dict, assignment: str) -> None:
     if not all(parts):
         raise ConfigError(f"override key '{key}' is malformed; use dotted names like train.epochs=5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     node = tree
@@ -248,8 +285,12 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} not found; give an existing YAML file or none for the default")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file; give a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not a text file; give a YAML file") from error
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -312,11 +353,28 @@ def validate(config: RunConfig) -> None:
         (all(v is None or (len(v) == 3 and (k == "mean" or min(v) > 0)) for k, v in (("mean", config.preprocess.mean), ("std", config.preprocess.std))),
          "preprocess.mean and preprocess.std must hold 3 values (std positive)"),
         (config.preprocess.upstream_eval in ("backbone", "task"), "preprocess.upstream_eval must be 'backbone' or 'task'"),
-        ("/" not in config.name and config.name not in ("", ".", ".."), "name must be a plain folder name"),
+        ("/" not in config.name and config.name not in ("", ".", "..") and "\0" not in config.name, "name must be a plain folder name"),
+        (config.out_dir != "" and "\0" not in config.out_dir, "out_dir must be a folder path"),
+        (0 <= config.seed < 2**32, "seed must be in 0..4294967295"),
+        (config.data.max_train is None or config.data.max_train >= 1, "data.max_train must be at least 1 (or unset for all)"),
+        (config.data.max_test is None or config.data.max_test >= 1, "data.max_test must be at least 1 (or unset for all)"),
+        (0 <= config.data.workers <= 256, "data.workers must be in 0..256"),
+        (config.data.split_seed is None or 0 <= config.data.split_seed < 2**32, "data.split_seed must be in 0..4294967295"),
+        (config.backbone.image_size is None or 8 <= config.backbone.image_size <= 4096, "backbone.image_size must be in 8..4096"),
+        (config.backbone.num_classes is None or config.backbone.num_classes >= 0, "backbone.num_classes must be 0 or more"),
+        (config.train.weight_decay >= 0, "train.weight_decay must be 0 or more"),
+        (0 <= config.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+        (config.train.epochs <= 100_000 and config.train.batch_size <= 1_000_000, "train.epochs and train.batch_size are implausibly large"),
+        (config.eval.knn_k <= 100_000, "eval.knn_k must be at most 100000"),
+        (config.replay.size <= 100_000_000, "replay.size is implausibly large"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    datasets = {name.partition(":")[0] for name in config.data.tasks}
+    unknown = sorted(set(config.train.task_epochs) - set(config.data.tasks) - datasets)
+    if unknown:
+        raise ConfigError(f"train.task_epochs names '{unknown[0]}', which is not a task of data.tasks; use a task or dataset name of the sequence")
 
 
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:

@@ -187,6 +187,7 @@ def _run(config, log, hold) -> RunFolder:
     if config.replay.size and len(upstream.train) == 0:
         raise ConfigError(f"replay needs the upstream train split and {config.data.upstream} has none; set replay.size=0")
     _check_folder(folder, config)  # before the lock, so a refused run touches nothing, not even the lock file
+    folder.verify()  # likewise: a corrupt folder is refused untouched (checked again under the lock)
     hold(folder)  # one owner per folder, from here to the end
     _open_folder(folder, config)  # checked again under the lock
     configure_threads()

@@ -190,7 +190,13 @@ def train_task(
                                     "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as error:  # e.g. "value cannot be converted to type float without overflow"
+                if "overflow" not in str(error):
+                    raise
+                raise TrainingError(f"{description}: the update overflowed at step {step + 1} (train.lr={train_config.lr:g}); "
+                                    "lower train.lr and run again (earlier tasks are kept)") from error  # fmt: skip
             schedule.step()
             step += 1
             examples += len(images)

@@ -133,23 +133,54 @@ def imagenet(data_config=None, preprocess=None) -> TaskData:
 
 
 # ------------------------------------------------------------------------------------------- CIFAR-100
+# The only globals a CIFAR pickle needs: numpy arrays and their dtypes (and, for a pickle written by
+# Python 3 at protocol 2, the codec that rebuilds bytes). Anything else, e.g. os.system, is refused
+# before it is called: loading a dataset never runs code from it.
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}  # fmt: skip
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR pickle never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
+    """A CIFAR pickle, built from plain types and numpy arrays only (see ``_PICKLE_GLOBALS``)."""
     try:
         with path.open("rb") as handle:
-            return pickle.load(handle, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError) as error:
+            data = _DataUnpickler(handle, encoding="latin1").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as error:
         raise DataError(f"{path} is not a CIFAR-100 pickle ({error}); re-extract cifar-100-python.tar.gz") from error
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not a CIFAR-100 pickle (it holds a {type(data).__name__}); re-extract cifar-100-python.tar.gz")
+    return data
 
 
 @register_dataset("cifar100")
 def cifar100(data_config=None, preprocess=None) -> TaskData:
     root = dataset_folder("cifar100", data_config)
     meta = _unpickle(require(root / "meta", "cifar-100-python/meta", SOURCES["cifar100"][1]))
+    if not isinstance(meta.get("fine_label_names"), list):
+        raise DataError(f"{root / 'meta'} lacks 'fine_label_names'; re-extract cifar-100-python.tar.gz")
     splits = {}
     for split in ("train", "test"):
-        data = _unpickle(require(root / split, f"cifar-100-python/{split}", SOURCES["cifar100"][1]))
-        images = np.asarray(data["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        splits[split] = ArrayImageDataset(np.ascontiguousarray(images), data["fine_labels"])
+        path = require(root / split, f"cifar-100-python/{split}", SOURCES["cifar100"][1])
+        data = _unpickle(path)
+        try:
+            images = np.asarray(data["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            labels = np.asarray(data["fine_labels"], dtype=np.int64)
+        except (KeyError, ValueError, TypeError) as error:
+            raise DataError(f"{path} lacks CIFAR-100's 'data' (N x 3072 uint8) and 'fine_labels' ({error}); re-extract the archive") from error
+        if len(labels) != len(images) or (len(labels) and not 0 <= labels.min() <= labels.max() < 100):
+            raise DataError(f"{path} has {len(images)} images but {len(labels)} labels in 0..99; re-extract cifar-100-python.tar.gz")
+        splits[split] = ArrayImageDataset(np.ascontiguousarray(images), labels)
     return _finish("cifar100", data_config, preprocess, list(meta["fine_label_names"]), splits["train"], splits["test"],
                    domain_synset="object.n.01", domain_word="object", description="CIFAR-100 (32x32, 100 classes)")  # fmt: skip
 
