@@ -119,17 +119,41 @@ def cmd_show(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from forgetlab.sweep import load_sweep, run_sweep
+    from forgetlab.sweep import load_sweep, run_sweep, sweep_status
 
-    if args.jobs < 1:
-        raise ForgetlabError("--jobs must be at least 1")
     sweep = load_sweep(args.sweep_file, args.overrides)
+    if args.status:
+        rows = sweep_status(sweep)
+        width = max(len(name) for name, _, _ in rows)
+        for name, state, detail in rows:
+            print(f"{name.ljust(width)}  {state:11s}  {detail}")
+        counts = {state: sum(1 for _, s, _ in rows if s == state) for state in dict.fromkeys(s for _, s, _ in rows)}
+        print(f"sweep {sweep.name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        return 0
+    jobs = args.jobs if args.jobs == "auto" else _positive_int(args.jobs, "--jobs")
     # --quiet silences the cells' own logs; the sweep still says which cell finished.
-    status = run_sweep(sweep, jobs=args.jobs, quiet=args.quiet, log=lambda message: print(f"forgetlab: {message}", flush=True))
-    ran = sum(value == "ran" for value in status.values())
-    print(f"sweep {sweep.name}: {len(sweep.cells)} cells ({ran} run now, {len(status) - ran} already done)")
+    status = run_sweep(sweep, jobs=jobs, quiet=args.quiet, backend=args.backend, address=args.address, gpus_per_cell=args.gpus_per_cell,
+                       retries=args.retries, log=lambda message: print(f"forgetlab: {message}", flush=True))  # fmt: skip
+    counts = {state: sum(v == state for v in status.values()) for state in ("ran", "skipped", "failed")}
+    print(f"sweep {sweep.name}: {len(sweep.cells)} cells: {counts['ran']} ran now, {counts['skipped']} already done, {counts['failed']} failed")
+    if counts["failed"]:
+        from forgetlab.sweep import read_status
+
+        for name, record in read_status(sweep).items():
+            if status.get(name) == "failed":
+                print(f"  failed: {name}: {record.get('message', '')}")
     print(f"results: {sweep.folder} (table: {sweep.folder / 'sweep.csv'})")
-    return 0
+    return 1 if counts["failed"] else 0
+
+
+def _positive_int(value: str, option: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ForgetlabError(f"{option} must be a whole number of at least 1 (or auto), got {value!r}")
+    return number
 
 
 def cmd_report(args) -> int:
@@ -228,7 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("sweep_file", metavar="SWEEP.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the sweep's base config")
-    sweep.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default 1)")
+    sweep.add_argument("--jobs", default="1", help="cells run at once: a number of local processes, or 'auto' (one per visible GPU; "
+                       "1 on a CPU machine); default 1, in this process")
+    sweep.add_argument("--gpus-per-cell", type=float, default=None, help="GPUs each cell gets: 1 (default), a whole number, or a "
+                       "fraction such as 0.5 (two small cells per GPU)")
+    sweep.add_argument("--backend", choices=["local", "ray"], default="local", help="where cells run: this machine, or a Ray cluster")
+    sweep.add_argument("--address", help="with --backend ray: the cluster to join ('auto' finds a running one); none starts a local Ray")
+    sweep.add_argument("--retries", type=int, default=2, help="times a cell whose worker died is run again (it resumes); default 2")
+    sweep.add_argument("--status", action="store_true", help="print every cell's state and progress from the folder, run nothing")
     sweep.add_argument("--quiet", action="store_true", help="print only the summary")
     sweep.set_defaults(func=cmd_sweep)
 

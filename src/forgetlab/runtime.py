@@ -61,8 +61,11 @@ def seed_everything(*parts: int) -> int:
 
 
 def configure_threads() -> None:
-    """Use every core the process may run on (cgroup-aware), unless the user set a count."""
-    if "OMP_NUM_THREADS" not in os.environ:
+    """Use every core the process may run on (cgroup-aware), unless a count was set: by a sweep that
+    shares the cores between its cells (``FORGETLAB_THREADS``), or by the user (``OMP_NUM_THREADS``)."""
+    if os.environ.get("FORGETLAB_THREADS"):
+        torch.set_num_threads(max(1, int(os.environ["FORGETLAB_THREADS"])))
+    elif "OMP_NUM_THREADS" not in os.environ:
         try:
             torch.set_num_threads(len(os.sched_getaffinity(0)))
         except AttributeError:  # pragma: no cover - not Linux

@@ -13,17 +13,20 @@ A sweep file (YAML)::
       seed: [0, 1]
 
 Every cell's config is resolved and validated before the first cell runs. A finished cell is skipped
-(its run folder says so), an unfinished one resumes, so rerunning an interrupted sweep finishes it;
-``jobs > 1`` runs cells in that many processes, sharing the CPU threads between them. The sweep's
-table (``sweep.csv``: every cell's grid values and metrics) is rewritten after every cell.
+(its run folder says so), an unfinished one resumes, so rerunning an interrupted sweep finishes it.
+Where the cells run is a backend (:mod:`forgetlab.sweep_backends`): this process (``--jobs 1``),
+local worker processes (``--jobs N``; ``--jobs auto`` runs one cell per visible GPU, each process
+seeing only its GPU, or ``--gpus-per-cell F`` for several or a share), or a Ray cluster
+(``--backend ray``). A failing cell is recorded in ``status.json`` with its one-line error and the
+others go on; a worker that dies is retried and resumes. The sweep's table (``sweep.csv``: every
+cell's grid values and metrics) is rewritten after every cell.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,7 +34,7 @@ from typing import Callable
 import yaml
 
 from forgetlab import config as config_module
-from forgetlab.errors import ConfigError
+from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.results import RunFolder, atomic_write_text
 
 SWEEP_FILE = "sweep.yaml"
@@ -104,6 +107,8 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         if key in grid or key in base:
             raise ConfigError(f"'{key}' is set by the sweep itself; remove it from the grid and base")
     name = str(data.get("name") or path.stem)
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise ConfigError(f"{path}: the sweep name '{name}' must be a plain folder name (it becomes out_dir/NAME)")
     folder = Path(data.get("out_dir", "runs")) / name
     cells = []
     for combination in itertools.product(*grid.values()):
@@ -123,29 +128,53 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     return Sweep(name=name, folder=folder, grid=grid, base=base, cells=cells)
 
 
-def _run_cell(tree: dict, threads: int | None, quiet: bool) -> str:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    from forgetlab.run import run
-
-    config = config_module.resolve(copy.deepcopy(tree))
-    run(config, log=(lambda message: None) if quiet else (lambda message: print(f"[{config.name}] {message}", flush=True)))
-    return config.name
-
-
 def cell_done(sweep: Sweep, cell: Cell) -> bool:
-    folder = RunFolder(sweep.folder / cell.name)
-    return folder.completed_tasks() == len(cell.config.data.tasks)
+    try:
+        return RunFolder(sweep.folder / cell.name).completed_tasks() == len(cell.config.data.tasks)
+    except ForgetlabError:  # an unreadable commit record: not done (the run itself will say what is wrong)
+        return False
 
 
-def run_sweep(
-    sweep: Sweep, *, jobs: int = 1, quiet: bool = False, log: Callable[[str], None] = print, on_cell_done: Callable[[Cell], None] | None = None
-) -> dict[str, str]:
-    """Run every unfinished cell; return ``cell name -> 'skipped' | 'ran'``."""
+def make_backend(sweep: Sweep, jobs: int | str = 1, backend: str = "local", address: str | None = None,
+                 gpus_per_cell: float | None = None, retries: int = 2):  # fmt: skip
+    """The backend that runs ``sweep``'s cells (see :mod:`forgetlab.sweep_backends`)."""
+    from forgetlab import sweep_backends as backends
+
+    if backend == "ray":
+        return backends.RayBackend(sweep.folder, address=address, gpus_per_cell=gpus_per_cell, retries=retries)
+    if backend != "local":
+        raise ConfigError(f"unknown sweep backend '{backend}'; use local or ray")
+    if address:
+        raise ConfigError("--address is for --backend ray")
+    gpus = backends.visible_gpus()
+    if jobs == "auto":
+        slots = backends.slot_devices(gpus, gpus_per_cell or 1) if gpus else [None]
+    else:
+        jobs = int(jobs)
+        if jobs < 1:
+            raise ConfigError("--jobs must be at least 1 (or auto)")
+        if gpus:  # N jobs on G GPUs: slot i uses GPU i mod G, so each process sees only its GPU
+            devices = backends.slot_devices(gpus, gpus_per_cell or 1)
+            slots = [devices[i % len(devices)] for i in range(jobs)]
+        else:
+            slots = [None] * jobs
+    if len(slots) == 1 and slots[0] is None:
+        return backends.InProcessBackend()
+    return backends.ProcessBackend(slots, sweep.folder, retries=retries)
+
+
+def run_sweep(sweep: Sweep, *, jobs: int | str = 1, quiet: bool = False, log: Callable[[str], None] = print,
+              on_cell_done: Callable[[Cell], None] | None = None, backend: str = "local", address: str | None = None,
+              gpus_per_cell: float | None = None, retries: int = 2, wait: float = 2.0) -> dict[str, str]:  # fmt: skip
+    """Run every unfinished cell; return ``cell name -> 'skipped' | 'ran' | 'failed'``.
+
+    A failing cell is recorded (``status.json``, with its one-line error) and the others go on; a
+    cell another process is running is waited for, then skipped if that finished it."""
     from forgetlab.analysis.tables import write_sweep_table
+    from forgetlab.results import lock_holder, write_json
+    from forgetlab.runtime import progress
 
+    runner = make_backend(sweep, jobs, backend, address, gpus_per_cell, retries)  # refuses bad options before writing
     sweep.folder.mkdir(parents=True, exist_ok=True)
     stored = sweep.folder / SWEEP_FILE
     definition = sweep.definition()
@@ -153,28 +182,90 @@ def run_sweep(
         raise ConfigError(f"{sweep.folder} holds a different sweep; give the sweep another name or delete that folder")
     atomic_write_text(stored, yaml.safe_dump(definition, sort_keys=False))
     status = {cell.name: "skipped" for cell in sweep.cells if cell_done(sweep, cell)}
+    records = read_status(sweep)
     todo = [cell for cell in sweep.cells if cell.name not in status]
-    log(f"sweep {sweep.name}: {len(sweep.cells)} cells, {len(status)} done, {len(todo)} to run, {jobs} at a time")
+    busy = [cell for cell in todo if lock_holder(RunFolder(sweep.folder / cell.name))]
+    todo = [cell for cell in todo if cell not in busy]
+    log(f"sweep {sweep.name}: {len(sweep.cells)} cells, {len(status)} done, {len(todo) + len(busy)} to run on {runner.name}")
+    bar = progress(total=len(todo) + len(busy), desc=f"sweep {sweep.name}", unit="cell")
+    running: set[str] = set()
 
-    def finished(cell: Cell) -> None:
-        status[cell.name] = "ran"
+    def started(cell: Cell) -> None:
+        running.add(cell.name)
+        records[cell.name] = {"status": "running"}
+        bar.set_postfix(running=len(running), failed=sum(v == "failed" for v in status.values()), refresh=True)
+
+    def finished(outcome) -> None:
+        running.discard(outcome.cell)
+        status[outcome.cell] = outcome.status
+        records[outcome.cell] = {"status": outcome.status, "message": outcome.message, "attempts": outcome.attempts}
+        write_json(sweep.folder / STATUS_FILE, records)
         write_sweep_table(sweep.folder)
-        log(f"sweep {sweep.name}: cell {cell.name} done ({sum(v == 'ran' for v in status.values())}/{len(todo)})")
+        bar.update(1)
+        bar.set_postfix(running=len(running), failed=sum(v == "failed" for v in status.values()), refresh=True)
+        if outcome.status == "failed":
+            log(f"sweep {sweep.name}: cell {outcome.cell} FAILED: {outcome.message}")
+        else:
+            log(f"sweep {sweep.name}: cell {outcome.cell} done ({sum(v == 'ran' for v in status.values())}/{len(todo) + len(busy)})")
         if on_cell_done:
-            on_cell_done(cell)
+            on_cell_done(next(cell for cell in sweep.cells if cell.name == outcome.cell))
 
-    if jobs <= 1:
-        for cell in todo:
-            _run_cell(cell.tree, None, quiet=quiet)
-            finished(cell)
-    else:
-        import multiprocessing
-
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_cell, cell.tree, threads, quiet): cell for cell in todo}
-            for future in as_completed(futures):
-                future.result()
-                finished(futures[future])
+    try:
+        runner.run(todo, quiet, started, finished)
+        while busy:  # cells another process holds: wait for it, then run what it left unfinished
+            for cell in list(busy):
+                holder = lock_holder(RunFolder(sweep.folder / cell.name))
+                if holder:
+                    log(f"sweep {sweep.name}: cell {cell.name} is being run by {holder}; waiting")
+                    continue
+                busy.remove(cell)
+                if cell_done(sweep, cell):
+                    status[cell.name] = "skipped"
+                    bar.update(1)
+                else:
+                    runner.run([cell], quiet, started, finished)
+            if busy:
+                time.sleep(wait)
+    finally:
+        bar.close()
     write_sweep_table(sweep.folder)
     return status
+
+
+STATUS_FILE = "status.json"
+
+
+def read_status(sweep: Sweep) -> dict:
+    from forgetlab.results import read_json
+
+    path = sweep.folder / STATUS_FILE
+    return read_json(path) if path.exists() else {}
+
+
+def sweep_status(sweep: Sweep) -> list[tuple[str, str, str]]:
+    """``(cell, state, detail)`` of every cell, read from the folder without running anything."""
+    from forgetlab.results import lock_holder
+
+    records = read_status(sweep) if sweep.folder.exists() else {}
+    rows = []
+    for cell in sweep.cells:
+        folder = RunFolder(sweep.folder / cell.name)
+        total = len(cell.config.data.tasks)
+        try:
+            completed = folder.completed_tasks()
+        except ForgetlabError as error:
+            rows.append((cell.name, "broken", str(error)))
+            continue
+        done = f"task {max(completed, 0)}/{total}"
+        holder = lock_holder(folder) if folder.path.exists() else None
+        if completed == total:
+            rows.append((cell.name, "done", done))
+        elif holder:
+            rows.append((cell.name, "running", f"{done}, {holder}"))
+        elif records.get(cell.name, {}).get("status") == "failed":
+            rows.append((cell.name, "failed", f"{done}: {records[cell.name].get('message', '')}"))
+        elif completed >= 0:
+            rows.append((cell.name, "partial", done))
+        else:
+            rows.append((cell.name, "not started", done))
+    return rows

@@ -112,7 +112,7 @@ class RunResult:
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "config.yaml").exists() and (path / "accuracy_matrix.json").exists()
+    return (path / "config.yaml").exists() and (path / "progress.json").exists()  # one commit at least
 
 
 def find_runs(paths: list[str | Path]) -> list[RunResult]:
