@@ -73,6 +73,8 @@ class DataConfig:
     max_train: int | None = option(None, "use at most this many training images per task (smoke runs)")
     max_test: int | None = option(None, "evaluate at most this many test images per task (seeded subset)")
     workers: int = option(0, "data-loader worker processes (decode real images in parallel; 0: in the main process)")
+    pipeline: str = option("auto", "where real images are decoded and preprocessed: 'device' (whole batches on the GPU, or the CPU), "
+                           "'pil' (PIL in the loader workers) or 'auto' (device on CUDA, pil on the CPU, where it measured faster)")
     cache_decoded: bool = option(False, "decode real images once into a memory-mapped uint8 cache under $FORGETLAB_HOME/decoded")
     root: str | None = option(None, "folder of the real datasets (default: $FORGETLAB_DATA); see 'forgetlab data check'")
     split_seed: int | None = option(None, "seed of the random sample splits (NAME:samples_half1 ...); default: the run's seed, as paper 1's code")
@@ -93,6 +95,8 @@ class TrainConfig:
                            "get_cosine_schedule_with_warmup over (N // batch) x epochs steps, as both papers' code)")
     drop_last: bool = option(False, "drop each epoch's last partial batch (paper 2's code)")
     label_smoothing: float = option(0.0, "label smoothing of the task loss")
+    compile: str = option("auto", "torch.compile the training step: 'auto' (on CUDA), 'on' or 'off'; a failed compilation falls back to eager")
+    log_every: int = option(25, "steps between reads of the loss on the host (each read waits for the device; non-finite losses are caught then)")
     select: str = option("last", "which weights end a task: 'last' or 'best' (the best task-test accuracy, scored every eval_every steps; paper 2's code)")
     eval_every: int = option(500, "steps between scorings of the task's test set when select=best (paper 2: 500; 250 for linear probing)")
 
@@ -104,6 +108,10 @@ class EvalConfig:
     upstream_subset: int | None = option(None, "score the upstream task on a fixed, seeded subset of this many test images (reports a 95% CI)")
     knn_k: int = option(20, "k of the k-NN evaluator (accuracies at 10, 20, 100 and 200 are recorded too)")
     knn_temperature: float = option(0.07, "temperature of the k-NN votes, exp(similarity / T) (DINO: 0.07)")
+    knn_bank_dtype: str = option("fp32", "storage of the k-NN bank on the device: 'fp32', or 'fp16' (half the memory; on random "
+                                 "features it changed 1-3 of 700 votes, so it is not the default)")
+    knn_cache: bool = option(True, "keep k-NN banks on disk ($FORGETLAB_HOME/knn-banks), keyed by backbone weights, bank files and "
+                             "preprocessing, so a later run or sweep cell with the same key reuses them")
     knn_features: str = option("backbone", "what the k-NN compares: 'backbone' features (DINO; correct) or 'task_logits', the last task head's "
                                "outputs, which reproduces paper 2's published LoRA rows (a bug of its code)")
 
@@ -337,8 +345,12 @@ def validate(config: RunConfig) -> None:
         (config.train.schedule in ("cosine", "hf_cosine"), "train.schedule must be 'cosine' or 'hf_cosine'"),
         (config.train.warmup_steps is None or config.train.warmup_steps >= 0, "train.warmup_steps must be 0 or more"),
         (config.train.select in ("last", "best"), "train.select must be 'last' or 'best'"),
+        (config.train.compile in ("auto", "on", "off"), "train.compile must be 'auto', 'on' or 'off'"),
+        (config.data.pipeline in ("auto", "device", "pil"), "data.pipeline must be 'auto', 'device' or 'pil'"),
+        (config.train.log_every >= 1, "train.log_every must be at least 1"),
         (config.train.eval_every >= 1, "train.eval_every must be at least 1"),
         (config.eval.knn_features in ("backbone", "task_logits"), "eval.knn_features must be 'backbone' or 'task_logits'"),
+        (config.eval.knn_bank_dtype in ("fp32", "fp16"), "eval.knn_bank_dtype must be 'fp32' or 'fp16'"),
         (len(config.preprocess.train_scale) == 2 and 0 < config.preprocess.train_scale[0] <= config.preprocess.train_scale[1] <= 1,
          "preprocess.train_scale must be [low, high] with 0 < low <= high <= 1"),
         (len(config.preprocess.train_ratio) == 2 and 0 < config.preprocess.train_ratio[0] <= config.preprocess.train_ratio[1],
@@ -371,10 +383,11 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    datasets = {name.partition(":")[0] for name in config.data.tasks}
-    unknown = sorted(set(config.train.task_epochs) - set(config.data.tasks) - datasets)
+    from forgetlab.data.registry import dataset_names
+
+    unknown = sorted(key for key in config.train.task_epochs if key.partition(":")[0] not in dataset_names())
     if unknown:
-        raise ConfigError(f"train.task_epochs names '{unknown[0]}', which is not a task of data.tasks; use a task or dataset name of the sequence")
+        raise ConfigError(f"train.task_epochs names '{unknown[0]}', which is no dataset; use task or dataset names ({', '.join(dataset_names())})")
 
 
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:

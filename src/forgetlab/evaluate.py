@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from forgetlab.data.base import dataset_labels
+from forgetlab.data.base import dataset_fingerprint, dataset_labels
 from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import UPSTREAM
 from forgetlab.runtime import autocast, progress
-from forgetlab.train import make_loader
+from forgetlab.train import batches, make_loader
 
 
 @torch.no_grad()
@@ -28,9 +29,9 @@ def predict(model, head: str, dataset: Dataset, *, batch_size: int, device, amp_
     model.eval()
     loader = make_loader(dataset, batch_size, shuffle=False, device=device, workers=workers)
     predictions = []
-    for images, _ in progress(loader, desc=description, unit="batch"):
+    for images, _ in progress(batches(loader, dataset, device), total=len(loader), desc=description, unit="batch"):
         with autocast(device, amp_dtype):
-            logits = model(images.to(device, non_blocking=True), [head])[head]
+            logits = model(images, [head])[head]
         predictions.append(logits.argmax(dim=-1).cpu())
     return torch.cat(predictions).numpy().astype(np.int64) if predictions else np.zeros(0, np.int64)
 
@@ -61,9 +62,8 @@ def extract_features(model, dataset: Dataset, *, batch_size, device, amp_dtype, 
     model.eval()
     chunks = []
     loader = make_loader(dataset, batch_size, shuffle=False, device=device, workers=workers)
-    for images, _ in progress(loader, desc=description, unit="batch"):
+    for images, _ in progress(batches(loader, dataset, device), total=len(loader), desc=description, unit="batch"):
         with autocast(device, amp_dtype):
-            images = images.to(device, non_blocking=True)
             features = model.features(images) if head is None else model(images, [head])[head]
         chunks.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0, model.num_features)
@@ -73,15 +73,32 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
                 num_classes: int, chunk: int = 1024) -> torch.Tensor:  # fmt: skip
     """DINO's weighted k-NN: the ``k`` most cosine-similar bank features vote for their label with
     weight ``exp(similarity / temperature)``; the class with the largest total wins (ties: lowest id)."""
-    k = min(k, len(bank))
-    predictions = []
+    return knn_predict_many(bank, bank_labels, queries, ks=(k,), temperature=temperature, num_classes=num_classes, chunk=chunk)[k]
+
+
+def knn_predict_many(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, *, ks, temperature: float,
+                     num_classes: int, chunk: int = 1024) -> dict[int, torch.Tensor]:  # fmt: skip
+    """:func:`knn_predict` at every ``k`` of ``ks`` from one similarity and one top-k pass per chunk of
+    queries, on the bank's device (a GPU: seconds for ImageNet's 1.28 M x 768 bank and 50,000 queries).
+
+    The similarity is computed in the bank's dtype (fp16 storage halves its memory; the votes, in
+    float64, then come from fp16 similarities) and the votes are summed in float64. Predictions come
+    back on the CPU."""
+    device = bank.device
+    labels = bank_labels.to(device)
+    k_max = min(max(ks), len(bank))
+    predictions = {k: [] for k in ks}
     for start in range(0, len(queries), chunk):
-        similarity = queries[start : start + chunk] @ bank.T
-        top, index = similarity.topk(k, dim=-1)
-        votes = torch.zeros(len(top), num_classes, dtype=torch.float64)
-        votes.scatter_add_(1, bank_labels[index], (top.double() / temperature).exp())
-        predictions.append(votes.argmax(dim=-1))
-    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
+        similarity = queries[start : start + chunk].to(device=device, dtype=bank.dtype) @ bank.T
+        top, index = similarity.float().topk(k_max, dim=-1)  # sorted, so the first k are the top k
+        weights = (top.double() / temperature).exp()
+        neighbour_labels = labels[index]
+        for k in ks:
+            k_used = min(k, k_max)
+            votes = torch.zeros(len(top), num_classes, dtype=torch.float64, device=device)
+            votes.scatter_add_(1, neighbour_labels[:, :k_used], weights[:, :k_used])
+            predictions[k].append(votes.argmax(dim=-1).cpu())
+    return {k: torch.cat(p) if p else torch.zeros(0, dtype=torch.long) for k, p in predictions.items()}
 
 
 class KNNEvaluator:
@@ -97,13 +114,16 @@ class KNNEvaluator:
     rows after a task (the pretrained row has no task head and uses backbone features)."""
 
     def __init__(self, bank: Dataset, num_classes: int, *, k: int = 20, ks=(10, 20, 100, 200), temperature: float = 0.07,
-                 features: str = "backbone"):  # fmt: skip
+                 features: str = "backbone", bank_dtype: str = "fp32", cache_dir: Path | None = None):  # fmt: skip
         if len(bank) == 0:
             raise ConfigError("the k-NN evaluator needs the upstream train split as its bank; add it or use eval.upstream_evaluator=head")
         from forgetlab.data.base import evaluation_view
 
         self.bank, self.num_classes, self.k, self.temperature = evaluation_view(bank), num_classes, k, temperature
-        self.features = features
+        self.features, self.bank_dtype = features, {"fp32": torch.float32, "fp16": torch.float16}[bank_dtype]
+        self.cache_dir = cache_dir  # banks on disk, shared by runs and sweep cells: $FORGETLAB_HOME/knn-banks
+        self._bank_print = dataset_fingerprint(self.bank) if cache_dir is not None else None
+        self.computed = 0  # banks computed (not read from the disk cache) by this evaluator
         self.ks = sorted(set(ks) | {k})
         self.bank_labels = torch.as_tensor(dataset_labels(bank), dtype=torch.long)
         self._cache: dict[str, torch.Tensor] = {}
@@ -127,16 +147,39 @@ class KNNEvaluator:
         key = self.fingerprint(model, head)
         options = {"batch_size": batch_size, "device": device, "amp_dtype": amp_dtype, "workers": workers, "head": head}
         if key not in self._cache:
-            self._cache = {key: extract_features(model, self.bank, **options, description="k-NN bank")}
+            self._cache = {key: self._bank(model, key, options).to(device=device, dtype=self.bank_dtype)}
         bank = self._cache[key]
         queries = extract_features(model, dataset, **options, description=description)
         labels = dataset_labels(dataset)
-        results = {}
-        for k in self.ks:
-            predicted = knn_predict(bank, self.bank_labels, queries, k=k, temperature=self.temperature, num_classes=self.num_classes)
-            results[k] = predicted.numpy()
+        predicted = knn_predict_many(bank, self.bank_labels, queries, ks=self.ks, temperature=self.temperature, num_classes=self.num_classes)
+        results = {k: p.numpy() for k, p in predicted.items()}
         self.last = {k: accuracy(p, labels) for k, p in results.items()}
         return self.last[self.k], results[self.k].astype(np.int64)
+
+
+    def _bank(self, model, key: str, options: dict) -> torch.Tensor:
+        """The bank's features: read from the disk cache when this backbone state, bank, preprocessing
+        and precision were seen before (by any run), else computed and written there atomically."""
+        path = None
+        if self.cache_dir is not None and self._bank_print is not None:
+            digest = hashlib.sha256(f"{key}|{self._bank_print}|{self.features}|{options['amp_dtype']}".encode()).hexdigest()
+            path = Path(self.cache_dir) / f"{digest[:40]}.safetensors"
+            if path.exists():
+                from safetensors.torch import load_file
+
+                try:
+                    features = load_file(str(path))["features"]
+                    if len(features) == len(self.bank):
+                        return features
+                except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+                    pass
+        features = extract_features(model, self.bank, **options, description="k-NN bank")
+        self.computed += 1
+        if path is not None:
+            from forgetlab.results import save_safetensors
+
+            save_safetensors(path, {"features": features, "labels": self.bank_labels})
+        return features
 
 
 UPSTREAM_EVALUATORS = ("head", "knn")
@@ -147,6 +190,9 @@ def build_upstream_evaluator(eval_config, upstream) -> Callable:
     if eval_config.upstream_evaluator == "head":
         return head_evaluator
     if eval_config.upstream_evaluator == "knn":
+        from forgetlab import paths
+
         return KNNEvaluator(upstream.train, upstream.num_classes, k=eval_config.knn_k, temperature=eval_config.knn_temperature,
-                            features=eval_config.knn_features)  # fmt: skip
+                            features=eval_config.knn_features, bank_dtype=eval_config.knn_bank_dtype,
+                            cache_dir=paths.home() / "knn-banks" if eval_config.knn_cache else None)  # fmt: skip
     raise ConfigError(f"unknown eval.upstream_evaluator '{eval_config.upstream_evaluator}'; choose one of: {', '.join(UPSTREAM_EVALUATORS)}")

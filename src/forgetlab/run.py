@@ -24,6 +24,7 @@ import torch
 from forgetlab import config as config_module
 from forgetlab.data import build_task
 from forgetlab.errors import ConfigError, DataError, TrainingError
+from forgetlab.data.device_pipeline import encoded, resolve_pipeline
 from forgetlab.data.files import preprocess_for
 from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
 from forgetlab.methods.base import build_method
@@ -175,6 +176,10 @@ def _run(config, log, hold) -> RunFolder:
         first = columns.setdefault(task.column, task)
         if first.num_classes != task.num_classes:
             raise ConfigError(f"{first.name} and {task.name} train one head but have {first.num_classes} and {task.num_classes} classes")
+    if preprocess is not None and resolve_pipeline(config.data.pipeline, device) == "device":
+        upstream = encoded(upstream, preprocess.for_upstream(), train=not config.replay.size)
+        tasks = [encoded(task, preprocess) for task in tasks]
+        columns = {column: next(t for t in tasks if t.column == column) for column in columns}
     evaluate_upstream = build_upstream_evaluator(config.eval, upstream)
     workers = config.data.workers
     head_classes = getattr(backbone.model.get_classifier(), "out_features", 0)

@@ -93,10 +93,19 @@ def schedule_lengths(train_config, examples: int, batches_per_epoch: int, epochs
     return steps, span, warmup
 
 
-def make_optimizer(parameters, train_config) -> torch.optim.Optimizer:
+def make_optimizer(parameters, train_config, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9); on CUDA their fused kernels (one launch for every parameter)."""
+    fused = {"fused": True} if device is not None and device.type == "cuda" else {}
     if train_config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=train_config.lr, momentum=0.9, weight_decay=train_config.weight_decay)
-    return torch.optim.AdamW(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay)
+        return torch.optim.SGD(parameters, lr=train_config.lr, momentum=0.9, weight_decay=train_config.weight_decay, **fused)
+    return torch.optim.AdamW(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay, **fused)
+
+
+def compiled(model, train_config, device: torch.device, log=print):
+    """``model`` under ``torch.compile`` when the config asks for it (``auto``: on CUDA), else itself.
+    Compilation happens at the first call; :func:`train_task` falls back to eager if that fails."""
+    wanted = train_config.compile == "on" or (train_config.compile == "auto" and device.type == "cuda")
+    return torch.compile(model) if wanted else model
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0, device=None, drop_last: bool = False):
@@ -106,11 +115,25 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
         batch_size=batch_size,
         shuffle=shuffle,
         drop_last=drop_last and len(dataset) >= batch_size,
+        collate_fn=getattr(dataset, "collate", None),  # the device pipeline's datasets yield encoded images
         generator=generator if shuffle else None,
         num_workers=workers,
         pin_memory=device is not None and device.type == "cuda",
         persistent_workers=workers > 0,
     )
+
+
+def batches(loader, dataset, device: torch.device, generator: torch.Generator | None = None):
+    """``(images on the device, labels on the device)`` of every batch: the device pipeline's datasets
+    are decoded and preprocessed there (:mod:`forgetlab.data.device_pipeline`), others copied."""
+    to_batch = getattr(dataset, "to_batch", None)
+    for batch in loader:
+        if to_batch is not None:
+            payloads, labels, positions = batch
+            yield to_batch(payloads, positions, device, generator), labels.to(device, non_blocking=True)
+        else:
+            images, labels = batch
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
 def freeze_batchnorm_statistics(model: nn.Module) -> None:
@@ -154,7 +177,8 @@ def train_task(
     epochs = train_config.task_epochs.get(task_name, train_config.task_epochs.get(task_name.partition(":")[0], train_config.epochs))
     total_steps, span, warmup_steps = schedule_lengths(train_config, len(dataset), len(loader), epochs)
     parameters = trainable_parameters(model)
-    optimizer = make_optimizer(parameters, train_config)
+    optimizer = make_optimizer(parameters, train_config, device)
+    forward = compiled(model, train_config, device)
     shape = hf_warmup_cosine if train_config.schedule == "hf_cosine" else warmup_cosine
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, shape(span, warmup_steps))
     heads = [head, *[h for h in extra_heads if h != head]]
@@ -166,17 +190,23 @@ def train_task(
         freeze_batchnorm_statistics(model)
     step, examples, loss_value, start = 0, 0, float("nan"), time.perf_counter()
     bar = progress(total=total_steps, desc=description, unit="step")
+    augment = torch.Generator().manual_seed(seed + 1)  # the device pipeline's random crops, flips and jitter
     while step < total_steps:
-        for images, labels in loader:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+        for images, labels in batches(loader, dataset, device, augment):
             count = len(labels)
             if replay is not None:
                 replay_images, replay_labels = next(replay)
                 images = torch.cat([images, replay_images.to(device, non_blocking=True)])
                 replay_labels = replay_labels.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
-                outputs = model(images, heads)
+                try:
+                    outputs = forward(images, heads)
+                except Exception as error:  # noqa: BLE001 - a compiler failure, not the model's
+                    if forward is model:
+                        raise
+                    print(f"forgetlab: torch.compile failed ({type(error).__name__}: {str(error)[:120]}); training eagerly", flush=True)
+                    forward = model
+                    outputs = forward(images, heads)
                 smoothing = train_config.label_smoothing
                 loss = F.cross_entropy(outputs[head][:count].float(), labels, label_smoothing=smoothing, reduction="sum")
                 if replay is not None:
@@ -185,9 +215,6 @@ def train_task(
                 loss = loss / len(images)
                 for extra in extra_losses:
                     loss = loss + extra(images, outputs)
-            if not torch.isfinite(loss.detach()).all():
-                raise TrainingError(f"{description}: the loss became non-finite at step {step + 1} (train.lr={train_config.lr:g}); "
-                                    "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             try:
@@ -200,9 +227,15 @@ def train_task(
             schedule.step()
             step += 1
             examples += len(images)
-            loss_value = loss.item()
+            last_loss = loss.detach()
+            # The loss is read on the host only every log_every steps (a read waits for the device).
+            if step % train_config.log_every == 0 or step >= total_steps:
+                loss_value = float(last_loss)
+                if not math.isfinite(loss_value):
+                    raise TrainingError(f"{description}: the loss became non-finite by step {step} (train.lr={train_config.lr:g}); "
+                                        "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
+                bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
             if selection is not None and selection.due(step, total_steps):
                 selection.score(model, step)
                 model.train()

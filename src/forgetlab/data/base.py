@@ -139,3 +139,36 @@ def evaluation_view(dataset: Dataset) -> Dataset:
     """``dataset`` under its deterministic evaluation transform (as it is when it has no other)."""
     view = getattr(dataset, "evaluation_view", None)
     return view() if view else dataset
+
+
+def dataset_fingerprint(dataset: Dataset) -> str | None:
+    """A SHA-256 of what a dataset yields (files by path, size and modification time; in-memory images
+    by their bytes; subsets by their indices; the transform by its description), or None for a type
+    it does not know. Caches of pure functions of a dataset key on it."""
+    import hashlib
+
+    digest = hashlib.sha256(type(dataset).__name__.encode())
+    inner = getattr(dataset, "dataset", None)
+    if inner is not None and hasattr(dataset, "indices"):  # LabelSubset, SampleSubset
+        inner_print = dataset_fingerprint(inner)
+        if inner_print is None:
+            return None
+        digest.update(inner_print.encode())
+        digest.update(np.asarray(dataset.indices).tobytes())
+        digest.update(np.asarray(dataset_labels(dataset)).tobytes())
+        return digest.hexdigest()
+    if hasattr(dataset, "paths"):  # FileDataset
+        for path in dataset.paths:
+            stat = path.stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        if getattr(dataset, "boxes", None) is not None:
+            digest.update(dataset.boxes.tobytes())
+    elif hasattr(dataset, "images"):  # ArrayImageDataset, ArrayDataset
+        images = dataset.images
+        digest.update(np.ascontiguousarray(images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)).tobytes())
+    else:
+        return None
+    digest.update(np.asarray(dataset_labels(dataset)).tobytes())
+    digest.update(repr(getattr(dataset, "transform", None)).encode())
+    digest.update(repr((getattr(dataset, "mean", None), getattr(dataset, "std", None))).encode())
+    return digest.hexdigest()

@@ -1,0 +1,135 @@
+"""The real-data path at device speed (issue 10), checked on the CPU: the batched device pipeline
+against the PIL/timm path, random crops inside their ranges, the k-NN vote at every k from one pass,
+and k-NN banks reused from disk."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from forgetlab import config as config_module
+from forgetlab.config import BackboneConfig, DataConfig, PreprocessConfig
+from forgetlab.data import build_task
+from forgetlab.data.device_pipeline import BatchTransform, EncodedDataset, batch_transforms, encoded
+from forgetlab.data.files import FileDataset, preprocess_for
+from forgetlab.errors import DataError
+from forgetlab.evaluate import KNNEvaluator, knn_predict_many
+from forgetlab.models.backbones import create
+from tests.test_real_data import root  # noqa: F401
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def smooth_jpegs(tmp_path_factory):
+    """Real-layout JPEGs of smooth content at several sizes and aspect ratios."""
+    folder = tmp_path_factory.mktemp("jpegs")
+    paths = []
+    for i, (height, width) in enumerate([(60, 80), (90, 70), (256, 300), (33, 41)]):
+        y, x = np.mgrid[0:height, 0:width]
+        image = np.stack([127 + 100 * np.sin(x / 7 + i), 127 + 100 * np.cos(y / 9), 127 + 80 * np.sin((x + y) / 11)], -1)
+        paths.append(folder / f"{i}.jpg")
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(paths[-1], quality=95)
+    return paths
+
+
+@pytest.mark.parametrize("backbone,preprocess", [
+    ("vit_base_patch16_224.augreg_in1k", PreprocessConfig()),
+    ("resnet50.a1_in1k", PreprocessConfig()),
+    ("vit_base_patch16_224.dino", PreprocessConfig(eval_crop="squash", crop_pct=1.0, eval_interpolation="bilinear", mean=[0.5] * 3, std=[0.5] * 3)),
+])  # fmt: skip
+def test_device_evaluation_matches_the_pil_path(smooth_jpegs, backbone, preprocess):
+    pre = preprocess_for(create(backbone, num_classes=0), 64, preprocess)
+    files = FileDataset(smooth_jpegs, [0] * len(smooth_jpegs), pre.eval)
+    reference = torch.stack([files[i][0] for i in range(len(files))])
+    dataset = EncodedDataset(files, batch_transforms(pre)["eval"])
+    items = [dataset[i] for i in range(len(dataset))]
+    assert all(item[0].dtype == torch.uint8 and item[0].dim() == 1 for item in items)  # workers only read bytes
+    batch = dataset.to_batch([item[0] for item in items], [item[2] for item in items], CPU)
+    difference = (batch - reference).abs()
+    assert batch.shape == reference.shape and difference.mean() < 0.01 and difference.max() < 0.05
+
+
+def test_random_crops_follow_the_configured_scale_and_ratio():
+    transform = BatchTransform(size=32, mean=(0.5,) * 3, std=(0.5,) * 3, training=True, scale=(0.25, 0.5), ratio=(0.5, 2.0))
+    generator = torch.Generator().manual_seed(0)
+    areas, ratios = [], []
+    for _ in range(500):
+        top, left, height, width = transform.crop_box(200, 300, generator)
+        assert 0 <= top and top + height <= 200 and 0 <= left and left + width <= 300
+        areas.append(height * width / (200 * 300))
+        ratios.append(width / height)
+    # Rounding to whole pixels moves the area and ratio by at most a pixel's worth.
+    assert 0.25 - 0.01 <= min(areas) and max(areas) <= 0.5 + 0.01 and 0.5 - 0.02 <= min(ratios) and max(ratios) <= 2.0 + 0.02
+    assert max(areas) - min(areas) > 0.2 and max(ratios) / min(ratios) > 3  # the whole range is used
+    images = [torch.randint(0, 255, (3, 40, 50), dtype=torch.uint8) for _ in range(6)]
+    batch = transform(images, CPU, torch.Generator().manual_seed(1))
+    again = transform(images, CPU, torch.Generator().manual_seed(1))
+    assert batch.shape == (6, 3, 32, 32) and torch.equal(batch, again)  # seeded: a resumed task augments alike
+
+
+def test_a_run_on_the_device_pipeline_and_a_corrupt_file(root, tmp_path):  # noqa: F811
+    smoke = [f"data.root={root}", "backbone.random_init=true", "backbone.image_size=32", "data.max_train=4", "data.max_test=4",
+             "train.max_steps=2", "train.batch_size=2", "eval.batch_size=8", f"out_dir={tmp_path}", "backbone.num_classes=3",
+             "data.tasks=[cub200, fgvc_aircraft:samples_half1]", "data.pipeline=device", "data.workers=0"]  # fmt: skip
+    from forgetlab.presets import preset_tree
+    from forgetlab.run import run
+
+    folder = run(config_module.resolve(preset_tree("paper1-vit"), smoke), log=lambda message: None)
+    assert folder.completed_tasks() == 2 and not np.isnan(folder.read_matrix().as_array()[-1]).any()
+    task = encoded(build_task("cub200", DataConfig(root=str(root)), preprocess_for(create("resnet18", num_classes=0), 32)),
+                   preprocess_for(create("resnet18", num_classes=0), 32))  # fmt: skip
+    # CUB's boxes crop on the device as on the PIL path: image 1's box is 10 x 8 of its 24 x 20 pixels.
+    assert task.train.dataset.boxes is not None
+    bad = root / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg at all")
+    broken = EncodedDataset(FileDataset([bad], [0]), BatchTransform(size=8, mean=(0.5,) * 3, std=(0.5,) * 3))
+    with pytest.raises(DataError, match="cannot decode .*broken.jpg"):
+        broken.to_batch([broken[0][0]], [0], CPU)
+
+
+def test_knn_at_every_k_from_one_pass_equals_one_pass_per_k():
+    torch.manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(3000, 32), dim=-1)
+    labels = torch.randint(0, 20, (3000,))
+    queries = torch.nn.functional.normalize(torch.randn(500, 32), dim=-1)
+    many = knn_predict_many(bank, labels, queries, ks=(10, 20, 100, 200), temperature=0.07, num_classes=20, chunk=128)
+    for k in (10, 20, 100, 200):  # the reference: today's algorithm, one top-k and one vote per k
+        top, index = (queries @ bank.T).topk(k, dim=-1)
+        votes = torch.zeros(len(queries), 20, dtype=torch.float64).scatter_add_(1, labels[index], (top.double() / 0.07).exp())
+        assert torch.equal(many[k], votes.argmax(dim=-1))
+
+
+def test_knn_banks_are_reused_from_disk_by_a_later_evaluator(root, tmp_path, monkeypatch):  # noqa: F811
+    from forgetlab.models.backbones import load_backbone
+    from forgetlab.models.multihead import MultiHeadModel
+
+    backbone = load_backbone(BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
+    task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32).for_upstream())
+    model = MultiHeadModel(backbone.model).eval()
+    first = KNNEvaluator(task.train, task.num_classes, k=1, cache_dir=tmp_path)
+    accuracy, predictions = first(model, task.test, batch_size=4, device=CPU, amp_dtype=None)
+    assert first.computed == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
+    second = KNNEvaluator(task.train, task.num_classes, k=1, cache_dir=tmp_path)
+    monkeypatch.setattr("forgetlab.evaluate.extract_features", _counting(__import__("forgetlab.evaluate", fromlist=["x"]).extract_features))
+    again, again_predictions = second(model, task.test, batch_size=4, device=CPU, amp_dtype=None)
+    assert second.computed == 0 and again == accuracy and np.array_equal(again_predictions, predictions)
+    assert _counting.calls == 1  # only the queries were computed
+    with torch.no_grad():
+        next(model.backbone.parameters()).mul_(1.5)
+    second(model, task.test, batch_size=4, device=CPU, amp_dtype=None)
+    assert second.computed == 1 and len(list(tmp_path.glob("*.safetensors"))) == 2  # another backbone state: another bank
+
+
+def _counting(function):
+    _counting.calls = 0
+
+    def wrapper(*args, **kwargs):
+        _counting.calls += 1
+        return function(*args, **kwargs)
+
+    return wrapper
