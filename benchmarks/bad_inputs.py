@@ -27,7 +27,7 @@ from hypothesis.errors import NonInteractiveExampleWarning  # noqa: E402
 from forgetlab import config as config_module  # noqa: E402
 from forgetlab.cli import main as cli  # noqa: E402
 from forgetlab.results import save_safetensors  # noqa: E402
-from forgetlab.run import run  # noqa: E402
+from forgetlab.runner import run  # noqa: E402
 from tests.conftest import random_backbone, tiny_overrides  # noqa: E402
 from tests.test_reliability import KEYS, VALUES, YAML_TREES  # noqa: E402
 

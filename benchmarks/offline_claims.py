@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from forgetlab import config as config_module
-from forgetlab.run import run
+from forgetlab.runner import run
 
 METHODS = [
     ("full", ["method.name=full"]),

@@ -115,7 +115,7 @@ def eval_compute(name: str, device, batch: int, steps: int, precision: str) -> f
 def actual_run(root: Path, out: Path, pipeline: str, device, precision: str, steps: int, batch: int, knn: bool = False, name: str = "run"):
     """A real ``forgetlab run`` (random-init ViT-B/16, LoRA r=4, ImageNet files upstream, CIFAR-100):
     its training images/s and upstream evaluation images/s, from the run's own records."""
-    from forgetlab.run import run
+    from forgetlab.runner import run
 
     overrides = [f"data.root={root}", "backbone.name=vit_base_patch16_224", "backbone.random_init=true", "backbone.num_classes=4",
                  "data.upstream=imagenet", "data.tasks=[cifar100]", f"data.pipeline={pipeline}", f"device={device.type}",

@@ -24,7 +24,7 @@ torch.set_num_threads(1)  # no OpenMP pool in the parent: forked children start 
 
 from forgetlab import config as config_module  # noqa: E402
 from forgetlab import results  # noqa: E402
-from forgetlab.run import run  # noqa: E402
+from forgetlab.runner import run  # noqa: E402
 
 TIMING = {"train_seconds", "images_per_second", "eval_seconds", "seconds"}
 

@@ -77,7 +77,7 @@ def test_a_run_on_the_device_pipeline_and_a_corrupt_file(root, tmp_path):  # noq
              "train.max_steps=2", "train.batch_size=2", "eval.batch_size=8", f"out_dir={tmp_path}", "backbone.num_classes=3",
              "data.tasks=[cub200, fgvc_aircraft:samples_half1]", "data.pipeline=device", "data.workers=0"]  # fmt: skip
     from forgetlab.presets import preset_tree
-    from forgetlab.run import run
+    from forgetlab.runner import run
 
     folder = run(config_module.resolve(preset_tree("paper1-vit"), smoke), log=lambda message: None)
     assert folder.completed_tasks() == 2 and not np.isnan(folder.read_matrix().as_array()[-1]).any()

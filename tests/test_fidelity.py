@@ -19,7 +19,7 @@ from forgetlab.data.registry import sample_split_indices, task_column
 from forgetlab.errors import ConfigError
 from forgetlab.presets import PRESETS, markdown, preset_tree
 from forgetlab.results import AccuracyMatrix
-from forgetlab.run import run
+from forgetlab.runner import run
 from forgetlab.train import hf_warmup_cosine, schedule_lengths
 from tests.conftest import random_backbone, tiny_overrides
 from tests.test_real_data import root  # noqa: F401  (the tiny real-layout datasets fixture)

@@ -19,7 +19,7 @@ from forgetlab.methods import method_names
 from forgetlab.methods.base import build_method
 from forgetlab.models.expansion import expand_blocks, expanded_architecture
 from forgetlab.models.multihead import MultiHeadModel
-from forgetlab.run import run
+from forgetlab.runner import run
 from forgetlab.train import count_parameters, train_task, trainable_parameters
 from tests.conftest import random_backbone, tiny_overrides
 

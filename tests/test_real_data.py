@@ -263,7 +263,7 @@ def test_presets_run_end_to_end_at_smoke_scale(root, tmp_path, name):
     """Random-init real architectures at 32 px, two images a task, one step: the whole real pipeline."""
     from forgetlab import config as config_module
     from forgetlab.presets import preset_tree
-    from forgetlab.run import run
+    from forgetlab.runner import run
 
     smoke = [f"data.root={root}", "backbone.random_init=true", "backbone.image_size=32", "data.max_train=4", "data.max_test=4",
              "data.workers=0", "train.max_steps=1", "train.batch_size=2", "eval.batch_size=8", f"out_dir={tmp_path}"]  # fmt: skip

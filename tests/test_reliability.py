@@ -17,7 +17,7 @@ from forgetlab.config import DataConfig
 from forgetlab.data import build_task
 from forgetlab.errors import ConfigError, DataError, RunLockedError
 from forgetlab.results import RunFolder
-from forgetlab.run import run
+from forgetlab.runner import run
 from tests.conftest import tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from forgetlab.methods.lora import LoRA, LoRAConfig
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import MultiHeadModel
 from forgetlab.results import RunFolder, read_json
-from forgetlab.run import run
+from forgetlab.runner import run
 from forgetlab.train import train_task
 from tests.conftest import random_backbone, tiny_overrides
 

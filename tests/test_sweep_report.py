@@ -133,7 +133,7 @@ def test_only_runs_that_differ_in_seed_are_averaged(report_runs, tmp_path):
     """A run with other settings (here: more steps) is its own row, not a third 'seed'."""
     from forgetlab.analysis.collect import find_runs
     from forgetlab.analysis.tables import paper2_table
-    from forgetlab.run import run
+    from forgetlab.runner import run
     from forgetlab import config as config_module
 
     seeds = find_runs([report_runs / "tiny"])

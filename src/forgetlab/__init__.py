@@ -1,0 +1,18 @@
+"""forgetlab: measure what pretrained vision models forget when fine-tuned with parameter-efficient updates.
+
+The library API (:mod:`forgetlab.api`): ``forgetlab.run``, ``forgetlab.load_run``, ``forgetlab.load_sweep``,
+``forgetlab.report``, ``forgetlab.contextual``. Importing forgetlab imports nothing heavy; each function
+imports what it needs.
+"""
+
+from forgetlab.errors import ConfigError, DataError, ForgetlabError
+
+__all__ = ["ConfigError", "DataError", "ForgetlabError", "contextual", "load_run", "load_sweep", "report", "resolve", "run"]
+
+
+def __getattr__(name: str):
+    if name in ("run", "load_run", "load_sweep", "report", "resolve", "contextual", "Run"):
+        from forgetlab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'forgetlab' has no attribute '{name}'")

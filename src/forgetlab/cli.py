@@ -28,7 +28,7 @@ def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]
 
 
 def cmd_run(args) -> int:
-    from forgetlab.run import run
+    from forgetlab.runner import run
 
     config = _resolve(args)
     folder = run(config, log=_log(args))

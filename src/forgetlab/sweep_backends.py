@@ -88,7 +88,7 @@ class InProcessBackend:
 
     def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable) -> None:
         from forgetlab import config as config_module
-        from forgetlab.run import run
+        from forgetlab.runner import run
 
         for cell in cells:
             on_start(cell)
@@ -182,7 +182,7 @@ def _ray_cell(tree: dict, threads: int) -> tuple[str, str]:
     dies raises in the driver instead, and Ray runs the task again (it resumes)."""
     os.environ["FORGETLAB_THREADS"] = str(threads)
     from forgetlab import config as config_module
-    from forgetlab.run import run
+    from forgetlab.runner import run
 
     try:
         run(config_module.resolve(tree), log=lambda message: None)

@@ -121,8 +121,8 @@ def _mean_std(cell) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f}"
 
 
-def _tables(runs: list[RunResult], contextual: list[ContextualRow]) -> dict[str, tuple[list[str], list[list[str]]]]:
-    paper2 = paper2_table(runs)
+def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list[dict] | None = None) -> dict[str, tuple[list[str], list[list[str]]]]:
+    paper2 = paper2_table(runs) if paper2 is None else paper2
     rows = [run_row(run, runs) for run in runs]
     return {
         "Methods (paper 2's table: final accuracies, mean ± std over seeds)": (
@@ -171,6 +171,7 @@ th { background: #f0f0f0; } td.text, th { text-align: left; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 figcaption { font-size: 0.8em; color: #555; max-width: 600px; }
 img { max-width: 100%; }
+ul.findings li { margin: 0.4em 0; line-height: 1.4; }
 """
 # Marks the page once every figure has decoded, so a headless browser can check the page.
 _CHECK_SCRIPT = """
@@ -219,13 +220,17 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
                 for run in runs[:MAX_HEATMAPS]]  # fmt: skip
     sections.append((f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps))
 
-    tables = _tables(runs, contextual)
+    from forgetlab.analysis.findings import findings
+
+    paper2 = paper2_table(runs)
+    tables = _tables(runs, contextual, paper2)
+    sentences = findings(runs, contextual, paper2)
     title = f"forgetlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}"
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>From: {html.escape(', '.join(map(str, paths)))}</p>"]
     markdown = [f"# {title}", "", f"From: {', '.join(map(str, paths))}", ""]
-    for heading, (header, rows) in tables.items():
-        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
-        markdown += [f"## {heading}", "", _markdown_table(header, rows), ""]
+    if sentences:  # the first screen: what the runs show, then the figures, then the tables
+        body += ["<h2>Findings</h2>", "<ul class='findings'>", *[f"<li>{html.escape(s)}</li>" for s in sentences], "</ul>"]
+        markdown += ["## Findings", "", *[f"- {s}" for s in sentences], ""]
     for heading, items in sections:
         body.append(f"<h2>{html.escape(heading)}</h2>")
         markdown += [f"## {heading}", ""]
@@ -234,6 +239,9 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
             body.append(f'<figure><img alt="{html.escape(item.key)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{html.escape(item.caption)}</figcaption></figure>")  # fmt: skip
             markdown += [f"![{item.caption}](figures/{item.key}.png)", ""]
+    for heading, (header, rows) in tables.items():
+        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
+        markdown += [f"## {heading}", "", _markdown_table(header, rows), ""]
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_STYLE}</style><script>{_CHECK_SCRIPT}</script></head><body>{''.join(body)}</body></html>"

@@ -1,0 +1,182 @@
+"""forgetlab from Python: the functions the CLI calls, with results as pandas objects for notebooks.
+
+    import forgetlab
+
+    run = forgetlab.run(method__rank=16, name="r16")            # or a RunConfig, a YAML path, a dict
+    run = forgetlab.run("my.yaml", train__epochs=2)
+    run = forgetlab.run(preset="paper1-vit", data__root="/data")
+    run.matrix                 # DataFrame: rows = training phases, columns = tasks (upstream first)
+    run.metrics                # average accuracy, forgetting, BWT, plasticity, upstream drop
+    run.predictions(1)         # upstream predictions and labels after phase 1
+    table = forgetlab.load_sweep("runs/demo-rank-sweep")    # a row per cell: grid values, config, metrics
+    forgetlab.report(["runs/demo-rank-sweep"], out="runs/report")
+
+Overrides are keyword arguments with ``__`` for the dots of a config key (``method__rank=16`` is
+``method.rank=16``); values are Python values. Errors are the CLI's: :class:`forgetlab.ForgetlabError`
+with a one-line message naming the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from forgetlab import config as config_module
+from forgetlab.results import RunFolder
+
+
+def _overrides(overrides: dict[str, Any]) -> list[str]:
+    return [f"{key.replace('__', '.')}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key, value in overrides.items()]  # fmt: skip
+
+
+def resolve(config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None,
+            **overrides) -> config_module.RunConfig:  # fmt: skip
+    """A validated config from a :class:`RunConfig`, a YAML file, a dict or a preset, with overrides."""
+    if preset is not None:
+        from forgetlab.presets import preset_tree
+
+        if config is not None:
+            raise config_module.ConfigError("give a config or a preset, not both")
+        tree = preset_tree(preset)
+    elif isinstance(config, config_module.RunConfig):
+        tree = config_module.to_dict(config)
+    elif isinstance(config, (str, Path)):
+        tree = config_module.load_yaml(config)
+    else:
+        tree = dict(config or {})
+    return config_module.resolve(tree, _overrides(overrides))
+
+
+def run(config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None, log=print, **overrides) -> "Run":
+    """Run (or resume) a sequence; returns its :class:`Run`. ``log=None`` silences it."""
+    from forgetlab.runner import run as run_sequence
+
+    resolved = resolve(config, preset=preset, **overrides)
+    folder = run_sequence(resolved, log=log or (lambda message: None))
+    return Run(folder.path)
+
+
+def load_run(path: str | Path) -> "Run":
+    """A finished (or partly finished) run folder."""
+    from forgetlab.errors import DataError
+
+    folder = RunFolder(path)
+    if not folder.config.exists() or not folder.progress.exists():
+        raise DataError(f"{folder.path} is not a run folder with a commit (config.yaml and progress.json); give a folder 'forgetlab run' wrote")
+    return Run(folder.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run folder, read through its commit record (never a half-written state)."""
+
+    path: Path
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.path)
+
+    @cached_property
+    def config(self) -> config_module.RunConfig:
+        """The resolved config the run was made with (read through the current schema)."""
+        return config_module.resolve(config_module.normalise(yaml.safe_load(self.folder.config.read_text())))
+
+    @cached_property
+    def accuracy_matrix(self):
+        """The :class:`forgetlab.results.AccuracyMatrix` (phases, columns and values as stored)."""
+        return self.folder.read_matrix()
+
+    @property
+    def matrix(self):
+        """The accuracy matrix as a DataFrame: a row per training phase ('pretrained', 'after TASK'),
+        a column per task (the upstream task first); NaN where a task was not yet seen."""
+        import pandas as pd
+
+        matrix = self.accuracy_matrix
+        return pd.DataFrame(matrix.as_array(), index=matrix.row_labels(), columns=matrix.columns)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        from forgetlab.analysis.metrics import summarise
+
+        return summarise(self.accuracy_matrix.as_array(), trained=self.accuracy_matrix.trained())
+
+    @property
+    def tasks(self):
+        """Per phase: trainable parameters, steps, speed, loss, domain (a DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.folder.read_tasks())
+
+    @property
+    def upstream(self) -> dict:
+        """The upstream task's classes, their WordNet synsets and groups."""
+        from forgetlab.results import read_json
+
+        return read_json(self.folder.upstream)
+
+    @property
+    def completed(self) -> int:
+        return self.folder.completed_tasks()
+
+    def predictions(self, row: int = 0, kind: str = "after") -> dict[str, np.ndarray]:
+        """Upstream ``predictions`` and ``labels`` after phase ``row`` (0: the pretrained model);
+        ``kind='single'``: the pretrained backbone plus only that phase's adapter (``forgetlab single-adapter``)."""
+        if kind == "single":
+            from forgetlab.single_adapter import read_single_predictions
+
+            return read_single_predictions(self.folder, row)
+        return self.folder.read_predictions(row)
+
+    @property
+    def adapters(self) -> dict[str, Path]:
+        """Phase -> its stored LoRA adapter folder (PEFT's format: ``peft.PeftModel.from_pretrained``)."""
+        root = self.path / "adapters"
+        phases = self.accuracy_matrix.phases[: max(self.completed, 0)]
+        return {phase: root / phase for phase in phases if (root / phase).is_dir()}
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, {max(self.completed, 0)}/{self.accuracy_matrix.num_tasks} phases)"
+
+
+def load_sweep(path: str | Path):
+    """Every run under ``path`` (a sweep folder, or a folder of runs) as one DataFrame: a row per run
+    with its name, backbone, method, seed, metrics and every config key (``config.*`` columns)."""
+    import pandas as pd
+
+    from forgetlab.analysis.collect import find_runs
+    from forgetlab.analysis.tables import run_row
+
+    runs = find_runs([path])
+    return pd.DataFrame([run_row(run, runs) for run in runs]).set_index("run")
+
+
+def report(paths: list[str | Path] | str | Path, out: str | Path = "report", **options) -> Path:
+    """Write the HTML and Markdown report of runs and sweeps; returns ``report.html``'s path.
+    ``options``: ``permutations``, ``after`` ('sequence' | 'single'), ``similarity`` ('synset' | 'tokens')."""
+    from forgetlab.report import write_report
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    return write_report(paths, out, log=options.pop("log", lambda message: None), **options)
+
+
+def contextual(run: Run, phase: int = 1, *, after: str = "sequence", similarity: str = "synset", permutations: int = 10_000):
+    """Paper 1's contextual-forgetting test after ``phase`` of a run (see
+    :func:`forgetlab.analysis.contextual.contextual_forgetting`), with the class similarities."""
+    from forgetlab.analysis.collect import RunResult
+    from forgetlab.analysis.contextual import class_similarities, contextual_forgetting
+
+    result = RunResult(run.folder)
+    stored = run.predictions(0)
+    before = stored["predictions"] if after == "single" or phase == 1 else run.predictions(phase - 1)["predictions"]
+    later = run.predictions(phase, kind=after if after == "single" else "after")["predictions"]
+    domain = result.domain(phase)
+    similarity_per_class = class_similarities(domain, synsets=run.upstream.get("synsets"), names=run.upstream.get("classes"),
+                                              mode=similarity, domain_word=result.domain_word(phase))  # fmt: skip
+    return contextual_forgetting(before, later, stored["labels"], similarity_per_class, permutations=permutations, seed=phase)
