@@ -109,7 +109,9 @@ def _from_hub(config) -> Backbone:
 def load_backbone(config, *, pretrain_if_missing: bool = True, device=None) -> Backbone:
     if getattr(config, "random_init", False):
         num_classes = 1000 if config.num_classes is None else config.num_classes
-        model = create(config.name, num_classes=num_classes, **_create_kwargs(config))
+        with torch.random.fork_rng(devices=[]):  # the same random weights every time: smoke runs resume and caches hit
+            torch.manual_seed(0)
+            model = create(config.name, num_classes=num_classes, **_create_kwargs(config))
         return Backbone(model=model.eval(), name=config.name, recipe={"source": "random init (smoke test)"})
     if config.name in OFFLINE_BACKBONES and config.weights is None:
         folder = offline_backbone_dir(config.name)
