@@ -13,7 +13,7 @@ demo: setup
 	$(BIN)/forgetlab sweep sweeps/demo.yaml --quiet
 	$(BIN)/forgetlab report runs/default runs/demo-rank-sweep --out runs/demo-report
 
-test: setup test-tools
+test: setup $(VENV)/.installed-test test-tools
 	$(BIN)/python -m pytest -q -m "not benchmark"
 
 benchmark: setup
@@ -27,8 +27,13 @@ system-data:
 test-tools:
 	@bash scripts/install-system-data.sh --test
 
+# The demo needs forgetlab alone; the tests add PEFT (parity), Hypothesis (fuzzing) and Ray (the Ray backend).
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
 	touch $@
 
