@@ -125,10 +125,13 @@ class ProcessBackend:
         env = dict(os.environ, FORGETLAB_THREADS=str(max(1, (os.cpu_count() or 1) // len(self.slots))))
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
-        log = (self.folder / ".cells" / f"{cell.name}.log").open("a")
-        return subprocess.Popen([sys.executable, "-m", "forgetlab", "run", str(spec), *(["--quiet"] if quiet else [])], env=env,
-                                stdout=log if quiet else None, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=_die_with_parent)  # fmt: skip
+        # stderr goes to a file, not a pipe: a chatty child can never fill a pipe nobody reads yet
+        error_path = self.folder / ".cells" / f"{cell.name}.err"
+        with (self.folder / ".cells" / f"{cell.name}.log").open("a") as log, error_path.open("w") as errors:
+            process = subprocess.Popen([sys.executable, "-m", "forgetlab", "run", str(spec), *(["--quiet"] if quiet else [])], env=env,
+                                       stdout=log if quiet else None, stderr=errors, text=True, preexec_fn=_die_with_parent)  # fmt: skip
+        process.error_path = error_path  # the child holds its own copies of both files
+        return process
 
     def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable) -> None:
         queue = list(cells)
@@ -146,7 +149,8 @@ class ProcessBackend:
                     if process.poll() is None:
                         continue
                     del running[index]
-                    stderr = process.stderr.read() if process.stderr else ""
+                    error_path = getattr(process, "error_path", None)
+                    stderr = error_path.read_text(errors="replace") if error_path and error_path.exists() else ""
                     if process.returncode == 0:
                         on_done(Outcome(cell.name, "ran", attempts=attempts[cell.name]))
                     elif process.returncode < 0 and attempts[cell.name] <= self.retries:
