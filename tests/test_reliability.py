@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 import pytest
 
 from forgetlab import config as config_module
@@ -225,7 +226,7 @@ def test_scientific_notation_duplicate_keys_and_non_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------- fuzzing
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 KEYS = [key for key, _, _ in config_module.describe(config_module.resolve({})) if key not in ("name", "out_dir")]
@@ -257,6 +258,11 @@ def _exit_code(argv, capsys) -> tuple[int, str]:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=4))
+@example([("method", "0")])  # these four were tracebacks, found by fuzzing
+@example([("method", "[1, 2]")])
+@example([("method.name", "[1]")])
+@example([("train.task_epochs", "{[a]: 1}")])
+@example([("seed", "._")])
 def test_fuzzed_overrides_are_valid_or_one_line_errors_and_never_change_a_folder(guarded_run, capsys, pairs):
     out, overrides = guarded_run
     folder = out / "guarded"
@@ -281,6 +287,8 @@ YAML_TREES = st.recursive(st.one_of(st.integers(-3, 3), st.floats(allow_nan=True
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(YAML_TREES.map(lambda tree: __import__("yaml").safe_dump(tree)), st.sampled_from(JUNK), st.text(max_size=40)))
+@example("method: 0\n")  # found by this test in CI: a method section that is not a mapping was a traceback
+@example("train: 5\n")
 def test_fuzzed_yaml_files_are_valid_or_one_line_errors(guarded_run, capsys, tmp_path_factory, text):
     out, overrides = guarded_run
     path = tmp_path_factory.mktemp("yaml") / "fuzzed.yaml"
@@ -291,3 +299,75 @@ def test_fuzzed_yaml_files_are_valid_or_one_line_errors(guarded_run, capsys, tmp
     if code == 2:
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert {p: p.read_bytes() for p in (out / "guarded").rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+# ----------------------------------------------------------------------------- clean stops, permissions, names
+def _wait_for(predicate, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_sigterm_stops_a_run_within_seconds_and_it_resumes(random_backbones, tmp_path):
+    import signal
+    import time
+
+    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="term", **{"train.max_steps": 40, "data.max_train": 400})
+    process = subprocess.Popen([PYTHON, "-m", "forgetlab", "run", "--quiet", *overrides], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    folder = RunFolder(tmp_path / "term")
+    _wait_for(lambda: folder.progress.exists() and folder.completed_tasks() >= 1)
+    start = time.time()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130 and time.time() - start < 30
+    assert "run the same command again to resume" in process.stderr.read()
+    assert folder.completed_tasks() in (1, 2) and not list(folder.path.rglob("*.partial"))
+    assert run(config_module.resolve({}, overrides), log=lambda message: None).completed_tasks() == 2
+
+
+def test_killing_a_sweep_ends_its_workers(random_backbones, tmp_path):
+    import signal
+
+    from tests.test_sweep_report import _sweep_file
+
+    path = _sweep_file(tmp_path, random_backbones["offline_vit"], {"seed": [0, 1]})
+    definition = yaml.safe_load(path.read_text())
+    definition["base"]["train"]["max_steps"] = 400
+    path.write_text(yaml.safe_dump(definition))
+    sweep = subprocess.Popen([PYTHON, "-m", "forgetlab", "sweep", str(path), "--quiet", "--jobs", "2"], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    folders = [RunFolder(tmp_path / "runs" / "tiny" / f"seed{s}") for s in (0, 1)]
+    from forgetlab.results import lock_holder
+
+    _wait_for(lambda: all(f.lock_file.exists() and lock_holder(f) for f in folders))
+    workers = [int(lock_holder(f).split()[1]) for f in folders]
+    sweep.send_signal(signal.SIGKILL)  # the sweep dies without cleaning up: its workers get SIGTERM from the kernel
+    sweep.wait(timeout=30)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as handle:  # a zombie waiting for its parent counts as gone
+            return handle.read().split()[2] == "Z"
+
+    _wait_for(lambda: all(gone(pid) for pid in workers), timeout=60)
+
+
+def test_result_files_follow_the_umask_and_sweep_names_stay_inside_out_dir(random_backbones, tmp_path):
+    from forgetlab.sweep import load_sweep
+
+    old = os.umask(0o022)
+    try:
+        folder = run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="modes",
+                                                              **{"data.tasks": "[digits]"})), log=lambda message: None)  # fmt: skip
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.path.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert modes and set(modes.values()) == {0o644}, modes
+    (tmp_path / "escape.yaml").write_text(yaml.safe_dump({"name": "../../x", "grid": {"seed": [0]}}))
+    with pytest.raises(ConfigError, match="must be a plain folder name"):
+        load_sweep(tmp_path / "escape.yaml")

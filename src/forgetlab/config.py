@@ -162,7 +162,7 @@ class _Loader(yaml.SafeLoader):
 _Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?$"),
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?$"),
     list("-+0123456789."),
 )
 
@@ -171,6 +171,8 @@ def _mapping_without_duplicates(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (list, dict, set)):
+            raise ConfigError(f"a key at line {key_node.start_mark.line + 1} is a {type(key).__name__}; keys must be names")
         if key in seen:
             mark = key_node.start_mark
             raise ConfigError(f"key '{key}' appears twice (line {mark.line + 1}); keep one")
@@ -259,8 +261,12 @@ def from_dict(cls, data, prefix: str = ""):
 def method_config_from_dict(data) -> Any:
     from forgetlab.methods import method_class
 
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"'method' must be a mapping such as {{name: lora, rank: 4}}, got {data!r}")
     data = dict(DEFAULT_METHOD if data is None else data)
     name = data.pop("name", DEFAULT_METHOD["name"])
+    if not isinstance(name, str):
+        raise ConfigError(f"'method.name' must be a method's name, got {name!r}")
     return from_dict(method_class(name).Config, {**data, "name": name}, prefix="method.")
 
 
