@@ -34,6 +34,9 @@ class FakeRun:
     def __post_init__(self):
         self.method = f"lora r={self.rank}"
 
+    def config_key(self, *ignored):
+        return "the same config but for rank and seed"
+
 
 def test_spearman_and_its_bootstrap_interval_match_hand_values():
     assert spearman([1, 2, 3, 4], [0.9, 0.8, 0.7, 0.1]) == pytest.approx(-1.0)

@@ -46,15 +46,16 @@ def bootstrap_interval(x, y, statistic=spearman, resamples: int = 2000, seed: in
 
 
 def rank_findings(runs) -> list[str]:
-    groups = defaultdict(list)  # (backbone, variant) -> [(rank, final upstream accuracy)]
+    groups = defaultdict(list)  # (backbone, variant, the rest of the config) -> [(rank, final upstream accuracy)]
     for run in runs:
         method = run.config["method"]
         if method["name"] != "lora" or method.get("policy") == "keep" or run.completed < run.matrix.num_tasks:
             continue
         variant = " ".join(run.method.split(" ")[2:])
-        groups[(run.backbone, variant)].append((method["rank"], float(run.matrix.as_array()[-1, 0])))
+        # Only runs that differ in rank and seed alone are compared (as the rank curves do).
+        groups[(run.backbone, variant, run.config_key("method.rank"))].append((method["rank"], float(run.matrix.as_array()[-1, 0])))
     sentences = []
-    for (backbone, variant), pairs in sorted(groups.items()):
+    for (backbone, variant, _), pairs in sorted(groups.items()):
         ranks = sorted({rank for rank, _ in pairs})
         if len(ranks) < 2 or len(pairs) < 3:
             continue
