@@ -44,6 +44,8 @@ def test_run_and_load_run_give_the_matrix_metrics_predictions_and_adapters(rando
 
 
 def test_load_sweep_is_one_dataframe_and_report_writes_the_page(random_backbones, tmp_path):
+    import forgetlab.reporting  # noqa: F401 - importing every subpackage first must not shadow an API function
+    import forgetlab.runner  # noqa: F401
     from tests.test_sweep_report import _sweep_file
     from forgetlab.sweep import load_sweep, run_sweep
 

@@ -160,7 +160,7 @@ def load_sweep(path: str | Path):
 def report(paths: list[str | Path] | str | Path, out: str | Path = "report", **options) -> Path:
     """Write the HTML and Markdown report of runs and sweeps; returns ``report.html``'s path.
     ``options``: ``permutations``, ``after`` ('sequence' | 'single'), ``similarity`` ('synset' | 'tokens')."""
-    from forgetlab.report import write_report
+    from forgetlab.reporting import write_report
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     return write_report(paths, out, log=options.pop("log", lambda message: None), **options)

@@ -157,7 +157,7 @@ def _positive_int(value: str, option: str) -> int:
 
 
 def cmd_report(args) -> int:
-    from forgetlab.report import write_report
+    from forgetlab.reporting import write_report
 
     if args.permutations < 1:
         raise ForgetlabError("--permutations must be at least 1")

@@ -15,7 +15,7 @@ from forgetlab.analysis.collect import RunResult, find_runs
 from forgetlab.analysis.contextual import ContextualTest, class_similarities, contextual_forgetting
 from forgetlab.analysis.perclass import class_changes
 from forgetlab.analysis.tables import paper2_table, run_row
-from forgetlab.report import figures
+from forgetlab.reporting import figures
 from forgetlab.results import atomic_write_bytes, atomic_write_text
 from forgetlab.runtime import progress
 

@@ -1,5 +1,5 @@
 """The report: figures (PNG and SVG) and a self-contained HTML page plus a Markdown summary."""
 
-from forgetlab.report.page import write_report
+from forgetlab.reporting.page import write_report
 
 __all__ = ["write_report"]
