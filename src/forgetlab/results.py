@@ -322,10 +322,6 @@ class RunFolder:
             return state["upstream_eval"]
         return read_json(self.upstream_eval)[: self.completed_tasks() + 1] if self.upstream_eval.exists() else []
 
-    def write_matrix(self, matrix: AccuracyMatrix) -> None:
-        write_json(self.matrix, matrix.to_json())
-        atomic_write_text(self.matrix_csv, matrix.to_csv())
-
     def read_predictions(self, after_task: int) -> dict[str, np.ndarray]:
         path = self.predictions(after_task)
         try:

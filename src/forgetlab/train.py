@@ -101,7 +101,7 @@ def make_optimizer(parameters, train_config, device: torch.device | None = None)
     return torch.optim.AdamW(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay, **fused)
 
 
-def compiled(model, train_config, device: torch.device, log=print):
+def compiled(model, train_config, device: torch.device):
     """``model`` under ``torch.compile`` when the config asks for it (``auto``: on CUDA), else itself.
     Compilation happens at the first call; :func:`train_task` falls back to eager if that fails."""
     wanted = train_config.compile == "on" or (train_config.compile == "auto" and device.type == "cuda")
