@@ -361,3 +361,28 @@ def test_every_sweep_file_resolves_and_the_figure_sweeps_cover_the_papers_grid(m
     assert {c.config.lwf.alpha for c in lwf} == {0, 5} and len(lwf) == 7 * 2 * 4
     orders = {tuple(c.config.data.tasks) for c in sweeps["paper1_orders"].cells}
     assert ("fgvc_aircraft", "cub200", "flowers102", "stanford_cars") in orders and len(orders) == 2
+
+
+def test_single_adapter_predictions_reuse_the_stored_adapters(random_backbones, tmp_path):
+    """Phase 1's "pretrained + its adapter alone" is exactly the sequence after phase 1 (merge policy);
+    phase 2's differs from the sequence, which carries phase 1's update too."""
+    from forgetlab.reporting.page import contextual_rows
+    from forgetlab.analysis.collect import RunResult
+    from forgetlab.single_adapter import read_single_predictions, single_adapter_predictions
+
+    config = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="single", **{"train.lr": 0.05}))
+    folder = run(config, log=lambda message: None)
+    with pytest.raises(Exception, match="single-adapter"):
+        read_single_predictions(folder, 1)
+    written = single_adapter_predictions(folder.path, device="cpu", log=lambda message: None)
+    assert [p.name for p in written] == ["upstream_single_1.npz", "upstream_single_2.npz"]
+    first = read_single_predictions(folder, 1)
+    assert np.array_equal(first["predictions"], folder.read_predictions(1)["predictions"])
+    assert np.array_equal(first["labels"], folder.read_predictions(1)["labels"])
+    assert single_adapter_predictions(folder.path, device="cpu", log=lambda message: None) == []  # existing files kept
+    rows = contextual_rows([RunResult(folder)], permutations=50, after="single")
+    assert [row.task for row in rows] == ["fontfamily", "digits"]
+    pretrained = folder.read_predictions(0)
+    second = read_single_predictions(folder, 2)["predictions"]
+    expected = ((pretrained["predictions"] == pretrained["labels"]) & (second != pretrained["labels"])).sum()
+    assert rows[1].test.forgotten == expected

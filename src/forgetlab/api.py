@@ -85,7 +85,7 @@ class Run:
     @cached_property
     def config(self) -> config_module.RunConfig:
         """The resolved config the run was made with (read through the current schema)."""
-        return config_module.resolve(config_module.normalise(yaml.safe_load(self.folder.config.read_text())))
+        return config_module.load_stored(self.folder.config)
 
     @cached_property
     def accuracy_matrix(self):

@@ -409,6 +409,11 @@ def normalise(stored: dict) -> dict:
         return stored
 
 
+def load_stored(path: str | Path) -> RunConfig:
+    """The resolved config of a run folder's ``config.yaml``, read through the current schema."""
+    return resolve(normalise(yaml.safe_load(Path(path).read_text())))
+
+
 def dump(config: RunConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 

@@ -77,6 +77,18 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def upstream_task(config, backbone):
+    """``(preprocess, upstream task)`` as a run scores it: the backbone's preprocessing (None for the
+    offline world, whose images bring their own), the upstream test set in the config's subset."""
+    preprocess = None
+    if not backbone.name.startswith("offline_"):
+        preprocess = preprocess_for(backbone.model, config.backbone.image_size, config.preprocess)
+    upstream = build_task(config.data.upstream, config.data, preprocess.for_upstream() if preprocess else None)
+    if config.eval.upstream_subset is not None and hasattr(upstream.test, "subset"):
+        upstream.test = upstream.test.subset(config.eval.upstream_subset, seed=config.seed)
+    return preprocess, upstream
+
+
 def read_checkpoint(path: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -160,12 +172,7 @@ def _run(config, log, hold) -> RunFolder:
     amp_dtype = autocast_dtype(device, config.precision)
     configure_matmul_precision(device, config.precision)
     backbone = load_backbone(config.backbone, device=device)
-    preprocess = None
-    if not backbone.name.startswith("offline_"):  # the offline world's images bring their own preprocessing
-        preprocess = preprocess_for(backbone.model, config.backbone.image_size, config.preprocess)
-    upstream = build_task(config.data.upstream, config.data, preprocess.for_upstream() if preprocess else None)
-    if config.eval.upstream_subset is not None and hasattr(upstream.test, "subset"):
-        upstream.test = upstream.test.subset(config.eval.upstream_subset, seed=config.seed)
+    preprocess, upstream = upstream_task(config, backbone)
     # Phases: one per name in data.tasks. Several phases may train one task (paper 1's long setting:
     # NAME:samples_half1, then NAME:samples_half2), which then shares its head and matrix column.
     tasks = [build_task(name, config.data, preprocess, seed=config.seed) for name in config.data.tasks]

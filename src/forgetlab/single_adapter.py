@@ -14,17 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from forgetlab import config as config_module
-from forgetlab.data import build_task
 from forgetlab.data.base import dataset_labels
-from forgetlab.data.files import preprocess_for
 from forgetlab.errors import ConfigError, DataError
 from forgetlab.evaluate import predict
 from forgetlab.models import lora_layers
 from forgetlab.models.adapter_files import load_adapter
 from forgetlab.models.backbones import load_backbone
+from forgetlab.runner import upstream_task
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.results import RunFolder, write_npz
 from forgetlab.runtime import autocast_dtype, resolve_device
@@ -39,7 +37,7 @@ def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", bat
     folder = RunFolder(run_dir)
     if not folder.config.exists() or not folder.progress.exists():
         raise DataError(f"{folder.path} is not a run folder with finished tasks; give a folder 'forgetlab run' wrote")
-    config = config_module.resolve(config_module.normalise(yaml.safe_load(folder.config.read_text())))
+    config = config_module.load_stored(folder.config)
     if config.method.name != "lora":
         raise ConfigError(f"{folder.path} is a {config.method.name} run; single-adapter predictions need a LoRA run (method.name=lora)")
     if config.eval.upstream_evaluator != "head":
@@ -49,10 +47,7 @@ def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", bat
     torch_device = resolve_device(device)
     amp_dtype = autocast_dtype(torch_device, config.precision)
     backbone = load_backbone(config.backbone, device=torch_device)
-    preprocess = None if backbone.name.startswith("offline_") else preprocess_for(backbone.model, config.backbone.image_size, config.preprocess)
-    upstream = build_task(config.data.upstream, config.data, preprocess.for_upstream() if preprocess else None)
-    if config.eval.upstream_subset is not None and hasattr(upstream.test, "subset"):
-        upstream.test = upstream.test.subset(config.eval.upstream_subset, seed=config.seed)
+    _, upstream = upstream_task(config, backbone)  # the upstream test set exactly as the run scored it
     labels = dataset_labels(upstream.test)
     pretrained = {name: tensor.clone() for name, tensor in backbone.model.state_dict().items()}
     written = []
