@@ -106,7 +106,7 @@ def test_other_config_in_existing_folder_is_refused_and_nothing_is_touched(rando
 
 def test_method_that_does_not_apply_is_refused_before_anything_is_written(random_backbones, tmp_path):
     overrides = tiny_overrides(random_backbones["offline_resnet"], tmp_path, name="expanded", **{"method.name": "block_expansion"})
-    _assert_one_line_error(*_cli("run", *overrides), "block_expansion is defined for ViTs only")
+    _assert_one_line_error(*_cli("run", *overrides), "block_expansion needs a sequence of blocks")
     assert not (tmp_path / "expanded").exists()
 
 

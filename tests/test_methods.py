@@ -69,7 +69,7 @@ def test_every_method_keeps_the_contract(method_name, backbone):
     model = MultiHeadModel(random_backbone(backbone))
     method = _method(method_name)
     if not _applies(method_name, backbone):
-        with pytest.raises(ConfigError, match="ViTs only"):
+        with pytest.raises(ConfigError, match="needs a sequence of blocks"):
             method.check(model.backbone)
         return
     method.check(model.backbone)
@@ -184,7 +184,7 @@ def test_block_expansion_is_the_identity_at_init_then_trains_only_new_blocks_and
 
 
 def test_block_expansion_refuses_resnets_and_uneven_groups():
-    with pytest.raises(ConfigError, match="ViTs only"):
+    with pytest.raises(ConfigError, match="needs a sequence of blocks"):
         _method("block_expansion").check(random_backbone("offline_resnet"))
     with pytest.raises(ConfigError, match="dividing 6"):
         _method("block_expansion", copies=4).check(random_backbone("offline_vit"))

@@ -40,6 +40,7 @@ class BackboneConfig:
     image_size: int | None = option(None, "input size override (smoke runs at reduced size); default: the backbone's pretrained_cfg")
     random_init: bool = option(False, "random weights instead of pretrained ones (smoke tests of real architectures only)")
     num_classes: int | None = option(None, "upstream head size with random_init (default 1000; 0 for a headless backbone)")
+    kwargs: dict[str, Any] = option({}, "extra keyword arguments of timm.create_model (e.g. drop_path_rate, or depth and embed_dim of a tiny smoke model)")
 
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")

@@ -97,12 +97,3 @@ def method_class(name: str) -> type[Method]:
 
 def build_method(config) -> Method:
     return method_class(config.name)(config)
-
-
-def backbone_kind(backbone: nn.Module) -> str:
-    """'vit' or 'resnet', from timm's structure (blocks vs layer1..4)."""
-    if hasattr(backbone, "blocks"):
-        return "vit"
-    if hasattr(backbone, "layer4"):
-        return "resnet"
-    raise ConfigError(f"backbone {type(backbone).__name__} is neither a timm ViT nor a timm ResNet")

@@ -1,9 +1,11 @@
 """Block Expansion (LLaMA Pro; paper 2's best trade-off): ``copies`` identity-initialised copies of
-blocks are inserted evenly into the ViT and only they (and the task head) train, so the original
+blocks are inserted evenly into the blocks and only they (and the task head) train, so the original
 blocks, and with them the pretrained features they compute, stay exactly as they were.
 
 In a sequence every task inserts its own ``copies`` new blocks (earlier ones freeze with the rest),
 which is LLaMA Pro's recipe applied per task. The surgery lives in :mod:`forgetlab.models.expansion`.
+It applies to every timm model with a ``blocks`` sequence (ViT, DeiT, DINOv2, EVA, BEiT), or one per
+stage (Swin, ConvNeXt: positions then count the blocks across stages, and a copy stays in its stage).
 For ResNets the method is not defined (a bottleneck has no pre-norm residual form whose identity
 copy is obvious; zeroing ``bn3``'s gain would be an analogue, but no paper defines it), so it is a
 config error there.
@@ -15,9 +17,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from forgetlab.errors import ConfigError
-from forgetlab.methods.base import Method, backbone_kind, register_method
-from forgetlab.models.expansion import expand_blocks, expansion_positions
+from forgetlab.methods.base import Method, register_method
+from forgetlab.models.expansion import all_blocks, expand_blocks, expansion_positions, identity_copy
+from forgetlab.models.families import block_sequences
 
 
 @dataclass
@@ -35,9 +37,9 @@ class BlockExpansion(Method):
     Config = BlockExpansionConfig
 
     def check(self, backbone: nn.Module) -> None:
-        if backbone_kind(backbone) != "vit":
-            raise ConfigError("block_expansion is defined for ViTs only; use method.name=topk, lora or full for a ResNet")
-        expansion_positions(len(backbone.blocks), self.config.copies, self.config.split, self.config.positions)
+        blocks = [block for _, sequence in block_sequences(backbone) for block in sequence]
+        expansion_positions(len(blocks), self.config.copies, self.config.split, self.config.positions)
+        identity_copy(blocks[-1])  # has output projections to zero
 
     def _expand(self, backbone) -> list[int]:
         return expand_blocks(backbone, self.config.copies, self.config.split, self.config.positions)
@@ -45,8 +47,9 @@ class BlockExpansion(Method):
     def prepare(self, model, task: str) -> None:
         super().prepare(model, task)
         inserted = self._expand(model.backbone)
+        blocks = all_blocks(model.backbone)
         for index in inserted:
-            model.backbone.blocks[index].requires_grad_(True)
+            blocks[index].requires_grad_(True)
 
     def restore(self, model, phases, folder) -> None:
         # The checkpoint holds the expanded blocks' weights; rebuild the structure they belong to.

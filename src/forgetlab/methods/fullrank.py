@@ -21,7 +21,8 @@ from forgetlab.methods.lora import TARGETS, target_modules
 @dataclass
 class FullRankConfig:
     name: str = field(default="fullrank", metadata={"help": "the method"})
-    targets: str = field(default="default", metadata={"help": f"the weights that train, as LoRA's targets: {', '.join(t for t in TARGETS if t != 'q,v')}"})
+    targets: str = field(default="default", metadata={"help": "the weights that train, as LoRA's targets (all but q,v): "
+                                                                    f"{', '.join(t for t in TARGETS if t != 'q,v')}, suffixes or re:REGEX"})
 
 
 @register_method
@@ -31,7 +32,7 @@ class FullRank(Method):
 
     def __init__(self, config: FullRankConfig):
         super().__init__(config)
-        if config.targets not in TARGETS or config.targets == "q,v":
+        if not config.targets.strip() or config.targets == "q,v":
             raise ConfigError(f"method.targets '{config.targets}' is not available at full rank; choose one of: "
                               f"{', '.join(t for t in TARGETS if t != 'q,v')}")  # fmt: skip
 

@@ -2,17 +2,23 @@
 the task ends (Soutif--Cormerais et al., 2025), so every task leaves a low-rank update of at most
 ``rank`` per adapted matrix behind in the weights.
 
-Targets (``targets``):
+Targets (``targets``), for any timm backbone (:mod:`forgetlab.models.families`):
 
-=============== ============================================================= =====================
-``default``     ``qkv`` for a ViT, ``conv3`` for a ResNet                       paper 1
-``qkv``         the fused ``attn.qkv`` of every block; one rank shared by q,k,v paper 1 (ViT)
-``q,v``         only the query and value rows of ``attn.qkv``                  paper 2
-``attn``        ``attn.qkv`` and ``attn.proj``
-``all_linear``  every linear layer of the backbone (not the heads)
-``conv3``       the 1x1 ``conv3`` of every bottleneck                           paper 1 (ResNet)
-``all_conv``    every convolution of the backbone
-=============== ============================================================= =====================
+=================== ========================================================= =====================
+``default``         the family's: ``attn.qkv`` (ViT, DeiT, DINOv2, EVA, BEiT,   paper 1 (ViT, ResNet),
+                    Swin), ``mlp.fc1,mlp.fc2`` (ConvNeXt), ``conv3`` (ResNet)  paper 2, common practice
+``qkv``             the fused ``attn.qkv`` of every block; one rank for q,k,v  paper 1 (ViT)
+``q,v``             only the query and value rows of ``attn.qkv``             paper 2
+``attn``            ``attn.qkv`` and ``attn.proj``
+``all_linear``      every linear layer of the backbone (not the heads)
+``conv3``           the 1x1 ``conv3`` of every bottleneck                      paper 1 (ResNet)
+``all_conv``        every ungrouped convolution of the backbone
+``a.b,c``           PEFT-style module-name suffixes (``mlp.fc1,mlp.fc2``)
+``re:REGEX``        module names matching REGEX in full (PEFT's string form)
+=================== ========================================================= =====================
+
+Before anything is written, one forward pass proves every chosen layer is really used through its
+adapter (:func:`~forgetlab.models.families.check_adaptable`).
 
 End-of-task policies (``policy``):
 
@@ -38,14 +44,13 @@ from pathlib import Path
 from torch import nn
 
 from forgetlab.errors import ConfigError
-from forgetlab.methods.base import Method, backbone_kind, register_method
+from forgetlab.methods.base import Method, register_method
+from forgetlab.models import families
 from forgetlab.models import lora_layers
 from forgetlab.models.adapter_files import load_adapter, save_adapter
 
 POLICIES = ("merge", "keep")
-TARGETS = ("default", "qkv", "q,v", "attn", "all_linear", "conv3", "all_conv")
-_VIT_ONLY = ("qkv", "q,v", "attn")
-_RESNET_ONLY = ("conv3",)
+TARGETS = ("default", "qkv", "q,v", "attn", "all_linear", "conv3", "all_conv")  # named sets; patterns too
 
 
 @dataclass
@@ -54,7 +59,8 @@ class LoRAConfig:
     rank: int = field(default=4, metadata={"help": "rank r of every adapter"})
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; default 2 x rank (paper 1)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter's input (paper 1: 0.1)"})
-    targets: str = field(default="default", metadata={"help": f"modules to adapt: {', '.join(TARGETS)}"})
+    targets: str = field(default="default", metadata={"help": f"modules to adapt: {', '.join(TARGETS)}, "
+                                                                    "module-name suffixes (a.b,c) or re:REGEX"})
     policy: str = field(default="merge", metadata={"help": "end of a task: 'merge' into the weights (paper 1) or 'keep' per-task adapters"})
 
 
@@ -69,8 +75,8 @@ class LoRA(Method):
             raise ConfigError("method.rank must be at least 1")
         if not 0 <= config.dropout < 1:
             raise ConfigError("method.dropout must be in [0, 1)")
-        if config.targets not in TARGETS:
-            raise ConfigError(f"method.targets '{config.targets}' is unknown; choose one of: {', '.join(TARGETS)}")
+        if not config.targets.strip():
+            raise ConfigError(f"method.targets is empty; choose one of: {', '.join(TARGETS)}, suffixes or re:REGEX")
         if config.policy not in POLICIES:
             raise ConfigError(f"method.policy '{config.policy}' is unknown; choose 'merge' or 'keep'")
         self.isolates_tasks = config.policy == "keep"
@@ -85,7 +91,9 @@ class LoRA(Method):
         return target_modules(backbone, self.config.targets)
 
     def check(self, backbone: nn.Module) -> None:
-        self.target_modules(backbone)
+        chosen = self.target_modules(backbone)
+        wrap = lambda name, module: lora_layers.wrap(module, self.config.rank, self.alpha, 0.0, chosen[name])  # noqa: E731
+        families.check_adaptable(backbone, list(chosen), wrap)
 
     def prepare(self, model, task: str) -> None:
         super().prepare(model, task)  # freeze the backbone; the adapters are the only new parameters
@@ -132,30 +140,9 @@ class LoRA(Method):
 
 def target_modules(backbone: nn.Module, targets: str) -> dict[str, dict | None]:
     """``module name -> out_slices`` (None: the whole layer) of the layers ``targets`` names."""
-    kind = backbone_kind(backbone)
-    if targets == "default":
-        targets = "qkv" if kind == "vit" else "conv3"
-    if (kind == "resnet" and targets in _VIT_ONLY) or (kind == "vit" and targets in _RESNET_ONLY):
-        raise ConfigError(f"method.targets '{targets}' does not apply to a {kind}; see 'forgetlab config --help'")
-    head = backbone.get_classifier()
-    head_names = {name for name, module in backbone.named_modules() if module is head}
-    chosen = {}
-    for name, module in backbone.named_modules():
-        if name in head_names:
-            continue
-        if targets in ("qkv", "q,v", "attn") and name.endswith("attn.qkv"):
-            chosen[name] = _qv_slices(module) if targets == "q,v" else None
-        elif targets == "attn" and name.endswith("attn.proj"):
-            chosen[name] = None
-        elif targets == "all_linear" and isinstance(module, nn.Linear):
-            chosen[name] = None
-        elif targets == "conv3" and name.endswith(".conv3") and isinstance(module, nn.Conv2d):
-            chosen[name] = None
-        elif targets == "all_conv" and isinstance(module, nn.Conv2d):
-            chosen[name] = None
-    if not chosen:
-        raise ConfigError(f"method.targets '{targets}' matched no module of this backbone")
-    return chosen
+    if targets == "q,v":
+        return {name: _qv_slices(backbone.get_submodule(name)) for name in families.select_modules(backbone, "qkv", kinds=(nn.Linear,))}
+    return dict.fromkeys(families.select_modules(backbone, targets))
 
 
 def _qv_slices(qkv: nn.Linear) -> dict[str, tuple[int, int]]:

@@ -1,8 +1,9 @@
-"""Top-k fine-tuning: only the last ``k`` transformer blocks (ViT) or residual stages (ResNet) train,
-plus the final norm where there is one (paper 2's "top-3 blocks").
+"""Top-k fine-tuning: only the last ``k`` blocks train, plus the final norm (paper 2's "top-3 blocks").
 
-Blocks and stages are found through timm's own structure (``blocks``; ``layer1..layer4``), so any timm
-ViT or ResNet works.
+The blocks are timm's own parameter groups (``group_matcher``, the grouping timm uses for layer-wise
+learning-rate decay), so any timm model that has one works: transformer blocks for the ViT family,
+Swin and ConvNeXt; residual stages (``layer1..layer4``) for a ResNet, where no paper defines top-k and
+forgetlab keeps its stages as the unit. See :func:`forgetlab.models.families.top_groups`.
 """
 
 from __future__ import annotations
@@ -11,27 +12,20 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from forgetlab.errors import ConfigError
-from forgetlab.methods.base import Method, backbone_kind, register_method
+from forgetlab.methods.base import Method, register_method
+from forgetlab.models.families import top_groups
 
 
 @dataclass
 class TopKConfig:
     name: str = field(default="topk", metadata={"help": "the method"})
-    k: int = field(default=3, metadata={"help": "number of last blocks (ViT) or stages (ResNet) that train (paper 2: 3)"})
+    k: int = field(default=3, metadata={"help": "number of last blocks (ResNet: stages) that train, as timm's group_matcher groups them (paper 2: 3)"})
 
 
-def trainable_groups(backbone: nn.Module, k: int) -> list[nn.Module]:
-    """The modules top-k trains: the last ``k`` blocks or stages, and the final norm(s)."""
-    if backbone_kind(backbone) == "vit":
-        units = list(backbone.blocks)
-        finals = [getattr(backbone, name, None) for name in ("norm", "fc_norm")]
-    else:
-        units = [getattr(backbone, f"layer{i}") for i in range(1, 5)]
-        finals = []
-    if not 1 <= k <= len(units):
-        raise ConfigError(f"method.k={k} but this backbone has {len(units)} blocks/stages; pick k in 1..{len(units)}")
-    return units[len(units) - k :] + [module for module in finals if module is not None and any(True for _ in module.parameters())]
+def trainable_parameters_of(backbone: nn.Module, k: int) -> list[nn.Parameter]:
+    """The parameters top-k trains: the last ``k`` blocks or stages, and the final norm(s)."""
+    named = dict(backbone.named_parameters())
+    return [named[name] for name in top_groups(backbone, k)]
 
 
 @register_method
@@ -40,9 +34,9 @@ class TopK(Method):
     Config = TopKConfig
 
     def check(self, backbone: nn.Module) -> None:
-        trainable_groups(backbone, self.config.k)
+        trainable_parameters_of(backbone, self.config.k)
 
     def prepare(self, model, task: str) -> None:
         super().prepare(model, task)
-        for module in trainable_groups(model.backbone, self.config.k):
-            module.requires_grad_(True)
+        for parameter in trainable_parameters_of(model.backbone, self.config.k):
+            parameter.requires_grad_(True)

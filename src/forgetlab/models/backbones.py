@@ -72,6 +72,10 @@ def create(name: str, num_classes: int, **kwargs) -> nn.Module:
         if "Unknown model" in str(error):
             raise ConfigError(f"unknown backbone '{name}'; use offline_vit, offline_resnet or a timm model name") from error
         raise
+    except TypeError as error:  # a keyword the architecture does not take
+        if "img_size" in str(error) and "img_size" in kwargs:  # a ResNet or ConvNeXt: any input size works
+            return create(name, num_classes, **{k: v for k, v in kwargs.items() if k != "img_size"})
+        raise ConfigError(f"timm's {name} refuses its arguments ({error}); check backbone.kwargs and backbone.image_size") from error
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -84,19 +88,25 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
 
 
 def _create_kwargs(config) -> dict:
-    kwargs = {}
-    if getattr(config, "image_size", None) and _is_vit(config.name):
-        kwargs["img_size"] = config.image_size
+    """``backbone.kwargs``, and ``img_size`` when ``backbone.image_size`` is set (:func:`create` drops it
+    for architectures that take any size and no such argument, as convolutional networks)."""
+    kwargs = dict(getattr(config, "kwargs", None) or {})
+    if getattr(config, "image_size", None):
+        kwargs.setdefault("img_size", config.image_size)
     return kwargs
 
 
-def _is_vit(name: str) -> bool:
-    return name.split(".")[0].startswith(("vit_", "deit", "offline_vit"))
-
-
 def _from_hub(config) -> Backbone:
+    kwargs = _create_kwargs(config)
     try:
-        model = timm.create_model(config.name, pretrained=True, **_create_kwargs(config))
+        try:
+            model = timm.create_model(config.name, pretrained=True, **kwargs)
+        except TypeError as error:
+            if "img_size" not in str(error):
+                raise ConfigError(f"timm's {config.name} refuses its arguments ({error}); check backbone.kwargs") from error
+            model = timm.create_model(config.name, pretrained=True, **{k: v for k, v in kwargs.items() if k != "img_size"})
+    except ConfigError:
+        raise
     except Exception as error:  # no cache and no network, or a name without weights
         architecture, _, tag = config.name.partition(".")
         raise DataError(

@@ -45,49 +45,98 @@ def expansion_positions(depth: int, copies: int, split: int | None = None, posit
     return chosen
 
 
+OUTPUT_PROJECTIONS = ("attn.proj", "mlp.fc2")  # the last layer of each residual branch, in timm's blocks
+
+
 def identity_copy(block: nn.Module) -> nn.Module:
-    """A copy of ``block`` whose residual branches output zero: the identity on its input."""
+    """A copy of ``block`` whose residual branches output zero: the identity on its input, for a
+    pre-norm residual block (ViT, DeiT, DINOv2, EVA, BEiT and Swin: ``attn.proj`` and ``mlp.fc2``;
+    ConvNeXt: ``mlp.fc2``). :func:`expand_blocks` checks the identity on a real input."""
     new = copy.deepcopy(block)
-    for path in ("attn.proj", "mlp.fc2"):
+    found = []
+    for path in OUTPUT_PROJECTIONS:
         try:
             layer = new.get_submodule(path)
-        except AttributeError as error:
-            raise ConfigError(f"block expansion needs '{path}' in every block; {type(block).__name__} has none") from error
+        except AttributeError:
+            continue
+        found.append(path)
         with torch.no_grad():
             layer.weight.zero_()
-            if layer.bias is not None:
+            if getattr(layer, "bias", None) is not None:
                 layer.bias.zero_()
-    _check_identity(new)
+    if not found:
+        raise ConfigError(f"block expansion zeroes a block's output projections ({' / '.join(OUTPUT_PROJECTIONS)}) and "
+                          f"{type(block).__name__} has neither; it does not apply to this backbone")  # fmt: skip
     return new
 
 
 @torch.no_grad()
-def _check_identity(block: nn.Module) -> None:
-    weight = block.get_submodule("attn.proj").weight
-    tokens = torch.randn(2, 5, weight.shape[0], device=weight.device, dtype=weight.dtype)
-    was_training = block.training
-    block.eval()
-    output = block(tokens)
-    block.train(was_training)
-    if not torch.equal(output, tokens):
-        raise ConfigError(f"{type(block).__name__} is not the identity with zeroed output projections; block expansion does not apply")
+def _block_inputs(model: nn.Module, blocks: list[nn.Module]) -> dict[int, tuple[tuple, dict]]:
+    """The ``(args, kwargs)`` each of ``blocks`` receives in one forward pass of ``model`` on an example
+    image (so blocks that take more than a tensor, as BEiT's relative position bias or EVA's rotary
+    embedding, are called as the model calls them)."""
+    from forgetlab.models.families import example_input
+
+    captured, hooks = {}, []
+    for block in blocks:
+        hooks.append(block.register_forward_pre_hook(
+            lambda module, args, kwargs: captured.setdefault(id(module), (args, kwargs)), with_kwargs=True))  # fmt: skip
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input(model))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return captured
 
 
-def expand_blocks(vit: nn.Module, copies: int, split: int | None = None, positions: list[int] | None = None) -> list[int]:
-    """Insert ``copies`` identity blocks into ``vit.blocks`` in place; return the new blocks' indices.
+@torch.no_grad()
+def _check_identity(copy_: nn.Module, args: tuple, kwargs: dict) -> None:
+    output = copy_.eval()(*args, **kwargs)
+    if not torch.equal(output, args[0]):
+        raise ConfigError(f"{type(copy_).__name__} is not the identity with zeroed output projections; block expansion does not apply")
 
-    Each copy checks its own invariant (its output equals its input, exactly) before it is inserted.
+
+def expand_blocks(model: nn.Module, copies: int, split: int | None = None, positions: list[int] | None = None) -> list[int]:
+    """Insert ``copies`` identity blocks into ``model``'s block sequences in place; return the indices of
+    the new blocks in :func:`all_blocks` order.
+
+    Positions count the blocks of every sequence in order (for Swin and ConvNeXt, across stages); a copy
+    joins its original's sequence right after it. Each copy is checked on the input its original
+    receives in a forward pass: its output must equal that input, exactly.
     """
-    blocks = list(vit.blocks)
-    positions = expansion_positions(len(blocks), copies, split, positions)
-    expanded, inserted = [], []
-    for index, block in enumerate(blocks):
-        expanded.append(block)
-        if index in positions:
-            inserted.append(len(expanded))
-            expanded.append(identity_copy(block))
-    vit.blocks = nn.Sequential(*expanded)
+    from forgetlab.models.families import block_sequences
+
+    sequences = block_sequences(model)
+    flat = [(s, block) for s, (_, sequence) in enumerate(sequences) for block in sequence]
+    chosen = expansion_positions(len(flat), copies, split, positions)
+    inputs = _block_inputs(model, [flat[i][1] for i in chosen])
+    rebuilt: list[list[nn.Module]] = [[] for _ in sequences]
+    inserted, index = [], 0
+    for position, (s, block) in enumerate(flat):
+        rebuilt[s].append(block)
+        index += 1
+        if position in chosen:
+            new = identity_copy(block)
+            if id(block) not in inputs:
+                raise ConfigError(f"block {position} of {type(model).__name__} is not called in a forward pass; block expansion does not apply")
+            _check_identity(new, *inputs[id(block)])
+            new.train(block.training)
+            rebuilt[s].append(new)
+            inserted.append(index)
+            index += 1
+    for (name, sequence), blocks in zip(sequences, rebuilt):
+        model.set_submodule(name, nn.Sequential(*blocks) if isinstance(sequence, nn.Sequential) else nn.ModuleList(blocks))
     return inserted
+
+
+def all_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every block of every sequence, in order (the indices :func:`expand_blocks` returns)."""
+    from forgetlab.models.families import block_sequences
+
+    return [block for _, sequence in block_sequences(model) for block in sequence]
 
 
 def expanded_architecture(name: str, depth: int, **kwargs) -> nn.Module:

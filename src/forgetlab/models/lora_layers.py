@@ -100,6 +100,23 @@ class LoRALinear(LoRALayer):
             pieces.append(result.new_zeros(*result.shape[:-1], result.shape[-1] - cursor))
         return result + torch.cat(pieces, dim=-1)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight ``W + (alpha / r) B A``, for owners that read ``.weight`` instead of calling
+        the layer (timm's BEiT and EVA, for ``qkv`` with separate q/v biases). On that path no dropout
+        applies to the adapter's input. Differentiable: the factors train through it."""
+        if "used" in self.__dict__:  # forgetlab.models.families.check_adaptable is watching
+            self.__dict__["used"] = True
+        delta = torch.zeros_like(self.base_layer.weight)
+        for name, (start, end) in self.out_slices.items():
+            delta = delta.index_add(0, torch.arange(start, end, device=delta.device),
+                                    (self.lora_B[name].weight @ self.lora_A[name].weight).to(delta.dtype))  # fmt: skip
+        return self.base_layer.weight + delta * self.scaling
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
     def delta_weight(self) -> torch.Tensor:
         delta = torch.zeros_like(self.base_layer.weight, dtype=torch.float32)
         for name, (start, end) in self.out_slices.items():
