@@ -125,12 +125,13 @@ def select_modules(model: nn.Module, targets: str, *, kinds: tuple[type, ...] = 
 
 def example_input(model: nn.Module) -> torch.Tensor:
     """One input image the model accepts: the patch embedding's size where there is one (it may differ
-    from the pretrained_cfg when ``img_size`` was overridden), else the pretrained_cfg's."""
+    from the pretrained_cfg when ``img_size`` was overridden), else the pretrained_cfg's; the first
+    convolution's channels."""
     parameter = next(model.parameters())
     _, height, width = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     channels = first_conv.in_channels if first_conv is not None else 3
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    size = next((m.img_size for m in model.modules() if m is not model and getattr(m, "img_size", None) is not None), None)
     if size is not None:
         height, width = (size, size) if isinstance(size, int) else size
     generator = torch.Generator().manual_seed(0)
