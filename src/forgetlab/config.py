@@ -131,6 +131,21 @@ class ReplayConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Experiment trackers (:mod:`forgetlab.trackers`). Not part of a run's identity: a finished or
+    stopped run may be resumed with different tracking."""
+
+    tensorboard: bool = option(False, "write TensorBoard event files into the run folder's tensorboard/ (loss, lr, accuracies, matrix, config)")
+    wandb: bool = option(False, "log to Weights & Biases into the run folder's wandb/ (WANDB_MODE=offline: no network)")
+    wandb_project: str = option("forgetlab", "the W&B project")
+    wandb_group: str | None = option(None, "the W&B group (default: the sweep's name for sweep cells)")
+
+
+# Sections that do not change what a run computes: left out when a folder's config is compared.
+NOT_IDENTITY = ("track",)
+
+
+@dataclass
 class RunConfig:
     name: str = option("default", "the run's folder name under out_dir")
     out_dir: str = option("runs", "where run folders are written")
@@ -145,6 +160,7 @@ class RunConfig:
     lwf: LwFConfig = section(LwFConfig, "Learning without Forgetting, with any method")
     replay: ReplayConfig = section(ReplayConfig, "replay of upstream training examples, with any method")
     eval: EvalConfig = section(EvalConfig, "evaluation after each task")
+    track: TrackConfig = section(TrackConfig, "experiment trackers: TensorBoard, Weights & Biases (off by default)")
 
     @property
     def run_dir(self) -> Path:

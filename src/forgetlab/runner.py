@@ -33,6 +33,7 @@ from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, save_safetensors, write_json, write_npz
 from forgetlab.selection import BestCheckpoint
+from forgetlab.trackers import open_trackers
 from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, resolve_device, seed_everything
 from forgetlab.train import count_parameters, train_task, trainable_parameters
 
@@ -129,7 +130,7 @@ def _check_folder(folder: RunFolder, config) -> None:
 
     The stored config is read through the current schema first, so a folder written before an
     option existed still resumes when that option is at its default (its file is left as it is)."""
-    resolved = config_module.to_dict(config)
+    resolved = _identity(config_module.to_dict(config))
     if not folder.config.exists() and (folder.progress.exists() or folder.matrix.exists()):
         raise DataError(f"{folder.path} holds results but no config.yaml, so they cannot be resumed under a known config; "
                         "restore its config.yaml or delete that folder")  # fmt: skip
@@ -143,12 +144,18 @@ def _check_folder(folder: RunFolder, config) -> None:
             raise DataError(f"{folder.config} is not readable YAML; restore it or delete that folder") from error
         if not isinstance(stored, dict):
             raise DataError(f"{folder.config} does not hold a config; restore it or delete that folder")
+        stored = _identity(stored)
         if stored != resolved:
             differing = sorted(_differences(stored, resolved))
             raise ConfigError(
                 f"{folder.path} holds a run with a different config (differs in: {', '.join(differing[:4])}); "
                 "choose another name=... or delete that folder"
             )
+
+
+def _identity(tree: dict) -> dict:
+    """What a folder's config must match to resume: everything but the trackers."""
+    return {key: value for key, value in tree.items() if key not in config_module.NOT_IDENTITY}
 
 
 def _differences(a, b, prefix: str = "") -> list[str]:
@@ -162,10 +169,10 @@ def run(config, *, log=print) -> RunFolder:
     """Run (or resume) the sequence described by ``config``; return its folder. The folder is locked
     while this runs: a second process on it gets a one-line error."""
     with contextlib.ExitStack() as stack:
-        return _run(config, log, lambda folder: stack.enter_context(folder.lock()))
+        return _run(config, log, stack)
 
 
-def _run(config, log, hold) -> RunFolder:
+def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
     folder = RunFolder(config.run_dir)
     method = build_method(config.method)  # validates the method's options before anything is written
     device = resolve_device(config.device)
@@ -200,8 +207,10 @@ def _run(config, log, hold) -> RunFolder:
         raise ConfigError(f"replay needs the upstream train split and {config.data.upstream} has none; set replay.size=0")
     _check_folder(folder, config)  # before the lock, so a refused run touches nothing, not even the lock file
     folder.verify()  # likewise: a corrupt folder is refused untouched (checked again under the lock)
-    hold(folder)  # one owner per folder, from here to the end
+    stack.enter_context(folder.lock())  # one owner per folder, from here to the end
     _open_folder(folder, config)  # checked again under the lock
+    tracker = open_trackers(config, folder.path, config_module.to_dict(config))
+    stack.callback(tracker.close)
     configure_threads()
     replay_buffer = ReplayBuffer(upstream.train, config.replay.size, seed=config.seed) if config.replay.size else None
 
@@ -291,6 +300,7 @@ def _run(config, log, hold) -> RunFolder:
             replay=replay_buffer.batches(config.replay.batch_size, seed) if replay_buffer else None,
             replay_head=UPSTREAM, workers=workers, description=f"task {index}/{len(tasks)} {task.name}",
             task_name=task.name, selection=selection,
+            log_step=lambda step, values, offset=sum(r["steps"] for r in task_records): tracker.step(offset + step, values),
         )  # fmt: skip
         del extra_losses  # the teacher copy
         method.finish(model, task.column)
@@ -337,6 +347,7 @@ def _run(config, log, hold) -> RunFolder:
         adapter_files = sorted((folder.path / "adapters" / task.name).glob("*")) if (folder.path / "adapters" / task.name).is_dir() else []
         folder.commit(index, len(tasks), matrix, task_records, upstream_records,
                       [folder.predictions(index), folder.checkpoint_for(index), *adapter_files])  # fmt: skip
+        tracker.phase(index, row, matrix)
         drop = upstream_accuracy - matrix.values[0][0]
         log(
             f"task {index}/{len(tasks)} {task.name}: {stats.steps} steps in {stats.seconds:.1f}s, "

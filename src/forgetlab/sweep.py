@@ -118,6 +118,9 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         for key, value in values.items():
             config_module.apply_override(tree, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
         tree["name"], tree["out_dir"] = cell_name, str(folder)
+        track = tree.setdefault("track", {})
+        if isinstance(track, dict) and track.get("wandb_group") is None:
+            track["wandb_group"] = name  # the sweep's W&B runs share a group
         try:  # every cell is valid before anything runs
             resolved = config_module.resolve(copy.deepcopy(tree))
         except ConfigError as error:

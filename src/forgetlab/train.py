@@ -161,6 +161,7 @@ def train_task(
     description: str = "train",
     selection=None,
     task_name: str | None = None,
+    log_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainStats:
     """Train ``model``'s trainable parameters on ``dataset`` through head ``head``.
 
@@ -169,7 +170,8 @@ def train_task(
     ``replay`` yields ``(images, labels)`` batches appended to every task batch and scored through
     ``replay_head``; the cross-entropy is then the mean over task and replayed examples together.
     ``selection`` (a :class:`forgetlab.selection.BestCheckpoint`) is called after every step and may
-    put back the best weights it saw at the end.
+    put back the best weights it saw at the end. ``log_step(step, {"loss", "lr"})`` receives every value
+    the loop reads on the host (every ``train.log_every`` steps and the last), for the trackers.
     """
     loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device, workers=workers,
                          drop_last=train_config.drop_last)  # fmt: skip
@@ -235,6 +237,8 @@ def train_task(
                     raise TrainingError(f"{description}: the loss became non-finite by step {step} (train.lr={train_config.lr:g}); "
                                         "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
                 bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+                if log_step is not None:
+                    log_step(step, {"loss": loss_value, "lr": schedule.get_last_lr()[0]})
             bar.update(1)
             if selection is not None and selection.due(step, total_steps):
                 selection.score(model, step)

@@ -27,16 +27,21 @@ def _colour(backbone: str, index: int) -> str:
 
 def matrix_heatmap(run: RunResult):
     """The accuracy matrix: rows after each task, columns upstream and the tasks (percent)."""
-    values = 100 * run.matrix.as_array()
-    labels = run.matrix.row_labels()
+    return matrix_figure(run.matrix, f"{run.name}: {run.backbone}, {run.method}")
+
+
+def matrix_figure(matrix, title: str):
+    """An :class:`~forgetlab.results.AccuracyMatrix` as a heatmap with its values (percent)."""
+    values = 100 * matrix.as_array()
+    labels = matrix.row_labels()
     figure, axis = plt.subplots(figsize=(1.3 + 1.1 * values.shape[1], 0.9 + 0.45 * values.shape[0]))
     image = axis.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for (i, j), value in np.ndenumerate(values):
         if not math.isnan(value):
             axis.text(j, i, f"{value:.1f}", ha="center", va="center", color="white" if value < 60 else "black", fontsize=8)
-    axis.set_xticks(range(values.shape[1]), run.matrix.columns, rotation=30, ha="right")
+    axis.set_xticks(range(values.shape[1]), matrix.columns, rotation=30, ha="right")
     axis.set_yticks(range(values.shape[0]), labels)
-    axis.set_title(f"{run.name}: {run.backbone}, {run.method}", fontsize=9)
+    axis.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axis, label="accuracy (%)")
     figure.tight_layout()
     return figure
