@@ -68,8 +68,10 @@ def write_data(root: Path, images: int, size: tuple[int, int]) -> None:
     (cifar / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}, protocol=2))
 
 
-def compute_step(name: str, device, batch: int, steps: int, precision: str, compile_: bool) -> float:
-    """Training images per second with the images already on the device."""
+def compute_step(name: str, device, batch: int, steps: int, precision: str, mode: str) -> float:
+    """Training images per second with the images already on the device; ``mode``: eager, compiled,
+    or reduce-overhead (compiled with CUDA graphs)."""
+    compile_ = mode != "eager"
     torch.manual_seed(0)
     model = MultiHeadModel(create(name, num_classes=1000))
     head = model.add_head("task", 100)
@@ -80,7 +82,7 @@ def compute_step(name: str, device, batch: int, steps: int, precision: str, comp
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     amp = torch.bfloat16 if precision == "bf16" else None
     optimizer = make_optimizer(trainable_parameters(model), config_module.TrainConfig(), device)
-    forward = torch.compile(model) if compile_ else model
+    forward = (torch.compile(model, mode="reduce-overhead") if mode == "reduce-overhead" else torch.compile(model)) if compile_ else model
     images, labels = torch.randn(batch, 3, 224, 224, device=device), torch.randint(0, 100, (batch,), device=device)
     model.train()
     warmup = 3 if compile_ else 2
@@ -88,6 +90,8 @@ def compute_step(name: str, device, batch: int, steps: int, precision: str, comp
         if step == warmup:
             _sync(device)
             start = time.perf_counter()
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, amp):
             loss = F.cross_entropy(forward(images, ["task"])["task"].float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -112,7 +116,8 @@ def eval_compute(name: str, device, batch: int, steps: int, precision: str) -> f
     return batch * steps / (time.perf_counter() - start)
 
 
-def actual_run(root: Path, out: Path, pipeline: str, device, precision: str, steps: int, batch: int, knn: bool = False, name: str = "run"):
+def actual_run(root: Path, out: Path, pipeline: str, device, precision: str, steps: int, batch: int, knn: bool = False, name: str = "run",
+               extra: tuple[str, ...] = ()):  # fmt: skip
     """A real ``forgetlab run`` (random-init ViT-B/16, LoRA r=4, ImageNet files upstream, CIFAR-100):
     its training images/s and upstream evaluation images/s, from the run's own records."""
     from forgetlab.runner import run
@@ -124,6 +129,7 @@ def actual_run(root: Path, out: Path, pipeline: str, device, precision: str, ste
                  "method.rank=4", "eval.batch_size=128", "train.optimizer=sgd", "train.lr=0.01"]  # fmt: skip
     if knn:
         overrides += ["eval.upstream_evaluator=knn", "eval.knn_k=20", "backbone.num_classes=0"]
+    overrides += list(extra)
     folder = run(config_module.resolve({}, overrides), log=lambda message: None)
     task = folder.read_tasks()[0]
     upstream = folder.read_upstream_eval()
@@ -167,21 +173,30 @@ def main() -> None:
     write_data(out / "data", images, (375, 500))  # ImageNet's typical 500 x 375
     steps, batch = (3, 16) if small else (30, 128)
     precisions = ["fp32"] if device.type == "cpu" else ["fp32", "tf32", "bf16"]
+    compiled_rate = {}
     for precision in precisions if "compute" in parts else []:
-        for compile_ in ([False] if device.type == "cpu" else [False, True]):
-            rate = compute_step("vit_base_patch16_224", device, batch, steps, precision, compile_)
-            row(f"compute-only training, ViT-B/16 LoRA r=4, batch {batch}, {precision}, {'compiled' if compile_ else 'eager'}", rate, "img/s")
-        if device.type == "cuda":
-            row(f"compute-only training, batch 32, {precision}, compiled", compute_step("vit_base_patch16_224", device, 32, steps, precision, True), "img/s")
+        for mode in (["eager"] if device.type == "cpu" else ["eager", "compiled"]):
+            rate = compute_step("vit_base_patch16_224", device, batch, steps, precision, mode)
+            compiled_rate[precision] = rate
+            row(f"compute-only training, ViT-B/16 LoRA r=4, batch {batch}, {precision}, {mode}", rate, "img/s")
+        if device.type == "cuda":  # paper 1's batch: what CUDA graphs add
+            for mode in ("eager", "compiled", "reduce-overhead"):
+                row(f"compute-only training, batch 32, {precision}, {mode}", compute_step("vit_base_patch16_224", device, 32, steps, precision, mode), "img/s")
     best_precision = precisions[-1]
     if "run" in parts:
         eval_rate = eval_compute("vit_base_patch16_224", device, 64 if small else 256, steps, best_precision)
         row(f"compute-only evaluation, ViT-B/16, {best_precision}", eval_rate, "img/s")
     for pipeline in ("pil", "device") if "run" in parts else ():
         train, evaluation, _ = actual_run(out / "data", out / "runs", pipeline, device, best_precision, steps * 2, batch, name=f"run-{pipeline}")
-        row(f"actual run, training over CIFAR-100, pipeline={pipeline}", train, "img/s")
+        reference = compiled_rate.get(best_precision)
+        row(f"actual run, training over CIFAR-100, pipeline={pipeline}", train, "img/s",
+            f"({train / reference:.2f} x the compute-only rate)" if reference else "")
         row(f"actual run, upstream evaluation over JPEG files, pipeline={pipeline}", evaluation, "img/s",
             f"({evaluation / eval_rate:.2f} x the compute-only rate)")
+    if "run" in parts and device.type == "cuda":  # paper 1's batch 32 in an actual run, with CUDA graphs
+        train, _, _ = actual_run(out / "data", out / "runs", "device", device, best_precision, steps * 4, 32, name="run-graphs",
+                                 extra=("train.compile=reduce-overhead",))  # fmt: skip
+        row("actual run, training over CIFAR-100, batch 32, train.compile=reduce-overhead", train, "img/s")
     bank, queries = (128_000, 5_000) if small else (1_281_167, 50_000)
     if "knn" in parts:
         row(f"k-NN vote, bank {bank:,} x 768, {queries:,} queries, k = 10, 20, 100, 200", knn_vote(device, bank, queries), "s")

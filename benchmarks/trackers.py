@@ -8,7 +8,9 @@ per tracker setting, each in its own process and run folder: no tracker, TensorB
 steps) and 1 (every step logged). The time per step is the training time the run records in
 ``tasks.json`` over its steps, the best of ``--repeats``; the ratio is to no tracker at the same
 ``log_every``. The wall time also holds the start-up and per-phase logging (the matrix image/table).
-Prints a Markdown table for the README.
+It also times each tracker's calls alone (``step()`` 2,000 times, ``phase()`` with the matrix image or
+table three times), since on a shared 2-core machine the run times vary by more than a tracker costs.
+Prints Markdown tables for the README.
 """
 
 from __future__ import annotations
@@ -40,16 +42,49 @@ def one_run(out: Path, name: str, overrides: list[str], env: dict) -> tuple[floa
     return sum(t["train_seconds"] for t in tasks) / sum(t["steps"] for t in tasks), wall
 
 
+def direct_costs(calls: int = 2000) -> dict[str, tuple[float, float]]:
+    """Milliseconds per ``step()`` call and per ``phase()`` call of each tracker, timed alone (the run
+    times above are noisier than a tracker's cost on a shared 2-core machine)."""
+    from forgetlab import config as config_module
+    from forgetlab.results import AccuracyMatrix
+    from forgetlab.trackers import open_trackers
+
+    costs = {}
+    for label, overrides in SETTINGS.items():
+        folder = Path(tempfile.mkdtemp(prefix="forgetlab-bench-tracker-"))
+        config = config_module.resolve({}, overrides)
+        tracker = open_trackers(config, folder, config_module.to_dict(config))
+        start = time.perf_counter()
+        for step in range(1, calls + 1):
+            tracker.step(step, {"loss": 1.0 / step, "lr": 1e-3})
+        per_step = (time.perf_counter() - start) / calls
+        matrix = AccuracyMatrix(columns=["upstream", "a", "b", "c"])
+        matrix.add_row({"upstream": 0.9})
+        start = time.perf_counter()
+        for index, column in enumerate(["a", "b", "c"], 1):
+            row = {"upstream": 0.9 - 0.1 * index, **{c: 0.5 for c in ["a", "b", "c"][:index]}}
+            matrix.add_row(row)
+            tracker.phase(index, row, matrix)
+        per_phase = (time.perf_counter() - start) / 3
+        tracker.close()
+        costs[label] = (1000 * per_step, 1000 * per_phase)
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--step-ms", type=float, default=95.0, help="the untracked step time for the ratio without --parts runs")
+    parser.add_argument("--parts", default="runs,direct", help="runs (whole runs per tracker), direct (each tracker's calls alone)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "FORGETLAB_PROGRESS": "0"}
-    subprocess.run([str(BIN / "forgetlab"), "pretrain", "--backbone", "offline_vit"], env=env, check=True, stdout=subprocess.DEVNULL)
-    out = Path(tempfile.mkdtemp(prefix="forgetlab-bench-trackers-"))
     rows = []
-    for log_every in (25, 1):
+    if "runs" in parts:
+        subprocess.run([str(BIN / "forgetlab"), "pretrain", "--backbone", "offline_vit"], env=env, check=True, stdout=subprocess.DEVNULL)
+    out = Path(tempfile.mkdtemp(prefix="forgetlab-bench-trackers-"))
+    for log_every in (25, 1) if "runs" in parts else ():
         baseline = None
         for label, overrides in SETTINGS.items():
             best = None
@@ -59,7 +94,18 @@ def main() -> None:
                 best = result if best is None or result[0] < best[0] else best
             baseline = baseline or best
             rows.append((log_every, label, 1000 * best[0], best[0] / baseline[0], best[1], best[1] / baseline[1]))
-    print(f"offline default, train.epochs={args.epochs}, {os.cpu_count()} CPUs, best of {args.repeats}\n")
+    if "direct" in parts:
+        os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
+        costs = direct_costs()
+        step_ms = min((row[2] for row in rows if row[1] == "none"), default=args.step_ms)
+        print(f"each tracker alone: {os.cpu_count()} CPUs; the ratio is to an untracked step of {step_ms:.1f} ms\n")
+        print("| tracker | ms per step() call | step-time ratio when every step is logged | ms per phase() call |")
+        print("|---|---:|---:|---:|")
+        for label, (per_step, per_phase) in costs.items():
+            print(f"| {label} | {per_step:.3f} | {(step_ms + per_step) / step_ms:.4f} | {per_phase:.1f} |")
+    if not rows:
+        return
+    print(f"\noffline default, train.epochs={args.epochs}, {os.cpu_count()} CPUs, best of {args.repeats}\n")
     print("| train.log_every | tracker | ms per step | ratio | run wall (s) | ratio |")
     print("|---:|---|---:|---:|---:|---:|")
     for log_every, label, ms, ratio, wall, wall_ratio in rows:

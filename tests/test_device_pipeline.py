@@ -133,3 +133,57 @@ def _counting(function):
         return function(*args, **kwargs)
 
     return wrapper
+
+
+def test_prefetched_makes_the_next_batch_before_handing_over_the_current():
+    """The overlap of issue 10: batch i + 1 is made (inside the side stream's context) before batch i
+    reaches the step, and every tensor of a batch is marked for the consumer's stream."""
+    import contextlib
+
+    from forgetlab.train import prefetched
+
+    events, marked = [], []
+
+    def produced():
+        for i in range(3):
+            events.append(f"make {i}")
+            yield torch.full((2,), i), torch.tensor([i])
+
+    @contextlib.contextmanager
+    def side_stream():
+        events.append("side")
+        yield
+
+    def hand_over():
+        events.append("wait")
+        return marked.append
+
+    for images, labels in prefetched(produced(), side_stream, hand_over):
+        events.append(f"step {int(labels)}")
+    assert events == ["side", "make 0", "wait", "side", "make 1", "step 0", "wait", "side", "make 2", "step 1",
+                      "wait", "side", "step 2"]  # fmt: skip
+    assert len(marked) == 6 and [int(t[0]) for t in marked[::2]] == [0, 1, 2]
+
+
+def test_a_failed_compilation_trains_eagerly(monkeypatch, capsys):
+    """train.compile=reduce-overhead (CUDA graphs) or on: if compiling fails the task trains eagerly."""
+    from torch.utils.data import TensorDataset
+
+    from forgetlab import train as train_module
+    from forgetlab.models.multihead import MultiHeadModel
+
+    def broken_compile(model, **options):
+        assert options == {"mode": "reduce-overhead"}
+        return lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("inductor is unavailable"))
+
+    monkeypatch.setattr(train_module.torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    model = MultiHeadModel(create("offline_vit", num_classes=36))
+    model.add_head("task", 3)
+    model.backbone.requires_grad_(False)
+    before = model.heads["task"].weight.detach().clone()
+    dataset = TensorDataset(torch.randn(8, 1, 28, 28), torch.arange(8) % 3)
+    config = config_module.resolve({}, ["train.compile=reduce-overhead", "train.batch_size=4", "train.max_steps=2"]).train
+    stats = train_module.train_task(model, "task", dataset, config, device=CPU, amp_dtype=None, seed=0)
+    assert stats.steps == 2 and not torch.equal(model.heads["task"].weight, before)
+    assert "torch.compile failed (RuntimeError: inductor is unavailable); training eagerly" in capsys.readouterr().out

@@ -131,3 +131,23 @@ def test_a_folder_from_before_an_option_existed_resumes(random_backbones, tmp_pa
     changed = config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="old") + ["replay.size=5"])
     with pytest.raises(config_module.ConfigError, match="differs in: replay.size"):
         run(changed, log=lambda m: None)
+
+
+def test_a_moved_or_renamed_run_folder_resumes(random_backbones, tmp_path):
+    """Where a folder lies is not part of what it computed: moved elsewhere (another out_dir, another
+    name) a half-finished run resumes there and ends with the uninterrupted matrix."""
+    whole = run(config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path / "a", name="whole")), log=lambda m: None)
+    cut = config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path / "a", name="cut"))
+
+    def die_after_first_task(message: str) -> None:
+        if message.startswith("task 1/2"):
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(cut, log=die_after_first_task)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "cut").rename(tmp_path / "b" / "moved")
+    messages = []
+    moved = run(config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path / "b", name="moved")), log=messages.append)
+    assert any(m.startswith("resuming") for m in messages) and not any(m.startswith("task 1/2") for m in messages)
+    assert moved.read_matrix().values == whole.read_matrix().values

@@ -28,12 +28,11 @@ def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]
 
 
 def cmd_run(args) -> int:
-    from forgetlab.runner import run
+    from forgetlab import api
 
-    config = _resolve(args)
-    folder = run(config, log=_log(args))
-    print(folder.read_matrix().format_table())
-    print(f"results: {folder.path}")
+    result = api.run(_resolve(args), log=_log(args))
+    print(result.accuracy_matrix.format_table())
+    print(f"results: {result.path}")
     return 0
 
 
@@ -157,12 +156,12 @@ def _positive_int(value: str, option: str) -> int:
 
 
 def cmd_report(args) -> int:
-    from forgetlab.reporting import write_report
+    from forgetlab import api
 
     if args.permutations < 1:
         raise ForgetlabError("--permutations must be at least 1")
     out = Path(args.out) if args.out else (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
-    write_report(args.paths, out, permutations=args.permutations, after=args.after, similarity=args.similarity, log=_log(args))
+    api.report(args.paths, out, permutations=args.permutations, after=args.after, similarity=args.similarity, log=_log(args))
     return 0
 
 

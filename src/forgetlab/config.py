@@ -96,7 +96,8 @@ class TrainConfig:
                            "get_cosine_schedule_with_warmup over (N // batch) x epochs steps, as both papers' code)")
     drop_last: bool = option(False, "drop each epoch's last partial batch (paper 2's code)")
     label_smoothing: float = option(0.0, "label smoothing of the task loss")
-    compile: str = option("auto", "torch.compile the training step: 'auto' (on CUDA), 'on' or 'off'; a failed compilation falls back to eager")
+    compile: str = option("auto", "torch.compile the training step: 'auto' (on CUDA), 'on', 'off', or 'reduce-overhead' (with CUDA graphs: "
+                          "small batches); a failed compilation falls back to eager")
     log_every: int = option(25, "steps between reads of the loss on the host (each read waits for the device; non-finite losses are caught then)")
     select: str = option("last", "which weights end a task: 'last' or 'best' (the best task-test accuracy, scored every eval_every steps; paper 2's code)")
     eval_every: int = option(500, "steps between scorings of the task's test set when select=best (paper 2: 500; 250 for linear probing)")
@@ -141,8 +142,9 @@ class TrackConfig:
     wandb_group: str | None = option(None, "the W&B group (default: the sweep's name for sweep cells)")
 
 
-# Sections that do not change what a run computes: left out when a folder's config is compared.
-NOT_IDENTITY = ("track",)
+# Keys that do not change what a run computes, left out when a folder's config is compared: where the
+# folder lies (so a moved or renamed folder resumes) and the trackers.
+NOT_IDENTITY = ("name", "out_dir", "track")
 
 
 @dataclass
@@ -368,7 +370,7 @@ def validate(config: RunConfig) -> None:
         (config.train.schedule in ("cosine", "hf_cosine"), "train.schedule must be 'cosine' or 'hf_cosine'"),
         (config.train.warmup_steps is None or config.train.warmup_steps >= 0, "train.warmup_steps must be 0 or more"),
         (config.train.select in ("last", "best"), "train.select must be 'last' or 'best'"),
-        (config.train.compile in ("auto", "on", "off"), "train.compile must be 'auto', 'on' or 'off'"),
+        (config.train.compile in ("auto", "on", "off", "reduce-overhead"), "train.compile must be 'auto', 'on', 'off' or 'reduce-overhead'"),
         (config.data.pipeline in ("auto", "device", "pil"), "data.pipeline must be 'auto', 'device' or 'pil'"),
         (config.train.log_every >= 1, "train.log_every must be at least 1"),
         (config.train.eval_every >= 1, "train.eval_every must be at least 1"),

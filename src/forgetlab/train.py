@@ -102,8 +102,12 @@ def make_optimizer(parameters, train_config, device: torch.device | None = None)
 
 
 def compiled(model, train_config, device: torch.device):
-    """``model`` under ``torch.compile`` when the config asks for it (``auto``: on CUDA), else itself.
-    Compilation happens at the first call; :func:`train_task` falls back to eager if that fails."""
+    """``model`` under ``torch.compile`` when the config asks for it (``auto``: on CUDA), else itself;
+    ``reduce-overhead`` adds CUDA graphs (small batches: paper 1's 32). Compilation happens at the
+    first call of each task (the task's adapters change the graph), not per step; :func:`train_task`
+    falls back to eager if it fails."""
+    if train_config.compile == "reduce-overhead":
+        return torch.compile(model, mode="reduce-overhead")
     wanted = train_config.compile == "on" or (train_config.compile == "auto" and device.type == "cuda")
     return torch.compile(model) if wanted else model
 
@@ -125,7 +129,20 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
 
 def batches(loader, dataset, device: torch.device, generator: torch.Generator | None = None):
     """``(images on the device, labels on the device)`` of every batch: the device pipeline's datasets
-    are decoded and preprocessed there (:mod:`forgetlab.data.device_pipeline`), others copied."""
+    are decoded and preprocessed there (:mod:`forgetlab.data.device_pipeline`), others copied.
+
+    On CUDA the batches come one ahead (:func:`prefetched`): the next batch's copy, decoding and
+    preprocessing are queued on a side stream before the current one is handed over, so they overlap
+    the current step instead of preceding the next."""
+    produced = _on_device(loader, dataset, device, generator)
+    if device.type != "cuda":
+        yield from produced
+        return
+    stream = torch.cuda.Stream(device=device)
+    yield from prefetched(produced, lambda: torch.cuda.stream(stream), lambda: _hand_over(stream, device))
+
+
+def _on_device(loader, dataset, device: torch.device, generator: torch.Generator | None):
     to_batch = getattr(dataset, "to_batch", None)
     for batch in loader:
         if to_batch is not None:
@@ -134,6 +151,30 @@ def batches(loader, dataset, device: torch.device, generator: torch.Generator | 
         else:
             images, labels = batch
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def _hand_over(stream, device):
+    """Make the compute stream wait for ``stream``'s work; returns how to mark a tensor as used there."""
+    current = torch.cuda.current_stream(device)
+    current.wait_stream(stream)
+    return lambda tensor: tensor.record_stream(current)  # its memory is not reused before the step is done
+
+
+def prefetched(produced, side_stream, hand_over):
+    """Yield from ``produced`` one item ahead: item ``i + 1`` is made inside ``side_stream()`` (a context)
+    before item ``i`` is handed over; ``hand_over()`` orders the streams and returns a function that
+    marks each tensor of an item as used by the consumer's stream."""
+    def make():
+        with side_stream():
+            return next(produced, None)
+
+    upcoming = make()
+    while upcoming is not None:
+        mark = hand_over()
+        for tensor in upcoming:
+            mark(tensor)
+        ready, upcoming = upcoming, make()
+        yield ready
 
 
 def freeze_batchnorm_statistics(model: nn.Module) -> None:
@@ -181,6 +222,7 @@ def train_task(
     parameters = trainable_parameters(model)
     optimizer = make_optimizer(parameters, train_config, device)
     forward = compiled(model, train_config, device)
+    graphs = forward is not model and train_config.compile == "reduce-overhead"
     shape = hf_warmup_cosine if train_config.schedule == "hf_cosine" else warmup_cosine
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, shape(span, warmup_steps))
     heads = [head, *[h for h in extra_heads if h != head]]
@@ -195,6 +237,8 @@ def train_task(
     augment = torch.Generator().manual_seed(seed + 1)  # the device pipeline's random crops, flips and jitter
     while step < total_steps:
         for images, labels in batches(loader, dataset, device, augment):
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs' buffers may be reused
             count = len(labels)
             if replay is not None:
                 replay_images, replay_labels = next(replay)
@@ -207,7 +251,7 @@ def train_task(
                     if forward is model:
                         raise
                     print(f"forgetlab: torch.compile failed ({type(error).__name__}: {str(error)[:120]}); training eagerly", flush=True)
-                    forward = model
+                    forward, graphs = model, False
                     outputs = forward(images, heads)
                 smoothing = train_config.label_smoothing
                 loss = F.cross_entropy(outputs[head][:count].float(), labels, label_smoothing=smoothing, reduction="sum")

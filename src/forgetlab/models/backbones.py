@@ -66,16 +66,19 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def create(name: str, num_classes: int, **kwargs) -> nn.Module:
+    if not timm.is_model(name.split(".")[0]):
+        raise ConfigError(f"unknown backbone '{name}'; use offline_vit, offline_resnet or a timm model name")
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    except RuntimeError as error:
-        if "Unknown model" in str(error):
-            raise ConfigError(f"unknown backbone '{name}'; use offline_vit, offline_resnet or a timm model name") from error
-        raise
     except TypeError as error:  # a keyword the architecture does not take
         if "img_size" in str(error) and "img_size" in kwargs:  # a ResNet or ConvNeXt: any input size works
             return create(name, num_classes, **{k: v for k, v in kwargs.items() if k != "img_size"})
         raise ConfigError(f"timm's {name} refuses its arguments ({error}); check backbone.kwargs and backbone.image_size") from error
+    except Exception as error:  # noqa: BLE001 - a value the architecture cannot be built with (sizes, depths)
+        if not kwargs:
+            raise
+        raise ConfigError(f"timm cannot build {name} with {kwargs} ({type(error).__name__}: {str(error)[:100]}); "
+                          "check backbone.kwargs and backbone.image_size") from error  # fmt: skip
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
