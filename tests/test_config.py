@@ -45,7 +45,7 @@ def test_round_trip_through_dump(tmp_path):
         (["seed=true"], "'seed' must be int"),
         (["method.name=nope"], "unknown method 'nope'"),
         (["method.rank=0"], "method.rank must be at least 1"),
-        (["method.targets=everything"], "method.targets 'everything' is unknown"),
+        (["method.targets=re:blocks.(0"], "method.targets 're:blocks.(0' is not a valid regular expression"),
         (["device=tpu"], "device must be"),
         (["train.epochs=0"], "train.epochs must be at least 1"),
         (["data.tasks=[digits, digits]"], "must not repeat"),

@@ -33,7 +33,7 @@ from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, save_safetensors, write_json, write_npz
 from forgetlab.selection import BestCheckpoint
-from forgetlab.trackers import open_trackers
+from forgetlab.trackers import Tracker, check_trackers, open_trackers
 from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, resolve_device, seed_everything
 from forgetlab.train import count_parameters, train_task, trainable_parameters
 
@@ -154,7 +154,7 @@ def _check_folder(folder: RunFolder, config) -> None:
 
 
 def _identity(tree: dict) -> dict:
-    """What a folder's config must match to resume: everything but the trackers."""
+    """What a folder's config must match to resume: everything but where it lies and the trackers."""
     return {key: value for key, value in tree.items() if key not in config_module.NOT_IDENTITY}
 
 
@@ -205,12 +205,11 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
     method.check(backbone.model)  # e.g. block expansion on a ResNet: refused before anything is written
     if config.replay.size and len(upstream.train) == 0:
         raise ConfigError(f"replay needs the upstream train split and {config.data.upstream} has none; set replay.size=0")
+    check_trackers(config)  # a missing tracker package is refused before anything is written
     _check_folder(folder, config)  # before the lock, so a refused run touches nothing, not even the lock file
     folder.verify()  # likewise: a corrupt folder is refused untouched (checked again under the lock)
     stack.enter_context(folder.lock())  # one owner per folder, from here to the end
     _open_folder(folder, config)  # checked again under the lock
-    tracker = open_trackers(config, folder.path, config_module.to_dict(config))
-    stack.callback(tracker.close)
     configure_threads()
     replay_buffer = ReplayBuffer(upstream.train, config.replay.size, seed=config.seed) if config.replay.size else None
 
@@ -262,6 +261,9 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
         else:
             log(f"resuming {folder.path} after task {completed}/{len(tasks)}")
 
+    # Trackers only for a run with something to do: a finished run writes nothing, not even events.
+    tracker = open_trackers(config, folder.path, config_module.to_dict(config)) if completed < len(tasks) else Tracker()
+    stack.callback(tracker.close)
     for index in range(completed + 1, len(tasks) + 1):
         task = tasks[index - 1]
         seed = seed_everything(config.seed, index)

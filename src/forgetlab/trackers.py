@@ -142,6 +142,15 @@ class WandbTracker(Tracker):
         self.run.finish()
 
 
+def check_trackers(config) -> None:
+    """Refuse tracking whose package is missing, before a run writes anything."""
+    import importlib.util
+
+    for key, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if getattr(config.track, key) and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"track.{key} needs the {package} package: pip install 'forgetlab[track]'")
+
+
 def open_trackers(config, folder: Path, config_tree: dict) -> Tracker:
     """The trackers ``config.track`` asks for (none: a :class:`Tracker` that does nothing)."""
     trackers: list[Tracker] = []

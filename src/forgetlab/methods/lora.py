@@ -77,6 +77,7 @@ class LoRA(Method):
             raise ConfigError("method.dropout must be in [0, 1)")
         if not config.targets.strip():
             raise ConfigError(f"method.targets is empty; choose one of: {', '.join(TARGETS)}, suffixes or re:REGEX")
+        families.target_matcher(config.targets)  # a malformed pattern is refused with the config
         if config.policy not in POLICIES:
             raise ConfigError(f"method.policy '{config.policy}' is unknown; choose 'merge' or 'keep'")
         self.isolates_tasks = config.policy == "keep"

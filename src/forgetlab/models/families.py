@@ -75,7 +75,7 @@ def _inside(name: str, prefixes: set[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _pattern_matcher(spec: str):
+def target_matcher(spec: str):
     """``name -> bool`` for a PEFT-style target: ``re:REGEX`` (full match) or comma-separated suffixes."""
     if spec.startswith("re:"):
         try:
@@ -110,7 +110,7 @@ def select_modules(model: nn.Module, targets: str, *, kinds: tuple[type, ...] = 
         chosen = [name for name, module in model.named_modules() if isinstance(module, kind) and not _inside(name, head)]
     else:
         spec = ",".join(default_targets(model)) if targets == "default" else ",".join(NAMED_TARGETS.get(targets, (targets,)))
-        matches = _pattern_matcher(spec)
+        matches = target_matcher(spec)
         chosen = [name for name, module in model.named_modules() if name and matches(name) and not _inside(name, head)]
         for name in chosen:
             module = model.get_submodule(name)
