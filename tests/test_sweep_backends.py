@@ -23,9 +23,10 @@ from tests.test_sweep_report import _sweep_file
 
 
 def _table(path) -> list[dict]:
-    """sweep.csv less what differs between two sweep folders (their paths) or two runs (timings)."""
+    """sweep.csv less what differs between two sweeps (their paths, and their W&B group: the sweep's name)."""
     rows = list(csv.DictReader(path.open()))
-    return sorted(({k: v for k, v in row.items() if k != "config.out_dir"} for row in rows), key=lambda row: row["run"])
+    named = ("config.out_dir", "config.track.wandb_group")
+    return sorted(({k: v for k, v in row.items() if k not in named} for row in rows), key=lambda row: row["run"])
 
 
 # ----------------------------------------------------------------------------- devices

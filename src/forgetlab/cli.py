@@ -186,6 +186,13 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_anatomy(args) -> int:
+    from forgetlab.anatomy import anatomy
+
+    print(anatomy(_resolve(args)).format())
+    return 0
+
+
 def _log(args):
     if getattr(args, "quiet", False):
         return lambda message: None
@@ -290,6 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     single.add_argument("--device", default="auto", help="auto, cpu or cuda")
     single.add_argument("--quiet", action="store_true")
     single.set_defaults(func=cmd_single_adapter)
+
+    anatomy = commands.add_parser(
+        "anatomy", help="what every method would train on a backbone (random weights; nothing is run)",
+        description="Build the configured backbone with random weights and print its family, LoRA's targets, and for every method the "
+        "trainable backbone parameters and their share, or why the method does not apply, e.g. "
+        "'forgetlab anatomy backbone.name=swin_tiny_patch4_window7_224 method.name=lora method.rank=8'.",
+    )  # fmt: skip
+    anatomy.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="a config file and/or overrides")
+    anatomy.add_argument("--preset", help="start from a named preset")
+    anatomy.set_defaults(func=cmd_anatomy)
 
     config = commands.add_parser(
         "config",

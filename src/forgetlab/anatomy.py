@@ -1,0 +1,108 @@
+"""What each method would train on a backbone, before any run: ``forgetlab anatomy``.
+
+The backbone is built with random weights (no download, no weights file needed): its family, what
+the methods find in it (LoRA's targets, top-k's groups, block expansion's block sequences), then for
+every method the trainable backbone parameters after :meth:`~forgetlab.methods.base.Method.prepare`
+and their share of the backbone (the numbers a run records in ``tasks.json``), or the one-line
+reason the method does not apply. The configured method keeps its options; the others take their
+defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from collections import Counter
+
+from forgetlab.config import method_config_from_dict
+from forgetlab.errors import ConfigError
+from forgetlab.methods.base import build_method, method_names
+from forgetlab.models import families
+from forgetlab.models.backbones import load_backbone
+from forgetlab.models.multihead import MultiHeadModel
+from forgetlab.train import count_parameters, trainable_parameters
+
+
+@dataclasses.dataclass
+class MethodAnatomy:
+    method: str  # its description, options included
+    trainable: int | None  # trainable backbone parameters; None when the method does not apply
+    fraction: float | None  # of the backbone's parameters
+    note: str  # what trains, or why the method does not apply
+
+
+@dataclasses.dataclass
+class Anatomy:
+    backbone: str
+    model_class: str
+    family: str | None
+    parameters: int
+    lora_targets: list[str]  # the configured (or default) LoRA targets, or [] with the reason in lora_note
+    lora_note: str
+    methods: list[MethodAnatomy]
+
+    def format(self) -> str:
+        width = max(len("method"), *(len(row.method) for row in self.methods))
+        lines = [f"{self.backbone}: {self.model_class}, {self.family or 'no named'} family, {self.parameters:,} backbone parameters",
+                 f"LoRA targets: {self.lora_note}", "",
+                 f"| {'method':<{width}} | {'trainable':>12} | {'of backbone':>11} | what trains", f"|{'-' * (width + 2)}|{'-' * 14}|{'-' * 13}|------"]  # fmt: skip
+        for row in self.methods:
+            trainable = f"{row.trainable:,}" if row.trainable is not None else "-"
+            fraction = f"{100 * row.fraction:.3f}%" if row.fraction is not None else "-"
+            lines.append(f"| {row.method:<{width}} | {trainable:>12} | {fraction:>11} | {row.note}")
+        return "\n".join(lines)
+
+
+def _summary(names: list[str]) -> str:
+    """``blocks.*.attn.qkv (12)``: the names with their indices starred, most common first."""
+    shapes = Counter(re.sub(r"\.\d+(?=\.|$)", ".*", name) for name in names)
+    return ", ".join(f"{shape} ({count})" if count > 1 else shape for shape, count in shapes.most_common())
+
+
+def _units(parameter_names: list[str]) -> str:
+    """Where trainable parameters lie, by unit: ``blocks.9, blocks.10, blocks.11, norm``, or starred
+    when there are many (``stages.*.blocks.* (18), head.norm``)."""
+    units = list(dict.fromkeys(_unit(name) for name in parameter_names))
+    return ", ".join(units) if len(units) <= 4 else _summary(units)
+
+
+def _unit(parameter_name: str) -> str:
+    """The block a parameter belongs to (its name up to the last index: ``stages.3.blocks.2``), else its module."""
+    match = re.match(r"^(.*\.\d+)(?=\.)", parameter_name)
+    return match.group(1) if match else parameter_name.rsplit(".", 1)[0] if "." in parameter_name else parameter_name
+
+
+def anatomy(config) -> Anatomy:
+    backbone_config = dataclasses.replace(config.backbone, random_init=True, weights=None)
+    backbone = load_backbone(backbone_config).model
+    family = families.family_of(backbone)
+    size = count_parameters(list(backbone.parameters()))
+    configured = dataclasses.asdict(config.method)
+    lora_options = configured if configured["name"] == "lora" else {"name": "lora"}
+    try:
+        lora = build_method(method_config_from_dict(lora_options))
+        targets = list(lora.target_modules(backbone))
+        lora_note = f"{lora.config.targets}: {len(targets)} layers, {_summary(targets)}"
+    except ConfigError as error:
+        targets, lora_note = [], str(error)
+    rows = []
+    for name in method_names():
+        options = configured if configured["name"] == name else {"name": name}
+        method = build_method(method_config_from_dict(options))
+        model = MultiHeadModel(copy.deepcopy(backbone))
+        model.add_head("task", 10)
+        try:
+            method.check(model.backbone)
+            method.prepare(model, "task")
+        except ConfigError as error:
+            rows.append(MethodAnatomy(method.describe(), None, None, str(error)))
+            continue
+        model.upstream_head.requires_grad_(False)  # as a run does: evaluated, never trained
+        backbone_ids = {id(p) for p in model.backbone.parameters()}
+        trainable = [p for p in trainable_parameters(model) if id(p) in backbone_ids]
+        names = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
+        grown = count_parameters(list(model.backbone.parameters()))  # block expansion adds blocks: a run's denominator
+        where = f"adapters on {len(targets)} layers" if name == "lora" else _units(names) if names else "the task head only"
+        rows.append(MethodAnatomy(method.describe(), count_parameters(trainable), count_parameters(trainable) / grown, where))
+    return Anatomy(config.backbone.name, type(backbone).__name__, family.name if family else None, size, targets, lora_note, rows)
