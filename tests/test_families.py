@@ -72,7 +72,7 @@ def test_six_timm_classes_and_their_default_targets():
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("targets", ["default", "q,v", "all_linear", "re:.*(fc2|conv3)"])
+@pytest.mark.parametrize("targets", ["default", "q,v", "all_linear", "all_conv", "re:.*(fc2|conv3)"])
 def test_lora_adapters_are_live_and_merge_exactly(arch, targets):
     model = _model(arch)
     method = _method("lora", rank=2, dropout=0.0, targets=targets)

@@ -107,7 +107,8 @@ def select_modules(model: nn.Module, targets: str, *, kinds: tuple[type, ...] = 
     head = _classifier_names(model)
     if targets in ("all_linear", "all_conv"):
         kind = nn.Linear if targets == "all_linear" else nn.Conv2d
-        chosen = [name for name, module in model.named_modules() if isinstance(module, kind) and not _inside(name, head)]
+        chosen = [name for name, module in model.named_modules()
+                  if isinstance(module, kind) and getattr(module, "groups", 1) == 1 and not _inside(name, head)]  # fmt: skip
     else:
         spec = ",".join(default_targets(model)) if targets == "default" else ",".join(NAMED_TARGETS.get(targets, (targets,)))
         matches = target_matcher(spec)
