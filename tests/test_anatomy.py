@@ -4,7 +4,7 @@ what a run records, and the reasons a method does not apply."""
 from __future__ import annotations
 
 from forgetlab import config as config_module
-from forgetlab.anatomy import anatomy
+from forgetlab.method_anatomy import anatomy
 
 
 def test_vit_b16_counts_are_the_published_ones():
@@ -45,3 +45,13 @@ def test_the_cli_prints_the_table(capsys):
     assert out.startswith("offline_resnet: ResNet, resnet family") and "| lora(rank=4" in out
     assert main(["anatomy", "backbone.name=nope"]) == 2
     assert capsys.readouterr().err.strip() == "forgetlab: error: unknown backbone 'nope'; use offline_vit, offline_resnet or a timm model name"
+
+
+def test_from_python_as_a_dataframe():
+    import forgetlab
+
+    table = forgetlab.anatomy(backbone__name="offline_vit", method__name="lora", method__rank=8)
+    assert table.attrs["family"] == "vit" and len(table.attrs["lora_targets"]) == 6
+    lora = table.loc[[m for m in table.index if m.startswith("lora(")][0]]
+    assert lora["trainable"] == 6 * 8 * (128 + 384)  # rank x (in + out) on each block's qkv
+    assert table.loc["linear()", "trainable"] == 0 and table["fraction"].max() < 1

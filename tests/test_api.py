@@ -68,3 +68,19 @@ def test_the_example_reproduces_the_contextual_forgetting_figure_from_the_api(ra
     before, after = run.predictions(0), run.predictions(1)
     forgotten = ((before["predictions"] == before["labels"]) & (after["predictions"] != after["labels"])).sum()
     assert test.forgotten == forgotten and (tmp_path / "figure.png").stat().st_size > 5000
+
+
+def test_no_submodule_shadows_an_api_function():
+    """Importing a submodule sets it as an attribute of the package: one named like an API function
+    (forgetlab.run, forgetlab.anatomy, ...) would replace that function. Import every module, then check."""
+    import importlib
+    import pkgutil
+
+    import forgetlab
+
+    for module in pkgutil.walk_packages(forgetlab.__path__, "forgetlab."):
+        if module.name != "forgetlab.__main__":
+            importlib.import_module(module.name)
+    for name in forgetlab.__all__:
+        value = getattr(forgetlab, name)
+        assert callable(value) and not isinstance(value, type(forgetlab)), name

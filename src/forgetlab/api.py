@@ -166,6 +166,21 @@ def report(paths: list[str | Path] | str | Path, out: str | Path = "report", **o
     return write_report(paths, out, log=options.pop("log", lambda message: None), **options)
 
 
+def anatomy(config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None, **overrides):
+    """What every method would train on the configured backbone (random weights; nothing runs): a
+    DataFrame with a row per method (``trainable``, ``fraction``, ``note``) and, in ``.attrs``, the
+    backbone's family, size and LoRA targets. ``forgetlab.anatomy(backbone__name="convnext_tiny")``."""
+    import pandas as pd
+
+    from forgetlab.method_anatomy import anatomy as build
+
+    result = build(resolve(config, preset=preset, **overrides))
+    table = pd.DataFrame([dataclasses.asdict(row) for row in result.methods]).set_index("method")
+    table.attrs.update(backbone=result.backbone, model_class=result.model_class, family=result.family,
+                       parameters=result.parameters, lora_targets=result.lora_targets)  # fmt: skip
+    return table
+
+
 def contextual(run: Run, phase: int = 1, *, after: str = "sequence", similarity: str = "synset", permutations: int = 10_000):
     """Paper 1's contextual-forgetting test after ``phase`` of a run (see
     :func:`forgetlab.analysis.contextual.contextual_forgetting`), with the class similarities."""

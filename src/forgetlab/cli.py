@@ -187,7 +187,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_anatomy(args) -> int:
-    from forgetlab.anatomy import anatomy
+    from forgetlab.method_anatomy import anatomy
 
     print(anatomy(_resolve(args)).format())
     return 0
