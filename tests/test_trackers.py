@@ -138,3 +138,28 @@ def test_sweep_cells_share_a_wandb_group_named_after_the_sweep(tmp_path):
     assert [cell.config.track.wandb_group for cell in sweep.cells] == ["rank-study", "rank-study"]
     path.write_text("name: rank-study\nbase: {track: {wandb_group: mine}}\ngrid: {method.rank: [1, 4]}\n")
     assert {cell.config.track.wandb_group for cell in load_sweep(path).cells} == {"mine"}
+
+
+def test_a_resumed_run_continues_the_global_step(random_backbones, tmp_path):
+    """Stopped after task 1 and resumed: the resumed process logs task 2 from the global step where
+    task 1 ended, so the two processes' events form one curve."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_task_1(message):
+        if message.startswith("task 1/2"):
+            raise Stop
+
+    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="stopped", **{"train.log_every": 1, "track.tensorboard": "true"})
+    with pytest.raises(Stop):
+        run(config_module.load(None, overrides), log=stop_after_task_1)
+    folder = run(config_module.load(None, overrides), log=lambda message: None)
+    accumulator = EventAccumulator(str(folder.path / "tensorboard"))
+    accumulator.Reload()
+    steps = [event.step for event in accumulator.Scalars("train/loss")]
+    tasks = json.loads(folder.tasks.read_text())
+    assert steps == list(range(1, sum(record["steps"] for record in tasks) + 1))
+    assert [event.step for event in accumulator.Scalars("accuracy/upstream")] == [1, 2]
