@@ -21,7 +21,7 @@ from forgetlab.methods.base import build_method, method_names
 from forgetlab.models import families
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import MultiHeadModel
-from forgetlab.train import count_parameters, trainable_parameters
+from forgetlab.train import backbone_parameters, count_parameters
 
 
 @dataclasses.dataclass
@@ -99,10 +99,8 @@ def anatomy(config) -> Anatomy:
             rows.append(MethodAnatomy(method.describe(), None, None, str(error)))
             continue
         model.upstream_head.requires_grad_(False)  # as a run does: evaluated, never trained
-        backbone_ids = {id(p) for p in model.backbone.parameters()}
-        trainable = [p for p in trainable_parameters(model) if id(p) in backbone_ids]
+        trainable, grown = backbone_parameters(model)  # block expansion adds blocks: a run's denominator is after it
         names = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
-        grown = count_parameters(list(model.backbone.parameters()))  # block expansion adds blocks: a run's denominator
         where = f"adapters on {len(targets)} layers" if name == "lora" else _units(names) if names else "the task head only"
-        rows.append(MethodAnatomy(method.describe(), count_parameters(trainable), count_parameters(trainable) / grown, where))
+        rows.append(MethodAnatomy(method.describe(), trainable, trainable / grown, where))
     return Anatomy(config.backbone.name, type(backbone).__name__, family.name if family else None, size, targets, lora_note, rows)

@@ -35,7 +35,7 @@ from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, save
 from forgetlab.selection import BestCheckpoint
 from forgetlab.trackers import Tracker, check_trackers, open_trackers
 from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, resolve_device, seed_everything
-from forgetlab.train import count_parameters, train_task, trainable_parameters
+from forgetlab.train import backbone_parameters, count_parameters, train_task, trainable_parameters
 
 
 def environment_record(device: torch.device) -> dict:
@@ -283,9 +283,7 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
         model.to(device)
 
         trainable = trainable_parameters(model)
-        backbone_ids = {id(p) for p in model.backbone.parameters()}
-        trainable_backbone = count_parameters([p for p in trainable if id(p) in backbone_ids])
-        backbone_size = count_parameters(list(model.backbone.parameters()))
+        trainable_backbone, backbone_size = backbone_parameters(model)
         selection = None
         if config.train.select == "best":
             test_set, labels = columns[task.column].test, dataset_labels(columns[task.column].test)

@@ -48,6 +48,12 @@ def count_parameters(parameters: Sequence[nn.Parameter]) -> int:
     return sum(p.numel() for p in parameters)
 
 
+def backbone_parameters(model) -> tuple[int, int]:
+    """``(trainable, all)`` parameters of ``model.backbone``, each once: what ``tasks.json`` records."""
+    backbone = list(dict.fromkeys(model.backbone.parameters()))
+    return count_parameters([p for p in backbone if p.requires_grad]), count_parameters(backbone)
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Multiplier of the peak lr at a step: linear from 1/warmup up to 1, then cosine down to 0."""
 

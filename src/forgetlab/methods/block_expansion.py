@@ -19,7 +19,6 @@ from torch import nn
 
 from forgetlab.methods.base import Method, register_method
 from forgetlab.models.expansion import all_blocks, expand_blocks, expansion_positions, identity_copy
-from forgetlab.models.families import block_sequences
 
 
 @dataclass
@@ -37,7 +36,7 @@ class BlockExpansion(Method):
     Config = BlockExpansionConfig
 
     def check(self, backbone: nn.Module) -> None:
-        blocks = [block for _, sequence in block_sequences(backbone) for block in sequence]
+        blocks = all_blocks(backbone)
         expansion_positions(len(blocks), self.config.copies, self.config.split, self.config.positions)
         identity_copy(blocks[-1])  # has output projections to zero
 

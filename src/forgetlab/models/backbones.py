@@ -65,15 +65,24 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _timm_model(name: str, **kwargs) -> nn.Module:
+    """``timm.create_model``, without ``img_size`` for architectures that take any input size and no
+    such argument (ResNet, ConvNeXt); any other keyword the architecture refuses is a ConfigError."""
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as error:
+        if "img_size" in str(error) and "img_size" in kwargs:
+            return _timm_model(name, **{k: v for k, v in kwargs.items() if k != "img_size"})
+        raise ConfigError(f"timm's {name} refuses its arguments ({error}); check backbone.kwargs and backbone.image_size") from error
+
+
 def create(name: str, num_classes: int, **kwargs) -> nn.Module:
     if not timm.is_model(name.split(".")[0]):
         raise ConfigError(f"unknown backbone '{name}'; use offline_vit, offline_resnet or a timm model name")
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    except TypeError as error:  # a keyword the architecture does not take
-        if "img_size" in str(error) and "img_size" in kwargs:  # a ResNet or ConvNeXt: any input size works
-            return create(name, num_classes, **{k: v for k, v in kwargs.items() if k != "img_size"})
-        raise ConfigError(f"timm's {name} refuses its arguments ({error}); check backbone.kwargs and backbone.image_size") from error
+        return _timm_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    except ConfigError:
+        raise
     except Exception as error:  # noqa: BLE001 - a value the architecture cannot be built with (sizes, depths)
         if not kwargs:
             raise
@@ -100,14 +109,8 @@ def _create_kwargs(config) -> dict:
 
 
 def _from_hub(config) -> Backbone:
-    kwargs = _create_kwargs(config)
     try:
-        try:
-            model = timm.create_model(config.name, pretrained=True, **kwargs)
-        except TypeError as error:
-            if "img_size" not in str(error):
-                raise ConfigError(f"timm's {config.name} refuses its arguments ({error}); check backbone.kwargs") from error
-            model = timm.create_model(config.name, pretrained=True, **{k: v for k, v in kwargs.items() if k != "img_size"})
+        model = _timm_model(config.name, pretrained=True, **_create_kwargs(config))
     except ConfigError:
         raise
     except Exception as error:  # no cache and no network, or a name without weights

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from forgetlab.errors import ConfigError
+from forgetlab.models.families import block_sequences, example_forward
 
 
 def expansion_positions(depth: int, copies: int, split: int | None = None, positions: list[int] | None = None) -> list[int]:
@@ -75,18 +76,13 @@ def _block_inputs(model: nn.Module, blocks: list[nn.Module]) -> dict[int, tuple[
     """The ``(args, kwargs)`` each of ``blocks`` receives in one forward pass of ``model`` on an example
     image (so blocks that take more than a tensor, as BEiT's relative position bias or EVA's rotary
     embedding, are called as the model calls them)."""
-    from forgetlab.models.families import example_input
-
     captured, hooks = {}, []
     for block in blocks:
         hooks.append(block.register_forward_pre_hook(
             lambda module, args, kwargs: captured.setdefault(id(module), (args, kwargs)), with_kwargs=True))  # fmt: skip
-    was_training = model.training
-    model.eval()
     try:
-        model(example_input(model))
+        example_forward(model)
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return captured
@@ -107,17 +103,14 @@ def expand_blocks(model: nn.Module, copies: int, split: int | None = None, posit
     joins its original's sequence right after it. Each copy is checked on the input its original
     receives in a forward pass: its output must equal that input, exactly.
     """
-    from forgetlab.models.families import block_sequences
-
     sequences = block_sequences(model)
     flat = [(s, block) for s, (_, sequence) in enumerate(sequences) for block in sequence]
     chosen = expansion_positions(len(flat), copies, split, positions)
     inputs = _block_inputs(model, [flat[i][1] for i in chosen])
     rebuilt: list[list[nn.Module]] = [[] for _ in sequences]
-    inserted, index = [], 0
+    inserted = []
     for position, (s, block) in enumerate(flat):
         rebuilt[s].append(block)
-        index += 1
         if position in chosen:
             new = identity_copy(block)
             if id(block) not in inputs:
@@ -125,8 +118,7 @@ def expand_blocks(model: nn.Module, copies: int, split: int | None = None, posit
             _check_identity(new, *inputs[id(block)])
             new.train(block.training)
             rebuilt[s].append(new)
-            inserted.append(index)
-            index += 1
+            inserted.append(position + len(inserted) + 1)  # after its original and the copies before it
     for (name, sequence), blocks in zip(sequences, rebuilt):
         model.set_submodule(name, nn.Sequential(*blocks) if isinstance(sequence, nn.Sequential) else nn.ModuleList(blocks))
     return inserted
@@ -134,8 +126,6 @@ def expand_blocks(model: nn.Module, copies: int, split: int | None = None, posit
 
 def all_blocks(model: nn.Module) -> list[nn.Module]:
     """Every block of every sequence, in order (the indices :func:`expand_blocks` returns)."""
-    from forgetlab.models.families import block_sequences
-
     return [block for _, sequence in block_sequences(model) for block in sequence]
 
 

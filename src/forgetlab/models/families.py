@@ -140,14 +140,24 @@ def example_input(model: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
+def example_forward(model: nn.Module) -> None:
+    """One forward pass of ``model`` in eval mode on :func:`example_input` (for the hooks watching it);
+    the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input(model))
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def check_adaptable(model: nn.Module, names: list[str], wrap) -> None:
     """Wrap each named layer with ``wrap(name, module)`` (a LoRA layer), run one forward pass and unwrap:
     every wrapper must have been used (called, or its ``weight`` read). Raises :class:`ConfigError`
     naming the first unused layer, or the error a wrapper caused."""
     from forgetlab.models.lora_layers import unwrap_lora
 
-    was_training = model.training
-    model.eval()
     wrappers = {}
     try:
         for name in names:
@@ -156,7 +166,7 @@ def check_adaptable(model: nn.Module, names: list[str], wrap) -> None:
             layer.register_forward_hook(lambda module, args, output: module.__dict__.update(used=True))
             model.set_submodule(name, layer)
         try:
-            model(example_input(model))
+            example_forward(model)
         except Exception as error:  # noqa: BLE001 - any failure here is the wrapper's
             raise ConfigError(f"LoRA on {names[0]}... breaks the forward pass of {describe(model)} ({type(error).__name__}: "
                               f"{str(error)[:100]}); choose other method.targets") from error  # fmt: skip
@@ -166,7 +176,6 @@ def check_adaptable(model: nn.Module, names: list[str], wrap) -> None:
                               f"skips it); LoRA cannot adapt it: choose other method.targets")  # fmt: skip
     finally:
         unwrap_lora(model)
-        model.train(was_training)
 
 
 def top_groups(model: nn.Module, k: int) -> list[str]:
