@@ -10,8 +10,10 @@ byte for byte after every command. Prints the tally as one Markdown table.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
+import shutil
 import sys
 import tempfile
 import warnings
@@ -55,6 +57,7 @@ def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     warnings.simplefilter("ignore", NonInteractiveExampleWarning)
     out = Path(tempfile.mkdtemp(prefix="forgetlab-bad-inputs-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     torch.manual_seed(0)
     weights = out / "offline_vit.safetensors"
     save_safetensors(weights, random_backbone("offline_vit").state_dict())

@@ -10,8 +10,10 @@ resident set size of that process (getrusage). Prints a Markdown table for the R
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +39,9 @@ def main() -> None:
     env = dict(os.environ)
     if args.fresh:
         env["FORGETLAB_HOME"] = tempfile.mkdtemp(prefix="forgetlab-bench-")
+        atexit.register(shutil.rmtree, env["FORGETLAB_HOME"], ignore_errors=True)
     out = tempfile.mkdtemp(prefix="forgetlab-bench-runs-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     forgetlab = str(BIN / "forgetlab")
     rows = [
         measure("forgetlab pretrain (world + both backbones)", [forgetlab, "pretrain"], env),

@@ -20,8 +20,10 @@ sizes for a CPU, where this takes about ten minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import pickle
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -161,6 +163,8 @@ def main() -> None:
     device = resolve_device(args.device)
     small = args.scale == "small"
     out = Path(args.out or tempfile.mkdtemp(prefix="forgetlab-pipeline-"))
+    if not args.out:  # gigabytes of JPEGs at full scale
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
     os.environ.setdefault("FORGETLAB_HOME", str(out / "home"))
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     rows = []

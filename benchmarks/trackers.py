@@ -16,8 +16,10 @@ Prints Markdown tables for the README.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,6 +54,7 @@ def direct_costs(calls: int = 2000) -> dict[str, tuple[float, float]]:
     costs = {}
     for label, overrides in SETTINGS.items():
         folder = Path(tempfile.mkdtemp(prefix="forgetlab-bench-tracker-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         config = config_module.resolve({}, overrides)
         tracker = open_trackers(config, folder, config_module.to_dict(config))
         start = time.perf_counter()
@@ -84,6 +87,7 @@ def main() -> None:
     if "runs" in parts:
         subprocess.run([str(BIN / "forgetlab"), "pretrain", "--backbone", "offline_vit"], env=env, check=True, stdout=subprocess.DEVNULL)
     out = Path(tempfile.mkdtemp(prefix="forgetlab-bench-trackers-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     for log_every in (25, 1) if "runs" in parts else ():
         baseline = None
         for label, overrides in SETTINGS.items():

@@ -3,13 +3,16 @@ session, in about 10 s) and tiny random backbones saved to local files, never th
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="forgetlab-test-home-"))
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 os.environ["FORGETLAB_HOME"] = str(_SESSION_HOME)
 os.environ["FORGETLAB_PROGRESS"] = "0"
 os.environ.setdefault("TIMM_FUSED_ATTN", "0")

@@ -198,8 +198,14 @@ def test_real_size_weights_round_trip_through_a_local_file(tmp_path):
 def test_pretrained_tag_without_cache_or_network_names_the_file_to_place(monkeypatch, tmp_path):
     from forgetlab.models.backbones import load_backbone
 
+    import huggingface_hub.constants as hub
+
+    # huggingface_hub reads these variables once, at import: set its constants too, or the test would wait
+    # out network time-outs (46 s here) instead of failing at once as a user's offline run does.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(DataError, match=r"huggingface.co/timm/resnet18.a1_in1k and set backbone.weights=/path/to/model.safetensors"):
         load_backbone(BackboneConfig(name="resnet18.a1_in1k"))
 

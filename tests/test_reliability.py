@@ -371,3 +371,35 @@ def test_result_files_follow_the_umask_and_sweep_names_stay_inside_out_dir(rando
     (tmp_path / "escape.yaml").write_text(yaml.safe_dump({"name": "../../x", "grid": {"seed": [0]}}))
     with pytest.raises(ConfigError, match="must be a plain folder name"):
         load_sweep(tmp_path / "escape.yaml")
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(random_backbones, tmp_path, monkeypatch, capsys):
+    """The disk fills while the second task's checkpoint is written: one line naming the file and the fix,
+    exit 2, no temporary file left, the first task still committed; once there is space, the same command
+    finishes with the matrix of a run that never failed."""
+    import errno
+
+    from forgetlab import results
+    from forgetlab.cli import main
+
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        if ".model-2.safetensors." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="full")
+    monkeypatch.setattr(results.os, "fsync", full_disk)
+    assert main(["run", *overrides]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "the disk is full writing" in lines[0] and "model-2.safetensors" in lines[0], lines
+    assert "free space" in lines[0] and "resumes" in lines[0]
+    folder = RunFolder(tmp_path / "full")
+    assert folder.completed_tasks() == 1 and not list(folder.path.rglob("*.partial"))
+
+    monkeypatch.setattr(results.os, "fsync", real_fsync)
+    assert main(["run", *overrides]) == 0
+    assert main(["run", *tiny_overrides(random_backbones["offline_vit"], tmp_path, name="never-failed")]) == 0
+    resumed, reference = folder.read_matrix().as_array(), RunFolder(tmp_path / "never-failed").read_matrix().as_array()
+    assert folder.completed_tasks() == 2 and np.array_equal(resumed, reference, equal_nan=True)

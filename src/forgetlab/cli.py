@@ -6,6 +6,7 @@ Errors the user can fix (:class:`forgetlab.errors.ForgetlabError`) print one lin
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -359,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. 'forgetlab presets | head'
         sys.stdout = open(os.devnull, "w")
         return 0
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"forgetlab: error: the disk is full{where} ({error.strerror}); free space there (or point out_dir or "
+              "FORGETLAB_HOME at a larger disk) and run the same command again: it resumes after the last finished task",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("forgetlab: interrupted; run the same command again to resume after the last finished task", file=sys.stderr)
         return 130

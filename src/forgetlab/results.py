@@ -79,6 +79,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         crash_point()
         os.replace(temporary, path)
         crash_point()
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        if error.filename is None:  # a failed write or fsync (a full disk) names no file: name the one being written
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
