@@ -253,6 +253,26 @@ def test_lwf_trains_earlier_heads_only_when_asked(random_backbones, tmp_path):
     assert _resolve("paper1-vit-lwf").lwf.train_earlier_heads and not _resolve("paper1-vit").lwf.train_earlier_heads
 
 
+def test_lwf_in_the_long_setting_distils_the_recurring_tasks_own_head(random_backbones, tmp_path, monkeypatch):
+    """Paper 1's code (Avalanche's LwF) distils every head learned before the current experience: on a
+    task's second pass that includes its own head, whose teacher is the head after the first pass."""
+    from forgetlab import runner
+    from forgetlab.regularisers.lwf import DistillationLoss
+
+    distilled = []
+
+    class Recorded(DistillationLoss):
+        def __init__(self, model, heads, alpha, temperature):
+            super().__init__(model, heads, alpha, temperature)
+            distilled.append(list(heads))
+
+    monkeypatch.setattr(runner, "DistillationLoss", Recorded)
+    tasks = "[digits:samples_half1, fontfamily:samples_half1, digits:samples_half2]"
+    run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="long-lwf", **{
+        "data.tasks": tasks, "lwf.alpha": 5, "lwf.train_earlier_heads": True})), log=lambda message: None)  # fmt: skip
+    assert distilled == [["upstream"], ["upstream", "digits"], ["upstream", "digits", "fontfamily"]]
+
+
 @pytest.mark.parametrize("backbone,target", [("offline_vit", "attn.qkv"), ("offline_resnet", "conv3")])
 def test_fullrank_trains_only_the_lora_target_weights(backbone, target):
     from tests.test_methods import _method, _snapshot, _train_one_task

@@ -153,3 +153,8 @@ def test_only_runs_that_differ_in_seed_are_averaged(report_runs, tmp_path):
     (older / "config.yaml").write_text(yaml.safe_dump(stored))
     (older_run,) = find_runs([older])
     assert older_run.config_key() == seeds[-1].config_key() and older_run.config["replay"]["size"] == 0
+    # A seed watched in TensorBoard is the same setting: trackers are outside a run's identity.
+    stored["track"] = {**stored.get("track", {}), "tensorboard": True}
+    (older / "config.yaml").write_text(yaml.safe_dump(stored))
+    (tracked,) = find_runs([older])
+    assert tracked.config["track"]["tensorboard"] is True and tracked.config_key() == seeds[-1].config_key()

@@ -271,7 +271,10 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
         earlier = [] if method.isolates_tasks else [c for c in seen_columns if c != task.column]
         extra_losses = []
         if config.lwf.alpha > 0:
-            extra_losses.append(DistillationLoss(model, [UPSTREAM, *earlier], config.lwf.alpha, config.lwf.temperature))
+            # Every head learned before this task, ImageNet's included; in the long setting that is also this
+            # task's own head on its second pass (paper 1's code: Avalanche's LwF distils every task seen before).
+            distilled = [UPSTREAM, *([] if method.isolates_tasks else seen_columns)]
+            extra_losses.append(DistillationLoss(model, distilled, config.lwf.alpha, config.lwf.temperature))
         head = model.heads[task.column] if task.column in model.heads else model.add_head(task.column, task.num_classes)
         method.prepare(model, task.column)
         model.heads.requires_grad_(False)  # earlier heads stay as they are ...

@@ -77,13 +77,16 @@ class RunResult:
         return self.folder.completed_tasks()
 
     def config_key(self, *ignored: str) -> str:
-        """The config without ``name``, ``out_dir``, ``seed`` and the ``ignored`` dotted keys, as a
-        canonical string: runs with equal keys differ only there (e.g. seeds of one setting)."""
+        """The config without the keys outside a run's identity (``name``, ``out_dir``, ``track``), ``seed``
+        and the ``ignored`` dotted keys, as a canonical string: runs with equal keys differ only there
+        (e.g. seeds of one setting, one of them watched in TensorBoard)."""
         import copy
         import json
 
+        from forgetlab.config import NOT_IDENTITY
+
         tree = copy.deepcopy(self.config)
-        for key in ("name", "out_dir", "seed", *ignored):
+        for key in (*NOT_IDENTITY, "seed", *ignored):
             node, *path = key.split(".")
             parent = tree
             for part in path:
