@@ -31,3 +31,19 @@ def test_errors_name_the_fix(tmp_path):
         wordnet.synset("carr.n.01")
     with pytest.raises(DataError, match="not a wnid"):
         wordnet.synset_from_wnid("02958343")
+
+
+def test_wnid_names_read_data_noun_as_nltk_does():
+    """ImageNet's class names without NLTK's index: the first lemma at each wnid's byte offset, the same
+    as NLTK's synset for every 50th noun synset of WordNet 3.0, and a one-line error for a bad wnid."""
+    import itertools
+
+    synsets = list(itertools.islice(wordnet.reader().all_synsets("n"), 0, None, 50))
+    wnids = [f"n{s.offset():08d}" for s in synsets]
+    assert len(wnids) > 1600
+    assert wordnet.wnid_names(wnids) == [s.lemma_names()[0].replace("_", " ") for s in synsets]
+    assert wordnet.wnid_names(["n02958343", "n03000134"]) == ["car", "chainlink fence"]
+    with pytest.raises(DataError, match="not a wnid"):
+        wordnet.wnid_names(["car.n.01"])
+    with pytest.raises(DataError, match="not a WordNet 3.0 noun offset"):
+        wordnet.wnid_names(["n02958344"])  # inside car's line, not at its start

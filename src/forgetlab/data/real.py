@@ -127,7 +127,7 @@ def imagenet(data_config=None, preprocess=None) -> TaskData:
     if (root / "train").exists():
         _, train_paths, train_labels = read_imagenet_split(root / "train", wnids)
         train = FileDataset(train_paths, train_labels)
-    names = [wordnet.synset_from_wnid(w).lemma_names()[0].replace("_", " ") for w in wnids]
+    names = wordnet.wnid_names(wnids)
     return _finish("imagenet", data_config, preprocess, names, train, FileDataset(paths, labels),
                    class_synsets=wnids, description="ImageNet-1k (ILSVRC2012) validation set")  # fmt: skip
 
