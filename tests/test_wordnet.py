@@ -47,3 +47,50 @@ def test_wnid_names_read_data_noun_as_nltk_does():
         wordnet.wnid_names(["car.n.01"])
     with pytest.raises(DataError, match="not a WordNet 3.0 noun offset"):
         wordnet.wnid_names(["n02958344"])  # inside car's line, not at its start
+
+
+def _princeton_dict(folder):
+    """WordNet 3.0's ``dict`` folder as Princeton ships it: Debian's files plus ``lexnames``."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    for file in wordnet.WORDNET_DIR.iterdir():
+        if file.is_file():
+            shutil.copyfile(file, folder / file.name)
+    (folder / "lexnames").write_text("\n".join(wordnet._lexnames_from_manpage(wordnet.LEXNAMES_MANPAGE)) + "\n")
+    return folder
+
+
+def test_wordnet_without_debian_packages(tmp_path, monkeypatch):
+    """On a machine without apt (a cluster): $FORGETLAB_WORDNET names a dict folder, or NLTK's data
+    folder holds corpora/wordnet.zip as nltk.download leaves it; neither needs Debian's manual page."""
+    import zipfile
+
+    import nltk
+
+    source = _princeton_dict(tmp_path / "WordNet-3.0" / "dict")
+    no_manpage = tmp_path / "no-manpage.gz"
+    monkeypatch.setenv("FORGETLAB_WORDNET", str(source))
+    root = wordnet.setup(tmp_path / "from-env", manpage=no_manpage)
+    assert (root / "lexnames").read_bytes() == (source / "lexnames").read_bytes()
+    assert wordnet.reader(str(tmp_path / "from-env")).synset_from_pos_and_offset("n", 2958343).name() == "car.n.01"
+    assert wordnet.wnid_names(["n02958343"], str(tmp_path / "from-env")) == ["car"]
+
+    monkeypatch.delenv("FORGETLAB_WORDNET")
+    monkeypatch.setattr(wordnet, "WORDNET_DIR", tmp_path / "no-debian")
+    nltk_home = tmp_path / "nltk_home"
+    (nltk_home / "corpora").mkdir(parents=True)
+    with zipfile.ZipFile(nltk_home / "corpora" / "wordnet.zip", "w") as bundle:
+        for file in source.iterdir():
+            bundle.write(file, f"wordnet/{file.name}")
+    monkeypatch.setattr(nltk.data, "path", [str(nltk_home)])
+    root = wordnet.setup(tmp_path / "from-zip", manpage=no_manpage)
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in source.iterdir())
+    assert wordnet.wnid_names(["n02958343", "n03000134"], str(tmp_path / "from-zip")) == ["car", "chainlink fence"]
+
+    (nltk_home / "corpora" / "wordnet.zip").unlink()
+    with pytest.raises(DataError, match="apt-get install wordnet-base.*FORGETLAB_WORDNET=/path/to/WordNet-3.0/dict"):
+        wordnet.setup(tmp_path / "nowhere")
+    monkeypatch.setenv("FORGETLAB_WORDNET", str(tmp_path))
+    with pytest.raises(DataError, match="has no data.noun"):
+        wordnet.setup(tmp_path / "nowhere")

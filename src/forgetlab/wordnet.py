@@ -1,4 +1,5 @@
-"""WordNet 3.0, read offline from Debian's ``wordnet-base`` through NLTK.
+"""WordNet 3.0, read offline through NLTK: from Debian's ``wordnet-base``, or on machines without apt
+from ``$FORGETLAB_WORDNET`` (Princeton's ``dict`` folder) or NLTK's own downloaded copy.
 
 NLTK will not read ``/usr/share/wordnet`` in place, and the Debian package lacks the ``lexnames`` file
 that NLTK's reader opens first. :func:`setup` copies the database into forgetlab's own NLTK data folder
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import os
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +24,8 @@ from forgetlab.errors import DataError
 WORDNET_DIR = Path("/usr/share/wordnet")
 LEXNAMES_MANPAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
 _POS_NUMBER = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
-_INSTALL_HINT = "install it with: sudo apt-get install wordnet-base wordnet-sense-index (or run 'make demo')"
+_INSTALL_HINT = ("install it with: sudo apt-get install wordnet-base wordnet-sense-index (or run 'make demo'); "
+                 "without apt, set FORGETLAB_WORDNET=/path/to/WordNet-3.0/dict or run python -m nltk.downloader wordnet")
 
 
 def _lexnames_from_manpage(manpage: Path) -> list[str]:
@@ -35,22 +38,69 @@ def _lexnames_from_manpage(manpage: Path) -> list[str]:
     return lines
 
 
-def setup(data_dir: Path | None = None, source: Path = WORDNET_DIR, manpage: Path = LEXNAMES_MANPAGE) -> Path:
-    """Build ``<data_dir>/corpora/wordnet`` from the Debian files; return that folder. Idempotent."""
+def _extract_zip(archive: Path, folder: Path) -> None:
+    """The files of NLTK's ``wordnet.zip`` (all under ``wordnet/``), flat into ``folder``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            folder.mkdir(parents=True)
+            for member in bundle.infolist():
+                name = Path(member.filename).name
+                if not member.is_dir() and name and Path(member.filename).parent.name == "wordnet":
+                    (folder / name).write_bytes(bundle.read(member))
+    except zipfile.BadZipFile as error:
+        raise DataError(f"{archive} is not a readable zip ({error}); download it again or set FORGETLAB_WORDNET") from error
+
+
+def find_source() -> Path:
+    """Where WordNet 3.0's database files are: ``$FORGETLAB_WORDNET`` (a ``dict`` folder: Princeton's
+    ``WordNet-3.0/dict``, or NLTK's ``corpora/wordnet`` after ``nltk.download('wordnet')``), else
+    Debian's ``wordnet-base``, else NLTK's data folders; machines without apt (clusters) use the others."""
+    configured = os.environ.get("FORGETLAB_WORDNET")
+    if configured:
+        if not (Path(configured) / "data.noun").exists():
+            raise DataError(f"FORGETLAB_WORDNET={configured} has no data.noun; point it at WordNet 3.0's dict folder")
+        return Path(configured)
+    if (WORDNET_DIR / "data.noun").exists():
+        return WORDNET_DIR
+    try:
+        import nltk
+
+        for folder in nltk.data.path:
+            corpora = Path(folder) / "corpora"
+            if (corpora / "wordnet" / "data.noun").exists():
+                return corpora / "wordnet"
+            if (corpora / "wordnet.zip").is_file():  # newer NLTK downloads leave it zipped
+                return corpora / "wordnet.zip"
+    except ImportError:  # pragma: no cover - nltk is a dependency
+        pass
+    return WORDNET_DIR  # missing: setup() says how to install it
+
+
+def setup(data_dir: Path | None = None, source: Path | None = None, manpage: Path = LEXNAMES_MANPAGE) -> Path:
+    """Build ``<data_dir>/corpora/wordnet`` from WordNet 3.0's files (:func:`find_source`); return that
+    folder. Debian's lack ``lexnames``, which is written from its manual page. Idempotent."""
     target = (data_dir or paths.home() / "nltk_data") / "corpora" / "wordnet"
     if (target / "lexnames").exists() and (target / "data.noun").exists():
         return target
-    if not (source / "data.noun").exists():
-        raise DataError(f"WordNet 3.0 not found in {source}; {_INSTALL_HINT}")
-    if not manpage.exists():
-        raise DataError(f"{manpage} not found; {_INSTALL_HINT}")
+    source = find_source() if source is None else source
     staging = target.with_name("wordnet.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for file in source.iterdir():
-        if file.is_file():
-            shutil.copyfile(file, staging / file.name)
-    (staging / "lexnames").write_text("\n".join(_lexnames_from_manpage(manpage)) + "\n")
+    if source.suffix == ".zip" and source.is_file():
+        _extract_zip(source, staging)
+        source = staging
+    if not (source / "data.noun").exists():
+        raise DataError(f"WordNet 3.0 not found in {source}; {_INSTALL_HINT}")
+    if not (source / "lexnames").exists() and not manpage.exists():
+        raise DataError(f"{manpage} not found; {_INSTALL_HINT}")
+    staging.mkdir(parents=True, exist_ok=True)
+    if source != staging:
+        for file in source.iterdir():
+            if file.is_file():
+                shutil.copyfile(file, staging / file.name)
+    if not (staging / "lexnames").exists():
+        (staging / "lexnames").write_text("\n".join(_lexnames_from_manpage(manpage)) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
