@@ -231,16 +231,27 @@ def test_decoded_cache_is_built_once_and_reused(root, monkeypatch, forgetlab_hom
     assert sorted((forgetlab_home / "decoded").glob("*")) == files
 
 
-def test_data_check_lists_every_dataset(root, capsys):
+def test_data_check_lists_every_dataset(root, capsys, monkeypatch, tmp_path):
+    import nltk
+
+    from forgetlab import wordnet
     from forgetlab.cli import main
 
     assert main(["data", "check", "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert "stanford_cars   ok" in out and "train 3 / test 2 images" in out
     assert "imagenet        ok" in out and "train 9 / test 6 images" in out
+    assert "wordnet         ok" in out and "WordNet 3.0" in out
     assert main(["data", "check", "--root", str(root / "nowhere"), "--strict"]) == 1
     out = capsys.readouterr().out
     assert "cub200          MISSING" in out and "CUB_200_2011.tgz" in out
+    # A machine with no WordNet anywhere (no apt, no NLTK copy): the line says how to get one.
+    monkeypatch.setenv("FORGETLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(wordnet, "WORDNET_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(nltk.data, "path", [])
+    assert main(["data", "check", "--root", str(root), "--strict"]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("wordnet"))
+    assert "MISSING" in line and "FORGETLAB_WORDNET" in line and "apt-get install wordnet-base" in line
 
 
 def test_every_preset_resolves_to_its_papers_settings():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from forgetlab import wordnet
 from forgetlab.config import DataConfig
 from forgetlab.data.files import DATA_ENV
 from forgetlab.data.real import SOURCES
@@ -26,4 +27,9 @@ def check_datasets(root: str | None = None) -> tuple[list[str], list[str]]:
             lines.append(f"  {name:15s} MISSING  looked in {where}: {error}")
             continue
         lines.append(f"  {name:15s} ok       {where}: {len(task.classes)} classes, train {len(task.train):,} / test {len(task.test):,} images")
+    try:  # ImageNet's class names and contextual forgetting read it
+        lines.append(f"  {'wordnet':15s} ok       {wordnet.setup()}: WordNet 3.0 (ImageNet's class names, contextual forgetting)")
+    except ForgetlabError as error:
+        missing.append("wordnet")
+        lines.append(f"  {'wordnet':15s} MISSING  {error}")
     return lines, missing
