@@ -403,3 +403,41 @@ def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(random_backbones, t
     assert main(["run", *tiny_overrides(random_backbones["offline_vit"], tmp_path, name="never-failed")]) == 0
     resumed, reference = folder.read_matrix().as_array(), RunFolder(tmp_path / "never-failed").read_matrix().as_array()
     assert folder.completed_tasks() == 2 and np.array_equal(resumed, reference, equal_nan=True)
+
+
+def test_a_full_disk_in_a_sweep_fails_that_cell_in_one_line_and_the_sweep_resumes(random_backbones, tmp_path, monkeypatch, capsys):
+    """The disk fills while one cell commits: that cell is a failed cell with the disk's one-line reason,
+    the other cell runs, and the same sweep command afterwards finishes the failed cell."""
+    import errno
+
+    from forgetlab import api, results
+    from forgetlab.cli import main
+    from tests.test_sweep_report import _sweep_file
+
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if "/rank1/" in name and ".model-2.safetensors." in name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    sweep = _sweep_file(tmp_path, random_backbones["offline_vit"], {"method.rank": [1, 2]})
+    monkeypatch.setattr(results.os, "fsync", full_disk)
+    assert main(["sweep", str(sweep), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "the disk is full writing" in out and "model-2.safetensors" in out, out
+    runs = tmp_path / "runs" / "tiny"
+    assert RunFolder(runs / "rank1").completed_tasks() == 1 and RunFolder(runs / "rank2").completed_tasks() == 2
+    monkeypatch.setattr(results.os, "fsync", real_fsync)
+    assert main(["sweep", str(sweep), "--quiet"]) == 0
+    assert RunFolder(runs / "rank1").completed_tasks() == 2
+
+    # A full disk met by a write that is not forgetlab's own (here the report's): the same one line.
+    def report_on_a_full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "report" / "figure.png"))
+
+    monkeypatch.setattr(api, "report", report_on_a_full_disk)
+    assert main(["report", str(runs), "--out", str(tmp_path / "report")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "the disk is full writing" in lines[0] and "figure.png" in lines[0], lines

@@ -6,12 +6,11 @@ Errors the user can fix (:class:`forgetlab.errors.ForgetlabError`) print one lin
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 from pathlib import Path
 
-from forgetlab.errors import ForgetlabError
+from forgetlab.errors import FULL_DISK, DiskFullError, ForgetlabError
 
 EXIT_USER_ERROR = 2
 
@@ -360,13 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. 'forgetlab presets | head'
         sys.stdout = open(os.devnull, "w")
         return 0
-    except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except OSError as error:  # a full disk met by a write other than forgetlab's own (a figure, a library's file)
+        if error.errno not in FULL_DISK:
             raise
-        where = f" writing {error.filename}" if error.filename else ""
-        print(f"forgetlab: error: the disk is full{where} ({error.strerror}); free space there (or point out_dir or "
-              "FORGETLAB_HOME at a larger disk) and run the same command again: it resumes after the last finished task",
-              file=sys.stderr)  # fmt: skip
+        print(f"forgetlab: error: {DiskFullError(error.filename, error.strerror)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("forgetlab: interrupted; run the same command again to resume after the last finished task", file=sys.stderr)

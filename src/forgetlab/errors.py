@@ -5,6 +5,10 @@ exits with code 2, without a traceback. The message names the fix. Anything else
 traceback.
 """
 
+import errno
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
 
 class ForgetlabError(Exception):
     """A problem with the user's input or environment; the message says how to fix it."""
@@ -28,3 +32,12 @@ class TrainingError(ForgetlabError):
 
 class RunLockedError(ForgetlabError):
     """Another process is running the same run folder."""
+
+
+class DiskFullError(ForgetlabError):
+    """A write failed for want of space; what was committed stays, and the same command resumes."""
+
+    def __init__(self, path, strerror: str | None):
+        where = f" writing {path}" if path else ""
+        super().__init__(f"the disk is full{where} ({strerror or 'No space left on device'}); free space there (or point out_dir "
+                         "or FORGETLAB_HOME at a larger disk) and run the same command again: it resumes after the last finished task")  # fmt: skip

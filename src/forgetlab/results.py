@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forgetlab.errors import DataError, RunLockedError
+from forgetlab.errors import FULL_DISK, DataError, DiskFullError, RunLockedError
 
 MATRIX_FILE = "accuracy_matrix.json"
 PARTIAL_SUFFIX = ".partial"
@@ -81,8 +81,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         crash_point()
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
-        if error.filename is None:  # a failed write or fsync (a full disk) names no file: name the one being written
-            raise OSError(error.errno, error.strerror, str(path)) from error
+        if error.errno in FULL_DISK:  # a one-line error for the CLI, a failed cell (not a crash) for a sweep
+            raise DiskFullError(path, error.strerror) from error
         raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
