@@ -397,6 +397,10 @@ def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(random_backbones, t
     assert "free space" in lines[0] and "resumes" in lines[0]
     folder = RunFolder(tmp_path / "full")
     assert folder.completed_tasks() == 1 and not list(folder.path.rglob("*.partial"))
+    from forgetlab.errors import DiskFullError
+
+    error = DiskFullError.writing(folder.path / "x", "No space left on device")  # crosses processes intact
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
 
     monkeypatch.setattr(results.os, "fsync", real_fsync)
     assert main(["run", *overrides]) == 0

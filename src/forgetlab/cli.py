@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a full disk met by a write other than forgetlab's own (a figure, a library's file)
         if error.errno not in FULL_DISK:
             raise
-        print(f"forgetlab: error: {DiskFullError(error.filename, error.strerror)}", file=sys.stderr)
+        print(f"forgetlab: error: {DiskFullError.writing(error.filename, error.strerror)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("forgetlab: interrupted; run the same command again to resume after the last finished task", file=sys.stderr)

@@ -37,7 +37,8 @@ class RunLockedError(ForgetlabError):
 class DiskFullError(ForgetlabError):
     """A write failed for want of space; what was committed stays, and the same command resumes."""
 
-    def __init__(self, path, strerror: str | None):
+    @classmethod
+    def writing(cls, path, strerror: str | None = None) -> "DiskFullError":
         where = f" writing {path}" if path else ""
-        super().__init__(f"the disk is full{where} ({strerror or 'No space left on device'}); free space there (or point out_dir "
-                         "or FORGETLAB_HOME at a larger disk) and run the same command again: it resumes after the last finished task")  # fmt: skip
+        return cls(f"the disk is full{where} ({strerror or 'No space left on device'}); free space there (or point out_dir "
+                   "or FORGETLAB_HOME at a larger disk) and run the same command again: it resumes after the last finished task")  # fmt: skip

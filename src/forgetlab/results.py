@@ -82,7 +82,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         if error.errno in FULL_DISK:  # a one-line error for the CLI, a failed cell (not a crash) for a sweep
-            raise DiskFullError(path, error.strerror) from error
+            raise DiskFullError.writing(path, error.strerror) from error
         raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
