@@ -373,24 +373,32 @@ def test_result_files_follow_the_umask_and_sweep_names_stay_inside_out_dir(rando
         load_sweep(tmp_path / "escape.yaml")
 
 
-def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(random_backbones, tmp_path, monkeypatch, capsys):
-    """The disk fills while the second task's checkpoint is written: one line naming the file and the fix,
-    exit 2, no temporary file left, the first task still committed; once there is space, the same command
-    finishes with the matrix of a run that never failed."""
+def _fill_the_disk(monkeypatch, *fragments: str) -> None:
+    """Writes through forgetlab's atomic writer fail with ENOSPC (at their fsync, as a full disk can) when
+    the file's path holds every one of ``fragments``; ``monkeypatch.undo()`` frees the space."""
     import errno
 
     from forgetlab import results
-    from forgetlab.cli import main
 
     real_fsync = os.fsync
 
     def full_disk(fd):
-        if ".model-2.safetensors." in os.readlink(f"/proc/self/fd/{fd}"):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if all(fragment in name for fragment in fragments):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="full")
     monkeypatch.setattr(results.os, "fsync", full_disk)
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(random_backbones, tmp_path, monkeypatch, capsys):
+    """The disk fills while the second task's checkpoint is written: one line naming the file and the fix,
+    exit 2, no temporary file left, the first task still committed; once there is space, the same command
+    finishes with the matrix of a run that never failed."""
+    from forgetlab.cli import main
+
+    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="full")
+    _fill_the_disk(monkeypatch, ".model-2.safetensors.")
     assert main(["run", *overrides]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "the disk is full writing" in lines[0] and "model-2.safetensors" in lines[0], lines
@@ -402,7 +410,7 @@ def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(random_backbones, t
     error = DiskFullError.writing(folder.path / "x", "No space left on device")  # crosses processes intact
     assert str(pickle.loads(pickle.dumps(error))) == str(error)
 
-    monkeypatch.setattr(results.os, "fsync", real_fsync)
+    monkeypatch.undo()
     assert main(["run", *overrides]) == 0
     assert main(["run", *tiny_overrides(random_backbones["offline_vit"], tmp_path, name="never-failed")]) == 0
     resumed, reference = folder.read_matrix().as_array(), RunFolder(tmp_path / "never-failed").read_matrix().as_array()
@@ -414,26 +422,18 @@ def test_a_full_disk_in_a_sweep_fails_that_cell_in_one_line_and_the_sweep_resume
     the other cell runs, and the same sweep command afterwards finishes the failed cell."""
     import errno
 
-    from forgetlab import api, results
+    from forgetlab import api
     from forgetlab.cli import main
     from tests.test_sweep_report import _sweep_file
 
-    real_fsync = os.fsync
-
-    def full_disk(fd):
-        name = os.readlink(f"/proc/self/fd/{fd}")
-        if "/rank1/" in name and ".model-2.safetensors." in name:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_fsync(fd)
-
     sweep = _sweep_file(tmp_path, random_backbones["offline_vit"], {"method.rank": [1, 2]})
-    monkeypatch.setattr(results.os, "fsync", full_disk)
+    _fill_the_disk(monkeypatch, "/rank1/", ".model-2.safetensors.")
     assert main(["sweep", str(sweep), "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "the disk is full writing" in out and "model-2.safetensors" in out, out
     runs = tmp_path / "runs" / "tiny"
     assert RunFolder(runs / "rank1").completed_tasks() == 1 and RunFolder(runs / "rank2").completed_tasks() == 2
-    monkeypatch.setattr(results.os, "fsync", real_fsync)
+    monkeypatch.undo()
     assert main(["sweep", str(sweep), "--quiet"]) == 0
     assert RunFolder(runs / "rank1").completed_tasks() == 2
 

@@ -79,13 +79,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         crash_point()
         os.replace(temporary, path)
         crash_point()
-    except OSError as error:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        if error.errno in FULL_DISK:  # a one-line error for the CLI, a failed cell (not a crash) for a sweep
+        if isinstance(error, OSError) and error.errno in FULL_DISK:  # one line for the CLI, a failed cell for a sweep
             raise DiskFullError.writing(path, error.strerror) from error
-        raise
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
         raise
 
 

@@ -136,9 +136,13 @@ def synset(name: str):
 
 def synset_from_wnid(wnid: str):
     """The synset of an ImageNet-style wnid: ``n02958343`` -> ``car.n.01``."""
+    return reader().synset_from_pos_and_offset("n", _noun_offset(wnid))
+
+
+def _noun_offset(wnid: str) -> int:
     if not re.fullmatch(r"n\d{8}", wnid):
         raise DataError(f"'{wnid}' is not a wnid; a wnid is 'n' and an 8-digit noun offset")
-    return reader().synset_from_pos_and_offset("n", int(wnid[1:]))
+    return int(wnid[1:])
 
 
 def wnid_names(wnids: list[str], data_dir: str | None = None) -> list[str]:
@@ -148,9 +152,7 @@ def wnid_names(wnids: list[str], data_dir: str | None = None) -> list[str]:
     names = []
     with open(setup(Path(data_dir) if data_dir else None) / "data.noun", "rb") as data:
         for name in wnids:
-            if not re.fullmatch(r"n\d{8}", name):
-                raise DataError(f"'{name}' is not a wnid; a wnid is 'n' and an 8-digit noun offset")
-            data.seek(int(name[1:]))
+            data.seek(_noun_offset(name))
             fields = data.readline().decode("utf-8", errors="replace").split()
             # offset, lexicographer file, synset type, word count (hex), then the first word
             if len(fields) < 5 or fields[0] != name[1:] or fields[2] != "n":
