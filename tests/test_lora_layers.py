@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from forgetlab.errors import MergeError
+from forgetlab.errors import ConfigError, MergeError
 from forgetlab.methods.lora import LoRA, LoRAConfig
-from forgetlab.models.lora_layers import LoRAConv2d, LoRALinear, lora_layers, merge_lora
+from forgetlab.models.lora_layers import LoRAConv2d, LoRALinear, lora_layers, merge_lora, wrap
 from forgetlab.models.multihead import MultiHeadModel
 from tests.conftest import random_backbone
 
@@ -92,6 +92,60 @@ def test_conv_delta_weight_matches_the_composed_convolutions():
         expected = layer(x)
         merged = nn.functional.conv2d(x, layer.merged_weight(), padding=1)
     assert _relative_difference(merged, expected) < 1e-5
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+def test_conv_merge_is_exact_over_every_attribute_that_shapes_the_output(padding_mode):
+    """Live == merged for every padding mode, with and without bias, dilation, stride and 'same' padding:
+    the adapter sees the input exactly as the base convolution does (issue 17, section 6)."""
+    x = torch.randn(2, 4, 9, 9, generator=torch.Generator().manual_seed(1))
+    for bias in (True, False):
+        for dilation, stride, padding in ((1, 1, 1), (2, 1, 2), (1, 2, 1), (2, 1, "same")):
+            torch.manual_seed(0)
+            container = nn.Sequential(nn.Conv2d(4, 6, 3, stride, padding, dilation, bias=bias, padding_mode=padding_mode))
+            container[0] = LoRAConv2d(container[0], rank=2, alpha=4.0)
+            container[0].lora_B["all"].weight.data.normal_()
+            with torch.no_grad():
+                live = container(x)
+                base_only = container[0].base_layer(x)
+                merge_lora(container)
+                merged = container(x)
+            assert isinstance(container[0], nn.Conv2d) and container[0].padding_mode == padding_mode
+            assert _relative_difference(merged, live) < 1e-6, (bias, dilation, stride, padding)
+            assert _relative_difference(live, base_only) > 1e-2  # the update is not vacuous
+
+
+def _weight_normed() -> nn.Module:
+    return torch.nn.utils.weight_norm(nn.Linear(4, 4))
+
+
+def _parametrised() -> nn.Module:
+    return torch.nn.utils.parametrizations.orthogonal(nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda: nn.Conv2d(4, 8, 3, groups=2), "grouped convolution"),
+    (lambda: nn.Conv2d(4, 4, 3, groups=4), "grouped convolution"),
+    (lambda: __import__("timm").layers.StdConv2d(4, 4, 3), "computes its own forward"),
+    (lambda: __import__("timm").layers.Conv2dSame(4, 4, 3, stride=2), "computes its own forward"),
+    (_weight_normed, "forward hooks"),
+    (_parametrised, "parametrised"),
+    (lambda: nn.Conv1d(4, 4, 3), "supports nn.Linear and nn.Conv2d"),
+])  # fmt: skip
+def test_layers_lora_cannot_merge_exactly_are_refused_in_one_line(make, reason):
+    with pytest.raises(ConfigError, match=reason) as error:
+        wrap(make(), rank=2, alpha=4.0, dropout=0.0, name="blocks.0.conv")
+    assert "blocks.0.conv" in str(error.value) and "\n" not in str(error.value)
+    if isinstance(make(), nn.Conv2d):
+        with pytest.raises(ConfigError, match=reason):
+            LoRAConv2d(make(), rank=2, alpha=4.0)
+
+
+def test_timm_linear_is_adapted_like_nn_linear():
+    from timm.layers import Linear
+
+    layer = wrap(Linear(6, 5), rank=2, alpha=4.0, dropout=0.0)
+    assert isinstance(layer, LoRALinear)
 
 
 # ------------------------------------------------------------------------------- parity with PEFT

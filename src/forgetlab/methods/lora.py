@@ -93,7 +93,7 @@ class LoRA(Method):
 
     def check(self, backbone: nn.Module) -> None:
         chosen = self.target_modules(backbone)
-        wrap = lambda name, module: lora_layers.wrap(module, self.config.rank, self.alpha, 0.0, chosen[name])  # noqa: E731
+        wrap = lambda name, module: lora_layers.wrap(module, self.config.rank, self.alpha, 0.0, chosen[name], name=name)  # noqa: E731
         families.check_adaptable(backbone, list(chosen), wrap)
 
     def prepare(self, model, task: str) -> None:
@@ -101,7 +101,7 @@ class LoRA(Method):
         self._base_model = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("architecture", "")
         for name, out_slices in self.target_modules(model.backbone).items():
             module = model.backbone.get_submodule(name)
-            adapter = lora_layers.wrap(module, self.config.rank, self.alpha, self.config.dropout, out_slices)
+            adapter = lora_layers.wrap(module, self.config.rank, self.alpha, self.config.dropout, out_slices, name=name)
             model.backbone.set_submodule(name, adapter)
 
     def finish(self, model, task: str) -> None:

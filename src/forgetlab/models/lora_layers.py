@@ -14,9 +14,16 @@ Two generalisations the papers need:
 * ``out_slices``: an adapter per named row range of ``W``. On timm's fused ``attn.qkv`` (rows
   ``[q; k; v]``) the slices ``q`` and ``v`` give paper 2's LoRA on the query and value projections
   while the key rows never change. With a single slice ``all`` the layer is PEFT's ``lora.Linear``.
-* :class:`LoRAConv2d`: ``A`` is a convolution with the base layer's kernel, stride and padding into
-  ``r`` channels, ``B`` a 1x1 convolution back to ``out`` channels (PEFT's ``lora.Conv2d``); the merged
-  kernel is ``W[o, i] += (alpha / r) sum_r B[o, r] A[r, i]``. Paper 1 adapts ResNet-50's 1x1 ``conv3``.
+* :class:`LoRAConv2d`: ``A`` is a convolution with the base layer's kernel, stride, padding, dilation
+  and padding mode into ``r`` channels, ``B`` a 1x1 convolution back to ``out`` channels (PEFT's
+  ``lora.Conv2d``, which does not carry dilation or the padding mode); the merged kernel is
+  ``W[o, i] += (alpha / r) sum_r B[o, r] A[r, i]``. Paper 1 adapts ResNet-50's 1x1 ``conv3``.
+
+The merge is exact only if the adapter path sees the input exactly as the base layer does: every
+attribute of the wrapped layer that shapes its output is either carried into the adapter (kernel,
+stride, padding, dilation, padding mode; the bias stays in the base layer) or refused in one line by
+:func:`refusal` (grouped convolutions, subclasses with their own ``forward`` such as timm's
+``StdConv2d`` or ``Conv2dSame``, parametrised weights, forward hooks).
 """
 
 from __future__ import annotations
@@ -27,7 +34,40 @@ import math
 import torch
 from torch import nn
 
-from forgetlab.errors import MergeError
+from forgetlab.errors import ConfigError, MergeError
+
+
+def _plain_forwards() -> set:
+    """The ``forward`` functions whose output is ``F.linear(x, W, b)`` / ``F.conv2d(x, W, b, ...)`` and nothing else."""
+    forwards = {nn.Linear.forward, nn.Conv2d.forward}
+    try:  # timm's Linear only casts dtypes under TorchScript
+        from timm.layers import Linear as TimmLinear
+
+        forwards.add(TimmLinear.forward)
+    except ImportError:  # pragma: no cover - timm is a dependency
+        pass
+    return forwards
+
+
+def refusal(module: nn.Module) -> str | None:
+    """Why LoRA cannot adapt ``module`` exactly (its output depends on more than its weight through
+    ``F.linear`` / ``F.conv2d`` with attributes the adapter copies), or None when it can."""
+    from torch.nn.utils import parametrize
+
+    kind = type(module).__name__
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        return f"it is a {kind}; LoRA supports nn.Linear and nn.Conv2d"
+    if type(module).forward not in _plain_forwards() or (
+        isinstance(module, nn.Conv2d) and type(module)._conv_forward is not nn.Conv2d._conv_forward
+    ):
+        return f"{kind} computes its own forward (e.g. standardised weights or dynamic padding), so a merged update would not equal the live one"
+    if parametrize.is_parametrized(module):
+        return f"its weight is parametrised ({kind}); remove the parametrisation first"
+    if module._forward_hooks or module._forward_pre_hooks:
+        return f"the {kind} has forward hooks (e.g. torch.nn.utils.weight_norm) that change its output"
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return f"it is a grouped convolution (groups={module.groups}); LoRA adapts ungrouped ones (PEFT cannot merge grouped ones either)"
+    return None
 
 
 class LoRALayer(nn.Module, abc.ABC):
@@ -71,6 +111,9 @@ class LoRALinear(LoRALayer):
         dropout: float = 0.0,
         out_slices: dict[str, tuple[int, int]] | None = None,
     ):
+        reason = refusal(base_layer)
+        if reason:
+            raise ConfigError(f"LoRA cannot adapt this layer: {reason}; choose other method.targets")
         super().__init__(base_layer, rank, alpha, dropout)
         self.out_slices = dict(out_slices or {"all": (0, base_layer.out_features)})
         spans = sorted(self.out_slices.values())
@@ -126,13 +169,16 @@ class LoRALinear(LoRALayer):
 
 class LoRAConv2d(LoRALayer):
     def __init__(self, base_layer: nn.Conv2d, rank: int, alpha: float, dropout: float = 0.0):
+        reason = refusal(base_layer)
+        if reason:
+            raise ConfigError(f"LoRA cannot adapt this layer: {reason}; choose other method.targets")
         super().__init__(base_layer, rank, alpha, dropout)
-        if base_layer.groups != 1:
-            raise ValueError("LoRA on grouped convolutions is not supported")
         device = base_layer.weight.device
+        # Everything that decides which input pixels meet which kernel tap is copied, the padding mode
+        # included: with 'reflect' the adapter must see the same reflected border as the base layer.
         self.lora_A["all"] = nn.Conv2d(
             base_layer.in_channels, rank, base_layer.kernel_size, base_layer.stride,
-            base_layer.padding, base_layer.dilation, bias=False, device=device,
+            base_layer.padding, base_layer.dilation, bias=False, padding_mode=base_layer.padding_mode, device=device,
         )  # fmt: skip
         self.lora_B["all"] = nn.Conv2d(rank, base_layer.out_channels, 1, bias=False, device=device)
         self.reset_lora_parameters()
@@ -147,7 +193,12 @@ class LoRAConv2d(LoRALayer):
         return torch.einsum("or,rikl->oikl", b, a) * self.scaling
 
 
-def wrap(module: nn.Module, rank: int, alpha: float, dropout: float, out_slices=None) -> LoRALayer:
+def wrap(module: nn.Module, rank: int, alpha: float, dropout: float, out_slices=None, name: str = "") -> LoRALayer:
+    """``module`` wrapped in its LoRA layer. Raises :class:`ConfigError` naming ``name`` when LoRA cannot
+    adapt it exactly (:func:`refusal`)."""
+    reason = refusal(module)
+    if reason:
+        raise ConfigError(f"LoRA cannot adapt {name or 'this layer'}: {reason}; choose other method.targets")
     if isinstance(module, nn.Linear):
         return LoRALinear(module, rank, alpha, dropout, out_slices)
     if isinstance(module, nn.Conv2d):
