@@ -139,7 +139,7 @@ def _check_folder(folder: RunFolder, config) -> None:
 
         # An option that no longer exists keeps the file as it is, so it shows up as a difference.
         try:
-            stored = config_module.normalise(yaml.safe_load(folder.config.read_text()))
+            stored = config_module.normalise(config_module.parse_yaml(folder.config.read_text()))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise DataError(f"{folder.config} is not readable YAML; restore it or delete that folder") from error
         if not isinstance(stored, dict):

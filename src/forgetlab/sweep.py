@@ -181,7 +181,7 @@ def run_sweep(sweep: Sweep, *, jobs: int | str = 1, quiet: bool = False, log: Ca
     sweep.folder.mkdir(parents=True, exist_ok=True)
     stored = sweep.folder / SWEEP_FILE
     definition = sweep.definition()
-    if stored.exists() and yaml.safe_load(stored.read_text()) != yaml.safe_load(yaml.safe_dump(definition)):
+    if stored.exists() and config_module.parse_yaml(stored.read_text()) != config_module.parse_yaml(yaml.safe_dump(definition)):
         raise ConfigError(f"{sweep.folder} holds a different sweep; give the sweep another name or delete that folder")
     atomic_write_text(stored, yaml.safe_dump(definition, sort_keys=False))
     status = {cell.name: "skipped" for cell in sweep.cells if cell_done(sweep, cell)}

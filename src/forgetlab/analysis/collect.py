@@ -7,7 +7,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from forgetlab.errors import DataError
 from forgetlab.results import AccuracyMatrix, RunFolder, read_json
@@ -23,7 +22,7 @@ class RunResult:
         take their defaults, so runs from before and after an option existed compare equal."""
         from forgetlab import config as config_module
 
-        return config_module.normalise(yaml.safe_load(self.folder.config.read_text()))
+        return config_module.normalise(config_module.parse_yaml(self.folder.config.read_text()))
 
     @cached_property
     def matrix(self) -> AccuracyMatrix:
