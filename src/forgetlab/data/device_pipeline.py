@@ -1,9 +1,10 @@
 """Decoding and preprocessing on the device, a whole batch at a time (``data.pipeline=device``).
 
 Loader workers only read: a file's bytes, or an in-memory uint8 image; images stay uint8 until the
-device. There, JPEGs are decoded in one batched ``torchvision.io.decode_jpeg`` call (nvjpeg on CUDA;
-libjpeg on the CPU); PNG, grayscale, CMYK and anything the batched decoder refuses go through
-``decode_image`` one by one; a file nothing can decode is a one-line error naming it. The
+device. There, grey and YCbCr JPEGs are decoded in one batched ``torchvision.io.decode_jpeg`` call
+(nvjpeg on CUDA; libjpeg on the CPU); CMYK/YCCK JPEGs, PNGs and other formats one by one on the CPU,
+by the rule of :mod:`forgetlab.data.decode` that the PIL path follows too (the same uint8 RGB
+pixels; 16-bit scaled by ``>> 8``); a file nothing can decode is a one-line error naming it. The
 preprocessing is the one :func:`forgetlab.data.files.preprocess_for` builds with timm, done on
 tensors with the same parameters:
 
@@ -32,9 +33,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_labels
+from forgetlab.data.decode import JPEG_MAGIC, PNG_MAGIC, decode_bytes, jpeg_components, to_uint8
 from forgetlab.errors import DataError
-
-JPEG_MAGIC = b"\xff\xd8"
 
 
 @dataclass
@@ -168,27 +168,42 @@ def batch_transforms(preprocess) -> dict[str, BatchTransform]:
 
 # ---------------------------------------------------------------------------------------------- datasets
 def _decode_one(data: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+    """One file's bytes -> uint8 RGB ``[3, H, W]`` on ``device`` by :mod:`forgetlab.data.decode`'s rule:
+    JPEG and PNG by torchvision on the CPU (the same pixels as PIL; 16-bit scaled by ``>> 8``), any
+    other format, or bytes torchvision refuses, by PIL, which decodes them or names the file."""
+    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
+    head = data[:8].numpy().tobytes()
     try:
-        return decode_image(data, mode=ImageReadMode.RGB).to(device)
-    except (RuntimeError, ValueError) as error:
-        raise DataError(f"cannot decode {name} ({str(error).splitlines()[0][:80]}); re-extract the dataset") from error
+        if head[:2] == JPEG_MAGIC:
+            return decode_jpeg(data, mode=ImageReadMode.RGB).to(device)
+        if head == PNG_MAGIC:
+            return to_uint8(decode_png(data, mode=ImageReadMode.RGB)).to(device)
+    except (RuntimeError, ValueError):
+        pass  # PIL gives the verdict, with the same message as the PIL path
+    return decode_bytes(data, name).to(device)
 
 
 def decode_batch(payloads: list[torch.Tensor], names: list[str], device: torch.device) -> list[torch.Tensor]:
-    """uint8 RGB ``[3, H, W]`` images from encoded bytes: JPEGs in one batched call, the rest one by one."""
+    """uint8 RGB ``[3, H, W]`` images from encoded bytes (see :mod:`forgetlab.data.decode` for the rule):
+    grey and YCbCr JPEGs in one batched ``decode_jpeg`` call on ``device`` (nvJPEG on CUDA); if that
+    call refuses the batch, each of them alone on ``device``; CMYK/YCCK JPEGs, other formats and
+    whatever the device refused by :func:`_decode_one` on the CPU."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     images: list[torch.Tensor | None] = [None] * len(payloads)
-    jpegs = [i for i, data in enumerate(payloads) if bytes(data[:2].tolist()) == JPEG_MAGIC]
+    jpegs = [i for i, data in enumerate(payloads) if jpeg_components(data) in (1, 3)]
     if jpegs:
         try:
             decoded = decode_jpeg([payloads[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
             for i, image in zip(jpegs, decoded):
                 images[i] = image
-        except (RuntimeError, ValueError):  # a CMYK or damaged JPEG among them: each on its own below
-            pass
+        except (RuntimeError, ValueError):  # a damaged JPEG among them: the others still decode on the device
+            for i in jpegs:
+                try:
+                    images[i] = decode_jpeg(payloads[i], mode=ImageReadMode.RGB, device=device)
+                except (RuntimeError, ValueError):
+                    pass
     return [image if image is not None else _decode_one(payloads[i], names[i], device) for i, image in enumerate(images)]
 
 

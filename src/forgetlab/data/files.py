@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from forgetlab.data.base import subset_indices
+from forgetlab.data.decode import open_rgb
 from forgetlab.errors import ConfigError, DataError
 
 DATA_ENV = "FORGETLAB_DATA"
@@ -84,14 +85,9 @@ class FileDataset(Dataset):
         return len(self.paths)
 
     def open_image(self, index: int):
-        """The decoded RGB image (cropped to its box, if any)."""
-        from PIL import Image
-
-        try:
-            with Image.open(self.paths[index]) as image:
-                image = image.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise DataError(f"cannot decode {self.paths[index]} ({error}); re-extract the dataset") from error
+        """The decoded RGB PIL image (cropped to its box, if any), by :mod:`forgetlab.data.decode`'s rule
+        (the device pipeline's too); a DataError naming the file if it cannot be decoded."""
+        image = open_rgb(self.paths[index])
         if self.boxes is not None:
             x, y, width, height = self.boxes[index]
             image = image.crop((int(x), int(y), int(x + width), int(y + height)))
