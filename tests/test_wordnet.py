@@ -57,8 +57,47 @@ def _princeton_dict(folder):
     for file in wordnet.WORDNET_DIR.iterdir():
         if file.is_file():
             shutil.copyfile(file, folder / file.name)
-    (folder / "lexnames").write_text("\n".join(wordnet._lexnames_from_manpage(wordnet.LEXNAMES_MANPAGE)) + "\n")
+    (folder / "lexnames").write_text(wordnet.lexnames_text())
     return folder
+
+
+def test_lexnames_are_debians_manual_page_table():
+    """The shipped table equals the one in wordnet-base's lexnames(5WN) manual page (where installed)."""
+    import gzip
+    import re
+    from pathlib import Path
+
+    manpage = Path("/usr/share/man/man5/lexnames.5WN.gz")
+    if not manpage.exists():
+        pytest.skip("wordnet-base's manual page is not installed")
+    table = re.findall(r"^(\d\d)\t([a-z]+\.[A-Za-z]+)\s", gzip.open(manpage, "rt").read(), flags=re.MULTILINE)
+    assert table == [(f"{number:02d}", name) for number, name in enumerate(wordnet.LEXNAMES)] and len(table) == 45
+    assert wordnet.lexnames_text().splitlines()[44] == "44\tadj.ppl\t3" and wordnet.lexnames_text().count("\t2\n") == 15
+
+
+def test_a_copy_of_debians_folder_needs_no_manual_page(tmp_path, monkeypatch):
+    """$FORGETLAB_WORDNET at a copy of Debian's /usr/share/wordnet (no lexnames file), on a machine with
+    neither Debian's folder nor its manual page: the lexnames come from forgetlab's table."""
+    import shutil
+
+    copy = tmp_path / "wordnet-copy"
+    shutil.copytree(wordnet.WORDNET_DIR, copy)
+    assert not (copy / "lexnames").exists()
+    monkeypatch.setenv("FORGETLAB_WORDNET", str(copy))
+    monkeypatch.setattr(wordnet, "WORDNET_DIR", tmp_path / "no-debian")
+    root = wordnet.setup(tmp_path / "nltk_data")
+    assert (root / "lexnames").read_text() == wordnet.lexnames_text()
+    # each synset's lexicographer file number (data.*'s second field) names its file through the table;
+    # NLTK's reader reads the same lines (test_setup_from_a_clean_folder), but building it takes 7-17 s
+    lexnames = dict(line.split("\t")[:2] for line in (root / "lexnames").read_text().splitlines())
+    found = []
+    for pos, offset in (("noun", 2958343), ("verb", 1168486), ("adv", 85811), ("noun", 1632458)):  # car, eat, quickly, spotted salamander
+        with open(root / f"data.{pos}", "rb") as data:
+            data.seek(offset)
+            fields = data.readline().decode().split()
+        found.append((fields[4], lexnames[fields[1]]))
+    assert found == [("car", "noun.artifact"), ("eat", "verb.consumption"), ("quickly", "adv.all"), ("spotted_salamander", "noun.animal")]
+    assert wordnet.wnid_names(["n02958343", "n01629819"], str(tmp_path / "nltk_data")) == ["car", "European fire salamander"]
 
 
 def test_wordnet_without_debian_packages(tmp_path, monkeypatch):
@@ -69,9 +108,8 @@ def test_wordnet_without_debian_packages(tmp_path, monkeypatch):
     import nltk
 
     source = _princeton_dict(tmp_path / "WordNet-3.0" / "dict")
-    no_manpage = tmp_path / "no-manpage.gz"
     monkeypatch.setenv("FORGETLAB_WORDNET", str(source))
-    root = wordnet.setup(tmp_path / "from-env", manpage=no_manpage)
+    root = wordnet.setup(tmp_path / "from-env")
     assert (root / "lexnames").read_bytes() == (source / "lexnames").read_bytes()
     assert wordnet.reader(str(tmp_path / "from-env")).synset_from_pos_and_offset("n", 2958343).name() == "car.n.01"
     assert wordnet.wnid_names(["n02958343"], str(tmp_path / "from-env")) == ["car"]
@@ -84,7 +122,7 @@ def test_wordnet_without_debian_packages(tmp_path, monkeypatch):
         for file in source.iterdir():
             bundle.write(file, f"wordnet/{file.name}")
     monkeypatch.setattr(nltk.data, "path", [str(nltk_home)])
-    root = wordnet.setup(tmp_path / "from-zip", manpage=no_manpage)
+    root = wordnet.setup(tmp_path / "from-zip")
     assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in source.iterdir())
     assert wordnet.wnid_names(["n02958343", "n03000134"], str(tmp_path / "from-zip")) == ["car", "chainlink fence"]
 

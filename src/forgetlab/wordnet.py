@@ -1,9 +1,10 @@
 """WordNet 3.0, read offline through NLTK: from Debian's ``wordnet-base``, or on machines without apt
 from ``$FORGETLAB_WORDNET`` (Princeton's ``dict`` folder) or NLTK's own downloaded copy.
 
-NLTK will not read ``/usr/share/wordnet`` in place, and the Debian package lacks the ``lexnames`` file
-that NLTK's reader opens first. :func:`setup` copies the database into forgetlab's own NLTK data folder
-and writes ``lexnames`` from the table in the package's ``lexnames(5WN)`` manual page.
+NLTK will not read ``/usr/share/wordnet`` in place, and the Debian package (and any copy of its folder)
+lacks the ``lexnames`` file that NLTK's reader opens first. :func:`setup` copies the database into
+forgetlab's own NLTK data folder and writes ``lexnames`` from :data:`LEXNAMES`, WordNet 3.0's fixed
+table of 45 lexicographer files, wherever the source folder lacks it.
 
 ImageNet wnids (``n02958343``) are WordNet 3.0 noun offsets, so a class's synset is exact:
 :func:`synset_from_wnid`.
@@ -12,7 +13,6 @@ ImageNet wnids (``n02958343``) are WordNet 3.0 noun offsets, so a class's synset
 from __future__ import annotations
 
 import functools
-import gzip
 import os
 import re
 import shutil
@@ -22,20 +22,26 @@ from forgetlab import paths
 from forgetlab.errors import DataError
 
 WORDNET_DIR = Path("/usr/share/wordnet")
-LEXNAMES_MANPAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
 _POS_NUMBER = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+# WordNet 3.0's lexicographer files, numbered 00..44: the ``lexnames`` file of Princeton's dict folder,
+# and the table of the lexnames(5WN) manual page (Debian's /usr/share/man/man5/lexnames.5WN.gz).
+LEXNAMES = (
+    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
+    "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
+    "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession",
+    "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
+    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption",
+    "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
+    "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+)  # fmt: skip
 _INSTALL_HINT = ("install it with: sudo apt-get install wordnet-base wordnet-sense-index (or run 'make demo'); "
                  "without apt, set FORGETLAB_WORDNET=/path/to/WordNet-3.0/dict or run python -m nltk.downloader wordnet")
 
 
-def _lexnames_from_manpage(manpage: Path) -> list[str]:
-    """The 45 ``NN<TAB>name<TAB>pos`` lines NLTK expects, parsed from the manual page's table."""
-    text = gzip.open(manpage, "rt", encoding="utf-8", errors="replace").read()
-    entries = re.findall(r"^(\d\d)\t([a-z]+\.[A-Za-z]+)\s", text, flags=re.MULTILINE)
-    lines = [f"{number}\t{name}\t{_POS_NUMBER[name.split('.')[0]]}" for number, name in entries]
-    if len(lines) != 45 or [int(n) for n, _ in entries] != list(range(45)):
-        raise DataError(f"could not read the 45 lexnames from {manpage}; reinstall wordnet-base")
-    return lines
+def lexnames_text() -> str:
+    """WordNet 3.0's ``lexnames`` file: 45 lines ``NN<TAB>name<TAB>pos`` (pos 1 noun, 2 verb, 3 adjective,
+    4 adverb), as Princeton's dict folder has it and NLTK's reader expects."""
+    return "".join(f"{number:02d}\t{name}\t{_POS_NUMBER[name.split('.')[0]]}\n" for number, name in enumerate(LEXNAMES))
 
 
 def _extract_zip(archive: Path, folder: Path) -> None:
@@ -78,9 +84,9 @@ def find_source() -> Path:
     return WORDNET_DIR  # missing: setup() says how to install it
 
 
-def setup(data_dir: Path | None = None, source: Path | None = None, manpage: Path = LEXNAMES_MANPAGE) -> Path:
+def setup(data_dir: Path | None = None, source: Path | None = None) -> Path:
     """Build ``<data_dir>/corpora/wordnet`` from WordNet 3.0's files (:func:`find_source`); return that
-    folder. Debian's lack ``lexnames``, which is written from its manual page. Idempotent."""
+    folder. A folder without ``lexnames`` (Debian's, or a copy of it) gets :data:`LEXNAMES`. Idempotent."""
     target = (data_dir or paths.home() / "nltk_data") / "corpora" / "wordnet"
     if (target / "lexnames").exists() and (target / "data.noun").exists():
         return target
@@ -92,15 +98,13 @@ def setup(data_dir: Path | None = None, source: Path | None = None, manpage: Pat
         source = staging
     if not (source / "data.noun").exists():
         raise DataError(f"WordNet 3.0 not found in {source}; {_INSTALL_HINT}")
-    if not (source / "lexnames").exists() and not manpage.exists():
-        raise DataError(f"{manpage} not found; {_INSTALL_HINT}")
     staging.mkdir(parents=True, exist_ok=True)
     if source != staging:
         for file in source.iterdir():
             if file.is_file():
                 shutil.copyfile(file, staging / file.name)
     if not (staging / "lexnames").exists():
-        (staging / "lexnames").write_text("\n".join(_lexnames_from_manpage(manpage)) + "\n")
+        (staging / "lexnames").write_text(lexnames_text())
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
