@@ -124,17 +124,20 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     raise DataError(f"unexpected decoded pixel type {image.dtype}")
 
 
-def box_pixels(box, width: int, height: int, name: str, box_file: str | Path = "bounding_boxes.txt") -> tuple[int, int, int, int]:
+def box_pixels(box, width: int | None, height: int | None, name: str, box_file: str | Path | None = None) -> tuple[int, int, int, int]:
     """``(left, top, right, bottom)`` in whole pixels of ``box`` (``x, y, box width, box height``) clipped
     to a ``width`` x ``height`` image: edges are truncated to integers (``int(x)``, ``int(x + w)``, as
-    paper 1's code cropped with PIL) and then clipped to the image. A box with no pixel inside the image
-    (outside it, zero or negative size, not finite) is a one-line DataError naming the image and the box
-    file."""
+    paper 1's code cropped with PIL) and then clipped to the image (``None``: size unknown, only the
+    origin is clipped; a box that fails then fails for every image). A box with no pixel inside the
+    image (outside it, zero or negative size, not finite) is a one-line DataError naming the image and
+    the box file (default ``bounding_boxes.txt``)."""
     x, y, box_width, box_height = (float(v) for v in box)
     if all(math.isfinite(v) for v in (x, y, box_width, box_height)):
-        left, top = max(0, int(x)), max(0, int(y))
-        right, bottom = min(width, int(x + box_width)), min(height, int(y + box_height))
+        left, top, right, bottom = max(0, int(x)), max(0, int(y)), int(x + box_width), int(y + box_height)
+        right, bottom = min(width, right) if width is not None else right, min(height, bottom) if height is not None else bottom
         if right > left and bottom > top:
             return left, top, right, bottom
-    raise DataError(f"{name}: its box (x={x:g}, y={y:g}, w={box_width:g}, h={box_height:g}) in {box_file} has no pixel inside the "
-                    f"{width} x {height} image; correct that line of {box_file} (or use cub200:nocrop)")  # fmt: skip
+    box_file = box_file or "bounding_boxes.txt"
+    image = f"the {width} x {height} image" if width is not None and height is not None else "any image"
+    raise DataError(f"{name}: its box (x={x:g}, y={y:g}, w={box_width:g}, h={box_height:g}) in {box_file} has no pixel inside "
+                    f"{image}; correct that line of {box_file} (or use cub200:nocrop)")  # fmt: skip

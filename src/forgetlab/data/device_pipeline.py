@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_labels
-from forgetlab.data.decode import JPEG_MAGIC, PNG_MAGIC, decode_bytes, jpeg_components, to_uint8
+from forgetlab.data.decode import JPEG_MAGIC, PNG_MAGIC, box_pixels, decode_bytes, jpeg_components, to_uint8
 from forgetlab.errors import DataError
 
 
@@ -238,6 +238,12 @@ class EncodedDataset(Dataset):
             payload = torch.from_numpy(np.ascontiguousarray(np.asarray(dataset.images[position]).transpose(2, 0, 1)))
         return payload, int(self.labels[index]), position
 
+    def _crop(self, image: torch.Tensor, position: int) -> torch.Tensor:
+        """``image`` ``[3, H, W]`` cropped to its box by :func:`forgetlab.data.decode.box_pixels`."""
+        left, top, right, bottom = box_pixels(self.dataset.boxes[position], image.shape[-1], image.shape[-2], self.name(position),
+                                              getattr(self.dataset, "box_file", None))  # fmt: skip
+        return image[:, top:bottom, left:right]
+
     def name(self, position: int) -> str:
         return str(self.dataset.paths[position]) if hasattr(self.dataset, "paths") else f"image {position}"
 
@@ -266,9 +272,8 @@ class EncodedDataset(Dataset):
         if hasattr(self.dataset, "paths"):
             images = decode_batch(payloads, [self.name(i) for i in indices], device)
             boxes = getattr(self.dataset, "boxes", None)
-            if boxes is not None:  # CUB's bounding boxes, as the PIL path crops them
-                images = [image[:, int(y) : int(y + h), int(x) : int(x + w)] for image, (x, y, w, h) in
-                          zip(images, (boxes[i] for i in indices))]  # fmt: skip
+            if boxes is not None:  # CUB's bounding boxes, clipped to the image as on the PIL path
+                images = [self._crop(image, position) for image, position in zip(images, indices)]
         else:
             images = payloads
         return self.batch_transform(images, device, generator)

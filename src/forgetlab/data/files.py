@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from forgetlab.data.base import subset_indices
-from forgetlab.data.decode import open_rgb
+from forgetlab.data.decode import box_pixels, open_rgb
 from forgetlab.errors import ConfigError, DataError
 
 DATA_ENV = "FORGETLAB_DATA"
@@ -70,14 +70,22 @@ def preprocess_for(model: torch.nn.Module, image_size: int | None = None, config
 
 class FileDataset(Dataset):
     """``(path, label)`` pairs; items are ``(transform(PIL image), label)``. ``boxes`` (``x, y, width,
-    height`` per image, e.g. CUB's ``bounding_boxes.txt``) crop each image right after decoding."""
+    height`` per image, read from ``box_file``, e.g. CUB's ``bounding_boxes.txt``) crop each image
+    right after decoding, clipped to the image (:func:`forgetlab.data.decode.box_pixels`, the device
+    pipeline's rule too). A box that can hold no pixel of any image (zero or negative size, not
+    finite, ending left of or above the origin) is a one-line DataError here; one that misses its
+    image, when the image is decoded."""
 
-    def __init__(self, paths: list[Path], labels: list[int], transform: Callable | None = None, boxes=None):
+    def __init__(self, paths: list[Path], labels: list[int], transform: Callable | None = None, boxes=None,
+                 box_file: Path | str | None = None):  # fmt: skip
         if len(paths) != len(labels) or (boxes is not None and len(boxes) != len(paths)):
             raise ValueError(f"{len(paths)} files but {len(labels)} labels" + ("" if boxes is None else f" and {len(boxes)} boxes"))
         self.paths = [Path(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.boxes = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(len(self.paths), 4)
+        self.box_file = box_file
+        for path, box in zip(self.paths, self.boxes if self.boxes is not None else ()):
+            box_pixels(box, None, None, str(path), box_file)
         self.transform = transform
         self.eval_transform = transform
 
@@ -86,11 +94,11 @@ class FileDataset(Dataset):
 
     def open_image(self, index: int):
         """The decoded RGB PIL image (cropped to its box, if any), by :mod:`forgetlab.data.decode`'s rule
-        (the device pipeline's too); a DataError naming the file if it cannot be decoded."""
+        (the device pipeline's too); a DataError naming the file if it cannot be decoded or its box
+        has no pixel inside it."""
         image = open_rgb(self.paths[index])
         if self.boxes is not None:
-            x, y, width, height = self.boxes[index]
-            image = image.crop((int(x), int(y), int(x + width), int(y + height)))
+            image = image.crop(box_pixels(self.boxes[index], image.width, image.height, str(self.paths[index]), self.box_file))
         return image
 
     def __getitem__(self, index: int):
@@ -100,7 +108,7 @@ class FileDataset(Dataset):
     def select(self, order) -> "FileDataset":
         """The examples at ``order``, in that order, with the same transforms."""
         selected = FileDataset([self.paths[i] for i in order], self.labels[order].tolist(), self.transform,
-                               None if self.boxes is None else self.boxes[order])  # fmt: skip
+                               None if self.boxes is None else self.boxes[order], self.box_file)  # fmt: skip
         selected.eval_transform = self.eval_transform
         return selected
 

@@ -278,6 +278,7 @@ def cub200(data_config=None, preprocess=None, variant: str = "crop") -> TaskData
             if image_id not in boxes:
                 raise DataError(f"{root / 'bounding_boxes.txt'} has no box for image {image_id}; re-extract CUB_200_2011.tgz or use cub200:nocrop")
             split_boxes.append([float(v) for v in boxes[image_id].split()])
-    train, test = (FileDataset(p, l, boxes=b if variant == "crop" else None) for p, l, b in (splits["1"], splits["0"]))
+    train, test = (FileDataset(p, l, boxes=b if variant == "crop" else None, box_file=root / "bounding_boxes.txt")
+                   for p, l, b in (splits["1"], splits["0"]))  # fmt: skip
     return _finish("cub200", data_config, preprocess, classes, train, test,
                    domain_synset="bird.n.01", domain_word="bird", description="CUB-200-2011 (200 bird species)")  # fmt: skip

@@ -1,0 +1,74 @@
+"""The PIL and device pipelines agree (issue 17 section 3, issue 19 item 1): CUB's boxes crop alike,
+clipped to the image, and caches keyed by a dataset's fingerprint work on both."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from forgetlab.data.device_pipeline import EncodedDataset
+from forgetlab.data.files import FileDataset
+from forgetlab.errors import DataError
+
+CPU = torch.device("cpu")
+
+
+def _untransformed(images, device, generator=None):
+    return images  # the crops as decoded, before any resize
+
+
+# ------------------------------------------------------------------------------------ CUB boxes (issue 17 §3)
+BOXES = {  # x, y, w, h on a 24 x 20 image -> the clipped (left, top, right, bottom)
+    "inside": ((3, 2, 10, 8), (3, 2, 13, 10)),
+    "across the left edge": ((-4, 2, 10, 8), (0, 2, 6, 10)),
+    "across the right edge": ((18, 2, 10, 8), (18, 2, 24, 10)),
+    "across the top edge": ((3, -5, 10, 8), (3, 0, 13, 3)),
+    "across the bottom edge": ((3, 15, 10, 8), (3, 15, 13, 20)),
+    "past a corner": ((20, 16, 10, 10), (20, 16, 24, 20)),
+    "negative origin, all of it": ((-5, -7, 40, 40), (0, 0, 24, 20)),
+    "fractional edges truncated": ((2.7, 1.2, 5.9, 4.5), (2, 1, 8, 5)),
+}
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_boxes_are_clipped_to_the_image_alike_on_both_pipelines(tmp_path, suffix):
+    """The issue's faults: the PIL path padded a box past the border with black, the device path cut it
+    differently, and a negative origin made it raise ZeroDivisionError."""
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    path = tmp_path / f"bird{suffix}"
+    Image.fromarray(pixels).save(path, **({"quality": 95} if suffix == ".jpg" else {}))
+    stored = np.asarray(Image.open(path).convert("RGB"))  # the JPEG's own pixels (lossy) or the PNG's
+    assert suffix == ".jpg" or np.array_equal(stored, pixels)
+    files = FileDataset([path] * len(BOXES), [0] * len(BOXES), boxes=[box for box, _ in BOXES.values()])
+    device = EncodedDataset(files, transform=_untransformed)
+    items = [device[i] for i in range(len(device))]
+    crops = device.to_batch([item[0] for item in items], [item[2] for item in items], CPU)
+    for index, (case, (_, (left, top, right, bottom))) in enumerate(BOXES.items()):
+        pil = np.asarray(files.open_image(index))
+        assert pil.shape == (bottom - top, right - left, 3), case
+        assert np.array_equal(pil, stored[top:bottom, left:right]), case
+        assert np.array_equal(crops[index].permute(1, 2, 0).numpy(), pil), case
+
+
+@pytest.mark.parametrize("box,when", [
+    ((3, 2, 0, 8), "loading"), ((3, 2, 10, -1), "loading"), ((3.2, 2, 0.5, 5), "loading"),  # no area (after truncation)
+    ((-10, 2, 5, 5), "loading"), ((float("nan"), 2, 5, 5), "loading"),  # ends left of the origin; not a number
+    ((30, 2, 5, 5), "decoding"), ((3, 20, 5, 5), "decoding"), ((24, 20, 5, 5), "decoding"),  # beyond the 24 x 20 image
+])  # fmt: skip
+def test_a_box_without_pixels_is_one_line_naming_the_image_and_the_box_file(tmp_path, box, when):
+    path = tmp_path / "bird.png"
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(path)
+    box_file = tmp_path / "bounding_boxes.txt"
+    pattern = f"bird.png: its box .* in {box_file} has no pixel inside .*; correct that line of {box_file}"
+    if when == "loading":  # a box no image can hold fails before any training
+        with pytest.raises(DataError, match=pattern):
+            FileDataset([path], [0], boxes=[box], box_file=box_file)
+        return
+    files = FileDataset([path], [0], boxes=[box], box_file=box_file)
+    device = EncodedDataset(files, transform=_untransformed)
+    for decode in (lambda: files.open_image(0), lambda: device.to_batch([device[0][0]], [0], CPU)):
+        with pytest.raises(DataError, match=pattern + r" \(or use cub200:nocrop\)$") as error:
+            decode()
+        assert "the 24 x 20 image" in str(error.value) and "\n" not in str(error.value)
