@@ -10,15 +10,33 @@ tensors with the same parameters:
 
 * evaluation: resize (the shorter side to ``floor(size / crop_pct)``, or both sides for ``squash``;
   antialiased, the configured interpolation), centre crop, normalise;
-* training: random-resized crop (torchvision's sampling of area in ``scale`` and log-ratio in
-  ``ratio``, ten tries then the centre fallback), horizontal flip, colour jitter (brightness, contrast,
-  saturation factors in ``[1 - j, 1 + j]``, applied in a random order as torchvision does), normalise.
+* training: random-resized crop (timm's ``RandomResizedCropAndInterpolation.get_params``: area
+  fraction uniform in ``scale``, log aspect ratio uniform in ``log(ratio)``, the first of ten tries
+  that fits, else the centre fallback), horizontal flip, colour jitter (brightness, contrast,
+  saturation factors in ``[max(0, 1 - j), 1 + j]``, hue in ``[-h, h]``, in a random order per image,
+  as ``torchvision.transforms.ColorJitter``), normalise.
+
+Training batches are augmented whole (issue 19): :meth:`BatchTransform.draw` draws every image's
+parameters as tensors in a few calls on a CPU generator (no per-image host read; the same numbers on
+any device), and :meth:`BatchTransform.apply` resizes every crop at once as two batched matmuls,
+``W_rows @ image @ W_columns^T``, whose per-image weight matrices are PIL's antialiased filters (the
+ones ``F.interpolate(antialias=True)`` implements) restricted to the crop box, with the flip folded
+into the column weights; the jitter is four batched blends. Evaluation uses the same resampling.
+
+Why not kornia's ``augmentation`` module (0.9.0 read for this): its ``RandomResizedCrop`` samples one
+box per image of a same-sized batch tensor (decoded files differ in size; padding would change the
+sampled areas) and resizes without antialiasing (``crop_by_indices``/``warp_affine``), where timm's
+PIL resize antialiases every downscale; its ``ColorJitter`` draws one order of the four steps per
+batch, where torchvision draws one per image, and reads factors on the host to skip steps. Matching
+timm would mean wrapping around both; the resampling and the blends are ~150 lines here, tested
+against torchvision's own functions and timm's PIL path.
 
 The same code runs on the CPU (``device=cpu``), where the tests compare it with the PIL path on
 smooth real-layout JPEGs: the evaluation tensors agree within 0.01 on average and 0.05 at most in
-normalised units (measured 0.002-0.005 and 0.008-0.019 for the papers' three backbones; PIL and
-torch resample slightly differently), and every random crop lies in the configured scale and ratio
-ranges.
+normalised units (measured 0.002-0.005 and 0.008-0.019 for the papers' three backbones; PIL rounds
+to uint8 between its two passes), training crops within 0.5 of 255 on average, and with the jitter
+within 0.035 on average (PIL's ``Image.blend`` truncates each jitter step to uint8, half a level
+darker per step); the drawn parameters have timm's distributions (two-sample tests over 3,000 draws).
 """
 
 from __future__ import annotations
@@ -29,7 +47,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_labels
@@ -51,79 +68,199 @@ class BatchTransform:
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
-    color_jitter: float = 0.0
+    color_jitter: float = 0.0  # brightness, contrast and saturation factors in [max(0, 1 - j), 1 + j]
+    hue: float = 0.0  # hue shift in [-hue, hue] (timm's scalar color_jitter leaves it off)
     scale_size: int | None = None  # evaluation: the resize target timm computed (default floor(size / crop_pct))
+    max_elements: int = 1 << 26  # the padded stack of one resampling pass, in pixels x channels (bounds its memory)
 
     def __call__(self, images: list[torch.Tensor], device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 ``[3, H, W]`` images (any sizes) -> one normalised float batch ``[N, 3, size, size]``."""
-        out = [self._train_one(image.to(device), generator) if self.training else self._eval_one(image.to(device)) for image in images]
-        batch = torch.stack(out).clamp_(0, 255) / 255.0
-        if self.training and self.color_jitter:
-            batch = torch.stack([self._jitter(image, generator) for image in batch])
-        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        """uint8 ``[3, H, W]`` images (any sizes) -> one normalised float batch ``[N, 3, size, size]``.
+        Training draws its random parameters from ``generator`` (a CPU generator; seeded: a resumed task
+        augments alike, on any device)."""
+        if self.training:
+            return self.apply(images, self.draw([tuple(image.shape[-2:]) for image in images], generator), device)
+        return self.normalise(self.crops(images, device) / 255.0)
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` in [0, 1] -> ``(batch - mean) / std``."""
+        mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=batch.device).view(1, -1, 1, 1)
         return (batch - mean) / std
 
-    def _resize(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        mode = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}[self.interpolation]
-        extra = {"antialias": True, "align_corners": False} if mode != "nearest" else {}
-        return F.interpolate(image[None].float(), size=(height, width), mode=mode, **extra)[0]
-
-    def _eval_one(self, image: torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------------------------------ evaluation
+    def crops(self, images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """The deterministic evaluation crops, float ``[N, 3, size, size]`` in [0, 255] (not normalised):
+        resize (shorter side to ``scale_size``, or both sides for ``squash``), centre crop."""
+        heights, widths = _sizes(images)
         scale_size = self.scale_size or math.floor(self.size / self.crop_pct)
-        height, width = image.shape[-2:]
         if self.crop_mode == "squash":
-            image = self._resize(image, scale_size, scale_size)
-        elif height <= width:
-            image = self._resize(image, scale_size, max(1, int(scale_size * width / height)))
-        else:
-            image = self._resize(image, max(1, int(scale_size * height / width)), scale_size)
-        height, width = image.shape[-2:]
-        top, left = int(round((height - self.size) / 2.0)), int(round((width - self.size) / 2.0))
-        return image[:, top : top + self.size, left : left + self.size]
+            new_h, new_w = torch.full_like(heights, scale_size), torch.full_like(widths, scale_size)
+        else:  # torchvision's Resize(int): the longer side to int(scale_size * long / short)
+            short, long_ = torch.minimum(heights, widths), torch.maximum(heights, widths)
+            longer = (scale_size * long_ / short).floor().clamp(min=1)
+            new_h = torch.where(heights <= widths, torch.full_like(heights, scale_size), longer)
+            new_w = torch.where(heights <= widths, longer, torch.full_like(widths, scale_size))
+        top, left = ((new_h - self.size) / 2).round(), ((new_w - self.size) / 2).round()  # torchvision's CenterCrop
+        zero = torch.zeros_like(heights)
+        rows = (zero, heights, new_h, top)
+        columns = (zero, widths, new_w, left)
+        return self._resample(images, rows, columns, torch.zeros(len(images), dtype=torch.bool), device)
+
+    # -------------------------------------------------------------------------------------- training
+    def draw(self, sizes: list[tuple[int, int]], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Random parameters of a batch of images of ``sizes`` (``(height, width)`` each), as CPU tensors:
+        ``box`` ``[N, 4]`` (top, left, height, width: timm's ``RandomResizedCropAndInterpolation.get_params``,
+        i.e. area fraction uniform in ``scale``, log aspect ratio uniform in ``log(ratio)``, the first of ten
+        tries that fits, else the centre fallback clipped to the ratio range), ``flip`` ``[N]``, ``factors``
+        ``[N, 4]`` (brightness, contrast, saturation factors; hue shift) and ``order`` ``[N, 4]`` (a uniformly
+        random permutation of the four jitter steps per image, as ``torchvision.transforms.ColorJitter``)."""
+        count = len(sizes)
+        shape = torch.tensor(sizes, dtype=torch.float64).reshape(count, 2)
+        heights, widths = shape[:, :1], shape[:, 1:]
+        options = {"dtype": torch.float64, "generator": generator}
+        fraction = torch.empty(count, 10, dtype=torch.float64).uniform_(self.scale[0], self.scale[1], generator=generator)
+        log_ratio = torch.empty(count, 10, dtype=torch.float64).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]), generator=generator)
+        target, aspect = heights * widths * fraction, log_ratio.exp()
+        w, h = (target * aspect).sqrt().round(), (target / aspect).sqrt().round()  # round half to even, as Python
+        fits = (w > 0) & (w <= widths) & (h > 0) & (h <= heights)
+        first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first try that fits
+        found = fits.any(dim=1, keepdim=True)
+        in_ratio, low, high = widths / heights, min(self.ratio), max(self.ratio)
+        fallback_w = torch.where(in_ratio > high, (heights * high).round(), widths)
+        fallback_h = torch.where(in_ratio < low, (widths / low).round(), heights)
+        h = torch.where(found, h.gather(1, first), fallback_h)
+        w = torch.where(found, w.gather(1, first), fallback_w)
+        position = torch.rand(count, 2, **options)
+        top = torch.where(found, (position[:, :1] * (heights - h + 1)).floor(), ((heights - h) / 2).floor())
+        left = torch.where(found, (position[:, 1:] * (widths - w + 1)).floor(), ((widths - w) / 2).floor())
+        flip = torch.rand(count, **options) < self.hflip
+        low_factor, high_factor = max(0.0, 1 - self.color_jitter), 1 + self.color_jitter
+        factors = torch.cat([torch.empty(count, 3, dtype=torch.float64).uniform_(low_factor, high_factor, generator=generator),
+                             torch.empty(count, 1, dtype=torch.float64).uniform_(-self.hue, self.hue, generator=generator)], 1)  # fmt: skip
+        order = torch.rand(count, 4, **options).argsort(dim=1)
+        return {"box": torch.cat([top, left, h, w], 1).long(), "flip": flip, "factors": factors.float(), "order": order}
 
     def crop_box(self, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
-        """``(top, left, h, w)`` of a random-resized crop: torchvision's ``RandomResizedCrop.get_params``."""
-        area = height * width
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target = area * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=generator).item()
-            aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
-            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
-                left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
-                return top, left, h, w
-        in_ratio = width / height  # fallback: the whole image, clipped to the ratio range
-        if in_ratio < min(self.ratio):
-            w, h = width, int(round(width / min(self.ratio)))
-        elif in_ratio > max(self.ratio):
-            h, w = height, int(round(height * max(self.ratio)))
-        else:
-            w, h = width, height
-        return (height - h) // 2, (width - w) // 2, h, w
+        """``(top, left, h, w)`` of one random-resized crop (see :meth:`draw`)."""
+        return tuple(int(v) for v in self.draw([(height, width)], generator)["box"][0])
 
-    def _train_one(self, image: torch.Tensor, generator) -> torch.Tensor:
-        top, left, h, w = self.crop_box(*image.shape[-2:], generator)
-        image = self._resize(image[:, top : top + h, left : left + w], self.size, self.size)
-        if torch.rand(1, generator=generator).item() < self.hflip:
-            image = image.flip(-1)
-        return image
+    def apply(self, images: list[torch.Tensor], params: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """The training transform with the parameters of :meth:`draw`: crop each ``box`` and resize it to
+        ``size`` x ``size`` (antialiased, as PIL), flip, jitter, normalise; a handful of batched kernels."""
+        box = params["box"].double()
+        rows = (box[:, 0], box[:, 2], torch.full_like(box[:, 0], self.size), torch.zeros_like(box[:, 0]))
+        columns = (box[:, 1], box[:, 3], torch.full_like(box[:, 0], self.size), torch.zeros_like(box[:, 0]))
+        batch = self._resample(images, rows, columns, params["flip"], device).clamp_(0, 255) / 255.0
+        if self.color_jitter or self.hue:
+            batch = self.jitter(batch, params["factors"].to(device), params["order"].to(device))
+        return self.normalise(batch)
 
-    def _jitter(self, image: torch.Tensor, generator) -> torch.Tensor:
-        """Brightness, contrast and saturation, each by a factor in [1 - j, 1 + j], in a random order."""
-        low, high = max(0.0, 1 - self.color_jitter), 1 + self.color_jitter
-        factors = [torch.empty(1).uniform_(low, high, generator=generator).item() for _ in range(3)]
-        gray = lambda x: (0.2989 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]  # noqa: E731 - ITU-R 601-2, as torchvision
-        for index in torch.randperm(3, generator=generator).tolist():
-            factor = factors[index]
-            if index == 0:
-                image = (image * factor).clamp(0, 1)
-            elif index == 1:
-                image = (factor * image + (1 - factor) * gray(image).mean()).clamp(0, 1)
-            else:
-                image = (factor * image + (1 - factor) * gray(image)).clamp(0, 1)
-        return image
+    def jitter(self, batch: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """torchvision's ``ColorJitter`` on tensors, per image with its own factors and order, batched.
+
+        Each step blends the image with a target: black (brightness), the mean of its grayscale
+        (contrast) or its grayscale (saturation; ITU-R 601-2 luma, as torchvision), then clamps to
+        [0, 1]; the hue step shifts the hue in HSV (torchvision's own conversion). At step ``k`` image
+        ``n`` takes the operation ``order[n, k]``, so the four steps cost four batched blends."""
+        from torchvision.transforms._functional_tensor import _hsv2rgb, _rgb2hsv
+
+        view = (-1, 1, 1, 1)
+        for step in range(4):
+            operation = order[:, step]
+            factor = torch.where(operation == 3, 1.0, factors.gather(1, operation[:, None])[:, 0]).view(view)
+            gray = (0.2989 * batch[:, 0] + 0.587 * batch[:, 1] + 0.114 * batch[:, 2]).unsqueeze(1)
+            target = torch.where((operation == 1).view(view), gray.mean(dim=(-3, -2, -1), keepdim=True),
+                                 torch.where((operation == 2).view(view), gray, 0.0))  # fmt: skip
+            batch = (factor * batch + (1 - factor) * target).clamp(0, 1)
+            if self.hue:
+                hsv = _rgb2hsv(batch)
+                shifted = torch.cat([(hsv[:, :1] + factors[:, 3].view(view)) % 1.0, hsv[:, 1:]], 1)
+                batch = torch.where((operation == 3).view(view), _hsv2rgb(shifted), batch)
+        return batch
+
+    # ---------------------------------------------------------------------------------- resampling
+    def _resample(self, images, rows, columns, flip, device) -> torch.Tensor:
+        """float ``[N, 3, size, size]``: each image's rows and columns resampled by its own weight matrices
+        (:func:`_resample_weights`): ``W_rows @ image @ W_columns^T``, two batched matmuls over a zero-padded
+        stack. Images are stacked in groups of at most ``max_elements`` padded values (sorted by size), so a
+        batch with one huge image does not pad every other to its size."""
+        heights, widths = _sizes(images)
+        order = torch.argsort(heights * widths)
+        out = torch.empty(len(images), 3, self.size, self.size, device=device)
+        start = 0
+        while start < len(images):  # one group at a time (one for most batches): never one image at a time
+            stop = start + 1
+            while stop < len(images) and (stop + 1 - start) * 3 * int(heights[order[start : stop + 1]].max() * widths[order[start : stop + 1]].max()) <= self.max_elements:
+                stop += 1
+            group = order[start:stop]
+            stack = _padded_stack([images[i] for i in group.tolist()], device).float()
+            pick = lambda spec: tuple(part[group].to(device) for part in spec)  # noqa: E731
+            row_weights = _resample_weights(*pick(rows), self.size, stack.shape[-2], self.interpolation)
+            column_weights = _resample_weights(*pick(columns), self.size, stack.shape[-1], self.interpolation)
+            column_weights = torch.where(flip[group].to(device).view(-1, 1, 1), column_weights.flip(1), column_weights)
+            resized = row_weights.unsqueeze(1) @ (stack @ column_weights.transpose(1, 2).unsqueeze(1))
+            out[group.to(device)] = resized
+            start = stop
+        return out
+
+
+def _sizes(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(heights, widths)`` of ``images`` as float64 CPU tensors (tensor metadata: no device read)."""
+    shape = torch.tensor([tuple(image.shape[-2:]) for image in images], dtype=torch.float64).reshape(-1, 2)
+    return shape[:, 0], shape[:, 1]
+
+
+def _padded_stack(images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """uint8 ``[N, 3, H_max, W_max]``, each image top-left, zeros elsewhere: ``torch.stack`` when the sizes
+    agree, else one concatenation and one gather (no per-image kernel)."""
+    if len({image.device for image in images}) > 1:
+        images = [image.to(device) for image in images]
+    if len({tuple(image.shape) for image in images}) == 1:  # arrays, or files of one size: stacked where they are
+        return torch.stack(images).to(device, non_blocking=True)
+    device = images[0].device  # padded where they are (the CPU for arrays), then moved in one copy
+    heights, widths = (torch.tensor([image.shape[d] for image in images], device=device).view(-1, 1, 1, 1) for d in (-2, -1))
+    sizes = [image.numel() for image in images]
+    starts = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0).view(-1, 1, 1, 1)
+    flat = torch.cat([image.reshape(-1) for image in images])
+    channel = torch.arange(3, device=device).view(1, 3, 1, 1)
+    y = torch.arange(int(max(image.shape[-2] for image in images)), device=device).view(1, 1, -1, 1)
+    x = torch.arange(int(max(image.shape[-1] for image in images)), device=device).view(1, 1, 1, -1)
+    inside = (y < heights) & (x < widths)
+    index = torch.where(inside, starts + channel * heights * widths + y * widths + x, 0)
+    return torch.where(inside, flat.take(index), 0).to(torch.uint8)
+
+
+def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """PIL's bicubic kernel (``a = -0.5``; torch's antialiased bicubic uses the same)."""
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _resample_weights(start, length, virtual, offset, out_size: int, extent: int, interpolation: str) -> torch.Tensor:
+    """``[N, out_size, extent]``: row ``i`` of image ``n`` holds the weights over input pixels
+    ``0 .. extent - 1`` of output pixel ``offset + i`` when input pixels ``start .. start + length - 1`` are
+    resized to ``virtual`` pixels. The filters are PIL's ``ImagingResample`` (``precompute_coeffs`` in
+    ``Resample.c``), which ``F.interpolate(antialias=True)`` also implements: centre ``(i + 0.5) * scale``,
+    kernel stretched by ``max(scale, 1)`` when shrinking (antialiasing), weights normalised over the pixels
+    inside the input; ``nearest`` takes pixel ``floor((i + 0.5) * scale)``, as PIL."""
+    kernels = {"bicubic": _cubic, "bilinear": lambda x: (1 - x.abs()).clamp(min=0)}
+    if interpolation not in (*kernels, "nearest"):
+        raise ValueError(f"the device pipeline cannot resample with '{interpolation}'; use bicubic, bilinear or nearest")
+    dtype = torch.float64 if start.device.type == "cpu" else torch.float32
+    start, length, virtual, offset = (part.to(dtype).view(-1, 1, 1) for part in (start, length, virtual, offset))
+    scale = length / virtual
+    centre = (torch.arange(out_size, device=start.device, dtype=dtype).view(1, -1, 1) + offset + 0.5) * scale  # [N, out, 1]
+    x = torch.arange(extent, device=start.device, dtype=dtype).view(1, 1, -1) - start  # crop coordinates [N, 1, extent]
+    inside = (x >= 0) & (x < length)
+    if interpolation == "nearest":
+        source = torch.minimum(centre.floor(), length - 1)
+        return ((x == source) & inside).float()
+    kernel = kernels[interpolation]
+    stretch = scale.clamp(min=1.0)
+    weights = torch.where(inside, kernel((x - centre + 0.5) / stretch), 0.0)
+    return (weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-12)).float()
 
 
 def batch_transforms(preprocess) -> dict[str, BatchTransform]:
@@ -141,6 +278,7 @@ def batch_transforms(preprocess) -> dict[str, BatchTransform]:
                 found["hflip"] = step.p
             elif kind == "ColorJitter":
                 found["color_jitter"] = float(step.brightness[1] - 1) if step.brightness else 0.0
+                found["hue"] = float(step.hue[1]) if step.hue else 0.0
             elif kind == "Resize":
                 size = step.size
                 found["interpolation"] = step.interpolation.value
