@@ -14,10 +14,16 @@ contextual" becomes a test:
 The figure compares the similarity distribution of forgotten images with that of all upstream test
 images (paper 1's figure 4, each class weighted by its image counts); the difference of their means
 is reported beside the p-value. Paper 1's code matched class *names* token by token instead of using
-the class synset; ``mode='tokens'`` reproduces that (:func:`token_similarity`): every synonym of the
-class (all lemma names of its synset, or its name) is tokenised with NLTK's Treebank tokenizer, each
-token takes its best Wu-Palmer match over all its senses (every part of speech) against all senses
-of the domain *word* ("car" after Cars, "plane" after Aircraft), and the matches above 0 are averaged.
+the class synset; ``mode='tokens'`` reproduces that (:func:`token_similarity`): the synonyms of the
+class (all lemma names of its synset, or its name), joined by spaces, are tokenised as
+``nltk.word_tokenize`` does, each token takes its best Wu-Palmer match over all its senses (every part
+of speech) against all senses of the domain *word* ("car" after Cars, "plane" after Aircraft), and the
+matches above 0 are averaged. The matches are NLTK's ``Synset.wup_similarity`` with its defaults, as
+paper 1's code calls it: a pair that is not two nouns (``eat.v.01`` and ``car.n.02``) meets at a
+simulated root of depth 1, so such a token scores a little above 0 (2/13 here) and counts in the mean.
+Source: AlbinSou/lora_cl_analysis, ``notebooks/samples.ipynb``, ``word_similarity`` and
+``average_similarity``; NLTK >= 3.6 simulates the root for every part of speech, and the code of these
+functions in NLTK 3.8.1 (paper 1's time) equals that of 3.10.
 """
 
 from __future__ import annotations
@@ -38,24 +44,23 @@ def as_synset(spec: str):
 
 @functools.lru_cache(maxsize=None)
 def _best_token_match(token: str, domain_word: str) -> float:
-    """The best Wu-Palmer similarity of any sense of ``token`` (any part of speech) to any sense of
-    ``domain_word``; 0 when either has no sense or only senses of other parts of speech."""
+    """The best Wu-Palmer similarity of any sense of ``token`` (any part of speech, found through
+    WordNet's morphology: "eating" has eat.v.01) to any sense of ``domain_word``, in [0, 1]; 0 when
+    either has no sense. Senses of different parts of speech meet at NLTK's simulated root (depth 1),
+    so they score 2 / (path lengths to the root + 2), small but above 0: paper 1's code did the same."""
     senses, domains = wordnet.reader().synsets(token), wordnet.reader().synsets(domain_word)
-    return max((float(s.wup_similarity(d) or 0.0) for s in senses for d in domains), default=0.0)
+    return max((float(s.wup_similarity(d, simulate_root=True) or 0.0) for s in senses for d in domains), default=0.0)
 
 
 def token_similarity(names: str | list[str], domain_word: str) -> float:
-    """Paper 1's name matching for one class: the mean over the tokens of its ``names`` (every synonym)
-    of their best match to ``domain_word``, counting only matches above 0 (0 when none is)."""
-    from nltk.tokenize import TreebankWordTokenizer
+    """Paper 1's name matching for one class: the mean over the tokens of its ``names`` (every synonym,
+    joined by spaces as its code joins them) of their best match to ``domain_word``, counting only
+    matches above 0 (0 when none is). The tokenizer is the one ``nltk.word_tokenize`` applies to each
+    sentence (``NLTKWordTokenizer``; ImageNet's names are one sentence each, so no Punkt model is needed)."""
+    from nltk.tokenize import NLTKWordTokenizer
 
-    tokenizer = TreebankWordTokenizer()
-    scores = []
-    for name in [names] if isinstance(names, str) else names:
-        for token in tokenizer.tokenize(name.replace("_", " ")):
-            score = _best_token_match(token.lower(), domain_word)
-            if score > 0:
-                scores.append(score)
+    text = " ".join([names] if isinstance(names, str) else names).replace("_", " ")
+    scores = [score for token in NLTKWordTokenizer().tokenize(text) if (score := _best_token_match(token.lower(), domain_word)) > 0]
     return float(np.mean(scores)) if scores else 0.0
 
 
