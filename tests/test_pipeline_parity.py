@@ -3,6 +3,8 @@ clipped to the image, and caches keyed by a dataset's fingerprint work on both."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from PIL import Image
 from forgetlab.data.device_pipeline import EncodedDataset
 from forgetlab.data.files import FileDataset
 from forgetlab.errors import DataError
+from tests.test_real_data import root  # noqa: F401
 
 CPU = torch.device("cpu")
 
@@ -72,3 +75,61 @@ def test_a_box_without_pixels_is_one_line_naming_the_image_and_the_box_file(tmp_
         with pytest.raises(DataError, match=pattern + r" \(or use cub200:nocrop\)$") as error:
             decode()
         assert "the 24 x 20 image" in str(error.value) and "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------- caches on both pipelines (issue 19, item 1)
+def test_the_device_pipelines_datasets_have_a_fingerprint(tmp_path):
+    """dataset_fingerprint did not know EncodedDataset, so every cache keyed by it was off with
+    data.pipeline=device. Its print is now that of what it wraps, its positions and its transform."""
+    from forgetlab.data.base import LabelSubset, dataset_fingerprint
+    from forgetlab.data.device_pipeline import BatchTransform
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((6, 8, 3), 40 * i, np.uint8)).save(paths[-1])
+    files = FileDataset(paths, [0, 1, 0, 1])
+    evaluation = BatchTransform(size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    training = BatchTransform(size=8, mean=(0.5,) * 3, std=(0.5,) * 3, training=True)
+
+    def encoded(dataset=files, transform=evaluation):
+        return EncodedDataset(dataset, transform)
+
+    first = dataset_fingerprint(encoded())
+    assert first is not None and first == dataset_fingerprint(encoded())  # stable: a later run finds the cache
+    others = [dataset_fingerprint(files), dataset_fingerprint(encoded(transform=training)), dataset_fingerprint(encoded().subset(2, seed=0)),
+              dataset_fingerprint(encoded(LabelSubset(files, {1: 0})))]  # fmt: skip
+    assert None not in others and len({first, *others}) == 5  # the PIL path, another transform, subset or class split: another key
+    assert dataset_fingerprint(EncodedDataset(files, training, evaluation).evaluation_view()) == first  # the bank's view
+    paths[0].write_bytes(paths[1].read_bytes())  # a changed file (size or modification time): another key
+    assert dataset_fingerprint(encoded()) != first
+
+
+@pytest.mark.parametrize("pipeline", ["pil", "device"])
+def test_a_knn_bank_is_reused_by_a_second_run(root, tmp_path, monkeypatch, forgetlab_home, pipeline):  # noqa: F811
+    """The issue's reproduction: two runs with eval.upstream_evaluator=knn; the second reads the bank
+    the first wrote to $FORGETLAB_HOME/knn-banks instead of computing it (it did on the PIL path only)."""
+    from forgetlab import config as config_module
+    from forgetlab import evaluate
+    from forgetlab.presets import preset_tree
+    from forgetlab.runner import run
+
+    computed = []
+    extract = evaluate.extract_features
+    monkeypatch.setattr(evaluate, "extract_features", lambda *a, **k: computed.append(k.get("description")) or extract(*a, **k))
+    banks = forgetlab_home / "knn-banks"
+    smoke = [f"data.root={root}", "backbone.random_init=true", "backbone.image_size=32", "data.max_train=4", "data.max_test=4",
+             "data.workers=0", "train.max_steps=1", "train.batch_size=2", "eval.batch_size=8", "eval.knn_k=2",
+             "backbone.name=test_vit", f"data.pipeline={pipeline}", "seed=4217"]  # fmt: skip  # a seed of its own: a bank no other test wrote
+    before = set(banks.glob("*.safetensors"))
+    first = run(config_module.resolve(preset_tree("paper2-linear"), smoke + [f"out_dir={tmp_path / 'first'}"]), log=lambda message: None)
+    written = set(banks.glob("*.safetensors")) - before
+    assert computed.count("k-NN bank") == 1 and len(written) == 1  # linear probing: one backbone state, one bank
+    (bank,) = written
+    stamp = bank.stat().st_mtime_ns
+    computed.clear()
+    second = run(config_module.resolve(preset_tree("paper2-linear"), smoke + [f"out_dir={tmp_path / 'second'}"]), log=lambda message: None)
+    assert computed.count("k-NN bank") == 0 and computed.count("upstream k-NN") >= 1  # queries only
+    assert set(banks.glob("*.safetensors")) - before == written and bank.stat().st_mtime_ns == stamp
+    scores = [[{k: v for k, v in row.items() if k != "seconds"} for row in json.loads(folder.upstream_eval.read_text())] for folder in (first, second)]
+    assert scores[0] == scores[1] and len(scores[0]) == 2  # the same k-NN accuracies, before and after the task

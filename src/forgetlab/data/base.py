@@ -143,12 +143,25 @@ def evaluation_view(dataset: Dataset) -> Dataset:
 
 def dataset_fingerprint(dataset: Dataset) -> str | None:
     """A SHA-256 of what a dataset yields (files by path, size and modification time; in-memory images
-    by their bytes; subsets by their indices; the transform by its description), or None for a type
-    it does not know. Caches of pure functions of a dataset key on it."""
+    by their bytes; subsets by their indices; the transform by its description; the device
+    pipeline's :class:`~forgetlab.data.device_pipeline.EncodedDataset` by what it wraps, its positions
+    and its batch transform), or None for a type it does not know. Caches of pure functions of a
+    dataset key on it (the k-NN banks of :class:`forgetlab.evaluate.KNNEvaluator`)."""
     import hashlib
 
     digest = hashlib.sha256(type(dataset).__name__.encode())
     inner = getattr(dataset, "dataset", None)
+    if inner is not None and hasattr(dataset, "positions") and hasattr(dataset, "batch_transform"):
+        # EncodedDataset (data.pipeline=device): the file or array dataset it reads, the positions and
+        # labels it reads them as, and the batch transform its images get on the device.
+        inner_print = dataset_fingerprint(inner)
+        if inner_print is None:
+            return None
+        digest.update(inner_print.encode())
+        digest.update(np.asarray(dataset.positions).tobytes())
+        digest.update(np.asarray(dataset_labels(dataset)).tobytes())
+        digest.update(repr(dataset.batch_transform).encode())
+        return digest.hexdigest()
     if inner is not None and hasattr(dataset, "indices"):  # LabelSubset, SampleSubset
         inner_print = dataset_fingerprint(inner)
         if inner_print is None:
