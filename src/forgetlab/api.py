@@ -151,10 +151,11 @@ def load_sweep(path: str | Path):
     import pandas as pd
 
     from forgetlab.analysis.collect import find_runs
+    from forgetlab.analysis.labels import run_labels
     from forgetlab.analysis.tables import run_row
 
-    runs = find_runs([path])
-    return pd.DataFrame([run_row(run, runs) for run in runs]).set_index("run")
+    runs = find_runs([path])  # two sweeps' cells may share a name: the index is each run's unique label
+    return pd.DataFrame([run_row(run, runs, label) for run, label in zip(runs, run_labels(runs))]).set_index("run")
 
 
 def report(paths: list[str | Path] | str | Path, out: str | Path = "report", **options) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from forgetlab.analysis.collect import RunResult, find_runs
+from forgetlab.analysis.labels import run_labels
 from forgetlab.analysis.metrics import over_seeds, summarise
 from forgetlab.errors import DataError
 from forgetlab.results import atomic_write_text
@@ -40,10 +41,12 @@ def reference_run(run: RunResult, runs: list[RunResult]) -> RunResult | None:
     return None
 
 
-def run_row(run: RunResult, runs: list[RunResult] = ()) -> dict:
+def run_row(run: RunResult, runs: list[RunResult] = (), label: str | None = None) -> dict:
+    """One run's config and metrics; ``label``: its unique label among ``runs`` (default: its folder
+    name; see :func:`forgetlab.analysis.labels.run_labels`)."""
     matrix = run.matrix.as_array()
     row = {
-        "run": run.name,
+        "run": label or run.name,
         "backbone": run.backbone,
         "method": run.method,
         "seed": run.seed,
@@ -75,7 +78,7 @@ def write_sweep_table(folder: Path) -> list[dict]:
         runs = find_runs([folder])
     except DataError:  # no cell has written anything yet
         runs = []
-    rows = [run_row(run, runs) for run in runs]
+    rows = [run_row(run, runs, label) for run, label in zip(runs, run_labels(runs))]
     if rows:
         atomic_write_text(folder / "sweep.csv", rows_to_csv(rows))
     return rows
@@ -100,6 +103,7 @@ def _natural(parts) -> list:
 def paper2_table(runs: list[RunResult]) -> list[dict]:
     """Per (backbone, method): trainable parameters, final downstream and upstream accuracy, their mean,
     each as (mean, std, seeds) over seeds."""
+    label = dict(zip(map(id, runs), run_labels(runs)))
     table = []
     for (backbone, method, sequence, _), members in seed_groups(runs).items():
         summaries = []
@@ -113,7 +117,7 @@ def paper2_table(runs: list[RunResult]) -> list[dict]:
                 "method": method,
                 "sequence": " > ".join(sequence),
                 "trainable_parameters": members[0].tasks[0]["trainable_parameters"] if members[0].tasks else None,
-                "runs": [run.name for run in members],
+                "runs": [label[id(run)] for run in members],
                 **over_seeds(summaries),
             }
         )

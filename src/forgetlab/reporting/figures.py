@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from forgetlab.analysis.collect import RunResult  # noqa: E402
 from forgetlab.analysis.contextual import ContextualTest  # noqa: E402
+from forgetlab.analysis.labels import unique_labels  # noqa: E402
 from forgetlab.analysis.perclass import ClassChanges, most_forgotten  # noqa: E402
 
 COLOURS = {"vit": "#1f77b4", "resnet": "#2ca02c"}
@@ -25,15 +26,16 @@ def _colour(backbone: str, index: int) -> str:
     return plt.rcParams["axes.prop_cycle"].by_key()["color"][index % 10]
 
 
-def matrix_heatmap(run: RunResult):
-    """The accuracy matrix: rows after each task, columns upstream and the tasks (percent)."""
-    return matrix_figure(run.matrix, f"{run.name}: {run.backbone}, {run.method}")
+def matrix_heatmap(run: RunResult, label: str | None = None):
+    """The accuracy matrix: rows after each task, columns upstream and the tasks (percent);
+    ``label``: the run's unique label in the report (default: its folder name)."""
+    return matrix_figure(run.matrix, f"{label or run.name}: {run.backbone}, {run.method}")
 
 
 def matrix_figure(matrix, title: str):
     """An :class:`~forgetlab.results.AccuracyMatrix` as a heatmap with its values (percent)."""
     values = 100 * matrix.as_array()
-    labels = matrix.row_labels()
+    labels = unique_labels(matrix.row_labels(), [f"phase {i}" for i in range(len(matrix.row_labels()))])
     figure, axis = plt.subplots(figsize=(1.3 + 1.1 * values.shape[1], 0.9 + 0.45 * values.shape[0]))
     image = axis.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for (i, j), value in np.ndenumerate(values):
@@ -85,14 +87,18 @@ def rank_curves(runs: list[RunResult]):
     return figure
 
 
-def most_forgotten_figure(changes: ClassChanges, class_names: list[str], title: str, k: int = 20):
-    """Paper 1, figure 3: the classes with the most forgotten test images."""
+def most_forgotten_figure(changes: ClassChanges, class_labels: list[str], title: str, k: int = 20):
+    """Paper 1, figure 3: the classes with the most forgotten test images, one bar per class.
+
+    ``class_labels``: one unique label per class (:func:`forgetlab.analysis.labels.class_labels`);
+    bars are placed by position, so even equal labels never share a row."""
     top = most_forgotten(changes, k)
     figure, axis = plt.subplots(figsize=(6, 0.8 + 0.28 * max(len(top), 1)))
     if top:
-        names = [class_names[c] for c, _ in top][::-1]
+        labels = [class_labels[c] for c, _ in top][::-1]
         counts = [n for _, n in top][::-1]
-        axis.barh(names, counts, color="#d62728")
+        axis.barh(range(len(top)), counts, color="#d62728")
+        axis.set_yticks(range(len(top)), labels)
     else:
         axis.text(0.5, 0.5, "no upstream image was forgotten", ha="center", va="center", transform=axis.transAxes)
     axis.set_xlabel("forgotten test images")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from forgetlab.analysis.collect import RunResult, find_runs
 from forgetlab.analysis.contextual import ContextualTest, class_similarities, contextual_forgetting
-from forgetlab.analysis.perclass import class_changes
-from forgetlab.analysis.tables import paper2_table, run_row
+from forgetlab.analysis.labels import class_labels, file_keys, run_labels
+from forgetlab.analysis.perclass import ClassChanges, class_changes, most_forgotten
+from forgetlab.analysis.tables import paper2_table, rows_to_csv, run_row
 from forgetlab.reporting import figures
 from forgetlab.results import atomic_write_bytes, atomic_write_text
 from forgetlab.runtime import progress
@@ -121,9 +122,22 @@ def _mean_std(cell) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f}"
 
 
+def forgotten_classes_rows(changes: ClassChanges, labels: list[str], upstream: dict, k: int = 20) -> list[list[str]]:
+    """The rows behind the most-forgotten-classes figure: unique class label, id (synset or index),
+    forgotten, right before, test images."""
+    ids = upstream.get("synsets") or [str(c) for c in range(len(labels))]
+    right_before = changes.forgotten + changes.retained
+    return [[labels[c], str(ids[c]), str(count), str(int(right_before[c])), str(int(changes.total[c]))]
+            for c, count in most_forgotten(changes, k)]  # fmt: skip
+
+
+FORGOTTEN_HEADER = ["class", "id", "forgotten", "right before", "test images"]
+
+
 def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list[dict] | None = None) -> dict[str, tuple[list[str], list[list[str]]]]:
     paper2 = paper2_table(runs) if paper2 is None else paper2
-    rows = [run_row(run, runs) for run in runs]
+    label = dict(zip(map(id, runs), run_labels(runs)))
+    rows = [run_row(run, runs, label[id(run)]) for run in runs]
     return {
         "Methods (paper 2's table: final accuracies, mean ± std over seeds)": (
             ["backbone", "method", "trainable params", "downstream (mean of tasks)", "upstream", "mean", "runs"],
@@ -139,7 +153,7 @@ def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list
         ),  # fmt: skip
         "Contextual forgetting (Wu-Palmer similarity of forgotten upstream images to the task's domain)": (
             ["run", "after task", "domain", "forgotten images", "mean sim. forgotten", "mean sim. all", "difference", "p (permutation)"],
-            [[c.run.name, c.task, c.domain, str(c.test.forgotten), _number(c.test.mean_forgotten, "{:.3f}"), _number(c.test.mean_all, "{:.3f}"),
+            [[label[id(c.run)], c.task, c.domain, str(c.test.forgotten), _number(c.test.mean_forgotten, "{:.3f}"), _number(c.test.mean_all, "{:.3f}"),
               _number(c.test.difference, "{:+.3f}"), _number(c.test.p_value, "{:.2g}") if c.test.forgotten else ""] for c in contextual],
         ),  # fmt: skip
     }
@@ -199,31 +213,36 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
         sections.append(("Accuracy against LoRA rank (paper 1, figures 1-2)", [
             _save(curves, "rank_curves", "Final upstream accuracy (left) and first-task accuracy (right) against LoRA rank; "
                   "bars: standard deviation over seeds.", figure_dir)]))  # fmt: skip
-    per_class = []
+    label = dict(zip(map(id, runs), run_labels(runs)))
+    key = dict(zip(map(id, runs), file_keys(list(label.values()))))
+    per_class, class_tables = [], {}
     for run in focus_runs(runs):
-        names = run.upstream["classes"]
+        names = class_labels(run.upstream)  # unique: ImageNet's two cranes are two rows
         before, after = run.predictions(0), run.predictions(1)
         changes = class_changes(before["predictions"], after["predictions"], before["labels"], len(names))
         task = run.matrix.phases[0]
-        per_class.append(_save(figures.most_forgotten_figure(changes, names, f"{run.name}: most forgotten after {task}"),
-                               f"forgotten_{run.name}", f"The 20 upstream classes with most test images forgotten by {run.name} "
-                               f"after {task} (right before, wrong after).", figure_dir))  # fmt: skip
+        per_class.append(_save(figures.most_forgotten_figure(changes, names, f"{label[id(run)]}: most forgotten after {task}"),
+                               f"forgotten_{key[id(run)]}", f"The 20 upstream classes with most test images forgotten by "
+                               f"{label[id(run)]} after {task} (right before, wrong after).", figure_dir))  # fmt: skip
+        class_rows = forgotten_classes_rows(changes, names, run.upstream)
+        class_tables[f"Most forgotten upstream classes: {label[id(run)]} after {task}"] = (FORGOTTEN_HEADER, class_rows)
+        atomic_write_text(figure_dir / f"forgotten_{key[id(run)]}.csv", rows_to_csv([dict(zip(FORGOTTEN_HEADER, r)) for r in class_rows]))
         for row in contextual:
             if row.run is run and row.task == task:
-                per_class.append(_save(figures.similarity_figure(row.test, row.domain, f"{run.name} after {task}"),
-                                       f"similarity_{run.name}", "Similarity to the task's domain of forgotten vs all "
+                per_class.append(_save(figures.similarity_figure(row.test, row.domain, f"{label[id(run)]} after {task}"),
+                                       f"similarity_{key[id(run)]}", "Similarity to the task's domain of forgotten vs all "
                                        "upstream test images; one-sided permutation test of the forgotten images' mean.",
                                        figure_dir))  # fmt: skip
     if per_class:
         sections.append(("Which upstream classes are forgotten (paper 1, figures 3-4)", per_class))
-    heatmaps = [_save(figures.matrix_heatmap(run), f"matrix_{run.name}", f"Accuracy matrix of {run.name}.", figure_dir)
-                for run in runs[:MAX_HEATMAPS]]  # fmt: skip
+    heatmaps = [_save(figures.matrix_heatmap(run, label[id(run)]), f"matrix_{key[id(run)]}", f"Accuracy matrix of {label[id(run)]}.",
+                      figure_dir) for run in runs[:MAX_HEATMAPS]]  # fmt: skip
     sections.append((f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps))
 
     from forgetlab.analysis.findings import findings
 
     paper2 = paper2_table(runs)
-    tables = _tables(runs, contextual, paper2)
+    tables = {**_tables(runs, contextual, paper2), **class_tables}
     sentences = findings(runs, contextual, paper2)
     title = f"forgetlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}"
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>From: {html.escape(', '.join(map(str, paths)))}</p>"]
