@@ -30,6 +30,7 @@ from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_in
 from forgetlab.methods.base import build_method
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
+from forgetlab.provenance import inputs_record, normalisation_note
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, save_safetensors, write_json, write_npz
 from forgetlab.selection import BestCheckpoint
@@ -180,6 +181,8 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
     configure_matmul_precision(device, config.precision)
     backbone = load_backbone(config.backbone, device=device)
     preprocess, upstream = upstream_task(config, backbone)
+    if note := normalisation_note(config, preprocess):  # inferred, not stated: say which
+        log(note)
     # Phases: one per name in data.tasks. Several phases may train one task (paper 1's long setting:
     # NAME:samples_half1, then NAME:samples_half2), which then shares its head and matrix column.
     tasks = [build_task(name, config.data, preprocess, seed=config.seed) for name in config.data.tasks]
@@ -231,7 +234,8 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
 
     state = folder.state()
     if state is None:
-        write_json(folder.environment, {**environment_record(device), "backbone_recipe": backbone.recipe})
+        write_json(folder.environment, {**environment_record(device), "backbone_recipe": backbone.recipe,
+                                        "inputs": inputs_record(config, backbone, preprocess)})  # fmt: skip
         write_json(folder.upstream, task_metadata(upstream))
         matrix = AccuracyMatrix(columns=[UPSTREAM, *columns], phases=[t.name for t in tasks], phase_columns=[t.column for t in tasks])
         start = time.perf_counter()

@@ -25,13 +25,16 @@ DATA_ENV = "FORGETLAB_DATA"
 class Preprocess:
     """The transforms of one backbone and preprocessing config (PIL image -> normalised tensor):
     ``train`` and ``eval`` for the downstream tasks, ``upstream_eval`` for the upstream test set and
-    the k-NN bank. Evaluation transforms are deterministic."""
+    the k-NN bank. Evaluation transforms are deterministic. ``settings`` holds the resolved values
+    (JSON: sizes, interpolations, crops, mean and std, and the timm ``pretrained_cfg`` they came from;
+    see :func:`resolved_settings`), which a run records beside its results."""
 
     train: Callable
     eval: Callable
     input_size: tuple[int, int, int]
     crop_pct: float = 1.0
     upstream_eval: Callable | None = None
+    settings: dict = dataclasses.field(default_factory=dict)
 
     def for_upstream(self) -> "Preprocess":
         """The same preprocessing with the upstream evaluation transform as ``eval``."""
@@ -65,7 +68,57 @@ def preprocess_for(model: torch.nn.Module, image_size: int | None = None, config
         mean=mean, std=std, crop_pct=crop_pct, crop_mode=config.eval_crop,
     )  # fmt: skip
     upstream = backbone_eval if config.upstream_eval == "backbone" else evaluation
-    return Preprocess(train=train, eval=evaluation, input_size=tuple(data["input_size"]), crop_pct=crop_pct, upstream_eval=upstream)
+    preprocess = Preprocess(train=train, eval=evaluation, input_size=tuple(data["input_size"]), crop_pct=crop_pct, upstream_eval=upstream)
+    preprocess.settings = resolved_settings(preprocess, model, data, config, mean=mean, std=std)
+    return preprocess
+
+
+def resolved_settings(preprocess: Preprocess, model: torch.nn.Module, data: dict, config, *, mean, std) -> dict:
+    """What :func:`preprocess_for` resolved, as JSON: the ``mean`` and ``std`` of the task transforms and
+    where they came from (``normalisation_from``: 'config', else inferred: 'pretrained_cfg' when the
+    model's timm ``pretrained_cfg`` has them, 'timm default' otherwise), each transform's steps read off
+    the timm transforms themselves (sizes in pixels, interpolations, crop fraction), timm's data config
+    and the model's ``pretrained_cfg`` (its ``architecture`` and ``tag`` name the weights it describes)."""
+    pretrained_cfg = {key: value for key, value in dict(getattr(model, "pretrained_cfg", None) or {}).items()
+                      if isinstance(value, (str, int, float, bool, tuple, list, type(None)))}  # fmt: skip
+    inferred = "pretrained_cfg" if "mean" in pretrained_cfg and "std" in pretrained_cfg else "timm default"
+    stated = [key for key in ("mean", "std") if getattr(config, key) is not None]
+    return _json({
+        "input_size": data["input_size"],
+        "mean": mean,
+        "std": std,
+        "normalisation_from": "config" if len(stated) == 2 else f"config ({stated[0]}) and {inferred}" if stated else inferred,
+        "train": _steps(preprocess.train),
+        "eval": {"crop_mode": config.eval_crop, "crop_pct": preprocess.crop_pct, "steps": _steps(preprocess.eval)},
+        "upstream_eval": {"transform": config.upstream_eval, "steps": _steps(preprocess.upstream_eval or preprocess.eval)},
+        "data_config": data,
+        "pretrained_cfg": pretrained_cfg,
+    })
+
+
+_STEP_FIELDS = ("size", "max_size", "interpolation", "antialias", "scale", "ratio", "p", "brightness", "contrast", "saturation", "hue", "mean", "std")
+
+
+def _steps(transform) -> list[dict]:
+    """The steps of a torchvision ``Compose`` as dicts: the step's class and its set parameters."""
+    steps = []
+    for step in getattr(transform, "transforms", [transform]):
+        fields = {name: getattr(step, name) for name in _STEP_FIELDS if getattr(step, name, None) is not None}
+        steps.append({"step": type(step).__name__, **fields})
+    return _json(steps)
+
+
+def _json(value):
+    """Tuples, tensors and enums (interpolation modes) as JSON values."""
+    if isinstance(value, dict):
+        return {str(key): _json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json(item) for item in value]
+    if isinstance(value, torch.Tensor):
+        return _json(value.tolist())
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(getattr(value, "value", value))  # InterpolationMode.BICUBIC -> 'bicubic'
 
 
 class FileDataset(Dataset):
