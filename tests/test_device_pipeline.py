@@ -81,6 +81,9 @@ def test_a_run_on_the_device_pipeline_and_a_corrupt_file(root, tmp_path):  # noq
 
     folder = run(config_module.resolve(preset_tree("paper1-vit"), smoke), log=lambda message: None)
     assert folder.completed_tasks() == 2 and not np.isnan(folder.read_matrix().as_array()[-1]).any()
+    record = folder.read_tasks()[0]  # train.max_steps=2: one warm-up step, one steady-state step
+    assert record["warmup_seconds"] + record["selection_seconds"] + record["steady_seconds"] == pytest.approx(record["train_seconds"], abs=0.02)
+    assert record["steady_images_per_second"] == pytest.approx(2 / record["steady_seconds"], abs=0.06)  # both rounded
     task = encoded(build_task("cub200", DataConfig(root=str(root)), preprocess_for(create("resnet18", num_classes=0), 32)),
                    preprocess_for(create("resnet18", num_classes=0), 32))  # fmt: skip
     # CUB's boxes crop on the device as on the PIL path: image 1's box is 10 x 8 of its 24 x 20 pixels.
@@ -295,3 +298,36 @@ def test_augmentation_parameters_follow_timm_in_range_and_distribution():
     assert len(counts) == 24 and stats.chisquare(list(counts.values())).pvalue > level  # randperm(4) per image, as torchvision
     first_step = [np.bincount(order[:, 0].numpy(), minlength=4), np.bincount([int(t[0][0]) for t in theirs], minlength=4)]
     assert stats.chi2_contingency(first_step).pvalue > level
+
+
+def test_training_time_splits_into_warmup_selection_and_steady_state():
+    """tasks.json's steady-state rate (issue 19, item 5): the first min(50, steps // 2) steps are the
+    warm-up, scoring for model selection is counted apart, and the three parts add up to the task."""
+    import time as time_module
+
+    from torch.utils.data import TensorDataset
+
+    from forgetlab import train as train_module
+    from forgetlab.models.multihead import MultiHeadModel
+    from forgetlab.selection import BestCheckpoint
+
+    assert [train_module.timed_warmup_steps(n) for n in (1, 2, 12, 100, 1000)] == [0, 1, 6, 50, 50]
+    torch.manual_seed(0)
+    model = MultiHeadModel(create("offline_vit", num_classes=36))
+    model.add_head("task", 3)
+    model.backbone.requires_grad_(False)
+    dataset = TensorDataset(torch.randn(16, 1, 28, 28), torch.arange(16) % 3)
+
+    def slow_score(scored_model):
+        time_module.sleep(0.1)
+        return 0.5
+
+    selection = BestCheckpoint(4, slow_score)  # scores at steps 4 (warm-up), 8 and 12 (steady state)
+    config = config_module.resolve({}, ["train.compile=off", "train.batch_size=4", "train.max_steps=12"]).train
+    stats = train_module.train_task(model, "task", dataset, config, device=CPU, amp_dtype=None, seed=0, selection=selection)
+    assert stats.steps == 12 and stats.steady_examples == 6 * 4 and stats.selection_seconds >= 0.3
+    assert stats.warmup_seconds + stats.selection_seconds + stats.steady_seconds == pytest.approx(stats.seconds, abs=1e-6)
+    assert stats.steady_images_per_second == pytest.approx(24 / stats.steady_seconds) and stats.steady_seconds < stats.seconds - 0.3
+    one = train_module.train_task(model, "task", dataset, config_module.resolve({}, ["train.compile=off", "train.max_steps=1"]).train,
+                                  device=CPU, amp_dtype=None, seed=0)  # fmt: skip
+    assert one.warmup_seconds == pytest.approx(one.seconds) and one.steady_examples == 0 and math.isnan(one.steady_images_per_second)

@@ -342,6 +342,10 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
                 "steps": stats.steps,
                 "train_seconds": round(stats.seconds, 2),
                 "images_per_second": round(stats.images_per_second, 1),
+                "warmup_seconds": round(stats.warmup_seconds, 2),  # loader start, compilation, graph capture
+                "selection_seconds": round(stats.selection_seconds, 2),  # scoring checkpoints (train.select=best)
+                "steady_seconds": round(stats.steady_seconds, 2),
+                "steady_images_per_second": round(stats.steady_images_per_second, 1),
                 "final_loss": stats.final_loss,
                 "eval_seconds": round(time.perf_counter() - start, 2),
                 **({"selection": selection.record()} if selection else {}),
@@ -357,7 +361,9 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
         tracker.phase(index, row, matrix)
         drop = upstream_accuracy - matrix.values[0][0]
         log(
-            f"task {index}/{len(tasks)} {task.name}: {stats.steps} steps in {stats.seconds:.1f}s, "
+            f"task {index}/{len(tasks)} {task.name}: {stats.steps} steps in {stats.seconds:.1f}s "
+            f"(warm-up {stats.warmup_seconds:.1f}s, selection {stats.selection_seconds:.1f}s, "
+            f"steady {stats.steady_images_per_second:.0f} img/s), "
             f"{trainable_backbone:,} trainable backbone parameters ({100 * trainable_backbone / backbone_size:.3f}%); "
             f"upstream {100 * upstream_accuracy:.2f}% ({100 * drop:+.2f}), {task.column} {100 * row[task.column]:.2f}%"
         )

@@ -24,14 +24,36 @@ from forgetlab.runtime import autocast, progress
 
 @dataclass
 class TrainStats:
+    """What one task's training took. ``seconds`` is the whole call; it splits into ``warmup_seconds``
+    (the first :func:`timed_warmup_steps` steps: loader start, compilation, CUDA graph capture, autotuning),
+    ``selection_seconds`` (scoring checkpoints for model selection after the warm-up) and
+    ``steady_seconds`` (the remaining steps: the rate a longer task trains at). The clock is read after
+    a device synchronisation at the end of the warm-up and of the task, so the split is exact on CUDA."""
+
     steps: int
     examples: int
     seconds: float
     final_loss: float
+    warmup_seconds: float = 0.0
+    selection_seconds: float = 0.0
+    steady_seconds: float = 0.0
+    steady_examples: int = 0
 
     @property
     def images_per_second(self) -> float:
+        """Images over the whole call, warm-up and selection included."""
         return self.examples / max(self.seconds, 1e-9)
+
+    @property
+    def steady_images_per_second(self) -> float:
+        """Images per second after the warm-up, selection excluded (nan when no step came after it)."""
+        return self.steady_examples / self.steady_seconds if self.steady_examples and self.steady_seconds > 0 else float("nan")
+
+
+def timed_warmup_steps(total_steps: int) -> int:
+    """The steps timed as warm-up (not the learning-rate warm-up): the first 50 (as the issue-19 measurements, which read the rate from
+    the 50th step on), or half of a shorter task."""
+    return min(50, total_steps // 2)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -239,6 +261,8 @@ def train_task(
     if freeze_batchnorm:
         freeze_batchnorm_statistics(model)
     step, examples, loss_value, start = 0, 0, float("nan"), time.perf_counter()
+    warmup_end, warmup_examples, warmup = None, 0, timed_warmup_steps(total_steps)
+    selection_seconds = [0.0, 0.0]  # during the warm-up, after it
     bar = progress(total=total_steps, desc=description, unit="step")
     augment = torch.Generator().manual_seed(seed + 1)  # the device pipeline's random crops, flips and jitter
     while step < total_steps:
@@ -290,15 +314,31 @@ def train_task(
                 if log_step is not None:
                     log_step(step, {"loss": loss_value, "lr": schedule.get_last_lr()[0]})
             bar.update(1)
+            if step == warmup:  # one synchronisation per task, so the warm-up's queued work is counted in it
+                _synchronize(device)
+                warmup_end, warmup_examples = time.perf_counter(), examples
             if selection is not None and selection.due(step, total_steps):
+                scoring = time.perf_counter()
                 selection.score(model, step)
+                selection_seconds[warmup_end is not None] += time.perf_counter() - scoring
                 model.train()
                 if freeze_batchnorm:
                     freeze_batchnorm_statistics(model)
             if step >= total_steps:
                 break
+    _synchronize(device)
+    end = time.perf_counter()
     bar.close()
     model.eval()
     if selection is not None:
         selection.restore_best(model)
-    return TrainStats(steps=step, examples=examples, seconds=time.perf_counter() - start, final_loss=loss_value)
+    if warmup_end is None:  # a one-step task is all warm-up
+        warmup_end, warmup_examples = end, examples
+    return TrainStats(steps=step, examples=examples, seconds=end - start, final_loss=loss_value,
+                      warmup_seconds=warmup_end - start - selection_seconds[0], selection_seconds=sum(selection_seconds),
+                      steady_seconds=end - warmup_end - selection_seconds[1], steady_examples=examples - warmup_examples)  # fmt: skip
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
