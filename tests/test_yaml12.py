@@ -81,6 +81,15 @@ def test_the_walk_covers_every_key_with_choices():
         assert quoted <= set(choices), (key, quoted - set(choices))
 
 
+def test_every_key_whose_help_quotes_names_declares_them_as_choices():
+    """So that the walk below reaches every documented value: a key whose help text quotes names must
+    carry them as ``choices`` metadata (checked by validate), unless it takes an open set."""
+    open_sets = {"backbone.name": "any timm model name"}
+    undeclared = [key for key, _, help_text in _leaf_types(config_module.RunConfig) if key not in open_sets
+                  and key not in config_module.documented_choices() and len(re.findall(r"(?<![A-Za-z])'([a-z0-9_\-]+)'", help_text)) >= 2]
+    assert undeclared == [], f"give these keys choices=(...) in config.py: {undeclared}"
+
+
 @pytest.mark.parametrize(("overrides", "key", "typed", "expected"), DOCUMENTED,
                          ids=[f"{key}={typed}" for _, key, typed, _ in DOCUMENTED])
 def test_every_documented_value_is_accepted_and_round_trips(tmp_path, overrides, key, typed, expected):
@@ -120,3 +129,13 @@ def test_sweep_files_and_stored_sweeps_read_yaml12(tmp_path):
     path.write_text("name: s\nout_dir: runs\ngrid:\n  train.compile: [off, on]\n  eval.knn_cache: [true, FALSE]\n")
     sweep = load_sweep(path)
     assert sorted((cell.config.train.compile, cell.config.eval.knn_cache) for cell in sweep.cells) == [("off", False), ("off", True), ("on", False), ("on", True)]
+
+
+@pytest.mark.parametrize("tagged", ["!!int abc", "!!int 0o", "!!float x", "!!bool maybe", "!!timestamp 2020"])
+def test_a_value_that_does_not_fit_its_tag_is_a_one_line_error(tmp_path, tagged):
+    with pytest.raises(ConfigError, match=rf"^'train\.epochs' must be int, got '{re.escape(tagged)}'$"):
+        config_module.resolve(overrides=[f"train.epochs={tagged}"])
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  epochs: {tagged}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml is not valid YAML; fix the file$"):
+        config_module.load(path)

@@ -246,8 +246,12 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def parse_yaml(text: str):
     """YAML as forgetlab reads it everywhere (command line, config files, run folders' config.yaml,
-    sweep files): YAML 1.2's core schema, see :class:`_Loader`."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    sweep files): YAML 1.2's core schema, see :class:`_Loader`. An explicit tag on a value it does not
+    fit (``!!int abc``) is a ``yaml.YAMLError`` like any other unreadable YAML."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except (ValueError, KeyError, AttributeError, TypeError) as error:  # PyYAML's constructors of !!int, !!bool, !!timestamp
+        raise yaml.constructor.ConstructorError(None, None, f"a tagged value does not fit its tag ({error})") from error
 
 
 def dump_yaml(data, **kwargs) -> str:
