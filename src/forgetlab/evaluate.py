@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_fingerprint, dataset_labels
+from forgetlab.data.eval_cache import open_crops
 from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import UPSTREAM
 from forgetlab.runtime import autocast, progress
@@ -26,6 +27,7 @@ from forgetlab.train import batches, make_loader
 @torch.no_grad()
 def predict(model, head: str, dataset: Dataset, *, batch_size: int, device, amp_dtype, workers: int = 0, description="eval") -> np.ndarray:
     """Predicted labels of ``head`` for every example of ``dataset``, in order."""
+    dataset = open_crops(dataset)  # cached evaluation crops: computed once, before the loader starts
     model.eval()
     loader = make_loader(dataset, batch_size, shuffle=False, device=device, workers=workers)
     predictions = []
@@ -59,6 +61,7 @@ def extract_features(model, dataset: Dataset, *, batch_size, device, amp_dtype, 
                      head: str | None = None) -> torch.Tensor:  # fmt: skip
     """L2-normalised pooled backbone features of every example, fp32 on the CPU; with ``head``, that
     head's outputs instead (paper 2's LoRA bug, see :class:`KNNEvaluator`)."""
+    dataset = open_crops(dataset)
     model.eval()
     chunks = []
     loader = make_loader(dataset, batch_size, shuffle=False, device=device, workers=workers)
@@ -114,7 +117,7 @@ class KNNEvaluator:
     rows after a task (the pretrained row has no task head and uses backbone features)."""
 
     def __init__(self, bank: Dataset, num_classes: int, *, k: int = 20, ks=(10, 20, 100, 200), temperature: float = 0.07,
-                 features: str = "backbone", bank_dtype: str = "fp32", cache_dir: Path | None = None):  # fmt: skip
+                 features: str = "backbone", bank_dtype: str = "fp32", cache_dir: Path | None = None, crop_cache=None):  # fmt: skip
         if len(bank) == 0:
             raise ConfigError("the k-NN evaluator needs the upstream train split as its bank; add it or use eval.upstream_evaluator=head")
         from forgetlab.data.base import evaluation_view
@@ -123,6 +126,10 @@ class KNNEvaluator:
         self.features, self.bank_dtype = features, {"fp32": torch.float32, "fp16": torch.float16}[bank_dtype]
         self.cache_dir = cache_dir  # banks on disk, shared by runs and sweep cells: $FORGETLAB_HOME/knn-banks
         self._bank_print = dataset_fingerprint(self.bank) if cache_dir is not None else None
+        if crop_cache is not None:  # the bank's evaluation crops from $FORGETLAB_HOME/eval-crops (data.eval_cache)
+            self.bank = crop_cache(self.bank, what="k-NN bank")
+            if self._bank_print is not None and getattr(self.bank, "key", None):
+                self._bank_print += f"|crops:{self.bank.key}"  # device-path crops are rounded to uint8
         self.computed = 0  # banks computed (not read from the disk cache) by this evaluator
         self.ks = sorted(set(ks) | {k})
         self.bank_labels = torch.as_tensor(dataset_labels(bank), dtype=torch.long)
@@ -185,8 +192,9 @@ class KNNEvaluator:
 UPSTREAM_EVALUATORS = ("head", "knn")
 
 
-def build_upstream_evaluator(eval_config, upstream) -> Callable:
-    """The named evaluator of the upstream task: ``head`` (paper 1) or ``knn`` (paper 2)."""
+def build_upstream_evaluator(eval_config, upstream, crop_cache=None) -> Callable:
+    """The named evaluator of the upstream task: ``head`` (paper 1) or ``knn`` (paper 2); ``crop_cache``
+    (a :class:`forgetlab.data.eval_cache.EvalCropCache`) serves the k-NN bank's crops."""
     if eval_config.upstream_evaluator == "head":
         return head_evaluator
     if eval_config.upstream_evaluator == "knn":
@@ -194,5 +202,5 @@ def build_upstream_evaluator(eval_config, upstream) -> Callable:
 
         return KNNEvaluator(upstream.train, upstream.num_classes, k=eval_config.knn_k, temperature=eval_config.knn_temperature,
                             features=eval_config.knn_features, bank_dtype=eval_config.knn_bank_dtype,
-                            cache_dir=paths.home() / "knn-banks" if eval_config.knn_cache else None)  # fmt: skip
+                            cache_dir=paths.home() / "knn-banks" if eval_config.knn_cache else None, crop_cache=crop_cache)  # fmt: skip
     raise ConfigError(f"unknown eval.upstream_evaluator '{eval_config.upstream_evaluator}'; choose one of: {', '.join(UPSTREAM_EVALUATORS)}")

@@ -13,6 +13,7 @@ run's seed and its index, not from what ran before it in the same process).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import platform
 import subprocess
@@ -25,6 +26,7 @@ from forgetlab import config as config_module
 from forgetlab.data import build_task
 from forgetlab.errors import ConfigError, DataError, TrainingError
 from forgetlab.data.device_pipeline import encoded, resolve_pipeline
+from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import preprocess_for
 from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
 from forgetlab.methods.base import build_method
@@ -197,7 +199,11 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
         upstream = encoded(upstream, preprocess.for_upstream(), train=not config.replay.size)
         tasks = [encoded(task, preprocess) for task in tasks]
         columns = {column: next(t for t in tasks if t.column == column) for column in columns}
-    evaluate_upstream = build_upstream_evaluator(config.eval, upstream)
+    crop_cache = EvalCropCache.from_config(config.data, device, log) if preprocess is not None else None
+    if crop_cache is not None:  # real images: evaluation crops computed once per machine (data.eval_cache)
+        upstream = dataclasses.replace(upstream, test=crop_cache(upstream.test, what=f"{upstream.name} test"))
+        columns = {column: dataclasses.replace(task, test=crop_cache(task.test, what=f"{task.name} test")) for column, task in columns.items()}
+    evaluate_upstream = build_upstream_evaluator(config.eval, upstream, crop_cache=crop_cache)
     workers = config.data.workers
     head_classes = getattr(backbone.model.get_classifier(), "out_features", 0)
     if config.eval.upstream_evaluator == "head" and head_classes != upstream.num_classes:

@@ -229,24 +229,22 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     target = folder / f"{digest.hexdigest()[:24]}-{size}px.npy"
     if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(dataset), size, size, 3))
+        from forgetlab.data.eval_cache import write_memmap_atomically
 
-        def decode(index: int) -> None:
-            with dataset.open_image(index) as image:
-                scale = size / min(image.size)
-                width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-                image = image.resize((width, height), Image.BICUBIC)
-                left, top = (width - size) // 2, (height - size) // 2
-                array[index] = np.asarray(image.crop((left, top, left + size, top + size)))
+        def fill(array: np.ndarray) -> None:
+            def decode(index: int) -> None:
+                with dataset.open_image(index) as image:
+                    scale = size / min(image.size)
+                    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+                    image = image.resize((width, height), Image.BICUBIC)
+                    left, top = (width - size) // 2, (height - size) // 2
+                    array[index] = np.asarray(image.crop((left, top, left + size, top + size)))
 
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for _ in progress(pool.map(decode, range(len(dataset))), total=len(dataset), desc="decoding once", unit="img"):
-                pass
-        array.flush()
-        del array
-        os.replace(partial, target)
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                for _ in progress(pool.map(decode, range(len(dataset))), total=len(dataset), desc="decoding once", unit="img"):
+                    pass
+
+        write_memmap_atomically(target, (len(dataset), size, size, 3), fill)  # the evaluation-crop cache's writer
     cached = ArrayImageDataset(np.load(target, mmap_mode="r"), dataset.labels, dataset.transform)
     cached.eval_transform = dataset.eval_transform
     return cached

@@ -1,0 +1,268 @@
+"""Evaluation at compute speed (issue 19, item 3): the deterministic evaluation crops of a test set or
+k-NN bank, computed once per machine and key into a memory-mapped uint8 array, then read by every
+later evaluation, run and sweep cell instead of decoding and resizing the files again.
+
+``$FORGETLAB_HOME/eval-crops/<key>/crops.npy`` holds uint8 ``[N, 3, S, S]`` (S: the crop size). The key
+covers the images (files by path, size and modification time, their boxes; in-memory images by their
+bytes), which of them (a split's or subset's positions) and the preprocessing up to the crop (timm's
+PIL transforms, or the device pipeline's :class:`~forgetlab.data.device_pipeline.BatchTransform`), so a
+changed dataset or recipe gets another folder. The array is written under a temporary name and renamed
+when complete (:func:`write_memmap_atomically`, which :func:`forgetlab.data.files.decoded_cache` uses
+too), so an interrupted write leaves no cache, and concurrent writers of one key each rename a complete
+file. Normalisation (mean, std) is applied on the device per batch.
+
+``data.eval_cache``: ``auto`` caches datasets of image files on CUDA (CPU runs stay as they were), ``on``
+also in-memory arrays and on any device, ``off`` nothing; ``data.eval_cache_gb`` bounds one cache (a
+1.28 M-image k-NN bank is 193 GB at 224 px: opt-in), and a cache larger than it, or than the free disk,
+is not written (one log line says so). On the PIL path the cached crops are the PIL transform's own
+uint8 pixels, so predictions are unchanged; on the device path they are its float crops rounded to
+uint8 (at most half a level of 255).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from forgetlab.data.base import dataset_labels
+from forgetlab.errors import FULL_DISK, DiskFullError
+
+CROPS_FILE = "crops.npy"
+VERSION = "eval-crops-1"
+
+
+def write_memmap_atomically(target: Path, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]) -> None:
+    """Create the uint8 ``.npy`` ``target`` of ``shape``: ``fill(array)`` writes a memory-mapped array under
+    a temporary name in the same folder, which is renamed to ``target`` only when ``fill`` returned. On
+    any error (an interrupt included) the temporary file is removed; a full disk is a
+    :class:`~forgetlab.errors.DiskFullError`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+        fill(array)
+        array.flush()
+        del array
+        os.replace(partial, target)
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in FULL_DISK:
+            raise DiskFullError.writing(target, error.strerror) from error
+        raise
+
+
+def _source(dataset: Dataset):
+    """``(base dataset, positions)`` under class and sample splits (index maps), or None."""
+    positions = np.arange(len(dataset))
+    while not (hasattr(dataset, "paths") or hasattr(dataset, "images") or hasattr(dataset, "batch_transform")):
+        if not (hasattr(dataset, "dataset") and hasattr(dataset, "indices")):
+            return None
+        positions, dataset = np.asarray(dataset.indices)[positions], dataset.dataset
+    return dataset, positions
+
+
+def _pil_recipe(transform):
+    """``(crop steps, size, mean, std)`` of a timm evaluation transform (steps before ``ToTensor``), or None."""
+    steps = list(getattr(transform, "transforms", []))
+    kinds = [type(step).__name__ for step in steps]
+    if "Normalize" not in kinds or not any("ToTensor" in kind for kind in kinds) or "CenterCrop" not in kinds:
+        return None
+    cut = next(i for i, kind in enumerate(kinds) if "ToTensor" in kind)
+    normalize = steps[kinds.index("Normalize")]
+    size = steps[kinds.index("CenterCrop")].size
+    as_tuple = lambda v: tuple(float(x) for x in (v.tolist() if hasattr(v, "tolist") else v))  # noqa: E731
+    return steps[:cut], int(size[0]), as_tuple(normalize.mean), as_tuple(normalize.std)
+
+
+class EvalCrops(Dataset):
+    """A test set (or k-NN bank) read from its cached evaluation crops. Batches are uint8 crops read from
+    the memory map in one slice (``__getitems__``), normalised on the device by :meth:`to_batch`, as the
+    device pipeline's datasets are (:func:`forgetlab.train.batches`)."""
+
+    def __init__(self, path: Path, source: Dataset, size: int, mean, std, build: Callable[[np.ndarray], None], key: str):
+        self.path, self.source, self.size, self.key = Path(path), source, size, key
+        self.mean, self.std, self._build = tuple(mean), tuple(std), build
+        self.labels = dataset_labels(source)
+        self.computed = False  # written by this object (not read from an earlier run's cache)
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def open(self) -> "EvalCrops":
+        """Compute the cache if it is missing (atomically), then memory-map it."""
+        if self._array is None:
+            target = self.path / CROPS_FILE
+            if not target.exists():
+                write_memmap_atomically(target, (len(self), 3, self.size, self.size), self._build)
+                self.computed = True
+            array = np.load(target, mmap_mode="r")
+            if array.shape != (len(self), 3, self.size, self.size):  # never trust a file of another shape
+                raise ValueError(f"{target} holds {array.shape}; delete it")
+            self._array = array
+        return self
+
+    def __getstate__(self):  # loader workers re-open the map instead of pickling its contents
+        state = dict(self.__dict__)
+        state["_array"] = None
+        return state
+
+    def __getitems__(self, indices):
+        self.open()
+        order = np.asarray(indices)
+        return torch.from_numpy(np.ascontiguousarray(self._array[order])), torch.as_tensor(self.labels[order]), list(indices)
+
+    def __getitem__(self, index: int):
+        crops, labels, _ = self.__getitems__([index])
+        return crops[0], int(labels[0])
+
+    @staticmethod
+    def collate(batch):
+        return batch  # __getitems__ made the batch
+
+    def to_batch(self, crops: torch.Tensor, indices, device: torch.device, generator=None) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        return (crops.to(device, non_blocking=True).float() / 255.0 - mean) / std
+
+    def evaluation_view(self) -> "EvalCrops":
+        return self
+
+
+@dataclasses.dataclass
+class EvalCropCache:
+    """Turns evaluation datasets into :class:`EvalCrops` per ``data.eval_cache`` (see the module docstring)."""
+
+    mode: str = "auto"
+    limit_gb: float = 16.0
+    device: torch.device = torch.device("cpu")
+    folder: Path | None = None  # default: $FORGETLAB_HOME/eval-crops
+    log: Callable[[str], None] = print
+    batch_size: int = 64
+
+    @classmethod
+    def from_config(cls, data_config, device: torch.device, log: Callable[[str], None] = print) -> "EvalCropCache":
+        return cls(mode=data_config.eval_cache, limit_gb=data_config.eval_cache_gb, device=device, log=log)
+
+    def __call__(self, dataset: Dataset, what: str = "evaluation") -> Dataset:
+        """``dataset`` read from its cached crops, or ``dataset`` itself when the cache is off, the
+        dataset's kind is not cached, or the cache would pass the size limit or the free disk."""
+        if self.mode == "off" or isinstance(dataset, EvalCrops) or len(dataset) == 0:
+            return dataset
+        found = _source(dataset)
+        if found is None:
+            return dataset
+        base, positions = found
+        if hasattr(base, "batch_transform"):  # an EncodedDataset: its own index map into the files or arrays
+            positions = np.asarray(base.positions)[positions]
+        on_files = hasattr(base, "paths") or hasattr(getattr(base, "dataset", None), "paths")
+        if self.mode == "auto" and not (on_files and self.device.type == "cuda"):
+            return dataset
+        if hasattr(base, "batch_transform"):  # the device pipeline (EncodedDataset)
+            transform = dataset.batch_transform if hasattr(dataset, "batch_transform") else base.batch_transform
+            if transform.training:
+                return dataset
+            size, mean, std = transform.size, transform.mean, transform.std
+            recipe = repr(dataclasses.replace(transform, mean=(0.0,) * 3, std=(1.0,) * 3))
+            images_of = base.dataset
+            build = self._device_builder(dataset, transform)
+        else:
+            pil = _pil_recipe(getattr(base, "transform", None))
+            if pil is None:
+                return dataset
+            steps, size, mean, std = pil
+            recipe, images_of = repr(steps), base
+            build = self._pil_builder(base, positions, steps)
+        bytes_needed = len(dataset) * 3 * size * size
+        folder = Path(self.folder) if self.folder is not None else _home() / "eval-crops"
+        if bytes_needed > self.limit_gb * 1e9:
+            self.log(f"forgetlab: {what} crops not cached: {len(dataset):,} images at {size} px need {bytes_needed / 1e9:.3g} GB, "
+                     f"over data.eval_cache_gb={self.limit_gb:g}; raise it to cache them")  # fmt: skip
+            return dataset
+        key = _key(images_of, positions, recipe, size)
+        target = folder / key / CROPS_FILE
+        if not target.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(folder).free
+            if bytes_needed > 0.9 * free:
+                self.log(f"forgetlab: {what} crops not cached: they need {bytes_needed / 1e9:.3g} GB and {folder} has "
+                         f"{free / 1e9:.1f} GB free")  # fmt: skip
+                return dataset
+        return EvalCrops(folder / key, dataset, size, mean, std, build, key)
+
+    def _pil_builder(self, base, positions, steps) -> Callable[[np.ndarray], None]:
+        """Crops through timm's PIL steps (threads: PIL releases the GIL while decoding and resizing)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from forgetlab.runtime import progress
+
+        def image(position: int):
+            if hasattr(base, "open_image"):
+                return base.open_image(position)
+            from PIL import Image
+
+            return Image.fromarray(np.asarray(base.images[position]))
+
+        def fill(array: np.ndarray) -> None:
+            def crop(row: int) -> None:
+                picture = image(int(positions[row]))
+                for step in steps:
+                    picture = step(picture)
+                array[row] = np.asarray(picture.convert("RGB")).transpose(2, 0, 1)
+
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                for _ in progress(pool.map(crop, range(len(positions))), total=len(positions), desc="evaluation crops", unit="img"):
+                    pass
+
+        return fill
+
+    def _device_builder(self, dataset, transform) -> Callable[[np.ndarray], None]:
+        """Crops through the device pipeline: its batches with mean 0 and std 1/255, i.e. in [0, 255]."""
+        from forgetlab.runtime import progress
+        from forgetlab.train import batches, make_loader
+
+        def fill(array: np.ndarray) -> None:
+            view = copy.copy(dataset)
+            view.batch_transform = dataclasses.replace(transform, mean=(0.0,) * 3, std=(1 / 255,) * 3)
+            loader = make_loader(view, self.batch_size, shuffle=False, device=self.device)
+            row = 0
+            for images, _ in progress(batches(loader, view, self.device), total=len(loader), desc="evaluation crops", unit="batch"):
+                array[row : row + len(images)] = images.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+                row += len(images)
+
+        return fill
+
+
+def _home() -> Path:
+    from forgetlab import paths
+
+    return paths.home()
+
+
+def _key(images_of: Dataset, positions: np.ndarray, recipe: str, size: int) -> str:
+    digest = hashlib.sha256(f"{VERSION}|{size}|{recipe}".encode())
+    if hasattr(images_of, "paths"):
+        for path in images_of.paths:
+            stat = Path(path).stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        if getattr(images_of, "boxes", None) is not None:
+            digest.update(np.asarray(images_of.boxes).tobytes())
+    else:
+        digest.update(np.ascontiguousarray(np.asarray(images_of.images)).tobytes())
+    digest.update(np.asarray(positions, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def open_crops(dataset: Dataset) -> Dataset:
+    """Compute or map an :class:`EvalCrops` before its loader starts (others: unchanged)."""
+    return dataset.open() if isinstance(dataset, EvalCrops) else dataset
