@@ -331,3 +331,19 @@ def test_training_time_splits_into_warmup_selection_and_steady_state():
     one = train_module.train_task(model, "task", dataset, config_module.resolve({}, ["train.compile=off", "train.max_steps=1"]).train,
                                   device=CPU, amp_dtype=None, seed=0)  # fmt: skip
     assert one.warmup_seconds == pytest.approx(one.seconds) and one.steady_examples == 0 and math.isnan(one.steady_images_per_second)
+
+
+def test_compile_auto_takes_cuda_graphs_for_small_batches_and_nothing_on_the_cpu(monkeypatch):
+    """train.compile=auto (issue 19, item 4): eager on the CPU (torch.compile never called), CUDA graphs at
+    batch <= 32 on CUDA, plain compilation above; the explicit choices as they say."""
+    from forgetlab import train as train_module
+
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    modes = {(choice, batch, device.type): train_module.compile_mode(config_module.resolve({}, [f"train.compile={choice}", f"train.batch_size={batch}"]).train, device)
+             for choice in ("auto", "on", "off", "reduce-overhead") for batch in (32, 128) for device in (CPU, cuda)}  # fmt: skip
+    assert modes[("auto", 32, "cpu")] is None and modes[("auto", 128, "cpu")] is None and modes[("off", 32, "cuda")] is None
+    assert modes[("auto", 32, "cuda")] == "reduce-overhead" and modes[("auto", 128, "cuda")] == "default"
+    assert modes[("on", 32, "cpu")] == "default" and modes[("reduce-overhead", 128, "cpu")] == "reduce-overhead"
+    monkeypatch.setattr(train_module.torch, "compile", lambda *args, **kwargs: pytest.fail("auto compiled on the CPU"))
+    model = torch.nn.Linear(2, 2)
+    assert train_module.compiled(model, config_module.resolve({}, ["train.batch_size=8"]).train, CPU) is model

@@ -110,8 +110,8 @@ class TrainConfig:
                            choices=("cosine", "hf_cosine"))
     drop_last: bool = option(False, "drop each epoch's last partial batch (paper 2's code)")
     label_smoothing: float = option(0.0, "label smoothing of the task loss")
-    compile: str = option("auto", "torch.compile the training step: 'auto' (on CUDA), 'on', 'off', or 'reduce-overhead' (with CUDA graphs: "
-                          "small batches); a failed compilation falls back to eager", choices=("auto", "on", "off", "reduce-overhead"))
+    compile: str = option("auto", "torch.compile the training step: 'auto' (on CUDA: with CUDA graphs at batch <= 32, plain above; eager on the CPU), "
+                          "'on', 'off', or 'reduce-overhead' (with CUDA graphs: small batches); a failed compilation falls back to eager", choices=("auto", "on", "off", "reduce-overhead"))
     log_every: int = option(25, "steps between reads of the loss on the host (each read waits for the device; non-finite losses are caught then)")
     select: str = option("last", "which weights end a task: 'last' or 'best' (the best task-test accuracy, scored every eval_every steps; paper 2's code)",
                          choices=("last", "best"))

@@ -129,15 +129,35 @@ def make_optimizer(parameters, train_config, device: torch.device | None = None)
     return torch.optim.AdamW(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay, **fused)
 
 
+AUTO_GRAPHS_MAX_BATCH = 32  # train.compile=auto takes CUDA graphs at or below this batch size (see compile_mode)
+
+
+def compile_mode(train_config, device: torch.device) -> str | None:
+    """How ``train.compile`` compiles the training forward: None (eager), ``"default"`` (inductor) or
+    ``"reduce-overhead"`` (inductor with CUDA graphs).
+
+    ``auto`` is eager on the CPU (compiling costs more than it saves there); on CUDA, CUDA graphs for
+    batches of at most :data:`AUTO_GRAPHS_MAX_BATCH` images, where launch overhead dominates (issue 19
+    on an H200, ViT-B/16 LoRA r=4, compute only: batch 32 bf16 trained at 3,348 img/s with CUDA graphs
+    against 1,206 eager; at batch 128 plain compilation, 3,779 against 2,913), plain compilation above.
+    The same comparison in an actual run (paper 1's batch 32, fp32) is not measured yet:
+    ``benchmarks/gpu_check.py`` measures it; a failed compilation trains eagerly (:func:`train_task`)."""
+    choice = train_config.compile
+    if choice == "off" or (choice == "auto" and device.type != "cuda"):
+        return None
+    if choice == "reduce-overhead" or (choice == "auto" and train_config.batch_size <= AUTO_GRAPHS_MAX_BATCH):
+        return "reduce-overhead"
+    return "default"
+
+
 def compiled(model, train_config, device: torch.device):
-    """``model`` under ``torch.compile`` when the config asks for it (``auto``: on CUDA), else itself;
-    ``reduce-overhead`` adds CUDA graphs (small batches: paper 1's 32). Compilation happens at the
-    first call of each task (the task's adapters change the graph), not per step; :func:`train_task`
-    falls back to eager if it fails."""
-    if train_config.compile == "reduce-overhead":
-        return torch.compile(model, mode="reduce-overhead")
-    wanted = train_config.compile == "on" or (train_config.compile == "auto" and device.type == "cuda")
-    return torch.compile(model) if wanted else model
+    """``model`` under ``torch.compile`` as :func:`compile_mode` says, else itself. Compilation happens
+    at the first call of each task (the task's adapters change the graph), not per step;
+    :func:`train_task` falls back to eager if it fails."""
+    mode = compile_mode(train_config, device)
+    if mode is None:
+        return model
+    return torch.compile(model, mode="reduce-overhead") if mode == "reduce-overhead" else torch.compile(model)
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0, device=None, drop_last: bool = False):
@@ -250,7 +270,7 @@ def train_task(
     parameters = trainable_parameters(model)
     optimizer = make_optimizer(parameters, train_config, device)
     forward = compiled(model, train_config, device)
-    graphs = forward is not model and train_config.compile == "reduce-overhead"
+    graphs = forward is not model and compile_mode(train_config, device) == "reduce-overhead"
     shape = hf_warmup_cosine if train_config.schedule == "hf_cosine" else warmup_cosine
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, shape(span, warmup_steps))
     heads = [head, *[h for h in extra_heads if h != head]]
