@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from forgetlab.analysis.findings import bootstrap_interval, rank_findings, spearman
+from forgetlab.analysis.findings import bootstrap_interval, rank_findings, spearman, spearman_permutation_p
 from forgetlab.results import AccuracyMatrix
 
 
@@ -34,8 +34,6 @@ class FakeRun:
     def __post_init__(self):
         self.method = f"lora r={self.rank}"
 
-    def config_key(self, *ignored):
-        return "the same config but for rank and seed"
 
 
 def test_spearman_and_its_bootstrap_interval_match_hand_values():
@@ -46,11 +44,24 @@ def test_spearman_and_its_bootstrap_interval_match_hand_values():
     assert low == pytest.approx(-1.0) and high == pytest.approx(-1.0)
 
 
-def test_the_rank_finding_states_the_correlation_interval_and_endpoints():
+def test_the_rank_finding_states_its_n_and_claims_a_direction_only_when_a_test_says_so():
     runs = [FakeRun("vit", r, a) for r, a in ((1, 0.80), (1, 0.78), (4, 0.60), (4, 0.62), (16, 0.30), (16, 0.35))]
-    runs += [FakeRun("resnet", r, 0.85) for r in (1, 4)]  # two runs: too few for a finding
-    (sentence,) = rank_findings(runs)
+    runs += [FakeRun("vit-one-seed", r, a) for r, a in ((1, 0.80), (4, 0.60), (16, 0.30))]
+    runs += [FakeRun("resnet", 4, 0.85)]  # one rank: no finding (the figure's caption names it)
+    sentence, one_seed = rank_findings(runs)  # sorted by backbone
     assert sentence.startswith("On vit, a higher LoRA rank forgets more of the upstream task")
     rho = spearman([1, 1, 4, 4, 16, 16], [0.80, 0.78, 0.60, 0.62, 0.30, 0.35])
-    assert f"{rho:+.2f}" in sentence and "6 runs" in sentence
+    assert f"{rho:+.2f}" in sentence and "6 runs at 3 ranks, 2 seeds each" in sentence
+    # The exact permutation test over the 720 orderings of 6 runs (ties in rank make it 16 of them as extreme).
+    assert f"permutation test p = {spearman_permutation_p([1, 1, 4, 4, 16, 16], [0.80, 0.78, 0.60, 0.62, 0.30, 0.35]):.2g}" in sentence
+    assert spearman_permutation_p([1, 1, 4, 4, 16, 16], [0.80, 0.78, 0.60, 0.62, 0.30, 0.35]) == pytest.approx(16 / 720)
+    assert "no interval below 10 runs" in sentence and "bootstrap" not in sentence
     assert f"{100 * np.mean([0.80, 0.78]):.1f} % at rank 1" in sentence and f"{100 * np.mean([0.30, 0.35]):.1f} % at rank 16" in sentence
+    # Three ranks with one seed each: a correlation of -1 but no claim, no interval, no test.
+    assert one_seed.startswith("On vit-one-seed, too few runs to tell") and "-1.00" in one_seed
+    assert "3 runs at 3 ranks, one seed each: no interval or test, which need at least 5 runs" in one_seed
+    assert "forgets more" not in one_seed and "p =" not in one_seed
+    # Ten runs with no trend: a test and an interval, and no direction claimed.
+    flat = [FakeRun("flat", r, a) for r, a in zip([1, 2, 4, 8, 16] * 2, [0.5, 0.6, 0.4, 0.55, 0.45, 0.6, 0.4, 0.5, 0.45, 0.55])]
+    (sentence,) = rank_findings(flat)
+    assert "no trend of forgetting with LoRA rank is established" in sentence and "95 % bootstrap interval" in sentence

@@ -104,3 +104,95 @@ def test_report_tables_csv_and_figure_files_are_keyed_by_unique_labels(tmp_path,
     markdown = (out / "report.md").read_text()
     assert "| crane (n02012849) | n02012849 | 4 |" in markdown and "| crane (n03126707) | n03126707 | 3 |" in markdown
     assert re.search(r"\| rank8-seed0 \(sweep-a\) \| offline_vit \|", markdown) and "rank8-seed0 (sweep-b)" in markdown
+
+
+# ------------------------------------------------------------------------------ issue 21, part 1: like with like
+def rows(upstream: float, downstream: float, tasks: int = 2) -> list[list]:
+    """A matrix: pretrained upstream 0.8, then every task at ``downstream``, upstream ending at ``upstream``."""
+    return [[0.8] + [None] * tasks] + [[upstream if i == tasks - 1 else 0.75] + [downstream] * (i + 1) + [None] * (tasks - i - 1)
+                                        for i in range(tasks)]  # fmt: skip
+
+
+def test_methods_are_compared_only_within_one_setting_and_one_seed_each_is_indistinguishable(tmp_path):
+    from forgetlab.analysis.findings import method_findings
+    from forgetlab.analysis.tables import paper2_table
+
+    # The demo: the default run (8 epochs a task) and a rank sweep at 2 epochs, one seed each.
+    make_run(tmp_path, "default", overrides=["method.rank=4", "train.epochs=8"], rows=rows(0.60, 0.6233))
+    for rank, upstream in ((1, 0.6201), (4, 0.6231), (16, 0.5001)):
+        make_run(tmp_path / "demo-rank-sweep", f"rank{rank}", overrides=[f"method.rank={rank}", "train.epochs=2"], rows=rows(upstream, 0.6233))
+    table = paper2_table(find_runs([tmp_path]))
+    assert [(row["setting"], row["method"]) for row in table] == [
+        ("train.epochs=2", "lora r=1"), ("train.epochs=8", "lora r=4"), ("train.epochs=2", "lora r=4"), ("train.epochs=2", "lora r=16")]  # fmt: skip
+    (sentence,) = method_findings(table)  # the 8-epoch row has nothing to be compared with
+    assert sentence.startswith("Of 3 methods on offline_vit (train.epochs=2), the best balance")
+    assert "not settled" in sentence and "indistinguishable (one seed each, no interval)" in sentence
+    # With no seed spread nothing can be called best, not even over a 6-point gap: each method's value is listed.
+    assert "keeps the best balance" not in sentence
+    assert "lora r=4 62.32 % (one seed), lora r=1 62.17 % (one seed), lora r=16 56.17 % (one seed)" in sentence
+
+
+def test_a_method_is_called_best_only_beyond_the_seed_spread_or_by_a_paired_test(tmp_path):
+    from forgetlab.analysis.findings import method_findings
+    from forgetlab.analysis.tables import paper2_table
+
+    gaps = {"linear": (0.70, 0.71, 0.72), "lora": (0.60, 0.62, 0.61), "full": (0.695, 0.73, 0.70)}
+    for method, values in gaps.items():
+        for seed, value in enumerate(values):
+            make_run(tmp_path, f"{method}-{seed}", overrides=[f"method.name={method}", f"seed={seed}"], rows=rows(value, value))
+    table = paper2_table(find_runs([tmp_path]))
+    assert {row["method"]: row["mean"][2] for row in table} == {"linear": 3, "lora r=4": 3, "full": 3}
+    (sentence,) = method_findings(table)
+    # full (70.8 %) vs linear (71.0 %): within the spread, and a paired test over 3 seeds does not separate them.
+    assert "not settled" in sentence and "full" in sentence and "linear" in sentence and "lora" not in sentence
+    assert "within the seed spread" in sentence and "(3 seeds)" in sentence
+    table = [row for row in table if row["method"] != "full"]
+    (sentence,) = method_findings(table)
+    assert sentence.startswith("Of 2 methods on offline_vit, linear keeps the best balance")
+    from scipy.stats import ttest_rel
+
+    p = ttest_rel(gaps["linear"], gaps["lora"]).pvalue
+    assert f"paired t-test over 3 seeds p = {p:.2g}" in sentence and p < 0.05
+
+
+def test_runs_with_different_task_counts_are_never_averaged(tmp_path):
+    from forgetlab.analysis.tables import paper2_table
+
+    make_run(tmp_path, "two-tasks", rows=rows(0.7, 0.6))
+    make_run(tmp_path, "three-tasks", tasks=("fontfamily", "digits", "fontstyle"), rows=rows(0.7, 0.9, tasks=3))
+    make_run(tmp_path, "stopped", overrides=["seed=1"], tasks=("fontfamily", "digits", "fontstyle"), rows=rows(0.7, 0.3, tasks=3)[:2])
+    table = {(row["setting"], row["completed"]): row for row in paper2_table(find_runs([tmp_path]))}
+    assert sorted(table) == [("data.tasks=[fontfamily, digits, fontstyle]", 1), ("data.tasks=[fontfamily, digits, fontstyle]", 3),
+                             ("data.tasks=[fontfamily, digits]", 2)]  # fmt: skip
+    assert table[("data.tasks=[fontfamily, digits]", 2)]["downstream"] == (pytest.approx(0.6), 0.0, 1)
+    assert table[("data.tasks=[fontfamily, digits, fontstyle]", 3)]["downstream"] == (pytest.approx(0.9), 0.0, 1)
+
+
+def test_rank_curves_label_groups_by_what_differs_in_distinct_colours_and_name_the_dropped(tmp_path):
+    from forgetlab.analysis.groups import rank_groups
+    from forgetlab.reporting.page import _dropped_groups
+
+    for epochs in (2, 8):
+        for rank in (1, 4):
+            make_run(tmp_path / f"e{epochs}", f"rank{rank}", overrides=[f"method.rank={rank}", f"train.epochs={epochs}"],
+                     rows=rows(0.7 - 0.01 * rank, 0.6))  # fmt: skip
+    make_run(tmp_path, "lr", overrides=["method.rank=4", "train.epochs=2", "train.lr=0.01"])
+    groups = rank_groups(find_runs([tmp_path]))
+    figure = figures.rank_curves(groups)
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    assert sorted(labels) == ["offline_vit (train.epochs=2, train.lr=0.001)", "offline_vit (train.epochs=8, train.lr=0.001)"]
+    assert len({handle.lines[0].get_color() for handle in handles}) == 2  # errorbar containers: the line's colour
+    assert _dropped_groups(groups) == " Not drawn, one rank only: offline_vit (train.epochs=2, train.lr=0.01) (rank 4, 1 run)."
+
+
+def test_a_contextual_finding_below_the_minimum_of_forgotten_images_gives_no_p_value(tmp_path, similarity):
+    from forgetlab.analysis.findings import MIN_FORGOTTEN_IMAGES, contextual_findings
+    from forgetlab.reporting.page import contextual_rows
+
+    make_run(tmp_path, "one-image", forgotten=(1, 0, 0, 0, 0, 0))
+    for seed in (0, 1):  # another setting: many forgotten images, most of them of the most similar class
+        make_run(tmp_path, f"many-{seed}", overrides=[f"seed={seed}", "train.epochs=2"], forgotten=(2, 2, 2, 2, 2, 10))
+    many, few = contextual_findings(contextual_rows(find_runs([tmp_path]), permutations=200))  # sorted by setting
+    assert few.startswith("Contextual forgetting on offline_vit lora (train.epochs=") and "p <" not in few and "p =" not in few
+    assert f"no test: its one run forgot 1 upstream image, fewer than the {MIN_FORGOTTEN_IMAGES} a test needs" in few
+    assert "in 2 of 2 runs (20 forgotten images each)" in many and "difference is +0.200 in each" in many

@@ -102,7 +102,7 @@ def test_report_writes_html_markdown_and_every_figure(report_runs, tmp_path):
     assert "src=\"figures/" not in page, "the page must be self-contained"
     markdown = (out / "report.md").read_text()
     # Paper 2's table: one row per (backbone, method), over two seeds; FWT against the linear probe.
-    assert re.search(r"\| offline_vit \| lora r=8 \| [\d,]+ \| [\d.]+ ± [\d.]+ \|.*\| rank8-seed0, rank8-seed1 \|", markdown)
+    assert re.search(r"\| offline_vit \| lora r=8 \| [\d,]+ \| 2/2 \| 2 \| [\d.]+ ± [\d.]+ \|.*\| rank8-seed0, rank8-seed1 \|", markdown)
     assert "| offline_vit | linear | 1,032 |" in markdown  # the fontfamily head: 128 x 8 + 8
     assert "FWT vs linear" in markdown and "letter.n.02" in markdown
 

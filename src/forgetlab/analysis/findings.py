@@ -1,23 +1,45 @@
 """The report's first screen: what the runs show, in sentences with numbers, derived from the stored
 matrices and the contextual-forgetting tests only (never recomputed in a figure).
 
-* **Rank and forgetting** (paper 1): per backbone (and regulariser), over every finished merged-LoRA
-  run, Spearman's correlation between the LoRA rank and the final upstream accuracy, with a 95 %
-  bootstrap interval over runs (2,000 resamples, seeded), and the mean upstream accuracy at the lowest
-  and the highest rank.
-* **Contextual forgetting** (paper 1): per backbone, after the first task, in how many runs the
-  forgotten upstream images are closer to the task's domain than the test set (one-sided permutation
-  p < 0.05), with the range of the mean similarity difference.
-* **Methods** (paper 2): the method with the best mean of final downstream and upstream accuracy per
-  backbone.
+Every finding compares only runs that differ in the compared key(s) and the seed
+(:mod:`forgetlab.analysis.groups`); groups that differ in anything else get their own sentence,
+labelled with what differs. Every sentence states its n, and gives an interval or a test only where
+one means something (the minimums below), saying so otherwise.
+
+* **Rank and forgetting** (paper 1): per group of finished merged-LoRA runs that differ only in
+  ``method.rank`` and the seed, Spearman's correlation between the rank and the final upstream
+  accuracy, and the mean upstream accuracy at the lowest and the highest rank. From
+  :data:`MIN_RUNS_FOR_TEST` runs on, an exact (or, past 7 runs, 9,999-resample) two-sided permutation
+  test of the correlation (``scipy.stats.permutation_test``); only a test with p < 0.05 lets the
+  sentence say which way rank goes. From :data:`MIN_RUNS_FOR_INTERVAL` runs on, a 95 % bootstrap
+  interval over runs (2,000 resamples, seeded).
+* **Contextual forgetting** (paper 1): per group of runs that differ only in the seed and the LoRA
+  rank, after the first task, in how many runs the forgotten upstream images are closer to the task's
+  domain than the test set (one-sided permutation p < 0.05), with the range of the mean similarity
+  difference. A run that forgot fewer than :data:`MIN_FORGOTTEN_IMAGES` images is not tested.
+* **Methods** (paper 2): per context (the same config but for the method's sections and the seed,
+  every task done), the method with the best mean of final downstream and upstream accuracy. It is
+  called best only when it beats every other method by more than the seed spread (the gap exceeds
+  the sum of the two standard deviations over seeds, both with at least 2 seeds) or a paired t-test
+  over at least :data:`MIN_PAIRED_SEEDS` shared seeds gives p < 0.05 (``scipy.stats.ttest_rel``);
+  otherwise the leaders are called indistinguishable.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 
 import numpy as np
+
+from forgetlab.analysis.groups import group_labels, identity_key, method_family, rank_groups
+
+MIN_RUNS_FOR_TEST = 5  # with 4 runs the exact permutation test cannot go below p = 2/24 = 0.083
+MIN_RUNS_FOR_INTERVAL = 10  # a bootstrap over fewer points mostly resamples the same few values
+MIN_FORGOTTEN_IMAGES = 20  # a mean similarity of fewer forgotten images says little, and the test has no power
+MIN_PAIRED_SEEDS = 3  # a paired t-test needs at least 2 degrees of freedom
+ALPHA = 0.05
 
 
 def spearman(x, y) -> float:
@@ -45,65 +67,170 @@ def bootstrap_interval(x, y, statistic=spearman, resamples: int = 2000, seed: in
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
+def spearman_permutation_p(x, y, resamples: int = 9999, seed: int = 0) -> float:
+    """Two-sided p-value of Spearman's correlation under random pairing of ``y`` with ``x``: exact
+    over every ordering when there are at most ``resamples`` of them (7 points or fewer), else over
+    ``resamples`` random ones (``scipy.stats.permutation_test``, ``permutation_type='pairings'``)."""
+    from scipy.stats import permutation_test, rankdata
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    centred_x = rankdata(x) - rankdata(x).mean()
+
+    def correlation(values, axis=-1):
+        ranks = rankdata(values, axis=axis)
+        ranks = ranks - ranks.mean(axis=axis, keepdims=True)
+        return (ranks * centred_x).sum(axis=axis) / np.sqrt((ranks**2).sum(axis=axis) * (centred_x**2).sum())
+
+    result = permutation_test((y,), correlation, permutation_type="pairings", vectorized=True, n_resamples=resamples,
+                              alternative="two-sided", random_state=seed)  # fmt: skip
+    return float(result.pvalue)
+
+
+def _seeds(counts: list[int]) -> str:
+    """'one seed each', '2 seeds each', '1 to 3 seeds each'."""
+    low, high = min(counts), max(counts)
+    if high == 1:
+        return "one seed each"
+    return f"{low} seeds each" if low == high else f"{low} to {high} seeds each"
+
+
 def rank_findings(runs) -> list[str]:
-    groups = defaultdict(list)  # (backbone, variant, the rest of the config) -> [(rank, final upstream accuracy)]
-    for run in runs:
-        method = run.config["method"]
-        if method["name"] != "lora" or method.get("policy") == "keep" or run.completed < run.matrix.num_tasks:
-            continue
-        variant = " ".join(run.method.split(" ")[2:])
-        # Only runs that differ in rank and seed alone are compared (as the rank curves do).
-        groups[(run.backbone, variant, run.config_key("method.rank"))].append((method["rank"], float(run.matrix.as_array()[-1, 0])))
     sentences = []
-    for (backbone, variant, _), pairs in sorted(groups.items()):
-        ranks = sorted({rank for rank, _ in pairs})
-        if len(ranks) < 2 or len(pairs) < 3:
-            continue
+    for group in rank_groups(runs):
+        ranks = group.ranks
+        if len(ranks) < 2:
+            continue  # the rank-curve figure's caption names these groups
+        pairs = group.points(0)
         x, y = zip(*pairs)
-        rho = spearman(x, y)
-        low, high = bootstrap_interval(x, y)
+        n, per_rank = len(pairs), group.seeds_per_rank()
+        counted = f"{n} runs at {len(ranks)} ranks, {_seeds(per_rank)}"
         at = {r: 100 * np.mean([a for rank, a in pairs if rank == r]) for r in (ranks[0], ranks[-1])}
-        direction = "forgets more of the upstream task" if rho < 0 else "forgets less of the upstream task" if rho > 0 else "changes nothing"
-        sentences.append(
-            f"On {backbone}{' ' + variant if variant else ''}, a higher LoRA rank {direction}: Spearman's correlation of rank and "
-            f"final upstream accuracy is {rho:+.2f} (95 % bootstrap interval {low:+.2f} to {high:+.2f}, {len(pairs)} runs); "
-            f"upstream accuracy {at[ranks[0]]:.1f} % at rank {ranks[0]} and {at[ranks[-1]]:.1f} % at rank {ranks[-1]}."
-        )
+        endpoints = f"upstream accuracy {at[ranks[0]]:.1f} % at rank {ranks[0]} and {at[ranks[-1]]:.1f} % at rank {ranks[-1]}"
+        rho = spearman(x, y)
+        if math.isnan(rho):
+            sentences.append(f"On {group.label}, final upstream accuracy is the same at every LoRA rank ({counted}): {endpoints}.")
+            continue
+        p = spearman_permutation_p(x, y) if n >= MIN_RUNS_FOR_TEST else math.nan
+        if math.isnan(p):
+            evidence = f"{counted}: no interval or test, which need at least {MIN_RUNS_FOR_TEST} runs"
+        elif n >= MIN_RUNS_FOR_INTERVAL:
+            low, high = bootstrap_interval(x, y)
+            evidence = f"{counted}; permutation test p = {p:.2g}; 95 % bootstrap interval {low:+.2f} to {high:+.2f}"
+        else:
+            evidence = f"{counted}; permutation test p = {p:.2g}; no interval below {MIN_RUNS_FOR_INTERVAL} runs"
+        if p < ALPHA:
+            direction = "forgets more of the upstream task" if rho < 0 else "forgets less of the upstream task"
+            claim = f"a higher LoRA rank {direction}"
+        elif math.isnan(p):
+            claim = "too few runs to tell how LoRA rank changes forgetting"
+        else:
+            claim = "no trend of forgetting with LoRA rank is established"
+        sentences.append(f"On {group.label}, {claim}: Spearman's correlation of rank and final upstream accuracy is {rho:+.2f} "
+                         f"({evidence}); {endpoints}.")  # fmt: skip
     return sentences
+
+
+def _contextual_groups(rows) -> list[tuple[str, list]]:
+    """First-task rows grouped by run config without the seed and ``method.rank`` (a rank sweep's
+    runs are pooled), labelled by backbone and method and what differs from the groups sharing them."""
+    groups = defaultdict(list)
+    for row in rows:
+        if row.run.matrix.phases and row.task == row.run.matrix.phases[0]:
+            groups[(f"{row.run.backbone} {method_family(row.run)}", identity_key(row.run, "method.rank"))].append(row)
+    labels = group_labels(sorted(groups))
+    return [(labels[key], groups[key]) for key in sorted(groups)]
 
 
 def contextual_findings(rows) -> list[str]:
-    by_backbone = defaultdict(list)
-    for row in rows:
-        if row.run.matrix.phases and row.task == row.run.matrix.phases[0] and row.test.forgotten:
-            by_backbone[row.run.backbone].append(row)
     sentences = []
-    for backbone, members in sorted(by_backbone.items()):
-        significant = [r for r in members if r.test.p_value < 0.05 and r.test.difference > 0]
-        differences = [r.test.difference for r in members]
-        sentences.append(
-            f"Contextual forgetting on {backbone}: after its first task ({members[0].task}, domain {members[0].domain}) the forgotten "
-            f"upstream images are closer to the domain than the test set (one-sided permutation p < 0.05) in {len(significant)} "
-            f"of {len(members)} runs; the mean similarity difference ranges from {min(differences):+.3f} to {max(differences):+.3f}."
+    for label, members in _contextual_groups(rows):
+        first = members[0]
+        tested = [r for r in members if r.test.forgotten >= MIN_FORGOTTEN_IMAGES]
+        few = [r for r in members if r.test.forgotten < MIN_FORGOTTEN_IMAGES]
+        where = f"Contextual forgetting on {label} after its first task ({first.task}, domain {first.domain})"
+        if not tested:
+            most = max(r.test.forgotten for r in few)
+            who = f"each of the {len(few)} runs forgot at most" if len(few) > 1 else "its one run forgot"
+            sentences.append(f"{where}: no test: {who} {most} upstream image{'s' if most != 1 else ''}, fewer than the "
+                             f"{MIN_FORGOTTEN_IMAGES} a test needs.")  # fmt: skip
+            continue
+        significant = [r for r in tested if r.test.p_value < ALPHA and r.test.difference > 0]
+        differences = [r.test.difference for r in tested]
+        if len(tested) == 1:
+            spread = f"is {differences[0]:+.3f} (one run)"
+        elif f"{min(differences):+.3f}" == f"{max(differences):+.3f}":
+            spread = f"is {differences[0]:+.3f} in each"
+        else:
+            spread = f"ranges from {min(differences):+.3f} to {max(differences):+.3f}"
+        forgotten = sorted(r.test.forgotten for r in tested)
+        sentence = (
+            f"{where}: the forgotten upstream images are closer to the domain than the test set (one-sided permutation "
+            f"p < {ALPHA}) in {len(significant)} of {len(tested)} runs ({forgotten[0]}"
+            f"{f' to {forgotten[-1]}' if forgotten[-1] != forgotten[0] else ''} forgotten images each); the mean similarity "
+            f"difference {spread}."
         )
+        if few:
+            sentence += (f" {len(few)} more run{'s' if len(few) > 1 else ''} forgot fewer than {MIN_FORGOTTEN_IMAGES} images: "
+                         "not tested.")  # fmt: skip
+        sentences.append(sentence)
     return sentences
 
 
+def _percent(cell) -> str:
+    mean, std, seeds = cell
+    return f"{100 * mean:.2f} ± {100 * std:.2f} % ({seeds} seeds)" if seeds > 1 else f"{100 * mean:.2f} % (one seed)"
+
+
+def _beats(top: dict, other: dict) -> str | None:
+    """Why ``top`` is better than ``other`` beyond the seeds' noise, or None when it is not shown."""
+    (mean_top, std_top, n_top), (mean_other, std_other, n_other) = top["mean"], other["mean"]
+    shared = sorted(set(top["per_seed"]) & set(other["per_seed"]))
+    if len(shared) >= MIN_PAIRED_SEEDS:
+        from scipy.stats import ttest_rel
+
+        a, b = [top["per_seed"][s] for s in shared], [other["per_seed"][s] for s in shared]
+        if np.allclose(np.subtract(a, b), np.subtract(a, b)[0]):  # a constant gap: the t statistic is undefined
+            if a[0] > b[0]:
+                return f"higher on each of {len(shared)} shared seeds"
+        else:
+            p = float(ttest_rel(a, b).pvalue)
+            if p < ALPHA and mean_top > mean_other:
+                return f"paired t-test over {len(shared)} seeds p = {p:.2g}"
+    if n_top >= 2 and n_other >= 2 and mean_top - mean_other > std_top + std_other:
+        return "the gap exceeds the seed spread"
+    return None
+
+
 def method_findings(table: list[dict]) -> list[str]:
-    best = {}
+    contexts = defaultdict(list)
     for row in table:
-        mean = row["mean"][0]
-        if not math.isnan(mean) and (row["backbone"] not in best or mean > best[row["backbone"]]["mean"][0]):
-            best[row["backbone"]] = row
-    methods = defaultdict(int)
-    for row in table:
-        methods[row["backbone"]] += 1
-    return [
-        f"Of {methods[backbone]} methods on {backbone}, {row['method']} keeps the best balance: mean of final downstream and upstream "
-        f"accuracy {100 * row['mean'][0]:.1f} % (downstream {100 * row['downstream'][0]:.1f} %, upstream {100 * row['upstream'][0]:.1f} %)."
-        for backbone, row in sorted(best.items())
-        if methods[backbone] >= 2
-    ]
+        if row.get("completed") == row.get("total") and not math.isnan(row["mean"][0]):
+            contexts[row.get("context", row["backbone"])].append(row)
+    sentences = []
+    for members in contexts.values():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda r: -r["mean"][0])
+        top, others = members[0], members[1:]
+        setting = f" ({top['setting']})" if top.get("setting") else ""
+        where = f"Of {len(members)} methods on {top['backbone']}{setting}"
+        reasons = [_beats(top, other) for other in others]
+        tied = [other for other, reason in zip(others, reasons) if reason is None]
+        if not tied:
+            runner_up = others[0]
+            sentences.append(
+                f"{where}, {top['method']} keeps the best balance: mean of final downstream and upstream accuracy "
+                f"{_percent(top['mean'])} (downstream {100 * top['downstream'][0]:.1f} %, upstream {100 * top['upstream'][0]:.1f} %), "
+                f"against {_percent(runner_up['mean'])} for {runner_up['method']}, the next ({reasons[0]})."
+            )
+            continue
+        one_seed = all(row["mean"][2] == 1 for row in [top, *tied])
+        why = ("one seed each, no interval" if one_seed else
+               f"the gaps are within the seed spread and no paired test over {MIN_PAIRED_SEEDS}+ shared seeds says otherwise")  # fmt: skip
+        leaders = ", ".join(f"{row['method']} {_percent(row['mean'])}" for row in [top, *tied])
+        sentences.append(f"{where}, the best balance of final downstream and upstream accuracy is not settled: {leaders} "
+                         f"are indistinguishable ({why}).")  # fmt: skip
+    return sentences
 
 
 def findings(runs, contextual_rows, paper2_table) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -12,20 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from forgetlab.analysis.collect import RunResult, find_runs
+from forgetlab.analysis.groups import METHOD_SECTIONS, flatten, identity_key, what_differs
 from forgetlab.analysis.labels import run_labels
 from forgetlab.analysis.metrics import over_seeds, summarise
 from forgetlab.errors import DataError
 from forgetlab.results import atomic_write_text
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def reference_run(run: RunResult, runs: list[RunResult]) -> RunResult | None:
@@ -59,7 +51,7 @@ def run_row(run: RunResult, runs: list[RunResult] = (), label: str | None = None
     reference = reference_run(run, list(runs))
     row.update(summarise(matrix, reference.matrix.as_array() if reference else None, run.matrix.trained(),
                          reference.matrix.trained() if reference else None))  # fmt: skip
-    row.update({f"config.{k}": v for k, v in _flatten(run.config).items()})
+    row.update({f"config.{k}": v for k, v in flatten(run.config).items()})
     return row
 
 
@@ -85,11 +77,12 @@ def write_sweep_table(folder: Path) -> list[dict]:
 
 
 def seed_groups(runs: list[RunResult]) -> dict[tuple, list[RunResult]]:
-    """Runs that differ only in their seed (and folder), keyed by (backbone, method, sequence, config)
-    and ordered by backbone and method."""
+    """Runs that differ only in their seed (and folder), keyed by (backbone, method, sequence, config,
+    tasks completed) and ordered by backbone and method: a run stopped after 2 of 3 tasks is never
+    averaged with finished seeds."""
     groups = defaultdict(list)
     for run in runs:
-        groups[(run.backbone, run.method, tuple(run.config["data"]["tasks"]), run.config_key())].append(run)
+        groups[(run.backbone, run.method, tuple(run.config["data"]["tasks"]), run.config_key(), run.completed)].append(run)
     return dict(sorted(groups.items(), key=lambda item: _natural(item[0][:2])))
 
 
@@ -101,11 +94,19 @@ def _natural(parts) -> list:
 
 
 def paper2_table(runs: list[RunResult]) -> list[dict]:
-    """Per (backbone, method): trainable parameters, final downstream and upstream accuracy, their mean,
-    each as (mean, std, seeds) over seeds."""
+    """Per (backbone, method, setting): trainable parameters, final downstream and upstream accuracy
+    and their mean, each as (mean, std, seeds) over seeds, with ``per_seed`` values for paired tests.
+
+    ``context`` is the config without the method's sections (``method``, ``lwf``, ``replay``) and the
+    seed: rows with equal contexts (and every task done) may be compared. ``setting`` names what
+    differs between contexts (e.g. ``train.epochs=2``), the backbone aside (its own column)."""
     label = dict(zip(map(id, runs), run_labels(runs)))
+    groups = seed_groups(runs)
+    contexts = [identity_key(members[0], *METHOD_SECTIONS) for members in groups.values()]
+    distinct = list(dict.fromkeys(contexts))
+    settings = dict(zip(distinct, what_differs([json.loads(c) for c in distinct], skip=("backbone.name",))))
     table = []
-    for (backbone, method, sequence, _), members in seed_groups(runs).items():
+    for ((backbone, method, sequence, _, completed), members), context in zip(groups.items(), contexts):
         summaries = []
         for run in members:
             a = run.matrix.as_array()
@@ -115,9 +116,14 @@ def paper2_table(runs: list[RunResult]) -> list[dict]:
             {
                 "backbone": backbone,
                 "method": method,
+                "setting": settings[context],
+                "context": context,
                 "sequence": " > ".join(sequence),
+                "completed": completed,
+                "total": members[0].matrix.num_tasks,
                 "trainable_parameters": members[0].tasks[0]["trainable_parameters"] if members[0].tasks else None,
                 "runs": [label[id(run)] for run in members],
+                "per_seed": {run.seed: summary["mean"] for run, summary in zip(members, summaries)},
                 **over_seeds(summaries),
             }
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import matplotlib
 
@@ -13,17 +12,9 @@ import numpy as np  # noqa: E402
 
 from forgetlab.analysis.collect import RunResult  # noqa: E402
 from forgetlab.analysis.contextual import ContextualTest  # noqa: E402
+from forgetlab.analysis.groups import RankGroup  # noqa: E402
 from forgetlab.analysis.labels import unique_labels  # noqa: E402
 from forgetlab.analysis.perclass import ClassChanges, most_forgotten  # noqa: E402
-
-COLOURS = {"vit": "#1f77b4", "resnet": "#2ca02c"}
-
-
-def _colour(backbone: str, index: int) -> str:
-    for key, colour in COLOURS.items():
-        if key in backbone:
-            return colour
-    return plt.rcParams["axes.prop_cycle"].by_key()["color"][index % 10]
 
 
 def matrix_heatmap(run: RunResult, label: str | None = None):
@@ -49,40 +40,37 @@ def matrix_figure(matrix, title: str):
     return figure
 
 
-def rank_curves(runs: list[RunResult]):
-    """Paper 1, figures 1 and 2: final upstream and first-task accuracy against LoRA rank, per backbone
-    (and with/without LwF), mean and standard deviation over seeds. None without two ranks."""
-    series = defaultdict(lambda: defaultdict(list))  # (backbone, variant, config) -> rank -> [(upstream, first task)]
-    for run in runs:
-        method = run.config["method"]
-        if method["name"] != "lora" or run.completed < run.matrix.num_tasks:
-            continue
-        a = run.matrix.as_array()
-        variant = run.method.split(" ", 2)[2] if run.method.count(" ") >= 2 else ""
-        # Only runs that differ in rank and seed alone share a curve.
-        series[(run.backbone, variant, run.config_key("method.rank"))][method["rank"]].append((a[-1, 0], a[-1, 1]))
-    series = {key: value for key, value in series.items() if len(value) >= 2}
-    if not series:
+def rank_curves(groups: list[RankGroup]):
+    """Paper 1, figures 1 and 2: final upstream and first-task accuracy against LoRA rank, one curve per
+    :class:`~forgetlab.analysis.groups.RankGroup` with at least two ranks (mean and standard
+    deviation over seeds), each in its own colour and labelled by what sets it apart. None without
+    such a group; the caller names the groups left out."""
+    drawn = [group for group in groups if len(group.ranks) >= 2]
+    if not drawn:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    all_ranks = sorted({rank for by_rank in series.values() for rank in by_rank})
-    for index, ((backbone, variant, _), by_rank) in enumerate(sorted(series.items())):
-        ranks = sorted(by_rank)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    for index, group in enumerate(drawn):
+        ranks = group.ranks
         for panel, axis in enumerate(axes):
-            values = [np.array([v[panel] for v in by_rank[r]]) * 100 for r in ranks]
+            points = group.points(panel)
+            values = [np.array([a for rank, a in points if rank == r]) * 100 for r in ranks]
             means = [v.mean() for v in values]
             stds = [v.std(ddof=1) if len(v) > 1 else 0.0 for v in values]
-            axis.errorbar(ranks, means, yerr=stds, marker="o", capsize=3, color=_colour(backbone, index),
-                          linestyle="--" if variant else "-", label=f"{backbone} {variant}".strip())  # fmt: skip
-    first_task = next(iter(runs)).matrix.columns[1]
-    for axis, title in zip(axes, ["upstream task, after the sequence", f"{first_task} (first task), after the sequence"]):
+            axis.errorbar(ranks, means, yerr=stds, marker="o", capsize=3, color=palette[index % len(palette)],
+                          linestyle=styles[(index // len(palette)) % len(styles)], label=group.label)  # fmt: skip
+    all_ranks = sorted({rank for group in drawn for rank in group.ranks})
+    first_tasks = {group.runs[0].matrix.columns[1] for group in drawn}
+    first_task = f"{first_tasks.pop()} (first task)" if len(first_tasks) == 1 else "first task"
+    for axis, title in zip(axes, ["upstream task, after the sequence", f"{first_task}, after the sequence"]):
         axis.set_xscale("log", base=2)
         axis.set_xticks(all_ranks, [str(r) for r in all_ranks])
         axis.set_xlabel("LoRA rank")
         axis.set_ylabel("accuracy (%)")
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     figure.tight_layout()
     return figure
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from forgetlab.analysis.collect import RunResult, find_runs
 from forgetlab.analysis.contextual import ContextualTest, class_similarities, contextual_forgetting
+from forgetlab.analysis.findings import MIN_FORGOTTEN_IMAGES
+from forgetlab.analysis.groups import rank_groups
 from forgetlab.analysis.labels import class_labels, file_keys, run_labels
 from forgetlab.analysis.perclass import ClassChanges, class_changes, most_forgotten
 from forgetlab.analysis.tables import paper2_table, rows_to_csv, run_row
@@ -134,15 +136,38 @@ def forgotten_classes_rows(changes: ClassChanges, labels: list[str], upstream: d
 FORGOTTEN_HEADER = ["class", "id", "forgotten", "right before", "test images"]
 
 
+def _contextual_p(test: ContextualTest) -> str:
+    """The p-value, or why there is none (fewer forgotten images than a test needs)."""
+    if test.forgotten < MIN_FORGOTTEN_IMAGES:
+        return f"no test (< {MIN_FORGOTTEN_IMAGES} forgotten)"
+    return _number(test.p_value, "{:.2g}")
+
+
+def _without_empty(header: list[str], rows: list[list[str]], column: str) -> tuple[list[str], list[list[str]]]:
+    """The table without ``column`` when no row has a value there (e.g. no two settings to tell apart)."""
+    index = header.index(column)
+    if any(row[index] for row in rows):
+        return header, rows
+    return header[:index] + header[index + 1 :], [row[:index] + row[index + 1 :] for row in rows]
+
+
+def _dropped_groups(groups) -> str:
+    """The caption's note on groups with a single rank, which have no curve."""
+    single = [f"{group.label} (rank {group.ranks[0]}, {len(group.runs)} run{'s' if len(group.runs) > 1 else ''})"
+              for group in groups if len(group.ranks) < 2]  # fmt: skip
+    return f" Not drawn, one rank only: {'; '.join(single)}." if single else ""
+
+
 def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list[dict] | None = None) -> dict[str, tuple[list[str], list[list[str]]]]:
     paper2 = paper2_table(runs) if paper2 is None else paper2
     label = dict(zip(map(id, runs), run_labels(runs)))
     rows = [run_row(run, runs, label[id(run)]) for run in runs]
     return {
-        "Methods (paper 2's table: final accuracies, mean ± std over seeds)": (
-            ["backbone", "method", "trainable params", "downstream (mean of tasks)", "upstream", "mean", "runs"],
-            [[r["backbone"], r["method"], f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else "",
-              _mean_std(r["downstream"]), _mean_std(r["upstream"]), _mean_std(r["mean"]), _names(r["runs"])] for r in paper2],
+        "Methods (paper 2's table: final accuracies, mean ± std over seeds; rows of different settings are not comparable)": (
+            _without_empty(["backbone", "setting", "method", "trainable params", "tasks", "seeds", "downstream (mean of tasks)", "upstream", "mean", "runs"],
+            [[r["backbone"], r["setting"], r["method"], f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else "",
+              f"{r['completed']}/{r['total']}", str(len(r["runs"])), _mean_std(r["downstream"]), _mean_std(r["upstream"]),
+              _mean_std(r["mean"]), _names(r["runs"])] for r in paper2], "setting")
         ),  # fmt: skip
         "Forgetting metrics per run (percentage points)": (
             ["run", "backbone", "method", "seed", "tasks", "avg acc", "avg forgetting", "BWT", "FWT vs linear", "plasticity", "upstream", "upstream drop"],
@@ -154,7 +179,7 @@ def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list
         "Contextual forgetting (Wu-Palmer similarity of forgotten upstream images to the task's domain)": (
             ["run", "after task", "domain", "forgotten images", "mean sim. forgotten", "mean sim. all", "difference", "p (permutation)"],
             [[label[id(c.run)], c.task, c.domain, str(c.test.forgotten), _number(c.test.mean_forgotten, "{:.3f}"), _number(c.test.mean_all, "{:.3f}"),
-              _number(c.test.difference, "{:+.3f}"), _number(c.test.p_value, "{:.2g}") if c.test.forgotten else ""] for c in contextual],
+              _number(c.test.difference, "{:+.3f}"), _contextual_p(c.test)] for c in contextual],
         ),  # fmt: skip
     }
 
@@ -208,11 +233,13 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
     figure_dir.mkdir(parents=True, exist_ok=True)
     sections: list[tuple[str, list[Figure]]] = []
 
-    curves = figures.rank_curves(runs)
+    groups = rank_groups(runs)
+    curves = figures.rank_curves(groups)
     if curves is not None:
         sections.append(("Accuracy against LoRA rank (paper 1, figures 1-2)", [
-            _save(curves, "rank_curves", "Final upstream accuracy (left) and first-task accuracy (right) against LoRA rank; "
-                  "bars: standard deviation over seeds.", figure_dir)]))  # fmt: skip
+            _save(curves, "rank_curves", "Final upstream accuracy (left) and first-task accuracy (right) against LoRA rank, "
+                  "one curve per group of runs that differ only in rank and seed, labelled by what else differs; "
+                  "bars: standard deviation over seeds." + _dropped_groups(groups), figure_dir)]))  # fmt: skip
     label = dict(zip(map(id, runs), run_labels(runs)))
     key = dict(zip(map(id, runs), file_keys(list(label.values()))))
     per_class, class_tables = [], {}

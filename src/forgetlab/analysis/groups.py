@@ -1,0 +1,126 @@
+"""Which runs a finding may compare, and how groups that may not be compared are told apart.
+
+A comparison is fair only between runs that differ in the compared key(s) (the LoRA rank; the method)
+and the seed. Runs are therefore grouped by their config with those keys and the seed taken out; two
+groups that differ in anything else (``train.epochs=8`` vs ``train.epochs=2``) are never pooled or
+ranked against each other, and each is labelled with exactly the keys in which it differs from the
+groups it is shown beside (:func:`what_differs`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from forgetlab.config import NOT_IDENTITY
+
+# The sections that make up a method row of paper 2's table ('lora r=4 +lwf'): compared, not context.
+METHOD_SECTIONS = ("method", "lwf", "replay")
+_UNSET = object()
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{'train': {'epochs': 2}}`` -> ``{'train.epochs': 2}`` (empty sections vanish)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def identity(run, *ignored: str) -> dict:
+    """A run's flattened config without the keys outside its identity (``name``, ``out_dir``,
+    ``track``), its ``seed`` and the ``ignored`` keys or sections (``method.rank``, ``method``)."""
+    dropped = (*NOT_IDENTITY, "seed", *ignored)
+    return {key: value for key, value in flatten(run.config).items()
+            if not any(key == d or key.startswith(d + ".") for d in dropped)}  # fmt: skip
+
+
+def identity_key(run, *ignored: str) -> str:
+    """:func:`identity` as a canonical string: equal for runs that may be compared."""
+    return json.dumps(identity(run, *ignored), sort_keys=True, default=str)
+
+
+def format_value(value) -> str:
+    """A config value as the command line writes it: ``[a, b]``, ``none``, ``0.001``."""
+    if value is _UNSET:
+        return "unset"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def what_differs(identities: list[dict], skip: tuple[str, ...] = ()) -> list[str]:
+    """For each of ``identities`` (flattened configs), ``key=value`` of every key whose value is not
+    the same in all of them (``skip``: keys or sections shown elsewhere), joined by ``, ``; ``""``
+    where all agree."""
+    keys = sorted({key for item in identities for key in item if not any(key == s or key.startswith(s + ".") for s in skip)})
+    differing = [key for key in keys if len({format_value(item.get(key, _UNSET)) for item in identities}) > 1]
+    return [", ".join(f"{key}={format_value(item.get(key, _UNSET))}" for key in differing) for item in identities]
+
+
+def group_labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Labels for groups keyed ``(base, identity key)``: the base (``offline_vit +lwf``) and, where
+    other groups share it, what differs from them in parentheses (``offline_vit (train.epochs=2)``)."""
+    labels = {}
+    for base in dict.fromkeys(base for base, _ in keys):
+        members = [key for key in keys if key[0] == base]
+        for key, setting in zip(members, what_differs([json.loads(identity) for _, identity in members])):
+            labels[key] = f"{base} ({setting})" if setting else base
+    return labels
+
+
+def method_family(run) -> str:
+    """The method label without LoRA's rank: 'lora', 'lora +lwf', 'linear', 'top-3'."""
+    words = run.method.split(" ")
+    return " ".join(words[:1] + words[2:]) if words[0] == "lora" else run.method
+
+
+def _variant(run) -> str:
+    """The method label after 'lora r=N': '', 'keep', '+lwf', '+lwf +replay'."""
+    return " ".join(run.method.split(" ")[2:])
+
+
+@dataclass
+class RankGroup:
+    """Finished merged-LoRA runs that differ only in their rank and seed (paper 1, figures 1-2)."""
+
+    backbone: str
+    variant: str  # '', '+lwf', ...
+    label: str  # backbone, variant and what differs from the other groups sharing them
+    runs: list = field(default_factory=list)
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted({run.config["method"]["rank"] for run in self.runs})
+
+    def points(self, column: int = 0) -> list[tuple[int, float]]:
+        """``(rank, final accuracy on matrix column ``column``)`` per run (0: upstream, 1: first task)."""
+        return [(run.config["method"]["rank"], float(run.matrix.as_array()[-1, column])) for run in self.runs]
+
+    def seeds_per_rank(self) -> list[int]:
+        return [sum(1 for run in self.runs if run.config["method"]["rank"] == rank) for rank in self.ranks]
+
+
+def rank_groups(runs) -> list[RankGroup]:
+    """Every group of finished merged-LoRA runs that differ only in ``method.rank`` and the seed, in a
+    stable order, each labelled with what differs from the groups sharing its backbone and variant."""
+    by_key: dict[tuple, list] = {}
+    for run in runs:
+        method = run.config["method"]
+        if method["name"] != "lora" or method.get("policy") == "keep" or run.completed < run.matrix.num_tasks:
+            continue
+        by_key.setdefault((run.backbone, _variant(run), identity_key(run, "method.rank")), []).append(run)
+    labels = group_labels([(f"{backbone} {variant}".strip(), identity) for backbone, variant, identity in sorted(by_key)])
+    return [RankGroup(backbone, variant, labels[(f"{backbone} {variant}".strip(), identity)], by_key[(backbone, variant, identity)])
+            for backbone, variant, identity in sorted(by_key)]  # fmt: skip
