@@ -1,4 +1,8 @@
-"""``forgetlab data check``: every dataset, where it was looked for, what was found, how to get the rest."""
+"""``forgetlab data check``: every dataset, where it was looked for, what was found, how to get the rest.
+
+Each dataset is loaded exactly as a run loads it, so a file a run would refuse (a label outside its
+class range, a field missing: :mod:`forgetlab.data.validate`) is reported here with the same line,
+marked INVALID; a dataset whose files are absent or unreadable is MISSING."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from forgetlab.config import DataConfig
 from forgetlab.data.files import DATA_ENV
 from forgetlab.data.real import SOURCES
 from forgetlab.data.registry import build_task, dataset_names
+from forgetlab.data.validate import InvalidDataError
 from forgetlab.errors import ForgetlabError
 
 
@@ -24,7 +29,8 @@ def check_datasets(root: str | None = None) -> tuple[list[str], list[str]]:
             task = build_task(name, data_config)
         except ForgetlabError as error:
             missing.append(name)
-            lines.append(f"  {name:15s} MISSING  looked in {where}: {error}")
+            status = "INVALID" if isinstance(error, InvalidDataError) else "MISSING"
+            lines.append(f"  {name:15s} {status}  looked in {where}: {error}")
             continue
         lines.append(f"  {name:15s} ok       {where}: {len(task.classes)} classes, train {len(task.train):,} / test {len(task.test):,} images")
     try:  # ImageNet's class names and contextual forgetting read it

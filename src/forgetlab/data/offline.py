@@ -36,6 +36,7 @@ from forgetlab.data.base import ArrayDataset, TaskData
 from forgetlab.data.fonts import CATALOGUE, STYLES, font_files, render_glyph
 from forgetlab.data.idx import read_idx
 from forgetlab.data.registry import register_dataset
+from forgetlab.data.validate import check_labels, require_fields
 from forgetlab.errors import DataError
 
 WORLD_VERSION = 1
@@ -197,8 +198,11 @@ def load_arrays(name: str) -> dict[str, np.ndarray]:
 
 def _task(name: str, data_config, classes: list[str], **metadata) -> TaskData:
     arrays = load_arrays(name)
-    train = ArrayDataset(arrays["x_train"], arrays["y_train"])
-    test = ArrayDataset(arrays["x_test"], arrays["y_test"])
+    # The cached file is outside forgetlab's control once written (copied, edited, from another version).
+    cached, fix = world_dir() / f"{name}.npz", "delete that file; forgetlab rebuilds it on first use"
+    require_fields(arrays, ["x_train", "y_train", "x_test", "y_test"], cached, fix)
+    train = ArrayDataset(arrays["x_train"], check_labels(arrays["y_train"], len(classes), cached, fix, what="y_train label"))
+    test = ArrayDataset(arrays["x_test"], check_labels(arrays["y_test"], len(classes), cached, fix, what="y_test label"))
     if data_config is not None and data_config.max_train is not None:
         train = train.subset(data_config.max_train, seed=0)
     if data_config is not None and data_config.max_test is not None:

@@ -39,6 +39,7 @@ from forgetlab.data.base import TaskData
 from forgetlab import paths
 from forgetlab.data.files import ArrayImageDataset, FileDataset, data_root, decoded_cache, require
 from forgetlab.data.registry import register_dataset
+from forgetlab.data.validate import InvalidDataError, check_classes, check_labels, labels_by_name, read_rows, require_fields
 from forgetlab.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -87,34 +88,62 @@ def _finish(name, data_config, preprocess, classes, train, test, **metadata) -> 
 
 
 # ------------------------------------------------------------------------------------------- ImageNet
+WNID = re.compile(r"n\d{8}")
+SOLUTION_HOW = ("use Kaggle's LOC_val_solution.csv for ILSVRC2012 val (ImageId,PredictionString with the wnid first), "
+                "or arrange val/ as wnid class folders")  # fmt: skip
+
+
 def _wnid_folders(folder: Path) -> dict[str, list[Path]]:
-    return {d.name: _images_in(d) for d in sorted(folder.iterdir()) if d.is_dir() and re.fullmatch(r"n\d{8}", d.name)}
+    folders = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    by_class = {d.name: _images_in(d) for d in folders if WNID.fullmatch(d.name)}
+    strays = [d.name for d in folders if not WNID.fullmatch(d.name)]
+    if by_class and strays:  # a class folder whose name is not a wnid would silently drop its class
+        raise InvalidDataError(f"{folder} holds folders that are not wnids ({', '.join(strays[:3])}) beside its wnid class folders; "
+                               "name each class folder by its wnid (e.g. n01440764) and move the others out")  # fmt: skip
+    return by_class
+
+
+def _read_solution(solution: Path, files: dict[str, Path]) -> dict[str, list[Path]]:
+    """Kaggle's flat-val labels: the images of ``files`` (stem -> path) by wnid; every image needs a row."""
+    by_class: dict[str, list[Path]] = {}
+    labelled = set()
+    with solution.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        require_fields(reader.fieldnames or [], ["ImageId", "PredictionString"], solution, SOLUTION_HOW)
+        for number, row in enumerate(reader, start=2):
+            if row["ImageId"] not in files:
+                continue
+            wnid = (row["PredictionString"] or "").split()[:1]
+            if not wnid or not WNID.fullmatch(wnid[0]):
+                raise InvalidDataError(f"{solution}, line {number}: image {row['ImageId']} has no wnid (PredictionString "
+                                       f"'{(row['PredictionString'] or '')[:40]}'); {SOLUTION_HOW}")  # fmt: skip
+            by_class.setdefault(wnid[0], []).append(files[row["ImageId"]])
+            labelled.add(row["ImageId"])
+    unlabelled = sorted(set(files) - labelled)
+    if unlabelled:
+        raise InvalidDataError(f"{solution} has no row for {len(unlabelled)} of the {len(files)} images in {files[unlabelled[0]].parent} "
+                               f"(e.g. {unlabelled[0]}); {SOLUTION_HOW}")  # fmt: skip
+    return by_class
 
 
 def read_imagenet_split(folder: Path, wnids: list[str] | None = None) -> tuple[list[str], list[Path], list[int]]:
     """``(wnids, paths, labels)`` of an ImageNet split: wnid class folders, or a flat folder with
-    Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString`` starting with the wnid) beside it."""
+    Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString`` starting with the wnid) beside it.
+    ``wnids`` (another split's classes) fixes the label space; otherwise it is this split's wnids,
+    sorted. Errors (one line, :class:`DataError`): a class folder that is not a wnid, a solution file
+    without those fields or without a row for an image, a class outside ``wnids``."""
     by_class = _wnid_folders(folder)
+    where = folder
     if not by_class:
         solution = next((p for p in (folder / "LOC_val_solution.csv", folder.parent / "LOC_val_solution.csv") if p.exists()), None)
         if solution is None:
             raise DataError(f"{folder} has no wnid class folders and no LOC_val_solution.csv; see 'forgetlab data check'")
-        files = {p.stem: p for p in _images_in(folder)}
-        by_class = {}
-        with solution.open() as handle:
-            for row in csv.DictReader(handle):
-                if row["ImageId"] in files:
-                    by_class.setdefault(row["PredictionString"].split()[0], []).append(files[row["ImageId"]])
+        by_class, where = _read_solution(solution, {p.stem: p for p in _images_in(folder)}), solution
     wnids = wnids or sorted(by_class)
-    index = {wnid: i for i, wnid in enumerate(wnids)}
-    unknown = sorted(set(by_class) - set(index))
-    if unknown:
-        raise DataError(f"{folder}: classes {unknown[:3]} are not in the label space; the split does not match")
-    paths, labels = [], []
-    for wnid in sorted(by_class):
-        paths += by_class[wnid]
-        labels += [index[wnid]] * len(by_class[wnid])
-    return wnids, paths, labels
+    paths = [path for wnid in sorted(by_class) for path in by_class[wnid]]
+    names = [wnid for wnid in sorted(by_class) for _ in by_class[wnid]]
+    labels = labels_by_name(names, wnids, where, f"give {folder.name}/ only wnids of the label space (the {len(wnids)} of val/)")
+    return wnids, paths, labels.tolist()
 
 
 @register_dataset("imagenet")
@@ -166,22 +195,26 @@ def _unpickle(path: Path) -> dict:
 @register_dataset("cifar100")
 def cifar100(data_config=None, preprocess=None) -> TaskData:
     root = dataset_folder("cifar100", data_config)
+    how = "re-extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html"
     meta = _unpickle(require(root / "meta", "cifar-100-python/meta", SOURCES["cifar100"][1]))
-    if not isinstance(meta.get("fine_label_names"), list):
-        raise DataError(f"{root / 'meta'} lacks 'fine_label_names'; re-extract cifar-100-python.tar.gz")
+    require_fields(meta, ["fine_label_names"], root / "meta", how)
+    if not isinstance(meta["fine_label_names"], list):
+        raise InvalidDataError(f"{root / 'meta'}: 'fine_label_names' is not a list of names; {how}")
+    names = check_classes(meta["fine_label_names"], root / "meta", how)
     splits = {}
     for split in ("train", "test"):
         path = require(root / split, f"cifar-100-python/{split}", SOURCES["cifar100"][1])
         data = _unpickle(path)
+        require_fields(data, ["data", "fine_labels"], path, how)
         try:
             images = np.asarray(data["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            labels = np.asarray(data["fine_labels"], dtype=np.int64)
-        except (KeyError, ValueError, TypeError) as error:
-            raise DataError(f"{path} lacks CIFAR-100's 'data' (N x 3072 uint8) and 'fine_labels' ({error}); re-extract the archive") from error
-        if len(labels) != len(images) or (len(labels) and not 0 <= labels.min() <= labels.max() < 100):
-            raise DataError(f"{path} has {len(images)} images but {len(labels)} labels in 0..99; re-extract cifar-100-python.tar.gz")
+        except (ValueError, TypeError) as error:
+            raise InvalidDataError(f"{path}: 'data' is not N x 3072 uint8 pixels ({error}); {how}") from error
+        labels = check_labels(data["fine_labels"], len(names), path, how, what="fine label")
+        if len(labels) != len(images):
+            raise InvalidDataError(f"{path} has {len(images)} images but {len(labels)} labels; {how}")
         splits[split] = ArrayImageDataset(np.ascontiguousarray(images), labels)
-    return _finish("cifar100", data_config, preprocess, list(meta["fine_label_names"]), splits["train"], splits["test"],
+    return _finish("cifar100", data_config, preprocess, names, splits["train"], splits["test"],
                    domain_synset="object.n.01", domain_word="object", description="CIFAR-100 (32x32, 100 classes)")  # fmt: skip
 
 
@@ -195,16 +228,34 @@ def _mat(path: Path) -> dict:
         raise DataError(f"{path} is not a readable .mat file ({type(error).__name__}); re-download it") from error
 
 
+CARS_HOW = {
+    "cars_meta.mat": "re-extract devkit/cars_meta.mat from the Stanford Cars devkit (car_devkit.tgz; mirrors such as Kaggle's have it)",
+    "cars_train_annos.mat": "re-extract devkit/cars_train_annos.mat from the Stanford Cars devkit (car_devkit.tgz; mirrors such as Kaggle's have it)",
+    "cars_test_annos_withlabels.mat": "use the devkit's cars_test_annos_withlabels.mat (the test annotations with labels, published "
+                                      "beside car_devkit.tgz, whose cars_test_annos.mat has none; mirrors such as Kaggle's have it)",
+}  # fmt: skip
+
+
 @register_dataset("stanford_cars")
 def stanford_cars(data_config=None, preprocess=None) -> TaskData:
     root = dataset_folder("stanford_cars", data_config)
     how = SOURCES["stanford_cars"][1]
-    names = [str(n) for n in np.atleast_1d(_mat(require(root / "devkit" / "cars_meta.mat", "devkit/cars_meta.mat", how))["class_names"])]
+    meta_file = require(root / "devkit" / "cars_meta.mat", "devkit/cars_meta.mat", how)
+    meta = _mat(meta_file)
+    require_fields(meta, ["class_names"], meta_file, CARS_HOW["cars_meta.mat"])
+    names = check_classes(np.atleast_1d(meta["class_names"]), meta_file, CARS_HOW["cars_meta.mat"])
     splits = {}
     for split, annotation_file in (("train", root / "devkit" / "cars_train_annos.mat"), ("test", root / "cars_test_annos_withlabels.mat")):
-        records = np.atleast_1d(_mat(require(annotation_file, annotation_file.name, how))["annotations"])
+        fix = CARS_HOW[annotation_file.name]
+        annotations = _mat(require(annotation_file, annotation_file.name, how))
+        require_fields(annotations, ["annotations"], annotation_file, fix)
+        records = np.atleast_1d(annotations["annotations"])
+        label_less = "fname" in (records.dtype.names or ()) and "class" not in (records.dtype.names or ())
+        require_fields(records, ["fname", "class"], annotation_file, fix,
+                       hint="it is a label-less annotation file, such as the devkit's cars_test_annos.mat" if label_less else "")  # fmt: skip
+        labels = check_labels(records["class"], len(names), annotation_file, fix, first=1, what="class")
         folder = root / f"cars_{split}"
-        splits[split] = FileDataset([folder / str(r["fname"]) for r in records], [int(r["class"]) - 1 for r in records])
+        splits[split] = FileDataset([folder / str(name) for name in records["fname"]], labels)
     return _finish("stanford_cars", data_config, preprocess, names, splits["train"], splits["test"],
                    domain_synset="car.n.01", domain_word="car", description="Stanford Cars (196 models)")  # fmt: skip
 
@@ -218,11 +269,19 @@ FLOWERS_SPLITS = {"train": ["trnid"], "trainval": ["trnid", "valid"]}
 def flowers102(data_config=None, preprocess=None, variant: str = "train") -> TaskData:
     root = dataset_folder("flowers102", data_config)
     how = SOURCES["flowers102"][1]
-    labels = np.atleast_1d(_mat(require(root / "imagelabels.mat", "imagelabels.mat", how))["labels"]).astype(int) - 1
-    ids = _mat(require(root / "setid.mat", "setid.mat", how))
+    fix = "download {} again from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+    label_file, id_file = require(root / "imagelabels.mat", "imagelabels.mat", how), require(root / "setid.mat", "setid.mat", how)
+    label_mat = _mat(label_file)
+    require_fields(label_mat, ["labels"], label_file, fix.format("imagelabels.mat"))
+    labels = check_labels(np.atleast_1d(label_mat["labels"]), 102, label_file, fix.format("imagelabels.mat"), first=1)
+    ids = _mat(id_file)
+    require_fields(ids, sorted({*FLOWERS_SPLITS[variant], "tstid"}), id_file, fix.format("setid.mat"))
 
     def split(keys):
-        numbers = sorted(int(i) for key in keys for i in np.atleast_1d(ids[key]))
+        # image_NNNNN.jpg is the NNNNNth image of imagelabels.mat: each id must be one of its images
+        numbers = sorted(int(i) + 1 for key in keys for i in check_labels(
+            np.atleast_1d(ids[key]), len(labels), id_file, fix.format("setid.mat"), first=1, what=f"{key} image id",
+            range_of="images in imagelabels.mat"))  # fmt: skip
         return FileDataset([root / "jpg" / f"image_{n:05d}.jpg" for n in numbers], [int(labels[n - 1]) for n in numbers])
 
     return _finish("flowers102", data_config, preprocess, [f"flower {i + 1}" for i in range(102)], split(FLOWERS_SPLITS[variant]),
@@ -235,19 +294,14 @@ def flowers102(data_config=None, preprocess=None, variant: str = "train") -> Tas
 def fgvc_aircraft(data_config=None, preprocess=None, variant: str = "train") -> TaskData:
     data = dataset_folder("fgvc_aircraft", data_config) / "data"
     how = SOURCES["fgvc_aircraft"][1]
-    variants = [line.strip() for line in require(data / "variants.txt", "data/variants.txt", how).read_text().splitlines() if line.strip()]
-    index = {v: i for i, v in enumerate(variants)}
+    fix = "re-extract fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/"
+    variants_file = require(data / "variants.txt", "data/variants.txt", how)
+    variants = check_classes([row[0] for row in read_rows(variants_file, ["variant"], fix)], variants_file, fix, unique=True)
     splits = {}
     for split, filename in (("train", f"images_variant_{variant}.txt"), ("test", "images_variant_test.txt")):
-        paths, labels = [], []
-        for line in require(data / filename, f"data/{filename}", how).read_text().splitlines():
-            if line.strip():
-                image_id, variant = line.strip().split(" ", 1)
-                if variant not in index:
-                    raise DataError(f"{data / filename}: variant '{variant}' is not in variants.txt; re-extract the dataset")
-                paths.append(data / "images" / f"{image_id}.jpg")
-                labels.append(index[variant])
-        splits[split] = FileDataset(paths, labels)
+        rows = read_rows(require(data / filename, f"data/{filename}", how), ["image_id", "variant"], fix)
+        labels = labels_by_name([name for _, name in rows], variants, data / filename, fix, classes_file=variants_file, what="variant")
+        splits[split] = FileDataset([data / "images" / f"{image_id}.jpg" for image_id, _ in rows], labels)
     return _finish("fgvc_aircraft", data_config, preprocess, variants, splits["train"], splits["test"],
                    domain_synset="airplane.n.01", domain_word="plane", description="FGVC-Aircraft 2013b (100 variants)")  # fmt: skip
 
@@ -258,27 +312,49 @@ def fgvc_aircraft(data_config=None, preprocess=None, variant: str = "train") -> 
 def cub200(data_config=None, preprocess=None, variant: str = "crop") -> TaskData:
     root = dataset_folder("cub200", data_config)
     how = SOURCES["cub200"][1]
+    fix = "re-extract CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/"
 
-    def table(name: str) -> dict[int, str]:
-        rows = require(root / name, name, how).read_text().split("\n")
-        try:
-            return {int(k): v for k, v in (row.strip().split(" ", 1) for row in rows if row.strip())}
-        except ValueError as error:
-            raise DataError(f"{root / name} is malformed ({error}); re-extract CUB_200_2011.tgz") from error
+    def table(name: str, columns: list[str], number=str) -> dict[int, list]:
+        """``id -> its other fields`` of one CUB file (``id field...`` per line), each read by ``number``."""
+        path = require(root / name, name, how)
+        by_id = {}
+        for row in read_rows(path, columns, fix):
+            try:
+                key, values = int(row[0]), [number(value) for value in row[1:]]
+            except ValueError as error:
+                raise InvalidDataError(f"{path}: '{' '.join(row)[:60]}' is not '{' '.join(columns)}' ({error}); {fix}") from error
+            if key in by_id:
+                raise InvalidDataError(f"{path} gives {columns[0]} {key} twice; {fix}")
+            by_id[key] = values
+        return by_id
 
-    images, is_train, labels = table("images.txt"), table("train_test_split.txt"), table("image_class_labels.txt")
-    boxes = table("bounding_boxes.txt") if variant == "crop" else {}
-    classes = [name.split(".", 1)[-1].replace("_", " ") for _, name in sorted(table("classes.txt").items())]
-    splits = {"1": ([], [], []), "0": ([], [], [])}
-    for image_id, relative in sorted(images.items()):
-        paths, split_labels, split_boxes = splits[is_train[image_id]]
-        paths.append(root / "images" / relative)
-        split_labels.append(int(labels[image_id]) - 1)
+    def for_every_image(name: str, by_id: dict, extra: str = "") -> None:
+        missing = sorted(set(images) - set(by_id))
+        if missing:
+            raise InvalidDataError(f"{root / name} has no line for image {missing[0]} of images.txt ({len(missing)} missing); {fix}{extra}")
+
+    images = table("images.txt", ["image_id", "image_name"])
+    class_names = table("classes.txt", ["class_id", "class_name"])
+    classes = check_classes([name.split(".", 1)[-1].replace("_", " ") for _, (name,) in sorted(class_names.items())],
+                            root / "classes.txt", fix)  # fmt: skip
+    is_train, labels = table("train_test_split.txt", ["image_id", "is_training_image"]), table("image_class_labels.txt", ["image_id", "class_id"])
+    for_every_image("train_test_split.txt", is_train)
+    for_every_image("image_class_labels.txt", labels)
+    order = sorted(images)
+    flags = check_labels([is_train[i][0] for i in order], 2, root / "train_test_split.txt", fix, what="is_training_image flag",
+                         range_of="values: 0 test, 1 train")
+    targets = check_labels([labels[i][0] for i in order], len(classes), root / "image_class_labels.txt", fix, first=1, what="class_id")
+    if variant == "crop":
+        boxes = table("bounding_boxes.txt", ["image_id", "x", "y", "width", "height"], number=float)
+        for_every_image("bounding_boxes.txt", boxes, " or use cub200:nocrop")
+    splits = {flag: ([], [], []) for flag in (0, 1)}
+    for image_id, flag, target in zip(order, flags, targets):
+        paths, split_labels, split_boxes = splits[int(flag)]
+        paths.append(root / "images" / images[image_id][0])
+        split_labels.append(int(target))
         if variant == "crop":
-            if image_id not in boxes:
-                raise DataError(f"{root / 'bounding_boxes.txt'} has no box for image {image_id}; re-extract CUB_200_2011.tgz or use cub200:nocrop")
-            split_boxes.append([float(v) for v in boxes[image_id].split()])
+            split_boxes.append(boxes[image_id])
     train, test = (FileDataset(p, l, boxes=b if variant == "crop" else None, box_file=root / "bounding_boxes.txt")
-                   for p, l, b in (splits["1"], splits["0"]))  # fmt: skip
+                   for p, l, b in (splits[1], splits[0]))  # fmt: skip
     return _finish("cub200", data_config, preprocess, classes, train, test,
                    domain_synset="bird.n.01", domain_word="bird", description="CUB-200-2011 (200 bird species)")  # fmt: skip
