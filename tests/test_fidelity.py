@@ -374,7 +374,16 @@ def test_every_sweep_file_resolves_and_the_figure_sweeps_cover_the_papers_grid(m
     files = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
     sweeps = {f.stem: load_sweep(f) for f in files}
     fig1 = sweeps["paper1_fig1_rank"]
-    assert {c.config.method.rank for c in fig1.cells} == {1, 2, 4, 6, 8, 16, 32} and {c.config.seed for c in fig1.cells} == {0, 1, 2, 3}
+    lora = [c for c in fig1.cells if c.config.method.name == "lora"]
+    assert {c.config.method.rank for c in lora} == {1, 2, 4, 6, 8, 16, 32} and {c.config.seed for c in lora} == {0, 1, 2, 3}
+    # every LoRA cell has its linear probe (same backbone, sequence and seed): the report's FWT reference
+    for sweep in (fig1, sweeps["paper1_long"]):
+        probes = {(c.config.seed, tuple(c.config.data.tasks)) for c in sweep.cells if c.config.method.name == "linear"}
+        assert {(c.config.seed, tuple(c.config.data.tasks)) for c in sweep.cells} == probes
+    table = sweeps["paper2_table"]
+    assert [c.name for c in table.cells] == ["full", "top3", "linear", "lora-r4", "lora-r8", "lora-r16",
+                                             "block-p1", "block-p2", "block-p3", "block-p4"]  # fmt: skip
+    assert [c.config.train.lr for c in table.cells][3:6] == [0.05, 0.005, 0.05] and table.cells[2].config.train.warmup_steps == 100
     assert all(c.config.train.schedule == "hf_cosine" and c.config.backbone.name.startswith("vit") for c in fig1.cells)
     assert {c.config.method.rank for c in sweeps["paper1_fig1_rank_resnet"].cells} == set(range(1, 8))
     lwf = sweeps["paper1_fig2_lwf"].cells

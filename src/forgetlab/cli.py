@@ -30,8 +30,11 @@ def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]
 def cmd_run(args) -> int:
     from forgetlab import api
 
+    from forgetlab.summary import metrics_line
+
     result = api.run(_resolve(args), log=_log(args))
     print(result.accuracy_matrix.format_table())
+    print(metrics_line(result.accuracy_matrix))
     print(f"results: {result.path}")
     return 0
 
@@ -102,12 +105,27 @@ def cmd_pretrain(args) -> int:
 def cmd_show(args) -> int:
     from forgetlab.results import RunFolder
 
+    from forgetlab.summary import cells_table, metrics_line
+    from forgetlab.sweep import SWEEP_FILE, folder_status
+
     folder = RunFolder(args.run_dir)
+    if not folder.path.is_dir():
+        raise ForgetlabError(f"{folder.path} does not exist; give a run folder or a sweep folder")
     if not folder.progress.exists():
-        raise ForgetlabError(f"{folder.path} holds no committed result (no progress.json); give a folder that 'forgetlab run' printed")
+        rows = folder_status(folder.path) if not folder.config.exists() else []
+        if not rows and not (folder.path / SWEEP_FILE).exists():
+            raise ForgetlabError(f"{folder.path} holds no committed result (no progress.json) and no sweep's cells; "
+                                 "give a folder that 'forgetlab run' or 'forgetlab sweep' printed")  # fmt: skip
+        if rows:
+            print(f"{folder.path}: sweep of {len(rows)} cells")
+            print(cells_table(folder.path, rows))
+        else:
+            print(f"{folder.path}: sweep with no cell started yet")
+        return 0
     matrix = folder.read_matrix()
     print(f"{folder.path}: {len(matrix.values) - 1}/{matrix.num_tasks} tasks done")
     print(matrix.format_table())
+    print(metrics_line(matrix))
     for record in folder.read_tasks():
         print(
             f"  {record['task']}: {record['trainable_backbone_parameters']:,} trainable backbone parameters "
@@ -120,14 +138,17 @@ def cmd_show(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from forgetlab.sweep import load_sweep, run_sweep, sweep_status
+    from forgetlab.summary import cells_table
+    from forgetlab.sweep import different_sweep_message, load_sweep, run_sweep, stored_differences, sweep_status
 
     sweep = load_sweep(args.sweep_file, args.overrides)
     if args.status:
+        differences = stored_differences(sweep)
+        if differences:  # the cells below may hold the old sweep's runs: say so before listing them
+            print(f"note: {different_sweep_message(sweep, differences)}; 'forgetlab sweep' refuses that folder, "
+                  f"and these states are of the runs it holds")  # fmt: skip
         rows = sweep_status(sweep)
-        width = max(len(name) for name, _, _ in rows)
-        for name, state, detail in rows:
-            print(f"{name.ljust(width)}  {state:11s}  {detail}")
+        print(cells_table(sweep.folder, rows))
         counts = {state: sum(1 for _, s, _ in rows if s == state) for state in dict.fromkeys(s for _, s, _ in rows)}
         print(f"sweep {sweep.name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
         return 0
@@ -136,6 +157,7 @@ def cmd_sweep(args) -> int:
     status = run_sweep(sweep, jobs=jobs, quiet=args.quiet, backend=args.backend, address=args.address, gpus_per_cell=args.gpus_per_cell,
                        retries=args.retries, log=lambda message: print(f"forgetlab: {message}", flush=True))  # fmt: skip
     counts = {state: sum(v == state for v in status.values()) for state in ("ran", "skipped", "failed")}
+    print(cells_table(sweep.folder, sweep_status(sweep)))
     print(f"sweep {sweep.name}: {len(sweep.cells)} cells: {counts['ran']} ran now, {counts['skipped']} already done, {counts['failed']} failed")
     if counts["failed"]:
         from forgetlab.sweep import read_status
@@ -248,8 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", help="write to OUT/<backbone> instead of the cache")
     pretrain.set_defaults(func=cmd_pretrain)
 
-    show = commands.add_parser("show", help="print a run's accuracy matrix", description="Print a run's accuracy matrix as a table.")
-    show.add_argument("run_dir", metavar="RUN_DIR")
+    show = commands.add_parser("show", help="print a run's accuracy matrix and metrics, or a sweep's cells",
+                               description="Print a run's accuracy matrix with its average accuracy, forgetting, BWT and upstream "
+                               "change; for a sweep's folder, every cell's state and those metrics.")  # fmt: skip
+    show.add_argument("run_dir", metavar="RUN_DIR | SWEEP_DIR")
     show.set_defaults(func=cmd_show)
 
     sweep = commands.add_parser(

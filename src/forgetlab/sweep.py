@@ -12,6 +12,16 @@ A sweep file (YAML)::
       method.rank: [1, 4, 16]
       seed: [0, 1]
 
+A grid value may be a whole section (merged onto the base's; a ``method`` that names another method
+starts from that method's defaults) or a named variant (``grid.variant``: any keys, or a ``preset``
+that replaces the base, whose keys then go on top)::
+
+    grid:
+      method: [{name: lora, rank: 4}, {name: linear}, {label: kept, name: lora, policy: keep}]
+      variant: [{label: full, preset: paper2-full}, {label: short, train.epochs: 2}]
+
+Cells are named by their values, short (``lora-r4``, ``linear``, ``rank4-seed0``), or by a ``label``;
+a folder written before sections had short names keeps its old cell names (``method__name____lora...``).
 Every cell's config is resolved and validated before the first cell runs. A finished cell is skipped
 (its run folder says so), an unfinished one resumes, so rerunning an interrupted sweep finishes it.
 Where the cells run is a backend (:mod:`forgetlab.sweep_backends`): this process (``--jobs 1``),
@@ -25,6 +35,7 @@ cell's grid values and metrics) is rewritten after every cell.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
@@ -61,11 +72,59 @@ class Sweep:
         return {"name": self.name, "grid": self.grid, "base": self.base}
 
 
-def _slug(key: str, value) -> str:
+VARIANT = "variant"  # the grid key of named variants (it is no config key)
+ABBREVIATIONS = {"rank": "r", "copies": "p"}  # in cell names: lora-r4, block_expansion-p2
+
+
+def _text(value) -> str:
     text = "+".join(map(str, value)) if isinstance(value, list) else str(value)
-    text = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
+
+
+def _slug(key: str, value) -> str:
+    """A plain grid value's part of a cell name: ``rank4``, ``seed0``, ``offline_vit`` (for ``*.name``)."""
+    text = _text(value)
     last = key.split(".")[-1]
     return text if last == "name" else f"{last}{text}"
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _mapping_slug(mapping: dict) -> str:
+    """A section's or variant's part of a cell name: its ``name`` first, then each other value, short
+    (``{name: lora, rank: 4}`` -> ``lora-r4``; ``{epochs: 2}`` -> ``epochs2``; strings as they are)."""
+    flat = _leaves(mapping)
+    parts = [_text(flat.pop(key)) for key in [k for k in flat if k.split(".")[-1] == "name"]]
+    for key, value in flat.items():
+        last = key.split(".")[-1]
+        parts.append(_text(value) if isinstance(value, str) else f"{ABBREVIATIONS.get(last, last)}{_text(value)}")
+    return "-".join(parts) or "base"
+
+
+def _cell_part(key: str, value) -> str:
+    if isinstance(value, dict):
+        if value.get("label") is not None:
+            return _text(value["label"])
+        rest = {k: v for k, v in value.items() if k != "label"}
+        if key == VARIANT and "preset" in rest and len(rest) == 1:
+            return _text(rest["preset"])
+        return _mapping_slug(rest)
+    return _slug(key, value)
+
+
+def _legacy_cell_name(values: dict) -> str:
+    """The folder name forgetlab gave a cell before sections had short names
+    (``method__name____lora____rank___4_``), so that sweep folders written then still resume."""
+    return "-".join(f"{key.split('.')[-1]}{_text(value)}" if isinstance(value, dict) else _slug(key, value)
+                    for key, value in values.items())  # fmt: skip
 
 
 def _flat_assignments(tree: dict, prefix: str = "") -> list[str]:
@@ -79,6 +138,80 @@ def _flat_assignments(tree: dict, prefix: str = "") -> list[str]:
     return assignments
 
 
+def _set(tree: dict, key: str, value) -> None:
+    """Give ``key`` (dotted) a grid or variant value. A mapping is merged onto what the section holds;
+    a mapping for ``method`` that names another method starts from that method's defaults (the base's
+    method keys belong to the other method). Anything else replaces the value."""
+    if not isinstance(value, dict):
+        config_module.apply_override(tree, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+        return
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"grid key '{key}': '{part}' is not a section")
+    current = node.get(leaf) if isinstance(node.get(leaf), dict) else {}
+    if key == "method" and value.get("name", current.get("name", "lora")) != current.get("name", "lora"):
+        current = {}
+    merged = copy.deepcopy(current)
+    for assignment in _flat_assignments(value):
+        config_module.apply_override(merged, assignment)
+    node[leaf] = merged
+
+
+def _apply_variant(tree: dict, variant: dict, user_base: list[str]) -> dict:
+    """A named variant: ``preset`` (optional) replaces the sweep's base config, the file's ``base``
+    keys and the command line's overrides go on top of it, then the variant's own keys."""
+    variant = dict(variant)
+    variant.pop("label", None)
+    preset = variant.pop("preset", None)
+    if preset is not None:
+        from forgetlab.presets import preset_tree
+
+        tree = preset_tree(str(preset))
+        tree.pop("name", None)
+        for assignment in user_base:
+            config_module.apply_override(tree, assignment)
+    for key, value in variant.items():
+        _set(tree, key, value)
+    return tree
+
+
+def _check_grid(grid, path: Path) -> None:
+    example = "e.g. method.rank: [1, 4], or whole sections: method: [{name: lora, rank: 4}, {name: linear}]"
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{path}: 'grid' must map config keys to non-empty lists of values, {example}")
+    if VARIANT in grid and not all(isinstance(v, dict) for v in grid[VARIANT]):
+        raise ConfigError(f"{path}: every item of grid.{VARIANT} must be a mapping, e.g. {{label: r4, preset: paper2-lora-r4}} "
+                          "or {label: lin, method: {name: linear}}")  # fmt: skip
+    for key, values in grid.items():
+        if key != VARIANT and any(isinstance(v, dict) and "preset" in v for v in values):
+            raise ConfigError(f"{path}: grid.{key} gives a preset; presets go in named variants: grid.{VARIANT}: [{{label: ..., preset: ...}}]")
+
+
+def _mixed_method_hint(grid: dict) -> str:
+    """For a grid that varies ``method.name`` and keys only some methods have: the whole-section form
+    that says what it means, e.g. ``method: [{name: lora, rank: 1}, {name: lora, rank: 8}, {name: linear}]``."""
+    from forgetlab.methods import method_class
+
+    keys = [key for key in grid if key.startswith("method.") and key != "method.name"]
+    sections = []
+    for name in grid.get("method.name", []):
+        try:
+            fields = {f.name for f in dataclasses.fields(method_class(str(name)).Config)}
+        except ConfigError:
+            continue
+        own = [key for key in keys if key.split(".", 1)[1] in fields]
+        for combination in itertools.product(*(grid[key] for key in own)):
+            section = {"name": name, **{key.split(".", 1)[1]: value for key, value in zip(own, combination)}}
+            if section not in sections:
+                sections.append(section)
+    text = yaml.safe_dump(sections, default_flow_style=True, width=10**6).strip()
+    return (f"; a grid over methods with different keys gives whole method sections instead of method.name and "
+            f"{', '.join(keys)}: 'method: {text}' (README, Sweeps)")
+
+
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     path = Path(path)
     data = config_module.load_yaml(path)
@@ -86,9 +219,9 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     if unknown:
         raise ConfigError(f"unknown sweep key '{unknown[0]}' in {path}; valid keys: name, out_dir, base, base_config, base_preset, grid")
     grid = data.get("grid") or {}
-    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ConfigError(f"{path}: 'grid' must map config keys to non-empty lists of values, e.g. method.rank: [1, 4]")
+    _check_grid(grid, path)
     base = dict(data.get("base") or {})
+    user_base = [*_flat_assignments(base), *overrides]  # what a variant's preset gets on top
     if data.get("base_config") and data.get("base_preset"):
         raise ConfigError(f"{path}: give base_config or base_preset, not both")
     if data.get("base_config"):
@@ -111,12 +244,21 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         raise ConfigError(f"{path}: the sweep name '{name}' must be a plain folder name (it becomes out_dir/NAME)")
     folder = Path(data.get("out_dir", "runs")) / name
     cells = []
+    # The named variant goes first (its preset replaces the base); the other grid keys go on top of it.
+    order = sorted(grid, key=lambda key: key != VARIANT)
     for combination in itertools.product(*grid.values()):
         values = dict(zip(grid, combination))
-        cell_name = "-".join(_slug(key, value) for key, value in values.items())
+        cell_name = "-".join(_cell_part(key, value) for key, value in values.items())
+        legacy = _legacy_cell_name(values)
+        if legacy != cell_name and (folder / legacy).is_dir() and not (folder / cell_name).exists():
+            cell_name = legacy  # a folder written by an earlier forgetlab: resume it where it is
         tree = copy.deepcopy(base)
-        for key, value in values.items():
-            config_module.apply_override(tree, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+        for key in order:
+            if key == VARIANT:
+                tree = _apply_variant(tree, values[key], user_base)
+            else:
+                value = values[key]
+                _set(tree, key, {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else value)
         tree["name"], tree["out_dir"] = cell_name, str(folder)
         track = tree.setdefault("track", {})
         if isinstance(track, dict) and track.get("wandb_group") is None:
@@ -124,11 +266,52 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         try:  # every cell is valid before anything runs
             resolved = config_module.resolve(copy.deepcopy(tree))
         except ConfigError as error:
-            raise ConfigError(f"sweep cell {cell_name}: {error}") from error
+            hint = _mixed_method_hint(grid) if "method.name" in grid and "unknown config key 'method." in str(error) else ""
+            raise ConfigError(f"sweep cell {cell_name}: {error}{hint}") from error
         cells.append(Cell(cell_name, values, tree, resolved))
-    if len({cell.name for cell in cells}) != len(cells):
-        raise ConfigError(f"{path}: two grid cells get the same folder name; make the grid values distinct")
+    names = [cell.name for cell in cells]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{path}: several grid cells get the folder name '{repeated[0]}'; make the grid values distinct "
+                          f"or give each section or variant a distinct 'label'")  # fmt: skip
     return Sweep(name=name, folder=folder, grid=grid, base=base, cells=cells)
+
+
+def _show(value) -> str:
+    return "(none)" if value is _ABSENT else yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+_ABSENT = object()
+
+
+def definition_differences(stored: dict, current: dict) -> list[str]:
+    """``key: old -> new`` for every key in which two sweep definitions differ (grid values whole)."""
+
+    def flat(definition: dict) -> dict:
+        definition = definition if isinstance(definition, dict) else {}
+        return {"name": definition.get("name"), **{f"grid.{k}": v for k, v in (definition.get("grid") or {}).items()},
+                **{f"base.{k}": v for k, v in _leaves(definition.get("base") or {}).items()}}  # fmt: skip
+
+    old, new = flat(stored), flat(current)
+    return [f"{key}: {_show(old.get(key, _ABSENT))} -> {_show(new.get(key, _ABSENT))}"
+            for key in dict.fromkeys([*old, *new]) if old.get(key, _ABSENT) != new.get(key, _ABSENT)]  # fmt: skip
+
+
+def stored_differences(sweep: Sweep) -> list[str]:
+    """How the sweep that ``sweep.folder`` holds differs from ``sweep`` (empty: the same, or none yet)."""
+    stored = sweep.folder / SWEEP_FILE
+    if not stored.exists():
+        return []
+    try:
+        old = config_module.parse_yaml(stored.read_text())
+    except (yaml.YAMLError, ConfigError) as error:
+        raise ConfigError(f"{stored} is not readable YAML; delete it (the cells' run folders are checked on their own)") from error
+    return definition_differences(old, config_module.parse_yaml(yaml.safe_dump(sweep.definition())))
+
+
+def different_sweep_message(sweep: Sweep, differences: list[str]) -> str:
+    shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+    return f"{sweep.folder} holds a different sweep ({shown})"
 
 
 def cell_done(sweep: Sweep, cell: Cell) -> bool:
@@ -181,8 +364,9 @@ def run_sweep(sweep: Sweep, *, jobs: int | str = 1, quiet: bool = False, log: Ca
     sweep.folder.mkdir(parents=True, exist_ok=True)
     stored = sweep.folder / SWEEP_FILE
     definition = sweep.definition()
-    if stored.exists() and config_module.parse_yaml(stored.read_text()) != config_module.parse_yaml(yaml.safe_dump(definition)):
-        raise ConfigError(f"{sweep.folder} holds a different sweep; give the sweep another name or delete that folder")
+    differences = stored_differences(sweep)
+    if differences:
+        raise ConfigError(f"{different_sweep_message(sweep, differences)}; give the sweep another name or delete that folder")
     atomic_write_text(stored, yaml.safe_dump(definition, sort_keys=False))
     status = {cell.name: "skipped" for cell in sweep.cells if cell_done(sweep, cell)}
     records = read_status(sweep)
@@ -247,28 +431,43 @@ def read_status(sweep: Sweep) -> dict:
 
 def sweep_status(sweep: Sweep) -> list[tuple[str, str, str]]:
     """``(cell, state, detail)`` of every cell, read from the folder without running anything."""
+    records = read_status(sweep) if sweep.folder.exists() else {}
+    return [(cell.name, *_cell_state(RunFolder(sweep.folder / cell.name), len(cell.config.data.tasks), records.get(cell.name, {})))
+            for cell in sweep.cells]  # fmt: skip
+
+
+def folder_status(folder: str | Path) -> list[tuple[str, str, str]]:
+    """``(cell, state, detail)`` of every run folder in a sweep's folder, without its sweep file: the
+    folders that hold a config, and the cells ``status.json`` records."""
+    from forgetlab.results import read_json
+
+    folder = Path(folder)
+    records = read_json(folder / STATUS_FILE) if (folder / STATUS_FILE).exists() else {}
+    names = sorted({p.name for p in folder.iterdir() if (p / "config.yaml").exists()} | set(records))
+    rows = []
+    for name in names:
+        run = RunFolder(folder / name)
+        try:
+            total = len(config_module.parse_yaml(run.config.read_text())["data"]["tasks"])
+        except (OSError, KeyError, TypeError, yaml.YAMLError, ConfigError):
+            total = (run.state() or {}).get("total_tasks") if run.progress.exists() else None
+        rows.append((name, *_cell_state(run, total, records.get(name, {}))))
+    return rows
+
+
+def _cell_state(folder: RunFolder, total: int | None, record: dict) -> tuple[str, str]:
     from forgetlab.results import lock_holder
 
-    records = read_status(sweep) if sweep.folder.exists() else {}
-    rows = []
-    for cell in sweep.cells:
-        folder = RunFolder(sweep.folder / cell.name)
-        total = len(cell.config.data.tasks)
-        try:
-            completed = folder.completed_tasks()
-        except ForgetlabError as error:
-            rows.append((cell.name, "broken", str(error)))
-            continue
-        done = f"task {max(completed, 0)}/{total}"
-        holder = lock_holder(folder) if folder.path.exists() else None
-        if completed == total:
-            rows.append((cell.name, "done", done))
-        elif holder:
-            rows.append((cell.name, "running", f"{done}, {holder}"))
-        elif records.get(cell.name, {}).get("status") == "failed":
-            rows.append((cell.name, "failed", f"{done}: {records[cell.name].get('message', '')}"))
-        elif completed >= 0:
-            rows.append((cell.name, "partial", done))
-        else:
-            rows.append((cell.name, "not started", done))
-    return rows
+    try:
+        completed = folder.completed_tasks()
+    except ForgetlabError as error:
+        return "broken", str(error)
+    done = f"task {max(completed, 0)}/{total if total is not None else '?'}"
+    holder = lock_holder(folder) if folder.path.exists() else None
+    if completed == total:
+        return "done", done
+    if holder:
+        return "running", f"{done}, {holder}"
+    if record.get("status") == "failed":
+        return "failed", f"{done}: {record.get('message', '')}"
+    return ("partial" if completed >= 0 else "not started"), done
