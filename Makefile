@@ -2,7 +2,9 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-export FORGETLAB_HOME ?= $(CURDIR)/.cache/forgetlab
+# The cache (offline world, pretrained offline backbones, NLTK data) is forgetlab's own default,
+# $FORGETLAB_HOME or ~/.cache/forgetlab, so that 'forgetlab' typed in a shell after 'make demo' finds
+# what the demo built instead of pretraining again.
 
 .PHONY: demo test setup system-data test-tools benchmark clean
 

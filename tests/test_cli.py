@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -18,6 +20,21 @@ def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
     assert main(["run", *overrides, "method.rank=2"]) == 0
     out = capsys.readouterr().out
     folder = tmp_path / "cli"
+    assert "data.max_test=40 applies to the upstream test set too: 40 images (a seeded subset)" in out
+    # the metrics under the matrix, from the matrix (run and show print the same line)
+    values = json.loads((folder / "accuracy_matrix.json").read_text())["values"]
+    final, first = values[2], values[1]
+    line = (f"average accuracy {100 * (final[1] + final[2]) / 2:.2f}%, forgetting {100 * (first[1] - final[1]):+.2f} points, "
+            f"BWT {100 * (final[1] - first[1]):+.2f} points, upstream change {100 * (final[0] - values[0][0]):+.2f} points")
+    assert main(["show", str(folder)]) == 0
+    assert line in out and line in capsys.readouterr().out
+    # every file the README's table of run files names is there (single-adapter files come from another command)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text().split("### What a run writes")[1].split("\n\n")[1]
+    documented = [name for row in readme.splitlines()[2:] for name in re.findall(r"`([^`]+)`", row.split(" | ")[0])]
+    assert "checkpoint/model-<i>.safetensors" in documented and "adapters/<task>/" in documented
+    for name in documented:
+        if "upstream_single" not in name and name != ".csv":
+            assert list(folder.glob(re.sub(r"<[^>]+>", "*", name).rstrip("/"))), f"the README names {name}, which the run did not write"
     assert f"results: {folder}" in out and "after digits" in out
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["method"] == {"name": "lora", "rank": 2, "alpha": None, "dropout": 0.1, "targets": "default", "policy": "merge"}
@@ -45,6 +62,31 @@ def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
     assert main(["show", str(folder)]) == 0
     shown = capsys.readouterr().out
     assert "2/2 tasks done" in shown and "fontfamily" in shown
+
+
+def test_metrics_line_and_show_of_a_sweep_folder_read_the_matrix(tmp_path, capsys):
+    from forgetlab.results import AccuracyMatrix, write_json
+    from forgetlab.summary import cells_table, metrics_line
+
+    matrix = AccuracyMatrix(columns=["upstream", "a", "b"], values=[[0.7, None, None], [0.65, 0.8, None], [0.6, 0.75, 0.9]])
+    assert metrics_line(matrix) == ("average accuracy 82.50%, forgetting +5.00 points, BWT -5.00 points, "
+                                    "upstream change -10.00 points (70.00% -> 60.00%)")  # fmt: skip
+    matrix.values = matrix.values[:2]  # one phase: nothing can be forgotten yet
+    assert metrics_line(matrix).startswith("average accuracy 80.00%, forgetting n/a, BWT n/a, upstream change -5.00 points")
+    # a sweep folder without its sweep file: each cell with a config, and the failed ones status.json records
+    cell = tmp_path / "lora-r4"
+    cell.mkdir()
+    (cell / "config.yaml").write_text("data: {tasks: [a, b]}\n")
+    write_json(cell / "progress.json", {"completed_tasks": 1, "total_tasks": 2, "matrix": matrix.to_json()})
+    write_json(tmp_path / "status.json", {"linear": {"status": "failed", "message": "no data"}})
+    assert main(["show", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{tmp_path}: sweep of 2 cells"
+    assert lines[1].split() == ["cell", "state", "avg", "acc", "forgetting", "BWT", "upstream", "detail"]
+    assert lines[2].split()[:6] == ["linear", "failed", "task", "0/?:", "no", "data"]
+    assert lines[3].split() == ["lora-r4", "partial", "80.00", "n/a", "n/a", "-5.00", "task", "1/2"]
+    assert "forgetting: best earlier minus final" in lines[4]
+    assert main(["show", str(tmp_path / "nowhere")]) == 2 and "does not exist" in capsys.readouterr().err
 
 
 def _cli(*args, env=None, code="from forgetlab.cli import main; sys.exit(main(sys.argv[1:]))"):

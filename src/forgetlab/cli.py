@@ -203,7 +203,7 @@ def cmd_config(args) -> int:
 
     config = _resolve(args)
     if args.keys:
-        for key, help_text, value in config_module.describe(config):
+        for key, help_text, value in config_module.describe_all(config):
             print(f"{key} = {value!r}\n    {help_text}")
     else:
         print(config_module.dump(config), end="")
@@ -223,11 +223,21 @@ def _log(args):
     return lambda message: print(f"forgetlab: {message}", flush=True)
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("forgetlab")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forgetlab",
         description="Measure what pretrained vision models forget under incremental (low-rank) fine-tuning.",
     )
+    parser.add_argument("--version", action="version", version=f"forgetlab {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(

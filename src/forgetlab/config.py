@@ -331,6 +331,8 @@ def from_dict(cls, data, prefix: str = ""):
         raise ConfigError(
             f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(fields))}"
         )
+    data = {name: ",".join(value) if fields[name].metadata.get("comma_list") and isinstance(value, list) and value
+                  and all(isinstance(v, str) for v in value) else value for name, value in data.items()}  # [q, v] is "q,v"
     values = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
     return cls(**values)
 
@@ -500,6 +502,23 @@ def load_stored(path: str | Path) -> RunConfig:
 
 def dump(config: RunConfig) -> str:
     return dump_yaml(to_dict(config), sort_keys=False)
+
+
+def describe_all(config) -> list[tuple[str, str, object]]:
+    """:func:`describe`, with the choices of ``method.name``, then every other method's own keys at
+    their defaults, keyed ``method.KEY (method.name=NAME)`` (``forgetlab config --keys``)."""
+    from forgetlab.methods import method_class, method_names
+
+    rows = []
+    for key, help_text, value in describe(config):
+        if key == "method.name":
+            help_text = f"the fine-tuning method: {', '.join(method_names())}; the other method.* keys are that method's own"
+        rows.append((key, help_text, value))
+    for name in method_names():
+        if name != config.method.name:
+            rows += [(f"method.{key} (method.name={name})", help_text, value)
+                     for key, help_text, value in describe(method_class(name).Config()) if key != "name"]  # fmt: skip
+    return rows
 
 
 def describe(config) -> list[tuple[str, str, object]]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from forgetlab import paths
 from forgetlab.config import TrainConfig
 from forgetlab.data import build_task
 from forgetlab.evaluate import head_evaluator
@@ -37,6 +38,8 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
     if epochs is not None:
         recipe = TrainConfig(**{**recipe.__dict__, "epochs": epochs})
     folder = Path(out_dir) if out_dir else offline_backbone_dir(name)
+    where = "" if out_dir else f" (FORGETLAB_HOME is {paths.home()}: 'export FORGETLAB_HOME=...' to keep it elsewhere)"
+    print(f"forgetlab: pretraining {name} on {UPSTREAM_DATASET} for {recipe.epochs} epochs into {folder}{where}", flush=True)
     upstream = build_task(UPSTREAM_DATASET, None)
 
     seed_everything(PRETRAIN_SEED)

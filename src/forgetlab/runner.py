@@ -37,7 +37,7 @@ from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, save_safetensors, write_json, write_npz
 from forgetlab.selection import BestCheckpoint
 from forgetlab.trackers import Tracker, check_trackers, open_trackers
-from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, resolve_device, seed_everything
+from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, precision_warning, resolve_device, seed_everything
 from forgetlab.train import backbone_parameters, count_parameters, train_task, trainable_parameters
 
 
@@ -120,6 +120,25 @@ def task_metadata(task) -> dict:
     }
 
 
+def check_local_inputs(config) -> None:
+    """Every local input a run reads, before the backbone's weights (which may mean a download or a
+    pretraining): the weights file, each real dataset's folder under ``data.root`` and the offline
+    world's source files; each a one-line error naming the fix."""
+    from forgetlab.data.real import SOURCES, dataset_folder
+    from forgetlab.data.registry import parse_task_name
+    from forgetlab.models.backbones import check_backbone_name
+
+    check_backbone_name(config.backbone.name)  # a typo first: the closest timm names
+    if config.backbone.weights and not Path(config.backbone.weights).exists():
+        raise DataError(f"weights file {config.backbone.weights} not found; check backbone.weights")
+    for name in dict.fromkeys([config.data.upstream, *config.data.tasks]):
+        dataset = parse_task_name(name)[0]
+        if dataset in SOURCES:
+            dataset_folder(dataset, config.data)
+        else:  # the offline world: built once from Debian's files (seconds), then read from the cache
+            build_task(name, config.data)
+
+
 def _open_folder(folder: RunFolder, config) -> None:
     """A new folder gets the config; an existing one must hold the same config (then we resume)."""
     _check_folder(folder, config)
@@ -181,8 +200,14 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
     device = resolve_device(config.device)
     amp_dtype = autocast_dtype(device, config.precision)
     configure_matmul_precision(device, config.precision)
+    if warning := precision_warning(device, config.precision):
+        log(warning)
+    check_trackers(config)  # a missing tracker package is refused before a download or a pretraining
+    check_local_inputs(config)  # likewise every dataset folder and the weights file
     backbone = load_backbone(config.backbone, device=device)
     preprocess, upstream = upstream_task(config, backbone)
+    if config.data.max_test is not None:
+        log(f"data.max_test={config.data.max_test} applies to the upstream test set too: {len(upstream.test):,} images (a seeded subset)")
     if note := normalisation_note(config, preprocess):  # inferred, not stated: say which
         log(note)
     # Phases: one per name in data.tasks. Several phases may train one task (paper 1's long setting:

@@ -60,7 +60,8 @@ class LoRAConfig:
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; default 2 x rank (paper 1)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter's input (paper 1: 0.1)"})
     targets: str = field(default="default", metadata={"help": f"modules to adapt: {', '.join(TARGETS)}, "
-                                                                    "module-name suffixes (a.b,c) or re:REGEX"})
+                                                                    "module-name suffixes (a.b,c, or PEFT's list form [q, v]) or re:REGEX",
+                                                            "comma_list": True})
     policy: str = field(default="merge", metadata={"help": "end of a task: 'merge' into the weights (paper 1) or 'keep' per-task adapters"})
 
 

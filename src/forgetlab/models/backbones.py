@@ -5,7 +5,10 @@
 * any timm model name with ``backbone.weights``: a local ``.safetensors`` or timm/torch checkpoint,
   loaded with ``weights_only=True``.
 * a timm name with a pretrained tag (``vit_base_patch16_224.augreg_in1k``) and no ``weights``: timm's
-  own weights from the Hugging Face cache, or downloaded when online. The upstream head comes with them
+  own weights from the Hugging Face cache (no network access then), or downloaded when online; an
+  untagged name takes timm's default tag, as ``timm.create_model`` does. ``HF_HUB_OFFLINE=1`` or an
+  unreachable hub is a one-line error at once, not after huggingface_hub's retries. A name timm does
+  not know is refused with the closest timm names. The upstream head comes with them
   (ImageNet-1k: 1000 classes in sorted-wnid order); DINO has no head (use the k-NN evaluator).
 * ``random_init``: the architecture with random weights, for smoke tests of the real pipeline.
 """
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,9 +80,28 @@ def _timm_model(name: str, **kwargs) -> nn.Module:
         raise ConfigError(f"timm's {name} refuses its arguments ({error}); check backbone.kwargs and backbone.image_size") from error
 
 
+def check_backbone_name(name: str) -> None:
+    """Refuse a name timm does not know, naming the closest timm names (``difflib`` over
+    ``timm.list_models()``), and a pretrained tag timm does not have for that architecture, naming its
+    closest tags (``timm.list_pretrained``)."""
+    import difflib
+
+    architecture, _, tag = name.partition(".")
+    if not timm.is_model(architecture):
+        closest = difflib.get_close_matches(architecture, timm.list_models(), n=3, cutoff=0.6)
+        if closest:
+            raise ConfigError(f"unknown backbone '{name}'; closest timm names: {', '.join(closest)} (or offline_vit, offline_resnet)")
+        raise ConfigError(f"unknown backbone '{name}'; use offline_vit, offline_resnet or a timm model name (timm.list_models() lists them)")
+    if tag:
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{architecture}.*")]
+        if tag not in tags:
+            closest = difflib.get_close_matches(tag, tags, n=3, cutoff=0.4) or tags[:3]
+            hint = f"closest of its {len(tags)} tags: {', '.join(f'{architecture}.{t}' for t in closest)}" if tags else "it has none"
+            raise ConfigError(f"unknown backbone '{name}': timm has no pretrained tag '{tag}' for {architecture}; {hint}")
+
+
 def create(name: str, num_classes: int, **kwargs) -> nn.Module:
-    if not timm.is_model(name.split(".")[0]):
-        raise ConfigError(f"unknown backbone '{name}'; use offline_vit, offline_resnet or a timm model name")
+    check_backbone_name(name)
     try:
         return _timm_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except ConfigError:
@@ -108,21 +131,78 @@ def _create_kwargs(config) -> dict:
     return kwargs
 
 
-def _from_hub(config) -> Backbone:
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` set to a true value (as huggingface_hub reads it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) answers a TCP connection
+    within ``timeout`` seconds: without one, huggingface_hub retries for about 50 s before failing."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        model = _timm_model(config.name, pretrained=True, **_create_kwargs(config))
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cached_hub_file(pretrained_cfg) -> Path | None:
+    """The weights of a timm pretrained config in the Hugging Face cache (``model.safetensors``, or
+    ``pytorch_model.bin``), or None when they are not there."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo = pretrained_cfg.hf_hub_id
+    if not repo:
+        return None
+    for filename in [pretrained_cfg.hf_hub_filename] if pretrained_cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]:
+        found = try_to_load_from_cache(repo, filename, cache_dir=constants.HF_HUB_CACHE)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _from_hub(config) -> Backbone:
+    """timm's pretrained weights: from the Hugging Face cache without any network access, else
+    downloaded by timm; refused at once (no retries) when ``HF_HUB_OFFLINE`` is set or the hub is
+    unreachable. An untagged name takes timm's default tag, as ``timm.create_model`` does."""
+    from timm.models import get_pretrained_cfg
+
+    architecture, _, tag = config.name.partition(".")
+    pretrained_cfg = get_pretrained_cfg(config.name)
+    if pretrained_cfg is None:
+        raise DataError(f"timm has no pretrained weights for {config.name}; set backbone.weights=/path/to/model.safetensors "
+                        "(or backbone.random_init=true for a smoke run)")  # fmt: skip
+    full_name = f"{architecture}.{pretrained_cfg.tag}" if pretrained_cfg.tag else architecture
+    named = config.name if tag else f"{config.name} (timm's default tag: {full_name})"
+    cached = cached_hub_file(pretrained_cfg)
+    overlay = {"pretrained_cfg_overlay": {"file": str(cached)}} if cached else {}
+    if cached is None and pretrained_cfg.hf_hub_id:
+        where = f"https://huggingface.co/{pretrained_cfg.hf_hub_id}"
+        fix = (f"download model.safetensors from {where} and set backbone.weights=/path/to/model.safetensors, "
+               "or run once with network access to fill the cache")  # fmt: skip
+        if hub_offline():
+            raise DataError(f"the weights of {named} are not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids the download; {fix}")
+        if not hub_reachable():
+            raise DataError(f"the weights of {named} are not in the Hugging Face cache and the hub is unreachable "
+                            f"(set HF_HUB_OFFLINE=1 on a machine without network to skip this check); {fix}")  # fmt: skip
+        print(f"forgetlab: downloading {full_name} from {where} into the Hugging Face cache", flush=True)
+    try:
+        model = _timm_model(full_name, pretrained=True, **overlay, **_create_kwargs(config))
     except ConfigError:
         raise
-    except Exception as error:  # no cache and no network, or a name without weights
-        architecture, _, tag = config.name.partition(".")
-        raise DataError(
-            f"no weights for {config.name} (not in the Hugging Face cache, and no download: {type(error).__name__}); "
-            f"download model.safetensors from https://huggingface.co/timm/{config.name} and set backbone.weights=/path/to/model.safetensors"
-        ) from error
-    return Backbone(model=model.eval(), name=config.name, recipe={"source": "timm pretrained", "tag": config.name.partition(".")[2]})
+    except Exception as error:  # a failed download, or a damaged cached file
+        source = str(cached) if cached else f"https://huggingface.co/{pretrained_cfg.hf_hub_id or 'timm/' + full_name}"
+        raise DataError(f"could not load the weights of {named} from {source} ({type(error).__name__}: {str(error)[:120]}); "
+                        "download model.safetensors there and set backbone.weights=/path/to/model.safetensors") from error  # fmt: skip
+    return Backbone(model=model.eval(), name=config.name, recipe={"source": "timm pretrained", "tag": pretrained_cfg.tag or ""})
 
 
 def load_backbone(config, *, pretrain_if_missing: bool = True, device=None) -> Backbone:
+    check_backbone_name(config.name)
     if getattr(config, "random_init", False):
         num_classes = 1000 if config.num_classes is None else config.num_classes
         with torch.random.fork_rng(devices=[]):  # the same random weights every time: smoke runs resume and caches hit
@@ -136,16 +216,11 @@ def load_backbone(config, *, pretrain_if_missing: bool = True, device=None) -> B
                 raise DataError(f"backbone {config.name} is not built; run: forgetlab pretrain --backbone {config.name}")
             from forgetlab.pretrain import pretrain
 
-            print(f"forgetlab: {config.name} is not in the cache yet; pretraining it once into {folder}", flush=True)
+            print(f"forgetlab: {config.name} is not in {paths.home()} yet (FORGETLAB_HOME); pretraining it once into {folder}", flush=True)
             pretrain(config.name, device=device)
         return _load_folder(config.name, folder)
     if config.weights is None:
-        if "." in config.name:
-            return _from_hub(config)
-        raise DataError(
-            f"no weights for backbone '{config.name}': set backbone.weights=/path/to/model.safetensors "
-            "(or a timm/torch checkpoint), or name timm's pretrained weights, e.g. vit_base_patch16_224.augreg_in1k"
-        )
+        return _from_hub(config)
     weights = Path(config.weights)
     recipe_file = weights.with_name("recipe.json")
     recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
