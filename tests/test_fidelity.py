@@ -1,14 +1,17 @@
-"""The presets reproduce the papers' code (issue 9): every preset value equals PROTOCOLS.md, and every
+"""The presets reproduce the papers' code (issue 9): every preset value equals docs/PROTOCOL_paper*.md, and every
 option the presets use does what it says, checked by hand on tiny models and tiny real-layout data."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from forgetlab import config as config_module
@@ -311,7 +314,43 @@ def test_block_expansion_positions_follow_paper2s_split():
 
 
 # ----------------------------------------------------------------------------- the presets themselves
-def test_every_preset_equals_protocols_md():
+def _protocol_facts():
+    """``(file, fact, key, value, preset pattern)`` of every keyed row of docs/PROTOCOL_paper*.md."""
+    facts = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "docs").glob("PROTOCOL_paper*.md")):
+        keyed = path.read_text().split("## Facts with a config key")[1].split("## ")[0]
+        for row in keyed.splitlines():
+            cells = [c.strip() for c in row.strip().strip("|").split(" | ")]
+            if len(cells) == 5 and cells[1].startswith("`"):
+                fact, key, value, presets, source = cells
+                assert re.search(r"`[\w/.=-]+\.(py|yaml|sh|md):\d+", source), (path.name, fact, source)  # a file and line
+                patterns = [p.strip("` ") for p in presets.split(",")]
+                facts.append((path.name, fact, key.strip("`"), yaml.safe_load(value.strip("`")), patterns))
+    return facts
+
+
+def test_every_preset_equals_the_protocol_documents():
+    """Every keyed fact of docs/PROTOCOL_paper1.md and _paper2.md holds in every preset it names."""
+    import dataclasses
+    import fnmatch
+
+    facts = _protocol_facts()
+    assert len(facts) > 50 and {f[0] for f in facts} == {"PROTOCOL_paper1.md", "PROTOCOL_paper2.md"}
+    checked = 0
+    for document, fact, key, value, patterns in facts:
+        names = [n for n in PRESETS if any(fnmatch.fnmatch(n, p) for p in patterns)]
+        assert names, (document, fact, patterns)
+        for name in names:
+            node = _resolve(name)
+            for part in key.split("."):
+                node = getattr(node, part)
+            node = dataclasses.asdict(node) if dataclasses.is_dataclass(node) else node
+            assert node == value, (document, fact, name, node, value)
+            checked += 1
+    assert checked > 300
+
+
+def test_the_presets_hold_the_papers_values():
     for name in ("paper1-vit", "paper1-resnet", "paper1-vit-order2", "paper1-vit-long", "paper1-vit-lwf", "paper1-vit-fullrank"):
         config = _resolve(name)
         assert (config.train.optimizer, config.train.lr, config.train.batch_size, config.precision) == ("adamw", 1e-3, 32, "fp32")
@@ -357,9 +396,11 @@ def test_every_preset_value_has_a_source_and_the_docs_are_generated_from_them():
     for preset in PRESETS.values():
         tree = preset.tree
         for key, value, source in preset.table():
-            assert source and (" configs/" in source or " config/" in source or " src/" in source or " experiments/" in source
-                               or " scripts/" in source or "PROTOCOLS.md" in source or "forgetlab's" in source
-                               or "paper" in source or "unused" in source), (preset.name, key, source)  # fmt: skip
+            # a file and line of a paper's public code, a protocol document of this repository, or forgetlab's reason
+            code = re.match(r"(lora_cl_analysis|peft-vit) [\w/.=*-]+\.(py|yaml|sh|md)(:\d|,| \()", source)
+            document = re.match(r"(docs/PROTOCOL_paper[12]\.md) \(", source)
+            assert code or (document and (Path(__file__).resolve().parent.parent / document.group(1)).exists()) or (
+                "forgetlab's" in source or source.startswith("unused")), (preset.name, key, source)  # fmt: skip
         assert config_module.resolve(tree).name == preset.name
     docs = Path(__file__).resolve().parent.parent / "docs" / "PRESETS.md"
     assert docs.read_text() == markdown() + "\n", "regenerate: forgetlab presets --markdown > docs/PRESETS.md"

@@ -7,7 +7,7 @@ this module's output, so the table cannot drift from the code). ``forgetlab run 
 [key=value ...]`` runs one, e.g. ``forgetlab run --preset paper1-vit method.rank=32 data.root=/data``.
 
 A source is a file and line of the paper's public code (paper 1: ``AlbinSou/lora_cl_analysis``, paper
-2: ``rezaakb/peft-vit``), a fact of ``PROTOCOLS.md`` read from that code, or "forgetlab's choice" with
+2: ``rezaakb/peft-vit``), a fact of ``docs/PROTOCOL_paper1.md`` or ``docs/PROTOCOL_paper2.md`` (read from that code, with its file and line), or "forgetlab's choice" with
 the reason. Keys a preset does not set keep forgetlab's defaults (``forgetlab config --preset NAME``
 prints the whole resolved config).
 
@@ -94,7 +94,7 @@ def _paper1(backbone: str, tasks: list[str], *, order: str, method: str = "lora"
     vit = backbone.startswith("vit")
     settings = {
         "backbone.name": Setting(backbone, f"{P1} config/model/{'timvit1k' if vit else 'timresnet501k'}.yaml:1"),
-        "precision": Setting("fp32", "PROTOCOLS.md (paper 1, Precision): no mixed precision in the code"),
+        "precision": Setting("fp32", "docs/PROTOCOL_paper1.md (precision): no mixed precision in the code"),
         "data.upstream": Setting("imagenet", f"{P1} src/factories/benchmark_factory.py:157 (ImageNet val, scored after every task)"),
         "data.tasks": Setting(tasks, order),
         "data.workers": Setting(8, "forgetlab's choice: decoding workers do not change results"),
@@ -124,8 +124,8 @@ def _paper1(backbone: str, tasks: list[str], *, order: str, method: str = "lora"
         settings.update({
             "method.name": Setting("lora", f"{P1} config/experiment/lora_experiment.yaml:11 (mode: merge)"),
             "method.rank": Setting(32 if vit else 1, f"{P1} config/strategy/lora.yaml:6 (32); the sweeps vary it: ViT 1, 2, 4, 6, 8, 16, 32 "
-                                                     f"(scripts/lora_vit_seeds.sh:5), ResNet 1-7 (PROTOCOLS.md)" if vit else
-                                                     "PROTOCOLS.md (paper 1, LoRA): ResNet ranks 1 to 7; figure 5 uses rank 1"),
+                                                     f"(scripts/lora_vit_seeds.sh:5), ResNet 1-7 (docs/PROTOCOL_paper1.md)" if vit else
+                                                     "docs/PROTOCOL_paper1.md (ranks): ResNet ranks 1 to 7; figure 5 uses rank 1"),
             "method.alpha": Setting(None, f"{P1} scripts/lora_vit_seeds.sh:7 (lora_alpha = 2 x rank; None means 2 x rank)"),
             "method.dropout": Setting(0.1, f"{P1} experiments/lora_forget.py:81"),
             "method.targets": Setting("default", f"{P1} experiments/lora_forget.py:69 (blocks.*.attn.qkv), :74 (layer*.*.conv3)"),
@@ -139,12 +139,12 @@ def _paper1(backbone: str, tasks: list[str], *, order: str, method: str = "lora"
     settings["lwf.alpha"] = Setting(5.0 if lwf else 0.0, f"{P1} config/strategy/lora.yaml:9" if lwf else f"{P1} config/strategy/lora.yaml:8 (name: finetune, no LwF)")
     if lwf:
         settings["lwf.temperature"] = Setting(2.0, f"{P1} config/strategy/lora.yaml:10")
-        settings["lwf.train_earlier_heads"] = Setting(True, "PROTOCOLS.md (paper 1, Setting): earlier heads stay in AdamW and LwF's term trains them")
+        settings["lwf.train_earlier_heads"] = Setting(True, "docs/PROTOCOL_paper1.md (LwF): earlier heads stay in AdamW and LwF's term trains them")
     return settings
 
 
 ORDER_1 = f"{P1} src/factories/benchmark_factory.py:140-175 (ImageNet -> Cars -> Flowers -> Aircraft -> CUB)"
-ORDER_2 = "PROTOCOLS.md (paper 1, Orders): the second order, Aircraft -> CUB -> Flowers -> Cars"
+ORDER_2 = f"{P1} src/factories/benchmark_factory.py:181-220 (the second order, Aircraft -> CUB -> Flowers -> Cars)"
 ORDER_LONG = (f"{P1} src/factories/benchmark_factory.py:269-291 (each training set split into two seeded random halves of its samples, "
               "the sequence run twice, the same task and head each time)")  # fmt: skip
 PAPER1_NOTE = ("Seeds: 0, 1, 2, 3 (seed=N; config/experiment/lora_defaults.yaml:2 and scripts/lora_vit_seeds.sh:3). "
@@ -170,8 +170,8 @@ def _paper2(key: str, method: dict[str, Setting], lr: float, lr_source: str) -> 
     return {
         "backbone.name": Setting("vit_base_patch16_224.dino", f"{config}:13 (vit-b16-224-dino)"),
         "backbone.num_classes": Setting(0, "forgetlab's choice: DINO has no ImageNet head; the upstream task is scored by k-NN"),
-        "precision": Setting("tf32", "PROTOCOLS.md (paper 2, Precision): fp32 with TF32 matmuls allowed"),
-        "data.upstream": Setting("imagenet", "PROTOCOLS.md (paper 2): ImageNet-1k, train set as the k-NN bank, val as queries"),
+        "precision": Setting("tf32", "docs/PROTOCOL_paper2.md (precision): fp32, with TF32 matmuls allowed"),
+        "data.upstream": Setting("imagenet", f"{P2} src/eval_knn.py:52-53 (ImageNet-1k: the train set is the k-NN bank, val the queries)"),
         "data.tasks": Setting(["cifar100"], f"{config}:{line['dataset']}"),
         "data.workers": Setting(8, "forgetlab's choice: decoding workers do not change results"),
         **{f"method.{k}": v for k, v in method.items()},
@@ -184,8 +184,8 @@ def _paper2(key: str, method: dict[str, Setting], lr: float, lr_source: str) -> 
         "preprocess.eval_interpolation": Setting("bilinear", f"{P2} src/data.py:183 (Resize's default)"),
         "preprocess.mean": Setting([0.5, 0.5, 0.5], f"{P2} src/data.py:93"),
         "preprocess.std": Setting([0.5, 0.5, 0.5], f"{P2} src/data.py:94"),
-        "preprocess.upstream_eval": Setting("backbone", "PROTOCOLS.md (paper 2, k-NN): bicubic, ImageNet mean/std (DINO's eval_knn.py)"),
-        "preprocess.upstream_crop_pct": Setting(0.875, "PROTOCOLS.md (paper 2, k-NN): resize 256 -> centre crop 224"),
+        "preprocess.upstream_eval": Setting("backbone", f"{P2} src/eval_knn.py:46-51 (bicubic, ImageNet mean/std)"),
+        "preprocess.upstream_crop_pct": Setting(0.875, f"{P2} src/eval_knn.py:47-48 (resize 256 -> centre crop 224)"),
         "train.optimizer": Setting("sgd", f"{config}:{line['optimizer']} (momentum 0.9, :17)"),
         "train.lr": Setting(lr, lr_source),
         "train.weight_decay": Setting(0.0, f"{config}:{line['weight_decay']}"),
@@ -194,13 +194,13 @@ def _paper2(key: str, method: dict[str, Setting], lr: float, lr_source: str) -> 
         "train.max_steps": Setting(10_000, f"{config}:10"),
         "train.schedule": Setting("hf_cosine", f"{P2} src/model.py:345-349 (transformers' cosine with warm-up)"),
         "train.warmup_steps": Setting(100 if linear else 500, f"{config}:{line['warmup']}"),
-        "train.drop_last": Setting(True, "PROTOCOLS.md (paper 2, Optimiser): the last partial batch is dropped"),
+        "train.drop_last": Setting(True, f"{P2} src/data.py:232 (drop_last=True)"),
         "train.select": Setting("best", f"{config}:{line['checkpoint']} (ModelCheckpoint on val_acc, mode max; the test set is the "
                                         "validation set)"),
         "train.eval_every": Setting(250 if linear else 500, f"{config}:11 (val_check_interval)"),
-        "eval.upstream_evaluator": Setting("knn", "PROTOCOLS.md (paper 2): DINO's weighted k-NN"),
-        "eval.knn_k": Setting(20, "PROTOCOLS.md (paper 2, k-NN): k = 20 gives DINO ViT-B/16's published 76.1 %"),
-        "eval.knn_temperature": Setting(0.07, "PROTOCOLS.md (paper 2, k-NN): votes exp(similarity / 0.07)"),
+        "eval.upstream_evaluator": Setting("knn", f"{P2} src/eval_knn.py:157-158, 219 (DINO's weighted k-NN)"),
+        "eval.knn_k": Setting(20, f"{P2} src/eval_knn.py:270 (k in 10, 20, 100, 200; k = 20 gives DINO ViT-B/16's published 76.1 %)"),
+        "eval.knn_temperature": Setting(0.07, f"{P2} src/eval_knn.py:272 (votes exp(similarity / 0.07))"),
         "eval.knn_features": Setting("backbone", "forgetlab's choice: backbone features (correct); task_logits reproduces the published LoRA rows"),
         "eval.batch_size": Setting(256, "forgetlab's choice: batch size does not change predictions"),
     }  # fmt: skip
@@ -225,7 +225,7 @@ def _build() -> dict[str, Preset]:
                _paper1(vit, long, order=ORDER_LONG), PAPER1_NOTE + " Rows are the 8 phases, columns the 4 tasks."),
         Preset("paper1-resnet-long", "paper 1, long setting, ResNet-50", _paper1(resnet, long, order=ORDER_LONG), PAPER1_NOTE),
         Preset("paper1-vit-long-80-20", "paper 1, long setting's 80/20 variant: 80 % of every dataset's samples, then the other 20 %",
-               _paper1(vit, long80, order="PROTOCOLS.md (paper 1, long setting: the 80/20 variant); the split is forgetlab's, "
+               _paper1(vit, long80, order=f"{P1} src/factories/benchmark_factory.py:311-316 (the 80/20 variant); the split is forgetlab's, "
                                           "see forgetlab.data.registry"), PAPER1_NOTE),
         Preset("paper1-vit-lwf", "paper 1, short setting with LwF (alpha 5, T 2; figure 2), ViT-B/16",
                _paper1(vit, SHORT, order=ORDER_1, lwf=True), PAPER1_NOTE, ["method.rank=32"]),
@@ -249,7 +249,7 @@ def _build() -> dict[str, Preset]:
     }
     block = lambda p, split, file: {  # noqa: E731
         "name": Setting("block_expansion", f"{P2} configs/block/{file}:14 (training_mode: block)"),
-        "copies": Setting(p, f"paper 2, table row p={p}"),
+        "copies": Setting(p, f"{P2} README.md:{109 + p} (the table's row p={p})"),
         "split": Setting(split, f"{P2} configs/block/{file}:17 and src/utils.py:12 (a copy after block i when (i + 1) % split == 0)"),
     }
     lr_choice = "forgetlab's choice: configs exist at 0.005 and 0.05 and the README does not say which made the row; "
@@ -257,8 +257,8 @@ def _build() -> dict[str, Preset]:
         ("full", "full/cifar100-lr=0.005.yaml", {"name": Setting("full", f"{P2} configs/full/cifar100-lr=0.005.yaml:14")},
          0.005, row("All") + ": configs/full/cifar100-lr=0.005.yaml:16", "full fine-tuning (85.9 M)", ""),
         ("top3", "add_three/cifar100-lr=0.005.yaml",
-         {"name": Setting("topk", "PROTOCOLS.md (paper 2): top-3 is not implemented in the public code; forgetlab trains the last 3 blocks"),
-          "k": Setting(3, "paper 2, table row Top-3 (21.3 M = 3 blocks + the classifier)")},
+         {"name": Setting("topk", "docs/PROTOCOL_paper2.md (top-3): not implemented in the public code; forgetlab trains the last 3 blocks"),
+          "k": Setting(3, f"{P2} README.md:95 (row Top-3: 21.3 M = 3 blocks + the classifier)")},
          0.005, row("Top-3") + ": configs/add_three/cifar100-lr=0.005.yaml:16", "top-3 blocks (21.3 M)",
          " Top-3 is not defined by the public code (its config's training_mode 'add_three' exists nowhere in src/): forgetlab trains "
          "the last 3 blocks and the final norm."),
@@ -302,7 +302,10 @@ def preset_tree(name: str) -> dict:
 def markdown() -> str:
     """``docs/PRESETS.md``: every preset, its command, cost, note and settings with their sources."""
     lines = ["# Presets", "", "Generated by `forgetlab presets --markdown` from `src/forgetlab/presets.py` (a test keeps them equal).",
-             "Paper 1's code is `AlbinSou/lora_cl_analysis`, paper 2's `rezaakb/peft-vit`; file:line refer to them. Keys a preset "
+             "Paper 1's code is [AlbinSou/lora_cl_analysis](https://github.com/AlbinSou/lora_cl_analysis/tree/dec7d3a) "
+             "(`lora_cl_analysis` below), paper 2's [rezaakb/peft-vit](https://github.com/rezaakb/peft-vit/tree/5095e75) (`peft-vit`); "
+             "file:line refer to them at those commits, and [PROTOCOL_paper1.md](PROTOCOL_paper1.md) and "
+             "[PROTOCOL_paper2.md](PROTOCOL_paper2.md) hold the protocols as facts with their sources. Keys a preset "
              "does not set keep forgetlab's defaults (`forgetlab config --preset NAME` prints the whole config).", ""]  # fmt: skip
     for preset in PRESETS.values():
         lines += [f"## {preset.name}", "", f"Reproduces: {preset.reproduces}.", "", f"    {preset.command}", "",
