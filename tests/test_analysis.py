@@ -27,7 +27,7 @@ def test_metrics_equal_hand_computations():
     assert metrics.average_forgetting(A) == pytest.approx((0.05 + 0.20) / 2)
     assert metrics.backward_transfer(A) == pytest.approx(((0.55 - 0.60) + (0.70 - 0.90)) / 2)
     assert metrics.plasticity(A) == pytest.approx((0.60 + 0.90 + 0.40) / 3)
-    assert metrics.upstream_drop(A) == pytest.approx(0.60 - 0.80)
+    assert metrics.upstream_change(A) == pytest.approx(0.60 - 0.80)  # negative: upstream accuracy was lost
     reference = [nan, 0.50, 0.95, 0.40]  # e.g. the linear probe's accuracies right after each task
     assert metrics.forward_transfer(A, reference) == pytest.approx((0.10 + -0.05 + 0.0) / 3)
 

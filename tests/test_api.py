@@ -53,7 +53,7 @@ def test_load_sweep_is_one_dataframe_and_report_writes_the_page(random_backbones
     run_sweep(load_sweep(path), quiet=True, log=lambda message: None)
     table = forgetlab.load_sweep(tmp_path / "runs" / "tiny")
     assert sorted(table.index) == ["rank1", "rank2"] and set(table["config.method.rank"]) == {1, 2}
-    assert {"average_accuracy", "upstream_drop", "backbone", "seed"} <= set(table.columns)
+    assert {"average_accuracy", "upstream_change", "backbone", "seed"} <= set(table.columns)
     page = forgetlab.report(tmp_path / "runs" / "tiny", out=tmp_path / "report", permutations=50)
     assert page.name == "report.html" and "rank1" in page.read_text()
 

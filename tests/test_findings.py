@@ -48,7 +48,10 @@ def test_the_rank_finding_states_its_n_and_claims_a_direction_only_when_a_test_s
     runs = [FakeRun("vit", r, a) for r, a in ((1, 0.80), (1, 0.78), (4, 0.60), (4, 0.62), (16, 0.30), (16, 0.35))]
     runs += [FakeRun("vit-one-seed", r, a) for r, a in ((1, 0.80), (4, 0.60), (16, 0.30))]
     runs += [FakeRun("resnet", 4, 0.85)]  # one rank: no finding (the figure's caption names it)
-    sentence, one_seed = rank_findings(runs)  # sorted by backbone
+    runs += [FakeRun("two", 1, 0.8), FakeRun("two", 4, 0.7)]  # two runs: no correlation at all
+    two, sentence, one_seed = rank_findings(runs)  # sorted by backbone
+    assert two == ("On two, too few runs to tell how LoRA rank changes forgetting (2 runs at 2 ranks, one seed each: no "
+                   "correlation, interval or test); upstream accuracy 80.0 % at rank 1 and 70.0 % at rank 4.")  # fmt: skip
     assert sentence.startswith("On vit, a higher LoRA rank forgets more of the upstream task")
     rho = spearman([1, 1, 4, 4, 16, 16], [0.80, 0.78, 0.60, 0.62, 0.30, 0.35])
     assert f"{rho:+.2f}" in sentence and "6 runs at 3 ranks, 2 seeds each" in sentence

@@ -192,7 +192,91 @@ def test_a_contextual_finding_below_the_minimum_of_forgotten_images_gives_no_p_v
     make_run(tmp_path, "one-image", forgotten=(1, 0, 0, 0, 0, 0))
     for seed in (0, 1):  # another setting: many forgotten images, most of them of the most similar class
         make_run(tmp_path, f"many-{seed}", overrides=[f"seed={seed}", "train.epochs=2"], forgotten=(2, 2, 2, 2, 2, 10))
-    many, few = contextual_findings(contextual_rows(find_runs([tmp_path]), permutations=200))  # sorted by setting
+    make_run(tmp_path, "nothing", overrides=["train.epochs=3"], forgotten=(0,) * 6)
+    many, nothing, few = contextual_findings(contextual_rows(find_runs([tmp_path]), permutations=200))  # sorted by setting
+    assert nothing.endswith("(train.epochs=3) after its first task (fontfamily, domain car.n.01): no test: no upstream image was "
+                            "forgotten in its one run.")  # fmt: skip
     assert few.startswith("Contextual forgetting on offline_vit lora (train.epochs=") and "p <" not in few and "p =" not in few
     assert f"no test: its one run forgot 1 upstream image, fewer than the {MIN_FORGOTTEN_IMAGES} a test needs" in few
     assert "in 2 of 2 runs (20 forgotten images each)" in many and "difference is +0.200 in each" in many
+
+
+# ------------------------------------------------------------------------------ issue 21, part 2: what the report says
+def test_the_report_names_its_mode_defines_its_metrics_and_draws_nothing_of_nothing(tmp_path, similarity):
+    from forgetlab.errors import ForgetlabError
+    from forgetlab.single_adapter import single_prediction_path
+
+    # rank16 is the run whose classes are drawn; its single-adapter model forgot nothing.
+    for rank in (1, 16):
+        path = make_run(tmp_path / "sweep", f"rank{rank}", overrides=[f"method.rank={rank}"], rows=rows(0.7, 0.6))
+        labels = np.repeat(np.arange(len(CLASSES)), 10)
+        for phase in (1, 2):
+            predictions = labels.copy()
+            if rank == 1 or phase == 2:
+                predictions[:25] = 5  # 20 images of classes 0 and 1 (and 2) are forgotten
+            write_npz(single_prediction_path(RunFolder(path), phase), predictions=predictions, labels=labels)
+    out = tmp_path / "report"
+    write_report([tmp_path / "sweep"], out, permutations=50, after="single", similarity="tokens", log=lambda message: None)
+    page, markdown = (out / "report.html").read_text(), (out / "report.md").read_text()
+    # Which mode made the numbers: in the headings, the captions and the findings.
+    assert "<h2>Contextual forgetting (--after single, --similarity tokens)</h2>" in page
+    assert "Which upstream classes are forgotten (paper 1, figures 3-4; --after single, --similarity tokens)" in page
+    assert "pretrained backbone plus only that task&#x27;s adapter" in page and "paper 1&#x27;s token matching" in page
+    assert "(fontfamily, domain car.n.01; --after single, --similarity tokens)" in markdown
+    # A run that forgot nothing gets a sentence, not a figure titled 'nan'.
+    assert not list((out / "figures").glob("forgotten_*")) and not list((out / "figures").glob("similarity_*"))
+    assert ("rank16 forgot no upstream test image after fontfamily (0 of the 60 right before; --after single, "
+            "--similarity tokens): no forgotten-classes or similarity figure is drawn for it.") in markdown
+    # The glossary defines every column of the metrics table, with its sign.
+    metrics_header = re.search(r"\| run \| backbone \| method \| seed \| tasks \| (.*) \|\n", markdown).group(1).split(" | ")
+    glossary = dict(re.findall(r"^- \*\*(.+?)\*\*: (.*)$", markdown, flags=re.M))
+    assert set(metrics_header) <= set(glossary), set(metrics_header) - set(glossary)
+    assert "negative means upstream knowledge was forgotten" in glossary["upstream change"]
+    assert "positive means accuracy was lost" in glossary["avg forgetting"] and "negative means" in glossary["BWT"]
+    assert "| rank1 | offline_vit | lora r=1 | 0 | 2/2 | 60.00 | 0.00 | 0.00 |  | 60.00 | 70.00 | -10.00 |" in markdown
+    # Why FWT is empty, and the run that would fill it.
+    assert ("FWT vs linear is empty for rank1, rank16: no linear-probe run (method.name=linear) with the same backbone, data and "
+            "seed is among the runs given; e.g. for rank1: 'forgetlab run method.name=linear backbone.name=offline_vit "
+            "data.tasks=[fontfamily, digits] seed=0'") in markdown
+    with pytest.raises(ForgetlabError, match="unknown report mode --after both"):
+        write_report([tmp_path / "sweep"], tmp_path / "other", after="both")
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_similarity_figure_of_no_forgotten_image_is_refused_and_a_few_get_no_p_value():
+    from forgetlab.analysis.contextual import contextual_forgetting
+
+    labels = np.repeat(np.arange(6), 10)
+    nothing = contextual_forgetting(labels, labels, labels, SIMILARITY, permutations=20)
+    with pytest.raises(ValueError, match="no upstream image was forgotten"):
+        figures.similarity_figure(nothing, "car.n.01", "t")
+    after = labels.copy()
+    after[:3] = 5
+    few = contextual_forgetting(labels, after, labels, SIMILARITY, permutations=20)
+    figure = figures.similarity_figure(few, "car.n.01", "t", min_forgotten=20, similarity="tokens")
+    assert "no test: 3 forgotten, fewer than 20" in figure.axes[0].get_title() and "p =" not in figure.axes[0].get_title()
+    assert figure.axes[0].get_xlabel() == "Wu-Palmer similarity to car.n.01 (class-name tokens)"
+
+
+def test_one_counting_rule_for_the_share_of_the_backbone():
+    """The frozen upstream head is not part of the backbone: anatomy's 1000-class random head and a
+    run's 36-class head give the same share (issue 21: 0.917 % against 1.011 % for LoRA r=4)."""
+    import torch
+
+    from forgetlab.config import method_config_from_dict
+    from forgetlab.methods.base import build_method
+    from forgetlab.models.multihead import MultiHeadModel
+    from forgetlab.train import backbone_parameters
+    from tests.conftest import random_backbone
+
+    counts = {}
+    for classes in (36, 1000):
+        for name in ("lora", "full"):
+            torch.manual_seed(0)
+            model = MultiHeadModel(random_backbone("offline_vit", num_classes=classes))
+            model.add_head("task", 10)
+            build_method(method_config_from_dict({"name": name, **({"rank": 4} if name == "lora" else {})})).prepare(model, "task")
+            model.upstream_head.requires_grad_(False)  # as a run and anatomy do
+            counts[(classes, name)] = backbone_parameters(model)
+    assert counts[(36, "lora")] == counts[(1000, "lora")] == (12_288, 1_198_592 + 12_288)  # 6 qkv layers x 4 x (128 + 384)
+    assert counts[(36, "full")] == counts[(1000, "full")] == (1_198_592, 1_198_592)  # full fine-tuning is 100 %

@@ -6,7 +6,7 @@
     run = forgetlab.run("my.yaml", train__epochs=2)
     run = forgetlab.run(preset="paper1-vit", data__root="/data")
     run.matrix                 # DataFrame: rows = training phases, columns = tasks (upstream first)
-    run.metrics                # average accuracy, forgetting, BWT, plasticity, upstream drop
+    run.metrics                # average accuracy, forgetting, BWT, plasticity, upstream change
     run.predictions(1)         # upstream predictions and labels after phase 1
     table = forgetlab.load_sweep("runs/demo-rank-sweep")    # a row per cell: grid values, config, metrics
     forgetlab.report(["runs/demo-rank-sweep"], out="runs/report")

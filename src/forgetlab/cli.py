@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the HTML report and Markdown summary of runs and sweeps",
         description="Turn run folders, sweep folders or folders of them into report.html (self-contained), "
         "report.md and figures/*.png|svg: forgetting metrics, accuracy against LoRA rank, the most forgotten "
-        "upstream classes and the contextual-forgetting test.",
+        "upstream classes and the contextual-forgetting test. Its headings and captions name the --after and "
+        "--similarity mode, and it ends with a glossary of every metric and its sign.",
     )
     report.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
     report.add_argument("--out", help="output folder (default: PATH/report for one path, else ./report)")

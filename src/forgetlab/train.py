@@ -71,8 +71,12 @@ def count_parameters(parameters: Sequence[nn.Parameter]) -> int:
 
 
 def backbone_parameters(model) -> tuple[int, int]:
-    """``(trainable, all)`` parameters of ``model.backbone``, each once: what ``tasks.json`` records."""
-    backbone = list(dict.fromkeys(model.backbone.parameters()))
+    """``(trainable, all)`` parameters of ``model.backbone`` without its upstream classifier
+    (``get_classifier()``: frozen, evaluated, never trained), each once: what ``tasks.json`` records
+    and ``forgetlab anatomy`` prints, so a method's share of the backbone does not depend on how many
+    upstream classes the head happens to have (LoRA r=4 on offline_vit: 12,288 of 1,198,592)."""
+    head = {id(p) for p in model.upstream_head.parameters()}
+    backbone = [p for p in dict.fromkeys(model.backbone.parameters()) if id(p) not in head]
     return count_parameters([p for p in backbone if p.requires_grad]), count_parameters(backbone)
 
 

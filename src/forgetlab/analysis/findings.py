@@ -106,10 +106,14 @@ def rank_findings(runs) -> list[str]:
         counted = f"{n} runs at {len(ranks)} ranks, {_seeds(per_rank)}"
         at = {r: 100 * np.mean([a for rank, a in pairs if rank == r]) for r in (ranks[0], ranks[-1])}
         endpoints = f"upstream accuracy {at[ranks[0]]:.1f} % at rank {ranks[0]} and {at[ranks[-1]]:.1f} % at rank {ranks[-1]}"
-        rho = spearman(x, y)
-        if math.isnan(rho):
+        if np.ptp(y) == 0:
             sentences.append(f"On {group.label}, final upstream accuracy is the same at every LoRA rank ({counted}): {endpoints}.")
             continue
+        if n < 3:
+            sentences.append(f"On {group.label}, too few runs to tell how LoRA rank changes forgetting ({counted}: no correlation, "
+                             f"interval or test); {endpoints}.")  # fmt: skip
+            continue
+        rho = spearman(x, y)
         p = spearman_permutation_p(x, y) if n >= MIN_RUNS_FOR_TEST else math.nan
         if math.isnan(p):
             evidence = f"{counted}: no interval or test, which need at least {MIN_RUNS_FOR_TEST} runs"
@@ -141,18 +145,22 @@ def _contextual_groups(rows) -> list[tuple[str, list]]:
     return [(labels[key], groups[key]) for key in sorted(groups)]
 
 
-def contextual_findings(rows) -> list[str]:
+def contextual_findings(rows, mode: str = "") -> list[str]:
+    """``mode``: what produced the rows (``--after sequence, --similarity synset``), named in each sentence."""
     sentences = []
     for label, members in _contextual_groups(rows):
         first = members[0]
         tested = [r for r in members if r.test.forgotten >= MIN_FORGOTTEN_IMAGES]
         few = [r for r in members if r.test.forgotten < MIN_FORGOTTEN_IMAGES]
-        where = f"Contextual forgetting on {label} after its first task ({first.task}, domain {first.domain})"
+        where = f"Contextual forgetting on {label} after its first task ({first.task}, domain {first.domain}{'; ' + mode if mode else ''})"
         if not tested:
             most = max(r.test.forgotten for r in few)
-            who = f"each of the {len(few)} runs forgot at most" if len(few) > 1 else "its one run forgot"
-            sentences.append(f"{where}: no test: {who} {most} upstream image{'s' if most != 1 else ''}, fewer than the "
-                             f"{MIN_FORGOTTEN_IMAGES} a test needs.")  # fmt: skip
+            if most == 0:
+                what = f"no upstream image was forgotten in {'any of its ' + str(len(few)) + ' runs' if len(few) > 1 else 'its one run'}"
+            else:
+                who = f"each of its {len(few)} runs forgot at most" if len(few) > 1 else "its one run forgot"
+                what = f"{who} {most} upstream image{'s' if most != 1 else ''}, fewer than the {MIN_FORGOTTEN_IMAGES} a test needs"
+            sentences.append(f"{where}: no test: {what}.")
             continue
         significant = [r for r in tested if r.test.p_value < ALPHA and r.test.difference > 0]
         differences = [r.test.difference for r in tested]
@@ -233,6 +241,6 @@ def method_findings(table: list[dict]) -> list[str]:
     return sentences
 
 
-def findings(runs, contextual_rows, paper2_table) -> list[str]:
-    """Every finding sentence, rank first."""
-    return rank_findings(runs) + contextual_findings(contextual_rows) + method_findings(paper2_table)
+def findings(runs, contextual_rows, paper2_table, mode: str = "") -> list[str]:
+    """Every finding sentence, rank first; ``mode`` names how the contextual rows were made."""
+    return rank_findings(runs) + contextual_findings(contextual_rows, mode) + method_findings(paper2_table)

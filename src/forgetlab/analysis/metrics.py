@@ -18,8 +18,14 @@ FWT                 ``mean_j (a[f(j), j] - b[j])`` against a named reference ``b
                     of the pretrained backbone: what the updated backbone gains for new tasks; paper 1's
                     forward transfer). With task-incremental heads ``a[j-1, j]`` does not exist, so GEM's
                     definition does not apply.
-upstream drop       ``a[T, 0] - a[0, 0]``, the change of the pretraining task's accuracy
+upstream change     ``a[T, 0] - a[0, 0]``, final minus pretrained accuracy on the pretraining task:
+                    negative when upstream knowledge is forgotten, positive when it is gained (called
+                    ``upstream_drop`` before, with the same sign, which its name hid)
 =================== =====================================================================================
+
+Signs, so that no table needs guessing: average forgetting is positive when accuracy was lost; BWT
+and the upstream change are negative when accuracy was lost; FWT is positive when the updated
+backbone learns a task better than the reference.
 
 With every task trained once these are the textbook formulas (``f(j) = l(j) = j``). In paper 1's long
 setting (each task trained twice, on two halves of its samples) the second pass's gain on a task shows
@@ -109,7 +115,8 @@ def forward_transfer(a: np.ndarray, reference, trained: Sequence[int] | None = N
     return _mean(value - reference[j] for j, value in first_accuracies(a, trained).items() if j < len(reference))
 
 
-def upstream_drop(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
+def upstream_change(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
+    """Final minus pretrained upstream accuracy: negative is forgetting, positive a gain."""
     return float(a[_final(a), 0] - a[0, 0])
 
 
@@ -118,7 +125,7 @@ METRICS = {
     "average_forgetting": average_forgetting,
     "backward_transfer": backward_transfer,
     "plasticity": plasticity,
-    "upstream_drop": upstream_drop,
+    "upstream_change": upstream_change,
 }
 
 

@@ -95,17 +95,20 @@ def most_forgotten_figure(changes: ClassChanges, class_labels: list[str], title:
     return figure
 
 
-def similarity_figure(test: ContextualTest, domain: str, title: str):
-    """Paper 1, figure 4: Wu-Palmer similarity to the task's domain of the forgotten images and of all
-    upstream test images (classes weighted by image counts), with the permutation test."""
+def similarity_figure(test: ContextualTest, domain: str, title: str, *, min_forgotten: int = 1, similarity: str = "synset"):
+    """Paper 1, figure 4: similarity to the task's domain of the forgotten images and of all upstream
+    test images (classes weighted by image counts), with the permutation test; below
+    ``min_forgotten`` forgotten images the title says there is no test instead of a p-value.
+    ``similarity`` names the measure on the x axis ('synset' or 'tokens'). Raises ``ValueError`` when
+    no image was forgotten: there is nothing to draw (the report says so in words)."""
+    if test.forgotten == 0:
+        raise ValueError("no upstream image was forgotten: no similarity figure to draw")
     figure, axis = plt.subplots(figsize=(6.5, 3.6))
     bins = np.linspace(0, 1, 21)
     for weights, label, colour in [
         (test.images_per_class, "all upstream test images", "#7f7f7f"),
         (test.forgotten_per_class, "forgotten images", "#d62728"),
     ]:
-        if weights.sum() == 0:
-            continue
         axis.hist(test.similarity, bins=bins, weights=weights, density=True, alpha=0.45, color=colour, label=label)
         if len(np.unique(test.similarity[weights > 0])) >= 5:  # a density of a few distinct values misleads
             from scipy.stats import gaussian_kde
@@ -113,11 +116,14 @@ def similarity_figure(test: ContextualTest, domain: str, title: str):
             grid = np.linspace(0, 1, 200)
             kde = gaussian_kde(test.similarity, weights=weights.astype(float))
             axis.plot(grid, kde(grid), color=colour)
-    axis.set_xlabel(f"Wu-Palmer similarity to {domain}")
+    measure = "class synset" if similarity == "synset" else "class-name tokens"
+    axis.set_xlabel(f"Wu-Palmer similarity to {domain} ({measure})")
     axis.set_ylabel("density")
+    tested = (f"permutation p = {test.p_value:.2g}" if test.forgotten >= min_forgotten
+              else f"no test: {test.forgotten} forgotten, fewer than {min_forgotten}")  # fmt: skip
     axis.set_title(
         f"{title}\nmean forgotten {test.mean_forgotten:.3f} vs all {test.mean_all:.3f} "
-        f"(difference {test.difference:+.3f}, permutation p = {test.p_value:.2g})",
+        f"(difference {test.difference:+.3f}, {tested})",
         fontsize=9,
     )
     axis.legend(fontsize=8)

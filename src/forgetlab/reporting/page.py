@@ -18,6 +18,7 @@ from forgetlab.analysis.groups import rank_groups
 from forgetlab.analysis.labels import class_labels, file_keys, run_labels
 from forgetlab.analysis.perclass import ClassChanges, class_changes, most_forgotten
 from forgetlab.analysis.tables import paper2_table, rows_to_csv, run_row
+from forgetlab.errors import ForgetlabError
 from forgetlab.reporting import figures
 from forgetlab.results import atomic_write_bytes, atomic_write_text
 from forgetlab.runtime import progress
@@ -53,8 +54,46 @@ def _save(figure, key: str, caption: str, folder: Path) -> Figure:
     return Figure(key, caption, buffers["png"])
 
 
-AFTER_MODES = ("sequence", "single")
-SIMILARITY_MODES = ("synset", "tokens")
+AFTER_MODES = {
+    "sequence": "each task's upstream predictions are compared with those of the model right before it in the sequence",
+    "single": "each task's upstream predictions are those of the pretrained backbone plus only that task's adapter, "
+              "compared with the pretrained model's (paper 1's figures 3-5)",
+}  # fmt: skip
+SIMILARITY_MODES = {
+    "synset": "Wu-Palmer similarity of each class's WordNet synset to the task's domain concept",
+    "tokens": "paper 1's token matching: every word of every class name against every sense of the domain word "
+              "(best Wu-Palmer match per word, averaged)",
+}  # fmt: skip
+
+
+def mode_line(after: str, similarity: str) -> str:
+    """What produced the contextual-forgetting numbers, for the report's headings and captions."""
+    return f"--after {after}: {AFTER_MODES[after]}; --similarity {similarity}: {SIMILARITY_MODES[similarity]}"
+
+
+# Every metric of the report, with its sign (issue 21: a column's sign must never be guessed).
+GLOSSARY = [
+    ("avg acc", "mean final accuracy over the downstream tasks; higher is better"),
+    ("avg forgetting", "per task trained before the last, its best accuracy since training minus its final accuracy, "
+                       "averaged; positive means accuracy was lost; needs two tasks done"),
+    ("BWT", "backward transfer: final accuracy minus the accuracy right after the task's (last) training, averaged over "
+            "the tasks before the last; negative means accuracy was lost; needs two tasks done"),
+    ("FWT vs linear", "forward transfer: accuracy right after first training a task minus that of the linear probe "
+                      "(method.name=linear) with the same backbone, data and seed; positive means the updated backbone "
+                      "learns new tasks better; empty without such a run"),
+    ("plasticity", "mean accuracy right after each task's training"),
+    ("upstream", "final accuracy on the pretraining (upstream) task"),
+    ("upstream change", "final minus pretrained upstream accuracy (upstream_change; upstream_drop before, same sign); "
+                        "negative means upstream knowledge was forgotten, positive that it was gained"),
+    ("downstream (mean of tasks)", "methods table: mean final accuracy over the downstream tasks; mean: the average "
+                                   "of downstream and upstream"),
+    ("mean sim. forgotten / all, difference", "mean similarity to the task's domain of the forgotten upstream test "
+                                              "images (right before the task, wrong after) and of all of them; "
+                                              "difference = forgotten minus all, positive means forgetting is "
+                                              "closer to the task's domain"),
+    ("p (permutation)", "one-sided: how often a random set of as many images, drawn from those right before the task, "
+                        "is at least as similar; only with at least 20 forgotten images"),
+]  # fmt: skip
 
 
 def contextual_rows(runs: list[RunResult], permutations: int, after: str = "sequence", similarity: str = "synset") -> list[ContextualRow]:
@@ -93,7 +132,7 @@ def contextual_rows(runs: list[RunResult], permutations: int, after: str = "sequ
 
 def focus_runs(runs: list[RunResult]) -> list[RunResult]:
     """Per backbone, the run whose per-class forgetting is drawn: the highest LoRA rank (paper 1 used
-    its largest), lowest seed; without LoRA runs, the one with the largest upstream drop."""
+    its largest), lowest seed; without LoRA runs, the one whose upstream accuracy fell most in its first task."""
     chosen = []
     for backbone in dict.fromkeys(run.backbone for run in runs):
         candidates = [r for r in runs if r.backbone == backbone and r.completed >= 1]
@@ -158,30 +197,52 @@ def _dropped_groups(groups) -> str:
     return f" Not drawn, one rank only: {'; '.join(single)}." if single else ""
 
 
-def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list[dict] | None = None) -> dict[str, tuple[list[str], list[list[str]]]]:
+def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list[dict] | None = None, after: str = "sequence",
+            similarity: str = "synset") -> dict[str, tuple[list[str], list[list[str]], list[str]]]:  # fmt: skip
+    """Heading -> (header, rows, notes): the notes say why a column is empty and which mode made it."""
     paper2 = paper2_table(runs) if paper2 is None else paper2
     label = dict(zip(map(id, runs), run_labels(runs)))
     rows = [run_row(run, runs, label[id(run)]) for run in runs]
     return {
         "Methods (paper 2's table: final accuracies, mean ± std over seeds; rows of different settings are not comparable)": (
-            _without_empty(["backbone", "setting", "method", "trainable params", "tasks", "seeds", "downstream (mean of tasks)", "upstream", "mean", "runs"],
+            *_without_empty(["backbone", "setting", "method", "trainable params", "tasks", "seeds", "downstream (mean of tasks)", "upstream", "mean", "runs"],
             [[r["backbone"], r["setting"], r["method"], f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else "",
               f"{r['completed']}/{r['total']}", str(len(r["runs"])), _mean_std(r["downstream"]), _mean_std(r["upstream"]),
-              _mean_std(r["mean"]), _names(r["runs"])] for r in paper2], "setting")
+              _mean_std(r["mean"]), _names(r["runs"])] for r in paper2], "setting"),
+            [],
         ),  # fmt: skip
         "Forgetting metrics per run (percentage points)": (
-            ["run", "backbone", "method", "seed", "tasks", "avg acc", "avg forgetting", "BWT", "FWT vs linear", "plasticity", "upstream", "upstream drop"],
+            ["run", "backbone", "method", "seed", "tasks", "avg acc", "avg forgetting", "BWT", "FWT vs linear", "plasticity", "upstream", "upstream change"],
             [[r["run"], r["backbone"], r["method"], str(r["seed"]), f"{r['completed_tasks']}/{r['total_tasks']}",
               _percent(r["average_accuracy"]), _percent(r["average_forgetting"]), _percent(r["backward_transfer"]),
               _percent(r.get("forward_transfer")), _percent(r["plasticity"]), _percent(r["upstream_final"]),
-              _percent(r["upstream_drop"])] for r in rows],
+              _percent(r["upstream_change"])] for r in rows],
+            _empty_metric_notes(rows),
         ),  # fmt: skip
-        "Contextual forgetting (Wu-Palmer similarity of forgotten upstream images to the task's domain)": (
+        f"Contextual forgetting (--after {after}, --similarity {similarity})": (
             ["run", "after task", "domain", "forgotten images", "mean sim. forgotten", "mean sim. all", "difference", "p (permutation)"],
             [[label[id(c.run)], c.task, c.domain, str(c.test.forgotten), _number(c.test.mean_forgotten, "{:.3f}"), _number(c.test.mean_all, "{:.3f}"),
               _number(c.test.difference, "{:+.3f}"), _contextual_p(c.test)] for c in contextual],
+            [f"Mode: {mode_line(after, similarity)}."] if contextual else [],
         ),  # fmt: skip
     }
+
+
+def _empty_metric_notes(rows: list[dict]) -> list[str]:
+    """Why a metric column is empty for some runs, naming the run that would fill it."""
+    notes = []
+    missing = [r for r in rows if "forward_transfer" not in r]  # run_row adds it when a reference run exists
+    if missing:
+        example = missing[0]
+        tasks = ", ".join(example["config.data.tasks"])
+        notes.append(f"FWT vs linear is empty for {_names([r['run'] for r in missing])}: no linear-probe run (method.name=linear) "
+                     f"with the same backbone, data and seed is among the runs given; e.g. for {example['run']}: 'forgetlab run "
+                     f"method.name=linear backbone.name={example['backbone']} data.tasks=[{tasks}] seed={example['seed']}' "
+                     "with its other data settings, then report both.")  # fmt: skip
+    single = [r["run"] for r in rows if _percent(r["average_forgetting"]) == "" and r["completed_tasks"] < 2]
+    if single:
+        notes.append(f"avg forgetting and BWT are empty for {_names(single)}: they need two tasks done.")
+    return notes
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -211,6 +272,8 @@ figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 figcaption { font-size: 0.8em; color: #555; max-width: 600px; }
 img { max-width: 100%; }
 ul.findings li { margin: 0.4em 0; line-height: 1.4; }
+p.note { font-size: 0.85em; color: #555; max-width: 1000px; }
+dl.glossary dt { font-weight: bold; margin-top: 0.4em; } dl.glossary dd { margin-left: 1.5em; font-size: 0.9em; }
 """
 # Marks the page once every figure has decoded, so a headless browser can check the page.
 _CHECK_SCRIPT = """
@@ -225,13 +288,18 @@ window.addEventListener('load', function () {
 def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: int = 10_000, after: str = "sequence",
                  similarity: str = "synset", log=print) -> Path:  # fmt: skip
     """Write ``report.html``, ``report.md`` and ``figures/*.png|svg`` for the runs under ``paths``
-    (``after`` and ``similarity``: see :func:`contextual_rows`)."""
+    (``after`` and ``similarity``: see :func:`contextual_rows`; the report names them where they
+    change a number). Raises :class:`~forgetlab.errors.ForgetlabError` for an unknown mode and
+    :class:`~forgetlab.errors.DataError` for a folder without runs, before anything is written."""
+    if after not in AFTER_MODES or similarity not in SIMILARITY_MODES:
+        raise ForgetlabError(f"unknown report mode --after {after} --similarity {similarity}; use --after "
+                             f"{'|'.join(AFTER_MODES)} and --similarity {'|'.join(SIMILARITY_MODES)}")  # fmt: skip
     runs = find_runs(paths)
     contextual = contextual_rows(runs, permutations, after, similarity)  # before anything is written: it may refuse
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    sections: list[tuple[str, list[Figure]]] = []
+    sections: list[tuple[str, list[Figure], list[str]]] = []  # heading, figures, notes
 
     groups = rank_groups(runs)
     curves = figures.rank_curves(groups)
@@ -239,55 +307,77 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
         sections.append(("Accuracy against LoRA rank (paper 1, figures 1-2)", [
             _save(curves, "rank_curves", "Final upstream accuracy (left) and first-task accuracy (right) against LoRA rank, "
                   "one curve per group of runs that differ only in rank and seed, labelled by what else differs; "
-                  "bars: standard deviation over seeds." + _dropped_groups(groups), figure_dir)]))  # fmt: skip
+                  "bars: standard deviation over seeds." + _dropped_groups(groups), figure_dir)], []))  # fmt: skip
     label = dict(zip(map(id, runs), run_labels(runs)))
     key = dict(zip(map(id, runs), file_keys(list(label.values()))))
-    per_class, class_tables = [], {}
+    mode = f"--after {after}, --similarity {similarity}"
+    per_class, class_tables, empty = [], {}, []
     for run in focus_runs(runs):
         names = class_labels(run.upstream)  # unique: ImageNet's two cranes are two rows
-        before, after = run.predictions(0), run.predictions(1)
-        changes = class_changes(before["predictions"], after["predictions"], before["labels"], len(names))
+        before = run.predictions(0)
+        if after == "single":
+            from forgetlab.single_adapter import read_single_predictions
+
+            later = read_single_predictions(run.folder, 1)["predictions"]
+        else:
+            later = run.predictions(1)["predictions"]
+        changes = class_changes(before["predictions"], later, before["labels"], len(names))
         task = run.matrix.phases[0]
+        if changes.forgotten.sum() == 0:  # a figure of nothing, titled 'nan', misleads: say it instead
+            right = int((changes.forgotten + changes.retained).sum())
+            empty.append(f"{label[id(run)]} forgot no upstream test image after {task} (0 of the {right} right before; "
+                         f"{mode}): no forgotten-classes or similarity figure is drawn for it.")  # fmt: skip
+            continue
         per_class.append(_save(figures.most_forgotten_figure(changes, names, f"{label[id(run)]}: most forgotten after {task}"),
                                f"forgotten_{key[id(run)]}", f"The 20 upstream classes with most test images forgotten by "
-                               f"{label[id(run)]} after {task} (right before, wrong after).", figure_dir))  # fmt: skip
+                               f"{label[id(run)]} after {task} (right before, wrong after; --after {after}).", figure_dir))  # fmt: skip
         class_rows = forgotten_classes_rows(changes, names, run.upstream)
-        class_tables[f"Most forgotten upstream classes: {label[id(run)]} after {task}"] = (FORGOTTEN_HEADER, class_rows)
+        class_tables[f"Most forgotten upstream classes: {label[id(run)]} after {task} (--after {after})"] = (FORGOTTEN_HEADER, class_rows, [])
         atomic_write_text(figure_dir / f"forgotten_{key[id(run)]}.csv", rows_to_csv([dict(zip(FORGOTTEN_HEADER, r)) for r in class_rows]))
         for row in contextual:
             if row.run is run and row.task == task:
-                per_class.append(_save(figures.similarity_figure(row.test, row.domain, f"{label[id(run)]} after {task}"),
-                                       f"similarity_{key[id(run)]}", "Similarity to the task's domain of forgotten vs all "
-                                       "upstream test images; one-sided permutation test of the forgotten images' mean.",
-                                       figure_dir))  # fmt: skip
-    if per_class:
-        sections.append(("Which upstream classes are forgotten (paper 1, figures 3-4)", per_class))
+                per_class.append(_save(figures.similarity_figure(row.test, row.domain, f"{label[id(run)]} after {task} ({mode})",
+                                                                 min_forgotten=MIN_FORGOTTEN_IMAGES, similarity=similarity),
+                                       f"similarity_{key[id(run)]}", f"Similarity to the task's domain of forgotten vs all "
+                                       f"upstream test images; one-sided permutation test of the forgotten images' mean. "
+                                       f"Mode: {mode_line(after, similarity)}.", figure_dir))  # fmt: skip
+    if per_class or empty:
+        sections.append((f"Which upstream classes are forgotten (paper 1, figures 3-4; {mode})", per_class, empty))
     heatmaps = [_save(figures.matrix_heatmap(run, label[id(run)]), f"matrix_{key[id(run)]}", f"Accuracy matrix of {label[id(run)]}.",
                       figure_dir) for run in runs[:MAX_HEATMAPS]]  # fmt: skip
-    sections.append((f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps))
+    sections.append((f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps, []))
 
     from forgetlab.analysis.findings import findings
 
     paper2 = paper2_table(runs)
-    tables = {**_tables(runs, contextual, paper2), **class_tables}
-    sentences = findings(runs, contextual, paper2)
+    tables = {**_tables(runs, contextual, paper2, after, similarity), **class_tables}
+    sentences = findings(runs, contextual, paper2, mode=mode)
     title = f"forgetlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}"
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>From: {html.escape(', '.join(map(str, paths)))}</p>"]
-    markdown = [f"# {title}", "", f"From: {', '.join(map(str, paths))}", ""]
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>From: {html.escape(', '.join(map(str, paths)))}</p>",
+            f"<p>Contextual forgetting: {html.escape(mode_line(after, similarity))}.</p>"]  # fmt: skip
+    markdown = [f"# {title}", "", f"From: {', '.join(map(str, paths))}", "", f"Contextual forgetting: {mode_line(after, similarity)}.", ""]
     if sentences:  # the first screen: what the runs show, then the figures, then the tables
         body += ["<h2>Findings</h2>", "<ul class='findings'>", *[f"<li>{html.escape(s)}</li>" for s in sentences], "</ul>"]
         markdown += ["## Findings", "", *[f"- {s}" for s in sentences], ""]
-    for heading, items in sections:
+    for heading, items, notes in sections:
         body.append(f"<h2>{html.escape(heading)}</h2>")
         markdown += [f"## {heading}", ""]
+        for note in notes:
+            body.append(f"<p class='note'>{html.escape(note)}</p>")
+            markdown += [note, ""]
         for item in items:
             data = base64.b64encode(item.png).decode()
             body.append(f'<figure><img alt="{html.escape(item.key)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{html.escape(item.caption)}</figcaption></figure>")  # fmt: skip
             markdown += [f"![{item.caption}](figures/{item.key}.png)", ""]
-    for heading, (header, rows) in tables.items():
-        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
-        markdown += [f"## {heading}", "", _markdown_table(header, rows), ""]
+    for heading, (header, rows, notes) in tables.items():
+        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows), *[f"<p class='note'>{html.escape(n)}</p>" for n in notes]]
+        markdown += [f"## {heading}", "", _markdown_table(header, rows), "", *[line for note in notes for line in (note, "")]]
+    body += ["<h2>Glossary</h2>", "<dl class='glossary'>",
+             *[f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in GLOSSARY], "</dl>",
+             "<p class='note'>Accuracies and metrics are in percent (percentage points for differences).</p>"]  # fmt: skip
+    markdown += ["## Glossary", "", *[f"- **{term}**: {text}." for term, text in GLOSSARY], "",
+                 "Accuracies and metrics are in percent (percentage points for differences).", ""]  # fmt: skip
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_STYLE}</style><script>{_CHECK_SCRIPT}</script></head><body>{''.join(body)}</body></html>"
