@@ -87,7 +87,7 @@ class DataConfig:
     cache_decoded: bool = option(False, "decode real images once into a memory-mapped uint8 cache under $FORGETLAB_HOME/decoded")
     eval_cache: str = option("auto", "keep the deterministic evaluation crops of each test set (and k-NN bank) in a memory-mapped uint8 "
                              "cache under $FORGETLAB_HOME/eval-crops, computed once and read by later evaluations, runs and sweep cells: "
-                             "'on', 'off' or 'auto' (image files on CUDA)")
+                             "'on', 'off' or 'auto' (image files on CUDA)", choices=("auto", "on", "off"))
     eval_cache_gb: float = option(16.0, "largest evaluation-crop cache written, in GB (ImageNet's 50,000 validation crops at 224 px: "
                                   "7.5 GB; a 1.28 M-image k-NN bank: 193 GB, so opt-in by raising this)")
     root: str | None = option(None, "folder of the real datasets (default: $FORGETLAB_DATA); see 'forgetlab data check'")
@@ -460,7 +460,6 @@ def validate(config: RunConfig) -> None:
         (0 <= config.seed < 2**32, "seed must be in 0..4294967295"),
         (config.data.max_train is None or config.data.max_train >= 1, "data.max_train must be at least 1 (or unset for all)"),
         (config.data.max_test is None or config.data.max_test >= 1, "data.max_test must be at least 1 (or unset for all)"),
-        (config.data.eval_cache in ("auto", "on", "off"), "data.eval_cache must be 'auto', 'on' or 'off'"),
         (config.data.eval_cache_gb >= 0, "data.eval_cache_gb must be at least 0"),
         (0 <= config.data.workers <= 256, "data.workers must be in 0..256"),
         (config.data.split_seed is None or 0 <= config.data.split_seed < 2**32, "data.split_seed must be in 0..4294967295"),
