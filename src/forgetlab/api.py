@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from forgetlab import config as config_module
 from forgetlab.results import RunFolder
 
 
 def _overrides(overrides: dict[str, Any]) -> list[str]:
-    return [f"{key.replace('__', '.')}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+    return [f"{key.replace('__', '.')}={config_module.dump_yaml(value, default_flow_style=True).strip().removesuffix('...').strip()}"
             for key, value in overrides.items()]  # fmt: skip
 
 

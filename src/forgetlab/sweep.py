@@ -134,7 +134,7 @@ def _flat_assignments(tree: dict, prefix: str = "") -> list[str]:
         if isinstance(value, dict) and value:
             assignments += _flat_assignments(value, f"{prefix}{key}.")
         else:
-            assignments.append(f"{prefix}{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+            assignments.append(f"{prefix}{key}={config_module.dump_yaml(value, default_flow_style=True).strip()}")
     return assignments
 
 
@@ -143,7 +143,7 @@ def _set(tree: dict, key: str, value) -> None:
     a mapping for ``method`` that names another method starts from that method's defaults (the base's
     method keys belong to the other method). Anything else replaces the value."""
     if not isinstance(value, dict):
-        config_module.apply_override(tree, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+        config_module.apply_override(tree, f"{key}={config_module.dump_yaml(value, default_flow_style=True).strip()}")
         return
     node = tree
     *parents, leaf = key.split(".")
@@ -306,7 +306,7 @@ def stored_differences(sweep: Sweep) -> list[str]:
         old = config_module.parse_yaml(stored.read_text())
     except (yaml.YAMLError, ConfigError) as error:
         raise ConfigError(f"{stored} is not readable YAML; delete it (the cells' run folders are checked on their own)") from error
-    return definition_differences(old, config_module.parse_yaml(yaml.safe_dump(sweep.definition())))
+    return definition_differences(old, config_module.parse_yaml(config_module.dump_yaml(sweep.definition())))
 
 
 def different_sweep_message(sweep: Sweep, differences: list[str]) -> str:
@@ -367,7 +367,7 @@ def run_sweep(sweep: Sweep, *, jobs: int | str = 1, quiet: bool = False, log: Ca
     differences = stored_differences(sweep)
     if differences:
         raise ConfigError(f"{different_sweep_message(sweep, differences)}; give the sweep another name or delete that folder")
-    atomic_write_text(stored, yaml.safe_dump(definition, sort_keys=False))
+    atomic_write_text(stored, config_module.dump_yaml(definition, sort_keys=False))
     status = {cell.name: "skipped" for cell in sweep.cells if cell_done(sweep, cell)}
     records = read_status(sweep)
     todo = [cell for cell in sweep.cells if cell.name not in status]

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
 
+from forgetlab.config import dump_yaml
 from forgetlab.errors import ConfigError, ForgetlabError
 
 DIED = "died"
@@ -121,7 +121,7 @@ class ProcessBackend:
     def _start(self, cell, slot: str | None, quiet: bool) -> subprocess.Popen:
         spec = self.folder / ".cells" / f"{cell.name}.yaml"
         spec.parent.mkdir(parents=True, exist_ok=True)
-        spec.write_text(yaml.safe_dump(cell.tree, sort_keys=False))
+        spec.write_text(dump_yaml(cell.tree, sort_keys=False))  # read back by YAML 1.2's rules
         env = dict(os.environ, FORGETLAB_THREADS=str(max(1, (os.cpu_count() or 1) // len(self.slots))))
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot

@@ -1,4 +1,4 @@
-"""The papers' datasets, read from the formats researchers hold them in (see PROTOCOLS.md).
+"""The papers' datasets, read from the formats researchers hold them in (see docs/PROTOCOL_paper1.md and docs/PROTOCOL_paper2.md).
 
 All live under one root (``data.root`` or ``$FORGETLAB_DATA``), each in the folder torchvision uses:
 
@@ -19,7 +19,7 @@ cub200          ``CUB_200_2011``             ``train_test_split.txt`` (5,994 / 5
                                              cropped to ``bounding_boxes.txt``; ``cub200:nocrop``: whole
 =============== ============================ =====================================================
 
-The default splits are those paper 1's code loads (PROTOCOLS.md); the others are variants by name.
+The default splits are those paper 1's code loads (docs/PROTOCOL_paper1.md); the others are variants by name.
 ImageNet's classes are its wnids in sorted order (the order of every timm ImageNet head), and each
 class's synset is its wnid. Downstream tasks name their domain's WordNet concept for the
 contextual-forgetting analysis (``car.n.01`` for Cars, ``airplane.n.01`` for Aircraft).
