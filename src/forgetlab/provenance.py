@@ -12,6 +12,7 @@ first log line when the mean and std were inferred rather than stated.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from forgetlab.results import file_sha256
 
@@ -31,15 +32,9 @@ def weights_file(backbone_config, model) -> Path | None:
     pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     if pretrained_cfg.get("file"):
         return Path(pretrained_cfg["file"])
-    if not pretrained_cfg.get("hf_hub_id"):
-        return None
-    from huggingface_hub import try_to_load_from_cache
+    from forgetlab.models.backbones import cached_hub_file
 
-    for filename in [pretrained_cfg.get("hf_hub_filename")] if pretrained_cfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]:
-        found = try_to_load_from_cache(pretrained_cfg["hf_hub_id"], filename)
-        if isinstance(found, str):
-            return Path(found)
-    return None
+    return cached_hub_file(SimpleNamespace(hf_hub_id=pretrained_cfg.get("hf_hub_id"), hf_hub_filename=pretrained_cfg.get("hf_hub_filename")))
 
 
 def inputs_record(config, backbone, preprocess) -> dict:

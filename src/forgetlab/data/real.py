@@ -1,4 +1,5 @@
-"""The papers' datasets, read from the formats researchers hold them in (see docs/PROTOCOL_paper1.md and docs/PROTOCOL_paper2.md).
+"""The papers' datasets, read from the formats researchers hold them in (see docs/PROTOCOL_paper1.md
+and docs/PROTOCOL_paper2.md).
 
 All live under one root (``data.root`` or ``$FORGETLAB_DATA``), each in the folder torchvision uses:
 
