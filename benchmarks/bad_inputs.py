@@ -75,7 +75,7 @@ def main() -> None:
         path.write_text(texts.example())
         tally[("YAML file", answer(["run", "--quiet", str(path), *overrides]))] += 1
         changed += {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"} != guarded
-    print(f"| input | answer | count |\n|---|---|---:|")
+    print("| input | answer | count |\n|---|---|---:|")
     for (kind, result), number in sorted(tally.items()):
         print(f"| {kind} | {result} | {number} |")
     print(f"\n{2 * count} commands; the guarded run folder changed after {changed} of them.")

@@ -52,7 +52,7 @@ def main() -> None:
             env,
         ),
     ]
-    print(f"| step | wall time | peak memory (max RSS so far) |\n|---|---|---|")
+    print("| step | wall time | peak memory (max RSS so far) |\n|---|---|---|")
     for label, seconds, peak in rows:
         print(f"| `{label}` | {seconds:.0f} s | {peak:.2f} GiB |")
 

@@ -66,7 +66,7 @@ def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
 
 def test_metrics_line_and_show_of_a_sweep_folder_read_the_matrix(tmp_path, capsys):
     from forgetlab.results import AccuracyMatrix, write_json
-    from forgetlab.summary import cells_table, metrics_line
+    from forgetlab.summary import metrics_line
 
     matrix = AccuracyMatrix(columns=["upstream", "a", "b"], values=[[0.7, None, None], [0.65, 0.8, None], [0.6, 0.75, 0.9]])
     assert metrics_line(matrix) == ("average accuracy 82.50%, forgetting +5.00 points, BWT -5.00 points, "

@@ -82,7 +82,7 @@ def test_upstream_classes_are_wordnet_synsets_in_two_groups():
         ancestors = {s for path in synset.hypernym_paths() for s in path}
         assert (clothing if group == "clothing" else letter) in ancestors or group == "clothing", name
         if group == "letters":
-            assert f"letter of the Roman alphabet" in synset.definition() and synset_name[0] == name.lower()
+            assert "letter of the Roman alphabet" in synset.definition() and synset_name[0] == name.lower()
     # Bags and boots are not garments in WordNet, but they are worn or carried: closer to clothing than to letters.
     for synset_name in task.class_synsets[:10]:
         assert wordnet.wup_similarity(synset_name, clothing) > wordnet.wup_similarity(synset_name, letter)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from forgetlab import config as config_module
 from forgetlab.analysis import metrics
-from forgetlab.config import DataConfig, PreprocessConfig, TrainConfig
+from forgetlab.config import DataConfig, PreprocessConfig
 from forgetlab.data import build_task
 from forgetlab.data.registry import sample_split_indices, task_column
 from forgetlab.errors import ConfigError
@@ -38,7 +38,7 @@ def _resolve(name: str, *overrides: str):
 # ----------------------------------------------------------------------------- the k-NN bank bug
 def test_knn_bank_is_read_with_the_deterministic_evaluation_transform(root):  # noqa: F811
     from forgetlab.data.files import preprocess_for
-    from forgetlab.evaluate import KNNEvaluator, extract_features
+    from forgetlab.evaluate import KNNEvaluator
     from forgetlab.models.backbones import load_backbone
     from forgetlab.models.multihead import MultiHeadModel
 

@@ -47,7 +47,7 @@ def _snapshot(folder: Path) -> dict:
 def test_a_kill_at_every_write_and_rename_point_resumes_bit_identically(random_backbones, tmp_path):
     """SIGKILL a real child process at each of the commit sequence's points, resume, compare with an
     uninterrupted run: every committed file, the matrix and the predictions bit for bit."""
-    overrides = [f"backbone.name=offline_vit", f"backbone.weights={random_backbones['offline_vit']}", "data.tasks=[fontfamily, digits]",
+    overrides = ["backbone.name=offline_vit", f"backbone.weights={random_backbones['offline_vit']}", "data.tasks=[fontfamily, digits]",
                  "data.max_train=32", "data.max_test=24", "train.batch_size=16", "train.max_steps=2", "eval.batch_size=64",
                  "method.rank=2"]  # fmt: skip
     result = subprocess.run([PYTHON, str(REPO / "tests" / "kill_trials.py"), str(tmp_path), *overrides], capture_output=True, text=True,

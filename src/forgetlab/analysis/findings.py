@@ -27,7 +27,6 @@ one means something (the minimums below), saying so otherwise.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 
