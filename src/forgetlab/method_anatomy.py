@@ -41,6 +41,7 @@ class Anatomy:
     lora_targets: list[str]  # the configured (or default) LoRA targets, or [] with the reason in lora_note
     lora_note: str
     methods: list[MethodAnatomy]
+    lora_variants: list[MethodAnatomy] = dataclasses.field(default_factory=list)  # LoRA with each other variant
 
     def format(self) -> str:
         width = max(len("method"), *(len(row.method) for row in self.methods))
@@ -51,6 +52,10 @@ class Anatomy:
             trainable = f"{row.trainable:,}" if row.trainable is not None else "-"
             fraction = f"{100 * row.fraction:.3f}%" if row.fraction is not None else "-"
             lines.append(f"| {row.method:<{width}} | {trainable:>12} | {fraction:>11} | {row.note}")
+        if self.lora_variants:
+            lines += ["", "LoRA's variants (method.scaling, method.dora, method.init), the other options as above:"]
+            lines += [f"| {row.method} | {'-' if row.trainable is None else f'{row.trainable:,}'} | "
+                      f"{'-' if row.fraction is None else f'{100 * row.fraction:.3f}%'} | {row.note}" for row in self.lora_variants]
         return "\n".join(lines)
 
 
@@ -102,5 +107,41 @@ def anatomy(config) -> Anatomy:
         trainable, grown = backbone_parameters(model)  # block expansion adds blocks: a run's denominator is after it
         names = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
         where = f"adapters on {len(targets)} layers" if name == "lora" else _units(names) if names else "the task head only"
+        if name == "lora" and method.config.dora:
+            where += f" + a magnitude per output row or channel ({_magnitudes(model):,} values)"
         rows.append(MethodAnatomy(method.describe(), trainable, trainable / grown, where))
-    return Anatomy(config.backbone.name, type(backbone).__name__, family.name if family else None, size, targets, lora_note, rows)
+    variants = _lora_variants(backbone, lora_options, len(targets)) if targets else []
+    return Anatomy(config.backbone.name, type(backbone).__name__, family.name if family else None, size, targets, lora_note, rows,
+                   variants)  # fmt: skip
+
+
+VARIANTS = ({"scaling": "rslora"}, {"dora": True}, {"init": "pissa"})
+VARIANT_NOTES = {"scaling": "the same adapters, scaled alpha / sqrt(r) instead of alpha / r",
+                 "dora": "adapters on {layers} layers + a magnitude per output row or channel ({extra:,} values)",
+                 "init": "the same adapters, started from the weights' top-r singular vectors (gaussian and olora count the same)"}  # fmt: skip
+
+
+def _magnitudes(model) -> int:
+    """DoRA's trainable magnitude values in ``model``'s backbone."""
+    return sum(p.numel() for n, p in model.backbone.named_parameters() if p.requires_grad and "lora_magnitude" in n)
+
+
+def _lora_variants(backbone, options: dict, layers: int) -> list[MethodAnatomy]:
+    """LoRA with the configured options and each variant it does not already use: trainable backbone
+    parameters as :meth:`Method.prepare` leaves them (DoRA adds one magnitude value per adapted output row)."""
+    rows = []
+    for variant in VARIANTS:
+        (key, value), = variant.items()
+        if options.get(key) == value:
+            continue
+        method = build_method(method_config_from_dict({**options, **variant}))
+        model = MultiHeadModel(copy.deepcopy(backbone))
+        try:
+            method.prepare(model, "task")
+        except ConfigError as error:  # e.g. PiSSA with a rank above a matrix's
+            rows.append(MethodAnatomy(method.describe(), None, None, str(error)))
+            continue
+        trainable, grown = backbone_parameters(model)
+        note = VARIANT_NOTES[key].format(layers=layers, extra=_magnitudes(model))
+        rows.append(MethodAnatomy(method.describe(), trainable, trainable / grown, note))
+    return rows

@@ -147,6 +147,12 @@ ORDER_1 = f"{P1} src/factories/benchmark_factory.py:140-175 (ImageNet -> Cars ->
 ORDER_2 = f"{P1} src/factories/benchmark_factory.py:181-220 (the second order, Aircraft -> CUB -> Flowers -> Cars)"
 ORDER_LONG = (f"{P1} src/factories/benchmark_factory.py:269-291 (each training set split into two seeded random halves of its samples, "
               "the sequence run twice, the same task and head each time)")  # fmt: skip
+RSLORA = Setting("rslora", "forgetlab's extension (issue 20): rsLoRA (Kalajdzievski, 2023, arXiv:2312.03732), scale alpha / sqrt(r) "
+                          "with paper 1's alpha = 2r, i.e. 2 sqrt(r) instead of 2; PEFT's use_rslora")
+DORA = Setting(True, "forgetlab's extension (issue 20): DoRA (Liu et al., 2024, arXiv:2402.09353), a trainable magnitude per output "
+                     "row of qkv, merged with the direction after every task; PEFT's use_dora")
+VARIANT_NOTE = (" The variant is forgetlab's, not paper 1's: every other setting is paper 1's, so the run differs from paper1-vit "
+                "in that one key; sweeps/paper1_fig1_variants.yaml runs figure 1's ranks under each.")
 PAPER1_NOTE = ("Seeds: 0, 1, 2, 3 (seed=N; config/experiment/lora_defaults.yaml:2 and scripts/lora_vit_seeds.sh:3). "
                "Splits as the code loads them: Flowers102 trnid only (1,020), FGVC-Aircraft 'train' (3,334), CUB cropped to its boxes "
                "(flowers102:trainval, fgvc_aircraft:trainval and cub200:nocrop name the alternatives). BatchNorm statistics stay frozen "
@@ -234,6 +240,12 @@ def _build() -> dict[str, Preset]:
                _paper1(vit, SHORT, order=ORDER_1, method="fullrank"), PAPER1_NOTE),
         Preset("paper1-resnet-fullrank", "paper 1's full-rank comparison: the conv3 weights trained directly, ResNet-50",
                _paper1(resnet, SHORT, order=ORDER_1, method="fullrank"), PAPER1_NOTE),
+        Preset("paper1-vit-rslora", "forgetlab's extension of paper 1 (not in the paper): its short setting, ViT-B/16, with rsLoRA's "
+                                    "scaling alpha / sqrt(r)", _paper1(vit, SHORT, order=ORDER_1) | {"method.scaling": RSLORA},
+               PAPER1_NOTE + VARIANT_NOTE, ["method.rank=32", "seed=0"]),
+        Preset("paper1-vit-dora", "forgetlab's extension of paper 1 (not in the paper): its short setting, ViT-B/16, with DoRA's "
+                                  "magnitude and direction", _paper1(vit, SHORT, order=ORDER_1) | {"method.dora": DORA},
+               PAPER1_NOTE + VARIANT_NOTE, ["method.rank=32", "seed=0"]),
     ]  # fmt: skip
 
     def row(label: str) -> str:

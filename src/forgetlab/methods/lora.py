@@ -31,6 +31,18 @@ End-of-task policies (``policy``):
 
 Either way each task's adapter is written to ``adapters/<task>/`` and loads into ``peft``.
 
+Variants (forgetlab's extension of paper 1; each combines with every target form, both policies, LwF
+and replay, and merges exactly; :mod:`forgetlab.models.lora_layers` gives the maths):
+
+* ``scaling``: ``standard`` (``alpha / r``, paper 1) or ``rslora`` (``alpha / sqrt(r)``, Kalajdzievski
+  2023). Paper 1 fixes ``alpha = 2r``, so its scale is 2 at every rank; under rsLoRA it grows as
+  ``2 sqrt(r)``, which is what the rank-forgetting question needs to separate.
+* ``dora``: DoRA (Liu et al., 2024): a trainable magnitude per output row / channel on top of the
+  low-rank direction update; ``rank x (in + out) + out`` parameters per adapted matrix.
+* ``init``: ``kaiming`` (PEFT's default), ``gaussian``, ``pissa`` (Meng et al., 2024) or ``olora``
+  (Buyukakyuz, 2024); the last two start from the weight's principal part and the merge still
+  leaves the task's starting weight plus the learned update.
+
 The update of one ``in x out`` matrix costs ``rank * (in + out)`` parameters: on ViT-B/16's qkv
 (768 -> 2304) that is 3,072 per unit of rank per block, about 0.042 % of the model (paper 1).
 """
@@ -50,6 +62,7 @@ from forgetlab.models import lora_layers
 from forgetlab.models.adapter_files import load_adapter, save_adapter
 
 POLICIES = ("merge", "keep")
+SCALINGS, INITS = lora_layers.SCALINGS, lora_layers.INITS
 TARGETS = ("default", "qkv", "q,v", "attn", "all_linear", "conv3", "all_conv")  # named sets; patterns too
 
 
@@ -63,6 +76,11 @@ class LoRAConfig:
                                                                     "module-name suffixes (a.b,c, or PEFT's list form [q, v]) or re:REGEX",
                                                             "comma_list": True})
     policy: str = field(default="merge", metadata={"help": "end of a task: 'merge' into the weights (paper 1) or 'keep' per-task adapters"})
+    scaling: str = field(default="standard", metadata={"help": "adapter scale: 'standard' alpha / r (paper 1) or 'rslora' alpha / sqrt(r)",
+                                                       "choices": SCALINGS})
+    dora: bool = field(default=False, metadata={"help": "DoRA: a trainable magnitude per output row on top of the low-rank update"})
+    init: str = field(default="kaiming", metadata={"help": "adapter init: 'kaiming' (paper 1, PEFT's default), 'gaussian', 'pissa' "
+                                                           "or 'olora' (from the weight's principal part)", "choices": INITS})
 
 
 @register_method
@@ -81,6 +99,12 @@ class LoRA(Method):
         families.target_matcher(config.targets)  # a malformed pattern is refused with the config
         if config.policy not in POLICIES:
             raise ConfigError(f"method.policy '{config.policy}' is unknown; choose 'merge' or 'keep'")
+        if config.scaling not in SCALINGS:
+            raise ConfigError(f"method.scaling '{config.scaling}' is unknown; choose {' or '.join(SCALINGS)}")
+        if config.init not in INITS:
+            raise ConfigError(f"method.init '{config.init}' is unknown; choose one of {', '.join(INITS)}")
+        if not isinstance(config.dora, bool):
+            raise ConfigError(f"method.dora must be true or false, got {config.dora!r}")
         self.isolates_tasks = config.policy == "keep"
         self.adapters: dict[str, dict[str, lora_layers.LoRALayer]] = {}  # task -> module name -> its adapter
 
@@ -88,13 +112,18 @@ class LoRA(Method):
     def alpha(self) -> float:
         return self.config.alpha if self.config.alpha is not None else 2.0 * self.config.rank
 
+    @property
+    def variant(self) -> dict:
+        """The variant's options, as :class:`~forgetlab.models.lora_layers.LoRALayer` takes them."""
+        return {"scaling": self.config.scaling, "dora": self.config.dora, "init": self.config.init}
+
     def target_modules(self, backbone: nn.Module) -> dict[str, dict | None]:
         """``module name -> out_slices`` (None: the whole layer) of the layers to adapt."""
         return target_modules(backbone, self.config.targets)
 
     def check(self, backbone: nn.Module) -> None:
         chosen = self.target_modules(backbone)
-        wrap = lambda name, module: lora_layers.wrap(module, self.config.rank, self.alpha, 0.0, chosen[name], name=name)  # noqa: E731
+        wrap = lambda name, module: lora_layers.wrap(module, self.config.rank, self.alpha, 0.0, chosen[name], name=name, **self.variant)  # noqa: E731
         families.check_adaptable(backbone, list(chosen), wrap)
 
     def prepare(self, model, task: str) -> None:
@@ -102,7 +131,7 @@ class LoRA(Method):
         self._base_model = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("architecture", "")
         for name, out_slices in self.target_modules(model.backbone).items():
             module = model.backbone.get_submodule(name)
-            adapter = lora_layers.wrap(module, self.config.rank, self.alpha, self.config.dropout, out_slices, name=name)
+            adapter = lora_layers.wrap(module, self.config.rank, self.alpha, self.config.dropout, out_slices, name=name, **self.variant)
             model.backbone.set_submodule(name, adapter)
 
     def finish(self, model, task: str) -> None:
