@@ -128,9 +128,15 @@ def test_keep_policy_leaves_the_backbone_and_its_adapter_files_reload_bit_for_bi
         with torch.no_grad(), restored.evaluating(model, "task"):
             model.eval()  # the reloaded adapters are new modules (as predict() does before scoring)
             assert torch.equal(model(images, ["task"])["task"], live)
-        peft_config = json.loads((tmp_path / backbone / "adapters" / "task" / "adapter_config.json").read_text())
+        folder = tmp_path / backbone / "adapters" / "task"
+        peft_config = json.loads((folder / "adapter_config.json").read_text())
         assert peft_config["use_dora"] == VARIANTS[variant].get("dora", False)
         assert peft_config["use_rslora"] == (VARIANTS[variant].get("scaling") == "rslora")
+        peft = pytest.importorskip("peft")  # the q,v (sliced) and conv3 adapters load into PEFT too
+        theirs = peft.PeftModel.from_pretrained(copy.deepcopy(model.backbone), str(folder)).eval()
+        with torch.no_grad(), restored.evaluating(model, "task"):
+            model.eval()
+            assert _relative(theirs.base_model.model.forward_features(images), model.backbone.forward_features(images)) < 1e-5
 
 
 @pytest.mark.parametrize("variant", ["dora", "pissa", "rslora"])
