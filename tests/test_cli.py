@@ -37,7 +37,8 @@ def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
             assert list(folder.glob(re.sub(r"<[^>]+>", "*", name).rstrip("/"))), f"the README names {name}, which the run did not write"
     assert f"results: {folder}" in out and "after digits" in out
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    assert config["method"] == {"name": "lora", "rank": 2, "alpha": None, "dropout": 0.1, "targets": "default", "policy": "merge"}
+    assert config["method"] == {"name": "lora", "rank": 2, "alpha": None, "dropout": 0.1, "targets": "default", "policy": "merge",
+                                "scaling": "standard", "dora": False, "init": "kaiming"}
     assert config["lwf"] == {"alpha": 0.0, "temperature": 2.0, "train_earlier_heads": False} and config["replay"] == {"size": 0, "batch_size": 16}
     environment = json.loads((folder / "environment.json").read_text())
     assert environment["packages"]["torch"].startswith("2.14.1") and environment["device"] == "cpu"
