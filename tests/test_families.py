@@ -257,3 +257,17 @@ def test_adapter_files_load_into_peft_on_other_families(arch, tmp_path):
     assert (ours - bare).abs().max() > 1e-3 * ours.abs().max()  # the adapter changes the features
     expected = bare if arch == "eva02" else ours
     assert (reference - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_all_conv_and_all_linear_skip_layers_lora_cannot_merge_exactly():
+    """timm's StdConv2d (ResNetV2, BiT) and Conv2dSame compute their own forward, a grouped conv cannot
+    be adapted: all_conv leaves them out instead of refusing the whole backbone."""
+    from timm.layers import Conv2dSame, StdConv2d
+
+    from forgetlab.models.families import select_modules
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), StdConv2d(4, 4, 3), Conv2dSame(4, 4, 3),
+                                torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.Conv2d(4, 4, 1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 4))  # fmt: skip
+    assert select_modules(model, "all_conv") == ["0", "4"]
+    assert select_modules(model, "all_linear") == ["6"]

@@ -106,9 +106,12 @@ def select_modules(model: nn.Module, targets: str, *, kinds: tuple[type, ...] = 
     """
     head = _classifier_names(model)
     if targets in ("all_linear", "all_conv"):
+        from forgetlab.models.lora_layers import refusal  # every layer LoRA can adapt exactly: no grouped conv,
+        # no layer with its own forward (timm's StdConv2d, Conv2dSame), hooks or parametrisations
+
         kind = nn.Linear if targets == "all_linear" else nn.Conv2d
         chosen = [name for name, module in model.named_modules()
-                  if isinstance(module, kind) and getattr(module, "groups", 1) == 1 and not _inside(name, head)]  # fmt: skip
+                  if isinstance(module, kind) and refusal(module) is None and not _inside(name, head)]  # fmt: skip
     else:
         spec = ",".join(default_targets(model)) if targets == "default" else ",".join(NAMED_TARGETS.get(targets, (targets,)))
         matches = target_matcher(spec)
