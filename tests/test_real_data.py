@@ -275,15 +275,22 @@ def test_every_preset_resolves_to_its_papers_settings():
         preset_tree("paper3")
 
 
-@pytest.mark.parametrize("name", sorted(__import__("forgetlab.presets", fromlist=["PRESETS"]).PRESETS))
-def test_presets_run_end_to_end_at_smoke_scale(root, tmp_path, name):
+_PRESET_NAMES = sorted(__import__("forgetlab.presets", fromlist=["PRESETS"]).PRESETS)
+# Every other preset runs on the device pipeline (what data.pipeline=auto picks on CUDA), the others on PIL
+# (the CPU's): both pipelines go through every preset family, for the suite's time of one.
+_PRESET_PIPELINES = [(name, "device" if index % 2 else "pil") for index, name in enumerate(_PRESET_NAMES)]
+
+
+@pytest.mark.parametrize(("name", "pipeline"), _PRESET_PIPELINES, ids=[f"{n}-{p}" for n, p in _PRESET_PIPELINES])
+def test_presets_run_end_to_end_at_smoke_scale(root, tmp_path, name, pipeline):
     """Random-init real architectures at 32 px, two images a task, one step: the whole real pipeline."""
     from forgetlab import config as config_module
     from forgetlab.presets import preset_tree
     from forgetlab.runner import run
 
     smoke = [f"data.root={root}", "backbone.random_init=true", "backbone.image_size=32", "data.max_train=4", "data.max_test=4",
-             "data.workers=0", "train.max_steps=1", "train.batch_size=2", "eval.batch_size=8", f"out_dir={tmp_path}"]  # fmt: skip
+             "data.workers=0", "train.max_steps=1", "train.batch_size=2", "eval.batch_size=8", f"out_dir={tmp_path}",
+             f"data.pipeline={pipeline}"]  # fmt: skip
     if name.startswith("paper1"):
         smoke.append("backbone.num_classes=3")  # the tiny ImageNet copy has 3 classes
     else:
