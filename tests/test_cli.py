@@ -168,3 +168,16 @@ def test_every_command_has_help():
     for command in ([], ["run"], ["pretrain"], ["show"], ["config"], ["sweep"], ["report"], ["presets"], ["data"], ["data", "check"]):
         result = subprocess.run([sys.executable, "-m", "forgetlab", *command, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: forgetlab" in result.stdout
+
+
+def test_a_backbone_that_cannot_read_the_datasets_images_is_refused_before_anything_is_written(tmp_path, capsys):
+    """An RGB timm model on the offline world's grayscale images (or an offline backbone on RGB files)
+    was a traceback from the first upstream evaluation, after the folder had been written."""
+    out = tmp_path / "runs"
+    code = main(["run", "backbone.name=resnet18", "backbone.random_init=true", "backbone.num_classes=36",
+                 "backbone.image_size=32", "method.targets=conv2", f"out_dir={out}", "train.max_steps=1"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("forgetlab: error: backbone resnet18 reads 3-channel images but offline_upstream holds "
+                             "the offline world's 28 x 28 grayscale images (1 channel)")  # fmt: skip
+    assert "data.upstream=imagenet" in err[0] and not out.exists()

@@ -219,3 +219,22 @@ def test_a_wrong_file_stops_run_and_api_before_anything_is_written(root, tmp_pat
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err and "cub200          ok" in captured.out
     assert f"  stanford_cars   INVALID  looked in {data / 'stanford_cars'}: {diagnosis}" in captured.out.splitlines()
+
+
+@pytest.mark.parametrize("task,relative", [("cub200", "CUB_200_2011/images/002.Laysan_Albatross/c.jpg"),
+                                           ("fgvc_aircraft", "fgvc-aircraft-2013b/data/images/1000004.jpg")])  # fmt: skip
+def test_an_image_its_annotations_list_but_the_folder_lacks_is_refused_when_the_task_loads(root, tmp_path, monkeypatch, task, relative):  # noqa: F811
+    """Was a decoding error after the run had committed its pretrained row; now the task does not load
+    and 'forgetlab data check' marks the dataset INVALID with the same line."""
+    from forgetlab.data import check
+
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    (data / relative).unlink()
+    with pytest.raises(InvalidDataError) as caught:
+        build_task(task, DataConfig(root=str(data)))
+    message = str(caught.value)
+    assert message.startswith(f"{data / relative} is missing (1 of ") and "re-extract the dataset" in message
+    monkeypatch.setattr(check, "dataset_names", lambda: [task])
+    lines, missing = check.check_datasets(str(data))
+    assert missing == [task] and "INVALID" in lines[1] and lines[1].endswith(message)

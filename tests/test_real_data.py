@@ -304,6 +304,8 @@ def test_presets_run_end_to_end_at_smoke_scale(root, tmp_path, name, pipeline):
     assert matrix.shape == (len(config.data.tasks) + 1, len(columns) + 1)
     assert not np.isnan(matrix[-1]).any()  # the last row scores every task
     assert folder.completed_tasks() == len(config.data.tasks)
+    tasks = json.loads((folder.path / "tasks.json").read_text(), parse_constant=lambda word: pytest.fail(f"tasks.json holds {word}"))
+    assert [task["steady_images_per_second"] for task in tasks] == [None] * len(tasks)  # one step a task: all warm-up
     records = json.loads(folder.upstream_eval.read_text())
     assert len(records) == len(config.data.tasks) + 1
     if name.startswith("paper2"):

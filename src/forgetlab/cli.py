@@ -132,7 +132,7 @@ def cmd_show(args) -> int:
             f"({100 * record['trainable_fraction_of_backbone']:.3f}%), {record['steps']} steps, "
             f"{record['images_per_second']:.0f} img/s"
             + (f" (steady {record['steady_images_per_second']:.0f} img/s after {record['warmup_seconds']:.1f}s warm-up)"
-               if "steady_images_per_second" in record else "")  # fmt: skip
+               if record.get("steady_images_per_second") is not None else "")  # fmt: skip
         )
     return 0
 

@@ -21,7 +21,7 @@ from forgetlab.methods.base import build_method, method_names
 from forgetlab.models import families
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import MultiHeadModel
-from forgetlab.train import backbone_parameters, count_parameters
+from forgetlab.train import backbone_parameters
 
 
 @dataclasses.dataclass
@@ -82,7 +82,7 @@ def anatomy(config) -> Anatomy:
     backbone_config = dataclasses.replace(config.backbone, random_init=True, weights=None)
     backbone = load_backbone(backbone_config).model
     family = families.family_of(backbone)
-    size = count_parameters(list(backbone.parameters()))
+    size = backbone_parameters(MultiHeadModel(backbone))[1]  # without the upstream classifier, as every row counts
     configured = dataclasses.asdict(config.method)
     lora_options = configured if configured["name"] == "lora" else {"name": "lora"}
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
+import math
 import platform
 import subprocess
 import time
@@ -24,6 +25,7 @@ import torch
 
 from forgetlab import config as config_module
 from forgetlab.data import build_task
+from forgetlab.data.registry import image_channels
 from forgetlab.errors import ConfigError, DataError, TrainingError
 from forgetlab.data.device_pipeline import encoded, resolve_pipeline
 from forgetlab.data.eval_cache import EvalCropCache
@@ -91,6 +93,25 @@ def upstream_task(config, backbone):
     if config.eval.upstream_subset is not None and hasattr(upstream.test, "subset"):
         upstream.test = upstream.test.subset(config.eval.upstream_subset, seed=config.seed)
     return preprocess, upstream
+
+
+def _rate(images_per_second: float) -> str:
+    return f"{images_per_second:.0f} img/s" if math.isfinite(images_per_second) else "n/a: all warm-up"
+
+
+def check_image_channels(config, backbone) -> None:
+    """Refuse, before anything is written, a backbone whose first convolution reads other images than
+    the run's datasets hold (an RGB timm model on the offline world's grayscale, or the reverse)."""
+    conv = next((m for m in backbone.model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None:
+        return
+    for name in [config.data.upstream, *config.data.tasks]:
+        if (channels := image_channels(name)) != conv.in_channels:
+            offline = "the offline world's 28 x 28 grayscale" if channels == 1 else "RGB"
+            fix = ("set data.upstream and data.tasks to real datasets (e.g. data.upstream=imagenet) or use an offline "
+                   "backbone (offline_vit, offline_resnet)") if channels == 1 else "use a timm backbone for real datasets"  # fmt: skip
+            raise ConfigError(f"backbone {config.backbone.name} reads {conv.in_channels}-channel images but {name} holds "
+                              f"{offline} images ({channels} channel{'s' if channels > 1 else ''}); {fix}")  # fmt: skip
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -205,6 +226,7 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
     check_trackers(config)  # a missing tracker package is refused before a download or a pretraining
     check_local_inputs(config)  # likewise every dataset folder and the weights file
     backbone = load_backbone(config.backbone, device=device)
+    check_image_channels(config, backbone)
     preprocess, upstream = upstream_task(config, backbone)
     if config.data.max_test is not None:
         log(f"data.max_test={config.data.max_test} applies to the upstream test set too: {len(upstream.test):,} images (a seeded subset)")
@@ -234,7 +256,8 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
     if config.eval.upstream_evaluator == "head" and head_classes != upstream.num_classes:
         raise ConfigError(
             f"the backbone's head predicts {head_classes} classes but {config.data.upstream} has "
-            f"{upstream.num_classes}; pick the upstream dataset the backbone was trained on"
+            f"{upstream.num_classes}; set data.upstream to the dataset the backbone was trained on (e.g. data.upstream=imagenet), "
+            f"or with backbone.random_init set backbone.num_classes={upstream.num_classes}"
         )
     method.check(backbone.model)  # e.g. block expansion on a ResNet: refused before anything is written
     if config.replay.size and len(upstream.train) == 0:
@@ -376,7 +399,8 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
                 "warmup_seconds": round(stats.warmup_seconds, 2),  # loader start, compilation, graph capture
                 "selection_seconds": round(stats.selection_seconds, 2),  # scoring checkpoints (train.select=best)
                 "steady_seconds": round(stats.steady_seconds, 2),
-                "steady_images_per_second": round(stats.steady_images_per_second, 1),
+                # None when every step was warm-up (a task of one step): JSON has no NaN
+                "steady_images_per_second": round(rate, 1) if math.isfinite(rate := stats.steady_images_per_second) else None,
                 "final_loss": stats.final_loss,
                 "eval_seconds": round(time.perf_counter() - start, 2),
                 **({"selection": selection.record()} if selection else {}),
@@ -394,7 +418,7 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
         log(
             f"task {index}/{len(tasks)} {task.name}: {stats.steps} steps in {stats.seconds:.1f}s "
             f"(warm-up {stats.warmup_seconds:.1f}s, selection {stats.selection_seconds:.1f}s, "
-            f"steady {stats.steady_images_per_second:.0f} img/s), "
+            f"steady {_rate(stats.steady_images_per_second)}), "
             f"{trainable_backbone:,} trainable backbone parameters ({100 * trainable_backbone / backbone_size:.3f}%); "
             f"upstream {100 * upstream_accuracy:.2f}% ({100 * drop:+.2f}), {task.column} {100 * row[task.column]:.2f}%"
         )

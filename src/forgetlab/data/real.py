@@ -67,9 +67,25 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+LISTED_FILES_CHECKED = 200_000  # every split up to this size has each file checked when it loads (ImageNet's train
+# split, 1.28 M files found by listing its folders, is not: stat-ing it on a network disk takes minutes)
+
+
+def _require_files(name: str, dataset) -> None:
+    """A file the dataset's annotations list but the folder lacks is a one-line DataError when the task
+    loads, before a run writes anything (not a decoding error after the pretrained row is committed)."""
+    if isinstance(dataset, FileDataset) and len(dataset.paths) <= LISTED_FILES_CHECKED:
+        missing = [path for path in dataset.paths if not path.is_file()]
+        if missing:
+            raise InvalidDataError(f"{missing[0]} is missing ({len(missing):,} of {name}'s {len(dataset.paths):,} listed images are); "
+                            "re-extract the dataset (forgetlab data check)")  # fmt: skip
+
+
 def _finish(name, data_config, preprocess, classes, train, test, **metadata) -> TaskData:
     train_transform = preprocess.train if preprocess else None
     eval_transform = preprocess.eval if preprocess else None
+    for split in (train, test):
+        _require_files(name, split)
     if preprocess is not None and getattr(data_config, "cache_decoded", False):
         # Decode once at the size the eval crop is taken from (e.g. 248 px for a 224 px, 0.9-crop model).
         size = math.ceil(preprocess.input_size[-1] / preprocess.crop_pct)

@@ -61,6 +61,14 @@ def dataset_variants(name: str) -> dict[str, str]:
     return dict(_VARIANTS.get(name, {}))
 
 
+def image_channels(task_name: str) -> int:
+    """Channels of a task's images as a model reads them: 1 for the offline world (28 x 28 grayscale
+    arrays), 3 for every real dataset (decoded to RGB)."""
+    _load_builtin()
+    builder = _BUILDERS.get(parse_task_name(task_name)[0])
+    return 1 if builder is not None and builder.__module__ == "forgetlab.data.offline" else 3
+
+
 CLASS_PARTS = {"half1": (0.0, 0.5), "half2": (0.5, 1.0), "first80": (0.0, 0.8), "last20": (0.8, 1.0)}
 SAMPLE_PARTS = ("samples_half1", "samples_half2", "samples_first80", "samples_last20")
 
