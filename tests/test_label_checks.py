@@ -238,3 +238,18 @@ def test_an_image_its_annotations_list_but_the_folder_lacks_is_refused_when_the_
     monkeypatch.setattr(check, "dataset_names", lambda: [task])
     lines, missing = check.check_datasets(str(data))
     assert missing == [task] and "INVALID" in lines[1] and lines[1].endswith(message)
+
+
+def test_a_box_no_image_can_hold_marks_cub_invalid_with_the_runs_line(root, tmp_path, monkeypatch):  # noqa: F811
+    """A negative-width box was labelled MISSING (an absent file) by 'forgetlab data check'."""
+    from forgetlab.data import check
+
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    (data / "CUB_200_2011" / "bounding_boxes.txt").write_text("1 5.0 5.0 -3.0 10.0\n2 0.0 0.0 24.0 20.0\n3 1.0 1.0 5.0 5.0\n")
+    with pytest.raises(InvalidDataError) as caught:
+        build_task("cub200", DataConfig(root=str(data)))
+    assert "w=-3, h=10) in " in str(caught.value) and "bounding_boxes.txt has no pixel inside any image" in str(caught.value)
+    monkeypatch.setattr(check, "dataset_names", lambda: ["cub200"])
+    lines, missing = check.check_datasets(str(data))
+    assert missing == ["cub200"] and "INVALID" in lines[1] and lines[1].endswith(str(caught.value))

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from forgetlab.data.validate import InvalidDataError  # a box that cannot be right: data check says INVALID
 from forgetlab.errors import DataError
 
 JPEG_MAGIC = b"\xff\xd8"
@@ -139,5 +140,5 @@ def box_pixels(box, width: int | None, height: int | None, name: str, box_file: 
             return left, top, right, bottom
     box_file = box_file or "bounding_boxes.txt"
     image = f"the {width} x {height} image" if width is not None and height is not None else "any image"
-    raise DataError(f"{name}: its box (x={x:g}, y={y:g}, w={box_width:g}, h={box_height:g}) in {box_file} has no pixel inside "
-                    f"{image}; correct that line of {box_file} (or use cub200:nocrop)")  # fmt: skip
+    raise InvalidDataError(f"{name}: its box (x={x:g}, y={y:g}, w={box_width:g}, h={box_height:g}) in {box_file} has no pixel inside "
+                           f"{image}; correct that line of {box_file} (or use cub200:nocrop)")  # fmt: skip
