@@ -262,7 +262,6 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
     method.check(backbone.model)  # e.g. block expansion on a ResNet: refused before anything is written
     if config.replay.size and len(upstream.train) == 0:
         raise ConfigError(f"replay needs the upstream train split and {config.data.upstream} has none; set replay.size=0")
-    check_trackers(config)  # a missing tracker package is refused before anything is written
     _check_folder(folder, config)  # before the lock, so a refused run touches nothing, not even the lock file
     folder.verify()  # likewise: a corrupt folder is refused untouched (checked again under the lock)
     stack.enter_context(folder.lock())  # one owner per folder, from here to the end
