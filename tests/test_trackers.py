@@ -79,12 +79,30 @@ def _wandb_records(run_folder):
     return records
 
 
+def _finished_wandb_records(run_folder, timeout=60.0):
+    """The records once W&B's service has written them all. ``run.finish()`` returns when the exit is
+    handled, but W&B's writer may still hold records in its buffer (a CI run once read a file with its
+    header only); ``wandb.teardown()`` stops the service, which closes the file, then the test waits
+    for the ``exit`` record."""
+    import time
+
+    import wandb
+
+    wandb.teardown()
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(run_folder)
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def test_wandb_offline_run_holds_config_history_and_the_matrix_table(random_backbones, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     folder = _run(random_backbones, tmp_path, **{"track.wandb": "true", "track.wandb_group": "rank-study"})
-    records = _wandb_records(folder.path)
+    records = _finished_wandb_records(folder.path)
     kinds = [record.WhichOneof("record_type") for record in records]
     (run_record,) = [record.run for record in records if record.WhichOneof("record_type") == "run"]
     assert (run_record.run_group, run_record.display_name, run_record.project) == ("rank-study", "tracked", "forgetlab")
