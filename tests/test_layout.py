@@ -1,0 +1,148 @@
+"""The house's shape, read from the code itself: every import between forgetlab's modules (at module
+level or inside a function) goes to a module on the same floor or a lower one, the imports form no
+cycle, and no function in ``src/`` is longer than 80 lines. The floors are the README's layout table."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[1] / "src"
+
+# Bottom to top; a module imports only modules on its own floor or below (and no cycle within a floor).
+FLOORS: list[tuple[str, list[str]]] = [
+    ("foundation", ["errors", "paths", "runtime", "results", "selection", "wordnet"]),
+    ("models", ["models", "models.*"]),
+    ("methods and names", ["methods", "methods.*", "data.base", "data.registry", "data.validate", "data.decode",
+                           "data.idx", "data.fonts"]),  # fmt: skip
+    ("config", ["config", "presets"]),
+    ("data", ["data", "data.*"]),
+    ("learning", ["train", "evaluate", "regularisers", "regularisers.*"]),
+    ("analysis", ["analysis", "analysis.*", "reporting", "reporting.*"]),
+    ("run", ["pretrain", "provenance", "trackers", "runner", "run_*", "single_adapter"]),
+    ("orchestration", ["sweep", "sweep_backends", "method_anatomy", "summary"]),
+    ("entry points", ["", "__main__", "api", "cli"]),
+]
+MAX_FUNCTION_LINES = 80
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in (SOURCE / "forgetlab").rglob("*.py"):
+        parts = path.relative_to(SOURCE / "forgetlab").with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def floor_of(module: str) -> int:
+    """The floor of a module named relative to the package (``data.files``; ``""`` is the package)."""
+    matches = []
+    for index, (_, patterns) in enumerate(FLOORS):
+        for pattern in patterns:
+            if pattern == module or (pattern.endswith("*") and module.startswith(pattern[:-1]) and module != pattern[:-2]):
+                matches.append((len(pattern.rstrip("*")), index))
+    if not matches:
+        raise KeyError(f"module forgetlab.{module} has no floor: add it to FLOORS in tests/test_layout.py and the README")
+    return max(matches)[1]  # the most specific pattern wins
+
+
+def imports(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """``module -> the forgetlab modules it imports`` (names relative to the package)."""
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        package = [part for part in package if part]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names if alias.name.split(".")[0] == "forgetlab"]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = ["forgetlab", *package[: len(package) - node.level + 1], *([node.module] if node.module else [])]
+                    base = ".".join(base)
+                else:
+                    base = node.module or ""
+                if base.split(".")[0] == "forgetlab":
+                    targets = [f"{base}.{alias.name}" for alias in node.names]
+            for target in targets:
+                relative = target.split(".", 1)[1] if "." in target else ""
+                while relative not in modules:
+                    relative = relative.rsplit(".", 1)[0] if "." in relative else ""
+                if relative != name:
+                    edges[name].add(relative)
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in edges[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in edges:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_every_module_has_a_floor():
+    unplaced = [name for name in _modules() if not _has_floor(name)]
+    assert unplaced == []
+
+
+def _has_floor(name: str) -> bool:
+    try:
+        floor_of(name)
+    except KeyError:
+        return False
+    return True
+
+
+def test_no_import_cycles():
+    assert cycles(imports(_modules())) == []
+
+
+def test_no_import_climbs_to_a_higher_floor():
+    climbing = [f"forgetlab.{source} ({FLOORS[floor_of(source)][0]}) imports forgetlab.{target} ({FLOORS[floor_of(target)][0]})"
+                for source, targets in imports(_modules()).items() for target in sorted(targets)
+                if floor_of(target) > floor_of(source)]  # fmt: skip
+    assert climbing == []
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"forgetlab.{name}.{node.name}: {lines} lines")
+    assert long == []
+
+
+@pytest.mark.parametrize("module,floor", [("errors", "foundation"), ("data.files", "data"), ("data.registry", "methods and names"),
+                                          ("", "entry points"), ("runner", "run")])  # fmt: skip
+def test_floors_resolve_the_most_specific_pattern(module, floor):
+    assert FLOORS[floor_of(module)][0] == floor
