@@ -16,6 +16,7 @@ from forgetlab.config import TrainConfig
 from forgetlab.data import build_task
 from forgetlab.evaluate import head_evaluator
 from forgetlab.models.backbones import create, offline_backbone_dir
+from forgetlab.models.offline import OFFLINE_BACKBONES
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.results import atomic_write_bytes, atomic_write_text
 from forgetlab.runtime import autocast_dtype, configure_threads, resolve_device, seed_everything
@@ -27,6 +28,21 @@ RECIPES = {
     "offline_vit": TrainConfig(epochs=5, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05),
     "offline_resnet": TrainConfig(epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_fraction=0.1),
 }
+
+
+def ensure_pretrained(backbone_config, *, device=None) -> None:
+    """Pretrain the offline backbone ``backbone_config`` names, once, if ``FORGETLAB_HOME`` does not
+    hold it yet; nothing for any other backbone (timm names, a weights file, ``random_init``).
+
+    The explicit step a caller takes before :func:`forgetlab.models.backbones.load_backbone`, which
+    never trains. Deterministic (see :func:`pretrain`); minutes on a CPU."""
+    name = backbone_config.name
+    if name not in OFFLINE_BACKBONES or backbone_config.weights is not None or getattr(backbone_config, "random_init", False):
+        return
+    folder = offline_backbone_dir(name)
+    if not (folder / "model.safetensors").exists():
+        print(f"forgetlab: {name} is not in {paths.home()} yet (FORGETLAB_HOME); pretraining it once into {folder}", flush=True)
+        pretrain(name, device=device)
 
 
 def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int | None = None) -> Path:

@@ -34,6 +34,7 @@ from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_in
 from forgetlab.methods.base import build_method
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
+from forgetlab.pretrain import ensure_pretrained
 from forgetlab.provenance import inputs_record, normalisation_note
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, atomic_write_text, save_safetensors, write_json, write_npz
@@ -225,7 +226,8 @@ def _run(config, log, stack: contextlib.ExitStack) -> RunFolder:
         log(warning)
     check_trackers(config)  # a missing tracker package is refused before a download or a pretraining
     check_local_inputs(config)  # likewise every dataset folder and the weights file
-    backbone = load_backbone(config.backbone, device=device)
+    ensure_pretrained(config.backbone, device=device)  # an offline backbone not built yet: once, explicitly
+    backbone = load_backbone(config.backbone)
     check_image_channels(config, backbone)
     preprocess, upstream = upstream_task(config, backbone)
     if config.data.max_test is not None:

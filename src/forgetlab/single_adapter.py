@@ -22,6 +22,7 @@ from forgetlab.evaluate import predict
 from forgetlab.models import lora_layers
 from forgetlab.models.adapter_files import load_adapter
 from forgetlab.models.backbones import load_backbone
+from forgetlab.pretrain import ensure_pretrained
 from forgetlab.runner import upstream_task
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.results import RunFolder, write_npz
@@ -46,7 +47,8 @@ def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", bat
     phases = folder.read_matrix().phases[:completed]
     torch_device = resolve_device(device)
     amp_dtype = autocast_dtype(torch_device, config.precision)
-    backbone = load_backbone(config.backbone, device=torch_device)
+    ensure_pretrained(config.backbone, device=torch_device)
+    backbone = load_backbone(config.backbone)
     _, upstream = upstream_task(config, backbone)  # the upstream test set exactly as the run scored it
     labels = dataset_labels(upstream.test)
     pretrained = {name: tensor.clone() for name, tensor in backbone.model.state_dict().items()}

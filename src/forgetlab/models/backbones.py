@@ -201,7 +201,14 @@ def _from_hub(config) -> Backbone:
     return Backbone(model=model.eval(), name=config.name, recipe={"source": "timm pretrained", "tag": pretrained_cfg.tag or ""})
 
 
-def load_backbone(config, *, pretrain_if_missing: bool = True, device=None) -> Backbone:
+def load_backbone(config) -> Backbone:
+    """The backbone ``config`` names (a :class:`~forgetlab.config.BackboneConfig`), in eval mode on the
+    CPU: random weights (``random_init``), a weights file, an offline backbone from ``FORGETLAB_HOME``,
+    or timm's pretrained weights from the local Hugging Face cache or the hub.
+
+    Raises ConfigError for an unknown name and DataError for missing or unreadable weights; an offline
+    backbone not built yet is a DataError too: building it is the caller's explicit step
+    (:func:`forgetlab.pretrain.ensure_pretrained`), never a side effect of loading."""
     check_backbone_name(config.name)
     if getattr(config, "random_init", False):
         num_classes = 1000 if config.num_classes is None else config.num_classes
@@ -212,12 +219,7 @@ def load_backbone(config, *, pretrain_if_missing: bool = True, device=None) -> B
     if config.name in OFFLINE_BACKBONES and config.weights is None:
         folder = offline_backbone_dir(config.name)
         if not (folder / "model.safetensors").exists():
-            if not pretrain_if_missing:
-                raise DataError(f"backbone {config.name} is not built; run: forgetlab pretrain --backbone {config.name}")
-            from forgetlab.pretrain import pretrain
-
-            print(f"forgetlab: {config.name} is not in {paths.home()} yet (FORGETLAB_HOME); pretraining it once into {folder}", flush=True)
-            pretrain(config.name, device=device)
+            raise DataError(f"backbone {config.name} is not built; run: forgetlab pretrain --backbone {config.name}")
         return _load_folder(config.name, folder)
     if config.weights is None:
         return _from_hub(config)
