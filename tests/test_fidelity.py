@@ -438,7 +438,8 @@ def test_single_adapter_predictions_reuse_the_stored_adapters(random_backbones, 
     phase 2's differs from the sequence, which carries phase 1's update too."""
     from forgetlab.reporting.page import contextual_rows
     from forgetlab.analysis.collect import RunResult
-    from forgetlab.single_adapter import read_single_predictions, single_adapter_predictions
+    from forgetlab.results import read_single_predictions
+    from forgetlab.single_adapter import single_adapter_predictions
 
     config = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="single", **{"train.lr": 0.05}))
     folder = run(config, log=lambda message: None)

@@ -204,7 +204,7 @@ def test_a_contextual_finding_below_the_minimum_of_forgotten_images_gives_no_p_v
 # ------------------------------------------------------------------------------ issue 21, part 2: what the report says
 def test_the_report_names_its_mode_defines_its_metrics_and_draws_nothing_of_nothing(tmp_path, similarity):
     from forgetlab.errors import ForgetlabError
-    from forgetlab.single_adapter import single_prediction_path
+    from forgetlab.results import single_prediction_path
 
     # rank16 is the run whose classes are drawn; its single-adapter model forgot nothing.
     for rank in (1, 16):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from forgetlab import config as config_module
-from forgetlab.results import RunFolder
+from forgetlab.results import RunFolder, read_single_predictions
 
 
 def _overrides(overrides: dict[str, Any]) -> list[str]:
@@ -128,8 +128,6 @@ class Run:
         """Upstream ``predictions`` and ``labels`` after phase ``row`` (0: the pretrained model);
         ``kind='single'``: the pretrained backbone plus only that phase's adapter (``forgetlab single-adapter``)."""
         if kind == "single":
-            from forgetlab.single_adapter import read_single_predictions
-
             return read_single_predictions(self.folder, row)
         return self.folder.read_predictions(row)
 

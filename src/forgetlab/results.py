@@ -372,3 +372,21 @@ def lock_holder(folder: RunFolder) -> str | None:
             return handle.read().strip() or "another process"
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         return None
+
+
+# ---------------------------------------------------------------------------- single-adapter predictions
+# ``forgetlab single-adapter`` (single_adapter.py) writes them; the report and the Python API read them.
+def single_prediction_path(folder: RunFolder, phase_index: int) -> Path:
+    """Where the single-adapter upstream predictions after phase ``phase_index`` are stored:
+    ``predictions/upstream_single_<i>.npz`` (the pretrained backbone plus only that phase's adapter)."""
+    return folder.path / "predictions" / f"upstream_single_{phase_index}.npz"
+
+
+def read_single_predictions(folder: RunFolder, phase_index: int) -> dict[str, np.ndarray]:
+    """The single-adapter predictions after phase ``phase_index``; a one-line error naming the command
+    that writes them when they are missing."""
+    path = single_prediction_path(folder, phase_index)
+    if not path.exists():
+        raise DataError(f"{path} is missing; run 'forgetlab single-adapter {folder.path}' first (it reuses the stored adapters)")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}

@@ -5,15 +5,14 @@ A LoRA run already stores every phase's adapter (``adapters/<phase>/``), so noth
 every finished phase the pretrained backbone is rebuilt from the run's config, that phase's adapter is
 merged into it (fp32, the same checked merge as the run), and the upstream test set is predicted as
 the run predicts it. The predictions go to ``predictions/upstream_single_<i>.npz`` beside the run's
-own ``upstream_after_<i>.npz``; ``forgetlab report --after single`` reads them. Existing files are kept
+own ``upstream_after_<i>.npz`` (``results.single_prediction_path``); ``forgetlab report --after single``
+reads them through ``results.read_single_predictions``. Existing files are kept
 (the function is a pure function of the run folder), so rerunning it only fills what is missing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 
 from forgetlab import config as config_module
 from forgetlab.data.base import dataset_labels
@@ -25,12 +24,8 @@ from forgetlab.models.backbones import load_backbone
 from forgetlab.pretrain import ensure_pretrained
 from forgetlab.runner import upstream_task
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
-from forgetlab.results import RunFolder, write_npz
+from forgetlab.results import RunFolder, single_prediction_path, write_npz
 from forgetlab.runtime import autocast_dtype, resolve_device
-
-
-def single_prediction_path(folder: RunFolder, phase_index: int) -> Path:
-    return folder.path / "predictions" / f"upstream_single_{phase_index}.npz"
 
 
 def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", batch_size: int | None = None, log=print) -> list[Path]:
@@ -69,13 +64,3 @@ def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", bat
         written.append(target)
         log(f"{phase}: pretrained + its adapter alone scores {100 * (predictions == labels).mean():.2f}% upstream -> {target}")
     return written
-
-
-def read_single_predictions(folder: RunFolder, phase_index: int) -> dict[str, np.ndarray]:
-    """The single-adapter predictions after phase ``phase_index``; a one-line error naming the command
-    that writes them when they are missing."""
-    path = single_prediction_path(folder, phase_index)
-    if not path.exists():
-        raise DataError(f"{path} is missing; run 'forgetlab single-adapter {folder.path}' first (it reuses the stored adapters)")
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}

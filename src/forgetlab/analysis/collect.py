@@ -1,4 +1,8 @@
-"""Reading finished (or partly finished) run folders for analysis: a run, a sweep, or a tree of them."""
+"""Reading finished (or partly finished) run folders for analysis: a run, a sweep, or a tree of them.
+
+:class:`RunResult` is the one door from a run folder to the analysis: it reads the files through
+``results`` (:class:`~forgetlab.results.RunFolder`), the stored config through ``config``, and a task's
+class names and domain through ``data`` only for runs that did not store them."""
 
 from __future__ import annotations
 

@@ -24,6 +24,8 @@ simulated root of depth 1, so such a token scores a little above 0 (2/13 here) a
 Source: AlbinSou/lora_cl_analysis, ``notebooks/samples.ipynb``, ``word_similarity`` and
 ``average_similarity``; NLTK >= 3.6 simulates the root for every part of speech, and the code of these
 functions in NLTK 3.8.1 (paper 1's time) equals that of 3.10.
+
+Imports only ``wordnet`` (NLTK's WordNet 3.0, loaded once): the predictions come from the caller.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ one means something (the minimums below), saying so otherwise.
   the sum of the two standard deviations over seeds, both with at least 2 seeds) or a paired t-test
   over at least :data:`MIN_PAIRED_SEEDS` shared seeds gives p < 0.05 (``scipy.stats.ttest_rel``);
   otherwise the leaders are called indistinguishable.
+
+Imports ``analysis.groups`` (which runs may be compared) and reads the runs, tables and tests the
+report hands it; it writes nothing.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ and the seed. Runs are therefore grouped by their config with those keys and the
 groups that differ in anything else (``train.epochs=8`` vs ``train.epochs=2``) are never pooled or
 ranked against each other, and each is labelled with exactly the keys in which it differs from the
 groups it is shown beside (:func:`what_differs`).
+
+Works on stored config dicts; imports only ``config`` (which keys are not part of a run's identity).
 """
 
 from __future__ import annotations

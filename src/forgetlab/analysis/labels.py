@@ -6,6 +6,8 @@ n03126707, the machine) and two named "maillot" (n03710637, n03710721); two swee
 dict keeps one of them, and one figure file overwrites the other. Every label the analysis and the
 report build goes through :func:`unique_labels`, which leaves a unique name as it is and adds the id
 to a name that repeats: ``crane (n02012849)``, ``crane (n03126707)``.
+
+Pure functions of names and ids; imports nothing of forgetlab.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ setting (each task trained twice, on two halves of its samples) the second pass'
 as positive backward transfer relative to its first pass only through ``average_forgetting``'s max:
 BWT compares with the *last* time a task was trained, forgetting with its best accuracy since it was
 first trained, and FWT with the first time.
+
+Pure functions of arrays (numpy only): the bottom of the analysis, imported by ``tables`` and ``findings``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 From the upstream predictions stored before and after a task, every test image is one of: forgotten
 (right before, wrong after), retained (right both times), newly learned (wrong before, right after) or
 never right. Counting them per class gives the "most forgotten classes" of paper 1's figure 3.
+
+Pure functions of prediction arrays (numpy only); the caller reads them from the run folder.
 """
 
 from __future__ import annotations

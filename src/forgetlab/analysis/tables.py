@@ -1,5 +1,7 @@
 """Tables derived from run folders: one row per run (config and metrics), means over seeds, and
-paper 2's table (method, trainable parameters, downstream and upstream accuracy, their mean)."""
+paper 2's table (method, trainable parameters, downstream and upstream accuracy, their mean).
+
+Imports ``collect``, ``groups``, ``labels`` and ``metrics`` of the analysis and ``results`` to write a CSV."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Figures of the papers, drawn from stored results only (matplotlib, Agg backend)."""
+"""Figures of the papers, drawn from stored results only (matplotlib, Agg backend).
+
+Each function takes what ``analysis`` computed (a run's matrix, rank groups, class changes, a
+contextual test) and returns a matplotlib figure; it writes no file (``page`` saves them). Imports
+``analysis`` only; the run code, a floor above, also draws ``matrix_figure`` for its trackers."""
 
 from __future__ import annotations
 

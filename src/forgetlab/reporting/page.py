@@ -1,5 +1,10 @@
 """``forgetlab report PATH...``: one self-contained HTML page (figures embedded as data URIs) and a
-Markdown summary, with every figure also written as PNG and SVG next to them."""
+Markdown summary, with every figure also written as PNG and SVG next to them.
+
+:func:`write_report` collects the runs (``analysis.collect``), runs the contextual-forgetting tests,
+draws the figures (``reporting.figures``), derives the tables and findings (``analysis``) and writes the
+pages (``results``' atomic writes). It imports ``analysis``, ``reporting.figures`` and ``results``;
+single-adapter predictions are read through ``results``, never the run code that writes them."""
 
 from __future__ import annotations
 
@@ -11,16 +16,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from forgetlab.analysis.collect import RunResult, find_runs
 from forgetlab.analysis.contextual import ContextualTest, class_similarities, contextual_forgetting
-from forgetlab.analysis.findings import MIN_FORGOTTEN_IMAGES
+from forgetlab.analysis.findings import MIN_FORGOTTEN_IMAGES, findings
 from forgetlab.analysis.groups import rank_groups
 from forgetlab.analysis.labels import class_labels, file_keys, run_labels
 from forgetlab.analysis.perclass import ClassChanges, class_changes, most_forgotten
 from forgetlab.analysis.tables import paper2_table, rows_to_csv, run_row
 from forgetlab.errors import ForgetlabError
 from forgetlab.reporting import figures
-from forgetlab.results import atomic_write_bytes, atomic_write_text
+from forgetlab.results import atomic_write_bytes, atomic_write_text, read_single_predictions
 from forgetlab.runtime import progress
 
 MAX_HEATMAPS = 12
@@ -31,6 +38,10 @@ class Figure:
     key: str
     caption: str
     png: bytes
+
+
+Section = tuple[str, list[Figure], list[str]]  # heading, figures, notes
+Table = tuple[list[str], list[list[str]], list[str]]  # header, rows, notes
 
 
 @dataclass
@@ -103,8 +114,6 @@ def contextual_rows(runs: list[RunResult], permutations: int, after: str = "sequ
     ``after='single'`` (paper 1's figures 3-5) compares the pretrained model with the pretrained model
     plus only that phase's adapter (``forgetlab single-adapter`` writes those predictions).
     ``similarity`` is the class-to-domain similarity: the class ``synset`` or paper 1's ``tokens``."""
-    from forgetlab.single_adapter import read_single_predictions
-
     rows = []
     similarities = {}  # (domain, class synsets) -> per-class similarity: runs of a sweep share them
     for run in progress(runs, desc="contextual forgetting", unit="run"):
@@ -198,7 +207,7 @@ def _dropped_groups(groups) -> str:
 
 
 def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list[dict] | None = None, after: str = "sequence",
-            similarity: str = "synset") -> dict[str, tuple[list[str], list[list[str]], list[str]]]:  # fmt: skip
+            similarity: str = "synset") -> dict[str, Table]:  # fmt: skip
     """Heading -> (header, rows, notes): the notes say why a column is empty and which mode made it."""
     paper2 = paper2_table(runs) if paper2 is None else paper2
     label = dict(zip(map(id, runs), run_labels(runs)))
@@ -290,7 +299,10 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
     """Write ``report.html``, ``report.md`` and ``figures/*.png|svg`` for the runs under ``paths``
     (``after`` and ``similarity``: see :func:`contextual_rows`; the report names them where they
     change a number). Raises :class:`~forgetlab.errors.ForgetlabError` for an unknown mode and
-    :class:`~forgetlab.errors.DataError` for a folder without runs, before anything is written."""
+    :class:`~forgetlab.errors.DataError` for a folder without runs, before anything is written.
+
+    The steps: collect the runs, run the contextual-forgetting tests, draw the figures (rank curves,
+    the focus runs' forgotten classes, accuracy matrices), derive the tables and findings, write the pages."""
     if after not in AFTER_MODES or similarity not in SIMILARITY_MODES:
         raise ForgetlabError(f"unknown report mode --after {after} --similarity {similarity}; use --after "
                              f"{'|'.join(AFTER_MODES)} and --similarity {'|'.join(SIMILARITY_MODES)}")  # fmt: skip
@@ -299,90 +311,152 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    sections: list[tuple[str, list[Figure], list[str]]] = []  # heading, figures, notes
 
-    groups = rank_groups(runs)
-    curves = figures.rank_curves(groups)
-    if curves is not None:
-        sections.append(("Accuracy against LoRA rank (paper 1, figures 1-2)", [
-            _save(curves, "rank_curves", "Final upstream accuracy (left) and first-task accuracy (right) against LoRA rank, "
-                  "one curve per group of runs that differ only in rank and seed, labelled by what else differs; "
-                  "bars: standard deviation over seeds." + _dropped_groups(groups), figure_dir)], []))  # fmt: skip
-    label = dict(zip(map(id, runs), run_labels(runs)))
-    key = dict(zip(map(id, runs), file_keys(list(label.values()))))
-    mode = f"--after {after}, --similarity {similarity}"
-    per_class, class_tables, empty = [], {}, []
-    for run in focus_runs(runs):
-        names = class_labels(run.upstream)  # unique: ImageNet's two cranes are two rows
-        before = run.predictions(0)
-        if after == "single":
-            from forgetlab.single_adapter import read_single_predictions
-
-            later = read_single_predictions(run.folder, 1)["predictions"]
-        else:
-            later = run.predictions(1)["predictions"]
-        changes = class_changes(before["predictions"], later, before["labels"], len(names))
-        task = run.matrix.phases[0]
-        if changes.forgotten.sum() == 0:  # a figure of nothing, titled 'nan', misleads: say it instead
-            right = int((changes.forgotten + changes.retained).sum())
-            empty.append(f"{label[id(run)]} forgot no upstream test image after {task} (0 of the {right} right before; "
-                         f"{mode}): no forgotten-classes or similarity figure is drawn for it.")  # fmt: skip
-            continue
-        per_class.append(_save(figures.most_forgotten_figure(changes, names, f"{label[id(run)]}: most forgotten after {task}"),
-                               f"forgotten_{key[id(run)]}", f"The 20 upstream classes with most test images forgotten by "
-                               f"{label[id(run)]} after {task} (right before, wrong after; --after {after}).", figure_dir))  # fmt: skip
-        class_rows = forgotten_classes_rows(changes, names, run.upstream)
-        class_tables[f"Most forgotten upstream classes: {label[id(run)]} after {task} (--after {after})"] = (FORGOTTEN_HEADER, class_rows, [])
-        atomic_write_text(figure_dir / f"forgotten_{key[id(run)]}.csv", rows_to_csv([dict(zip(FORGOTTEN_HEADER, r)) for r in class_rows]))
-        for row in contextual:
-            if row.run is run and row.task == task:
-                per_class.append(_save(figures.similarity_figure(row.test, row.domain, f"{label[id(run)]} after {task} ({mode})",
-                                                                 min_forgotten=MIN_FORGOTTEN_IMAGES, similarity=similarity),
-                                       f"similarity_{key[id(run)]}", f"Similarity to the task's domain of forgotten vs all "
-                                       f"upstream test images; one-sided permutation test of the forgotten images' mean. "
-                                       f"Mode: {mode_line(after, similarity)}.", figure_dir))  # fmt: skip
-    if per_class or empty:
-        sections.append((f"Which upstream classes are forgotten (paper 1, figures 3-4; {mode})", per_class, empty))
-    heatmaps = [_save(figures.matrix_heatmap(run, label[id(run)]), f"matrix_{key[id(run)]}", f"Accuracy matrix of {label[id(run)]}.",
-                      figure_dir) for run in runs[:MAX_HEATMAPS]]  # fmt: skip
-    sections.append((f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps, []))
-
-    from forgetlab.analysis.findings import findings
+    sections = _rank_section(runs, figure_dir)
+    names = RunNames.of(runs)
+    class_section, class_tables = _forgotten_classes_section(runs, contextual, names, after, similarity, figure_dir)
+    sections += class_section
+    sections.append(_heatmap_section(runs, names, figure_dir))
 
     paper2 = paper2_table(runs)
     tables = {**_tables(runs, contextual, paper2, after, similarity), **class_tables}
-    sentences = findings(runs, contextual, paper2, mode=mode)
-    title = f"forgetlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}"
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>From: {html.escape(', '.join(map(str, paths)))}</p>",
-            f"<p>Contextual forgetting: {html.escape(mode_line(after, similarity))}.</p>"]  # fmt: skip
-    markdown = [f"# {title}", "", f"From: {', '.join(map(str, paths))}", "", f"Contextual forgetting: {mode_line(after, similarity)}.", ""]
-    if sentences:  # the first screen: what the runs show, then the figures, then the tables
-        body += ["<h2>Findings</h2>", "<ul class='findings'>", *[f"<li>{html.escape(s)}</li>" for s in sentences], "</ul>"]
-        markdown += ["## Findings", "", *[f"- {s}" for s in sentences], ""]
-    for heading, items, notes in sections:
+    page = ReportPage(title=f"forgetlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}", sources=", ".join(map(str, paths)),
+                      mode=mode_line(after, similarity), sections=sections, tables=tables,
+                      findings=findings(runs, contextual, paper2, mode=f"--after {after}, --similarity {similarity}"))  # fmt: skip
+    atomic_write_text(out_dir / "report.html", _html_page(page))
+    atomic_write_text(out_dir / "report.md", _markdown_page(page))
+    log(f"report of {len(runs)} runs: {out_dir / 'report.html'} and {out_dir / 'report.md'}, figures in {figure_dir}")
+    return out_dir / "report.html"
+
+
+# ------------------------------------------------------------------------------------ the figures
+@dataclass
+class RunNames:
+    """Each run's unique label (figures, tables) and file key (figure and CSV names), by ``id(run)``."""
+
+    label: dict[int, str]
+    key: dict[int, str]
+
+    @classmethod
+    def of(cls, runs: list[RunResult]) -> RunNames:
+        label = dict(zip(map(id, runs), run_labels(runs)))
+        return cls(label, dict(zip(map(id, runs), file_keys(list(label.values())))))
+
+
+def _rank_section(runs: list[RunResult], figure_dir: Path) -> list[Section]:
+    """Paper 1's figures 1-2 (accuracy against LoRA rank), or nothing when no group has two ranks."""
+    groups = rank_groups(runs)
+    curves = figures.rank_curves(groups)
+    if curves is None:
+        return []
+    return [("Accuracy against LoRA rank (paper 1, figures 1-2)", [
+        _save(curves, "rank_curves", "Final upstream accuracy (left) and first-task accuracy (right) against LoRA rank, "
+              "one curve per group of runs that differ only in rank and seed, labelled by what else differs; "
+              "bars: standard deviation over seeds." + _dropped_groups(groups), figure_dir)], [])]  # fmt: skip
+
+
+def _upstream_after_first_phase(run: RunResult, after: str) -> np.ndarray:
+    """The upstream predictions after the run's first phase: the sequence's, or (``after='single'``) those
+    of the pretrained backbone plus only that phase's adapter."""
+    if after == "single":
+        return read_single_predictions(run.folder, 1)["predictions"]
+    return run.predictions(1)["predictions"]
+
+
+def _forgotten_classes_section(runs: list[RunResult], contextual: list[ContextualRow], names: RunNames, after: str,
+                               similarity: str, figure_dir: Path) -> tuple[list[Section], dict[str, Table]]:  # fmt: skip
+    """Paper 1's figures 3-4 for every focus run (:func:`focus_runs`): its most forgotten upstream classes
+    after its first phase (figure, table, ``figures/forgotten_<key>.csv``) and the similarity of the
+    forgotten images to the phase's domain; a note instead for a focus run that forgot nothing."""
+    mode = f"--after {after}, --similarity {similarity}"
+    per_class, class_tables, empty = [], {}, []
+    for run in focus_runs(runs):
+        label, key = names.label[id(run)], names.key[id(run)]
+        classes = class_labels(run.upstream)  # unique: ImageNet's two cranes are two rows
+        before = run.predictions(0)
+        changes = class_changes(before["predictions"], _upstream_after_first_phase(run, after), before["labels"], len(classes))
+        task = run.matrix.phases[0]
+        if changes.forgotten.sum() == 0:  # a figure of nothing, titled 'nan', misleads: say it instead
+            right = int((changes.forgotten + changes.retained).sum())
+            empty.append(f"{label} forgot no upstream test image after {task} (0 of the {right} right before; "
+                         f"{mode}): no forgotten-classes or similarity figure is drawn for it.")  # fmt: skip
+            continue
+        per_class.append(_save(figures.most_forgotten_figure(changes, classes, f"{label}: most forgotten after {task}"),
+                               f"forgotten_{key}", f"The 20 upstream classes with most test images forgotten by "
+                               f"{label} after {task} (right before, wrong after; --after {after}).", figure_dir))  # fmt: skip
+        class_rows = forgotten_classes_rows(changes, classes, run.upstream)
+        class_tables[f"Most forgotten upstream classes: {label} after {task} (--after {after})"] = (FORGOTTEN_HEADER, class_rows, [])
+        atomic_write_text(figure_dir / f"forgotten_{key}.csv", rows_to_csv([dict(zip(FORGOTTEN_HEADER, r)) for r in class_rows]))
+        for row in contextual:
+            if row.run is run and row.task == task:
+                per_class.append(_save(figures.similarity_figure(row.test, row.domain, f"{label} after {task} ({mode})",
+                                                                 min_forgotten=MIN_FORGOTTEN_IMAGES, similarity=similarity),
+                                       f"similarity_{key}", f"Similarity to the task's domain of forgotten vs all "
+                                       f"upstream test images; one-sided permutation test of the forgotten images' mean. "
+                                       f"Mode: {mode_line(after, similarity)}.", figure_dir))  # fmt: skip
+    if not (per_class or empty):
+        return [], class_tables
+    return [(f"Which upstream classes are forgotten (paper 1, figures 3-4; {mode})", per_class, empty)], class_tables
+
+
+def _heatmap_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> Section:
+    """The accuracy matrices of the first :data:`MAX_HEATMAPS` runs."""
+    heatmaps = [_save(figures.matrix_heatmap(run, names.label[id(run)]), f"matrix_{names.key[id(run)]}",
+                      f"Accuracy matrix of {names.label[id(run)]}.", figure_dir) for run in runs[:MAX_HEATMAPS]]  # fmt: skip
+    return (f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps, [])
+
+
+# ------------------------------------------------------------------------------------ the pages
+@dataclass
+class ReportPage:
+    """What both pages show, in order: the title, the sources and the contextual-forgetting mode, the
+    findings, the figure sections, the tables, the glossary."""
+
+    title: str
+    sources: str  # the paths given, comma-separated
+    mode: str  # mode_line(after, similarity)
+    findings: list[str]
+    sections: list[Section]
+    tables: dict[str, Table]
+
+
+def _html_page(page: ReportPage) -> str:
+    """The self-contained ``report.html``: figures embedded as PNG data URIs."""
+    body = [f"<h1>{html.escape(page.title)}</h1>", f"<p>From: {html.escape(page.sources)}</p>",
+            f"<p>Contextual forgetting: {html.escape(page.mode)}.</p>"]  # fmt: skip
+    if page.findings:  # the first screen: what the runs show, then the figures, then the tables
+        body += ["<h2>Findings</h2>", "<ul class='findings'>", *[f"<li>{html.escape(s)}</li>" for s in page.findings], "</ul>"]
+    for heading, items, notes in page.sections:
         body.append(f"<h2>{html.escape(heading)}</h2>")
-        markdown += [f"## {heading}", ""]
-        for note in notes:
-            body.append(f"<p class='note'>{html.escape(note)}</p>")
-            markdown += [note, ""]
+        body += [f"<p class='note'>{html.escape(note)}</p>" for note in notes]
         for item in items:
             data = base64.b64encode(item.png).decode()
             body.append(f'<figure><img alt="{html.escape(item.key)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{html.escape(item.caption)}</figcaption></figure>")  # fmt: skip
-            markdown += [f"![{item.caption}](figures/{item.key}.png)", ""]
-    for heading, (header, rows, notes) in tables.items():
+    for heading, (header, rows, notes) in page.tables.items():
         body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows), *[f"<p class='note'>{html.escape(n)}</p>" for n in notes]]
-        markdown += [f"## {heading}", "", _markdown_table(header, rows), "", *[line for note in notes for line in (note, "")]]
     body += ["<h2>Glossary</h2>", "<dl class='glossary'>",
              *[f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in GLOSSARY], "</dl>",
              "<p class='note'>Accuracies and metrics are in percent (percentage points for differences).</p>"]  # fmt: skip
-    markdown += ["## Glossary", "", *[f"- **{term}**: {text}." for term, text in GLOSSARY], "",
-                 "Accuracies and metrics are in percent (percentage points for differences).", ""]  # fmt: skip
-    page = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(page.title)}</title>"
         f"<style>{_STYLE}</style><script>{_CHECK_SCRIPT}</script></head><body>{''.join(body)}</body></html>"
     )
-    atomic_write_text(out_dir / "report.html", page)
-    atomic_write_text(out_dir / "report.md", "\n".join(markdown))
-    log(f"report of {len(runs)} runs: {out_dir / 'report.html'} and {out_dir / 'report.md'}, figures in {figure_dir}")
-    return out_dir / "report.html"
+
+
+def _markdown_page(page: ReportPage) -> str:
+    """``report.md``: the same content, figures linked as ``figures/<key>.png``."""
+    markdown = [f"# {page.title}", "", f"From: {page.sources}", "", f"Contextual forgetting: {page.mode}.", ""]
+    if page.findings:
+        markdown += ["## Findings", "", *[f"- {s}" for s in page.findings], ""]
+    for heading, items, notes in page.sections:
+        markdown += [f"## {heading}", ""]
+        for note in notes:
+            markdown += [note, ""]
+        for item in items:
+            markdown += [f"![{item.caption}](figures/{item.key}.png)", ""]
+    for heading, (header, rows, notes) in page.tables.items():
+        markdown += [f"## {heading}", "", _markdown_table(header, rows), "", *[line for note in notes for line in (note, "")]]
+    markdown += ["## Glossary", "", *[f"- **{term}**: {text}." for term, text in GLOSSARY], "",
+                 "Accuracies and metrics are in percent (percentage points for differences).", ""]  # fmt: skip
+    return "\n".join(markdown)
