@@ -1,6 +1,10 @@
 """The ``forgetlab`` command. It parses arguments and calls one library function per command.
 
 Errors the user can fix (:class:`forgetlab.errors.ForgetlabError`) print one line and exit with 2.
+
+:func:`build_parser` adds one subcommand per ``_add_<command>`` function; each subcommand's ``cmd_<command>``
+imports the library it needs when it runs (so ``--help`` stays fast). This is the top floor: only
+``forgetlab.__main__`` imports it.
 """
 
 from __future__ import annotations
@@ -233,13 +237,28 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``forgetlab`` parser: one subcommand per ``_add_*`` function below, in the order ``--help`` lists them."""
     parser = argparse.ArgumentParser(
         prog="forgetlab",
         description="Measure what pretrained vision models forget under incremental (low-rank) fine-tuning.",
     )
     parser.add_argument("--version", action="version", version=f"forgetlab {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(commands)
+    _add_presets(commands)
+    _add_data(commands)
+    _add_pretrain(commands)
+    _add_show(commands)
+    _add_sweep(commands)
+    _add_report(commands)
+    _add_single_adapter(commands)
+    _add_anatomy(commands)
+    _add_config(commands)
+    return parser
 
+
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab run``: run (or resume) a task sequence."""
     run = commands.add_parser(
         "run",
         help="run (or resume) a task sequence",
@@ -252,12 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="start from a named preset ('forgetlab presets' lists them)")
     run.set_defaults(func=cmd_run)
 
+
+def _add_presets(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab presets``: list the presets, or print one."""
     presets = commands.add_parser("presets", help="list the papers' presets", description="List the presets: what each reproduces, its command and cost; "
                                   "with a NAME, its settings and the source of each (the paper's file and line, or forgetlab's choice and why).")
     presets.add_argument("name", nargs="?", metavar="NAME", help="one preset: print its settings with their sources")
     presets.add_argument("--markdown", action="store_true", help="print every preset as Markdown (docs/PRESETS.md)")
     presets.set_defaults(func=cmd_presets)
 
+
+def _add_data(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab data check``: the datasets' state."""
     data = commands.add_parser("data", help="inspect the datasets", description="Dataset tools.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     check = data_commands.add_parser(
@@ -269,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="exit with 1 when a dataset is missing")
     check.set_defaults(func=cmd_data_check)
 
+
+def _add_pretrain(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab pretrain``: build the offline backbones."""
     pretrain = commands.add_parser(
         "pretrain",
         help="pretrain the offline backbones on the offline upstream task",
@@ -280,12 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", help="write to OUT/<backbone> instead of the cache")
     pretrain.set_defaults(func=cmd_pretrain)
 
+
+def _add_show(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab show``: a run's matrix and metrics, or a sweep's cells."""
     show = commands.add_parser("show", help="print a run's accuracy matrix and metrics, or a sweep's cells",
                                description="Print a run's accuracy matrix with its average accuracy, forgetting, BWT and upstream "
                                "change; for a sweep's folder, every cell's state and those metrics.")  # fmt: skip
     show.add_argument("run_dir", metavar="RUN_DIR | SWEEP_DIR")
     show.set_defaults(func=cmd_show)
 
+
+def _add_sweep(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab sweep``: run a sweep file's grid."""
     sweep = commands.add_parser(
         "sweep",
         help="run a grid of runs from a sweep file",
@@ -305,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="print only the summary")
     sweep.set_defaults(func=cmd_sweep)
 
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab report``: the HTML and Markdown report."""
     report = commands.add_parser(
         "report",
         help="write the HTML report and Markdown summary of runs and sweeps",
@@ -324,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--quiet", action="store_true")
     report.set_defaults(func=cmd_report)
 
+
+def _add_single_adapter(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab single-adapter``: score the upstream task with one task's adapter."""
     single = commands.add_parser(
         "single-adapter",
         help="score the upstream task with the pretrained backbone plus only one task's stored adapter (paper 1, figures 3-5)",
@@ -335,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     single.add_argument("--quiet", action="store_true")
     single.set_defaults(func=cmd_single_adapter)
 
+
+def _add_anatomy(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab anatomy``: what every method would train."""
     anatomy = commands.add_parser(
         "anatomy", help="what every method would train on a backbone (random weights; nothing is run)",
         description="Build the configured backbone with random weights and print its family, LoRA's targets, and for every method the "
@@ -345,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     anatomy.add_argument("--preset", help="start from a named preset")
     anatomy.set_defaults(func=cmd_anatomy)
 
+
+def _add_config(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab config``: print the resolved config."""
     config = commands.add_parser(
         "config",
         help="print the resolved config",
@@ -354,7 +400,6 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--keys", action="store_true", help="list every key with its help text")
     config.add_argument("--preset", help="start from a named preset")
     config.set_defaults(func=cmd_config)
-    return parser
 
 
 def _parse(parser: argparse.ArgumentParser, argv):

@@ -13,6 +13,10 @@ prints the whole resolved config).
 
 Cost is the number of training images a run processes (exact) and its time at an assumed throughput:
 no GPU has been available to this project to measure it, so the hours are arithmetic, not measurements.
+
+Layout: :func:`_paper1` and :func:`_paper2` give one preset's settings; :func:`_paper1_presets` and
+:func:`_paper2_presets` list each paper's presets; :data:`PRESETS` holds them all. Imports only
+:mod:`forgetlab.errors`; the CLI, the API and sweeps import it (when they need a preset).
 """
 
 from __future__ import annotations
@@ -216,11 +220,12 @@ PAPER2_NOTE = ("The published numbers come from the checkpoint with the best CIF
                "{every} steps): the test set doubles as validation, so they are optimistic (train.select=last for the honest number).")
 
 
-def _build() -> dict[str, Preset]:
+def _paper1_presets() -> list[Preset]:
+    """Paper 1's presets (two backbones, two orders, the long settings, LwF, full rank), then its LoRA variants."""
     vit, resnet = "vit_base_patch16_224.augreg_in1k", "resnet50.a1_in1k"
     long = [f"{t}:samples_half1" for t in SHORT] + [f"{t}:samples_half2" for t in SHORT]
     long80 = [f"{t}:samples_first80" for t in SHORT] + [f"{t}:samples_last20" for t in SHORT]
-    presets = [
+    return [
         Preset("paper1-vit", "paper 1, short setting, ViT-B/16 (figure 1, blue)", _paper1(vit, SHORT, order=ORDER_1), PAPER1_NOTE,
                ["method.rank=32", "seed=0"]),
         Preset("paper1-resnet", "paper 1, short setting, ResNet-50 (figure 1, green)", _paper1(resnet, SHORT, order=ORDER_1), PAPER1_NOTE,
@@ -248,10 +253,15 @@ def _build() -> dict[str, Preset]:
                PAPER1_NOTE + VARIANT_NOTE, ["method.rank=32", "seed=0"]),
     ]  # fmt: skip
 
-    def row(label: str) -> str:
-        return f"{P2} README.md, row '{label}'"
 
-    lora = lambda r: {  # noqa: E731
+def _readme_row(label: str) -> str:
+    """The source of a value read from a row of paper 2's README table."""
+    return f"{P2} README.md, row '{label}'"
+
+
+def _paper2_lora(r: int) -> dict[str, Setting]:
+    """Paper 2's LoRA of rank ``r`` on q and v (the ``method.*`` settings)."""
+    return {
         "name": Setting("lora", f"{P2} configs/lora/cifar100-r{r}-lr-*.yaml:14 (training_mode: lora)"),
         "rank": Setting(r, f"{P2} configs/lora/cifar100-r{r}-lr-*.yaml:21"),
         "alpha": Setting(float(r), f"{P2} configs/lora/cifar100-r{r}-lr-*.yaml:22 (lora_alpha = r: scaling 1)"),
@@ -259,39 +269,48 @@ def _build() -> dict[str, Preset]:
         "targets": Setting("q,v", f"{P2} src/model.py:62 (query, value)"),
         "policy": Setting("merge", "forgetlab's choice: one task, so merge and keep score alike"),
     }
-    block = lambda p, split, file: {  # noqa: E731
+
+
+def _paper2_block(p: int, split: int, file: str) -> dict[str, Setting]:
+    """Paper 2's Block Expansion with ``p`` copies, one after every ``split`` blocks (config ``configs/block/<file>``)."""
+    return {
         "name": Setting("block_expansion", f"{P2} configs/block/{file}:14 (training_mode: block)"),
         "copies": Setting(p, f"{P2} README.md:{109 + p} (the table's row p={p})"),
         "split": Setting(split, f"{P2} configs/block/{file}:17 and src/utils.py:12 (a copy after block i when (i + 1) % split == 0)"),
     }
+
+
+def _paper2_presets() -> list[Preset]:
+    """Paper 2's table, one preset per row: the method's settings, its learning rate and its note."""
     lr_choice = "forgetlab's choice: configs exist at 0.005 and 0.05 and the README does not say which made the row; "
     paper2 = [
         ("full", "full/cifar100-lr=0.005.yaml", {"name": Setting("full", f"{P2} configs/full/cifar100-lr=0.005.yaml:14")},
-         0.005, row("All") + ": configs/full/cifar100-lr=0.005.yaml:16", "full fine-tuning (85.9 M)", ""),
+         0.005, _readme_row("All") + ": configs/full/cifar100-lr=0.005.yaml:16", "full fine-tuning (85.9 M)", ""),
         ("top3", "add_three/cifar100-lr=0.005.yaml",
          {"name": Setting("topk", "docs/PROTOCOL_paper2.md (top-3): not implemented in the public code; forgetlab trains the last 3 blocks"),
           "k": Setting(3, f"{P2} README.md:95 (row Top-3: 21.3 M = 3 blocks + the classifier)")},
-         0.005, row("Top-3") + ": configs/add_three/cifar100-lr=0.005.yaml:16", "top-3 blocks (21.3 M)",
+         0.005, _readme_row("Top-3") + ": configs/add_three/cifar100-lr=0.005.yaml:16", "top-3 blocks (21.3 M)",
          " Top-3 is not defined by the public code (its config's training_mode 'add_three' exists nowhere in src/): forgetlab trains "
          "the last 3 blocks and the final norm."),
         ("linear", "linear/cifar100-lr=0.005.yaml", {"name": Setting("linear", f"{P2} configs/linear/cifar100-lr=0.005.yaml:14")},
-         0.005, row("Linear") + ": configs/linear/cifar100-lr=0.005.yaml:16", "linear probing (76.9 K)", ""),
-        ("lora-r4", "lora/cifar100-r4-lr-0.05.yaml", lora(4), 0.05, row("r=4") + ": configs/lora/cifar100-r4-lr-0.05.yaml:16",
+         0.005, _readme_row("Linear") + ": configs/linear/cifar100-lr=0.005.yaml:16", "linear probing (76.9 K)", ""),
+        ("lora-r4", "lora/cifar100-r4-lr-0.05.yaml", _paper2_lora(4), 0.05, _readme_row("r=4") + ": configs/lora/cifar100-r4-lr-0.05.yaml:16",
          "LoRA r=4 on q, v", ""),
-        ("lora-r8", "lora/cifar100-r8-lr-0.005.yaml", lora(8), 0.005, row("r=8") + ": configs/lora/cifar100-r8-lr-0.005.yaml:16",
+        ("lora-r8", "lora/cifar100-r8-lr-0.005.yaml", _paper2_lora(8), 0.005, _readme_row("r=8") + ": configs/lora/cifar100-r8-lr-0.005.yaml:16",
          "LoRA r=8 on q, v", ""),
-        ("lora-r16", "lora/cifar100-r16-lr-0.05.yaml", lora(16), 0.05, row("r=16") + ": configs/lora/cifar100-r16-lr-0.05.yaml:16",
+        ("lora-r16", "lora/cifar100-r16-lr-0.05.yaml", _paper2_lora(16), 0.05, _readme_row("r=16") + ": configs/lora/cifar100-r16-lr-0.05.yaml:16",
          "LoRA r=16 on q, v", ""),
-        ("block-p1", "block/cifar100-lr=0.005-s11.yaml", block(1, 11, "cifar100-lr=0.005-s11.yaml"), 0.005, lr_choice + "0.005 as for p=2, the one row whose config is linked",
+        ("block-p1", "block/cifar100-lr=0.005-s11.yaml", _paper2_block(1, 11, "cifar100-lr=0.005-s11.yaml"), 0.005, lr_choice + "0.005 as for p=2, the one row whose config is linked",
          "Block Expansion p=1", " train.lr=0.05 runs the other config (configs/block/cifar100-lr=0.05-s11.yaml)."),
-        ("block-p2", "block/cifar100-lr=0.005-s6.yaml", block(2, 6, "cifar100-lr=0.005-s6.yaml"), 0.005, f"{P2} configs/block/cifar100-lr=0.005-s6.yaml:16",
+        ("block-p2", "block/cifar100-lr=0.005-s6.yaml", _paper2_block(2, 6, "cifar100-lr=0.005-s6.yaml"), 0.005, f"{P2} configs/block/cifar100-lr=0.005-s6.yaml:16",
          "Block Expansion p=2", ""),
-        ("block-p3", "block/cifar100.yaml", block(3, 4, "cifar100.yaml"), 0.05,
+        ("block-p3", "block/cifar100.yaml", _paper2_block(3, 4, "cifar100.yaml"), 0.05,
          lr_choice + "0.05, the value of configs/block/cifar100.yaml:16, the split-4 config without a suffix",
          "Block Expansion p=3", " train.lr=0.005 runs the other config (configs/block/cifar100-lr=0.005.yaml)."),
-        ("block-p4", "block/cifar100-lr=0.005-s3.yaml", block(4, 3, "cifar100-lr=0.005-s3.yaml"), 0.005, lr_choice + "0.005 as for p=2, the one row whose config is linked",
+        ("block-p4", "block/cifar100-lr=0.005-s3.yaml", _paper2_block(4, 3, "cifar100-lr=0.005-s3.yaml"), 0.005, lr_choice + "0.005 as for p=2, the one row whose config is linked",
          "Block Expansion p=4", " train.lr=0.05 runs the other config (configs/block/cifar100-lr=0.05-s3.yaml)."),
     ]  # fmt: skip
+    presets = []
     for key, config_file, method, lr, lr_source, label, extra_note in paper2:
         settings = _paper2(config_file, method, lr, lr_source)
         note = PAPER2_NOTE.format(every=250 if key == "linear" else 500) + extra_note
@@ -299,7 +318,12 @@ def _build() -> dict[str, Preset]:
             note += (" The published LoRA rows scored the k-NN on the 100-d CIFAR classifier outputs (a bug of the code): "
                      "eval.knn_features=task_logits reproduces them.")
         presets.append(Preset(f"paper2-{key}", f"paper 2's table, row '{label}': DINO ViT-B/16 on CIFAR-100, ImageNet k-NN", settings, note))
-    return {preset.name: preset for preset in presets}
+    return presets
+
+
+def _build() -> dict[str, Preset]:
+    """Every preset by name: paper 1's, then paper 2's (the order ``forgetlab presets`` lists them)."""
+    return {preset.name: preset for preset in [*_paper1_presets(), *_paper2_presets()]}
 
 
 PRESETS = _build()

@@ -1,4 +1,4 @@
-"""The interface every fine-tuning method keeps, and the registry that maps names to methods.
+"""The interface every fine-tuning method keeps (the name -> method table is :mod:`forgetlab.methods.registry`).
 
 A method decides what happens to the backbone (the task heads are the runner's business):
 
@@ -13,6 +13,9 @@ A method decides what happens to the backbone (the task heads are the runner's b
 
 Everything else (the loop, the losses, evaluation) is shared, so LwF or replay combine with any
 method through the config alone.
+
+Imports: every method module imports this one; this one imports only :mod:`forgetlab.methods.registry`
+(re-exporting its lookup functions), never a method.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from typing import ClassVar
 
 from torch import nn
 
-from forgetlab.errors import ConfigError
-
-_METHODS: dict[str, type["Method"]] = {}
+# The lookup lives in the registry (which imports no method); it is re-exported here for the callers
+# that import it from this module (the runner, method_anatomy, tests and benchmarks).
+from forgetlab.methods.registry import build_method, method_class, method_names, register_method  # noqa: F401
 
 
 @dataclasses.dataclass
@@ -70,30 +73,3 @@ class Method:
     def describe(self) -> str:
         fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "name"}
         return f"{self.name}({', '.join(f'{k}={v}' for k, v in fields.items())})"
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    if cls.name in _METHODS:
-        raise ValueError(f"method '{cls.name}' registered twice")
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def _load_builtin() -> None:
-    from forgetlab.methods import block_expansion, full, fullrank, linear, lora, topk  # noqa: F401
-
-
-def method_names() -> list[str]:
-    _load_builtin()
-    return sorted(_METHODS)
-
-
-def method_class(name: str) -> type[Method]:
-    _load_builtin()
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
-
-
-def build_method(config) -> Method:
-    return method_class(config.name)(config)

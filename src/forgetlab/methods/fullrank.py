@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from forgetlab.errors import ConfigError
-from forgetlab.methods.base import Method, register_method
+from forgetlab.methods.base import Method
+from forgetlab.methods.registry import register_method
 from forgetlab.methods.lora import TARGETS, target_modules
 
 

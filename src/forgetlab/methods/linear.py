@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from forgetlab.methods.base import Method, register_method
+from forgetlab.methods.base import Method
+from forgetlab.methods.registry import register_method
 
 
 @dataclass

@@ -56,7 +56,8 @@ from pathlib import Path
 from torch import nn
 
 from forgetlab.errors import ConfigError
-from forgetlab.methods.base import Method, register_method
+from forgetlab.methods.base import Method
+from forgetlab.methods.registry import register_method
 from forgetlab.models import families
 from forgetlab.models import lora_layers
 from forgetlab.models.adapter_files import load_adapter, save_adapter

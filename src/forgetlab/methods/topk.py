@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from forgetlab.methods.base import Method, register_method
+from forgetlab.methods.base import Method
+from forgetlab.methods.registry import register_method
 from forgetlab.models.families import top_groups
 
 
