@@ -18,10 +18,10 @@ from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_fingerprint, dataset_labels
 from forgetlab.data.eval_cache import open_crops
+from forgetlab.data.loader import batches, make_loader
 from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import UPSTREAM
 from forgetlab.runtime import autocast, progress
-from forgetlab.train import batches, make_loader
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_labels
+from forgetlab.data.loader import batches, make_loader
 from forgetlab.errors import FULL_DISK, DiskFullError
 
 CROPS_FILE = "crops.npy"
@@ -87,7 +88,7 @@ def _pil_recipe(transform):
 class EvalCrops(Dataset):
     """A test set (or k-NN bank) read from its cached evaluation crops. Batches are uint8 crops read from
     the memory map in one slice (``__getitems__``), normalised on the device by :meth:`to_batch`, as the
-    device pipeline's datasets are (:func:`forgetlab.train.batches`)."""
+    device pipeline's datasets are (:func:`forgetlab.data.loader.batches`)."""
 
     def __init__(self, path: Path, source: Dataset, size: int, mean, std, build: Callable[[np.ndarray], None], key: str):
         self.path, self.source, self.size, self.key = Path(path), source, size, key
@@ -229,7 +230,6 @@ class EvalCropCache:
     def _device_builder(self, dataset, transform) -> Callable[[np.ndarray], None]:
         """Crops through the device pipeline: its batches with mean 0 and std 1/255, i.e. in [0, 255]."""
         from forgetlab.runtime import progress
-        from forgetlab.train import batches, make_loader
 
         def fill(array: np.ndarray) -> None:
             view = copy.copy(dataset)
