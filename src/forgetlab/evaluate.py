@@ -3,6 +3,10 @@
 An evaluator is a small named unit (big_vision's style): it takes the model and a dataset and returns
 ``(accuracy, predictions)``, where ``predictions`` are the per-example predicted labels kept for the
 per-class forgetting analysis.
+
+Imports run down: datasets become batches on the device through :mod:`forgetlab.data.loader` (as in
+training) and cached evaluation crops through :mod:`forgetlab.data.eval_cache`; the runner, pretraining and
+single-adapter evaluation import this.
 """
 
 from __future__ import annotations

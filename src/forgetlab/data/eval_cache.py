@@ -17,6 +17,9 @@ also in-memory arrays and on any device, ``off`` nothing; ``data.eval_cache_gb``
 is not written (one log line says so). On the PIL path the cached crops are the PIL transform's own
 uint8 pixels, so predictions are unchanged; on the device path they are its float crops rounded to
 uint8 (at most half a level of 255).
+
+Imports: ``data.base`` and ``data.loader`` (the device path computes its crops through the batches
+training and evaluation read); ``evaluate``, the runner and ``data.files`` import this.
 """
 
 from __future__ import annotations
