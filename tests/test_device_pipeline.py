@@ -144,7 +144,7 @@ def test_prefetched_makes_the_next_batch_before_handing_over_the_current():
     reaches the step, and every tensor of a batch is marked for the consumer's stream."""
     import contextlib
 
-    from forgetlab.train import prefetched
+    from forgetlab.data.loader import prefetched
 
     events, marked = [], []
 

@@ -3,6 +3,10 @@
 An evaluator is a small named unit (big_vision's style): it takes the model and a dataset and returns
 ``(accuracy, predictions)``, where ``predictions`` are the per-example predicted labels kept for the
 per-class forgetting analysis.
+
+Imports run down: datasets become batches on the device through :mod:`forgetlab.data.loader` (as in
+training) and cached evaluation crops through :mod:`forgetlab.data.eval_cache`; the runner, pretraining and
+single-adapter evaluation import this.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_fingerprint, dataset_labels
 from forgetlab.data.eval_cache import open_crops
+from forgetlab.data.loader import batches, make_loader
 from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import UPSTREAM
 from forgetlab.runtime import autocast, progress
-from forgetlab.train import batches, make_loader
 
 
 @torch.no_grad()

@@ -4,20 +4,27 @@ One call trains one task: whatever has ``requires_grad`` (chosen by the method, 
 is optimised with AdamW or SGD under a cosine schedule with linear warm-up (paper 1 warms up over the
 first 1/18 of the steps). Extra loss terms (LwF) are callables added to the task's cross-entropy;
 replayed examples (a data source) are concatenated to each batch and learned through their own head.
+
+:func:`train_task` is the loop; :func:`_set_up` makes what a task's steps share (optimiser, schedule,
+the compiled or eager forward), :func:`_step` is one optimisation step, :class:`_Clock` splits the
+task's time for :class:`TrainStats`. Imports run down: the batches come from
+:mod:`forgetlab.data.loader` (the data path evaluation uses too); the runner and pretraining import this.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from forgetlab.data.loader import batches, make_loader
 from forgetlab.errors import TrainingError
 from forgetlab.runtime import autocast, progress
 
@@ -164,71 +171,6 @@ def compiled(model, train_config, device: torch.device):
     return torch.compile(model, mode="reduce-overhead") if mode == "reduce-overhead" else torch.compile(model)
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0, device=None, drop_last: bool = False):
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=drop_last and len(dataset) >= batch_size,
-        collate_fn=getattr(dataset, "collate", None),  # the device pipeline's datasets yield encoded images
-        generator=generator if shuffle else None,
-        num_workers=workers,
-        pin_memory=device is not None and device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-
-
-def batches(loader, dataset, device: torch.device, generator: torch.Generator | None = None):
-    """``(images on the device, labels on the device)`` of every batch: the device pipeline's datasets
-    are decoded and preprocessed there (:mod:`forgetlab.data.device_pipeline`), others copied.
-
-    On CUDA the batches come one ahead (:func:`prefetched`): the next batch's copy, decoding and
-    preprocessing are queued on a side stream before the current one is handed over, so they overlap
-    the current step instead of preceding the next."""
-    produced = _on_device(loader, dataset, device, generator)
-    if device.type != "cuda":
-        yield from produced
-        return
-    stream = torch.cuda.Stream(device=device)
-    yield from prefetched(produced, lambda: torch.cuda.stream(stream), lambda: _hand_over(stream, device))
-
-
-def _on_device(loader, dataset, device: torch.device, generator: torch.Generator | None):
-    to_batch = getattr(dataset, "to_batch", None)
-    for batch in loader:
-        if to_batch is not None:
-            payloads, labels, positions = batch
-            yield to_batch(payloads, positions, device, generator), labels.to(device, non_blocking=True)
-        else:
-            images, labels = batch
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-
-
-def _hand_over(stream, device):
-    """Make the compute stream wait for ``stream``'s work; returns how to mark a tensor as used there."""
-    current = torch.cuda.current_stream(device)
-    current.wait_stream(stream)
-    return lambda tensor: tensor.record_stream(current)  # its memory is not reused before the step is done
-
-
-def prefetched(produced, side_stream, hand_over):
-    """Yield from ``produced`` one item ahead: item ``i + 1`` is made inside ``side_stream()`` (a context)
-    before item ``i`` is handed over; ``hand_over()`` orders the streams and returns a function that
-    marks each tensor of an item as used by the consumer's stream."""
-    def make():
-        with side_stream():
-            return next(produced, None)
-
-    upcoming = make()
-    while upcoming is not None:
-        mark = hand_over()
-        for tensor in upcoming:
-            mark(tensor)
-        ready, upcoming = upcoming, make()
-        yield ready
-
-
 def freeze_batchnorm_statistics(model: nn.Module) -> None:
     """Put every BatchNorm in eval mode: running statistics stay frozen (paper 1, ResNet)."""
     for module in model.modules():
@@ -265,12 +207,69 @@ def train_task(
     ``selection`` (a :class:`forgetlab.selection.BestCheckpoint`) is called after every step and may
     put back the best weights it saw at the end. ``log_step(step, {"loss", "lr"})`` receives every value
     the loop reads on the host (every ``train.log_every`` steps and the last), for the trackers.
+    Raises :class:`~forgetlab.errors.TrainingError` when an update overflows or the loss becomes non-finite.
     """
     loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device, workers=workers,
                          drop_last=train_config.drop_last)  # fmt: skip
+    task = _set_up(model, head, train_config, examples=len(dataset), batches_per_epoch=len(loader), device=device,
+                   amp_dtype=amp_dtype, task_name=task_name, extra_heads=extra_heads, extra_losses=extra_losses,
+                   replay=replay, replay_head=replay_head, description=description)  # fmt: skip
+    _train_mode(model, freeze_batchnorm)
+    step, examples, loss_value, clock = 0, 0, float("nan"), _Clock(timed_warmup_steps(task.total_steps))
+    bar = progress(total=task.total_steps, desc=description, unit="step")
+    augment = torch.Generator().manual_seed(seed + 1)  # the device pipeline's random crops, flips and jitter
+    while step < task.total_steps:
+        for images, labels in batches(loader, dataset, device, augment):
+            last_loss, seen = _step(task, images, labels, step)
+            step, examples = step + 1, examples + seen
+            # The loss is read on the host only every log_every steps (a read waits for the device).
+            if step % train_config.log_every == 0 or step >= task.total_steps:
+                loss_value = _read_loss(task, last_loss, step, bar, log_step)
+            bar.update(1)
+            clock.step_done(step, examples, device)
+            if selection is not None and selection.due(step, task.total_steps):
+                with clock.selecting():
+                    selection.score(model, step)
+                _train_mode(model, freeze_batchnorm)
+            if step >= task.total_steps:
+                break
+    _synchronize(device)
+    end = time.perf_counter()
+    bar.close()
+    model.eval()
+    if selection is not None:
+        selection.restore_best(model)
+    return clock.stats(end, steps=step, examples=examples, final_loss=loss_value)
+
+
+@dataclass
+class _Training:
+    """What every step of one task shares: made once by :func:`_set_up`, used by :func:`_step`."""
+
+    model: nn.Module
+    forward: Callable  # the model, or the model under torch.compile (the model again once compilation failed)
+    graphs: bool  # the compiled forward replays CUDA graphs: each step is marked as a new one
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    total_steps: int
+    head: str
+    heads: list[str]  # the task head, the extra heads, the replay head: one backbone pass serves them all
+    extra_losses: Sequence[Callable]
+    replay: Iterator[tuple[torch.Tensor, torch.Tensor]] | None
+    replay_head: str | None
+    train_config: object
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    description: str
+
+
+def _set_up(model, head: str, train_config, *, examples: int, batches_per_epoch: int, device, amp_dtype, task_name,
+            extra_heads, extra_losses, replay, replay_head, description) -> _Training:  # fmt: skip
+    """A task's steps (:func:`schedule_lengths`, with the task's ``train.task_epochs``), its optimiser,
+    its learning-rate schedule (stepped after every optimiser step) and its forward (:func:`compiled`)."""
     task_name = task_name or head  # train.task_epochs names a task, or its dataset
     epochs = train_config.task_epochs.get(task_name, train_config.task_epochs.get(task_name.partition(":")[0], train_config.epochs))
-    total_steps, span, warmup_steps = schedule_lengths(train_config, len(dataset), len(loader), epochs)
+    total_steps, span, warmup_steps = schedule_lengths(train_config, examples, batches_per_epoch, epochs)
     parameters = trainable_parameters(model)
     optimizer = make_optimizer(parameters, train_config, device)
     forward = compiled(model, train_config, device)
@@ -280,87 +279,121 @@ def train_task(
     heads = [head, *[h for h in extra_heads if h != head]]
     if replay is not None and replay_head not in heads:
         heads.append(replay_head)
+    return _Training(model=model, forward=forward, graphs=graphs, optimizer=optimizer, schedule=schedule, total_steps=total_steps,
+                     head=head, heads=heads, extra_losses=extra_losses, replay=replay, replay_head=replay_head,
+                     train_config=train_config, device=device, amp_dtype=amp_dtype, description=description)  # fmt: skip
 
+
+def _step(task: _Training, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, int]:
+    """One optimisation step: the replayed batch appended, one forward through every head, the loss
+    (:func:`_loss`), backward, the optimiser's step, then the schedule's. ``step`` counts the steps
+    done before this one. Returns the loss (detached, left on the device: reading it waits for the
+    device) and the images seen. An update that overflows is a :class:`TrainingError` naming ``train.lr``."""
+    if task.graphs:
+        torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs' buffers may be reused
+    replay_labels = None
+    if task.replay is not None:
+        replay_images, replay_labels = next(task.replay)
+        images = torch.cat([images, replay_images.to(task.device, non_blocking=True)])
+        replay_labels = replay_labels.to(task.device, non_blocking=True)
+    with autocast(task.device, task.amp_dtype):
+        outputs = _forward(task, images)
+        loss = _loss(task, images, outputs, labels, replay_labels)
+    task.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    try:
+        task.optimizer.step()
+    except RuntimeError as error:  # e.g. "value cannot be converted to type float without overflow"
+        if "overflow" not in str(error):
+            raise
+        raise TrainingError(f"{task.description}: the update overflowed at step {step + 1} (train.lr={task.train_config.lr:g}); "
+                            "lower train.lr and run again (earlier tasks are kept)") from error  # fmt: skip
+    task.schedule.step()
+    return loss.detach(), len(images)
+
+
+def _forward(task: _Training, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The outputs of every head of ``task.heads``. A compiler failure is one printed line, and the
+    task goes on eagerly from this step on."""
+    try:
+        return task.forward(images, task.heads)
+    except Exception as error:  # noqa: BLE001 - a compiler failure, not the model's
+        if task.forward is task.model:
+            raise
+        print(f"forgetlab: torch.compile failed ({type(error).__name__}: {str(error)[:120]}); training eagerly", flush=True)
+        task.forward, task.graphs = task.model, False
+        return task.forward(images, task.heads)
+
+
+def _loss(task: _Training, images: torch.Tensor, outputs: dict[str, torch.Tensor], labels: torch.Tensor,
+          replay_labels: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """The cross-entropy (with ``train.label_smoothing``) of the task's examples through its head and of
+    the replayed ones (the last rows of ``images``) through theirs, summed and divided by all images,
+    plus every extra loss term (LwF)."""
+    count, smoothing = len(labels), task.train_config.label_smoothing
+    loss = F.cross_entropy(outputs[task.head][:count].float(), labels, label_smoothing=smoothing, reduction="sum")
+    if task.replay is not None:
+        replayed = outputs[task.replay_head][count:].float()
+        loss = loss + F.cross_entropy(replayed, replay_labels, label_smoothing=smoothing, reduction="sum")
+    loss = loss / len(images)
+    for extra in task.extra_losses:
+        loss = loss + extra(images, outputs)
+    return loss
+
+
+def _read_loss(task: _Training, loss: torch.Tensor, step: int, bar, log_step) -> float:
+    """``loss`` read on the host (this waits for the device), shown on the progress bar and handed to
+    ``log_step`` with the learning rate. A non-finite loss is a :class:`TrainingError` naming ``train.lr``."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise TrainingError(f"{task.description}: the loss became non-finite by step {step} (train.lr={task.train_config.lr:g}); "
+                            "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
+    bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+    if log_step is not None:
+        log_step(step, {"loss": value, "lr": task.schedule.get_last_lr()[0]})
+    return value
+
+
+def _train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
+    """Training mode, with BatchNorm's running statistics frozen when asked (before the first step and
+    after every scoring for model selection, which puts the model in eval mode)."""
     model.train()
     if freeze_batchnorm:
         freeze_batchnorm_statistics(model)
-    step, examples, loss_value, start = 0, 0, float("nan"), time.perf_counter()
-    warmup_end, warmup_examples, warmup = None, 0, timed_warmup_steps(total_steps)
-    selection_seconds = [0.0, 0.0]  # during the warm-up, after it
-    bar = progress(total=total_steps, desc=description, unit="step")
-    augment = torch.Generator().manual_seed(seed + 1)  # the device pipeline's random crops, flips and jitter
-    while step < total_steps:
-        for images, labels in batches(loader, dataset, device, augment):
-            if graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs' buffers may be reused
-            count = len(labels)
-            if replay is not None:
-                replay_images, replay_labels = next(replay)
-                images = torch.cat([images, replay_images.to(device, non_blocking=True)])
-                replay_labels = replay_labels.to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
-                try:
-                    outputs = forward(images, heads)
-                except Exception as error:  # noqa: BLE001 - a compiler failure, not the model's
-                    if forward is model:
-                        raise
-                    print(f"forgetlab: torch.compile failed ({type(error).__name__}: {str(error)[:120]}); training eagerly", flush=True)
-                    forward, graphs = model, False
-                    outputs = forward(images, heads)
-                smoothing = train_config.label_smoothing
-                loss = F.cross_entropy(outputs[head][:count].float(), labels, label_smoothing=smoothing, reduction="sum")
-                if replay is not None:
-                    replayed = outputs[replay_head][count:].float()
-                    loss = loss + F.cross_entropy(replayed, replay_labels, label_smoothing=smoothing, reduction="sum")
-                loss = loss / len(images)
-                for extra in extra_losses:
-                    loss = loss + extra(images, outputs)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            try:
-                optimizer.step()
-            except RuntimeError as error:  # e.g. "value cannot be converted to type float without overflow"
-                if "overflow" not in str(error):
-                    raise
-                raise TrainingError(f"{description}: the update overflowed at step {step + 1} (train.lr={train_config.lr:g}); "
-                                    "lower train.lr and run again (earlier tasks are kept)") from error  # fmt: skip
-            schedule.step()
-            step += 1
-            examples += len(images)
-            last_loss = loss.detach()
-            # The loss is read on the host only every log_every steps (a read waits for the device).
-            if step % train_config.log_every == 0 or step >= total_steps:
-                loss_value = float(last_loss)
-                if not math.isfinite(loss_value):
-                    raise TrainingError(f"{description}: the loss became non-finite by step {step} (train.lr={train_config.lr:g}); "
-                                        "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
-                bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
-                if log_step is not None:
-                    log_step(step, {"loss": loss_value, "lr": schedule.get_last_lr()[0]})
-            bar.update(1)
-            if step == warmup:  # one synchronisation per task, so the warm-up's queued work is counted in it
-                _synchronize(device)
-                warmup_end, warmup_examples = time.perf_counter(), examples
-            if selection is not None and selection.due(step, total_steps):
-                scoring = time.perf_counter()
-                selection.score(model, step)
-                selection_seconds[warmup_end is not None] += time.perf_counter() - scoring
-                model.train()
-                if freeze_batchnorm:
-                    freeze_batchnorm_statistics(model)
-            if step >= total_steps:
-                break
-    _synchronize(device)
-    end = time.perf_counter()
-    bar.close()
-    model.eval()
-    if selection is not None:
-        selection.restore_best(model)
-    if warmup_end is None:  # a one-step task is all warm-up
-        warmup_end, warmup_examples = end, examples
-    return TrainStats(steps=step, examples=examples, seconds=end - start, final_loss=loss_value,
-                      warmup_seconds=warmup_end - start - selection_seconds[0], selection_seconds=sum(selection_seconds),
-                      steady_seconds=end - warmup_end - selection_seconds[1], steady_examples=examples - warmup_examples)  # fmt: skip
+
+
+@dataclass
+class _Clock:
+    """The split of one task's time that :class:`TrainStats` reports (started when made)."""
+
+    warmup_steps: int  # the steps timed as warm-up (timed_warmup_steps)
+    start: float = field(default_factory=time.perf_counter)
+    warmup_end: float | None = None
+    warmup_examples: int = 0
+    selection_seconds: list[float] = field(default_factory=lambda: [0.0, 0.0])  # during the warm-up, after it
+
+    def step_done(self, step: int, examples: int, device: torch.device) -> None:
+        """Close the warm-up at its last step."""
+        if step == self.warmup_steps:  # one synchronisation per task, so the warm-up's queued work is counted in it
+            _synchronize(device)
+            self.warmup_end, self.warmup_examples = time.perf_counter(), examples
+
+    @contextlib.contextmanager
+    def selecting(self):
+        """Time the scoring for model selection apart from the steps."""
+        scoring = time.perf_counter()
+        yield
+        self.selection_seconds[self.warmup_end is not None] += time.perf_counter() - scoring
+
+    def stats(self, end: float, *, steps: int, examples: int, final_loss: float) -> TrainStats:
+        """The task's :class:`TrainStats`, its clock stopped at ``end`` (after a device synchronisation)."""
+        if self.warmup_end is None:  # a one-step task is all warm-up
+            self.warmup_end, self.warmup_examples = end, examples
+        return TrainStats(steps=steps, examples=examples, seconds=end - self.start, final_loss=final_loss,
+                          warmup_seconds=self.warmup_end - self.start - self.selection_seconds[0],
+                          selection_seconds=sum(self.selection_seconds),
+                          steady_seconds=end - self.warmup_end - self.selection_seconds[1],
+                          steady_examples=examples - self.warmup_examples)  # fmt: skip
 
 
 def _synchronize(device: torch.device) -> None:

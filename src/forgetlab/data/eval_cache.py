@@ -17,6 +17,9 @@ also in-memory arrays and on any device, ``off`` nothing; ``data.eval_cache_gb``
 is not written (one log line says so). On the PIL path the cached crops are the PIL transform's own
 uint8 pixels, so predictions are unchanged; on the device path they are its float crops rounded to
 uint8 (at most half a level of 255).
+
+Imports: ``data.base`` and ``data.loader`` (the device path computes its crops through the batches
+training and evaluation read); ``evaluate``, the runner and ``data.files`` import this.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_labels
+from forgetlab.data.loader import batches, make_loader
 from forgetlab.errors import FULL_DISK, DiskFullError
 
 CROPS_FILE = "crops.npy"
@@ -87,7 +91,7 @@ def _pil_recipe(transform):
 class EvalCrops(Dataset):
     """A test set (or k-NN bank) read from its cached evaluation crops. Batches are uint8 crops read from
     the memory map in one slice (``__getitems__``), normalised on the device by :meth:`to_batch`, as the
-    device pipeline's datasets are (:func:`forgetlab.train.batches`)."""
+    device pipeline's datasets are (:func:`forgetlab.data.loader.batches`)."""
 
     def __init__(self, path: Path, source: Dataset, size: int, mean, std, build: Callable[[np.ndarray], None], key: str):
         self.path, self.source, self.size, self.key = Path(path), source, size, key
@@ -229,7 +233,6 @@ class EvalCropCache:
     def _device_builder(self, dataset, transform) -> Callable[[np.ndarray], None]:
         """Crops through the device pipeline: its batches with mean 0 and std 1/255, i.e. in [0, 255]."""
         from forgetlab.runtime import progress
-        from forgetlab.train import batches, make_loader
 
         def fill(array: np.ndarray) -> None:
             view = copy.copy(dataset)

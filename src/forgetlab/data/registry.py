@@ -17,6 +17,12 @@ The halves follow paper 1's code (``benchmark_factory.py``): ``perm = torch.rand
 split seed, ``s1 = perm[:N // 2]``, ``s2 = perm[N // 2:]``, and the stream pops ``s2`` first, so
 ``samples_half1`` (trained first) is ``perm[N // 2:]``. The 80/20 parts are forgetlab's own
 (``perm[:floor(0.8 N)]`` first), as the paper's code has no such split.
+
+The registry imports none of its members (as timm's ``_registry.py``): a dataset module registers its
+builders with :func:`register_dataset` when it is imported, and the package (``forgetlab/data/__init__.py``)
+imports the built-in ones, :mod:`~forgetlab.data.offline` and :mod:`~forgetlab.data.real`. Importing this
+module runs the package first, so the names are complete whenever they are asked for (``config`` asks).
+Imports run down: this module imports only ``errors`` and ``data.base``.
 """
 
 from __future__ import annotations
@@ -46,25 +52,17 @@ def register_dataset(name: str, variants: dict[str, str] | None = None):
     return decorator
 
 
-def _load_builtin() -> None:
-    # Importing the modules registers their datasets.
-    from forgetlab.data import offline, real  # noqa: F401
-
-
 def dataset_names() -> list[str]:
-    _load_builtin()
     return sorted(_BUILDERS)
 
 
 def dataset_variants(name: str) -> dict[str, str]:
-    _load_builtin()
     return dict(_VARIANTS.get(name, {}))
 
 
 def image_channels(task_name: str) -> int:
     """Channels of a task's images as a model reads them: 1 for the offline world (28 x 28 grayscale
     arrays), 3 for every real dataset (decoded to RGB)."""
-    _load_builtin()
     builder = _BUILDERS.get(parse_task_name(task_name)[0])
     return 1 if builder is not None and builder.__module__ == "forgetlab.data.offline" else 3
 
@@ -75,7 +73,6 @@ SAMPLE_PARTS = ("samples_half1", "samples_half2", "samples_first80", "samples_la
 
 def parse_task_name(name: str) -> tuple[str, str | None, str | None, str | None]:
     """``(dataset, variant, class part, sample part)`` of a task name; a one-line error for a bad one."""
-    _load_builtin()
     base, *parts = name.split(":")
     if base not in _BUILDERS:
         raise ConfigError(f"unknown dataset '{base}' in task '{name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
