@@ -36,10 +36,10 @@ import torch
 
 from forgetlab import config as config_module
 from forgetlab.data import build_task
-from forgetlab.errors import ConfigError, DataError
 from forgetlab.data.device_pipeline import encoded, resolve_pipeline
 from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import preprocess_for
+from forgetlab.errors import ConfigError, DataError
 from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
 from forgetlab.methods.base import build_method
 from forgetlab.models.backbones import load_backbone
@@ -50,9 +50,9 @@ from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, save_safetensors, task_metadata, write_json, write_npz
 from forgetlab.run_checks import check_finite, check_image_channels, check_local_inputs
 from forgetlab.run_folder import check_folder, open_folder, read_checkpoint
+from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, precision_warning, resolve_device, seed_everything
 from forgetlab.selection import BestCheckpoint
 from forgetlab.trackers import Tracker, check_trackers, open_trackers
-from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, precision_warning, resolve_device, seed_everything
 from forgetlab.train import backbone_parameters, count_parameters, train_task, trainable_parameters
 
 if TYPE_CHECKING:
