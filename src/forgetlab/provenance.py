@@ -1,4 +1,6 @@
-"""What a run used, beyond its config: the resolved preprocessing and the weights' SHA-256.
+"""What a run used, beyond its config: the machine and packages, the resolved preprocessing and the
+weights' SHA-256 (all in the run folder's ``environment.json``, which :func:`environment_record` and
+:func:`inputs_record` fill).
 
 A config may leave the preprocessing to the backbone (``preprocess.mean: null``), and a weights file
 given with a tag-less timm name (``backbone.name=vit_small_patch16_224``) takes the normalisation of
@@ -7,14 +9,64 @@ are ImageNet's): the numbers then depend on values no config shows. :func:`input
 into the run folder's ``environment.json`` (``inputs``), which is not part of the run's identity
 (``config.yaml`` is), so a resume compares configs as before; :func:`normalisation_note` is the run's
 first log line when the mean and std were inferred rather than stated.
+
+Imports results (below it) and, inside functions, models.backbones; the runner imports this module.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+
 from forgetlab.results import file_sha256
+
+
+def environment_record(device: torch.device) -> dict:
+    """``environment.json``'s machine part: Python, platform, package versions (None: not installed), the
+    git commit of forgetlab's source (``-dirty`` with local changes; None outside a checkout), the
+    device and its name (the GPU's, or the CPU's model name), and torch's thread count."""
+    packages = {}
+    for name in ("forgetlab", "torch", "torchvision", "timm", "numpy", "safetensors", "nltk", "peft"):
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "git_commit": _git_commit(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def weights_file(backbone_config, model) -> Path | None:

@@ -111,6 +111,17 @@ def read_json(path: Path):
         raise DataError(f"{path} is unreadable or not JSON ({type(error).__name__}); restore it or delete its run folder") from error
 
 
+def task_metadata(task) -> dict:
+    """What the analysis needs to know of the upstream task's classes (names, WordNet synsets, groups):
+    ``upstream.json`` of a run folder, written by the runner and read (or rebuilt) by the analysis."""
+    return {
+        "name": task.name,
+        "classes": list(task.classes),
+        "synsets": list(task.class_synsets) if task.class_synsets else None,
+        "groups": list(task.class_groups) if task.class_groups else None,
+    }
+
+
 def write_npz(path: Path, **arrays) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)

@@ -3,9 +3,13 @@
 One small interface, :class:`Tracker`, with three calls. The training loop calls :meth:`Tracker.step`
 with the values it has already read on the host (the loss every ``train.log_every`` steps, and the
 learning rate); the runner calls :meth:`Tracker.phase` after each committed phase with the accuracy
-row and the matrix, and :meth:`Tracker.close` at the end. A tracker never reaches into the loop, and
-nothing in the run depends on one: they are outside the run's identity (a run may be resumed with
-tracking switched on) and outside its commit (a kill loses at most the tracker's unflushed tail).
+row, the matrix and, for a tracker that ``wants_figure``, the matrix drawn as a matplotlib figure, and
+:meth:`Tracker.close` at the end. A tracker never reaches into the loop, and nothing in the run depends
+on one: they are outside the run's identity (a run may be resumed with tracking switched on) and
+outside its commit (a kill loses at most the tracker's unflushed tail).
+
+Trackers receive what they log: this module imports nothing of forgetlab but its errors (the runner
+draws the figure with :func:`forgetlab.reporting.figures.matrix_figure`).
 
 * **TensorBoard** writes event files into ``<run>/tensorboard``: ``train/loss`` and ``train/lr`` by
   global step (counted across tasks), ``accuracy/<task>`` by phase, the matrix as an image per phase,
@@ -27,11 +31,14 @@ from forgetlab.errors import ConfigError
 class Tracker:
     """What the run tells a tracker. Every method does nothing here."""
 
+    wants_figure = False  # True: phase() receives the matrix as a figure (drawn only for such a tracker)
+
     def step(self, step: int, values: dict[str, float]) -> None:
         """``values`` (``loss``, ``lr``) at the global training step ``step``."""
 
-    def phase(self, index: int, row: dict[str, float], matrix) -> None:
-        """Phase ``index`` is committed: its accuracy ``row`` (column -> accuracy) and the matrix so far."""
+    def phase(self, index: int, row: dict[str, float], matrix, figure=None) -> None:
+        """Phase ``index`` is committed: its accuracy ``row`` (column -> accuracy), the matrix so far and,
+        when :attr:`wants_figure`, the matrix as a matplotlib figure (the tracker closes it)."""
 
     def close(self) -> None:
         """The run ends (finished, or stopped)."""
@@ -42,14 +49,15 @@ class Trackers(Tracker):
 
     def __init__(self, trackers: list[Tracker]):
         self.trackers = trackers
+        self.wants_figure = any(tracker.wants_figure for tracker in trackers)
 
     def step(self, step, values):
         for tracker in self.trackers:
             tracker.step(step, values)
 
-    def phase(self, index, row, matrix):
+    def phase(self, index, row, matrix, figure=None):
         for tracker in self.trackers:
-            tracker.phase(index, row, matrix)
+            tracker.phase(index, row, matrix, figure if tracker.wants_figure else None)
 
     def close(self):
         for tracker in self.trackers:
@@ -75,6 +83,8 @@ def _final_metrics(matrix) -> dict[str, float]:
 
 
 class TensorBoardTracker(Tracker):
+    wants_figure = True  # the matrix as an image per phase
+
     def __init__(self, folder: Path, config_tree: dict):
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -91,12 +101,11 @@ class TensorBoardTracker(Tracker):
         for key, value in values.items():
             self.writer.add_scalar(f"train/{key}", value, step)
 
-    def phase(self, index, row, matrix):
-        from forgetlab.reporting.figures import matrix_figure
-
+    def phase(self, index, row, matrix, figure=None):
         for column, value in row.items():
             self.writer.add_scalar(f"accuracy/{column}", value, index)
-        self.writer.add_figure("accuracy_matrix", matrix_figure(matrix, f"after phase {index}"), index)  # closes the figure
+        if figure is not None:
+            self.writer.add_figure("accuracy_matrix", figure, index)  # closes the figure
         self.matrix = matrix
         self.writer.flush()
 
@@ -130,7 +139,7 @@ class WandbTracker(Tracker):
     def step(self, step, values):
         self.run.log({"train/step": step, **{f"train/{key}": value for key, value in values.items()}})
 
-    def phase(self, index, row, matrix):
+    def phase(self, index, row, matrix, figure=None):
         table = self.wandb.Table(columns=["phase", *matrix.columns],
                                  data=[[label, *[None if v != v else v for v in values]] for label, values in zip(matrix.row_labels(), matrix.as_array().tolist())])  # fmt: skip
         self.run.log({"phase": index, **{f"accuracy/{column}": value for column, value in row.items()}, "accuracy_matrix": table})

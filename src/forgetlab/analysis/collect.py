@@ -42,7 +42,7 @@ class RunResult:
         if self.folder.upstream.exists():
             return read_json(self.folder.upstream)
         from forgetlab.data import build_task
-        from forgetlab.runner import task_metadata
+        from forgetlab.results import task_metadata
 
         return task_metadata(build_task(self.config["data"]["upstream"]))
 
