@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 
 import forgetlab

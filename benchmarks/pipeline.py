@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from forgetlab import config as config_module
 from forgetlab.evaluate import knn_predict_many
-from forgetlab.methods.base import build_method
+from forgetlab.methods import build_method
 from forgetlab.models.backbones import create
 from forgetlab.models.multihead import MultiHeadModel
 from forgetlab.runtime import autocast, resolve_device

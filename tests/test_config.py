@@ -56,7 +56,7 @@ def test_round_trip_through_dump(tmp_path):
 def test_bad_values_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         config = config_module.load(None, overrides)
-        from forgetlab.methods.base import build_method
+        from forgetlab.methods import build_method
 
         build_method(config.method)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from forgetlab.errors import ConfigError
-from forgetlab.methods.base import build_method
+from forgetlab.methods import build_method
 from forgetlab.config import method_config_from_dict
 from forgetlab.models import families
 from forgetlab.models.backbones import create

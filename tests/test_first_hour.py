@@ -142,7 +142,7 @@ def test_progress_outside_a_terminal_is_a_plain_line_every_interval(monkeypatch,
 
 def test_targets_in_peft_list_form_every_methods_keys_and_the_version(capsys):
     from forgetlab import config as config_module
-    from forgetlab.methods.base import method_names
+    from forgetlab.methods import method_names
 
     for given in (["method.targets=[q, v]"], ["method.targets=q,v"]):
         assert config_module.resolve({}, given).method.targets == "q,v"

@@ -16,7 +16,7 @@ from forgetlab import config as config_module
 from forgetlab.config import TrainConfig
 from forgetlab.errors import ConfigError
 from forgetlab.methods import method_names
-from forgetlab.methods.base import build_method
+from forgetlab.methods import build_method
 from forgetlab.models.expansion import expand_blocks, expanded_architecture
 from forgetlab.models.multihead import MultiHeadModel
 from forgetlab.runner import run

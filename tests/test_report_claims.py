@@ -264,7 +264,7 @@ def test_one_counting_rule_for_the_share_of_the_backbone():
     import torch
 
     from forgetlab.config import method_config_from_dict
-    from forgetlab.methods.base import build_method
+    from forgetlab.methods import build_method
     from forgetlab.models.multihead import MultiHeadModel
     from forgetlab.train import backbone_parameters
     from tests.conftest import random_backbone

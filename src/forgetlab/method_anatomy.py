@@ -17,7 +17,7 @@ from collections import Counter
 
 from forgetlab.config import method_config_from_dict
 from forgetlab.errors import ConfigError
-from forgetlab.methods.base import build_method, method_names
+from forgetlab.methods import build_method, method_names
 from forgetlab.models import families
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import MultiHeadModel

@@ -41,7 +41,7 @@ from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import preprocess_for
 from forgetlab.errors import ConfigError, DataError
 from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
-from forgetlab.methods.base import build_method
+from forgetlab.methods import build_method
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.pretrain import ensure_pretrained

@@ -14,8 +14,8 @@ A method decides what happens to the backbone (the task heads are the runner's b
 Everything else (the loop, the losses, evaluation) is shared, so LwF or replay combine with any
 method through the config alone.
 
-Imports: every method module imports this one; this one imports only :mod:`forgetlab.methods.registry`
-(re-exporting its lookup functions), never a method.
+Imports: every method module imports this one; this one imports nothing of forgetlab (the lookup,
+``build_method`` and ``method_names``, is :mod:`forgetlab.methods`, from the registry).
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ from pathlib import Path
 from typing import ClassVar
 
 from torch import nn
-
-# The lookup lives in the registry (which imports no method); it is re-exported here for the callers
-# that import it from this module (the runner, method_anatomy, tests and benchmarks).
-from forgetlab.methods.registry import build_method, method_class, method_names, register_method  # noqa: F401
 
 
 @dataclasses.dataclass
