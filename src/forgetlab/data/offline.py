@@ -211,7 +211,7 @@ def _task(name: str, data_config, classes: list[str], **metadata) -> TaskData:
 
 
 # --------------------------------------------------------------------------------------------- registry
-@register_dataset("offline_upstream")
+@register_dataset("offline_upstream", channels=1)
 def offline_upstream(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "upstream",
@@ -224,7 +224,7 @@ def offline_upstream(data_config=None, preprocess=None) -> TaskData:  # offline 
     )
 
 
-@register_dataset("fontfamily")
+@register_dataset("fontfamily", channels=1)
 def fontfamily(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "fontfamily",
@@ -237,7 +237,7 @@ def fontfamily(data_config=None, preprocess=None) -> TaskData:  # offline images
     )
 
 
-@register_dataset("digits")
+@register_dataset("digits", channels=1)
 def digits(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "digits",
@@ -250,7 +250,7 @@ def digits(data_config=None, preprocess=None) -> TaskData:  # offline images bri
     )
 
 
-@register_dataset("fontstyle")
+@register_dataset("fontstyle", channels=1)
 def fontstyle(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "fontstyle",

@@ -36,17 +36,19 @@ from forgetlab.errors import ConfigError
 
 _BUILDERS: dict[str, Callable] = {}
 _VARIANTS: dict[str, dict[str, str]] = {}
+_CHANNELS: dict[str, int] = {}  # channels of the images as a model reads them
 
 
-def register_dataset(name: str, variants: dict[str, str] | None = None):
+def register_dataset(name: str, variants: dict[str, str] | None = None, *, channels: int = 3):
     """Register a builder; ``variants`` (name -> help) are passed to it as ``variant=``, the first
-    being its default."""
+    being its default; ``channels``: of its images as a model reads them (3: decoded to RGB)."""
 
     def decorator(builder: Callable) -> Callable:
         if name in _BUILDERS:
             raise ValueError(f"dataset '{name}' registered twice")
         _BUILDERS[name] = builder
         _VARIANTS[name] = dict(variants or {})
+        _CHANNELS[name] = channels
         return builder
 
     return decorator
@@ -63,8 +65,7 @@ def dataset_variants(name: str) -> dict[str, str]:
 def image_channels(task_name: str) -> int:
     """Channels of a task's images as a model reads them: 1 for the offline world (28 x 28 grayscale
     arrays), 3 for every real dataset (decoded to RGB)."""
-    builder = _BUILDERS.get(parse_task_name(task_name)[0])
-    return 1 if builder is not None and builder.__module__ == "forgetlab.data.offline" else 3
+    return _CHANNELS[parse_task_name(task_name)[0]]
 
 
 CLASS_PARTS = {"half1": (0.0, 0.5), "half2": (0.5, 1.0), "first80": (0.0, 0.8), "last20": (0.8, 1.0)}
