@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # $FORGETLAB_HOME or ~/.cache/forgetlab, so that 'forgetlab' typed in a shell after 'make demo' finds
 # what the demo built instead of pretraining again.
 
-.PHONY: demo test setup system-data test-tools benchmark clean
+.PHONY: demo test docs setup system-data test-tools benchmark clean
 
 # The offline default run, then a small LoRA rank sweep on both backbones, then the report of both.
 demo: setup
@@ -15,8 +15,12 @@ demo: setup
 	$(BIN)/forgetlab sweep sweeps/demo.yaml --quiet
 	$(BIN)/forgetlab report runs/default runs/demo-rank-sweep --out runs/demo-report
 
-test: setup $(VENV)/.installed-test test-tools
+test: setup $(VENV)/.installed-test test-tools docs
 	$(BIN)/python -m pytest -q -m "not benchmark"
+
+# The documentation site (MkDocs, Material, mkdocstrings) into site/, every warning an error (a few seconds).
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 benchmark: setup
 	$(BIN)/python benchmarks/budgets.py
@@ -40,4 +44,4 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 clean:
-	rm -rf $(VENV) .cache runs
+	rm -rf $(VENV) .cache runs site
