@@ -1,4 +1,4 @@
-"""Measure issue 2's budgets: pretraining both offline backbones, the default run, and peak memory.
+"""Measure the set-up budgets: pretraining both offline backbones, the default run, and peak memory.
 
     make benchmark            # or: .venv/bin/python benchmarks/budgets.py [--fresh]
 

@@ -2,7 +2,7 @@
 # The demo's four steps (pretrain, default run, rank sweep, report; no install), timed, from an empty
 # FORGETLAB_HOME, for the source tree SRC (e.g. a 'git worktree' of an older commit) with one venv's
 # Python, so that two releases compare on one machine:
-#   bash benchmarks/demo_steps.sh SRC WORK [PYTHON]      e.g.  bash benchmarks/demo_steps.sh $PWD/src /tmp/now
+#   bash benchmarks/demo_steps.sh SRC WORK [PYTHON]      e.g.  bash benchmarks/demo_steps.sh $PWD/src "$(mktemp -d)"
 set -euo pipefail
 src=$(realpath "$1"); work=$2; py=${3:-$(realpath .venv/bin/python)}
 rm -rf "$work" && mkdir -p "$work" && cp -r "$(dirname "$src")/sweeps" "$work/"

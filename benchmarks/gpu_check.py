@@ -1,4 +1,4 @@
-"""The GPU check of issue 19: every row of its table, measured side by side in one process.
+"""The GPU check: every row of the GPU table, measured side by side in one process.
 
     PYTHONPATH=src python benchmarks/gpu_check.py [--small] [--out DIR] [--device auto]
 

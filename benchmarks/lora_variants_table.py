@@ -1,4 +1,4 @@
-"""Issue 20's table: upstream change (points) by backbone, LoRA variant and rank, mean ± std over seeds,
+"""The LoRA-variants table: upstream change (points) by backbone, LoRA variant and rank, mean ± std over seeds,
 with Spearman's correlation of rank and upstream change over every run of a (backbone, variant) and its
 two-sided permutation p-value (scipy.stats.spearmanr with scipy.stats.permutation_test, 10,000 resamples).
 

@@ -1,4 +1,4 @@
-"""Issue 3's offline check of the papers' claims: every method on both offline backbones, one seed.
+"""The offline check of the papers' claims: every method on both offline backbones, one seed.
 
     FORGETLAB_HOME=.cache/forgetlab .venv/bin/python benchmarks/offline_claims.py [--out runs/claims] [--seeds 0 1 2]
 

@@ -1,4 +1,4 @@
-"""The real-data path, side by side in one process (issue 10): what the device can do against what a
+"""The real-data path, side by side in one process: what the device can do against what a
 run gets, on the current device.
 
     .venv/bin/python benchmarks/pipeline.py [--device auto] [--scale full|small] [--out DIR]

@@ -1,4 +1,4 @@
-"""The cost of each experiment tracker per training step, on the offline default (issue 13).
+"""The cost of each experiment tracker per training step, on the offline default.
 
     .venv/bin/python benchmarks/trackers.py [--epochs 2] [--repeats 2]
 

@@ -1,4 +1,4 @@
-"""forgetlab from Python (issue 13, part 1): run, load_run, load_sweep, report, the example script."""
+"""forgetlab from Python: run, load_run, load_sweep, report, the example script."""
 
 from __future__ import annotations
 

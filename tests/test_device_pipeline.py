@@ -1,4 +1,4 @@
-"""The real-data path at device speed (issue 10), checked on the CPU: the batched device pipeline
+"""The real-data path at device speed, checked on the CPU: the batched device pipeline
 against the PIL/timm path, random crops inside their ranges, the k-NN vote at every k from one pass,
 and k-NN banks reused from disk."""
 
@@ -140,7 +140,7 @@ def _counting(function):
 
 
 def test_prefetched_makes_the_next_batch_before_handing_over_the_current():
-    """The overlap of issue 10: batch i + 1 is made (inside the side stream's context) before batch i
+    """The overlap: batch i + 1 is made (inside the side stream's context) before batch i
     reaches the step, and every tensor of a batch is marked for the consumer's stream."""
     import contextlib
 
@@ -193,7 +193,7 @@ def test_a_failed_compilation_trains_eagerly(monkeypatch, capsys):
     assert "torch.compile failed (RuntimeError: inductor is unavailable); training eagerly" in capsys.readouterr().out
 
 
-# ------------------------------------------------------------------ batched augmentation (issue 19, item 2)
+# ------------------------------------------------------------------ batched augmentation
 JITTER = {"size": 24, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "training": True, "color_jitter": 0.4}
 
 
@@ -302,7 +302,7 @@ def test_augmentation_parameters_follow_timm_in_range_and_distribution():
 
 
 def test_training_time_splits_into_warmup_selection_and_steady_state():
-    """tasks.json's steady-state rate (issue 19, item 5): the first min(50, steps // 2) steps are the
+    """tasks.json's steady-state rate: the first min(50, steps // 2) steps are the
     warm-up, scoring for model selection is counted apart, and the three parts add up to the task."""
     import time as time_module
 
@@ -335,7 +335,7 @@ def test_training_time_splits_into_warmup_selection_and_steady_state():
 
 
 def test_compile_auto_takes_cuda_graphs_for_small_batches_and_nothing_on_the_cpu(monkeypatch):
-    """train.compile=auto (issue 19, item 4): eager on the CPU (torch.compile never called), CUDA graphs at
+    """train.compile=auto: eager on the CPU (torch.compile never called), CUDA graphs at
     batch <= 32 on CUDA, plain compilation above; the explicit choices as they say."""
     from forgetlab import train as train_module
 

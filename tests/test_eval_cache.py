@@ -1,4 +1,4 @@
-"""The evaluation-crop cache (issue 19, item 3): computed once, then read instead of the files; the same
+"""The evaluation-crop cache: computed once, then read instead of the files; the same
 predictions; an interrupted write leaves nothing; the size limit turns it off with a log line; on both
 pipelines."""
 

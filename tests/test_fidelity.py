@@ -1,4 +1,4 @@
-"""The presets reproduce the papers' code (issue 9): every preset value equals docs/PROTOCOL_paper*.md, and every
+"""The presets reproduce the papers' code: every preset value equals docs/PROTOCOL_paper*.md, and every
 option the presets use does what it says, checked by hand on tiny models and tiny real-layout data."""
 
 from __future__ import annotations

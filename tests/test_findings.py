@@ -1,4 +1,4 @@
-"""The report's findings (issue 13, part 4): sentences with numbers, from stored matrices only."""
+"""The report's findings: sentences with numbers, from stored matrices only."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Every image mode a dataset folder can hold decodes to the same uint8 RGB pixels on both pipelines
-(issue 17, section 2), by the rule of ``forgetlab.data.decode``, or is a one-line error naming the file.
+"""Every image mode a dataset folder can hold decodes to the same uint8 RGB pixels on both pipelines,
+by the rule of ``forgetlab.data.decode``, or is a one-line error naming the file.
 
 The zoo is made here with PIL (and, for what PIL cannot write, a PNG writer of a few lines); each file
 has an expected array computed from the values written, not by either decoder."""
@@ -158,7 +158,7 @@ def test_every_mode_decodes_to_the_expected_pixels_on_both_pipelines(zoo):
 
 
 def test_sixteen_bit_is_scaled_not_clipped(zoo):
-    """The issue's example: a 16-bit grey PNG with values up to 61,166 was all white on both pipelines."""
+    """The reported example: a 16-bit grey PNG with values up to 61,166 was all white on both pipelines."""
     pil, device = _pil_pixels([zoo["I16.png"][0]])[0], _device_pixels([zoo["I16.png"][0]])[0]
     assert pil[0, 0, 0] == device[0, 0, 0] == 61166 >> 8 == 238 and pil[0, 1, 0] == 255
     assert len(np.unique(pil)) > 50  # not a constant image (108 random pixels)

@@ -1,4 +1,4 @@
-"""Issue 17, section 1: labels that cannot be right. Every loader checks, when the task is built, that
+"""Labels that cannot be right. Every loader checks, when the task is built, that
 each label lies in its class range and that each file has the fields it needs; a wrong file is one
 DataError line naming it and the fix, from ``forgetlab run`` (exit 2, nothing written) and from
 ``forgetlab data check`` alike. The files are tiny copies of the real layouts (tests/test_real_data.py)."""

@@ -97,7 +97,7 @@ def test_conv_delta_weight_matches_the_composed_convolutions():
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
 def test_conv_merge_is_exact_over_every_attribute_that_shapes_the_output(padding_mode):
     """Live == merged for every padding mode, with and without bias, dilation, stride and 'same' padding:
-    the adapter sees the input exactly as the base convolution does (issue 17, section 6)."""
+    the adapter sees the input exactly as the base convolution does."""
     x = torch.randn(2, 4, 9, 9, generator=torch.Generator().manual_seed(1))
     for bias in (True, False):
         for dilation, stride, padding in ((1, 1, 1), (2, 1, 2), (1, 2, 1), (2, 1, "same")):

@@ -1,4 +1,4 @@
-"""LoRA's variants (issue 20): rsLoRA scaling, DoRA, Gaussian / PiSSA / OLoRA initialisation.
+"""LoRA's variants: rsLoRA scaling, DoRA, Gaussian / PiSSA / OLoRA initialisation.
 
 Each variant merges exactly (three merge cycles, every target form), refuses non-finite merges, keeps
 PiSSA/OLoRA's invariant (merged = starting weight + learned update), writes an adapter folder that

@@ -1,4 +1,4 @@
-"""The PIL and device pipelines agree (issue 17 section 3, issue 19 item 1): CUB's boxes crop alike,
+"""The PIL and device pipelines agree: CUB's boxes crop alike,
 clipped to the image, and caches keyed by a dataset's fingerprint work on both."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _untransformed(images, device, generator=None):
     return images  # the crops as decoded, before any resize
 
 
-# ------------------------------------------------------------------------------------ CUB boxes (issue 17 §3)
+# ------------------------------------------------------------------------------------ CUB boxes
 BOXES = {  # x, y, w, h on a 24 x 20 image -> the clipped (left, top, right, bottom)
     "inside": ((3, 2, 10, 8), (3, 2, 13, 10)),
     "across the left edge": ((-4, 2, 10, 8), (0, 2, 6, 10)),
@@ -37,7 +37,7 @@ BOXES = {  # x, y, w, h on a 24 x 20 image -> the clipped (left, top, right, bot
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_boxes_are_clipped_to_the_image_alike_on_both_pipelines(tmp_path, suffix):
-    """The issue's faults: the PIL path padded a box past the border with black, the device path cut it
+    """The reported faults: the PIL path padded a box past the border with black, the device path cut it
     differently, and a negative origin made it raise ZeroDivisionError."""
     pixels = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
     path = tmp_path / f"bird{suffix}"
@@ -77,7 +77,7 @@ def test_a_box_without_pixels_is_one_line_naming_the_image_and_the_box_file(tmp_
         assert "the 24 x 20 image" in str(error.value) and "\n" not in str(error.value)
 
 
-# ------------------------------------------------------------------- caches on both pipelines (issue 19, item 1)
+# ------------------------------------------------------------------- caches on both pipelines
 def test_the_device_pipelines_datasets_have_a_fingerprint(tmp_path):
     """dataset_fingerprint did not know EncodedDataset, so every cache keyed by it was off with
     data.pipeline=device. Its print is now that of what it wraps, its positions and its transform."""
@@ -107,7 +107,7 @@ def test_the_device_pipelines_datasets_have_a_fingerprint(tmp_path):
 
 @pytest.mark.parametrize("pipeline", ["pil", "device"])
 def test_a_knn_bank_is_reused_by_a_second_run(root, tmp_path, monkeypatch, forgetlab_home, pipeline):  # noqa: F811
-    """The issue's reproduction: two runs with eval.upstream_evaluator=knn; the second reads the bank
+    """The reported reproduction: two runs with eval.upstream_evaluator=knn; the second reads the bank
     the first wrote to $FORGETLAB_HOME/knn-banks instead of computing it (it did on the PIL path only)."""
     from forgetlab import config as config_module
     from forgetlab import evaluate

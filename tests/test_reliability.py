@@ -1,4 +1,4 @@
-"""Runs survive any kill, refuse bad input in one line, never run code from a data file (issue 12)."""
+"""Runs survive any kill, refuse bad input in one line, never run code from a data file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the report claims, on hand-made run folders (issue 17 part 4, issue 21 parts 1-2): unique labels
+"""What the report claims, on hand-made run folders: unique labels
 where names collide, findings that compare like with like and state their n and uncertainty, no figure
 of nothing, the mode and the metrics' signs written out."""
 
@@ -63,7 +63,7 @@ def similarity(monkeypatch):
 SIMILARITY = np.array([0.2, 0.3, 0.4, 0.5, 0.1, 0.9])
 
 
-# ------------------------------------------------------------------------------ issue 17, part 4: labels
+# ------------------------------------------------------------------------------ labels
 def test_unique_labels_add_the_id_only_where_a_name_repeats():
     assert class_labels({"classes": CLASSES, "synsets": WNIDS}) == [
         "crane (n02012849)", "crane (n03126707)", "maillot (n03710637)", "maillot (n03710721)", "goldfish", "sports car"]  # fmt: skip
@@ -106,7 +106,7 @@ def test_report_tables_csv_and_figure_files_are_keyed_by_unique_labels(tmp_path,
     assert re.search(r"\| rank8-seed0 \(sweep-a\) \| offline_vit \|", markdown) and "rank8-seed0 (sweep-b)" in markdown
 
 
-# ------------------------------------------------------------------------------ issue 21, part 1: like with like
+# ------------------------------------------------------------------------------ like with like
 def rows(upstream: float, downstream: float, tasks: int = 2) -> list[list]:
     """A matrix: pretrained upstream 0.8, then every task at ``downstream``, upstream ending at ``upstream``."""
     return [[0.8] + [None] * tasks] + [[upstream if i == tasks - 1 else 0.75] + [downstream] * (i + 1) + [None] * (tasks - i - 1)
@@ -201,7 +201,7 @@ def test_a_contextual_finding_below_the_minimum_of_forgotten_images_gives_no_p_v
     assert "in 2 of 2 runs (20 forgotten images each)" in many and "difference is +0.200 in each" in many
 
 
-# ------------------------------------------------------------------------------ issue 21, part 2: what the report says
+# ------------------------------------------------------------------------------ what the report says
 def test_the_report_names_its_mode_defines_its_metrics_and_draws_nothing_of_nothing(tmp_path, similarity):
     from forgetlab.errors import ForgetlabError
     from forgetlab.results import single_prediction_path
@@ -260,7 +260,7 @@ def test_a_similarity_figure_of_no_forgotten_image_is_refused_and_a_few_get_no_p
 
 def test_one_counting_rule_for_the_share_of_the_backbone():
     """The frozen upstream head is not part of the backbone: anatomy's 1000-class random head and a
-    run's 36-class head give the same share (issue 21: 0.917 % against 1.011 % for LoRA r=4)."""
+    run's 36-class head give the same share (0.917 % against 1.011 % for LoRA r=4)."""
     import torch
 
     from forgetlab.config import method_config_from_dict

@@ -1,4 +1,4 @@
-"""Sweeps beyond one process (issue 11): local worker processes with their own GPUs, a local Ray
+"""Sweeps beyond one process: local worker processes with their own GPUs, a local Ray
 instance, failures that stop nothing else, dead workers retried, and a folder run by one process."""
 
 from __future__ import annotations

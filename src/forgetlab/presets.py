@@ -151,9 +151,9 @@ ORDER_1 = f"{P1} src/factories/benchmark_factory.py:140-175 (ImageNet -> Cars ->
 ORDER_2 = f"{P1} src/factories/benchmark_factory.py:181-220 (the second order, Aircraft -> CUB -> Flowers -> Cars)"
 ORDER_LONG = (f"{P1} src/factories/benchmark_factory.py:269-291 (each training set split into two seeded random halves of its samples, "
               "the sequence run twice, the same task and head each time)")  # fmt: skip
-RSLORA = Setting("rslora", "forgetlab's extension (issue 20): rsLoRA (Kalajdzievski, 2023, arXiv:2312.03732), scale alpha / sqrt(r) "
+RSLORA = Setting("rslora", "forgetlab's extension: rsLoRA (Kalajdzievski, 2023, arXiv:2312.03732), scale alpha / sqrt(r) "
                           "with paper 1's alpha = 2r, i.e. 2 sqrt(r) instead of 2; PEFT's use_rslora")
-DORA = Setting(True, "forgetlab's extension (issue 20): DoRA (Liu et al., 2024, arXiv:2402.09353), a trainable magnitude per output "
+DORA = Setting(True, "forgetlab's extension: DoRA (Liu et al., 2024, arXiv:2402.09353), a trainable magnitude per output "
                      "row of qkv, merged with the direction after every task; PEFT's use_dora")
 VARIANT_NOTE = (" The variant is forgetlab's, not paper 1's: every other setting is paper 1's, so the run differs from paper1-vit "
                 "in that one key; sweeps/paper1_fig1_variants.yaml runs figure 1's ranks under each.")

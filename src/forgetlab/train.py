@@ -58,7 +58,7 @@ class TrainStats:
 
 
 def timed_warmup_steps(total_steps: int) -> int:
-    """The steps timed as warm-up (not the learning-rate warm-up): the first 50 (as the issue-19 measurements, which read the rate from
+    """The steps timed as warm-up (not the learning-rate warm-up): the first 50 (as the GPU measurements, which read the rate from
     the 50th step on), or half of a shorter task."""
     return min(50, total_steps // 2)
 
@@ -148,9 +148,9 @@ def compile_mode(train_config, device: torch.device) -> str | None:
     ``"reduce-overhead"`` (inductor with CUDA graphs).
 
     ``auto`` is eager on the CPU (compiling costs more than it saves there); on CUDA, CUDA graphs for
-    batches of at most :data:`AUTO_GRAPHS_MAX_BATCH` images, where launch overhead dominates (issue 19
-    on an H200, ViT-B/16 LoRA r=4, compute only: batch 32 bf16 trained at 3,348 img/s with CUDA graphs
-    against 1,206 eager; at batch 128 plain compilation, 3,779 against 2,913), plain compilation above.
+    batches of at most :data:`AUTO_GRAPHS_MAX_BATCH` images, where launch overhead dominates (on an H200,
+    ViT-B/16 LoRA r=4, compute only: batch 32 bf16 trained at 3,348 img/s with CUDA graphs against 1,206
+    eager; at batch 128 plain compilation, 3,779 against 2,913), plain compilation above.
     The same comparison in an actual run (paper 1's batch 32, fp32) is not measured yet:
     ``benchmarks/gpu_check.py`` measures it; a failed compilation trains eagerly (:func:`train_task`)."""
     choice = train_config.compile

@@ -16,7 +16,7 @@ tensors with the same parameters:
   saturation factors in ``[max(0, 1 - j), 1 + j]``, hue in ``[-h, h]``, in a random order per image,
   as ``torchvision.transforms.ColorJitter``), normalise.
 
-Training batches are augmented whole (issue 19): :meth:`BatchTransform.draw` draws every image's
+Training batches are augmented whole: :meth:`BatchTransform.draw` draws every image's
 parameters as tensors in a few calls on a CPU generator (no per-image host read; the same numbers on
 any device), and :meth:`BatchTransform.apply` resizes every crop at once as two batched matmuls,
 ``W_rows @ image @ W_columns^T``, whose per-image weight matrices are PIL's antialiased filters (the

@@ -1,4 +1,4 @@
-"""Evaluation at compute speed (issue 19, item 3): the deterministic evaluation crops of a test set or
+"""Evaluation at compute speed: the deterministic evaluation crops of a test set or
 k-NN bank, computed once per machine and key into a memory-mapped uint8 array, then read by every
 later evaluation, run and sweep cell instead of decoding and resizing the files again.
 

@@ -82,7 +82,7 @@ def mode_line(after: str, similarity: str) -> str:
     return f"--after {after}: {AFTER_MODES[after]}; --similarity {similarity}: {SIMILARITY_MODES[similarity]}"
 
 
-# Every metric of the report, with its sign (issue 21: a column's sign must never be guessed).
+# Every metric of the report, with its sign: a column's sign must never be guessed.
 GLOSSARY = [
     ("avg acc", "mean final accuracy over the downstream tasks; higher is better"),
     ("avg forgetting", "per task trained before the last, its best accuracy since training minus its final accuracy, "
