@@ -55,6 +55,8 @@ def test_self_mention_patterns_catch_what_they_name():
 def _tracked_text_files() -> list[Path]:
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     paths = [ROOT / name for name in listed.decode().split("\0") if name]
+    # This file names the mentions it looks for (its patterns and their examples), so it is the one left out.
+    paths = [p for p in paths if p.resolve() != Path(__file__).resolve()]
     return [p for p in paths if p.is_file() and b"\0" not in p.read_bytes()[:8192]]
 
 
