@@ -133,3 +133,81 @@ def test_a_knn_bank_is_reused_by_a_second_run(root, tmp_path, monkeypatch, forge
     assert set(banks.glob("*.safetensors")) - before == written and bank.stat().st_mtime_ns == stamp
     scores = [[{k: v for k, v in row.items() if k != "seconds"} for row in json.loads(folder.upstream_eval.read_text())] for folder in (first, second)]
     assert scores[0] == scores[1] and len(scores[0]) == 2  # the same k-NN accuracies, before and after the task
+
+
+# ------------------------------------------------------------ pixels rounded and clamped as PIL's, on every path
+def _high_frequency(height: int, width: int, seed: int) -> dict[str, np.ndarray]:
+    """uint8 ``[H, W, 3]`` images whose bicubic resize overshoots most: a checkerboard, 2-pixel stripes
+    and uniform noise."""
+    y, x = np.indices((height, width))
+    grey = {"checkerboard": (y + x) % 2 * 255, "stripes": x // 2 % 2 * 255,
+            "noise": np.random.default_rng(seed).integers(0, 256, (height, width))}  # fmt: skip
+    return {name: np.repeat(values.astype(np.uint8)[..., None], 3, -1) for name, values in grey.items()}
+
+
+@pytest.fixture(scope="module")
+def high_frequency_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("high-frequency")
+    paths = []
+    for height, width in [(20, 20), (19, 23), (12, 30), (40, 17)]:
+        for name, pixels in _high_frequency(height, width, seed=height).items():
+            paths.append(folder / f"{name}-{height}x{width}.png")  # lossless: both pipelines read the same pixels
+            Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone():
+    from forgetlab.models.backbones import create
+
+    return create("test_resnet", num_classes=0)  # timm's tiny test network (pretrained_cfg: bilinear, crop_pct 0.95)
+
+
+def _levels(dataset, preprocess) -> torch.Tensor:
+    """Every item of ``dataset`` as the model receives it, mapped back to pixel levels (0..255)."""
+    from forgetlab.data.loader import batches, make_loader
+
+    mean, std = (torch.tensor(preprocess.settings[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
+    images = torch.cat([images for images, _ in batches(make_loader(dataset, 5, shuffle=False), dataset, CPU)])
+    return (images * std + mean) * 255
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_every_resampling_path_rounds_and_clamps_as_pil(high_frequency_files, tiny_backbone, tmp_path, interpolation):
+    """The device pipeline's bicubic crops were not clamped (stripes reached -34 and 289 levels, 34 levels
+    from the PIL path; the evaluation-crop cache, which rounds and clamps, 34 levels from no cache). Every
+    path (evaluation crops, the k-NN bank's view of a training split, the training crop; files and
+    in-memory arrays; both pipelines; the cache on and off) now stays in 0..255 and within one level of
+    PIL's pixels (its fixed-point filter weights against float ones), 0.05 levels on average; cached and
+    uncached crops are equal."""
+    from forgetlab.config import PreprocessConfig
+    from forgetlab.data.device_pipeline import batch_transforms
+    from forgetlab.data.eval_cache import EvalCropCache
+    from forgetlab.data.files import ArrayImageDataset, preprocess_for
+
+    config = PreprocessConfig(eval_interpolation=interpolation, train_interpolation=interpolation, crop_pct=0.8,
+                              train_scale=[1.0, 1.0], train_ratio=[1.0, 1.0], hflip=0.0, color_jitter=0.0)  # fmt: skip
+    pre = preprocess_for(tiny_backbone, 16, config)  # training without randomness: the centre square, resized
+    transforms = batch_transforms(pre)
+    arrays = np.stack([Image.open(path).convert("RGB").resize((20, 20), Image.NEAREST) for path in high_frequency_files])
+    for kind, files in [("files", FileDataset(high_frequency_files, [0] * len(high_frequency_files), pre.train)),
+                        ("arrays", ArrayImageDataset(arrays, [0] * len(arrays), pre.train))]:  # fmt: skip
+        files.eval_transform = pre.eval
+        encoded = EncodedDataset(files, transforms["train"], transforms["eval"])
+        paths = {"evaluation": (files.evaluation_view(), EncodedDataset(files, transforms["eval"])),  # test sets, k-NN queries
+                 "k-NN bank": (files.evaluation_view(), encoded.evaluation_view()),
+                 "training": (files, encoded)}  # fmt: skip
+        for path, (pil, device) in paths.items():
+            reference = _levels(pil, pre)
+            assert (reference - reference.round()).abs().max() < 1e-3 and reference.round().min() >= 0 and reference.round().max() <= 255
+            outputs = {"device": _levels(device, pre)}
+            if path != "training":  # the evaluation-crop cache (training crops are random)
+                for pipeline, dataset in (("pil", pil), ("device", device)):
+                    cached = EvalCropCache(mode="on", folder=tmp_path / kind / path / pipeline)(dataset)
+                    outputs[f"{pipeline}, cached"] = _levels(cached, pre)
+                    assert cached.computed and torch.allclose(outputs[f"{pipeline}, cached"], outputs[pipeline] if pipeline != "pil" else reference, atol=1e-3), (kind, path, pipeline)
+            for name, output in outputs.items():
+                difference = (output - reference).abs()
+                case = (kind, path, name, interpolation)
+                assert output.min() >= -1e-3 and output.max() <= 255 + 1e-3, case
+                assert difference.max() <= 1 + 1e-3 and difference.mean() < 0.05, (case, difference.max(), difference.mean())

@@ -245,13 +245,29 @@ def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
+def _nearest_sources(scale: torch.Tensor, offset: torch.Tensor, out_size: int) -> torch.Tensor:
+    """``[N, out_size, 1]``: the input pixel of output pixels ``offset .. offset + out_size - 1`` when
+    resizing with ``nearest`` at ``scale`` (``[N, 1, 1]``, input per output pixel), as PIL's
+    ``ImagingScaleAffine`` (``Geometry.c``) finds it: a float64 coordinate started at ``scale / 2`` and
+    advanced by ``scale`` per pixel, truncated. Summed step by step, as there: ``floor((i + 0.5) * scale)``
+    differs where that lands on a whole number (40 -> 47 px: output 23)."""
+    steps = int(offset.max()) + out_size
+    coordinate, coordinates = scale * 0.5, []
+    for _ in range(steps):
+        coordinates.append(coordinate)
+        coordinate = coordinate + scale
+    table = torch.cat(coordinates, dim=1).floor()  # [N, steps, 1]
+    wanted = offset.long() + torch.arange(out_size, device=offset.device).view(1, -1, 1)
+    return table.gather(1, wanted)
+
+
 def _resample_weights(start, length, virtual, offset, out_size: int, extent: int, interpolation: str) -> torch.Tensor:
     """``[N, out_size, extent]``: row ``i`` of image ``n`` holds the weights over input pixels
     ``0 .. extent - 1`` of output pixel ``offset + i`` when input pixels ``start .. start + length - 1`` are
     resized to ``virtual`` pixels. The filters are PIL's ``ImagingResample`` (``precompute_coeffs`` in
     ``Resample.c``), which ``F.interpolate(antialias=True)`` also implements: centre ``(i + 0.5) * scale``,
     kernel stretched by ``max(scale, 1)`` when shrinking (antialiasing), weights normalised over the pixels
-    inside the input; ``nearest`` takes pixel ``floor((i + 0.5) * scale)``, as PIL."""
+    inside the input; ``nearest`` takes PIL's pixel (:func:`_nearest_sources`)."""
     kernels = {"bicubic": _cubic, "bilinear": lambda x: (1 - x.abs()).clamp(min=0)}
     if interpolation not in (*kernels, "nearest"):
         raise ValueError(f"the device pipeline cannot resample with '{interpolation}'; use bicubic, bilinear or nearest")
@@ -262,7 +278,7 @@ def _resample_weights(start, length, virtual, offset, out_size: int, extent: int
     x = torch.arange(extent, device=start.device, dtype=dtype).view(1, 1, -1) - start  # crop coordinates [N, 1, extent]
     inside = (x >= 0) & (x < length)
     if interpolation == "nearest":
-        source = torch.minimum(centre.floor(), length - 1)
+        source = torch.minimum(_nearest_sources(scale.double(), offset.double(), out_size).to(dtype), length - 1)
         return ((x == source) & inside).float()
     kernel = kernels[interpolation]
     stretch = scale.clamp(min=1.0)
