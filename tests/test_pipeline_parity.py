@@ -4,6 +4,7 @@ clipped to the image, and caches keyed by a dataset's fingerprint work on both."
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -211,3 +212,89 @@ def test_every_resampling_path_rounds_and_clamps_as_pil(high_frequency_files, ti
                 case = (kind, path, name, interpolation)
                 assert output.min() >= -1e-3 and output.max() <= 255 + 1e-3, case
                 assert difference.max() <= 1 + 1e-3 and difference.mean() < 0.05, (case, difference.max(), difference.mean())
+
+
+# ------------------------------------------------------------------- every preprocess option, on both pipelines
+def _probe() -> np.ndarray:
+    """uint8 ``[48, 64, 3]``: red rises left to right, green top to bottom, blue a mid-grey square on
+    black; a crop's box and flip can be read off its output, a jitter off its statistics."""
+    y, x = np.indices((48, 64))
+    blue = np.where((abs(y - 24) < 12) & (abs(x - 32) < 12), 160, 30)
+    return np.stack([x * 255 / 63, y * 255 / 47, blue], -1).round().astype(np.uint8)
+
+
+def _training_statistics(pre, draws: int = 300) -> dict[str, dict[str, np.ndarray]]:
+    """Per training output of both pipelines on :func:`_probe` (fixed seeds): the red rise across
+    (negative: flipped) and the green rise down, in levels, and the output's mean and spread per channel."""
+    import random
+
+    from forgetlab.data.device_pipeline import batch_transforms
+
+    pixels = _probe()
+    random.seed(0)  # timm's crop parameters
+    torch.manual_seed(0)  # the flip and the jitter
+    outputs = {"pil": torch.stack([pre.train(Image.fromarray(pixels)) for _ in range(draws)]),
+               "device": batch_transforms(pre)["train"]([torch.from_numpy(pixels.transpose(2, 0, 1).copy())] * draws, CPU,
+                                                        torch.Generator().manual_seed(0))}  # fmt: skip
+    mean, std = (torch.tensor(pre.settings[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
+    statistics = {}
+    for pipeline, output in outputs.items():
+        levels = (output * std + mean) * 255
+        statistics[pipeline] = {"across": (levels[:, 0, :, -1] - levels[:, 0, :, 0]).mean(1).numpy(),
+                                "down": (levels[:, 1, -1, :] - levels[:, 1, 0, :]).mean(1).numpy(),
+                                "mean": levels.mean((2, 3)).numpy(), "spread": levels.std((2, 3)).numpy()}  # fmt: skip
+    return statistics
+
+
+def _same_distribution(statistics, name: str, level: float = 1e-3) -> None:
+    from scipy import stats
+
+    pil, device = statistics["pil"][name].reshape(len(statistics["pil"][name]), -1), statistics["device"][name].reshape(len(statistics["pil"][name]), -1)
+    for column in range(pil.shape[1]):
+        assert stats.ks_2samp(pil[:, column], device[:, column]).pvalue > level, (name, column)
+
+
+TRAINING_CASES = {  # option: (values at the boundaries and between, what each value must do on both pipelines)
+    "hflip": [0.0, 0.3, 1.0],
+    "train_scale": [[1.0, 1.0], [0.3, 0.6], [0.08, 1.0]],
+    "train_ratio": [[1.0, 1.0], [0.5, 2.0], [0.75, 4 / 3]],
+    "color_jitter": [0.0, 0.4, 1.0],
+    "train_interpolation": ["bilinear", "bicubic", "nearest"],
+}
+
+
+@pytest.mark.parametrize("option", TRAINING_CASES)
+def test_every_training_option_has_the_same_effect_on_both_pipelines(tiny_backbone, option):
+    """``preprocess.hflip=0`` still flipped half the device pipeline's images (timm builds no flip step and
+    the device pipeline fell back to 0.5). Each training option at its boundaries and between: the flip
+    fraction (exactly 0 or 1 at the ends; within four standard errors between), the crop's width, height and
+    aspect (read off the probe's ramps) and the jitter's effect on the channel means and spreads follow one
+    distribution on both pipelines (two-sample Kolmogorov-Smirnov at 0.001, fixed seeds); geometry
+    without randomness agrees pixel for pixel within the crop tolerance."""
+    from forgetlab.config import PreprocessConfig
+    from forgetlab.data.files import preprocess_for
+
+    quiet = {"hflip": 0.0, "color_jitter": 0.0}  # the other randomness off, so each statistic shows one option
+    # The crop fixed (the probe's centre square, resized) but where it is the option; a fixed area for the ratio.
+    quiet.update(train_scale=[0.3, 0.3] if option == "train_ratio" else [1.0, 1.0], train_ratio=[1.0, 1.0])
+    for value in TRAINING_CASES[option]:
+        config = PreprocessConfig(**{**quiet, option: value})
+        pre = preprocess_for(tiny_backbone, 16, config)
+        statistics = _training_statistics(pre)
+        if config.train_scale == config.train_ratio == [1.0, 1.0] and config.hflip in (0, 1) and not config.color_jitter:  # no randomness
+            for name in ("across", "down", "mean"):
+                assert np.abs(np.sort(statistics["pil"][name], 0) - np.sort(statistics["device"][name], 0)).max() <= 1, (option, value, name)
+        for pipeline in ("pil", "device"):
+            flipped = (statistics[pipeline]["across"] < 0).mean()
+            expected = value if option == "hflip" else 0.0
+            assert abs(flipped - expected) <= 4 * math.sqrt(expected * (1 - expected) / 300), (option, value, pipeline, flipped)
+        if option in ("train_scale", "train_ratio", "train_interpolation"):
+            for name in ("across", "down"):
+                _same_distribution(statistics, name)
+            aspect = {p: np.log(np.abs(s["across"]) / 64 * 48 / np.maximum(s["down"], 1e-3)) for p, s in statistics.items()}
+            _same_distribution({p: {"aspect": a} for p, a in aspect.items()}, "aspect")
+        if option == "color_jitter":
+            for name in ("mean", "spread"):
+                _same_distribution(statistics, name)
+            for pipeline in ("pil", "device"):  # off: every draw alike; on: the spread of the means grows with the value
+                assert (statistics[pipeline]["mean"].std(0) < 1e-3).all() == (value == 0), (value, pipeline)
