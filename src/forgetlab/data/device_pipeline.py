@@ -31,10 +31,14 @@ batch, where torchvision draws one per image, and reads factors on the host to s
 timm would mean wrapping around both; the resampling and the blends are ~150 lines here, tested
 against torchvision's own functions and timm's PIL path.
 
+Each resampling pass is rounded half up and clamped to 0..255, as PIL stores it in uint8 (bicubic
+weights are partly negative: unclamped, a checkerboard's crop reached -41 and 296), so evaluation and
+training crops and the evaluation-crop cache hold the same pixels (docs/pipelines.md).
+
 The same code runs on the CPU (``device=cpu``), where the tests compare it with the PIL path on
-smooth real-layout JPEGs: the evaluation tensors agree within 0.01 on average and 0.05 at most in
-normalised units (measured 0.002-0.005 and 0.008-0.019 for the papers' three backbones; PIL rounds
-to uint8 between its two passes), training crops within 0.5 of 255 on average, and with the jitter
+smooth real-layout JPEGs and on checkerboards, stripes and noise: the evaluation tensors agree within
+one level of 255 per pixel (PIL's fixed-point weights against float ones), i.e. within 0.01 on
+average and 0.05 at most in normalised units, training crops likewise, and with the jitter
 within 0.035 on average (PIL's ``Image.blend`` truncates each jitter step to uint8, half a level
 darker per step); the drawn parameters have timm's distributions (two-sample tests over 3,000 draws).
 """
