@@ -198,8 +198,9 @@ JITTER = {"size": 24, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225
 
 
 def _reference_train(images, params, transform):
-    """The per-image reference: crop, F.interpolate (antialiased), flip, torchvision's tensor ColorJitter
-    steps in the image's order, normalise: what the batched path must equal."""
+    """The per-image reference: crop, F.interpolate (antialiased) across then down, each pass rounded half
+    up and clamped to uint8 as PIL's, flip, torchvision's tensor ColorJitter steps in the image's order,
+    normalise: what the batched path must equal."""
     from torchvision.transforms import functional as TF
 
     steps = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
@@ -207,8 +208,10 @@ def _reference_train(images, params, transform):
     for n, image in enumerate(images):
         top, left, height, width = params["box"][n].tolist()
         crop = image[:, top : top + height, left : left + width][None].float()
-        crop = torch.nn.functional.interpolate(crop, size=(transform.size,) * 2, mode="bicubic", antialias=True, align_corners=False)[0]
-        crop = (crop.flip(-1) if params["flip"][n] else crop).clamp(0, 255) / 255
+        for size in ((height, transform.size), (transform.size, transform.size)):  # PIL's horizontal pass, then its vertical one
+            crop = torch.nn.functional.interpolate(crop, size=size, mode="bicubic", antialias=True, align_corners=False)
+            crop = (crop + 0.5).floor().clamp(0, 255)
+        crop = (crop[0].flip(-1) if params["flip"][n] else crop[0]) / 255
         for operation in params["order"][n].tolist():
             if operation < 3 or transform.hue:
                 crop = steps[operation](crop, float(params["factors"][n, operation]))
@@ -226,7 +229,10 @@ def test_batched_augmentation_equals_the_per_image_reference():
         assert params["flip"].any() and not params["flip"].all() and len({tuple(o) for o in params["order"].tolist()}) > 1
         batch = transform.apply(images, params, CPU)
         assert batch.shape == (5, 3, 24, 24)
-        assert (batch - _reference_train(images, params, transform)).abs().max() < 2e-3
+        difference = (batch - _reference_train(images, params, transform)).abs()
+        # Equal to float precision but for the pixels within float error of a rounding boundary (0.06 %): one level
+        # off before the jitter, whose factors (up to 1.4 per step) and hue shift enlarge it (0.042 measured).
+        assert (difference > 2e-3).float().mean() < 0.005 and difference.max() < 0.05
 
 
 def test_batched_augmentation_matches_timm_on_pil_images(smooth_jpegs):

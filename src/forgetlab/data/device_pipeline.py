@@ -31,10 +31,14 @@ batch, where torchvision draws one per image, and reads factors on the host to s
 timm would mean wrapping around both; the resampling and the blends are ~150 lines here, tested
 against torchvision's own functions and timm's PIL path.
 
+Each resampling pass is rounded half up and clamped to 0..255, as PIL stores it in uint8 (bicubic
+weights are partly negative: unclamped, a checkerboard's crop reached -41 and 296), so evaluation and
+training crops and the evaluation-crop cache hold the same pixels (docs/pipelines.md).
+
 The same code runs on the CPU (``device=cpu``), where the tests compare it with the PIL path on
-smooth real-layout JPEGs: the evaluation tensors agree within 0.01 on average and 0.05 at most in
-normalised units (measured 0.002-0.005 and 0.008-0.019 for the papers' three backbones; PIL rounds
-to uint8 between its two passes), training crops within 0.5 of 255 on average, and with the jitter
+smooth real-layout JPEGs and on checkerboards, stripes and noise: the evaluation tensors agree within
+one level of 255 per pixel (PIL's fixed-point weights against float ones), i.e. within 0.01 on
+average and 0.05 at most in normalised units, training crops likewise, and with the jitter
 within 0.035 on average (PIL's ``Image.blend`` truncates each jitter step to uint8, half a level
 darker per step); the drawn parameters have timm's distributions (two-sample tests over 3,000 draws).
 """
@@ -51,7 +55,7 @@ from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_labels
 from forgetlab.data.decode import JPEG_MAGIC, PNG_MAGIC, box_pixels, decode_bytes, jpeg_components, to_uint8
-from forgetlab.errors import DataError
+from forgetlab.errors import ConfigError, DataError
 
 
 @dataclass
@@ -150,7 +154,7 @@ class BatchTransform:
         box = params["box"].double()
         rows = (box[:, 0], box[:, 2], torch.full_like(box[:, 0], self.size), torch.zeros_like(box[:, 0]))
         columns = (box[:, 1], box[:, 3], torch.full_like(box[:, 0], self.size), torch.zeros_like(box[:, 0]))
-        batch = self._resample(images, rows, columns, params["flip"], device).clamp_(0, 255) / 255.0
+        batch = self._resample(images, rows, columns, params["flip"], device) / 255.0
         if self.color_jitter or self.hue:
             batch = self.jitter(batch, params["factors"].to(device), params["order"].to(device))
         return self.normalise(batch)
@@ -198,8 +202,8 @@ class BatchTransform:
             row_weights = _resample_weights(*pick(rows), self.size, stack.shape[-2], self.interpolation)
             column_weights = _resample_weights(*pick(columns), self.size, stack.shape[-1], self.interpolation)
             column_weights = torch.where(flip[group].to(device).view(-1, 1, 1), column_weights.flip(1), column_weights)
-            resized = row_weights.unsqueeze(1) @ (stack @ column_weights.transpose(1, 2).unsqueeze(1))
-            out[group.to(device)] = resized
+            across = _to_levels(stack @ column_weights.transpose(1, 2).unsqueeze(1))  # PIL's horizontal pass, then
+            out[group.to(device)] = _to_levels(row_weights.unsqueeze(1) @ across)  # its vertical one, each to uint8
             start = stop
         return out
 
@@ -230,6 +234,13 @@ def _padded_stack(images: list[torch.Tensor], device: torch.device) -> torch.Ten
     return torch.where(inside, flat.take(index), 0).to(torch.uint8)
 
 
+def _to_levels(values: torch.Tensor) -> torch.Tensor:
+    """``values`` as PIL stores a resampling pass's result in a uint8 image: rounded half up and clamped
+    to [0, 255] (``clip8`` in ``Resample.c``), kept as floats. Bicubic weights are partly negative, so
+    an edge overshoots (a checkerboard reaches -41 and 296 unclamped); PIL clamps after each pass."""
+    return values.add_(0.5).floor_().clamp_(0, 255)
+
+
 def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     """PIL's bicubic kernel (``a = -0.5``; torch's antialiased bicubic uses the same)."""
     x = x.abs()
@@ -238,13 +249,29 @@ def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
+def _nearest_sources(scale: torch.Tensor, offset: torch.Tensor, out_size: int) -> torch.Tensor:
+    """``[N, out_size, 1]``: the input pixel of output pixels ``offset .. offset + out_size - 1`` when
+    resizing with ``nearest`` at ``scale`` (``[N, 1, 1]``, input per output pixel), as PIL's
+    ``ImagingScaleAffine`` (``Geometry.c``) finds it: a float64 coordinate started at ``scale / 2`` and
+    advanced by ``scale`` per pixel, truncated. Summed step by step, as there: ``floor((i + 0.5) * scale)``
+    differs where that lands on a whole number (40 -> 47 px: output 23)."""
+    steps = int(offset.max()) + out_size
+    coordinate, coordinates = scale * 0.5, []
+    for _ in range(steps):
+        coordinates.append(coordinate)
+        coordinate = coordinate + scale
+    table = torch.cat(coordinates, dim=1).floor()  # [N, steps, 1]
+    wanted = offset.long() + torch.arange(out_size, device=offset.device).view(1, -1, 1)
+    return table.gather(1, wanted)
+
+
 def _resample_weights(start, length, virtual, offset, out_size: int, extent: int, interpolation: str) -> torch.Tensor:
     """``[N, out_size, extent]``: row ``i`` of image ``n`` holds the weights over input pixels
     ``0 .. extent - 1`` of output pixel ``offset + i`` when input pixels ``start .. start + length - 1`` are
     resized to ``virtual`` pixels. The filters are PIL's ``ImagingResample`` (``precompute_coeffs`` in
     ``Resample.c``), which ``F.interpolate(antialias=True)`` also implements: centre ``(i + 0.5) * scale``,
     kernel stretched by ``max(scale, 1)`` when shrinking (antialiasing), weights normalised over the pixels
-    inside the input; ``nearest`` takes pixel ``floor((i + 0.5) * scale)``, as PIL."""
+    inside the input; ``nearest`` takes PIL's pixel (:func:`_nearest_sources`)."""
     kernels = {"bicubic": _cubic, "bilinear": lambda x: (1 - x.abs()).clamp(min=0)}
     if interpolation not in (*kernels, "nearest"):
         raise ValueError(f"the device pipeline cannot resample with '{interpolation}'; use bicubic, bilinear or nearest")
@@ -255,7 +282,7 @@ def _resample_weights(start, length, virtual, offset, out_size: int, extent: int
     x = torch.arange(extent, device=start.device, dtype=dtype).view(1, 1, -1) - start  # crop coordinates [N, 1, extent]
     inside = (x >= 0) & (x < length)
     if interpolation == "nearest":
-        source = torch.minimum(centre.floor(), length - 1)
+        source = torch.minimum(_nearest_sources(scale.double(), offset.double(), out_size).to(dtype), length - 1)
         return ((x == source) & inside).float()
     kernel = kernels[interpolation]
     stretch = scale.clamp(min=1.0)
@@ -263,45 +290,75 @@ def _resample_weights(start, length, virtual, offset, out_size: int, extent: int
     return (weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-12)).float()
 
 
+_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")  # the filters of _resample_weights
+
+
+def _unsupported(role: str, step, why: str) -> ConfigError:
+    inner = [type(part).__name__ for part in getattr(step, "transforms", [])]  # RandomApply([GaussianBlur]): name what it applies
+    name = f"{type(step).__name__}({', '.join(inner)})" if inner else type(step).__name__
+    return ConfigError(f"the device pipeline cannot reproduce the {role} transform's {name} step ({why}); set data.pipeline=pil")
+
+
+def _interpolation(role: str, step) -> str:
+    name = getattr(step.interpolation, "value", step.interpolation)
+    name = name if isinstance(name, str) else "random"  # timm's RandomResizedCropAndInterpolation draws from a tuple
+    if name not in _INTERPOLATIONS:
+        raise _unsupported(role, step, f"interpolation {name}; the device pipeline resamples with {', '.join(_INTERPOLATIONS)}")
+    return name
+
+
+def _square(role: str, step, size) -> int:
+    sizes = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    if len(set(sizes)) != 1:
+        raise _unsupported(role, step, f"size {list(sizes)}; the device pipeline makes square images")
+    return int(sizes[0])
+
+
+def _transform_parts(role: str, transform) -> dict:
+    """The :class:`BatchTransform` fields of one timm transform (a ``Compose``), read off its steps. A step
+    the device pipeline has no tensor form for (vertical flip, grayscale, blur, RandAugment, random erasing,
+    a random interpolation, ...) is a :class:`ConfigError` naming it, never dropped; a training transform
+    without a flip or jitter step has none (``hflip=0``: timm builds no flip step)."""
+    found: dict = {"hflip": 0.0, "color_jitter": 0.0, "hue": 0.0}
+    for step in getattr(transform, "transforms", [transform]):
+        kind = type(step).__name__
+        if kind == "RandomResizedCropAndInterpolation":
+            found.update(size=_square(role, step, step.size), scale=tuple(step.scale), ratio=tuple(step.ratio), training=True,
+                         interpolation=_interpolation(role, step))  # fmt: skip
+        elif kind == "RandomHorizontalFlip":
+            found["hflip"] = float(step.p)
+        elif kind == "ColorJitter":
+            if not step.brightness or step.contrast != step.brightness or step.saturation != step.brightness:
+                raise _unsupported(role, step, "brightness, contrast and saturation differ; the device pipeline jitters them alike")
+            found["color_jitter"] = float(step.brightness[1] - 1)
+            found["hue"] = float(step.hue[1]) if step.hue else 0.0
+        elif kind == "Resize":
+            if step.max_size is not None:
+                raise _unsupported(role, step, f"max_size {step.max_size}")
+            found.update(interpolation=_interpolation(role, step), scale_size=_square(role, step, step.size),
+                         crop_mode="squash" if isinstance(step.size, (list, tuple)) and len(step.size) == 2 else "center")  # fmt: skip
+        elif kind == "CenterCrop":
+            found["size"] = _square(role, step, step.size)
+        elif kind == "Normalize":
+            found.update(mean=tuple(float(v) for v in step.mean), std=tuple(float(v) for v in step.std))
+        elif kind not in ("ToTensor", "MaybeToTensor"):
+            raise _unsupported(role, step, "it has no tensor form here")
+    needed = ("size", "mean") if found.get("training") else ("size", "scale_size", "mean")
+    if any(key not in found for key in needed):
+        raise ConfigError(f"the device pipeline cannot reproduce the {role} transform {transform} (it needs a resize, a crop and "
+                          f"a Normalize step); set data.pipeline=pil")  # fmt: skip
+    if "scale_size" in found:
+        found["crop_pct"] = found["size"] / found["scale_size"]
+    return found
+
+
 def batch_transforms(preprocess) -> dict[str, BatchTransform]:
     """The ``train``, ``eval`` and ``upstream_eval`` batch transforms equal to a
-    :class:`forgetlab.data.files.Preprocess` (read off its timm transforms, so they cannot drift)."""
-
-    def parts(transform) -> dict:
-        found = {}
-        for step in transform.transforms:
-            kind = type(step).__name__
-            if kind == "RandomResizedCropAndInterpolation":
-                found.update(size=step.size[0], scale=tuple(step.scale), ratio=tuple(step.ratio), training=True,
-                             interpolation=str(getattr(step.interpolation, "value", step.interpolation)))  # fmt: skip
-            elif kind == "RandomHorizontalFlip":
-                found["hflip"] = step.p
-            elif kind == "ColorJitter":
-                found["color_jitter"] = float(step.brightness[1] - 1) if step.brightness else 0.0
-                found["hue"] = float(step.hue[1]) if step.hue else 0.0
-            elif kind == "Resize":
-                size = step.size
-                found["interpolation"] = step.interpolation.value
-                found["resize"] = tuple(size) if isinstance(size, (list, tuple)) else size
-            elif kind == "CenterCrop":
-                found["size"] = step.size[0]
-            elif kind == "Normalize":
-                found.update(mean=tuple(step.mean.tolist() if hasattr(step.mean, "tolist") else step.mean),
-                             std=tuple(step.std.tolist() if hasattr(step.std, "tolist") else step.std))  # fmt: skip
-        resize = found.pop("resize", None)
-        if resize is not None:
-            squash = isinstance(resize, tuple)
-            scale_size = resize[0] if squash else resize
-            found.update(crop_mode="squash" if squash else "center", scale_size=scale_size,
-                         crop_pct=found["size"] / scale_size if scale_size else 1.0)  # fmt: skip
-        return found
-
-    out = {}
-    for role in ("train", "eval", "upstream_eval"):
-        transform = getattr(preprocess, role)
-        if transform is not None:
-            out[role] = BatchTransform(**parts(transform))
-    return out
+    :class:`forgetlab.data.files.Preprocess` (read off its timm transforms, so they cannot drift).
+    Raises :class:`~forgetlab.errors.ConfigError` (one line, naming the step and ``data.pipeline=pil``)
+    for a step the device pipeline cannot reproduce; the runner builds these before any data is read."""
+    return {role: BatchTransform(**_transform_parts(role, getattr(preprocess, role)))
+            for role in ("train", "eval", "upstream_eval") if getattr(preprocess, role) is not None}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- datasets
