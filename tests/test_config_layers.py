@@ -159,3 +159,33 @@ def test_the_run_command_stacks_a_preset_and_the_command_line(tmp_path, capsys):
     assert _values(printed, PRESET_EXPECTED) == PRESET_EXPECTED
     assert main(["config", "--preset", "paper1-vit", "method.name=linear"]) == 0
     assert config_module.parse_yaml(capsys.readouterr().out)["method"] == {"name": "linear"}
+
+
+def test_a_run_without_a_name_is_named_by_what_differs_from_the_defaults(tmp_path):
+    assert config_module.load().name == "default"  # the demo's runs/default
+    assert config_module.load(None, ["method.rank=16", "train.epochs=2"]).name == "r16-epochs2"
+    assert config_module.load(None, ["method.name=linear", "seed=1"]).name == "linear-seed1"
+    assert config_module.load(None, ["method.rank=16", "name=mine"]).name == "mine"
+    assert config_module.load(None, ["out_dir=elsewhere", "track.tensorboard=true"]).name == "default"  # not identity
+    many = ["data.tasks=[digits, fontstyle, fontfamily]", "train.lr=0.1234567", "train.weight_decay=0.5",
+            "backbone.weights=/some/folder/a_long_weights_file_name.safetensors", "train.warmup_fraction=0.25"]  # fmt: skip
+    long_names = {config_module.load(None, [*many, f"eval.knn_k={k}"]).name for k in (7, 8)}
+    assert len(long_names) == 2 and all(len(name) <= 80 for name in long_names)  # cut, and told apart by the hash
+
+
+def test_a_tab_in_a_yaml_file_is_named(tmp_path):
+    path = tmp_path / "tabbed.yaml"
+    path.write_text("seed: 1\ntrain:\n\tepochs: 2\n")
+    with pytest.raises(ConfigError, match=rf"^tab character at line 3 of {path}; YAML indents with spaces$"):
+        config_module.load(path)
+
+
+def test_a_misspelt_timm_name_suggests_its_own_family_first():
+    import timm
+
+    from forgetlab.models.backbones import closest_names
+
+    names = timm.list_models()
+    assert closest_names("vit_tiny", names)[0].startswith("vit_tiny_patch16")
+    assert closest_names("resnet05", names)[0] == "resnet50"
+    assert closest_names("vit_bse_patch16_224", names)[0] == "vit_base_patch16_224"

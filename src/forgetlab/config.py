@@ -354,6 +354,17 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
+def _indenting_tab(text: str, error_line: int | None) -> int | None:
+    """The line (from 1) of a tab that YAML cannot read: in a line's indentation or right after a key's
+    colon, at or before the line where the parser stopped; None if there is none."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if error_line is not None and number > error_line:
+            break
+        if "\t" in line[: len(line) - len(line.lstrip(" \t"))] or re.search(r":\t", line):
+            return number
+    return None
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -366,6 +377,9 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path} is not a text file; give a YAML file") from error
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
+        tab = _indenting_tab(path.read_text(), mark.line + 1 if mark else None)
+        if tab:
+            raise ConfigError(f"tab character at line {tab} of {path}; YAML indents with spaces") from error
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}; fix the file") from error
     if not isinstance(data, dict):
@@ -516,13 +530,48 @@ def resolve_layers(layers) -> RunConfig:
     names the layer (and file) that holds the key it is about."""
     tree, origins = merge_layers(layers)
     try:
-        return _resolve_tree(tree)
+        config = _resolve_tree(tree)
+        if "name" not in tree:
+            config.name = run_name(config)
+        return config
     except ConfigError as error:
         layer = _origin_of(str(error), origins)
         given = [layer for layer in layers if layer.tree]
         if layer is None or (layer.file is None and len(given) == 1):  # one layer without a file: nothing to tell apart
             raise
         raise ConfigError(f"{error} (set by {layer.where})") from error
+
+
+ABBREVIATIONS = {"rank": "r", "copies": "p"}  # in run and sweep-cell names: lora-r4, block_expansion-p2
+MAX_NAME = 80
+
+
+def name_part(text) -> str:
+    """A value as part of a folder name: lists joined by ``+``, other characters than letters,
+    digits and ``-_.+`` as ``_``."""
+    text = "+".join(map(str, text)) if isinstance(text, list) else str(text)
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
+
+
+def run_name(config: RunConfig) -> str:
+    """The folder name of a run given no ``name``: what differs from forgetlab's defaults, named as a
+    sweep's cells are (``lora-r16-epochs2``: a ``*.name`` value as it is, a string as it is (a path
+    by its file name), anything else by its key's last word and the value); ``default`` for the
+    default config. A name over 80 characters keeps its start and ends with a hash of the whole."""
+    import hashlib
+
+    defaults = leaves(to_dict(resolve_layers([Layer("name", {"name": "default"})])))
+    own = {key: value for key, value in leaves(to_dict(config)).items() if key.split(".")[0] not in NOT_IDENTITY}
+    changed = {key: value for key, value in own.items() if key not in defaults or defaults[key] != value}
+    names = [name_part(value) for key, value in changed.items() if key.split(".")[-1] == "name"]
+    others = [name_part(Path(value).name if "/" in value else value) if isinstance(value, str)
+              else f"{ABBREVIATIONS.get(key.split('.')[-1], key.split('.')[-1])}{name_part(value)}"
+              for key, value in changed.items() if key.split(".")[-1] != "name"]  # fmt: skip
+    name = "-".join([*names, *others]) or "default"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha256(dump_yaml(changed, sort_keys=True).encode()).hexdigest()[:8]
+        name = f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+    return name if name not in (".", "..") else f"run{name}"
 
 
 def _resolve_tree(tree: dict) -> RunConfig:

@@ -73,12 +73,10 @@ class Sweep:
 
 
 VARIANT = "variant"  # the grid key of named variants (it is no config key)
-ABBREVIATIONS = {"rank": "r", "copies": "p"}  # in cell names: lora-r4, block_expansion-p2
+ABBREVIATIONS = config_module.ABBREVIATIONS  # in cell names: lora-r4, block_expansion-p2
 
 
-def _text(value) -> str:
-    text = "+".join(map(str, value)) if isinstance(value, list) else str(value)
-    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
+_text = config_module.name_part
 
 
 def _slug(key: str, value) -> str:

@@ -80,15 +80,34 @@ def _timm_model(name: str, **kwargs) -> nn.Module:
         raise ConfigError(f"timm's {name} refuses its arguments ({error}); check backbone.kwargs and backbone.image_size") from error
 
 
+def closest_names(typed: str, names: list[str], n: int = 3) -> list[str]:
+    """The ``n`` names closest to ``typed``: ``difflib``'s similarity ratio, raised for a name that starts
+    with what was typed (+0.5) and for one of the same family, its first ``_``-separated word (+0.25),
+    then by the length of the shared prefix (+0.01 a character); so ``vit_tiny`` suggests
+    ``vit_tiny_patch16_224`` before ``gcvit_tiny``."""
+    import difflib
+    import os
+
+    family = typed.split("_")[0]
+
+    def score(name: str) -> float:
+        ratio = difflib.SequenceMatcher(None, typed, name).ratio()
+        prefix = len(os.path.commonprefix([typed, name]))
+        return ratio + 0.5 * name.startswith(typed) + 0.25 * (name.split("_")[0] == family) + 0.01 * prefix
+
+    scored = sorted(((score(name), name) for name in names), key=lambda item: (-item[0], item[1]))
+    return [name for value, name in scored[:n] if value >= 0.6]
+
+
 def check_backbone_name(name: str) -> None:
-    """Refuse a name timm does not know, naming the closest timm names (``difflib`` over
+    """Refuse a name timm does not know, naming the closest timm names (:func:`closest_names` over
     ``timm.list_models()``), and a pretrained tag timm does not have for that architecture, naming its
     closest tags (``timm.list_pretrained``)."""
     import difflib
 
     architecture, _, tag = name.partition(".")
     if not timm.is_model(architecture):
-        closest = difflib.get_close_matches(architecture, timm.list_models(), n=3, cutoff=0.6)
+        closest = closest_names(architecture, timm.list_models())
         if closest:
             raise ConfigError(f"unknown backbone '{name}'; closest timm names: {', '.join(closest)} (or offline_vit, offline_resnet)")
         raise ConfigError(f"unknown backbone '{name}'; use offline_vit, offline_resnet or a timm model name (timm.list_models() lists them)")
