@@ -144,7 +144,7 @@ def test_a_value_that_does_not_fit_its_tag_is_a_one_line_error(tmp_path, tagged)
 def test_strings_that_yaml12_reads_as_numbers_survive_sweeps_cells_and_the_api(tmp_path):
     """A sweep grid, a cell's spec file for a worker and the API's keyword overrides write values with
     YAML 1.2's quoting, so the string '1e5' (a float in YAML 1.2, a string in 1.1) stays a string."""
-    from forgetlab.api import _overrides
+    from forgetlab.api import resolve
     from forgetlab.sweep import load_sweep
 
     path = tmp_path / "s.yaml"
@@ -153,4 +153,4 @@ def test_strings_that_yaml12_reads_as_numbers_survive_sweeps_cells_and_the_api(t
     assert sorted(cell.config.data.root for cell in sweep.cells) == ["0o17", "1e5"]
     for cell in sweep.cells:
         assert config_module.parse_yaml(config_module.dump_yaml(cell.tree, sort_keys=False)) == cell.tree
-    assert config_module.resolve(overrides=_overrides({"data__root": "1e5"})).data.root == "1e5"
+    assert resolve(data__root="1e5").data.root == "1e5"

@@ -19,6 +19,7 @@ with a one-line message naming the fix.
 from __future__ import annotations
 
 import dataclasses
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,27 +30,29 @@ from forgetlab import config as config_module
 from forgetlab.results import RunFolder, read_single_predictions
 
 
-def _overrides(overrides: dict[str, Any]) -> list[str]:
-    return [f"{key.replace('__', '.')}={config_module.dump_yaml(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for key, value in overrides.items()]  # fmt: skip
+def keyword_layer(overrides: dict[str, Any]) -> config_module.Layer:
+    """``forgetlab.run(**kwargs)``'s overrides as a config layer (``method__rank=16`` is ``method.rank``)."""
+    values = {key.replace("__", "."): os.fspath(value) if isinstance(value, os.PathLike) else value for key, value in overrides.items()}
+    return config_module.Layer("keyword arguments", values)
 
 
 def resolve(config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None,
             **overrides) -> config_module.RunConfig:  # fmt: skip
-    """A validated config from a :class:`RunConfig`, a YAML file, a dict or a preset, with overrides."""
+    """A validated config from a :class:`RunConfig`, a YAML file, a dict or a preset, with overrides on
+    top (merged as every config layer is: :func:`forgetlab.config.merge`)."""
     if preset is not None:
-        from forgetlab.presets import preset_tree
+        from forgetlab.presets import preset_layer
 
         if config is not None:
             raise config_module.ConfigError("give a config or a preset, not both")
-        tree = preset_tree(preset)
+        start = preset_layer(preset)
     elif isinstance(config, config_module.RunConfig):
-        tree = config_module.to_dict(config)
+        start = config_module.Layer("config", config_module.to_dict(config))
     elif isinstance(config, (str, Path)):
-        tree = config_module.load_yaml(config)
+        start = config_module.file_layer(config)
     else:
-        tree = dict(config or {})
-    return config_module.resolve(tree, _overrides(overrides))
+        start = config_module.Layer("config", dict(config or {}))
+    return config_module.resolve_layers([start, keyword_layer(overrides)])
 
 
 def run(config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None, log=print, **overrides) -> "Run":

@@ -49,11 +49,11 @@ def _resolve(args):
 
     config_path, overrides = _split_config_and_overrides(args.items)
     if getattr(args, "preset", None):
-        from forgetlab.presets import preset_tree
+        from forgetlab.presets import preset_layer
 
         if config_path:
             raise ForgetlabError("give either --preset or a config file, not both (add key=value overrides instead)")
-        return config_module.resolve(preset_tree(args.preset), overrides)
+        return config_module.resolve_layers([preset_layer(args.preset), config_module.override_layer(overrides)])
     return config_module.load(config_path, overrides)
 
 

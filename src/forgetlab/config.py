@@ -7,6 +7,7 @@ keys of that section are checked against that method's own config dataclass (see
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -353,25 +354,15 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def apply_override(tree: dict, assignment: str) -> None:
-    """Apply ``a.b.c=value`` to a nested dict; the value is parsed as YAML (``4`` is an int)."""
-    if "=" not in assignment:
-        raise ConfigError(f"override '{assignment}' must look like key=value, e.g. method.rank=16")
-    key, raw = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"override key '{key}' is malformed; use dotted names like train.epochs=5")
-    try:
-        value = parse_yaml(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{key}': '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
+def _indenting_tab(text: str, error_line: int | None) -> int | None:
+    """The line (from 1) of a tab that YAML cannot read: in a line's indentation or right after a key's
+    colon, at or before the line where the parser stopped; None if there is none."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if error_line is not None and number > error_line:
+            break
+        if "\t" in line[: len(line) - len(line.lstrip(" \t"))] or re.search(r":\t", line):
+            return number
+    return None
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -386,6 +377,9 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path} is not a text file; give a YAML file") from error
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
+        tab = _indenting_tab(path.read_text(), mark.line + 1 if mark else None)
+        if tab:
+            raise ConfigError(f"tab character at line {tab} of {path}; YAML indents with spaces") from error
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}; fix the file") from error
     if not isinstance(data, dict):
@@ -393,16 +387,205 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def resolve(tree: dict | None = None, overrides: list[str] = ()) -> RunConfig:
-    """A validated :class:`RunConfig` from a dict (e.g. loaded YAML) and ``key=value`` overrides."""
-    tree = dict(tree or {})
-    for assignment in overrides:
-        apply_override(tree, assignment)
+# ---------------------------------------------------------------------------------------------- layers
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a run config, in the order :func:`merge_layers` stacks them: forgetlab's defaults,
+    then a preset or a config file, a sweep's ``base_config`` and ``base``, its named variant and grid
+    keys, the command line's ``key=value`` overrides or ``forgetlab.run(**kwargs)``. ``tree`` holds the
+    layer's own keys only (dotted keys such as ``train.epochs`` are nested by :func:`expand`); ``name``
+    and ``file`` say where they come from, for errors."""
+
+    name: str
+    tree: dict
+    file: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.name} in {self.file}" if self.file else self.name
+
+
+def expand(tree, where: str = "config") -> dict:
+    """One layer's keys as a nested tree: a dotted key (``train.epochs: 2``, ``method.rank=4``) becomes
+    its section's key; keys given twice in one layer merge as sections do (the later value wins)."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where} must be a mapping of config keys, got {tree!r}")
+    nested: dict = {}
+    for key, value in tree.items():
+        parts = str(key).split(".") if isinstance(key, str) else [key]
+        if not all(part != "" for part in parts):
+            raise ConfigError(f"key '{key}' in {where} is malformed; use dotted names like train.epochs")
+        node = nested
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"'{'.'.join(parts[:depth + 1])}' in {where} is a value, not a section; "
+                                  f"'{key}' cannot go under it")  # fmt: skip
+            node = child
+        value = expand(value, where) if isinstance(value, dict) else copy.deepcopy(value)
+        leaf = parts[-1]
+        node[leaf] = _merge_keys(node[leaf], value) if isinstance(node.get(leaf), dict) and isinstance(value, dict) else value
+    return nested
+
+
+def _merge_keys(below: dict, layer: dict) -> dict:
+    merged = dict(below)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(below.get(key), dict):
+            merged[key] = _merge_keys(below[key], value)
+        elif value is None and isinstance(below.get(key), dict):
+            continue  # an empty section heading ('train:' with nothing under it) keeps the section
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def switches_method(below: dict, layer: dict) -> bool:
+    """Whether ``layer`` names another method than the tree ``below`` it (no name there: ``lora``)."""
+    own, current = layer.get("method"), below.get("method")
+    if not isinstance(own, dict) or own.get("name") is None:
+        return False
+    current_name = current.get("name", DEFAULT_METHOD["name"]) if isinstance(current, dict) else DEFAULT_METHOD["name"]
+    return own["name"] != current_name
+
+
+def merge(below: dict, layer: dict) -> dict:
+    """The one rule by which every config layer goes on top of the ones below it (a new tree; neither
+    argument changes): section by section and key by key, at every depth (``backbone.kwargs`` and
+    ``train.task_epochs`` too); any other value replaces the one below; ``null`` on a section keeps it.
+    A ``method`` section that names another method than the one below starts from that method's
+    defaults: the keys below it belonged to the other method."""
+    layer = expand(layer)
+    if switches_method(below, layer):
+        below = {key: value for key, value in below.items() if key != "method"}
+    return _merge_keys(below, layer)
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    """``{dotted key: value}`` of a nested tree (an empty mapping is a leaf)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def merge_layers(layers) -> tuple[dict, dict[str, Layer]]:
+    """The tree of ``layers`` stacked bottom to top by :func:`merge`, and the layer each of its keys
+    (dotted) came from."""
+    tree: dict = {}
+    origins: dict[str, Layer] = {}
+    for layer in layers:
+        own = expand(layer.tree, layer.where)
+        if switches_method(tree, own):
+            origins = {key: where for key, where in origins.items() if not key.startswith("method.")}
+        tree = merge(tree, own)
+        origins.update(dict.fromkeys(leaves(own), layer))
+    return tree, origins
+
+
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """``a.b.c=value`` as ``("a.b.c", value)``; the value is parsed as YAML (``4`` is an int)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override '{assignment}' must look like key=value, e.g. method.rank=16")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if not all(key.split(".")):
+        raise ConfigError(f"override key '{key}' is malformed; use dotted names like train.epochs=5")
+    try:
+        value = parse_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def override_layer(assignments, name: str = "command line") -> Layer:
+    """The layer of ``key=value`` overrides (later ones win)."""
+    tree: dict = {}
+    for assignment in assignments:
+        key, value = parse_override(assignment)
+        tree = _merge_keys(tree, expand({key: value}, name))
+    return Layer(name, tree)
+
+
+def file_layer(path: str | Path, name: str = "config file") -> Layer:
+    return Layer(name, load_yaml(path), str(path))
+
+
+def _origin_of(message: str, origins: dict[str, Layer]) -> Layer | None:
+    """The layer of the first config key that an error message names (the longest key first)."""
+    found = []
+    for key, layer in origins.items():
+        for candidate in {key, *(key.rsplit(".", depth)[0] for depth in range(1, key.count(".") + 1))}:
+            match = re.search(rf"(?<![\w.]){re.escape(candidate)}(?![\w])", message)
+            if match:
+                found.append((match.start(), -len(candidate), layer))
+    return min(found, key=lambda item: item[:2])[2] if found else None
+
+
+def resolve_layers(layers) -> RunConfig:
+    """A validated :class:`RunConfig` from ``layers`` (see :class:`Layer`, :func:`merge`); an error
+    names the layer (and file) that holds the key it is about."""
+    tree, origins = merge_layers(layers)
+    try:
+        config = _resolve_tree(tree)
+        if "name" not in tree:
+            config.name = run_name(config)
+        return config
+    except ConfigError as error:
+        layer = _origin_of(str(error), origins)
+        given = [layer for layer in layers if layer.tree]
+        if layer is None or (layer.file is None and len(given) == 1):  # one layer without a file: nothing to tell apart
+            raise
+        raise ConfigError(f"{error} (set by {layer.where})") from error
+
+
+ABBREVIATIONS = {"rank": "r", "copies": "p"}  # in run and sweep-cell names: lora-r4, block_expansion-p2
+MAX_NAME = 80
+
+
+def name_part(text) -> str:
+    """A value as part of a folder name: lists joined by ``+``, other characters than letters,
+    digits and ``-_.+`` as ``_``."""
+    text = "+".join(map(str, text)) if isinstance(text, list) else str(text)
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
+
+
+def run_name(config: RunConfig) -> str:
+    """The folder name of a run given no ``name``: what differs from forgetlab's defaults, named as a
+    sweep's cells are (``lora-r16-epochs2``: a ``*.name`` value as it is, a string as it is (a path
+    by its file name), anything else by its key's last word and the value); ``default`` for the
+    default config. A name over 80 characters keeps its start and ends with a hash of the whole."""
+    import hashlib
+
+    defaults = leaves(to_dict(resolve_layers([Layer("name", {"name": "default"})])))
+    own = {key: value for key, value in leaves(to_dict(config)).items() if key.split(".")[0] not in NOT_IDENTITY}
+    changed = {key: value for key, value in own.items() if key not in defaults or defaults[key] != value}
+    names = [name_part(value) for key, value in changed.items() if key.split(".")[-1] == "name"]
+    others = [name_part(Path(value).name if "/" in value else value) if isinstance(value, str)
+              else f"{ABBREVIATIONS.get(key.split('.')[-1], key.split('.')[-1])}{name_part(value)}"
+              for key, value in changed.items() if key.split(".")[-1] != "name"]  # fmt: skip
+    name = "-".join([*names, *others]) or "default"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha256(dump_yaml(changed, sort_keys=True).encode()).hexdigest()[:8]
+        name = f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+    return name if name not in (".", "..") else f"run{name}"
+
+
+def _resolve_tree(tree: dict) -> RunConfig:
+    tree = dict(tree)
     method = tree.pop("method", None)
     config = from_dict(RunConfig, tree)
     config.method = method_config_from_dict(method)
     validate(config)
     return config
+
+
+def resolve(tree: dict | None = None, overrides: list[str] = ()) -> RunConfig:
+    """A validated :class:`RunConfig` from a dict (e.g. loaded YAML) and ``key=value`` overrides."""
+    return resolve_layers([Layer("config", tree or {}), override_layer(overrides)])
 
 
 def documented_choices(config=None, prefix: str = "") -> dict[str, tuple[str, ...]]:
@@ -482,7 +665,8 @@ def validate(config: RunConfig) -> None:
 
 
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    return resolve(load_yaml(path) if path else {}, overrides)
+    """The config of a YAML file (or the defaults) with ``key=value`` overrides on top."""
+    return resolve_layers([*([file_layer(path)] if path else []), override_layer(overrides)])
 
 
 def normalise(stored: dict) -> dict:

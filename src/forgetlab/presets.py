@@ -15,16 +15,17 @@ Cost is the number of training images a run processes (exact) and its time at an
 no GPU has been available to this project to measure it, so the hours are arithmetic, not measurements.
 
 Layout: :func:`_paper1` and :func:`_paper2` give one preset's settings; :func:`_paper1_presets` and
-:func:`_paper2_presets` list each paper's presets; :data:`PRESETS` holds them all. Imports only
-:mod:`forgetlab.errors`; the CLI, the API and sweeps import it (when they need a preset).
+:func:`_paper2_presets` list each paper's presets; :data:`PRESETS` holds them all. Imports
+:mod:`forgetlab.config` (a preset is a config layer) and :mod:`forgetlab.errors`; the CLI, the API and
+sweeps import it (when they need a preset).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from forgetlab.config import Layer, expand
 from forgetlab.errors import ConfigError
 
 P1 = "lora_cl_analysis"  # paper 1's code
@@ -55,14 +56,7 @@ class Preset:
     @property
     def tree(self) -> dict:
         """The preset as a config tree (what ``forgetlab run --preset`` starts from)."""
-        tree: dict = {"name": self.name}
-        for key, setting in self.settings.items():
-            node = tree
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = copy.deepcopy(setting.value)
-        return tree
+        return expand({"name": self.name, **{key: setting.value for key, setting in self.settings.items()}}, f"preset {self.name}")
 
     @property
     def command(self) -> str:
@@ -333,6 +327,15 @@ def preset_tree(name: str) -> dict:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; 'forgetlab presets' lists them")
     return PRESETS[name].tree
+
+
+def preset_layer(name: str, run_name: bool = True) -> Layer:
+    """A preset as the bottom config layer (:class:`forgetlab.config.Layer`); ``run_name=False`` leaves
+    out its ``name`` (a sweep's cells have their own)."""
+    tree = preset_tree(name)
+    if not run_name:
+        tree.pop("name")
+    return Layer(f"preset {name}", tree)
 
 
 def markdown() -> str:

@@ -73,12 +73,10 @@ class Sweep:
 
 
 VARIANT = "variant"  # the grid key of named variants (it is no config key)
-ABBREVIATIONS = {"rank": "r", "copies": "p"}  # in cell names: lora-r4, block_expansion-p2
+ABBREVIATIONS = config_module.ABBREVIATIONS  # in cell names: lora-r4, block_expansion-p2
 
 
-def _text(value) -> str:
-    text = "+".join(map(str, value)) if isinstance(value, list) else str(value)
-    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
+_text = config_module.name_part
 
 
 def _slug(key: str, value) -> str:
@@ -88,20 +86,10 @@ def _slug(key: str, value) -> str:
     return text if last == "name" else f"{last}{text}"
 
 
-def _leaves(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _mapping_slug(mapping: dict) -> str:
     """A section's or variant's part of a cell name: its ``name`` first, then each other value, short
     (``{name: lora, rank: 4}`` -> ``lora-r4``; ``{epochs: 2}`` -> ``epochs2``; strings as they are)."""
-    flat = _leaves(mapping)
+    flat = config_module.leaves(mapping)
     parts = [_text(flat.pop(key)) for key in [k for k in flat if k.split(".")[-1] == "name"]]
     for key, value in flat.items():
         last = key.split(".")[-1]
@@ -127,55 +115,25 @@ def _legacy_cell_name(values: dict) -> str:
                     for key, value in values.items())  # fmt: skip
 
 
-def _flat_assignments(tree: dict, prefix: str = "") -> list[str]:
-    """``key=value`` overrides equivalent to a (nested) config tree."""
-    assignments = []
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            assignments += _flat_assignments(value, f"{prefix}{key}.")
-        else:
-            assignments.append(f"{prefix}{key}={config_module.dump_yaml(value, default_flow_style=True).strip()}")
-    return assignments
+def _grid_layer(key: str, value, path: Path) -> config_module.Layer:
+    """A grid value as a config layer: ``{key: value}`` (a section's ``label`` names the cell only)."""
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k != "label"}
+    return config_module.Layer(f"grid.{key}", {key: value}, str(path))
 
 
-def _set(tree: dict, key: str, value) -> None:
-    """Give ``key`` (dotted) a grid or variant value. A mapping is merged onto what the section holds;
-    a mapping for ``method`` that names another method starts from that method's defaults (the base's
-    method keys belong to the other method). Anything else replaces the value."""
-    if not isinstance(value, dict):
-        config_module.apply_override(tree, f"{key}={config_module.dump_yaml(value, default_flow_style=True).strip()}")
-        return
-    node = tree
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"grid key '{key}': '{part}' is not a section")
-    current = node.get(leaf) if isinstance(node.get(leaf), dict) else {}
-    if key == "method" and value.get("name", current.get("name", "lora")) != current.get("name", "lora"):
-        current = {}
-    merged = copy.deepcopy(current)
-    for assignment in _flat_assignments(value):
-        config_module.apply_override(merged, assignment)
-    node[leaf] = merged
-
-
-def _apply_variant(tree: dict, variant: dict, user_base: list[str]) -> dict:
-    """A named variant: ``preset`` (optional) replaces the sweep's base config, the file's ``base``
-    keys and the command line's overrides go on top of it, then the variant's own keys."""
+def _variant_layers(variant: dict, start: config_module.Layer, path: Path) -> tuple[config_module.Layer, config_module.Layer]:
+    """A named variant: its ``preset`` (optional) takes the place of the sweep's starting layer (its
+    ``base_preset`` or ``base_config``), and its other keys are a layer above the base."""
     variant = dict(variant)
-    variant.pop("label", None)
+    label = variant.pop("label", None)
     preset = variant.pop("preset", None)
     if preset is not None:
-        from forgetlab.presets import preset_tree
+        from forgetlab.presets import preset_layer
 
-        tree = preset_tree(str(preset))
-        tree.pop("name", None)
-        for assignment in user_base:
-            config_module.apply_override(tree, assignment)
-    for key, value in variant.items():
-        _set(tree, key, value)
-    return tree
+        start = preset_layer(str(preset), run_name=False)
+    name = f"grid.{VARIANT} '{label}'" if label is not None else f"grid.{VARIANT}"
+    return start, config_module.Layer(name, variant, str(path))
 
 
 def _check_grid(grid, path: Path) -> None:
@@ -212,7 +170,43 @@ def _mixed_method_hint(grid: dict) -> str:
             f"{', '.join(keys)}: 'method: {text}' (README, Sweeps)")
 
 
+def _starting_layer(data: dict, path: Path) -> config_module.Layer:
+    """The layer a sweep's cells start from: its ``base_preset`` or its ``base_config`` file (a run
+    config whose ``name`` the cells replace with their own); none: forgetlab's defaults."""
+    if data.get("base_config") and data.get("base_preset"):
+        raise ConfigError(f"{path}: give base_config or base_preset, not both")
+    if data.get("base_preset"):
+        from forgetlab.presets import preset_layer
+
+        return preset_layer(str(data["base_preset"]), run_name=False)
+    if data.get("base_config"):
+        layer = config_module.file_layer(path.parent / str(data["base_config"]), "base_config")
+        if "out_dir" in layer.tree:
+            raise ConfigError(f"'out_dir' in base_config {layer.file}: a sweep writes its cells under its own out_dir; "
+                              f"remove it from {layer.file} and set 'out_dir' at the top of {path}")  # fmt: skip
+        return config_module.Layer(layer.name, {k: v for k, v in layer.tree.items() if k != "name"}, layer.file)
+    return config_module.Layer("defaults", {})
+
+
+def _cell(name: str, values: dict, layers: list, folder: Path, grid: dict) -> Cell:
+    """One cell: its layers merged, its folder and W&B group set, resolved and validated."""
+    tree, origins = config_module.merge_layers(layers)
+    tree["name"], tree["out_dir"] = name, str(folder)
+    track = tree.setdefault("track", {})
+    if isinstance(track, dict) and track.get("wandb_group") is None:
+        track["wandb_group"] = folder.name  # the sweep's W&B runs share a group
+    try:  # every cell is valid before anything runs
+        resolved = config_module.resolve_layers([*layers, config_module.Layer("sweep", {k: tree[k] for k in ("name", "out_dir", "track")})])
+    except ConfigError as error:
+        hint = _mixed_method_hint(grid) if "method.name" in grid and "unknown config key 'method." in str(error) else ""
+        raise ConfigError(f"sweep cell {name}: {error}{hint}") from error
+    return Cell(name, values, tree, resolved)
+
+
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """A sweep file's cells, each resolved from its layers by :func:`forgetlab.config.merge`: the
+    starting layer (``base_preset``, ``base_config`` or a variant's ``preset``), ``base``, the command
+    line's ``key=value`` overrides, the variant's keys, then the grid keys in the file's order."""
     path = Path(path)
     data = config_module.load_yaml(path)
     unknown = sorted(set(data) - {"name", "out_dir", "base", "base_config", "base_preset", "grid"})
@@ -220,61 +214,36 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         raise ConfigError(f"unknown sweep key '{unknown[0]}' in {path}; valid keys: name, out_dir, base, base_config, base_preset, grid")
     grid = data.get("grid") or {}
     _check_grid(grid, path)
-    base = dict(data.get("base") or {})
-    user_base = [*_flat_assignments(base), *overrides]  # what a variant's preset gets on top
-    if data.get("base_config") and data.get("base_preset"):
-        raise ConfigError(f"{path}: give base_config or base_preset, not both")
-    if data.get("base_config"):
-        base = {**config_module.load_yaml(path.parent / data["base_config"]), **base}
-    if data.get("base_preset"):
-        from forgetlab.presets import preset_tree
-
-        preset = preset_tree(str(data["base_preset"]))
-        preset.pop("name", None)
-        for assignment in _flat_assignments(base):
-            config_module.apply_override(preset, assignment)
-        base = preset
-    for assignment in overrides:
-        config_module.apply_override(base, assignment)
+    start = _starting_layer(data, path)
+    base = config_module.Layer("base", config_module.expand(data.get("base") or {}, f"base in {path}"), str(path))
+    command_line = config_module.override_layer(overrides)
     for key in ("name", "out_dir"):
-        if key in grid or key in base:
-            raise ConfigError(f"'{key}' is set by the sweep itself; remove it from the grid and base")
+        holder = next((f"grid of {path}" for k in grid if k == key or k.startswith(f"{key}.")), None)
+        holder = holder or next((layer.where for layer in (base, command_line) if key in layer.tree), None)
+        if holder:
+            raise ConfigError(f"'{key}' is set by the sweep itself; remove it from the {holder}")
     name = str(data.get("name") or path.stem)
     if "/" in name or "\\" in name or name in ("", ".", ".."):
         raise ConfigError(f"{path}: the sweep name '{name}' must be a plain folder name (it becomes out_dir/NAME)")
     folder = Path(data.get("out_dir", "runs")) / name
     cells = []
-    # The named variant goes first (its preset replaces the base); the other grid keys go on top of it.
-    order = sorted(grid, key=lambda key: key != VARIANT)
     for combination in itertools.product(*grid.values()):
         values = dict(zip(grid, combination))
         cell_name = "-".join(_cell_part(key, value) for key, value in values.items())
         legacy = _legacy_cell_name(values)
         if legacy != cell_name and (folder / legacy).is_dir() and not (folder / cell_name).exists():
             cell_name = legacy  # a folder written by an earlier forgetlab: resume it where it is
-        tree = copy.deepcopy(base)
-        for key in order:
-            if key == VARIANT:
-                tree = _apply_variant(tree, values[key], user_base)
-            else:
-                value = values[key]
-                _set(tree, key, {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else value)
-        tree["name"], tree["out_dir"] = cell_name, str(folder)
-        track = tree.setdefault("track", {})
-        if isinstance(track, dict) and track.get("wandb_group") is None:
-            track["wandb_group"] = name  # the sweep's W&B runs share a group
-        try:  # every cell is valid before anything runs
-            resolved = config_module.resolve(copy.deepcopy(tree))
-        except ConfigError as error:
-            hint = _mixed_method_hint(grid) if "method.name" in grid and "unknown config key 'method." in str(error) else ""
-            raise ConfigError(f"sweep cell {cell_name}: {error}{hint}") from error
-        cells.append(Cell(cell_name, values, tree, resolved))
+        cell_start, variant = _variant_layers(values[VARIANT], start, path) if VARIANT in values else (start, None)
+        layers = [cell_start, base, command_line, *([variant] if variant else []),
+                  *(_grid_layer(key, value, path) for key, value in values.items() if key != VARIANT)]
+        cells.append(_cell(cell_name, values, layers, folder, grid))
     names = [cell.name for cell in cells]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(f"{path}: several grid cells get the folder name '{repeated[0]}'; make the grid values distinct "
                           f"or give each section or variant a distinct 'label'")  # fmt: skip
-    return Sweep(name=name, folder=folder, grid=grid, base=base, cells=cells)
+    merged_base, _ = config_module.merge_layers([start, base, command_line])
+    return Sweep(name=name, folder=folder, grid=grid, base=merged_base, cells=cells)
 
 
 def _show(value) -> str:
@@ -290,7 +259,7 @@ def definition_differences(stored: dict, current: dict) -> list[str]:
     def flat(definition: dict) -> dict:
         definition = definition if isinstance(definition, dict) else {}
         return {"name": definition.get("name"), **{f"grid.{k}": v for k, v in (definition.get("grid") or {}).items()},
-                **{f"base.{k}": v for k, v in _leaves(definition.get("base") or {}).items()}}  # fmt: skip
+                **{f"base.{k}": v for k, v in config_module.leaves(definition.get("base") or {}).items()}}  # fmt: skip
 
     old, new = flat(stored), flat(current)
     return [f"{key}: {_show(old.get(key, _ABSENT))} -> {_show(new.get(key, _ABSENT))}"

@@ -80,15 +80,34 @@ def _timm_model(name: str, **kwargs) -> nn.Module:
         raise ConfigError(f"timm's {name} refuses its arguments ({error}); check backbone.kwargs and backbone.image_size") from error
 
 
+def closest_names(typed: str, names: list[str], n: int = 3) -> list[str]:
+    """The ``n`` names closest to ``typed``: ``difflib``'s similarity ratio, raised for a name that starts
+    with what was typed (+0.5) and for one of the same family, its first ``_``-separated word (+0.25),
+    then by the length of the shared prefix (+0.01 a character); so ``vit_tiny`` suggests
+    ``vit_tiny_patch16_224`` before ``gcvit_tiny``."""
+    import difflib
+    import os
+
+    family = typed.split("_")[0]
+
+    def score(name: str) -> float:
+        ratio = difflib.SequenceMatcher(None, typed, name).ratio()
+        prefix = len(os.path.commonprefix([typed, name]))
+        return ratio + 0.5 * name.startswith(typed) + 0.25 * (name.split("_")[0] == family) + 0.01 * prefix
+
+    scored = sorted(((score(name), name) for name in names), key=lambda item: (-item[0], item[1]))
+    return [name for value, name in scored[:n] if value >= 0.6]
+
+
 def check_backbone_name(name: str) -> None:
-    """Refuse a name timm does not know, naming the closest timm names (``difflib`` over
+    """Refuse a name timm does not know, naming the closest timm names (:func:`closest_names` over
     ``timm.list_models()``), and a pretrained tag timm does not have for that architecture, naming its
     closest tags (``timm.list_pretrained``)."""
     import difflib
 
     architecture, _, tag = name.partition(".")
     if not timm.is_model(architecture):
-        closest = difflib.get_close_matches(architecture, timm.list_models(), n=3, cutoff=0.6)
+        closest = closest_names(architecture, timm.list_models())
         if closest:
             raise ConfigError(f"unknown backbone '{name}'; closest timm names: {', '.join(closest)} (or offline_vit, offline_resnet)")
         raise ConfigError(f"unknown backbone '{name}'; use offline_vit, offline_resnet or a timm model name (timm.list_models() lists them)")
@@ -111,15 +130,6 @@ def create(name: str, num_classes: int, **kwargs) -> nn.Module:
             raise
         raise ConfigError(f"timm cannot build {name} with {kwargs} ({type(error).__name__}: {str(error)[:100]}); "
                           "check backbone.kwargs and backbone.image_size") from error  # fmt: skip
-
-
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise DataError(
-            f"{source} does not fit this architecture (missing {result.missing_keys[:3]}, "
-            f"unexpected {result.unexpected_keys[:3]}); check backbone.name"
-        )
 
 
 def _create_kwargs(config) -> dict:
@@ -220,28 +230,25 @@ def load_backbone(config) -> Backbone:
         folder = offline_backbone_dir(config.name)
         if not (folder / "model.safetensors").exists():
             raise DataError(f"backbone {config.name} is not built; run: forgetlab pretrain --backbone {config.name}")
-        return _load_folder(config.name, folder)
+        return _from_file(config, folder / "model.safetensors", json.loads((folder / "recipe.json").read_text()))
     if config.weights is None:
         return _from_hub(config)
     weights = Path(config.weights)
     recipe_file = weights.with_name("recipe.json")
-    recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
+    return _from_file(config, weights, json.loads(recipe_file.read_text()) if recipe_file.exists() else {})
+
+
+def _from_file(config, weights: Path, recipe: dict) -> Backbone:
+    """A weights file loaded as timm loads its pretrained weights (see :mod:`forgetlab.models.weights`)."""
+    from forgetlab.models.weights import classifier_size, load_adapted
+
     state = read_state_dict(weights)
-    head_weight = _head_weight(state)
-    model = create(config.name, num_classes=head_weight.shape[0] if head_weight is not None else 0, **_create_kwargs(config))
-    load_weights(model, state, str(weights))
-    return Backbone(model=model.eval(), name=config.name, classes=recipe.get("classes", []), recipe=recipe)
-
-
-def _head_weight(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    for key in ("head.weight", "fc.weight", "head.fc.weight", "classifier.weight"):
-        if key in state:
-            return state[key]
-    return None
-
-
-def _load_folder(name: str, folder: Path) -> Backbone:
-    recipe = json.loads((folder / "recipe.json").read_text())
-    model = create(name, num_classes=len(recipe["classes"]))
-    load_weights(model, read_state_dict(folder / "model.safetensors"), str(folder))
-    return Backbone(model=model.eval(), name=name, classes=recipe["classes"], recipe=recipe)
+    file_classes = classifier_size(config.name, state)
+    num_classes = file_classes if config.num_classes is None else config.num_classes
+    if num_classes not in (0, file_classes):
+        raise ConfigError(f"{weights} holds a classifier of {file_classes} classes and backbone.num_classes={num_classes} would "
+                          f"replace it with a random one; set backbone.num_classes={file_classes} to keep it, or 0 for no head")  # fmt: skip
+    model = create(config.name, num_classes=num_classes, **_create_kwargs(config))
+    load_adapted(model, config.name, state, str(weights))
+    classes = recipe.get("classes", []) if num_classes else []
+    return Backbone(model=model.eval(), name=config.name, classes=classes, recipe=recipe)
