@@ -2,10 +2,10 @@
 
 Two parts, each a set of files under the run folder's ``explain/`` (docs/explain.md gives every column):
 
-* ``spectra`` (:mod:`forgetlab.explain.spectra`): per adapted matrix and phase, the spectrum of the
+* ``spectra`` (:mod:`forgetlab.explanation.spectra`): per adapted matrix and phase, the spectrum of the
   phase's own update and of the cumulative one (``spectra.csv``, ``singular_values.csv``), and the
   subspace overlap of every two phases' updates (``overlap.csv``).
-* ``attribution`` (:mod:`forgetlab.explain.attribution`): per phase and unit, the upstream accuracy
+* ``attribution`` (:mod:`forgetlab.explanation.attribution`): per phase and unit, the upstream accuracy
   with the unit's update reverted and with only the unit's update applied (``attribution.csv``).
 
 Resumable and atomic like a run: each phase's part is written to ``explain/phases/`` (the spectra's
@@ -28,9 +28,9 @@ import numpy as np
 
 from forgetlab import config as config_module
 from forgetlab.errors import ConfigError, DataError
-from forgetlab.explain import spectra
-from forgetlab.explain.attribution import Scorer, attribution_rows, class_balanced, unit_of
-from forgetlab.explain.updates import PhaseUpdate, check_explainable, phase_updates
+from forgetlab.explanation import spectra
+from forgetlab.explanation.attribution import Scorer, attribution_rows, class_balanced, unit_of
+from forgetlab.explanation.updates import PhaseUpdate, check_explainable, phase_updates
 from forgetlab.results import RunFolder, atomic_write_text, read_json, single_prediction_path, write_json
 
 PARTS = ("attribution", "spectra")
