@@ -141,7 +141,7 @@ def test_paired_intervals_and_mcnemar():
 
 # ------------------------------------------------------------------------------------------ runs
 def _run(backbone_file, folder, name, **extra):
-    overrides = {"train.lr": 0.05, "data.max_test": 24, **extra}
+    overrides = {"train.lr": 0.05, "data.max_test": 16, **extra}
     return run(config_module.resolve({}, tiny_overrides(backbone_file, folder, name=name, **overrides)), log=lambda message: None)
 
 
@@ -220,3 +220,14 @@ def test_cli_and_refusal_of_a_run_without_adapters(lora_run, tmp_path, capsys):
     assert len(error.splitlines()) == 1 and "method.name=lora" in error
     assert main(["explain", str(lora_run.path), "--images", "0"]) == 2
     assert "--images" in capsys.readouterr().err
+
+
+def test_the_report_shows_where_forgetting_happens(lora_run, tmp_path):
+    from forgetlab.reporting.page import write_report
+
+    explain(lora_run.path, parts="attribution,spectra", images=12, **QUIET)
+    write_report([lora_run.path], tmp_path / "report", permutations=20, log=lambda message: None)
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "Where forgetting happens" in page
+    assert "n = 12 upstream images" in page and "reproduce the run's predictions on every image" in page
+    assert {"explain_attribution_lora.png", "explain_spectra_lora.png"} <= {p.name for p in (tmp_path / "report" / "figures").iterdir()}
