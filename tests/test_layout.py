@@ -20,8 +20,8 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("config", ["config", "presets"]),
     ("data", ["data", "data.*"]),
     ("learning", ["train", "evaluate", "regularisers", "regularisers.*"]),
-    ("analysis", ["analysis", "analysis.*", "reporting", "reporting.*"]),
-    ("run", ["pretrain", "provenance", "trackers", "runner", "run_*", "single_adapter"]),
+    ("analysis", ["analysis", "analysis.*", "reporting", "reporting.*", "explanation.spectra"]),
+    ("run", ["pretrain", "provenance", "trackers", "runner", "run_*", "single_adapter", "explanation", "explanation.*"]),
     ("orchestration", ["sweep", "sweep_backends", "method_anatomy", "summary"]),
     ("entry points", ["", "__main__", "api", "cli"]),
 ]

@@ -167,6 +167,17 @@ def report(paths: list[str | Path] | str | Path, out: str | Path = "report", **o
     return write_report(paths, out, log=options.pop("log", lambda message: None), **options)
 
 
+def explain(run: "Run | str | Path", *, parts="attribution,spectra", images: int | None = None, unit: str = "block",
+            device: str = "auto", log=print) -> dict:  # fmt: skip
+    """Where a LoRA run's forgetting happens in the weights (``forgetlab explain``): writes (or completes)
+    ``explain/`` in the run folder and returns its tables as DataFrames, keyed ``attribution``,
+    ``spectra``, ``overlap`` and ``singular_values`` (those of ``parts``). docs/explain.md gives the columns."""
+    from forgetlab.explanation import explain as explain_run
+
+    path = run.path if isinstance(run, Run) else Path(run)
+    return explain_run(path, parts=parts, images=images, unit=unit, device=device, log=log or (lambda message: None))
+
+
 def anatomy(config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None, **overrides):
     """What every method would train on the configured backbone (random weights; nothing runs): a
     DataFrame with a row per method (``trainable``, ``fraction``, ``note``) and, in ``.attrs``, the

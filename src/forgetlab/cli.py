@@ -202,6 +202,16 @@ def cmd_single_adapter(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from forgetlab.explanation import explain
+
+    images = None if args.images is None else _positive_int(args.images, "--images")
+    tables = explain(args.run_dir, parts=args.parts, images=images, unit=args.unit, device=args.device, log=_log(args))
+    print(f"{', '.join(f'{name}.csv ({len(table)} rows)' for name, table in tables.items())} in {Path(args.run_dir) / 'explain'}; "
+          f"'forgetlab report {args.run_dir}' shows them")  # fmt: skip
+    return 0
+
+
 def cmd_config(args) -> int:
     from forgetlab import config as config_module
 
@@ -252,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(commands)
     _add_report(commands)
     _add_single_adapter(commands)
+    _add_explain(commands)
     _add_anatomy(commands)
     _add_config(commands)
     return parser
@@ -374,6 +385,24 @@ def _add_single_adapter(commands: argparse._SubParsersAction) -> None:
     single.add_argument("--device", default="auto", help="auto, cpu or cuda")
     single.add_argument("--quiet", action="store_true")
     single.set_defaults(func=cmd_single_adapter)
+
+
+def _add_explain(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab explain``: where in the weights a LoRA run's upstream loss happens."""
+    explain = commands.add_parser(
+        "explain",
+        help="where forgetting happens in the weights: per-block attribution of the upstream loss and the spectra of every update",
+        description="For every finished phase of a LoRA run, rebuilt from its stored adapters: the upstream accuracy with each unit's "
+        "update reverted and with only that unit's update applied (explain/attribution.csv), and the spectra of every update "
+        "(explain/spectra.csv, overlap.csv, singular_values.csv). Resumable; docs/explain.md gives every column.",
+    )
+    explain.add_argument("run_dir", metavar="RUN_DIR")
+    explain.add_argument("--parts", default="attribution,spectra", help="comma-separated: attribution, spectra (default: both)")
+    explain.add_argument("--images", default=None, help="score a class-balanced subset of this many upstream test images (default: all the run scored)")
+    explain.add_argument("--unit", default="block", choices=["block", "module"], help="attribute to blocks (default) or to single adapted modules")
+    explain.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    explain.add_argument("--quiet", action="store_true")
+    explain.set_defaults(func=cmd_explain)
 
 
 def _add_anatomy(commands: argparse._SubParsersAction) -> None:

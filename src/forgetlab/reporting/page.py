@@ -27,6 +27,7 @@ from forgetlab.analysis.perclass import ClassChanges, class_changes, most_forgot
 from forgetlab.analysis.tables import paper2_table, rows_to_csv, run_row
 from forgetlab.errors import ForgetlabError
 from forgetlab.reporting import figures
+from forgetlab.reporting.explanation import where_forgetting_happens
 from forgetlab.results import atomic_write_bytes, atomic_write_text, read_single_predictions
 from forgetlab.runtime import progress
 
@@ -317,6 +318,8 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
     class_section, class_tables = _forgotten_classes_section(runs, contextual, names, after, similarity, figure_dir)
     sections += class_section
     sections.append(_heatmap_section(runs, names, figure_dir))
+    for heading, drawn, notes in where_forgetting_happens(runs, names.label, names.key):  # runs with explain/
+        sections.append((heading, [_save(figure, key, caption, figure_dir) for figure, key, caption in drawn], notes))
 
     paper2 = paper2_table(runs)
     tables = {**_tables(runs, contextual, paper2, after, similarity), **class_tables}

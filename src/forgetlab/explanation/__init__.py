@@ -1,0 +1,232 @@
+"""``forgetlab explain RUN``: where in the weights a run's forgetting happens.
+
+Two parts, each a set of files under the run folder's ``explain/`` (docs/explain.md gives every column):
+
+* ``spectra`` (:mod:`forgetlab.explanation.spectra`): per adapted matrix and phase, the spectrum of the
+  phase's own update and of the cumulative one (``spectra.csv``, ``singular_values.csv``), and the
+  subspace overlap of every two phases' updates (``overlap.csv``).
+* ``attribution`` (:mod:`forgetlab.explanation.attribution`): per phase and unit, the upstream accuracy
+  with the unit's update reverted and with only the unit's update applied (``attribution.csv``).
+
+Resumable and atomic like a run: each phase's part is written to ``explain/phases/`` (the spectra's
+three files, the spectra file last; the attribution file), each file atomically, and a phase whose file
+exists is not computed again; the combined CSVs are rebuilt from the phase files at the end. The
+attribution's options (``images``, ``unit``) are kept in ``explain/settings.json``; other options on an
+existing folder are refused in one line. The run folder's lock is held throughout, so a run and an
+explanation never write one folder at once.
+
+Floor: run (it rebuilds the backbone and scores it as the run does); the report reads the CSVs alone.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from forgetlab import config as config_module
+from forgetlab.errors import ConfigError, DataError
+from forgetlab.explanation import spectra
+from forgetlab.explanation.attribution import Scorer, attribution_rows, class_balanced, unit_of
+from forgetlab.explanation.updates import PhaseUpdate, check_explainable, phase_updates
+from forgetlab.results import RunFolder, atomic_write_text, read_json, single_prediction_path, write_json
+
+PARTS = ("attribution", "spectra")
+UNITS = ("block", "module")
+TOP_SINGULAR_VALUES = 32  # kept per matrix, phase and scope in singular_values.csv
+FILES = {"attribution": ["attribution"], "spectra": ["singular_values", "overlap", "spectra"]}  # the last one commits
+
+
+def parse_parts(parts) -> tuple[str, ...]:
+    """``"attribution,spectra"`` or a sequence of part names, checked: a :class:`ConfigError` naming the choices."""
+    names = [p.strip() for p in (parts.split(",") if isinstance(parts, str) else parts) if p.strip()]
+    unknown = [name for name in names if name not in PARTS]
+    if unknown or not names:
+        raise ConfigError(f"--parts {','.join(names) or '(empty)'}: choose from {', '.join(PARTS)} (comma-separated)")
+    return tuple(dict.fromkeys(names))
+
+
+def explain(run_dir: str | Path, *, parts=PARTS, images: int | None = None, unit: str = "block", device: str = "auto",
+            batch_size: int | None = None, log=print) -> dict:  # fmt: skip
+    """Write (or complete) ``explain/`` of a LoRA run and return its tables as DataFrames:
+    ``{"attribution": ..., "spectra": ..., "overlap": ..., "singular_values": ...}`` (those of the parts
+    asked for). ``images``: a class-balanced subset of the upstream test images the run scored (default:
+    all of them, so the ``all`` rows reproduce the matrix). Errors: :class:`ConfigError` for bad options
+    or a method whose updates the folder does not hold, :class:`DataError` for an incomplete folder."""
+    parts = parse_parts(parts)
+    if unit not in UNITS:
+        raise ConfigError(f"--unit {unit}: choose {' or '.join(UNITS)}")
+    if images is not None and images < 1:
+        raise ConfigError(f"--images {images}: give a positive number of upstream test images")
+    folder = RunFolder(run_dir)
+    if not folder.config.exists() or not folder.progress.exists():
+        raise DataError(f"{folder.path} is not a run folder with a commit (config.yaml and progress.json); give a folder 'forgetlab run' wrote")
+    config = config_module.load_stored(folder.config)
+    check_explainable(config, folder.path)
+    if "attribution" in parts and config.eval.upstream_evaluator != "head":
+        raise ConfigError(f"{folder.path} scores the upstream task by k-NN; attribution scores the upstream head (eval.upstream_evaluator=head)")
+    phases = folder.read_matrix().phases[: max(folder.completed_tasks(), 0)]
+    if not phases:
+        raise DataError(f"{folder.path} has no finished phase yet; explain it after 'forgetlab run' has finished one")
+    out = folder.path / "explain"
+    settings = {"images": images, "unit": unit}
+    if "attribution" in parts:
+        check_settings(out, settings)
+    with folder.lock():
+        if "attribution" in parts:
+            write_json(out / "settings.json", settings)
+        _explain_phases(folder, config, phases, parts, settings, device=device, batch_size=batch_size, log=log)
+        return combine(out, parts)
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Refuse attribution options other than those of the attribution files already in ``out``."""
+    path = out / "settings.json"
+    if path.exists() and any((out / "phases").glob("attribution_*.csv")):
+        stored = read_json(path)
+        if stored != settings:
+            raise ConfigError(f"{out} holds attribution with --images {stored.get('images')} --unit {stored.get('unit')}; "
+                              f"pass the same options or delete {out / 'phases'}/attribution_*.csv")  # fmt: skip
+
+
+def part_path(out: Path, name: str, phase: int) -> Path:
+    return out / "phases" / f"{name}_{phase}.csv"
+
+
+def _explain_phases(folder: RunFolder, config, phases: list[str], parts, settings: dict, *, device, batch_size, log) -> None:
+    """Rebuild every phase's update in order and write each missing part of each phase."""
+    import torch
+
+    from forgetlab.models.backbones import load_backbone
+    from forgetlab.pretrain import ensure_pretrained
+    from forgetlab.runtime import configure_threads, resolve_device
+
+    out = folder.path / "explain"
+    pending = {part: [t for t in range(1, len(phases) + 1) if not part_path(out, FILES[part][-1], t).exists()] for part in parts}
+    if not any(pending.values()):
+        log(f"{out} is complete for {', '.join(parts)}; nothing to do")
+        return
+    configure_threads()
+    torch_device = resolve_device(device)
+    ensure_pretrained(config.backbone, device=torch_device)
+    backbone = load_backbone(config.backbone)
+    scoring = _scoring(folder, config, backbone, settings, torch_device, batch_size) if pending.get("attribution") else None
+    tracker = SpectraTracker(config.method.policy)
+    for update in phase_updates(backbone.model, folder.path, phases, policy=config.method.policy):
+        if "spectra" in parts:
+            tables = tracker.add(update, unit_of)
+            if update.index in pending["spectra"]:
+                for name in FILES["spectra"]:
+                    atomic_write_text(part_path(out, name, update.index), _csv(tables[name]))
+                log(f"phase {update.index} {update.name}: spectra of {len(update.update)} matrices -> {part_path(out, 'spectra', update.index)}")
+        if scoring is not None and update.index in pending["attribution"]:
+            rows = _attribute(scoring, update, folder, config, settings)
+            atomic_write_text(part_path(out, "attribution", update.index), _csv(rows))
+            log(_attribution_line(update, rows, part_path(out, "attribution", update.index)))
+
+
+def _scoring(folder: RunFolder, config, backbone, settings: dict, device, batch_size) -> dict:
+    """The scorer (a device copy of the pretrained backbone with its upstream head) and the images."""
+    import copy
+
+    from forgetlab.data.base import SampleSubset, dataset_labels
+    from forgetlab.models.multihead import MultiHeadModel
+    from forgetlab.runner import upstream_task
+    from forgetlab.runtime import autocast_dtype
+
+    _, upstream = upstream_task(config, backbone)  # the upstream test set exactly as the run scored it
+    labels = dataset_labels(upstream.test)
+    indices = class_balanced(labels, settings["images"], config.seed) if settings["images"] else np.arange(len(labels))
+    dataset = upstream.test if len(indices) == len(labels) else SampleSubset(upstream.test, indices)
+    model = MultiHeadModel(copy.deepcopy(backbone.model)).to(device)
+    scorer = Scorer(model, dataset, batch_size=batch_size or config.eval.batch_size, device=device,
+                    amp_dtype=autocast_dtype(device, config.precision), workers=config.data.workers)  # fmt: skip
+    return {"scorer": scorer, "labels": labels[indices], "indices": indices, "pretrained": None}
+
+
+def _attribute(scoring: dict, update: PhaseUpdate, folder: RunFolder, config, settings: dict) -> list[dict]:
+    indices = scoring["indices"]
+    stored = {"pretrained": folder.read_predictions(0)["predictions"][indices]}
+    if config.method.policy == "merge":
+        stored["after"] = folder.read_predictions(update.index)["predictions"][indices]
+    elif single_prediction_path(folder, update.index).exists():  # keep: the phase model is pretrained + its adapter
+        with np.load(single_prediction_path(folder, update.index)) as data:
+            stored["after"] = data["predictions"][indices]
+    return attribution_rows(scoring["scorer"], scoring["labels"], update.pretrained, update.weights, phase=update.index,
+                            unit=settings["unit"], stored=stored)  # fmt: skip
+
+
+def _attribution_line(update: PhaseUpdate, rows: list[dict], path: Path) -> str:
+    first = rows[0]
+    worst = max(rows[1:], key=lambda row: row["recovered_points"], default=None)
+    line = (f"phase {update.index} {update.name}: upstream {first['pretrained_accuracy']:.2f}% -> {first['phase_accuracy']:.2f}%; "
+            f"reverting {worst['unit']} recovers {worst['recovered_points']:+.2f} points" if worst else "")  # fmt: skip
+    if not math.isnan(first["agreement"]) and first["agreement"] < 1:
+        line += (f"; WARNING: the rebuilt models predict what the run stored on only {100 * first['agreement']:.2f}% of the images "
+                 "(another device or precision than the run's?)")  # fmt: skip
+    return f"{line} -> {path}"
+
+
+class SpectraTracker:
+    """The spectra of every phase in order: keeps the cumulative updates, the pretrained matrices' left
+    singular vectors (for the intruders) and every phase's top singular vectors (for the overlaps)."""
+
+    def __init__(self, policy: str):
+        self.policy = policy
+        self.cumulative: dict[str, np.ndarray] = {}
+        self.base: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # module -> (W0 matrix, its left singular vectors)
+        self.tops: dict[str, list[tuple[int, np.ndarray]]] = {}  # module -> [(phase, top vectors)]
+
+    def add(self, update: PhaseUpdate, unit_of) -> dict[str, list[dict]]:
+        """The phase's rows of ``spectra``, ``singular_values`` and ``overlap``."""
+        tables: dict[str, list[dict]] = {"spectra": [], "singular_values": [], "overlap": []}
+        for name, delta in update.update.items():
+            if name not in self.base:
+                pretrained = spectra.as_matrix(update.pretrained[name].cpu().numpy())
+                self.base[name] = (pretrained, spectra.left_vectors(pretrained))
+            pretrained, base = self.base[name]
+            # keep: the backbone never accumulates, so the phase's own update is the whole of it
+            self.cumulative[name] = delta if self.policy == "keep" else self.cumulative.get(name, 0) + delta
+            for scope, matrix in (("phase", delta), ("cumulative", self.cumulative[name])):
+                described = spectra.describe_update(matrix, pretrained, base)
+                values = described.pop("singular_values")
+                tables["spectra"].append({"phase": update.index, "layer": name, "unit": unit_of(name), "scope": scope,
+                                          "rows": matrix.shape[0], "cols": matrix.shape[1], "adapter_rank": update.ranks[name], **described})  # fmt: skip
+                tables["singular_values"] += [{"phase": update.index, "layer": name, "scope": scope, "index": i + 1, "value": float(v)}
+                                              for i, v in enumerate(values[:TOP_SINGULAR_VALUES])]  # fmt: skip
+                if scope == "phase":
+                    rank = min(described["numerical_rank"], update.ranks[name])
+                    top = spectra.top_left_vectors(matrix, rank)
+            for earlier, vectors in self.tops.get(name, []):
+                tables["overlap"].append({"phase": update.index, "other_phase": earlier, "layer": name, "rank": top.shape[1],
+                                          "other_rank": vectors.shape[1], "overlap": spectra.subspace_overlap(top, vectors)})  # fmt: skip
+            self.tops.setdefault(name, []).append((update.index, top))
+        return tables
+
+
+def _csv(rows: list[dict]) -> str:
+    """CSV text of ``rows`` (empty text for no rows: phase 1 has no earlier phase to overlap with)."""
+    import pandas as pd
+
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    pd.DataFrame(rows).to_csv(buffer, index=False)
+    return buffer.getvalue()
+
+
+def combine(out: Path, parts) -> dict:
+    """The combined CSVs of ``out`` rebuilt from its phase files (atomically), as DataFrames."""
+    import pandas as pd
+
+    tables = {}
+    for part in parts:
+        for name in FILES[part]:
+            files = sorted((out / "phases").glob(f"{name}_*.csv"), key=lambda path: int(path.stem.rsplit("_", 1)[1]))
+            frames = [pd.read_csv(path) for path in files if path.read_text().strip()]
+            table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
+            tables[name] = table
+    return tables

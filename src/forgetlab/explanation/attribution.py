@@ -1,0 +1,145 @@
+"""Per-unit causal attribution of the upstream loss: which block's update costs the points.
+
+For phase ``t`` and unit ``l`` (a block: ``blocks.3``, ``layer2.0``, ``stages.1.blocks.2``; or one adapted
+module with ``unit=module``), with ``W0`` the pretrained weights and ``W_t`` the weights after phase ``t``:
+
+* **leave-one-out** (``reverted_*``): ``W_t`` everywhere but ``W0`` in unit ``l``: the upstream
+  accuracy with unit ``l``'s update of phases ``1..t`` reverted; ``recovered_points`` is that minus the
+  phase-``t`` accuracy (positive: the unit's update costs that many points in context);
+* **leave-one-in** (``applied_*``): ``W0`` everywhere but ``W_t`` in unit ``l``: the pretrained model
+  with only unit ``l``'s update; ``damage_points`` is that minus the pretrained accuracy (negative:
+  the update alone costs points);
+* the row ``all`` reverts / applies every unit: exactly the pretrained and the phase-``t`` model, so
+  its accuracies must equal the run's (``agreement``: the share of images whose prediction equals the
+  run's stored one; 1 when the updates were rebuilt right).
+
+On the images forgotten at ``t`` (right before any update, wrong after phase ``t``),
+``recovered_share`` is the share the leave-one-out model gets right again.
+
+Intervals are paired over the same images: a bootstrap over images (the image-level outcomes of the two
+models being compared resampled together, which depends only on the counts of the four agreement cells,
+so it is drawn from their multinomial exactly), percentile 95 %; ``*_p`` is McNemar's exact test of the
+difference (two-sided binomial on the discordant images). Accuracies and points are in percent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import torch
+from scipy.stats import binomtest
+
+from forgetlab.evaluate import predict
+from forgetlab.models.multihead import UPSTREAM
+
+BLOCK = re.compile(r"^(.*?(?:^|\.)(?:blocks|layer\d+)\.\d+)(?:\.|$)")
+RESAMPLES = 10_000
+LEVEL = 0.95
+
+
+def unit_of(module: str, unit: str = "block") -> str:
+    """The unit a module belongs to: its block (``blocks.3`` of ``blocks.3.attn.qkv``, ``layer1.0`` of
+    ``layer1.0.conv3``; the module itself when it is in no block), or the module with ``unit="module"``."""
+    if unit == "module":
+        return module
+    match = BLOCK.match(module)
+    return match.group(1) if match else module
+
+
+def units(modules, unit: str = "block") -> dict[str, list[str]]:
+    """``unit -> its modules``, in the order the modules come."""
+    grouped: dict[str, list[str]] = {}
+    for module in modules:
+        grouped.setdefault(unit_of(module, unit), []).append(module)
+    return grouped
+
+
+def class_balanced(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``count`` images with the classes as even as they can be (each class's images
+    drawn in a seeded order; the first classes take the remainder); all of them if ``count`` covers it."""
+    if count >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == label)) for label in np.unique(labels)]
+    rounds = max(len(pool) for pool in pools)
+    interleaved = [pool[i] for i in range(rounds) for pool in pools if i < len(pool)]  # one of each class per round
+    return np.sort(np.asarray(interleaved[:count], dtype=np.int64))
+
+
+def paired(first: np.ndarray, second: np.ndarray, *, seed: int = 0) -> dict:
+    """Accuracy of ``second`` and its difference from ``first`` (boolean per-image outcomes, same images),
+    in percent, with paired 95 % bootstrap intervals and McNemar's exact p of the difference."""
+    n = len(first)
+    both, only_second = int(np.sum(first & second)), int(np.sum(~first & second))
+    only_first, neither = int(np.sum(first & ~second)), int(np.sum(~first & ~second))
+    counts = np.random.default_rng(seed).multinomial(n, np.array([both, only_second, only_first, neither]) / n, size=RESAMPLES)
+    accuracy = 100 * (counts[:, 0] + counts[:, 1]) / n
+    difference = 100 * (counts[:, 1] - counts[:, 2]) / n
+    tails = [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]
+    discordant = only_first + only_second
+    return {
+        "accuracy": 100 * (both + only_second) / n,
+        "accuracy_interval": tuple(float(v) for v in np.percentile(accuracy, tails)),
+        "difference": 100 * (only_second - only_first) / n,
+        "difference_interval": tuple(float(v) for v in np.percentile(difference, tails)),
+        "p": float(binomtest(only_second, discordant, 0.5).pvalue) if discordant else 1.0,
+    }
+
+
+class Scorer:
+    """Upstream predictions of ``model`` (a :class:`MultiHeadModel`) with some adapted matrices swapped."""
+
+    def __init__(self, model, dataset, *, batch_size: int, device, amp_dtype, workers: int = 0):
+        self.model, self.dataset = model, dataset
+        self.options = {"batch_size": batch_size, "device": device, "amp_dtype": amp_dtype, "workers": workers}
+
+    def predictions(self, weights: dict[str, torch.Tensor], description: str) -> np.ndarray:
+        """Predicted labels with every module of ``weights`` holding that weight (kept after the call)."""
+        with torch.no_grad():
+            for name, weight in weights.items():
+                self.model.backbone.get_submodule(name).weight.copy_(weight)
+        return predict(self.model, UPSTREAM, self.dataset, description=description, **self.options)
+
+
+def attribution_rows(scorer: Scorer, labels: np.ndarray, pretrained: dict, after: dict, *, phase: int, unit: str,
+                     stored: dict[str, np.ndarray | None]) -> list[dict]:  # fmt: skip
+    """The rows of ``explain/attribution.csv`` for one phase: ``all`` first, then every unit.
+    ``pretrained`` / ``after``: module -> weight before any update / after the phase; ``stored``: the run's
+    own predictions of the pretrained (``"pretrained"``) and phase model (``"after"``), or None.
+    The scorer's model holds ``after`` when this returns."""
+    before_predicted = scorer.predictions(pretrained, f"phase {phase}: pretrained")
+    now_predicted = scorer.predictions(after, f"phase {phase}: after")
+    before, now = before_predicted == labels, now_predicted == labels
+    forgotten = before & ~now
+    rows = [_row(phase, "all", before, now, before, now, forgotten)]
+    shares = [float(np.mean(stored[key] == predicted)) for key, predicted in (("pretrained", before_predicted), ("after", now_predicted))
+              if stored.get(key) is not None]  # fmt: skip
+    rows[0]["agreement"] = min(shares) if shares else math.nan
+    for name, modules in units(after, unit).items():
+        reverted = scorer.predictions({**after, **{m: pretrained[m] for m in modules}}, f"phase {phase}: revert {name}") == labels
+        applied = scorer.predictions({**pretrained, **{m: after[m] for m in modules}}, f"phase {phase}: apply {name}") == labels
+        rows.append(_row(phase, name, before, now, reverted, applied, forgotten))
+    with torch.no_grad():
+        for name, weight in after.items():
+            scorer.model.backbone.get_submodule(name).weight.copy_(weight)
+    return rows
+
+
+def _row(phase: int, unit: str, before, now, reverted, applied, forgotten) -> dict:
+    out = paired(now, reverted)  # reverted against the phase model: the points the unit recovers
+    inn = paired(before, applied)  # applied against the pretrained model: the points the unit costs
+    return {
+        "phase": phase, "unit": unit, "images": len(before),
+        "pretrained_accuracy": 100 * float(np.mean(before)), "phase_accuracy": 100 * float(np.mean(now)),
+        "reverted_accuracy": out["accuracy"], "reverted_low": out["accuracy_interval"][0], "reverted_high": out["accuracy_interval"][1],
+        "recovered_points": out["difference"], "recovered_low": out["difference_interval"][0],
+        "recovered_high": out["difference_interval"][1], "recovered_p": out["p"],
+        "applied_accuracy": inn["accuracy"], "applied_low": inn["accuracy_interval"][0], "applied_high": inn["accuracy_interval"][1],
+        "damage_points": inn["difference"], "damage_low": inn["difference_interval"][0], "damage_high": inn["difference_interval"][1],
+        "damage_p": inn["p"],
+        "forgotten_images": int(np.sum(forgotten)),
+        "recovered_share": float(np.mean(reverted[forgotten])) if forgotten.any() else math.nan,
+        "agreement": math.nan,
+    }  # fmt: skip
