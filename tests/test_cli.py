@@ -164,8 +164,23 @@ def test_new_commands_give_one_line_errors(random_backbones, tmp_path):
     _assert_one_line_error(*_cli("run", weights, "data.tasks=[cub200]", f"data.root={tmp_path}"), "CUB_200_2011.tgz")
 
 
+def _commands(parser, prefix=()):
+    """Every command path of the parser, read from argparse itself so a new command cannot be missed."""
+    import argparse
+
+    yield list(prefix)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*prefix, name))
+
+
 def test_every_command_has_help():
-    for command in ([], ["run"], ["pretrain"], ["show"], ["config"], ["sweep"], ["report"], ["presets"], ["data"], ["data", "check"]):
+    from forgetlab.cli import build_parser
+
+    commands = list(_commands(build_parser()))
+    assert ["explain"] in commands and ["data", "check"] in commands
+    for command in commands:
         result = subprocess.run([sys.executable, "-m", "forgetlab", *command, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: forgetlab" in result.stdout
 
