@@ -79,6 +79,20 @@ class RunResult:
     def completed(self) -> int:
         return self.folder.completed_tasks()
 
+    @property
+    def chance(self) -> dict[str, float]:
+        """Column -> the accuracy of uniform guessing, as a fraction: 1 / its number of classes (the
+        upstream task's from ``upstream.json``, a downstream task's from its record, so only for tasks
+        the run has trained). An accuracy near it means the model learned nothing of that task."""
+        levels = {}
+        classes = self.upstream.get("classes") or []
+        if classes:
+            levels[self.matrix.columns[0]] = 1 / len(classes)
+        for record in self.tasks:
+            if record.get("num_classes"):
+                levels[record.get("column", record["task"])] = 1 / record["num_classes"]
+        return levels
+
     def config_key(self, *ignored: str) -> str:
         """The config without the keys outside a run's identity (``name``, ``out_dir``, ``track``), ``seed``
         and the ``ignored`` dotted keys, as a canonical string: runs with equal keys differ only there
