@@ -190,7 +190,8 @@ def choose_figure_runs(runs: list[RunResult], names: RunNames, choice: str | lis
     if unknown or not wanted:
         raise ForgetlabError(f"--figure-runs: no run labelled {', '.join(map(repr, unknown)) or 'at all'}; give "
                              f"{', '.join(FIGURE_RUNS)} or run labels separated by commas: {_names(list(names.label.values()))}")  # fmt: skip
-    return list(dict.fromkeys(by_label[label] for label in wanted)), "the runs chosen with --figure-runs"
+    chosen = {id(by_label[label]): by_label[label] for label in wanted}
+    return list(chosen.values()), "the runs chosen with --figure-runs"
 
 
 def _seed_groups(runs):
@@ -276,7 +277,7 @@ def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list
               _mean_std(r["mean"]), _names(r["runs"])] for r in paper2], "setting"),
             [],
         ),  # fmt: skip
-        "Forgetting metrics per run (percentage points)": (
+        "Forgetting metrics per run (accuracies in percent, differences in percentage points)": (
             ["run", "backbone", "method", "seed", "tasks", "avg acc", "avg forgetting", "BWT", "FWT vs linear", "plasticity", "upstream",
              "upstream change", "FWT reference"],
             [[r["run"], r["backbone"], r["method"], str(r["seed"]), f"{r['completed_tasks']}/{r['total_tasks']}",
@@ -296,26 +297,27 @@ def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list
 
 
 def chance_table(runs: list[RunResult], label: dict[int, str]) -> Table:
-    """Per run, each task's chance level and its accuracy right after its first training (upstream: the
-    pretrained accuracy), flagged 'at chance' within :data:`NEAR_CHANCE_PP` points of chance."""
+    """Per task (and class count): its chance level and the runs whose accuracy right after first
+    training it (upstream: the pretrained accuracy) is within :data:`NEAR_CHANCE_PP` points of chance
+    or below: numbers of a task not learned, which measure no forgetting."""
     from forgetlab.analysis.metrics import first_accuracies
 
-    table, flagged = [], []
+    levels: dict[tuple[str, float], list[str]] = {}
     for run in runs:
         chance, matrix = run.chance, run.matrix
         firsts = first_accuracies(matrix.as_array(), matrix.trained())
         firsts[0] = float(matrix.as_array()[0, 0])
         for column, accuracy in sorted(firsts.items()):
             name = matrix.columns[column]
-            if name not in chance or math.isnan(accuracy):
-                continue
-            at_chance = 100 * accuracy < 100 * chance[name] + NEAR_CHANCE_PP
-            table.append([label[id(run)], name, f"{100 * chance[name]:.2f}", f"{100 * accuracy:.2f}", "at chance" if at_chance else ""])
-            if at_chance:
-                flagged.append(f"{label[id(run)]} on {name}")
-    notes = ([f"At chance (within {NEAR_CHANCE_PP:g} points of it, or below): {_names(flagged)}: these numbers measure no learning; "
-              "their forgetting and transfer are not results."] if flagged else [])  # fmt: skip
-    return ["run", "task", "chance", "accuracy after training (upstream: pretrained)", "note"], table, notes
+            if name in chance and not math.isnan(accuracy):
+                flagged = levels.setdefault((name, chance[name]), [])
+                if 100 * (accuracy - chance[name]) < NEAR_CHANCE_PP:
+                    flagged.append(f"{label[id(run)]} ({100 * accuracy:.2f})")
+    rows = [[name, str(round(1 / level)), f"{100 * level:.2f}", _names(flagged) if flagged else ""] for (name, level), flagged in levels.items()]
+    notes = ([f"Runs at chance on a task (within {NEAR_CHANCE_PP:g} points of it, or below, right after training it; upstream: "
+              "the pretrained model) learned nothing measurable there: their forgetting and transfer on it are not results."]
+             if any(row[-1] for row in rows) else [])  # fmt: skip
+    return ["task", "classes", "chance", "runs at chance (accuracy right after training; upstream: pretrained)"], rows, notes
 
 
 NEAR_CHANCE_PP = 5.0
@@ -327,7 +329,7 @@ def _empty_metric_notes(rows: list[dict], runs: list[RunResult]) -> list[str]:
     notes = []
     ambiguous = [r for r in rows if r["forward_transfer_reference"].startswith("none:")]
     for row in ambiguous:
-        notes.append(f"FWT vs linear is empty for {row['run']}: {row['forward_transfer_reference'].removeprefix('none: ')} "
+        notes.append(f"FWT vs linear is empty for {row['run']}: {row['forward_transfer_reference'].removeprefix('none: ambiguous between ')} "
                      "match it equally (same config but for the method, same seed); neither is used. Report one of them.")  # fmt: skip
     label = {id(run): row["run"] for run, row in zip(runs, rows)}
     missing = []
