@@ -46,7 +46,7 @@ import yaml
 
 from forgetlab import config as config_module
 from forgetlab.errors import ConfigError, ForgetlabError
-from forgetlab.analysis.cells import STATUS_FILE, cell_state as _cell_state, folder_status  # noqa: F401 (the sweep's cell states)
+from forgetlab.analysis.cells import STATUS_FILE, cell_state, folder_status  # noqa: F401 (folder_status: the CLI's)
 from forgetlab.results import RunFolder, atomic_write_text
 
 SWEEP_FILE = "sweep.yaml"
@@ -432,5 +432,5 @@ def read_status(sweep: Sweep) -> dict:
 def sweep_status(sweep: Sweep) -> list[tuple[str, str, str]]:
     """``(cell, state, detail)`` of every cell, read from the folder without running anything."""
     records = read_status(sweep) if sweep.folder.exists() else {}
-    return [(cell.name, *_cell_state(RunFolder(sweep.folder / cell.name), len(cell.config.data.tasks), records.get(cell.name, {})))
+    return [(cell.name, *cell_state(RunFolder(sweep.folder / cell.name), len(cell.config.data.tasks), records.get(cell.name, {})))
             for cell in sweep.cells]  # fmt: skip

@@ -94,23 +94,12 @@ class RunResult:
         return levels
 
     def config_key(self, *ignored: str) -> str:
-        """The config without the keys outside a run's identity (``name``, ``out_dir``, ``track``), ``seed``
-        and the ``ignored`` dotted keys, as a canonical string: runs with equal keys differ only there
-        (e.g. seeds of one setting, one of them watched in TensorBoard)."""
-        import copy
-        import json
+        """The run's identity without its seed and the ``ignored`` dotted keys, as a canonical string
+        (:func:`forgetlab.analysis.groups.identity_key`, the one rule of every pairing): runs with
+        equal keys differ only there (e.g. seeds of one setting, one of them watched in TensorBoard)."""
+        from forgetlab.analysis.groups import identity_key
 
-        from forgetlab.config import NOT_IDENTITY
-
-        tree = copy.deepcopy(self.config)
-        for key in (*NOT_IDENTITY, "seed", *ignored):
-            node, *path = key.split(".")
-            parent = tree
-            for part in path:
-                parent = parent.get(node, {})
-                node = part
-            parent.pop(node, None)
-        return json.dumps(tree, sort_keys=True)
+        return identity_key(self, *ignored)
 
     def domain(self, task_index: int) -> str | None:
         """The WordNet concept of phase ``task_index`` (1-based), stored with the run or from the registry."""

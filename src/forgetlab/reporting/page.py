@@ -26,7 +26,7 @@ from forgetlab.analysis.findings import MIN_FORGOTTEN_IMAGES, findings
 from forgetlab.analysis.groups import duplicates, rank_groups
 from forgetlab.analysis.labels import class_labels, file_keys, run_labels
 from forgetlab.analysis.perclass import ClassChanges, class_changes, most_forgotten
-from forgetlab.analysis.tables import nearest_probes, paper2_table, rows_to_csv, run_rows
+from forgetlab.analysis.tables import nearest_probes, paper2_table, rows_to_csv, run_rows, seed_groups
 from forgetlab.errors import ForgetlabError
 from forgetlab.reporting import figures
 from forgetlab.results import atomic_write_bytes, atomic_write_text, read_single_predictions
@@ -182,7 +182,7 @@ def choose_figure_runs(runs: list[RunResult], names: RunNames, choice: str | lis
     if choice == "all":
         return list(runs), FIGURE_RUNS["all"]
     if choice == "per-method":
-        return [members[0] for members in _seed_groups(runs).values()], FIGURE_RUNS["per-method"]
+        return [members[0] for members in seed_groups(runs).values()], FIGURE_RUNS["per-method"]
     wanted = [part.strip() for part in (choice.split(",") if isinstance(choice, str) else choice) if part.strip()]
     by_label = {names.label[id(run)]: run for run in runs}
     by_label.update({run.name: run for run in runs if [r.name for r in runs].count(run.name) == 1})
@@ -192,12 +192,6 @@ def choose_figure_runs(runs: list[RunResult], names: RunNames, choice: str | lis
                              f"{', '.join(FIGURE_RUNS)} or run labels separated by commas: {_names(list(names.label.values()))}")  # fmt: skip
     chosen = {id(by_label[label]): by_label[label] for label in wanted}
     return list(chosen.values()), "the runs chosen with --figure-runs"
-
-
-def _seed_groups(runs):
-    from forgetlab.analysis.tables import seed_groups
-
-    return seed_groups(runs)
 
 
 def _drawn_note(drawn: list[RunResult], runs: list[RunResult], names: RunNames, why: str, figures_of: str) -> str:
