@@ -34,7 +34,7 @@ def table(sweep_folder: str) -> str:
     frame = frame[frame["completed_tasks"] == frame["total_tasks"]].copy()
     frame["variant"] = frame.apply(variant_of, axis=1)
     frame["rank"] = frame["config.method.rank"].astype(int)
-    frame["change"] = 100 * frame["upstream_change"].astype(float)
+    frame["change"] = frame["upstream_change_pp"].astype(float)
     ranks = sorted(frame["rank"].unique())
     lines = ["| backbone | variant | " + " | ".join(f"r={r}" for r in ranks) + " | Spearman (rank, change) | p | runs |",
              "|---|---|" + "---:|" * len(ranks) + "---:|---:|---:|"]  # fmt: skip

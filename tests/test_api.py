@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import forgetlab
-from forgetlab.analysis.metrics import summarise
+from forgetlab.analysis.metrics import in_points, summarise
 from tests.conftest import tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def test_run_and_load_run_give_the_matrix_metrics_predictions_and_adapters(rando
     matrix = run.matrix
     assert list(matrix.columns) == ["upstream", "fontfamily", "digits"]
     assert list(matrix.index) == ["pretrained", "after fontfamily", "after digits"] and np.isnan(matrix.iloc[0, 1])
-    assert run.metrics == summarise(run.accuracy_matrix.as_array())
+    assert run.metrics == in_points(summarise(run.accuracy_matrix.as_array()))  # percent and points, named
     predictions = run.predictions(2)
     assert predictions["predictions"].shape == predictions["labels"].shape == (40,)
     assert (predictions["predictions"] == predictions["labels"]).mean() == pytest.approx(matrix.loc["after digits", "upstream"])
@@ -53,7 +53,7 @@ def test_load_sweep_is_one_dataframe_and_report_writes_the_page(random_backbones
     run_sweep(load_sweep(path), quiet=True, log=lambda message: None)
     table = forgetlab.load_sweep(tmp_path / "runs" / "tiny")
     assert sorted(table.index) == ["rank1", "rank2"] and set(table["config.method.rank"]) == {1, 2}
-    assert {"average_accuracy", "upstream_change", "backbone", "seed"} <= set(table.columns)
+    assert {"average_accuracy_pct", "upstream_change_pp", "backbone", "seed"} <= set(table.columns)
     page = forgetlab.report(tmp_path / "runs" / "tiny", out=tmp_path / "report", permutations=50)
     assert page.name == "report.html" and "rank1" in page.read_text()
 

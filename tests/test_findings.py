@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -33,6 +34,10 @@ class FakeRun:
 
     def __post_init__(self):
         self.method = f"lora r={self.rank}"
+        self.seed = next(SEEDS)  # every fake run is another seed: none is a copy of another
+
+
+SEEDS = itertools.count()
 
 
 

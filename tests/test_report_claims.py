@@ -47,7 +47,7 @@ def make_run(root, name, *, overrides=(), rows=None, tasks=("fontfamily", "digit
     write_json(folder.upstream, {"name": "offline_upstream", "classes": list(classes), "synsets": synsets, "groups": None})
     records = [{"task": task, "column": task, "num_classes": 10, "domain_synset": domain[0], "domain_word": domain[1],
                 "trainable_parameters": 1290, "trainable_backbone_parameters": 0, "backbone_parameters": 1000,
-                "trainable_fraction_of_backbone": 0.0} for task in tasks[:completed]]  # fmt: skip
+                "trainable_fraction_of_backbone": 0.0, "steps": 10, "images_per_second": 100.0} for task in tasks[:completed]]  # fmt: skip
     folder.commit(completed, len(tasks), matrix, records, [], files)
     return folder.path
 
@@ -235,8 +235,8 @@ def test_the_report_names_its_mode_defines_its_metrics_and_draws_nothing_of_noth
     assert "positive means accuracy was lost" in glossary["avg forgetting"] and "negative means" in glossary["BWT"]
     assert "| rank1 | offline_vit | lora r=1 | 0 | 2/2 | 60.00 | 0.00 | 0.00 |  | 60.00 | 70.00 | -10.00 |" in markdown
     # Why FWT is empty, and the run that would fill it.
-    assert ("FWT vs linear is empty for rank1, rank16: no linear-probe run (method.name=linear) with the same backbone, data and "
-            "seed is among the runs given; e.g. for rank1: 'forgetlab run method.name=linear backbone.name=offline_vit "
+    assert ("FWT vs linear is empty for rank1, rank16: no linear-probe run (method.name=linear) of the same backbone and seed "
+            "is among the runs given; e.g. for rank1: 'forgetlab run method.name=linear backbone.name=offline_vit "
             "data.tasks=[fontfamily, digits] seed=0'") in markdown
     with pytest.raises(ForgetlabError, match="unknown report mode --after both"):
         write_report([tmp_path / "sweep"], tmp_path / "other", after="both")

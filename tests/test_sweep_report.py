@@ -182,13 +182,14 @@ def test_a_grid_of_whole_method_sections_gets_short_names_and_pairs_lora_with_it
     shown = capsys.readouterr().out
     for cell in ("lora-r2", "linear"):
         values = rows[cell]
-        upstream = 100 * float(values["upstream_drop" if "upstream_drop" in values else "upstream_change"])
-        line = f"{cell} .*done +{100 * float(values['average_accuracy']):.2f} +n/a +n/a +{re.escape(f'{upstream:+.2f}')} +task 1/1"
+        upstream = float(values["upstream_change_pp"])
+        line = f"{cell} .*done +{float(values['average_accuracy_pct']):.2f} +n/a +n/a +{re.escape(f'{upstream:+.2f}')} +task 1/1"
         assert all(re.search(line, text) for text in (finished, status, shown)), (line, finished)
     assert set(rows) == {"lora-r2", "linear"}
     # FWT: the LoRA cell's first accuracy minus its linear probe's (same backbone, sequence and seed)
-    expected = float(rows["lora-r2"]["average_accuracy"]) - float(rows["linear"]["average_accuracy"])
-    assert float(rows["lora-r2"]["forward_transfer"]) == pytest.approx(expected) and float(rows["linear"]["forward_transfer"]) == 0
+    expected = float(rows["lora-r2"]["average_accuracy_pct"]) - float(rows["linear"]["average_accuracy_pct"])
+    assert float(rows["lora-r2"]["forward_transfer_pp"]) == pytest.approx(expected) and float(rows["linear"]["forward_transfer_pp"]) == 0
+    assert rows["lora-r2"]["forward_transfer_reference"] == rows["linear"]["forward_transfer_reference"] == "linear"
 
 
 def test_named_variants_start_from_their_preset_with_the_base_on_top(tmp_path):

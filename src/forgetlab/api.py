@@ -6,7 +6,7 @@
     run = forgetlab.run("my.yaml", train__epochs=2)
     run = forgetlab.run(preset="paper1-vit", data__root="/data")
     run.matrix                 # DataFrame: rows = training phases, columns = tasks (upstream first)
-    run.metrics                # average accuracy, forgetting, BWT, plasticity, upstream change
+    run.metrics                # average accuracy, forgetting, BWT, plasticity, upstream change (percent / points)
     run.predictions(1)         # upstream predictions and labels after phase 1
     table = forgetlab.load_sweep("runs/demo-rank-sweep")    # a row per cell: grid values, config, metrics
     forgetlab.report(["runs/demo-rank-sweep"], out="runs/report")
@@ -105,9 +105,21 @@ class Run:
 
     @property
     def metrics(self) -> dict[str, float]:
-        from forgetlab.analysis.metrics import summarise
+        """Average accuracy, forgetting, BWT, plasticity, upstream accuracy and change, named with their
+        unit as in ``sweep.csv`` and the report: accuracies in percent (``average_accuracy_pct``),
+        differences of accuracies in percentage points (``average_forgetting_pp``; see
+        :data:`forgetlab.analysis.metrics.UNITS`); NaN where a metric needs more phases."""
+        from forgetlab.analysis.metrics import in_points, summarise
 
-        return summarise(self.accuracy_matrix.as_array(), trained=self.accuracy_matrix.trained())
+        return in_points(summarise(self.accuracy_matrix.as_array(), trained=self.accuracy_matrix.trained()))
+
+    @property
+    def chance(self) -> dict[str, float]:
+        """Task -> the accuracy of uniform guessing in percent (100 / its classes), for the upstream task
+        and every task trained so far: an accuracy near it means the task was not learned."""
+        from forgetlab.analysis.collect import RunResult
+
+        return {column: 100 * level for column, level in RunResult(self.folder).chance.items()}
 
     @property
     def tasks(self):
@@ -147,20 +159,21 @@ class Run:
 
 def load_sweep(path: str | Path):
     """Every run under ``path`` (a sweep folder, or a folder of runs) as one DataFrame: a row per run
-    with its name, backbone, method, seed, metrics and every config key (``config.*`` columns)."""
+    with its name, backbone, method, seed, metrics (accuracies in percent, ``*_pct``; their differences
+    in percentage points, ``*_pp``), FWT's reference run and every config key (``config.*`` columns)."""
     import pandas as pd
 
     from forgetlab.analysis.collect import find_runs
-    from forgetlab.analysis.labels import run_labels
-    from forgetlab.analysis.tables import run_row
+    from forgetlab.analysis.tables import run_rows
 
     runs = find_runs([path])  # two sweeps' cells may share a name: the index is each run's unique label
-    return pd.DataFrame([run_row(run, runs, label) for run, label in zip(runs, run_labels(runs))]).set_index("run")
+    return pd.DataFrame(run_rows(runs)).set_index("run")
 
 
 def report(paths: list[str | Path] | str | Path, out: str | Path = "report", **options) -> Path:
     """Write the HTML and Markdown report of runs and sweeps; returns ``report.html``'s path.
-    ``options``: ``permutations``, ``after`` ('sequence' | 'single'), ``similarity`` ('synset' | 'tokens')."""
+    ``options``: ``permutations``, ``after`` ('sequence' | 'single'), ``similarity`` ('synset' | 'tokens'),
+    ``figure_runs`` ('highest-rank' (default) | 'per-method' | 'all' | run labels: which runs get per-run figures)."""
     from forgetlab.reporting import write_report
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -195,7 +208,8 @@ def anatomy(config: config_module.RunConfig | str | Path | dict | None = None, *
 
 def contextual(run: Run, phase: int = 1, *, after: str = "sequence", similarity: str = "synset", permutations: int = 10_000):
     """Paper 1's contextual-forgetting test after ``phase`` of a run (see
-    :func:`forgetlab.analysis.contextual.contextual_forgetting`), with the class similarities."""
+    :func:`forgetlab.analysis.contextual.contextual_forgetting`), with the class similarities, the task's
+    domain and the class names: printing it gives a summary, ``.to_frame()`` a DataFrame per class."""
     from forgetlab.analysis.collect import RunResult
     from forgetlab.analysis.contextual import class_similarities, contextual_forgetting
 
@@ -206,4 +220,6 @@ def contextual(run: Run, phase: int = 1, *, after: str = "sequence", similarity:
     domain = result.domain(phase)
     similarity_per_class = class_similarities(domain, synsets=run.upstream.get("synsets"), names=run.upstream.get("classes"),
                                               mode=similarity, domain_word=result.domain_word(phase))  # fmt: skip
-    return contextual_forgetting(before, later, stored["labels"], similarity_per_class, permutations=permutations, seed=phase)
+    test = contextual_forgetting(before, later, stored["labels"], similarity_per_class, permutations=permutations, seed=phase)
+    return dataclasses.replace(test, domain=domain, task=result.matrix.phases[phase - 1], classes=list(run.upstream.get("classes") or []),
+                               synsets=list(run.upstream.get("synsets") or []))  # fmt: skip

@@ -109,7 +109,7 @@ def cmd_pretrain(args) -> int:
 def cmd_show(args) -> int:
     from forgetlab.results import RunFolder
 
-    from forgetlab.summary import cells_table, metrics_line
+    from forgetlab.summary import cells_table, chance_line, metrics_line
     from forgetlab.sweep import SWEEP_FILE, folder_status
 
     folder = RunFolder(args.run_dir)
@@ -130,6 +130,7 @@ def cmd_show(args) -> int:
     print(f"{folder.path}: {len(matrix.values) - 1}/{matrix.num_tasks} tasks done")
     print(matrix.format_table())
     print(metrics_line(matrix))
+    print(chance_line(folder))
     for record in folder.read_tasks():
         print(
             f"  {record['task']}: {record['trainable_backbone_parameters']:,} trainable backbone parameters "
@@ -189,7 +190,8 @@ def cmd_report(args) -> int:
     if args.permutations < 1:
         raise ForgetlabError("--permutations must be at least 1")
     out = Path(args.out) if args.out else (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
-    api.report(args.paths, out, permutations=args.permutations, after=args.after, similarity=args.similarity, log=_log(args))
+    api.report(args.paths, out, permutations=args.permutations, after=args.after, similarity=args.similarity,
+               figure_runs=args.figure_runs, log=_log(args))  # fmt: skip
     return 0
 
 
@@ -369,6 +371,11 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
                              "phase's adapter (paper 1's figures 3-5; needs 'forgetlab single-adapter RUN' first)")
     report.add_argument("--similarity", choices=["synset", "tokens"], default="synset",
                         help="class-to-domain similarity: the class's WordNet synset (exact), or paper 1's token matching of the class names")
+    report.add_argument("--figure-runs", default=None, metavar="highest-rank|per-method|all|LABEL,...",
+                        help="which runs get the per-run figures (forgotten classes, similarity, accuracy matrix): 'highest-rank' "
+                             "(default: per backbone the highest LoRA rank, as paper 1; matrices: the first 12 runs), 'per-method' "
+                             "(one seed per row of the methods table), 'all', or run labels separated by commas; the report says "
+                             "which runs it drew and why")  # fmt: skip
     report.add_argument("--quiet", action="store_true")
     report.set_defaults(func=cmd_report)
 

@@ -53,6 +53,29 @@ def metrics_line(matrix: AccuracyMatrix) -> str:
             f"upstream change {_points(values['upstream_change'])}{unit(values['upstream_change'])}{upstream}")  # fmt: skip
 
 
+NEAR_CHANCE_PP = 5.0  # the report's rule: within 5 points of chance (or below) a task was not learned
+
+
+def chance_line(folder: RunFolder) -> str:
+    """``chance level: upstream 2.78% (36 classes), fontfamily 12.50% (8 classes)``, then each task whose
+    accuracy right after its training (upstream: pretrained) is within :data:`NEAR_CHANCE_PP` points of
+    chance or below, as ``AT CHANCE: digits 10.50% (chance 10.00%)``: a run that learned nothing is
+    not a result."""
+    from forgetlab.analysis.collect import RunResult
+    from forgetlab.analysis.metrics import first_accuracies
+
+    run = RunResult(folder)
+    chance, matrix = run.chance, run.matrix
+    a = matrix.as_array()
+    firsts = {matrix.columns[j]: value for j, value in first_accuracies(a, matrix.trained()[: len(a) - 1]).items()}
+    firsts[matrix.columns[0]] = float(a[0, 0])
+    levels = ", ".join(f"{name} {100 * level:.2f}% ({round(1 / level)} classes)" for name, level in chance.items())
+    low = [f"{name} {100 * firsts[name]:.2f}% (chance {100 * level:.2f}%)" for name, level in chance.items()
+           if name in firsts and not math.isnan(firsts[name]) and 100 * (firsts[name] - level) < NEAR_CHANCE_PP]  # fmt: skip
+    line = f"chance level: {levels or 'unknown (no class counts stored)'}"
+    return line + (f"\nAT CHANCE after training (learned nothing measurable): {'; '.join(low)}" if low else "")
+
+
 def cell_metrics(folder: Path) -> dict[str, float] | None:
     """A cell's metrics, or None before its first finished phase (or when its folder is unreadable)."""
     run = RunFolder(folder)

@@ -46,6 +46,7 @@ import yaml
 
 from forgetlab import config as config_module
 from forgetlab.errors import ConfigError, ForgetlabError
+from forgetlab.analysis.cells import STATUS_FILE, cell_state, folder_status  # noqa: F401 (folder_status: the CLI's)
 from forgetlab.results import RunFolder, atomic_write_text
 
 SWEEP_FILE = "sweep.yaml"
@@ -388,7 +389,6 @@ def run_sweep(sweep: Sweep, *, jobs: int | str = 1, quiet: bool = False, log: Ca
     return status
 
 
-STATUS_FILE = "status.json"
 
 
 def read_status(sweep: Sweep) -> dict:
@@ -401,42 +401,5 @@ def read_status(sweep: Sweep) -> dict:
 def sweep_status(sweep: Sweep) -> list[tuple[str, str, str]]:
     """``(cell, state, detail)`` of every cell, read from the folder without running anything."""
     records = read_status(sweep) if sweep.folder.exists() else {}
-    return [(cell.name, *_cell_state(RunFolder(sweep.folder / cell.name), len(cell.config.data.tasks), records.get(cell.name, {})))
+    return [(cell.name, *cell_state(RunFolder(sweep.folder / cell.name), len(cell.config.data.tasks), records.get(cell.name, {})))
             for cell in sweep.cells]  # fmt: skip
-
-
-def folder_status(folder: str | Path) -> list[tuple[str, str, str]]:
-    """``(cell, state, detail)`` of every run folder in a sweep's folder, without its sweep file: the
-    folders that hold a config, and the cells ``status.json`` records."""
-    from forgetlab.results import read_json
-
-    folder = Path(folder)
-    records = read_json(folder / STATUS_FILE) if (folder / STATUS_FILE).exists() else {}
-    names = sorted({p.name for p in folder.iterdir() if (p / "config.yaml").exists()} | set(records))
-    rows = []
-    for name in names:
-        run = RunFolder(folder / name)
-        try:
-            total = len(config_module.parse_yaml(run.config.read_text())["data"]["tasks"])
-        except (OSError, KeyError, TypeError, yaml.YAMLError, ConfigError):
-            total = (run.state() or {}).get("total_tasks") if run.progress.exists() else None
-        rows.append((name, *_cell_state(run, total, records.get(name, {}))))
-    return rows
-
-
-def _cell_state(folder: RunFolder, total: int | None, record: dict) -> tuple[str, str]:
-    from forgetlab.results import lock_holder
-
-    try:
-        completed = folder.completed_tasks()
-    except ForgetlabError as error:
-        return "broken", str(error)
-    done = f"task {max(completed, 0)}/{total if total is not None else '?'}"
-    holder = lock_holder(folder) if folder.path.exists() else None
-    if completed == total:
-        return "done", done
-    if holder:
-        return "running", f"{done}, {holder}"
-    if record.get("status") == "failed":
-        return "failed", f"{done}: {record.get('message', '')}"
-    return ("partial" if completed >= 0 else "not started"), done

@@ -79,24 +79,27 @@ class RunResult:
     def completed(self) -> int:
         return self.folder.completed_tasks()
 
+    @property
+    def chance(self) -> dict[str, float]:
+        """Column -> the accuracy of uniform guessing, as a fraction: 1 / its number of classes (the
+        upstream task's from ``upstream.json``, a downstream task's from its record, so only for tasks
+        the run has trained). An accuracy near it means the model learned nothing of that task."""
+        levels = {}
+        classes = self.upstream.get("classes") or []
+        if classes:
+            levels[self.matrix.columns[0]] = 1 / len(classes)
+        for record in self.tasks:
+            if record.get("num_classes"):
+                levels[record.get("column", record["task"])] = 1 / record["num_classes"]
+        return levels
+
     def config_key(self, *ignored: str) -> str:
-        """The config without the keys outside a run's identity (``name``, ``out_dir``, ``track``), ``seed``
-        and the ``ignored`` dotted keys, as a canonical string: runs with equal keys differ only there
-        (e.g. seeds of one setting, one of them watched in TensorBoard)."""
-        import copy
-        import json
+        """The run's identity without its seed and the ``ignored`` dotted keys, as a canonical string
+        (:func:`forgetlab.analysis.groups.identity_key`, the one rule of every pairing): runs with
+        equal keys differ only there (e.g. seeds of one setting, one of them watched in TensorBoard)."""
+        from forgetlab.analysis.groups import identity_key
 
-        from forgetlab.config import NOT_IDENTITY
-
-        tree = copy.deepcopy(self.config)
-        for key in (*NOT_IDENTITY, "seed", *ignored):
-            node, *path = key.split(".")
-            parent = tree
-            for part in path:
-                parent = parent.get(node, {})
-                node = part
-            parent.pop(node, None)
-        return json.dumps(tree, sort_keys=True)
+        return identity_key(self, *ignored)
 
     def domain(self, task_index: int) -> str | None:
         """The WordNet concept of phase ``task_index`` (1-based), stored with the run or from the registry."""

@@ -98,11 +98,41 @@ class ContextualTest:
     p_value: float
     forgotten: int
     permutations: int
+    domain: str | None = None  # the task's domain concept, where the caller knows it
+    task: str | None = None  # the task after which images were forgotten
+    classes: list[str] | None = None  # upstream class names, one per entry of ``similarity``
+    synsets: list[str] | None = None  # their WordNet synsets (ImageNet wnids)
 
     @property
     def difference(self) -> float:
         """Mean similarity of forgotten images minus that of all test images (paper 1's comparison)."""
         return self.mean_forgotten - self.mean_all
+
+    def summary(self) -> str:
+        """One line: forgotten images, the two mean similarities, their difference and the p-value."""
+        where = f" after {self.task}" if self.task else ""
+        domain = f" to {self.domain}" if self.domain else ""
+        if self.forgotten == 0:
+            return f"contextual forgetting{where}: no upstream test image forgotten ({int(self.images_per_class.sum())} images)"
+        return (f"contextual forgetting{where}: {self.forgotten} upstream test images forgotten of {int(self.images_per_class.sum())}; "
+                f"mean similarity{domain} {self.mean_forgotten:.3f} (forgotten) vs {self.mean_all:.3f} (all), difference "
+                f"{self.difference:+.3f}; one-sided permutation p = {self.p_value:.2g} ({self.permutations} permutations)")  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"ContextualTest({self.summary()})"
+
+    def to_frame(self):
+        """A pandas DataFrame with a row per upstream class: ``class`` (its name where known, else its
+        index), ``synset``, ``similarity`` (Wu-Palmer, 0..1), ``images`` and ``forgotten`` (counts), and
+        ``forgotten_pct`` (percent of the class's test images), most forgotten first."""
+        import pandas as pd
+
+        count = len(self.similarity)
+        names = self.classes if self.classes and len(self.classes) == count else [str(c) for c in range(count)]
+        frame = pd.DataFrame({"class": names, "synset": self.synsets if self.synsets and len(self.synsets) == count else [None] * count,
+                              "similarity": self.similarity, "images": self.images_per_class, "forgotten": self.forgotten_per_class})  # fmt: skip
+        frame["forgotten_pct"] = 100 * frame["forgotten"] / frame["images"].where(frame["images"] > 0)
+        return frame.sort_values(["forgotten", "similarity"], ascending=False, kind="stable").reset_index(drop=True)
 
 
 def permutation_p_value(values: np.ndarray, chosen: np.ndarray, permutations: int, seed: int) -> float:

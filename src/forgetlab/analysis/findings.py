@@ -35,7 +35,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from forgetlab.analysis.groups import group_labels, identity_key, method_family, rank_groups
+from forgetlab.analysis.groups import duplicates, group_labels, identity_key, method_family, rank_groups
 
 MIN_RUNS_FOR_TEST = 5  # with 4 runs the exact permutation test cannot go below p = 2/24 = 0.083
 MIN_RUNS_FOR_INTERVAL = 10  # a bootstrap over fewer points mostly resamples the same few values
@@ -138,9 +138,13 @@ def rank_findings(runs) -> list[str]:
 
 def _contextual_groups(rows) -> list[tuple[str, list]]:
     """First-task rows grouped by run config without the seed and ``method.rank`` (a rank sweep's
-    runs are pooled), labelled by backbone and method and what differs from the groups sharing them."""
+    runs are pooled), labelled by backbone and method and what differs from the groups sharing them.
+    Rows of runs with a duplicate (same identity and seed) are in no group."""
+    twice = {id(run) for members in duplicates(list({id(row.run): row.run for row in rows}.values())) for run in members}
     groups = defaultdict(list)
     for row in rows:
+        if id(row.run) in twice:
+            continue
         if row.run.matrix.phases and row.task == row.run.matrix.phases[0]:
             groups[(f"{row.run.backbone} {method_family(row.run)}", identity_key(row.run, "method.rank"))].append(row)
     labels = group_labels(sorted(groups))

@@ -45,6 +45,34 @@ def identity_key(run, *ignored: str) -> str:
     return json.dumps(identity(run, *ignored), sort_keys=True, default=str)
 
 
+def matching(run, candidates, *compared: str, same_seed: bool = True) -> list:
+    """The ``candidates`` that may stand beside ``run`` in a comparison of the ``compared`` keys or
+    sections: equal :func:`identity` once those are taken out (and the same seed, unless
+    ``same_seed=False``), ``run`` itself included when it is a candidate.
+
+    The one rule every pairing of runs follows: FWT's linear probe, the rank curves' groups, the
+    methods table's rows and the contextual findings' groups. A key left out of the comparison
+    (``train.max_steps``, ``backbone.weights``, ``preprocess.*``) must be equal; the folder's name and
+    its order never matter. Callers that need one reference and get two name both and use neither."""
+    key = identity_key(run, *compared)
+    return [other for other in candidates if (not same_seed or other.seed == run.seed) and identity_key(other, *compared) == key]
+
+
+def duplicates(runs) -> list[list]:
+    """Sets of two or more ``runs`` with the same identity and seed (copies of one run, e.g. in two
+    sweep folders): a comparison cannot tell which to use, so it uses none of them and says so."""
+    by_key: dict[tuple, list] = {}
+    for run in runs:
+        by_key.setdefault((identity_key(run), run.seed), []).append(run)
+    return [members for members in by_key.values() if len(members) > 1]
+
+
+def distinct(runs) -> list:
+    """``runs`` without every run that has a duplicate (:func:`duplicates`), in their order."""
+    twice = {id(run) for members in duplicates(runs) for run in members}
+    return [run for run in runs if id(run) not in twice]
+
+
 def format_value(value) -> str:
     """A config value as the command line writes it: ``[a, b]``, ``none``, ``0.001``."""
     if value is _UNSET:
@@ -82,6 +110,34 @@ def group_labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     return labels
 
 
+# Keys that a run's short method label (``RunResult.method``: 'lora r=4 keep +lwf') names by itself.
+SHORT_LABEL_KEYS = ("method.name", "method.rank", "method.k", "method.copies", "method.policy", "lwf.alpha", "replay.size")
+
+
+def method_labels(runs) -> list[str]:
+    """One method label per run: its short label (``lora r=16``) and, in parentheses, every key of the
+    method sections (``method``, ``lwf``, ``replay``) in which it differs from other runs of the same
+    ``method.name`` among ``runs`` and that the short label does not already tell apart:
+    ``lora r=16 (method.dora=true, method.scaling=standard)``. Keys the short label names
+    (:data:`SHORT_LABEL_KEYS`) are left out where each short label has one value of them."""
+    flats = [flatten({section: run.config.get(section) or {} for section in METHOD_SECTIONS}) for run in runs]
+    shorts, names = [run.method for run in runs], [run.config["method"]["name"] for run in runs]
+    shown: dict[str, list[str]] = {name: [] for name in names}  # method.name -> the keys its labels name
+    for key in sorted({key for flat in flats for key in flat}):
+        by_name, by_short = {}, {}
+        for name, short, flat in zip(names, shorts, flats):
+            value = format_value(flat.get(key, _UNSET))
+            by_name.setdefault(name, set()).add(value)
+            by_short.setdefault(short, set()).add(value)
+        if key in SHORT_LABEL_KEYS and all(len(values) < 2 for values in by_short.values()):
+            continue
+        for name, values in by_name.items():
+            if len(values) > 1:
+                shown[name].append(key)
+    return [f"{short} ({', '.join(f'{key}={format_value(flat.get(key, _UNSET))}' for key in shown[name])})" if shown[name] else short
+            for short, name, flat in zip(shorts, names, flats)]  # fmt: skip
+
+
 def method_family(run) -> str:
     """The method label without LoRA's rank: 'lora', 'lora +lwf', 'linear', 'top-3'."""
     words = run.method.split(" ")
@@ -116,9 +172,10 @@ class RankGroup:
 
 def rank_groups(runs) -> list[RankGroup]:
     """Every group of finished merged-LoRA runs that differ only in ``method.rank`` and the seed, in a
-    stable order, each labelled with what differs from the groups sharing its backbone and variant."""
+    stable order, each labelled with what differs from the groups sharing its backbone and variant.
+    Runs with a duplicate (same identity and seed, :func:`duplicates`) are in no group."""
     by_key: dict[tuple, list] = {}
-    for run in runs:
+    for run in distinct(runs):
         method = run.config["method"]
         if method["name"] != "lora" or method.get("policy") == "keep" or run.completed < run.matrix.num_tasks:
             continue

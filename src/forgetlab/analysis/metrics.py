@@ -143,6 +143,27 @@ def summarise(a: np.ndarray, reference: np.ndarray | None = None, trained: Seque
     return values
 
 
+# The unit of every metric outside this module (API, CSV, CLI, report): accuracies in percent (``_pct``),
+# differences of accuracies in percentage points (``_pp``). The functions above return fractions.
+UNITS = {
+    "average_accuracy": "pct",
+    "plasticity": "pct",
+    "upstream_final": "pct",
+    "upstream_pretrained": "pct",
+    "average_forgetting": "pp",
+    "backward_transfer": "pp",
+    "forward_transfer": "pp",
+    "upstream_change": "pp",
+}
+
+
+def in_points(values: dict[str, float]) -> dict[str, float]:
+    """Metrics as fractions (:func:`summarise`) -> the same numbers times 100, each named with its unit:
+    ``{'average_accuracy': 0.62, 'upstream_change': -0.005}`` -> ``{'average_accuracy_pct': 62.0,
+    'upstream_change_pp': -0.5}``. Keys without a unit in :data:`UNITS` are kept as they are."""
+    return {f"{key}_{UNITS[key]}" if key in UNITS else key: 100 * value if key in UNITS else value for key, value in values.items()}
+
+
 def over_seeds(summaries: list[dict[str, float]]) -> dict[str, tuple[float, float, int]]:
     """``metric -> (mean, standard deviation, number of seeds)``; the sample std (ddof 1), 0 for one seed."""
     result = {}

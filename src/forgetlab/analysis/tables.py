@@ -15,44 +15,82 @@ from pathlib import Path
 import numpy as np
 
 from forgetlab.analysis.collect import RunResult, find_runs
-from forgetlab.analysis.groups import METHOD_SECTIONS, flatten, identity_key, what_differs
+from forgetlab.analysis.groups import (METHOD_SECTIONS, distinct, flatten, format_value, identity, identity_key, matching,
+                                       method_labels, what_differs)
 from forgetlab.analysis.labels import run_labels
-from forgetlab.analysis.metrics import over_seeds, summarise
+from forgetlab.analysis.metrics import in_points, over_seeds, summarise
 from forgetlab.errors import DataError
 from forgetlab.results import atomic_write_text
 
 
-def reference_run(run: RunResult, runs: list[RunResult]) -> RunResult | None:
-    """The linear probe with the same backbone, sequence and seed: the reference of forward transfer."""
+def is_linear_probe(run: RunResult) -> bool:
+    """A plain linear probe (``method.name=linear``, no LwF, no replay): FWT's reference."""
+    config = run.config
+    return config["method"]["name"] == "linear" and not config["lwf"].get("alpha", 0) and not config["replay"].get("size", 0)
+
+
+def fwt_references(run: RunResult, runs: list[RunResult]) -> list[RunResult]:
+    """Every plain linear probe among ``runs`` with ``run``'s whole identity but for the method's sections
+    (``method``, ``lwf``, ``replay``) and with its seed (:func:`~forgetlab.analysis.groups.matching`):
+    FWT's reference is the one such run; with none or two or more, ``run`` has no FWT."""
+    return matching(run, [other for other in runs if is_linear_probe(other)], *METHOD_SECTIONS)
+
+
+def nearest_probes(run: RunResult, runs: list[RunResult]) -> list[tuple[RunResult, str]]:
+    """The linear probes of ``run``'s backbone and seed that :func:`fwt_references` did not take, each
+    with what differs from ``run`` (``train.max_steps=1``), fewest differences first."""
+    mine = identity(run, *METHOD_SECTIONS)
+    found = []
     for other in runs:
-        if (
-            other.config["method"]["name"] == "linear"
-            and other.backbone == run.backbone
-            and other.config["data"] == run.config["data"]
-            and other.seed == run.seed
-        ):
-            return other
-    return None
+        if is_linear_probe(other) and other.backbone == run.backbone and other.seed == run.seed:
+            theirs = identity(other, *METHOD_SECTIONS)
+            if theirs != mine:
+                keys = sorted(key for key in {*mine, *theirs} if mine.get(key) != theirs.get(key))
+                found.append((len(keys), other, ", ".join(f"{key}={format_value(theirs.get(key))} (here {format_value(mine.get(key))})"
+                                                          for key in keys)))  # fmt: skip
+    return [(other, text) for _, other, text in sorted(found, key=lambda item: item[0])]
 
 
-def run_row(run: RunResult, runs: list[RunResult] = (), label: str | None = None) -> dict:
-    """One run's config and metrics; ``label``: its unique label among ``runs`` (default: its folder
-    name; see :func:`forgetlab.analysis.labels.run_labels`)."""
+def run_rows(runs: list[RunResult]) -> list[dict]:
+    """:func:`run_row` of every run, labelled among ``runs`` (unique run labels, method labels that
+    name what differs, FWT's reference by its label)."""
+    labels = run_labels(runs)
+    names = dict(zip(map(id, runs), labels))
+    return [run_row(run, runs, label, names, method) for run, label, method in zip(runs, labels, method_labels(runs))]
+
+
+def run_row(run: RunResult, runs: list[RunResult] = (), label: str | None = None, names: dict[int, str] | None = None,
+            method: str | None = None) -> dict:  # fmt: skip
+    """One run's config and metrics, accuracies in percent (``_pct``) and their differences in percentage
+    points (``_pp``); ``label``: its unique label among ``runs`` (default: its folder name; see
+    :func:`forgetlab.analysis.labels.run_labels`), ``names``: every run's label by ``id``, ``method``:
+    its method label among ``runs`` (:func:`~forgetlab.analysis.groups.method_labels`).
+
+    ``forward_transfer_reference`` names the linear probe FWT used, or why there is none: every
+    candidate when two or more match (none is used), nothing when none does."""
     matrix = run.matrix.as_array()
+    names = names if names is not None else dict(zip(map(id, runs), run_labels(list(runs))))
     row = {
         "run": label or run.name,
         "backbone": run.backbone,
-        "method": run.method,
+        "method": method or run.method,
         "seed": run.seed,
         "completed_tasks": run.completed,
         "total_tasks": run.matrix.num_tasks,
         "trainable_parameters": run.tasks[0]["trainable_parameters"] if run.tasks else None,
         "trainable_backbone_parameters": run.tasks[0]["trainable_backbone_parameters"] if run.tasks else None,
-        "upstream_pretrained": float(matrix[0, 0]),
+        "upstream_pretrained_pct": 100 * float(matrix[0, 0]),
     }
-    reference = reference_run(run, list(runs))
-    row.update(summarise(matrix, reference.matrix.as_array() if reference else None, run.matrix.trained(),
-                         reference.matrix.trained() if reference else None))  # fmt: skip
+    references = fwt_references(run, list(runs))
+    reference = references[0] if len(references) == 1 else None
+    row.update(in_points(summarise(matrix, reference.matrix.as_array() if reference else None, run.matrix.trained(),
+                                   reference.matrix.trained() if reference else None)))  # fmt: skip
+    if reference is not None:
+        row["forward_transfer_reference"] = names.get(id(reference), reference.name)
+    elif references:
+        row["forward_transfer_reference"] = "none: ambiguous between " + ", ".join(names.get(id(r), r.name) for r in references)
+    else:
+        row["forward_transfer_reference"] = ""
     row.update({f"config.{k}": v for k, v in flatten(run.config).items()})
     return row
 
@@ -72,7 +110,7 @@ def write_sweep_table(folder: Path) -> list[dict]:
         runs = find_runs([folder])
     except DataError:  # no cell has written anything yet
         runs = []
-    rows = [run_row(run, runs, label) for run, label in zip(runs, run_labels(runs))]
+    rows = run_rows(runs)
     if rows:
         atomic_write_text(folder / "sweep.csv", rows_to_csv(rows))
     return rows
@@ -81,10 +119,10 @@ def write_sweep_table(folder: Path) -> list[dict]:
 def seed_groups(runs: list[RunResult]) -> dict[tuple, list[RunResult]]:
     """Runs that differ only in their seed (and folder), keyed by (backbone, method, sequence, config,
     tasks completed) and ordered by backbone and method: a run stopped after 2 of 3 tasks is never
-    averaged with finished seeds."""
+    averaged with finished seeds. Runs with a duplicate (same identity and seed) are in no group."""
     groups = defaultdict(list)
-    for run in runs:
-        groups[(run.backbone, run.method, tuple(run.config["data"]["tasks"]), run.config_key(), run.completed)].append(run)
+    for run in distinct(runs):
+        groups[(run.backbone, run.method, tuple(run.config["data"]["tasks"]), identity_key(run), run.completed)].append(run)
     return dict(sorted(groups.items(), key=lambda item: _natural(item[0][:2])))
 
 
@@ -101,14 +139,17 @@ def paper2_table(runs: list[RunResult]) -> list[dict]:
 
     ``context`` is the config without the method's sections (``method``, ``lwf``, ``replay``) and the
     seed: rows with equal contexts (and every task done) may be compared. ``setting`` names what
-    differs between contexts (e.g. ``train.epochs=2``), the backbone aside (its own column)."""
+    differs between contexts (e.g. ``train.epochs=2``), the backbone aside (its own column); ``method``
+    names every key of the method's sections in which a row differs from the table's other rows of its
+    method (:func:`~forgetlab.analysis.groups.method_labels`). Accuracies stay fractions here."""
     label = dict(zip(map(id, runs), run_labels(runs)))
     groups = seed_groups(runs)
     contexts = [identity_key(members[0], *METHOD_SECTIONS) for members in groups.values()]
-    distinct = list(dict.fromkeys(contexts))
-    settings = dict(zip(distinct, what_differs([json.loads(c) for c in distinct], skip=("backbone.name",))))
+    unique_contexts = list(dict.fromkeys(contexts))
+    settings = dict(zip(unique_contexts, what_differs([json.loads(c) for c in unique_contexts], skip=("backbone.name",))))
+    methods = method_labels([members[0] for members in groups.values()])
     table = []
-    for ((backbone, method, sequence, _, completed), members), context in zip(groups.items(), contexts):
+    for ((backbone, _, sequence, _, completed), members), context, method in zip(groups.items(), contexts, methods):
         summaries = []
         for run in members:
             a = run.matrix.as_array()

@@ -13,18 +13,20 @@ import html
 import io
 import math
 import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from forgetlab.analysis.cells import unfinished_cells
 from forgetlab.analysis.collect import RunResult, find_runs
 from forgetlab.analysis.contextual import ContextualTest, class_similarities, contextual_forgetting
 from forgetlab.analysis.findings import MIN_FORGOTTEN_IMAGES, findings
-from forgetlab.analysis.groups import rank_groups
+from forgetlab.analysis.groups import duplicates, rank_groups
 from forgetlab.analysis.labels import class_labels, file_keys, run_labels
 from forgetlab.analysis.perclass import ClassChanges, class_changes, most_forgotten
-from forgetlab.analysis.tables import paper2_table, rows_to_csv, run_row
+from forgetlab.analysis.tables import nearest_probes, paper2_table, rows_to_csv, run_rows, seed_groups
 from forgetlab.errors import ForgetlabError
 from forgetlab.reporting import figures
 from forgetlab.reporting.explanation import where_forgetting_happens
@@ -91,8 +93,13 @@ GLOSSARY = [
     ("BWT", "backward transfer: final accuracy minus the accuracy right after the task's (last) training, averaged over "
             "the tasks before the last; negative means accuracy was lost; needs two tasks done"),
     ("FWT vs linear", "forward transfer: accuracy right after first training a task minus that of the linear probe "
-                      "(method.name=linear) with the same backbone, data and seed; positive means the updated backbone "
-                      "learns new tasks better; empty without such a run"),
+                      "(method.name=linear, no LwF, no replay) whose config equals the run's in everything but the method's "
+                      "sections (method, lwf, replay), with the same seed; positive means the updated backbone learns new "
+                      "tasks better; empty when no such probe, or more than one, is among the runs given"),
+    ("FWT reference", "the linear-probe run FWT vs linear was computed against; 'none: ambiguous between A, B' when two "
+                      "probes match (neither is used)"),
+    ("chance", "the accuracy of uniform guessing on a task, 100 / its number of classes, in percent; a task learned "
+               "to within 5 points of it was not learned"),
     ("plasticity", "mean accuracy right after each task's training"),
     ("upstream", "final accuracy on the pretraining (upstream) task"),
     ("upstream change", "final minus pretrained upstream accuracy (upstream_change; upstream_drop before, same sign); "
@@ -106,6 +113,11 @@ GLOSSARY = [
     ("p (permutation)", "one-sided: how often a random set of as many images, drawn from those right before the task, "
                         "is at least as similar; only with at least 20 forgotten images"),
 ]  # fmt: skip
+
+
+UNITS_NOTE = ("Units: accuracies (avg acc, plasticity, upstream, chance, downstream) are in percent; forgetting, BWT, FWT "
+              "and upstream change are differences of accuracies in percentage points. The same numbers, with the same "
+              "units, are in sweep.csv and forgetlab.load_sweep (columns ending _pct and _pp) and in 'forgetlab show'.")  # fmt: skip
 
 
 def contextual_rows(runs: list[RunResult], permutations: int, after: str = "sequence", similarity: str = "synset") -> list[ContextualRow]:
@@ -154,8 +166,47 @@ def focus_runs(runs: list[RunResult]) -> list[RunResult]:
     return chosen
 
 
-def _percent(value) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+FIGURE_RUNS = {
+    "highest-rank": "per backbone, the LoRA run of the highest rank (lowest seed), as paper 1 drew its largest rank; "
+                    "without LoRA runs, the run whose upstream accuracy fell most in its first task",
+    "per-method": "per row of the methods table (backbone, method and setting), its lowest seed",
+    "all": "every run",
+}  # fmt: skip
+
+
+def choose_figure_runs(runs: list[RunResult], names: RunNames, choice: str | list[str] | None) -> tuple[list[RunResult], str]:
+    """The runs whose per-run figures (forgotten classes, similarity, accuracy matrix) are drawn, and why:
+    ``choice`` is a key of :data:`FIGURE_RUNS` or run labels (a list, or one string separated by commas).
+    Raises :class:`~forgetlab.errors.ForgetlabError` for a label that is not among the runs."""
+    if choice is None or choice == "highest-rank":
+        return focus_runs(runs), FIGURE_RUNS["highest-rank"]
+    if choice == "all":
+        return list(runs), FIGURE_RUNS["all"]
+    if choice == "per-method":
+        return [members[0] for members in seed_groups(runs).values()], FIGURE_RUNS["per-method"]
+    wanted = [part.strip() for part in (choice.split(",") if isinstance(choice, str) else choice) if part.strip()]
+    by_label = {names.label[id(run)]: run for run in runs}
+    by_label.update({run.name: run for run in runs if [r.name for r in runs].count(run.name) == 1})
+    unknown = [label for label in wanted if label not in by_label]
+    if unknown or not wanted:
+        raise ForgetlabError(f"--figure-runs: no run labelled {', '.join(map(repr, unknown)) or 'at all'}; give "
+                             f"{', '.join(FIGURE_RUNS)} or run labels separated by commas: {_names(list(names.label.values()))}")  # fmt: skip
+    chosen = {id(by_label[label]): by_label[label] for label in wanted}
+    return list(chosen.values()), "the runs chosen with --figure-runs"
+
+
+def _drawn_note(drawn: list[RunResult], runs: list[RunResult], names: RunNames, why: str, figures_of: str) -> str:
+    """Which runs a per-run figure section shows, why, and which it leaves out."""
+    left_out = [names.label[id(run)] for run in runs if all(run is not other for other in drawn)]
+    note = f"{figures_of} drawn for {len(drawn)} of {len(runs)} runs ({_names([names.label[id(run)] for run in drawn]) or 'none'}): {why}."
+    if left_out:
+        note += f" Not drawn: {_names(left_out)}. Choose with --figure-runs {'|'.join(FIGURE_RUNS)}|LABEL,LABEL..."
+    return note
+
+
+def _points(value) -> str:
+    """A value already in percent or percentage points, to two decimals; empty where undefined."""
+    return "" if value is None or value == "" or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
 
 def _names(names: list[str]) -> str:
@@ -212,7 +263,7 @@ def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list
     """Heading -> (header, rows, notes): the notes say why a column is empty and which mode made it."""
     paper2 = paper2_table(runs) if paper2 is None else paper2
     label = dict(zip(map(id, runs), run_labels(runs)))
-    rows = [run_row(run, runs, label[id(run)]) for run in runs]
+    rows = run_rows(runs)
     return {
         "Methods (paper 2's table: final accuracies, mean ± std over seeds; rows of different settings are not comparable)": (
             *_without_empty(["backbone", "setting", "method", "trainable params", "tasks", "seeds", "downstream (mean of tasks)", "upstream", "mean", "runs"],
@@ -221,14 +272,16 @@ def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list
               _mean_std(r["mean"]), _names(r["runs"])] for r in paper2], "setting"),
             [],
         ),  # fmt: skip
-        "Forgetting metrics per run (percentage points)": (
-            ["run", "backbone", "method", "seed", "tasks", "avg acc", "avg forgetting", "BWT", "FWT vs linear", "plasticity", "upstream", "upstream change"],
+        "Forgetting metrics per run (accuracies in percent, differences in percentage points)": (
+            ["run", "backbone", "method", "seed", "tasks", "avg acc", "avg forgetting", "BWT", "FWT vs linear", "plasticity", "upstream",
+             "upstream change", "FWT reference"],
             [[r["run"], r["backbone"], r["method"], str(r["seed"]), f"{r['completed_tasks']}/{r['total_tasks']}",
-              _percent(r["average_accuracy"]), _percent(r["average_forgetting"]), _percent(r["backward_transfer"]),
-              _percent(r.get("forward_transfer")), _percent(r["plasticity"]), _percent(r["upstream_final"]),
-              _percent(r["upstream_change"])] for r in rows],
-            _empty_metric_notes(rows),
+              _points(r["average_accuracy_pct"]), _points(r["average_forgetting_pp"]), _points(r["backward_transfer_pp"]),
+              _points(r.get("forward_transfer_pp")), _points(r["plasticity_pct"]), _points(r["upstream_final_pct"]),
+              _points(r["upstream_change_pp"]), r["forward_transfer_reference"]] for r in rows],
+            _empty_metric_notes(rows, runs),
         ),  # fmt: skip
+        "Chance level per task (percent: 100 / classes)": chance_table(runs, label),
         f"Contextual forgetting (--after {after}, --similarity {similarity})": (
             ["run", "after task", "domain", "forgotten images", "mean sim. forgotten", "mean sim. all", "difference", "p (permutation)"],
             [[label[id(c.run)], c.task, c.domain, str(c.test.forgotten), _number(c.test.mean_forgotten, "{:.3f}"), _number(c.test.mean_all, "{:.3f}"),
@@ -238,18 +291,61 @@ def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list
     }
 
 
-def _empty_metric_notes(rows: list[dict]) -> list[str]:
-    """Why a metric column is empty for some runs, naming the run that would fill it."""
+def chance_table(runs: list[RunResult], label: dict[int, str]) -> Table:
+    """Per task (and class count): its chance level and the runs whose accuracy right after first
+    training it (upstream: the pretrained accuracy) is within :data:`NEAR_CHANCE_PP` points of chance
+    or below: numbers of a task not learned, which measure no forgetting."""
+    from forgetlab.analysis.metrics import first_accuracies
+
+    levels: dict[tuple[str, float], list[str]] = {}
+    for run in runs:
+        chance, matrix = run.chance, run.matrix
+        firsts = first_accuracies(matrix.as_array(), matrix.trained())
+        firsts[0] = float(matrix.as_array()[0, 0])
+        for column, accuracy in sorted(firsts.items()):
+            name = matrix.columns[column]
+            if name in chance and not math.isnan(accuracy):
+                flagged = levels.setdefault((name, chance[name]), [])
+                if 100 * (accuracy - chance[name]) < NEAR_CHANCE_PP:
+                    flagged.append(f"{label[id(run)]} ({100 * accuracy:.2f})")
+    rows = [[name, str(round(1 / level)), f"{100 * level:.2f}", _names(flagged) if flagged else ""] for (name, level), flagged in levels.items()]
+    notes = ([f"Runs at chance on a task (within {NEAR_CHANCE_PP:g} points of it, or below, right after training it; upstream: "
+              "the pretrained model) learned nothing measurable there: their forgetting and transfer on it are not results."]
+             if any(row[-1] for row in rows) else [])  # fmt: skip
+    return ["task", "classes", "chance", "runs at chance (accuracy right after training; upstream: pretrained)"], rows, notes
+
+
+NEAR_CHANCE_PP = 5.0
+
+
+def _empty_metric_notes(rows: list[dict], runs: list[RunResult]) -> list[str]:
+    """Why a metric column is empty for some runs, naming the run that would fill it or the probes that
+    came close and what differs in them."""
     notes = []
-    missing = [r for r in rows if "forward_transfer" not in r]  # run_row adds it when a reference run exists
+    ambiguous = [r for r in rows if r["forward_transfer_reference"].startswith("none:")]
+    for row in ambiguous:
+        notes.append(f"FWT vs linear is empty for {row['run']}: {row['forward_transfer_reference'].removeprefix('none: ambiguous between ')} "
+                     "match it equally (same config but for the method, same seed); neither is used. Report one of them.")  # fmt: skip
+    label = {id(run): row["run"] for run, row in zip(runs, rows)}
+    missing = []
+    for run, row in zip(runs, rows):
+        if row["forward_transfer_reference"]:
+            continue
+        nearest = nearest_probes(run, runs)
+        if nearest:
+            other, differs = nearest[0]
+            notes.append(f"FWT vs linear is empty for {row['run']}: the nearest linear probe of its backbone and seed, "
+                         f"{label[id(other)]}, differs in {differs}; it is not used.")  # fmt: skip
+        else:
+            missing.append(row)
     if missing:
         example = missing[0]
         tasks = ", ".join(example["config.data.tasks"])
         notes.append(f"FWT vs linear is empty for {_names([r['run'] for r in missing])}: no linear-probe run (method.name=linear) "
-                     f"with the same backbone, data and seed is among the runs given; e.g. for {example['run']}: 'forgetlab run "
+                     f"of the same backbone and seed is among the runs given; e.g. for {example['run']}: 'forgetlab run "
                      f"method.name=linear backbone.name={example['backbone']} data.tasks=[{tasks}] seed={example['seed']}' "
-                     "with its other data settings, then report both.")  # fmt: skip
-    single = [r["run"] for r in rows if _percent(r["average_forgetting"]) == "" and r["completed_tasks"] < 2]
+                     "with all its other settings, then report both.")  # fmt: skip
+    single = [r["run"] for r in rows if _points(r["average_forgetting_pp"]) == "" and r["completed_tasks"] < 2]
     if single:
         notes.append(f"avg forgetting and BWT are empty for {_names(single)}: they need two tasks done.")
     return notes
@@ -296,10 +392,11 @@ window.addEventListener('load', function () {
 
 
 def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: int = 10_000, after: str = "sequence",
-                 similarity: str = "synset", log=print) -> Path:  # fmt: skip
+                 similarity: str = "synset", figure_runs: str | list[str] | None = None, log=print) -> Path:  # fmt: skip
     """Write ``report.html``, ``report.md`` and ``figures/*.png|svg`` for the runs under ``paths``
     (``after`` and ``similarity``: see :func:`contextual_rows`; the report names them where they
-    change a number). Raises :class:`~forgetlab.errors.ForgetlabError` for an unknown mode and
+    change a number; ``figure_runs``: which runs get per-run figures, see :func:`choose_figure_runs`).
+    Raises :class:`~forgetlab.errors.ForgetlabError` for an unknown mode or figure run and
     :class:`~forgetlab.errors.DataError` for a folder without runs, before anything is written.
 
     The steps: collect the runs, run the contextual-forgetting tests, draw the figures (rank curves,
@@ -308,28 +405,44 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
         raise ForgetlabError(f"unknown report mode --after {after} --similarity {similarity}; use --after "
                              f"{'|'.join(AFTER_MODES)} and --similarity {'|'.join(SIMILARITY_MODES)}")  # fmt: skip
     runs = find_runs(paths)
+    names = RunNames.of(runs)
+    drawn = choose_figure_runs(runs, names, figure_runs)  # (runs, why); refuses a bad choice before writing
     contextual = contextual_rows(runs, permutations, after, similarity)  # before anything is written: it may refuse
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
 
     sections = _rank_section(runs, figure_dir)
-    names = RunNames.of(runs)
-    class_section, class_tables = _forgotten_classes_section(runs, contextual, names, after, similarity, figure_dir)
+    class_section, class_tables = _forgotten_classes_section(runs, drawn, contextual, names, after, similarity, figure_dir)
     sections += class_section
-    sections.append(_heatmap_section(runs, names, figure_dir))
-    for heading, drawn, notes in where_forgetting_happens(runs, names.label, names.key):  # runs with explain/
-        sections.append((heading, [_save(figure, key, caption, figure_dir) for figure, key, caption in drawn], notes))
+    sections.append(_heatmap_section(runs, None if figure_runs is None else drawn, names, figure_dir))
+    for heading, explained, notes in where_forgetting_happens(runs, names.label, names.key):  # runs with explain/
+        sections.append((heading, [_save(figure, key, caption, figure_dir) for figure, key, caption in explained], notes))
+    unfinished = unfinished_cells(paths)
 
     paper2 = paper2_table(runs)
     tables = {**_tables(runs, contextual, paper2, after, similarity), **class_tables}
     page = ReportPage(title=f"forgetlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}", sources=", ".join(map(str, paths)),
                       mode=mode_line(after, similarity), sections=sections, tables=tables,
-                      findings=findings(runs, contextual, paper2, mode=f"--after {after}, --similarity {similarity}"))  # fmt: skip
+                      findings=findings(runs, contextual, paper2, mode=f"--after {after}, --similarity {similarity}"),
+                      coverage=coverage_notes(runs, names, unfinished))  # fmt: skip
     atomic_write_text(out_dir / "report.html", _html_page(page))
     atomic_write_text(out_dir / "report.md", _markdown_page(page))
-    log(f"report of {len(runs)} runs: {out_dir / 'report.html'} and {out_dir / 'report.md'}, figures in {figure_dir}")
+    missing = f"; {len(unfinished)} cell{'s' if len(unfinished) != 1 else ''} not done, listed in it" if unfinished else ""
+    log(f"report of {len(runs)} run{'s' if len(runs) != 1 else ''}{missing}: {out_dir / 'report.html'} and {out_dir / 'report.md'}, "
+        f"figures in {figure_dir}")
     return out_dir / "report.html"
+
+
+def coverage_notes(runs: list[RunResult], names: RunNames, unfinished: list[tuple[str, str, str]]) -> list[str]:
+    """What the report leaves out of its comparisons and why: copies of one run (same config and seed;
+    none of them is pooled, paired or ranked) and every sweep cell that is not done, with its state and reason."""
+    notes = [f"Same config and seed, so no comparison uses them (they are listed per run only): "
+             f"{', '.join(names.label[id(run)] for run in members)}. Keep one of them in the folders reported."
+             for members in duplicates(runs)]  # fmt: skip
+    for cell, state, detail in unfinished:
+        notes.append(f"Cell {cell}: {state} ({detail})" + (": its finished tasks are reported, in rows of their own." if state == "partial" else "."))
+    return notes
 
 
 # ------------------------------------------------------------------------------------ the figures
@@ -366,14 +479,19 @@ def _upstream_after_first_phase(run: RunResult, after: str) -> np.ndarray:
     return run.predictions(1)["predictions"]
 
 
-def _forgotten_classes_section(runs: list[RunResult], contextual: list[ContextualRow], names: RunNames, after: str,
-                               similarity: str, figure_dir: Path) -> tuple[list[Section], dict[str, Table]]:  # fmt: skip
-    """Paper 1's figures 3-4 for every focus run (:func:`focus_runs`): its most forgotten upstream classes
-    after its first phase (figure, table, ``figures/forgotten_<key>.csv``) and the similarity of the
-    forgotten images to the phase's domain; a note instead for a focus run that forgot nothing."""
+def _forgotten_classes_section(runs: list[RunResult], drawn: tuple[list[RunResult], str], contextual: list[ContextualRow],
+                               names: RunNames, after: str, similarity: str, figure_dir: Path) -> tuple[list[Section], dict[str, Table]]:  # fmt: skip
+    """Paper 1's figures 3-4 for every run of ``drawn`` (:func:`choose_figure_runs`: the runs and why): its
+    most forgotten upstream classes after its first phase (figure, table, ``figures/forgotten_<key>.csv``)
+    and the similarity of the forgotten images to the phase's domain; a note instead for a run that forgot
+    nothing. The section's first note says which runs are drawn, why, and which are not."""
     mode = f"--after {after}, --similarity {similarity}"
     per_class, class_tables, empty = [], {}, []
-    for run in focus_runs(runs):
+    chosen, why = drawn
+    for run in chosen:
+        if run.completed < 1:
+            empty.append(f"{names.label[id(run)]} has no finished task: nothing to draw.")
+            continue
         label, key = names.label[id(run)], names.key[id(run)]
         classes = class_labels(run.upstream)  # unique: ImageNet's two cranes are two rows
         before = run.predictions(0)
@@ -399,14 +517,19 @@ def _forgotten_classes_section(runs: list[RunResult], contextual: list[Contextua
                                        f"Mode: {mode_line(after, similarity)}.", figure_dir))  # fmt: skip
     if not (per_class or empty):
         return [], class_tables
-    return [(f"Which upstream classes are forgotten (paper 1, figures 3-4; {mode})", per_class, empty)], class_tables
+    note = _drawn_note(chosen, runs, names, why, "Forgotten classes and similarity are")
+    return [(f"Which upstream classes are forgotten (paper 1, figures 3-4; {mode})", per_class, [note, *empty])], class_tables
 
 
-def _heatmap_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> Section:
-    """The accuracy matrices of the first :data:`MAX_HEATMAPS` runs."""
+def _heatmap_section(runs: list[RunResult], drawn: tuple[list[RunResult], str] | None, names: RunNames, figure_dir: Path) -> Section:
+    """The accuracy matrices of the ``drawn`` runs (:func:`choose_figure_runs`), by default of the first
+    :data:`MAX_HEATMAPS` runs in the order given; a note says which and why when that is not every run."""
+    chosen, why = drawn or (runs[:MAX_HEATMAPS], f"by default the first {MAX_HEATMAPS} runs in the order of the paths given "
+                                                 "and their folders' names")  # fmt: skip
     heatmaps = [_save(figures.matrix_heatmap(run, names.label[id(run)]), f"matrix_{names.key[id(run)]}",
-                      f"Accuracy matrix of {names.label[id(run)]}.", figure_dir) for run in runs[:MAX_HEATMAPS]]  # fmt: skip
-    return (f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps, [])
+                      f"Accuracy matrix of {names.label[id(run)]}.", figure_dir) for run in chosen]  # fmt: skip
+    notes = [] if len(chosen) == len(runs) else [_drawn_note(chosen, runs, names, why, "Accuracy matrices are")]
+    return (f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps, notes)
 
 
 # ------------------------------------------------------------------------------------ the pages
@@ -421,12 +544,15 @@ class ReportPage:
     findings: list[str]
     sections: list[Section]
     tables: dict[str, Table]
+    coverage: list[str] = dataclasses.field(default_factory=list)  # runs and cells left out of the comparisons, and why
 
 
 def _html_page(page: ReportPage) -> str:
     """The self-contained ``report.html``: figures embedded as PNG data URIs."""
     body = [f"<h1>{html.escape(page.title)}</h1>", f"<p>From: {html.escape(page.sources)}</p>",
             f"<p>Contextual forgetting: {html.escape(page.mode)}.</p>"]  # fmt: skip
+    if page.coverage:
+        body += ["<h2>Left out of the comparisons</h2>", "<ul>", *[f"<li>{html.escape(note)}</li>" for note in page.coverage], "</ul>"]
     if page.findings:  # the first screen: what the runs show, then the figures, then the tables
         body += ["<h2>Findings</h2>", "<ul class='findings'>", *[f"<li>{html.escape(s)}</li>" for s in page.findings], "</ul>"]
     for heading, items, notes in page.sections:
@@ -440,7 +566,7 @@ def _html_page(page: ReportPage) -> str:
         body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows), *[f"<p class='note'>{html.escape(n)}</p>" for n in notes]]
     body += ["<h2>Glossary</h2>", "<dl class='glossary'>",
              *[f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in GLOSSARY], "</dl>",
-             "<p class='note'>Accuracies and metrics are in percent (percentage points for differences).</p>"]  # fmt: skip
+             f"<p class='note'>{html.escape(UNITS_NOTE)}</p>"]  # fmt: skip
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(page.title)}</title>"
         f"<style>{_STYLE}</style><script>{_CHECK_SCRIPT}</script></head><body>{''.join(body)}</body></html>"
@@ -450,6 +576,8 @@ def _html_page(page: ReportPage) -> str:
 def _markdown_page(page: ReportPage) -> str:
     """``report.md``: the same content, figures linked as ``figures/<key>.png``."""
     markdown = [f"# {page.title}", "", f"From: {page.sources}", "", f"Contextual forgetting: {page.mode}.", ""]
+    if page.coverage:
+        markdown += ["## Left out of the comparisons", "", *[f"- {note}" for note in page.coverage], ""]
     if page.findings:
         markdown += ["## Findings", "", *[f"- {s}" for s in page.findings], ""]
     for heading, items, notes in page.sections:
@@ -461,5 +589,5 @@ def _markdown_page(page: ReportPage) -> str:
     for heading, (header, rows, notes) in page.tables.items():
         markdown += [f"## {heading}", "", _markdown_table(header, rows), "", *[line for note in notes for line in (note, "")]]
     markdown += ["## Glossary", "", *[f"- **{term}**: {text}." for term, text in GLOSSARY], "",
-                 "Accuracies and metrics are in percent (percentage points for differences).", ""]  # fmt: skip
+                 UNITS_NOTE, ""]  # fmt: skip
     return "\n".join(markdown)
