@@ -41,6 +41,7 @@ from forgetlab.data.validate import check_labels, require_fields
 from forgetlab.errors import DataError
 
 WORLD_VERSION = caches.FORMATS["offline-world"]
+WORLD_DATASETS = ("offline_upstream", "fontfamily", "digits", "fontstyle")  # the registered names built from the world
 IMAGE_SIZE = 28
 
 FASHION_CLASSES = [
