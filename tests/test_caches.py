@@ -67,13 +67,13 @@ def _leaves(cls, prefix=""):
     import dataclasses
 
     from forgetlab.config import DEFAULT_METHOD
-    from forgetlab.methods import build_method
+    from forgetlab.methods import method_class
 
     for field in dataclasses.fields(cls):
         key = f"{prefix}{field.name}"
         if key == "method":
-            yield from _leaves(type(build_method(dict(DEFAULT_METHOD)).config), "method.")
-        elif dataclasses.is_dataclass(field.type if isinstance(field.type, type) else None) or isinstance(field.default_factory, type):
+            yield from _leaves(method_class(DEFAULT_METHOD["name"]).Config, "method.")
+        elif isinstance(field.default_factory, type) and dataclasses.is_dataclass(field.default_factory):
             yield from _leaves(field.default_factory, f"{key}.")
         else:
             yield key, field
@@ -91,7 +91,7 @@ CHANGED = {
     "preprocess.std": [0.3, 0.2, 0.1], "preprocess.upstream_eval": "task", "preprocess.upstream_crop_pct": 0.5,
     "eval.upstream_subset": 2, "eval.upstream_evaluator": "head", "method.name": "full", "method.targets": "mlp",
     "train.task_epochs": {"flowers102": 2}, "train.max_steps": 2, "train.warmup_steps": 2, "track.wandb_group": "g",
-    "method.policy": "keep", "method.variant": "dora",
+    "method.policy": "keep", "method.alpha": 4.0,
 }
 # The device resolves to the CPU on any machine these tests run on: its part of the keys is the device
 # type as resolved, tested by test_the_knn_bank_key_covers_the_resolved_precision_and_device.
@@ -176,3 +176,37 @@ def test_every_config_key_changes_each_caches_key_or_is_ignored_with_a_reason(ba
         assert all(entry in walked or entry in sections for entry in entries), cache
         assert all(reason for reason in entries.values())
     assert to_dict(RunConfig())  # the walk covered the whole config
+
+
+def test_the_weights_digest_follows_every_change_and_hashes_only_what_changed():
+    """The incremental digest equals a fresh full digest after an optimiser step, a copy_ merge, a
+    BatchNorm update in train mode and load_state_dict; with nothing changed it hashes only buffers."""
+    from forgetlab.caches import WeightsDigest
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    model.eval()
+    digest, buffers = WeightsDigest(), len(list(model.buffers()))
+    seen = [digest({"m": model})]
+    before = digest.hashed
+    assert digest({"m": model}) == seen[0] and digest.hashed - before == buffers  # parameters memoised
+
+    def changed():
+        value = digest({"m": model})
+        assert value == WeightsDigest()({"m": model}) and value not in seen
+        seen.append(value)
+
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    optimiser.step()
+    changed()
+    with torch.no_grad():
+        model[3].weight.copy_(model[3].weight + 1)  # how merge_lora writes a merged weight
+    changed()
+    model.train()
+    model(torch.randn(2, 3, 6, 6))  # BatchNorm's running statistics, without a version bump
+    model.eval()
+    changed()
+    model.load_state_dict({k: v + 0.5 if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    changed()
