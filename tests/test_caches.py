@@ -110,6 +110,8 @@ def _changed(key, field, value):
         return value + 1
     if isinstance(value, float):
         return value * 2 + 0.25
+    if isinstance(value, str):
+        return f"{value}-other"
     raise AssertionError(f"no changed value for {key}: add it to CHANGED")
 
 
