@@ -49,7 +49,8 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
     recipe = RECIPES[name]
     if epochs is not None:
         recipe = TrainConfig(**{**recipe.__dict__, "epochs": epochs})
-    folder = Path(out_dir) if out_dir else offline_backbone_dir(name, recipe.__dict__)  # another recipe: another folder
+    overrides = {"epochs": epochs} if epochs is not None else {}
+    folder = Path(out_dir) if out_dir else offline_backbone_dir(name, {**PRETRAIN_RECIPES[name], **overrides})  # another recipe: another folder
     where = "" if out_dir else f" (FORGETLAB_HOME is {paths.home()}: 'export FORGETLAB_HOME=...' to keep it elsewhere)"
     print(f"forgetlab: pretraining {name} on {UPSTREAM_DATASET} for {recipe.epochs} epochs into {folder}{where}", flush=True)
     upstream = build_task(UPSTREAM_DATASET, None)
