@@ -114,7 +114,9 @@ def test_pretraining_says_where_it_builds(monkeypatch, tmp_path, capsys):
     with pytest.raises(Stop):
         forgetlab.pretrain.pretrain("offline_vit")
     line = capsys.readouterr().out.strip()
-    assert line == (f"forgetlab: pretraining offline_vit on offline_upstream for 5 epochs into {tmp_path}/backbones/offline_vit-v1 "
+    from forgetlab.models.backbones import offline_backbone_dir
+
+    assert line == (f"forgetlab: pretraining offline_vit on offline_upstream for 5 epochs into {offline_backbone_dir('offline_vit')} "
                     f"(FORGETLAB_HOME is {tmp_path}: 'export FORGETLAB_HOME=...' to keep it elsewhere)")
 
 

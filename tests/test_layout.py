@@ -13,7 +13,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 
 # Bottom to top; a module imports only modules on its own floor or below (and no cycle within a floor).
 FLOORS: list[tuple[str, list[str]]] = [
-    ("foundation", ["errors", "paths", "runtime", "results", "selection", "wordnet"]),
+    ("foundation", ["errors", "paths", "caches", "runtime", "results", "selection", "wordnet"]),
     ("models", ["models", "models.*"]),
     ("methods and names", ["methods", "methods.*", "data.base", "data.registry", "data.validate", "data.decode",
                            "data.idx", "data.fonts"]),  # fmt: skip

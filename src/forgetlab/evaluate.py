@@ -11,7 +11,6 @@ single-adapter evaluation import this.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Callable
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from forgetlab import caches
 from forgetlab.data.base import dataset_fingerprint, dataset_labels
 from forgetlab.data.eval_cache import open_crops
 from forgetlab.data.loader import batches, make_loader
@@ -110,8 +110,9 @@ def knn_predict_many(bank: torch.Tensor, bank_labels: torch.Tensor, queries: tor
 
 class KNNEvaluator:
     """Paper 2: the upstream task scored by weighted k-NN on backbone features against a bank of the
-    upstream train set. The bank is cached per backbone state (a hash of its weights), so it is
-    recomputed exactly when the backbone changed and reused otherwise (e.g. by linear probing).
+    upstream train set. The bank is cached per key (:meth:`bank_key`: the backbone as built, its
+    weights, the bank's data and preprocessing, the feature mode and the precision), so it is
+    recomputed exactly when one of them changed and reused otherwise (e.g. by linear probing).
 
     Bank and queries are both read with the deterministic evaluation transform: the bank dataset is
     taken through :func:`forgetlab.data.base.evaluation_view`, whatever transform it trains with.
@@ -129,33 +130,35 @@ class KNNEvaluator:
         self.bank, self.num_classes, self.k, self.temperature = evaluation_view(bank), num_classes, k, temperature
         self.features, self.bank_dtype = features, {"fp32": torch.float32, "fp16": torch.float16}[bank_dtype]
         self.cache_dir = cache_dir  # banks on disk, shared by runs and sweep cells: $FORGETLAB_HOME/knn-banks
-        self._bank_print = dataset_fingerprint(self.bank) if cache_dir is not None else None
+        self._bank_print = dataset_fingerprint(self.bank)  # None: a kind of dataset without one (never read from disk)
         if crop_cache is not None:  # the bank's evaluation crops from $FORGETLAB_HOME/eval-crops (data.eval_cache)
             self.bank = crop_cache(self.bank, what="k-NN bank")
             if self._bank_print is not None and getattr(self.bank, "key", None):
                 self._bank_print += f"|crops:{self.bank.key}"  # device-path crops are rounded to uint8
+        self._weights = caches.WeightsDigest()
         self.computed = 0  # banks computed (not read from the disk cache) by this evaluator
         self.ks = sorted(set(ks) | {k})
         self.bank_labels = torch.as_tensor(dataset_labels(bank), dtype=torch.long)
         self._cache: dict[str, torch.Tensor] = {}
         self.last: dict[int, float] = {}  # accuracy at every k of the last call
 
-    @staticmethod
-    def fingerprint(model, head: str | None = None) -> str:
-        digest = hashlib.sha256()
-        state = dict(model.backbone.state_dict())
-        if head is not None:
-            state.update({f"head:{head}.{k}": v for k, v in model.head(head).state_dict().items()})
-        for name, tensor in sorted(state.items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+    def bank_key(self, model, head: str | None, device, amp_dtype) -> str:
+        """The bank's cache key (:func:`forgetlab.caches.knn_bank_key`): the backbone as built and its
+        weights (with ``head``'s when the features are that head's outputs), the bank's data, crops and
+        evaluation transform, the feature mode and the precision as resolved. The weights' digest is
+        recomputed only for the tensors changed since the last call (:class:`forgetlab.caches.WeightsDigest`)."""
+        modules = {"backbone": model.backbone, **({f"head:{head}": model.head(head)} if head is not None else {})}
+        tree = "\n".join(f"{name}: {module!r}" for name, module in sorted(modules.items()))
+        cuda = torch.device(device).type == "cuda"
+        precision = f"{torch.device(device).type}|autocast={amp_dtype}|tf32={cuda and torch.backends.cuda.matmul.allow_tf32}"
+        return caches.knn_bank_key(model_args=caches.model_arguments(model.backbone), model_tree=tree, weights=self._weights(modules),
+                                   bank=self._bank_print, features=self.features, precision=precision)  # fmt: skip
 
     def __call__(self, model, dataset: Dataset, *, batch_size, device, amp_dtype, workers: int = 0, description="upstream k-NN"):
         head = None
         if self.features == "task_logits" and len(getattr(model, "heads", ())):
             head = list(model.heads)[-1]  # the latest task's classifier
-        key = self.fingerprint(model, head)
+        key = self.bank_key(model, head, device, amp_dtype)
         options = {"batch_size": batch_size, "device": device, "amp_dtype": amp_dtype, "workers": workers, "head": head}
         if key not in self._cache:
             self._cache = {key: self._bank(model, key, options).to(device=device, dtype=self.bank_dtype)}
@@ -173,8 +176,7 @@ class KNNEvaluator:
         and precision were seen before (by any run), else computed and written there atomically."""
         path = None
         if self.cache_dir is not None and self._bank_print is not None:
-            digest = hashlib.sha256(f"{key}|{self._bank_print}|{self.features}|{options['amp_dtype']}".encode()).hexdigest()
-            path = Path(self.cache_dir) / f"{digest[:40]}.safetensors"
+            path = Path(self.cache_dir) / f"{key}.safetensors"
             if path.exists():
                 from safetensors.torch import load_file
 
@@ -202,9 +204,7 @@ def build_upstream_evaluator(eval_config, upstream, crop_cache=None) -> Callable
     if eval_config.upstream_evaluator == "head":
         return head_evaluator
     if eval_config.upstream_evaluator == "knn":
-        from forgetlab import paths
-
         return KNNEvaluator(upstream.train, upstream.num_classes, k=eval_config.knn_k, temperature=eval_config.knn_temperature,
                             features=eval_config.knn_features, bank_dtype=eval_config.knn_bank_dtype,
-                            cache_dir=paths.home() / "knn-banks" if eval_config.knn_cache else None, crop_cache=crop_cache)  # fmt: skip
+                            cache_dir=caches.folder("knn-banks") if eval_config.knn_cache else None, crop_cache=crop_cache)  # fmt: skip
     raise ConfigError(f"unknown eval.upstream_evaluator '{eval_config.upstream_evaluator}'; choose one of: {', '.join(UPSTREAM_EVALUATORS)}")

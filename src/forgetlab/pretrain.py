@@ -16,18 +16,14 @@ from forgetlab.config import TrainConfig
 from forgetlab.data import build_task
 from forgetlab.evaluate import head_evaluator
 from forgetlab.models.backbones import create, offline_backbone_dir
-from forgetlab.models.offline import OFFLINE_BACKBONES
+from forgetlab.models.offline import OFFLINE_BACKBONES, PRETRAIN_RECIPES, PRETRAIN_SEED
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.results import atomic_write_bytes, atomic_write_text
 from forgetlab.runtime import autocast_dtype, configure_threads, resolve_device, seed_everything
 from forgetlab.train import train_task
 
 UPSTREAM_DATASET = "offline_upstream"
-PRETRAIN_SEED = 0
-RECIPES = {
-    "offline_vit": TrainConfig(epochs=5, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05),
-    "offline_resnet": TrainConfig(epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_fraction=0.1),
-}
+RECIPES = {name: TrainConfig(**recipe) for name, recipe in PRETRAIN_RECIPES.items()}
 
 
 def ensure_pretrained(backbone_config, *, device=None) -> None:
@@ -53,7 +49,8 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
     recipe = RECIPES[name]
     if epochs is not None:
         recipe = TrainConfig(**{**recipe.__dict__, "epochs": epochs})
-    folder = Path(out_dir) if out_dir else offline_backbone_dir(name)
+    overrides = {"epochs": epochs} if epochs is not None else {}
+    folder = Path(out_dir) if out_dir else offline_backbone_dir(name, {**PRETRAIN_RECIPES[name], **overrides})  # another recipe: another folder
     where = "" if out_dir else f" (FORGETLAB_HOME is {paths.home()}: 'export FORGETLAB_HOME=...' to keep it elsewhere)"
     print(f"forgetlab: pretraining {name} on {UPSTREAM_DATASET} for {recipe.epochs} epochs into {folder}{where}", flush=True)
     upstream = build_task(UPSTREAM_DATASET, None)

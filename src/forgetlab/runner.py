@@ -34,15 +34,18 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from forgetlab import caches
 from forgetlab import config as config_module
 from forgetlab.data import build_task
 from forgetlab.data.device_pipeline import encoded, resolve_pipeline
 from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import preprocess_for
+from forgetlab.data.offline import WORLD_DATASETS, world_dir
 from forgetlab.errors import ConfigError, DataError
-from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
+from forgetlab.evaluate import KNNEvaluator, accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
 from forgetlab.methods import build_method
-from forgetlab.models.backbones import load_backbone
+from forgetlab.models.backbones import load_backbone, offline_backbone_dir
+from forgetlab.models.offline import OFFLINE_BACKBONES
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.pretrain import ensure_pretrained
 from forgetlab.provenance import environment_record, inputs_record, normalisation_note
@@ -206,6 +209,40 @@ def place_data(state: RunState) -> None:
         state.columns = {column: dataclasses.replace(task, test=crop_cache(task.test, what=f"{task.name} test"))
                          for column, task in state.columns.items()}  # fmt: skip
     state.evaluate_upstream = build_upstream_evaluator(config.eval, state.upstream, crop_cache=crop_cache)
+
+
+def cache_keys(state: RunState) -> dict[str, set[str]]:
+    """The keys of the caches under ``$FORGETLAB_HOME`` that the resolved run reads or writes before it
+    trains (:mod:`forgetlab.caches`): the k-NN bank of the pretrained row, the evaluation crops and
+    decoded images of its datasets, the offline world, the offline backbone. Nothing is computed or written."""
+    keys: dict[str, set[str]] = {cache: set() for cache in caches.FORMATS}
+    datasets = [state.upstream.train, state.upstream.test, *(t.train for t in state.tasks), *(t.test for t in state.columns.values())]
+    if isinstance(state.evaluate_upstream, KNNEvaluator):
+        datasets.append(state.evaluate_upstream.bank)
+        if state.evaluate_upstream.cache_dir is not None:
+            model = MultiHeadModel(state.backbone.model)
+            keys["knn-banks"].add(state.evaluate_upstream.bank_key(model, None, state.device, state.amp_dtype))
+    for dataset in datasets:
+        while dataset is not None:
+            if getattr(dataset, "key", None) and hasattr(dataset, "to_batch"):  # EvalCrops
+                keys["eval-crops"].add(dataset.key)
+            if getattr(dataset, "cache_key", None):  # decoded images
+                keys["decoded"].add(dataset.cache_key)
+            dataset = getattr(dataset, "source", None) or getattr(dataset, "dataset", None)
+    names = [state.config.data.upstream, *state.config.data.tasks]
+    if any(name.split(":")[0] in WORLD_DATASETS for name in names):
+        keys["offline-world"].add(world_dir().name)
+    if key := offline_backbone_key(state.config.backbone):
+        keys["backbones"].add(key)
+    return keys
+
+
+def offline_backbone_key(backbone_config) -> str | None:
+    """The folder name of the pretrained offline backbone ``backbone_config`` loads, or None when it
+    loads another one (a timm name, a weights file, random weights)."""
+    if backbone_config.name not in OFFLINE_BACKBONES or backbone_config.weights is not None or backbone_config.random_init:
+        return None
+    return offline_backbone_dir(backbone_config.name).name
 
 
 def open_run(state: RunState, stack: contextlib.ExitStack) -> None:

@@ -3,10 +3,11 @@ k-NN bank, computed once per machine and key into a memory-mapped uint8 array, t
 later evaluation, run and sweep cell instead of decoding and resizing the files again.
 
 ``$FORGETLAB_HOME/eval-crops/<key>/crops.npy`` holds uint8 ``[N, 3, S, S]`` (S: the crop size). The key
-covers the images (files by path, size and modification time, their boxes; in-memory images by their
-bytes), which of them (a split's or subset's positions) and the preprocessing up to the crop (timm's
-PIL transforms, or the device pipeline's :class:`~forgetlab.data.device_pipeline.BatchTransform`), so a
-changed dataset or recipe gets another folder. The array is written under a temporary name and renamed
+(:func:`forgetlab.caches.eval_crops_key`) covers the images (files by path, size and modification time,
+their boxes; in-memory images by their bytes), which of them (a split's or subset's positions), the
+preprocessing up to the crop (timm's PIL transforms, or the device pipeline's
+:class:`~forgetlab.data.device_pipeline.BatchTransform` and the device type it runs on) and the code's
+format version, so a changed dataset or recipe gets another folder. The array is written under a temporary name and renamed
 when complete (:func:`write_memmap_atomically`, which :func:`forgetlab.data.files.decoded_cache` uses
 too), so an interrupted write leaves no cache, and concurrent writers of one key each rename a complete
 file. Normalisation (mean, std) is applied on the device per batch.
@@ -36,12 +37,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from forgetlab import caches
 from forgetlab.data.base import dataset_labels
 from forgetlab.data.loader import batches, make_loader
 from forgetlab.errors import FULL_DISK, DiskFullError
 
 CROPS_FILE = "crops.npy"
-VERSION = "eval-crops-1"
 
 
 def write_memmap_atomically(target: Path, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]) -> None:
@@ -177,7 +178,7 @@ class EvalCropCache:
             if transform.training:
                 return dataset
             size, mean, std = transform.size, transform.mean, transform.std
-            recipe = repr(dataclasses.replace(transform, mean=(0.0,) * 3, std=(1.0,) * 3))
+            recipe = f"{self.device.type}|{dataclasses.replace(transform, mean=(0.0,) * 3, std=(1.0,) * 3)!r}"
             images_of = base.dataset
             build = self._device_builder(dataset, transform)
         else:
@@ -188,7 +189,7 @@ class EvalCropCache:
             recipe, images_of = repr(steps), base
             build = self._pil_builder(base, positions, steps)
         bytes_needed = len(dataset) * 3 * size * size
-        folder = Path(self.folder) if self.folder is not None else _home() / "eval-crops"
+        folder = Path(self.folder) if self.folder is not None else caches.folder("eval-crops")
         if bytes_needed > self.limit_gb * 1e9:
             self.log(f"forgetlab: {what} crops not cached: {len(dataset):,} images at {size} px need {bytes_needed / 1e9:.3g} GB, "
                      f"over data.eval_cache_gb={self.limit_gb:g}; raise it to cache them")  # fmt: skip
@@ -246,24 +247,14 @@ class EvalCropCache:
         return fill
 
 
-def _home() -> Path:
-    from forgetlab import paths
-
-    return paths.home()
-
-
 def _key(images_of: Dataset, positions: np.ndarray, recipe: str, size: int) -> str:
-    digest = hashlib.sha256(f"{VERSION}|{size}|{recipe}".encode())
+    """:func:`forgetlab.caches.eval_crops_key` of the images ``images_of`` holds (files or an array)."""
     if hasattr(images_of, "paths"):
-        for path in images_of.paths:
-            stat = Path(path).stat()
-            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        if getattr(images_of, "boxes", None) is not None:
-            digest.update(np.asarray(images_of.boxes).tobytes())
+        boxes = getattr(images_of, "boxes", None)
+        images = caches.digest(caches.files_digest(images_of.paths), None if boxes is None else np.asarray(boxes).tobytes())
     else:
-        digest.update(np.ascontiguousarray(np.asarray(images_of.images)).tobytes())
-    digest.update(np.asarray(positions, dtype=np.int64).tobytes())
-    return digest.hexdigest()[:32]
+        images = hashlib.sha256(np.ascontiguousarray(np.asarray(images_of.images)).tobytes()).hexdigest()
+    return caches.eval_crops_key(images, np.asarray(positions, dtype=np.int64).tobytes(), recipe, size)
 
 
 def open_crops(dataset: Dataset) -> Dataset:

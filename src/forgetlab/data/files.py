@@ -195,6 +195,8 @@ class ArrayImageDataset(Dataset):
     def select(self, order) -> "ArrayImageDataset":
         selected = ArrayImageDataset(self.images[order], self.labels[order], self.transform)
         selected.eval_transform = self.eval_transform
+        if hasattr(self, "cache_key"):  # images of a decoded cache (:func:`decoded_cache`)
+            selected.cache_key = self.cache_key
         return selected
 
     def subset(self, count: int, seed: int) -> "ArrayImageDataset":
@@ -211,23 +213,20 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
     """``dataset``'s images decoded once, resized (shorter side) and centre-cropped to ``size`` x ``size``,
     kept as one uint8 array memory-mapped from ``folder``; later runs and tasks reuse the file.
 
-    The key covers the files (paths, sizes, modification times) and the size, so a changed dataset
-    gets a new cache. The file is written under a temporary name and renamed when complete.
+    The key (:func:`forgetlab.caches.decoded_key`) covers the files (paths, sizes, modification times),
+    their boxes, the size and the code's format version, so a changed dataset gets a new cache. The
+    file is written under a temporary name and renamed when complete.
     """
-    import hashlib
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
 
     from forgetlab.runtime import progress
 
-    digest = hashlib.sha256(str(size).encode())
-    if dataset.boxes is not None:
-        digest.update(dataset.boxes.tobytes())
-    for path in dataset.paths:
-        stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    target = folder / f"{digest.hexdigest()[:24]}-{size}px.npy"
+    from forgetlab import caches
+
+    key = caches.decoded_key(caches.files_digest(dataset.paths), None if dataset.boxes is None else dataset.boxes.tobytes(), size)
+    target = folder / f"{key}-{size}px.npy"
     if not target.exists():
         from forgetlab.data.eval_cache import write_memmap_atomically
 
@@ -246,7 +245,7 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
 
         write_memmap_atomically(target, (len(dataset), size, size, 3), fill)  # the evaluation-crop cache's writer
     cached = ArrayImageDataset(np.load(target, mmap_mode="r"), dataset.labels, dataset.transform)
-    cached.eval_transform = dataset.eval_transform
+    cached.eval_transform, cached.cache_key = dataset.eval_transform, key
     return cached
 
 

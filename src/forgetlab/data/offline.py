@@ -19,7 +19,8 @@ fontstyle      lowercase letters, 12 other families     regular/bold/italic/bold
 Every image is 28x28 grayscale. Downstream glyphs are lowercase and rendered with their own seeds, and
 any downstream image byte-identical to an upstream test image is dropped, so no downstream image is in
 the upstream test set. The world is fixed (its own seeds, not the run's) and cached as ``.npz`` files
-under ``$FORGETLAB_HOME/offline-v1`` on first use; building it takes a few seconds.
+under ``$FORGETLAB_HOME/offline-v1-<key>`` on first use (the key: its source files, see
+:func:`world_sources`); building it takes a few seconds.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forgetlab import paths
+from forgetlab import caches, paths
 from forgetlab.data.base import ArrayDataset, TaskData
 from forgetlab.data.fonts import CATALOGUE, STYLES, font_files, render_glyph
 from forgetlab.data.idx import read_idx
@@ -39,7 +40,8 @@ from forgetlab.data.registry import register_dataset
 from forgetlab.data.validate import check_labels, require_fields
 from forgetlab.errors import DataError
 
-WORLD_VERSION = 1
+WORLD_VERSION = caches.FORMATS["offline-world"]
+WORLD_DATASETS = ("offline_upstream", "fontfamily", "digits", "fontstyle")  # the registered names built from the world
 IMAGE_SIZE = 28
 
 FASHION_CLASSES = [
@@ -78,8 +80,23 @@ def fashion_mnist_dir() -> Path:
     return Path(os.environ.get("FORGETLAB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
 
+def world_sources() -> list[Path]:
+    """The files the world is built from: Fashion-MNIST's, the catalogue's fonts and scikit-learn's
+    digits (found without importing scikit-learn)."""
+    import importlib.util
+
+    folder = fashion_mnist_dir()
+    fashion = [folder / f"{prefix}-{kind}-idx{rank}-ubyte.gz" for prefix in ("train", "t10k") for kind, rank in (("images", 3), ("labels", 1))]
+    fonts = [Path(path) for _, files in CATALOGUE.values() for path in files]
+    spec = importlib.util.find_spec("sklearn")
+    digits = [Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"] if spec and spec.origin else []
+    return fashion + fonts + digits
+
+
 def world_dir() -> Path:
-    return paths.home() / f"offline-v{WORLD_VERSION}"
+    """``$FORGETLAB_HOME/offline-v<format>-<key>``: another source file (an updated font package, another
+    Fashion-MNIST folder) is another world (:func:`forgetlab.caches.offline_world_key`)."""
+    return paths.home() / f"offline-v{WORLD_VERSION}-{caches.offline_world_key(world_sources())}"
 
 
 # --------------------------------------------------------------------------------------------- builders

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from forgetlab import caches
 from forgetlab.data.base import TaskData
-from forgetlab import paths
 from forgetlab.data.files import ArrayImageDataset, FileDataset, data_root, decoded_cache, require
 from forgetlab.data.registry import register_dataset
 from forgetlab.data.validate import InvalidDataError, check_classes, check_labels, labels_by_name, read_rows, require_fields
@@ -89,7 +89,7 @@ def _finish(name, data_config, preprocess, classes, train, test, **metadata) -> 
     if preprocess is not None and getattr(data_config, "cache_decoded", False):
         # Decode once at the size the eval crop is taken from (e.g. 248 px for a 224 px, 0.9-crop model).
         size = math.ceil(preprocess.input_size[-1] / preprocess.crop_pct)
-        folder = paths.home() / "decoded"
+        folder = caches.folder("decoded")
         train = decoded_cache(train, size, folder) if isinstance(train, FileDataset) and len(train) else train
         test = decoded_cache(test, size, folder) if isinstance(test, FileDataset) else test
     if train is not None:

@@ -24,12 +24,12 @@ import timm
 import torch
 from torch import nn
 
-from forgetlab import paths
+from forgetlab import caches, paths
 from forgetlab.errors import ConfigError, DataError
 from forgetlab.models import offline as _offline  # noqa: F401  (registers the offline models with timm)
-from forgetlab.models.offline import OFFLINE_BACKBONES
+from forgetlab.models.offline import OFFLINE_ARGS, OFFLINE_BACKBONES, PRETRAIN_RECIPES, PRETRAIN_SEED
 
-BACKBONE_VERSION = 1
+BACKBONE_VERSION = caches.FORMATS["backbones"]
 
 
 @dataclass
@@ -40,8 +40,12 @@ class Backbone:
     recipe: dict = field(default_factory=dict)  # how it was pretrained
 
 
-def offline_backbone_dir(name: str) -> Path:
-    return paths.home() / "backbones" / f"{name}-v{BACKBONE_VERSION}"
+def offline_backbone_dir(name: str, recipe: dict | None = None) -> Path:
+    """Where the offline backbone ``name`` pretrained with ``recipe`` (default: its own) is cached:
+    ``$FORGETLAB_HOME/backbones/<name>-v<format>-<key>`` (:func:`forgetlab.caches.offline_backbone_key`)."""
+    recipe = PRETRAIN_RECIPES[name] if recipe is None else recipe
+    key = caches.offline_backbone_key(name, OFFLINE_ARGS[name], recipe, PRETRAIN_SEED, caches.FORMATS["offline-world"])
+    return paths.home() / "backbones" / f"{name}-v{BACKBONE_VERSION}-{key}"
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -71,9 +75,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _timm_model(name: str, **kwargs) -> nn.Module:
     """``timm.create_model``, without ``img_size`` for architectures that take any input size and no
-    such argument (ResNet, ConvNeXt); any other keyword the architecture refuses is a ConfigError."""
+    such argument (ResNet, ConvNeXt); any other keyword the architecture refuses is a ConfigError.
+    The model keeps the arguments it was built with (``forgetlab_model_args``, read by
+    :func:`forgetlab.caches.model_arguments`: part of the k-NN bank's key)."""
     try:
-        return timm.create_model(name, **kwargs)
+        model = timm.create_model(name, **kwargs)
+        where = ("pretrained", "pretrained_cfg_overlay")  # where the weights come from: their digest covers them
+        model.forgetlab_model_args = {"model_name": name, **{k: v for k, v in kwargs.items() if k not in where}}
+        return model
     except TypeError as error:
         if "img_size" in str(error) and "img_size" in kwargs:
             return _timm_model(name, **{k: v for k, v in kwargs.items() if k != "img_size"})

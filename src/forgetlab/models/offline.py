@@ -20,6 +20,13 @@ def _model_kwargs(kwargs: dict) -> dict:
     return kwargs
 
 
+# The constructor arguments of each: part of the pretrained backbone's cache key.
+OFFLINE_ARGS = {
+    "offline_vit": dict(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0),
+    "offline_resnet": dict(block=Bottleneck, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, in_chans=1),
+}
+
+
 @register_model
 def offline_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT: 28 px, patch 7 (4x4 tokens + class token), width 128, 6 blocks of 4 heads; 1.2 M parameters.
@@ -27,15 +34,21 @@ def offline_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
     Patch 7 rather than 4: pretrained the same way, patch 4 at width 96 reached 52 % upstream test
     accuracy in 3 epochs (250 s), patch 7 at width 128 reached 88 % in 5 epochs (176 s), on 2 cores.
     """
-    args = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0)
-    return VisionTransformer(**{**args, **_model_kwargs(kwargs)})
+    return VisionTransformer(**{**OFFLINE_ARGS["offline_vit"], **_model_kwargs(kwargs)})
 
 
 @register_model
 def offline_resnet(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet with one bottleneck per stage, widths 32-256 (out 1024), BatchNorm; 2.0 M parameters."""
-    args = dict(block=Bottleneck, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, in_chans=1)
-    return ResNet(**{**args, **_model_kwargs(kwargs)})
+    return ResNet(**{**OFFLINE_ARGS["offline_resnet"], **_model_kwargs(kwargs)})
 
 
 OFFLINE_BACKBONES = ("offline_vit", "offline_resnet")
+# How ``forgetlab pretrain`` trains each (``forgetlab.config.TrainConfig`` fields) and its seed: part of
+# the cached backbone's key (:func:`forgetlab.caches.offline_backbone_key`), so another recipe is
+# another folder.
+PRETRAIN_RECIPES = {
+    "offline_vit": dict(epochs=5, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05),
+    "offline_resnet": dict(epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_fraction=0.1),
+}
+PRETRAIN_SEED = 0
