@@ -141,7 +141,7 @@ def upstream_train_finding(upstream_name: str, task, data_config, needs: list[st
     if not needs or (task is None and (dataset != "imagenet" or Path(where).is_dir())):
         return None  # not needed, or the dataset's own line says what is wrong
     if task is not None and len(task.train):
-        return Finding(label, OK, where, f"{len(task.train):,} images ({'; '.join(needs)})")
+        return Finding(label, OK, where, f"{len(task.train):,} images, read by {' and '.join(needs)}")
     how = IMAGENET_TRAIN_HOW if dataset == "imagenet" else f"use an upstream dataset with a train split, or drop {' and '.join(needs)}"
     message = f"{label} is needed by {' and '.join(needs)} and {where} holds none; {how}"
     return Finding(label, MISSING, where, f"absent; {how}", list(needs), error=DataError(message))
@@ -284,7 +284,7 @@ def every_dataset_findings(root: str | None = None) -> list[Finding]:
     for name in dataset_names():
         finding, task = dataset_finding(name, lambda name=name: build_task(name, data_config), data_config, memo)
         findings.append(finding)
-        if name == "imagenet" and (train := upstream_train_finding(name, task, data_config, ["eval.upstream_evaluator=knn (every paper2 preset)",
+        if name == "imagenet" and (train := upstream_train_finding(name, task, data_config, ["the k-NN bank (every paper2 preset)",
                                                                                           "replay"])):  # fmt: skip
             findings.append(train)
     findings.append(wordnet_finding())
