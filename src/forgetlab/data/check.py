@@ -239,7 +239,22 @@ def config_findings(config, memo: dict | None = None) -> list[Finding]:
         findings.append(finding)
         if upstream and (train := upstream_train_finding(name, task, config.data, _upstream_train_needs(config))):
             findings.append(train)
-    return findings
+    return _merged(findings)
+
+
+def _merge_key(finding: Finding) -> tuple:
+    """Findings with one key are one line: a problem by its place and message (the splits of a missing
+    dataset share its line), anything else by its name too."""
+    return (finding.where, finding.detail) if finding.problem else (finding.name, finding.where, finding.detail)
+
+
+def _merged(findings: list[Finding]) -> list[Finding]:
+    merged: dict[tuple, Finding] = {}
+    for finding in findings:
+        kept = merged.setdefault(_merge_key(finding), finding)
+        if kept is not finding:
+            kept.needed_by = [*dict.fromkeys([*kept.needed_by, *finding.needed_by])]
+    return list(merged.values())
 
 
 def require_inputs(config) -> None:
@@ -263,12 +278,12 @@ def paper_findings(paper: str, overrides: list[str] = ()) -> list[Finding]:
 
     if paper not in PAPERS:
         raise DataError(f"unknown paper '{paper}'; give --for paper1 or --for paper2")
-    merged: dict[tuple[str, str], Finding] = {}
+    merged: dict[tuple[str, str, str], Finding] = {}
     memo: dict = {}
     names = [name for name in PRESETS if name.startswith(f"{paper}-")]
     for preset in names:
         for finding in config_findings(config_module.resolve(preset_tree(preset), list(overrides)), memo):
-            kept = merged.setdefault((finding.name, finding.where), finding)
+            kept = merged.setdefault(_merge_key(finding), finding)  # two backbones: two weights lines
             kept.needed_by = [*dict.fromkeys([*(n for n in kept.needed_by if n.startswith(paper)), preset])]
     for finding in merged.values():
         if len(finding.needed_by) == len(names):
