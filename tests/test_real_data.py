@@ -246,6 +246,7 @@ def test_data_check_lists_every_dataset(root, capsys, monkeypatch, tmp_path):
     out = capsys.readouterr().out
     assert "cub200          MISSING" in out and "CUB_200_2011.tgz" in out and "imagenet train/ MISSING" in out
     assert main(["data", "check", "--root", str(root / "nowhere"), "--strict"]) == 2
+    capsys.readouterr()
     # A machine with no WordNet anywhere (no apt, no NLTK copy): the line says how to get one.
     monkeypatch.setenv("FORGETLAB_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(wordnet, "WORDNET_DIR", tmp_path / "no-debian")

@@ -36,6 +36,7 @@ import dataclasses
 import math
 import pickle
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,9 +119,25 @@ SOLUTION_HOW = ("use Kaggle's LOC_val_solution.csv for ILSVRC2012 val (ImageId,P
                 "or arrange val/ as wnid class folders")  # fmt: skip
 
 
+_CLASS_LISTINGS: dict[tuple[str, int], list[Path]] = {}  # (class folder, its mtime) -> its images
+
+
+def _class_images(folder: Path) -> list[Path]:
+    """``_images_in(folder)``, listed once per process while the folder is unchanged (its mtime moves
+    when an entry is added, removed or renamed): the run's input check and its loading both list
+    ImageNet's 1.28 M training files, which takes minutes on a network disk. A folder changed in the
+    last 2 s is listed afresh: file systems stamp times in steps of milliseconds."""
+    key = (str(folder), folder.stat().st_mtime_ns)
+    if time.time_ns() - key[1] < 2_000_000_000:
+        return _images_in(folder)
+    if key not in _CLASS_LISTINGS:
+        _CLASS_LISTINGS[key] = _images_in(folder)
+    return list(_CLASS_LISTINGS[key])
+
+
 def _wnid_folders(folder: Path) -> dict[str, list[Path]]:
     folders = [d for d in listed(folder) if d.is_dir()]  # hidden folders and __MACOSX left out
-    by_class = {d.name: _images_in(d) for d in folders if WNID.fullmatch(d.name)}
+    by_class = {d.name: _class_images(d) for d in folders if WNID.fullmatch(d.name)}
     strays = [d.name for d in folders if not WNID.fullmatch(d.name)]
     if by_class and strays:  # a class folder whose name is not a wnid would silently drop its class
         raise InvalidDataError(f"{folder} holds folders that are not wnids ({', '.join(strays[:3])}) beside its wnid class folders; "
