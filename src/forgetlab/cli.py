@@ -84,11 +84,30 @@ def cmd_presets(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from forgetlab.data.check import check_datasets
+    from forgetlab.data import check
 
-    lines, missing = check_datasets(args.root)
-    print("\n".join(lines))
-    return 0 if not missing or not args.strict else 1
+    overrides = [f"data.root={args.root}"] if args.root else []
+    config_path, items = _split_config_and_overrides(args.items)
+    preset = args.preset
+    if config_path and not preset and not Path(config_path).exists():
+        from forgetlab.presets import PRESETS
+
+        preset, config_path = (config_path, None) if config_path in PRESETS else (None, config_path)
+    if args.paper and (preset or config_path or items):
+        raise ForgetlabError("give --for paper1|paper2 alone (with --root), or a preset or config with overrides")
+    root, given = args.root, bool(args.paper or preset or config_path or items)
+    if args.paper:
+        findings, checked_for = check.paper_findings(args.paper, overrides), f"every {args.paper} preset"
+    elif given:
+        args.items, args.preset = [*([config_path] if config_path else []), *items, *overrides], preset
+        config = _resolve(args)
+        findings, root = check.config_findings(config), config.data.root
+        checked_for = f"preset {preset}" if preset else f"config {config_path}" if config_path else "the default config"
+        checked_for += f" with {' '.join(items)}" if items else ""
+    else:
+        findings, checked_for = check.every_dataset_findings(args.root), "every dataset (no config given: only an invalid one fails)"
+    print("\n".join(check.report(findings, root or os.environ.get("FORGETLAB_DATA"), checked_for)))
+    return check.exit_code(findings, needed=given or args.strict)
 
 
 def cmd_pretrain(args) -> int:
@@ -300,11 +319,17 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     check = data_commands.add_parser(
         "check",
-        help="list every dataset, where it was looked for, what was found and how to get what is missing",
-        description="List every dataset: where forgetlab looked, the images per split it found, and how to get what is missing.",
-    )
-    check.add_argument("--root", help="the real datasets' folder (default: $FORGETLAB_DATA)")
-    check.add_argument("--strict", action="store_true", help="exit with 1 when a dataset is missing")
+        help="list every input a config, preset or paper needs (or every dataset), what was found, and how to get what is missing",
+        description="List every input a run needs, in one pass: datasets and splits as a run loads them, ImageNet's train/ where "
+                    "the k-NN bank reads it, weights and WordNet; where each belongs and how to get what is missing. Exit code 2 "
+                    "when something the given config, preset or paper needs is missing or invalid; without one, when a "
+                    "dataset is invalid (or, with --strict, missing).",
+    )  # fmt: skip
+    check.add_argument("items", nargs="*", metavar="PRESET | CONFIG.yaml | key=value", help="a preset name or a config file, and/or overrides")
+    check.add_argument("--preset", help="check what this preset needs ('forgetlab presets' lists them)")
+    check.add_argument("--for", dest="paper", choices=["paper1", "paper2"], help="check what every preset of one paper needs")
+    check.add_argument("--root", help="the real datasets' folder (default: data.root, else $FORGETLAB_DATA)")
+    check.add_argument("--strict", action="store_true", help="without a config: exit with 2 when any dataset is missing too")
     check.set_defaults(func=cmd_data_check)
 
 

@@ -124,7 +124,8 @@ class KNNEvaluator:
     def __init__(self, bank: Dataset, num_classes: int, *, k: int = 20, ks=(10, 20, 100, 200), temperature: float = 0.07,
                  features: str = "backbone", bank_dtype: str = "fp32", cache_dir: Path | None = None, crop_cache=None):  # fmt: skip
         if len(bank) == 0:
-            raise ConfigError("the k-NN evaluator needs the upstream train split as its bank; add it or use eval.upstream_evaluator=head")
+            raise ConfigError("the k-NN evaluator (eval.upstream_evaluator=knn) needs the upstream task's train split as its bank, and it "
+                              "has none; for ImageNet place train/ as wnid folders under data.root/imagenet (forgetlab data check)")  # fmt: skip
         from forgetlab.data.base import evaluation_view
 
         self.bank, self.num_classes, self.k, self.temperature = evaluation_view(bank), num_classes, k, temperature

@@ -35,8 +35,13 @@ PAPER1_EPOCHS = {"stanford_cars": 20, "flowers102": 60, "fgvc_aircraft": 40, "cu
 TRAIN_IMAGES = {"stanford_cars": 8144, "flowers102": 1020, "fgvc_aircraft": 3334, "cub200": 5994, "cifar100": 50000}
 SHORT = ["stanford_cars", "flowers102", "fgvc_aircraft", "cub200"]
 SECOND_ORDER = ["fgvc_aircraft", "cub200", "flowers102", "stanford_cars"]
+# Test images per task (the splits above) and ImageNet's, for the evaluation part of the estimate.
+TEST_IMAGES = {"stanford_cars": 8041, "flowers102": 6149, "fgvc_aircraft": 3333, "cub200": 5794, "cifar100": 10000}
+IMAGENET_VAL, IMAGENET_TRAIN = 50_000, 1_281_167  # the upstream test set; the k-NN bank (ILSVRC2012 train)
+BACKBONE_FROZEN = ("linear",)  # methods that leave the backbone as it was: one k-NN bank serves every row
 PAPER1_SEEDS = (0, 1, 2, 3)
 ASSUMED_IMAGES_PER_SECOND = 1000  # ViT-B/16 training, one recent GPU (an assumption, see above)
+ASSUMED_EVAL_SPEEDUP = 3  # inference (one forward pass, no gradients) against training, per image
 
 
 @dataclass(frozen=True)
@@ -74,13 +79,47 @@ class Preset:
             total += round(TRAIN_IMAGES[base] * fraction) * train.get("task_epochs", {}).get(base, train.get("epochs", 1))
         return total
 
+    def evaluation_images(self) -> dict[str, int]:
+        """Images passed through the model for evaluation, by kind (exact for the full datasets):
+        ``upstream test`` (ImageNet val, scored at the pretrained row and after every task), ``k-NN
+        bank`` (ImageNet train, once per backbone state with ``eval.upstream_evaluator=knn``: the
+        pretrained one, then after every task unless the method leaves the backbone frozen), ``task
+        tests`` (row i scores every task seen so far, runner.score_phase) and ``model selection``
+        (``train.select=best`` scores the task's test set every ``train.eval_every`` steps)."""
+        tree, train = self.tree, self.tree.get("train", {})
+        tasks = tree["data"]["tasks"]
+        columns = [":".join(part for part in task.split(":") if not part.startswith("samples_")) for task in tasks]
+        test = lambda column: TEST_IMAGES[column.split(":")[0]]  # noqa: E731
+        knn = tree.get("eval", {}).get("upstream_evaluator") == "knn"
+        banks = (1 if tree.get("method", {}).get("name") in BACKBONE_FROZEN else len(tasks) + 1) if knn else 0
+        selection = 0
+        if train.get("select") == "best":
+            for task in tasks:
+                steps = train.get("max_steps") or self._steps(task)
+                selection += steps // train.get("eval_every", 500) * test(task)
+        return {
+            "upstream test": IMAGENET_VAL * (len(tasks) + 1),
+            "k-NN bank": IMAGENET_TRAIN * banks,
+            "task tests": sum(test(column) for row in range(1, len(tasks) + 1) for column in dict.fromkeys(columns[:row])),
+            "model selection": selection,
+        }
+
+    def _steps(self, task: str) -> int:
+        train = self.tree.get("train", {})
+        base = task.split(":")[0]
+        return -(-TRAIN_IMAGES[base] // train.get("batch_size", 64)) * train.get("task_epochs", {}).get(base, train.get("epochs", 1))
+
     @property
     def expected_time(self) -> str:
-        images = self.training_images()
-        evaluated = 50_000 * (len(self.tree["data"]["tasks"]) + 1)  # ImageNet val after every task
-        hours = (images + evaluated / 3) / ASSUMED_IMAGES_PER_SECOND / 3600  # inference ~3x cheaper than training
-        return (f"{images:,} training and {evaluated:,} ImageNet evaluation images; about {hours:.1f} h "
-                f"at an assumed {ASSUMED_IMAGES_PER_SECOND:,} training img/s (not measured)")  # fmt: skip
+        images, evaluated = self.training_images(), self.evaluation_images()
+        hours = (images + sum(evaluated.values()) / ASSUMED_EVAL_SPEEDUP) / ASSUMED_IMAGES_PER_SECOND / 3600
+        banks = evaluated["k-NN bank"] // IMAGENET_TRAIN
+        parts = [f"ImageNet val {evaluated['upstream test']:,}"]
+        parts += [f"k-NN bank {banks} x {IMAGENET_TRAIN:,} (ImageNet train)"] if banks else []
+        parts += [f"task tests {evaluated['task tests']:,}"]
+        parts += [f"model selection {evaluated['model selection']:,}"] if evaluated["model selection"] else []
+        return (f"{images:,} training and {sum(evaluated.values()):,} evaluated images ({'; '.join(parts)}); about {hours:.1f} h "
+                f"at an assumed {ASSUMED_IMAGES_PER_SECOND:,} training img/s, evaluation {ASSUMED_EVAL_SPEEDUP}x faster (not measured)")  # fmt: skip
 
     def table(self) -> list[tuple[str, str, str]]:
         """``(key, value, source)`` for every setting."""

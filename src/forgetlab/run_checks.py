@@ -1,5 +1,5 @@
 """The runner's refusals that need no run folder: local inputs and image channels before anything is
-written (:func:`check_local_inputs`, :func:`check_image_channels`), and weights left non-finite by a
+written (:func:`check_local_inputs`, :func:`check_image_channels`, :func:`check_upstream_head`), and weights left non-finite by a
 phase before it is committed (:func:`check_finite`). Each raises a one-line error naming the fix.
 
 Imports data, models and errors (below it); the runner imports it.
@@ -7,32 +7,21 @@ Imports data, models and errors (below it); the runner imports it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from forgetlab.data import build_task
 from forgetlab.data.registry import image_channels
-from forgetlab.errors import ConfigError, DataError, TrainingError
+from forgetlab.errors import ConfigError, TrainingError
 
 
 def check_local_inputs(config) -> None:
     """Every local input a run reads, before the backbone's weights (which may mean a download or a
-    pretraining): the weights file, each real dataset's folder under ``data.root`` and the offline
-    world's source files; each a one-line error naming the fix."""
-    from forgetlab.data.real import SOURCES, dataset_folder
-    from forgetlab.data.registry import parse_task_name
-    from forgetlab.models.backbones import check_backbone_name
+    pretraining): the weights, each dataset as the run loads it (the upstream train split where the
+    k-NN bank or replay reads it), WordNet where ImageNet is used, and the offline world's source
+    files. Every problem is found in one pass (:func:`forgetlab.data.check.require_inputs`): one is
+    its one-line error, several are listed together, each with where it belongs and how to get it."""
+    from forgetlab.data.check import require_inputs
 
-    check_backbone_name(config.backbone.name)  # a typo first: the closest timm names
-    if config.backbone.weights and not Path(config.backbone.weights).exists():
-        raise DataError(f"weights file {config.backbone.weights} not found; check backbone.weights")
-    for name in dict.fromkeys([config.data.upstream, *config.data.tasks]):
-        dataset = parse_task_name(name)[0]
-        if dataset in SOURCES:
-            dataset_folder(dataset, config.data)
-        else:  # the offline world: built once from Debian's files (seconds), then read from the cache
-            build_task(name, config.data)
+    require_inputs(config)
 
 
 def check_image_channels(config, backbone) -> None:
@@ -48,6 +37,27 @@ def check_image_channels(config, backbone) -> None:
                    "backbone (offline_vit, offline_resnet)") if channels == 1 else "use a timm backbone for real datasets"  # fmt: skip
             raise ConfigError(f"backbone {config.backbone.name} reads {conv.in_channels}-channel images but {name} holds "
                               f"{offline} images ({channels} channel{'s' if channels > 1 else ''}); {fix}")  # fmt: skip
+
+
+def check_upstream_head(config, backbone, upstream) -> None:
+    """Refuse ``eval.upstream_evaluator=head`` when the backbone's classifier cannot score the upstream
+    task: no head at all (``backbone.num_classes=0``, a headless model such as DINO's), or one of
+    another size. The fix offered is one that works for this config."""
+    if config.eval.upstream_evaluator != "head":
+        return
+    head_classes = getattr(backbone.model.get_classifier(), "out_features", 0)
+    if head_classes == upstream.num_classes:
+        return
+    if head_classes == 0:
+        raise ConfigError(
+            f"eval.upstream_evaluator=head scores {config.data.upstream} with the backbone's classifier, and {config.backbone.name} "
+            f"has none{' (backbone.num_classes=0)' if config.backbone.num_classes == 0 else ''}; use eval.upstream_evaluator=knn "
+            f"(it reads {config.data.upstream}'s train split: forgetlab data check), or a backbone with a {upstream.num_classes}-class head"
+        )  # fmt: skip
+    fixes = [] if config.backbone.random_init else ["set data.upstream to the dataset the backbone was trained on"]
+    fixes.append(f"set backbone.num_classes={upstream.num_classes}" + ("" if config.backbone.random_init else " with backbone.random_init=true"))
+    raise ConfigError(f"the backbone's head predicts {head_classes} classes but {config.data.upstream} has {upstream.num_classes}; "
+                      f"{', or '.join(fixes)}")  # fmt: skip
 
 
 def check_finite(model, task: str, config) -> None:

@@ -37,6 +37,7 @@ import torch
 from forgetlab import caches
 from forgetlab import config as config_module
 from forgetlab.data import build_task
+from forgetlab.data.check import load_upstream
 from forgetlab.data.device_pipeline import encoded, resolve_pipeline
 from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import preprocess_for
@@ -51,7 +52,7 @@ from forgetlab.pretrain import ensure_pretrained
 from forgetlab.provenance import environment_record, inputs_record, normalisation_note
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, save_safetensors, task_metadata, write_json, write_npz
-from forgetlab.run_checks import check_finite, check_image_channels, check_local_inputs
+from forgetlab.run_checks import check_finite, check_image_channels, check_local_inputs, check_upstream_head
 from forgetlab.run_folder import check_folder, open_folder, read_checkpoint
 from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, precision_warning, resolve_device, seed_everything
 from forgetlab.selection import BestCheckpoint
@@ -156,13 +157,7 @@ def resolve(config, log) -> RunState:
     tasks, columns = build_phases(config, preprocess)
     state = RunState(config, log, folder, method, device, amp_dtype, backbone, preprocess, upstream, tasks, columns)
     place_data(state)
-    head_classes = getattr(backbone.model.get_classifier(), "out_features", 0)
-    if config.eval.upstream_evaluator == "head" and head_classes != state.upstream.num_classes:
-        raise ConfigError(
-            f"the backbone's head predicts {head_classes} classes but {config.data.upstream} has "
-            f"{state.upstream.num_classes}; set data.upstream to the dataset the backbone was trained on (e.g. data.upstream=imagenet), "
-            f"or with backbone.random_init set backbone.num_classes={state.upstream.num_classes}"
-        )
+    check_upstream_head(config, backbone, state.upstream)
     method.check(backbone.model)  # e.g. block expansion on a ResNet: refused before anything is written
     if config.replay.size and len(state.upstream.train) == 0:
         raise ConfigError(f"replay needs the upstream train split and {config.data.upstream} has none; set replay.size=0")
@@ -175,10 +170,7 @@ def upstream_task(config, backbone):
     preprocess = None
     if not backbone.name.startswith("offline_"):
         preprocess = preprocess_for(backbone.model, config.backbone.image_size, config.preprocess)
-    upstream = build_task(config.data.upstream, config.data, preprocess.for_upstream() if preprocess else None)
-    if config.eval.upstream_subset is not None and hasattr(upstream.test, "subset"):
-        upstream.test = upstream.test.subset(config.eval.upstream_subset, seed=config.seed)
-    return preprocess, upstream
+    return preprocess, load_upstream(config, preprocess.for_upstream() if preprocess else None)  # as 'forgetlab data check' loads it
 
 
 def build_phases(config, preprocess) -> tuple[list, dict]:

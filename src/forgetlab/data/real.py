@@ -7,8 +7,9 @@ All live under one root (``data.root`` or ``$FORGETLAB_DATA``), each in the fold
 name            folder under the root        splits (train / test)
 =============== ============================ =====================================================
 imagenet        ``imagenet/val``             test: the 50,000 validation images, as wnid class
-                ``imagenet/train`` (optional) folders or flat with ``LOC_val_solution.csv``;
+                ``imagenet/train``           folders or flat with ``LOC_val_solution.csv``;
                                              train (wnid folders): the k-NN bank and replay
+                                             (needed by every paper-2 preset, else optional)
 cifar100        ``cifar-100-python``         ``train`` / ``test`` pickles (50,000 / 10,000)
 stanford_cars   ``stanford_cars``            devkit ``cars_train_annos.mat`` / ``cars_test_annos_withlabels.mat``
                                              (8,144 / 8,041)
@@ -21,7 +22,9 @@ cub200          ``CUB_200_2011``             ``train_test_split.txt`` (5,994 / 5
 =============== ============================ =====================================================
 
 The default splits are those paper 1's code loads (docs/PROTOCOL_paper1.md); the others are variants by name.
-ImageNet's classes are its wnids in sorted order (the order of every timm ImageNet head), and each
+Files are listed through :func:`forgetlab.data.files.listed`, which leaves out hidden entries and
+operating-system metadata (AppleDouble ``._*`` files, ``.DS_Store``, ``__MACOSX``, ``Thumbs.db``,
+``desktop.ini``). ImageNet's classes are its wnids in sorted order (the order of every timm ImageNet head), and each
 class's synset is its wnid. Downstream tasks name their domain's WordNet concept for the
 contextual-forgetting analysis (``car.n.01`` for Cars, ``airplane.n.01`` for Aircraft).
 """
@@ -29,16 +32,18 @@ contextual-forgetting analysis (``car.n.01`` for Cars, ``airplane.n.01`` for Air
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import pickle
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 
 from forgetlab import caches
 from forgetlab.data.base import TaskData
-from forgetlab.data.files import ArrayImageDataset, FileDataset, data_root, decoded_cache, require
+from forgetlab.data.files import ArrayImageDataset, FileDataset, data_root, decoded_cache, listed, require
 from forgetlab.data.registry import register_dataset
 from forgetlab.data.validate import InvalidDataError, check_classes, check_labels, labels_by_name, read_rows, require_fields
 from forgetlab.errors import DataError
@@ -47,8 +52,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 # name -> (folder, what to do when it is missing)
 SOURCES = {
-    "imagenet": ("imagenet", "place ILSVRC2012 val/ as wnid folders (or flat, with LOC_val_solution.csv) under it; "
-                 "train/ (optional) for the k-NN bank"),
+    "imagenet": ("imagenet", "place ILSVRC2012 val/ as wnid folders (or flat, with LOC_val_solution.csv) under it, and train/ as "
+                 "wnid folders where the k-NN bank (every paper-2 preset) or replay reads it"),
     "cifar100": ("cifar-100-python", "extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html there"),
     "stanford_cars": ("stanford_cars", "place cars_train/, cars_test/, devkit/ and cars_test_annos_withlabels.mat there "
                       "(torchvision's layout; the original download is gone, use a mirror such as Kaggle's)"),
@@ -64,7 +69,9 @@ def dataset_folder(name: str, data_config) -> Path:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of ``folder`` by suffix, sorted; OS metadata such as AppleDouble ``._x.JPEG``
+    files left out (:func:`forgetlab.data.files.listed`)."""
+    return [p for p in listed(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 LISTED_FILES_CHECKED = 200_000  # every split up to this size has each file checked when it loads (ImageNet's train
@@ -106,13 +113,31 @@ def _finish(name, data_config, preprocess, classes, train, test, **metadata) -> 
 
 # ------------------------------------------------------------------------------------------- ImageNet
 WNID = re.compile(r"n\d{8}")
+IMAGENET_TRAIN_HOW = ("extract ILSVRC2012_img_train.tar (https://image-net.org/download-images, 138 GB) there, each of its "
+                      "1,000 inner tars into the folder of its wnid (n01440764/ ...): 1,281,167 images")
 SOLUTION_HOW = ("use Kaggle's LOC_val_solution.csv for ILSVRC2012 val (ImageId,PredictionString with the wnid first), "
                 "or arrange val/ as wnid class folders")  # fmt: skip
 
 
+_CLASS_LISTINGS: dict[tuple[str, int], list[Path]] = {}  # (class folder, its mtime) -> its images
+
+
+def _class_images(folder: Path) -> list[Path]:
+    """``_images_in(folder)``, listed once per process while the folder is unchanged (its mtime moves
+    when an entry is added, removed or renamed): the run's input check and its loading both list
+    ImageNet's 1.28 M training files, which takes minutes on a network disk. A folder changed in the
+    last 2 s is listed afresh: file systems stamp times in steps of milliseconds."""
+    key = (str(folder), folder.stat().st_mtime_ns)
+    if time.time_ns() - key[1] < 2_000_000_000:
+        return _images_in(folder)
+    if key not in _CLASS_LISTINGS:
+        _CLASS_LISTINGS[key] = _images_in(folder)
+    return list(_CLASS_LISTINGS[key])
+
+
 def _wnid_folders(folder: Path) -> dict[str, list[Path]]:
-    folders = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    by_class = {d.name: _images_in(d) for d in folders if WNID.fullmatch(d.name)}
+    folders = [d for d in listed(folder) if d.is_dir()]  # hidden folders and __MACOSX left out
+    by_class = {d.name: _class_images(d) for d in folders if WNID.fullmatch(d.name)}
     strays = [d.name for d in folders if not WNID.fullmatch(d.name)]
     if by_class and strays:  # a class folder whose name is not a wnid would silently drop its class
         raise InvalidDataError(f"{folder} holds folders that are not wnids ({', '.join(strays[:3])}) beside its wnid class folders; "
@@ -173,9 +198,10 @@ def imagenet(data_config=None, preprocess=None) -> TaskData:
     if (root / "train").exists():
         _, train_paths, train_labels = read_imagenet_split(root / "train", wnids)
         train = FileDataset(train_paths, train_labels)
-    names = wordnet.wnid_names(wnids)
-    return _finish("imagenet", data_config, preprocess, names, train, FileDataset(paths, labels),
+    task = _finish("imagenet", data_config, preprocess, wnids, train, FileDataset(paths, labels),
                    class_synsets=wnids, description="ImageNet-1k (ILSVRC2012) validation set")  # fmt: skip
+    # The class names last, so that every file problem is found before a missing WordNet is.
+    return dataclasses.replace(task, classes=wordnet.wnid_names(wnids))
 
 
 # ------------------------------------------------------------------------------------------- CIFAR-100
