@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_labels
-from forgetlab.data.loader import batches, make_loader
+from forgetlab.data.loader import batches, device_constant, make_loader
 from forgetlab.errors import FULL_DISK, DiskFullError
 
 CROPS_FILE = "crops.npy"
@@ -135,8 +135,8 @@ class EvalCrops(Dataset):
         return batch  # __getitems__ made the batch
 
     def to_batch(self, crops: torch.Tensor, indices, device: torch.device, generator=None) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        mean = device_constant(self.mean, device).view(1, -1, 1, 1)
+        std = device_constant(self.std, device).view(1, -1, 1, 1)
         return (crops.to(device, non_blocking=True).float() / 255.0 - mean) / std
 
     def evaluation_view(self) -> "EvalCrops":
