@@ -51,3 +51,20 @@ def test_same_sized_arrays_are_stacked_in_the_worker():
     generator = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     listed = dataset.to_batch(list(payloads), list(range(5)), torch.device("cpu"), generator())
     assert torch.equal(dataset.to_batch(payloads, list(range(5)), torch.device("cpu"), generator()), listed)
+
+
+def test_replayed_batches_come_through_the_device_pipeline():
+    """A replay buffer over the device pipeline's dataset gives training batches made as the loader's:
+    collated, augmented on the device with a generator seeded from the phase's seed."""
+    from forgetlab.regularisers import ReplayBuffer
+    from tests.host_ops import TRAINING, array_dataset
+
+    dataset = array_dataset(40)
+    buffer = ReplayBuffer(dataset, 20, seed=0)
+    images, labels = next(buffer.batches(8, seed=3, device=torch.device("cpu")))
+    assert images.shape == (8, 3, TRAINING["size"], TRAINING["size"]) and images.dtype == torch.float32
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:8].numpy()
+    picked = buffer.indices[order]
+    payloads, expected_labels, positions = dataset.collate([dataset[int(i)] for i in picked])
+    expected = dataset.to_batch(payloads, positions, torch.device("cpu"), torch.Generator().manual_seed(4))
+    assert torch.equal(images, expected) and torch.equal(labels, expected_labels)
