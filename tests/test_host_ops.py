@@ -35,7 +35,7 @@ def test_a_worker_hands_over_files_as_one_byte_tensor_with_offsets(tmp_path):
     dataset = EncodedDataset(FileDataset(paths, [0, 1, 2]), BatchTransform(size=8, mean=(0.5,) * 3, std=(0.5,) * 3))
     items = [dataset[i] for i in range(3)]
     payloads, labels, positions = dataset.collate(items)
-    assert isinstance(payloads, EncodedBatch) and payloads.data.dim() == 1 and payloads.offsets.tolist()[0] == 0
+    assert isinstance(payloads, EncodedBatch) and payloads.data.dim() == 1 and payloads.offsets[0] == 0
     assert [p.tolist() for p in payloads.payloads()] == [item[0].tolist() for item in items]
     stacked = dataset.to_batch(payloads, positions, torch.device("cpu"))
     one_by_one = dataset.to_batch([item[0] for item in items], positions, torch.device("cpu"))

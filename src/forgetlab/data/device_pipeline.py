@@ -70,14 +70,15 @@ class Packed(NamedTuple):
 class EncodedBatch(NamedTuple):
     """A batch of file payloads as one tensor, as a loader worker hands it over (one shared-memory
     block, pinned once): ``data`` the bytes of every file end to end (uint8 ``[total]``), ``offsets``
-    int64 ``[N + 1]`` where file ``i`` is ``data[offsets[i]:offsets[i + 1]]``."""
+    ``N + 1`` ints where file ``i`` is ``data[offsets[i]:offsets[i + 1]]`` (plain ints: pickled with the
+    batch, not a second shared-memory block)."""
 
     data: torch.Tensor
-    offsets: torch.Tensor
+    offsets: tuple[int, ...]
 
     def payloads(self) -> list[torch.Tensor]:
         """The files' bytes, views of ``data`` (one split)."""
-        return list(torch.split(self.data, self.offsets.diff().tolist()))
+        return list(torch.split(self.data, np.diff(self.offsets).tolist()))
 
 
 @dataclass
@@ -482,7 +483,7 @@ class EncodedDataset(Dataset):
         ``[N, 3, H, W]``, files as one :class:`EncodedBatch`; arrays of several sizes stay a list."""
         payloads, labels, indices = zip(*items)
         if all(payload.dim() == 1 for payload in payloads):
-            offsets = torch.tensor([0, *(len(payload) for payload in payloads)]).cumsum(0)
+            offsets = tuple(np.cumsum([0, *(len(payload) for payload in payloads)]).tolist())
             stacked = EncodedBatch(torch.cat(payloads), offsets)
         elif len({payload.shape for payload in payloads}) == 1:
             stacked = torch.stack(payloads)
