@@ -22,8 +22,9 @@ test: setup $(VENV)/.installed-test test-tools docs
 docs: $(VENV)/.installed-test
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-benchmark: setup
+benchmark: setup $(VENV)/.installed-test
 	$(BIN)/python benchmarks/budgets.py
+	$(BIN)/python -m pytest -q -s -m benchmark tests/test_gpu_proxies.py
 
 setup: system-data $(VENV)/.installed
 

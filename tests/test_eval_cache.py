@@ -106,3 +106,27 @@ def test_an_interrupted_write_leaves_no_cache_and_the_limits_turn_it_off(files, 
                      "raise it to cache them"]  # fmt: skip
     assert EvalCropCache(mode="auto", folder=tmp_path)(test) is test  # auto: files on CUDA only; the CPU stays as it was
     assert EvalCropCache(mode="off", folder=tmp_path)(test) is test
+
+
+def test_the_first_device_pass_evaluates_the_crops_while_it_writes_them(files, model_and_preprocess, tmp_path, monkeypatch):
+    """One pass over the files: each batch is decoded once, evaluated from its uint8 crops and written;
+    its predictions equal a later pass's over the cache, and a pass closed early leaves no cache."""
+    from forgetlab.data import device_pipeline
+    from forgetlab.data.eval_cache import evaluation_batches
+
+    model, pre = model_and_preprocess
+    test = EncodedDataset(FileDataset(*files, transform=pre.eval), batch_transforms(pre)["eval"])
+    cache = EvalCropCache(mode="on", folder=tmp_path, workers=0)
+    abandoned, total = evaluation_batches(cache(test), 5, CPU)
+    assert total == 3
+    next(abandoned)
+    abandoned.close()  # an evaluation stopped after its first batch
+    assert not list(tmp_path.rglob(CROPS_FILE)) and not list(tmp_path.rglob("*.partial"))
+    decodes = _counting(monkeypatch, device_pipeline, "decode_batch")
+    first = cache(test)
+    assert first.streams()
+    first_predictions = predict(model, "task", first, batch_size=5, device=CPU, amp_dtype=None)
+    assert len(decodes) == 3 and first.computed and len(list(tmp_path.glob(f"*/{CROPS_FILE}"))) == 1  # 12 images, batches of 5
+    later = cache(test)
+    assert not later.streams() and np.array_equal(predict(model, "task", later, batch_size=5, device=CPU, amp_dtype=None), first_predictions)
+    assert len(decodes) == 3

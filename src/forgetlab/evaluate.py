@@ -21,8 +21,7 @@ from torch.utils.data import Dataset
 
 from forgetlab import caches
 from forgetlab.data.base import dataset_fingerprint, dataset_labels
-from forgetlab.data.eval_cache import open_crops
-from forgetlab.data.loader import batches, make_loader
+from forgetlab.data.eval_cache import evaluation_batches
 from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import UPSTREAM
 from forgetlab.runtime import autocast, progress
@@ -30,16 +29,17 @@ from forgetlab.runtime import autocast, progress
 
 @torch.no_grad()
 def predict(model, head: str, dataset: Dataset, *, batch_size: int, device, amp_dtype, workers: int = 0, description="eval") -> np.ndarray:
-    """Predicted labels of ``head`` for every example of ``dataset``, in order."""
-    dataset = open_crops(dataset)  # cached evaluation crops: computed once, before the loader starts
+    """Predicted labels of ``head`` for every example of ``dataset``, in order. The predictions stay on
+    the device until the pass ends (one copy to the host); cached evaluation crops are computed while
+    they are evaluated (:func:`forgetlab.data.eval_cache.evaluation_batches`)."""
     model.eval()
-    loader = make_loader(dataset, batch_size, shuffle=False, device=device, workers=workers)
     predictions = []
-    for images, _ in progress(batches(loader, dataset, device), total=len(loader), desc=description, unit="batch"):
+    produced, total = evaluation_batches(dataset, batch_size, device, workers)
+    for images, _ in progress(produced, total=total, desc=description, unit="batch"):
         with autocast(device, amp_dtype):
             logits = model(images, [head])[head]
-        predictions.append(logits.argmax(dim=-1).cpu())
-    return torch.cat(predictions).numpy().astype(np.int64) if predictions else np.zeros(0, np.int64)
+        predictions.append(logits.argmax(dim=-1))
+    return torch.cat(predictions).cpu().numpy().astype(np.int64) if predictions else np.zeros(0, np.int64)
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -63,17 +63,17 @@ def confidence_interval(accuracy_value: float, count: int) -> float:
 @torch.no_grad()
 def extract_features(model, dataset: Dataset, *, batch_size, device, amp_dtype, workers: int = 0, description="features",
                      head: str | None = None) -> torch.Tensor:  # fmt: skip
-    """L2-normalised pooled backbone features of every example, fp32 on the CPU; with ``head``, that
-    head's outputs instead (paper 2's LoRA bug, see :class:`KNNEvaluator`)."""
-    dataset = open_crops(dataset)
+    """L2-normalised pooled backbone features ``[N, D]`` of every example, fp32 on ``device`` (they stay
+    there for the k-NN vote; nothing is copied per batch); with ``head``, that head's outputs instead
+    (paper 2's LoRA bug, see :class:`KNNEvaluator`)."""
     model.eval()
     chunks = []
-    loader = make_loader(dataset, batch_size, shuffle=False, device=device, workers=workers)
-    for images, _ in progress(batches(loader, dataset, device), total=len(loader), desc=description, unit="batch"):
+    produced, total = evaluation_batches(dataset, batch_size, device, workers)
+    for images, _ in progress(produced, total=total, desc=description, unit="batch"):
         with autocast(device, amp_dtype):
             features = model.features(images) if head is None else model(images, [head])[head]
-        chunks.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())
-    return torch.cat(chunks) if chunks else torch.zeros(0, model.num_features)
+        chunks.append(torch.nn.functional.normalize(features.float(), dim=-1))
+    return torch.cat(chunks) if chunks else torch.zeros(0, model.num_features, device=device)
 
 
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, *, k: int, temperature: float,
@@ -89,8 +89,8 @@ def knn_predict_many(bank: torch.Tensor, bank_labels: torch.Tensor, queries: tor
     queries, on the bank's device (a GPU: seconds for ImageNet's 1.28 M x 768 bank and 50,000 queries).
 
     The similarity is computed in the bank's dtype (fp16 storage halves its memory; the votes, in
-    float64, then come from fp16 similarities) and the votes are summed in float64. Predictions come
-    back on the CPU."""
+    float64, then come from fp16 similarities) and the votes are summed in float64. Predictions stay on
+    the device until the last chunk and come back on the CPU in one copy per ``k``."""
     device = bank.device
     labels = bank_labels.to(device)
     k_max = min(max(ks), len(bank))
@@ -104,8 +104,8 @@ def knn_predict_many(bank: torch.Tensor, bank_labels: torch.Tensor, queries: tor
             k_used = min(k, k_max)
             votes = torch.zeros(len(top), num_classes, dtype=torch.float64, device=device)
             votes.scatter_add_(1, neighbour_labels[:, :k_used], weights[:, :k_used])
-            predictions[k].append(votes.argmax(dim=-1).cpu())
-    return {k: torch.cat(p) if p else torch.zeros(0, dtype=torch.long) for k, p in predictions.items()}
+            predictions[k].append(votes.argmax(dim=-1))
+    return {k: torch.cat(p).cpu() if p else torch.zeros(0, dtype=torch.long) for k, p in predictions.items()}
 
 
 class KNNEvaluator:

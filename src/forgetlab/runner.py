@@ -192,7 +192,7 @@ def place_data(state: RunState) -> None:
     computed once per machine (``data.eval_cache``); then the upstream evaluator over them."""
     config, preprocess, device = state.config, state.preprocess, state.device
     if preprocess is not None and resolve_pipeline(config.data.pipeline, device) == "device":
-        state.upstream = encoded(state.upstream, preprocess.for_upstream(), train=not config.replay.size)
+        state.upstream = encoded(state.upstream, preprocess.for_upstream())  # replay reads its train split on the device too
         state.tasks = [encoded(task, preprocess) for task in state.tasks]
         state.columns = {column: next(t for t in state.tasks if t.column == column) for column in state.columns}
     crop_cache = EvalCropCache.from_config(config.data, device, state.log) if preprocess is not None else None
@@ -350,7 +350,7 @@ def replay_batches(state: RunState, seed: int):
     without replay); learned through the upstream head."""
     if not state.replay:
         return None
-    return state.replay.batches(state.config.replay.batch_size, seed)
+    return state.replay.batches(state.config.replay.batch_size, seed, state.device)
 
 
 def best_checkpoint(state: RunState, column: str) -> BestCheckpoint | None:

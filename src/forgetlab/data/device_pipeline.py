@@ -48,6 +48,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -55,7 +56,33 @@ from torch.utils.data import Dataset
 
 from forgetlab.data.base import dataset_labels
 from forgetlab.data.decode import JPEG_MAGIC, PNG_MAGIC, box_pixels, decode_bytes, jpeg_components, to_uint8
+from forgetlab.data.loader import device_constant
 from forgetlab.errors import ConfigError, DataError
+
+# Columns of the packed per-image parameters (:func:`_pack`): the row and column resampling specs
+# (start, length, virtual size, offset), the flip, the jitter factors and order, the size order.
+ROWS, COLUMNS, FLIP, FACTORS, ORDER, SORTED, UNSORTED = slice(0, 4), slice(4, 8), 8, slice(9, 13), slice(13, 17), 17, 18
+
+
+class Packed(NamedTuple):
+    """A batch's per-image parameters on the device (:func:`_pack`) and whether the size order is the batch order."""
+
+    values: torch.Tensor
+    identity: bool
+
+
+class EncodedBatch(NamedTuple):
+    """A batch of file payloads as one tensor, as a loader worker hands it over (one shared-memory
+    block, pinned once): ``data`` the bytes of every file end to end (uint8 ``[total]``), ``offsets``
+    ``N + 1`` ints where file ``i`` is ``data[offsets[i]:offsets[i + 1]]`` (plain ints: pickled with the
+    batch, not a second shared-memory block)."""
+
+    data: torch.Tensor
+    offsets: tuple[int, ...]
+
+    def payloads(self) -> list[torch.Tensor]:
+        """The files' bytes, views of ``data`` (one split)."""
+        return list(torch.split(self.data, np.diff(self.offsets).tolist()))
 
 
 @dataclass
@@ -77,22 +104,22 @@ class BatchTransform:
     scale_size: int | None = None  # evaluation: the resize target timm computed (default floor(size / crop_pct))
     max_elements: int = 1 << 26  # the padded stack of one resampling pass, in pixels x channels (bounds its memory)
 
-    def __call__(self, images: list[torch.Tensor], device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 ``[3, H, W]`` images (any sizes) -> one normalised float batch ``[N, 3, size, size]``.
-        Training draws its random parameters from ``generator`` (a CPU generator; seeded: a resumed task
-        augments alike, on any device)."""
+    def __call__(self, images, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 ``[3, H, W]`` images (a list, any sizes; or one ``[N, 3, H, W]`` tensor) -> one normalised
+        float batch ``[N, 3, size, size]``. Training draws its random parameters from ``generator`` (a CPU
+        generator; seeded: a resumed task augments alike, on any device)."""
         if self.training:
-            return self.apply(images, self.draw([tuple(image.shape[-2:]) for image in images], generator), device)
+            return self.apply(images, self.draw(_shapes(images), generator), device)
         return self.normalise(self.crops(images, device) / 255.0)
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W]`` in [0, 1] -> ``(batch - mean) / std``."""
-        mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=batch.device).view(1, -1, 1, 1)
+        """``[N, 3, H, W]`` in [0, 1] -> ``(batch - mean) / std`` (mean and std copied to the device once)."""
+        mean = device_constant(self.mean, batch.device).view(1, -1, 1, 1)
+        std = device_constant(self.std, batch.device).view(1, -1, 1, 1)
         return (batch - mean) / std
 
     # ------------------------------------------------------------------------------------ evaluation
-    def crops(self, images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    def crops(self, images, device: torch.device) -> torch.Tensor:
         """The deterministic evaluation crops, float ``[N, 3, size, size]`` in [0, 255] (not normalised):
         resize (shorter side to ``scale_size``, or both sides for ``squash``), centre crop."""
         heights, widths = _sizes(images)
@@ -106,9 +133,8 @@ class BatchTransform:
             new_w = torch.where(heights <= widths, longer, torch.full_like(widths, scale_size))
         top, left = ((new_h - self.size) / 2).round(), ((new_w - self.size) / 2).round()  # torchvision's CenterCrop
         zero = torch.zeros_like(heights)
-        rows = (zero, heights, new_h, top)
-        columns = (zero, widths, new_w, left)
-        return self._resample(images, rows, columns, torch.zeros(len(images), dtype=torch.bool), device)
+        packed = _pack([zero, heights, new_h, top, zero, widths, new_w, left], images, device)
+        return _unsort(self._resample(images, packed, device), packed)
 
     # -------------------------------------------------------------------------------------- training
     def draw(self, sizes: list[tuple[int, int]], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -148,16 +174,18 @@ class BatchTransform:
         """``(top, left, h, w)`` of one random-resized crop (see :meth:`draw`)."""
         return tuple(int(v) for v in self.draw([(height, width)], generator)["box"][0])
 
-    def apply(self, images: list[torch.Tensor], params: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    def apply(self, images, params: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         """The training transform with the parameters of :meth:`draw`: crop each ``box`` and resize it to
-        ``size`` x ``size`` (antialiased, as PIL), flip, jitter, normalise; a handful of batched kernels."""
+        ``size`` x ``size`` (antialiased, as PIL), flip, jitter, normalise; a handful of batched kernels.
+        Every per-image parameter goes to the device in one copy (:func:`_pack`)."""
         box = params["box"].double()
-        rows = (box[:, 0], box[:, 2], torch.full_like(box[:, 0], self.size), torch.zeros_like(box[:, 0]))
-        columns = (box[:, 1], box[:, 3], torch.full_like(box[:, 0], self.size), torch.zeros_like(box[:, 0]))
-        batch = self._resample(images, rows, columns, params["flip"], device) / 255.0
-        if self.color_jitter or self.hue:
-            batch = self.jitter(batch, params["factors"].to(device), params["order"].to(device))
-        return self.normalise(batch)
+        size, zero = torch.full_like(box[:, 0], self.size), torch.zeros_like(box[:, 0])
+        packed = _pack([box[:, 0], box[:, 2], size, zero, box[:, 1], box[:, 3], size, zero, params["flip"].double(),
+                        *params["factors"].double().unbind(1), *params["order"].double().unbind(1)], images, device)  # fmt: skip
+        batch = self._resample(images, packed, device) / 255.0
+        if self.color_jitter or self.hue:  # in the size order of the rows: images and parameters alike
+            batch = self.jitter(batch, _sorted(packed)[:, FACTORS].float(), _sorted(packed)[:, ORDER].long())
+        return _unsort(self.normalise(batch), packed)
 
     def jitter(self, batch: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """torchvision's ``ColorJitter`` on tensors, per image with its own factors and order, batched.
@@ -183,40 +211,89 @@ class BatchTransform:
         return batch
 
     # ---------------------------------------------------------------------------------- resampling
-    def _resample(self, images, rows, columns, flip, device) -> torch.Tensor:
-        """float ``[N, 3, size, size]``: each image's rows and columns resampled by its own weight matrices
-        (:func:`_resample_weights`): ``W_rows @ image @ W_columns^T``, two batched matmuls over a zero-padded
-        stack. Images are stacked in groups of at most ``max_elements`` padded values (sorted by size), so a
-        batch with one huge image does not pad every other to its size."""
-        heights, widths = _sizes(images)
-        order = torch.argsort(heights * widths)
-        out = torch.empty(len(images), 3, self.size, self.size, device=device)
-        start = 0
-        while start < len(images):  # one group at a time (one for most batches): never one image at a time
-            stop = start + 1
-            while stop < len(images) and (stop + 1 - start) * 3 * int(heights[order[start : stop + 1]].max() * widths[order[start : stop + 1]].max()) <= self.max_elements:
-                stop += 1
-            group = order[start:stop]
-            stack = _padded_stack([images[i] for i in group.tolist()], device).float()
-            pick = lambda spec: tuple(part[group].to(device) for part in spec)  # noqa: E731
-            row_weights = _resample_weights(*pick(rows), self.size, stack.shape[-2], self.interpolation)
-            column_weights = _resample_weights(*pick(columns), self.size, stack.shape[-1], self.interpolation)
-            column_weights = torch.where(flip[group].to(device).view(-1, 1, 1), column_weights.flip(1), column_weights)
+    def _resample(self, images, packed: Packed, device) -> torch.Tensor:
+        """float ``[N, 3, size, size]``, rows in the size order of ``packed`` (:func:`_unsort` restores the
+        batch order): each image's rows and columns resampled by its own weight matrices
+        (:func:`_resample_weights`): ``W_rows @ image @ W_columns^T``, two batched matmuls over a
+        zero-padded stack. Images are stacked in groups of at most ``max_elements`` padded values (sorted
+        by size), so a batch with one huge image does not pad every other to its size. The groups are
+        found from the images' shapes on the host (:func:`_groups`): no tensor op, no device read per image."""
+        heights, widths = (np.asarray(side, dtype=np.int64) for side in zip(*_shapes(images)))
+        order = np.argsort(heights * widths, kind="stable")
+        params = _sorted(packed)
+        parts = []
+        for start, stop in _groups(heights[order], widths[order], self.max_elements):
+            if isinstance(images, torch.Tensor):  # one size: the order is the identity
+                group = images[start:stop]
+            else:
+                group = [images[i] for i in (range(start, stop) if packed.identity else order[start:stop].tolist())]
+            stack = _padded_stack(group, device).float()
+            spec = params[start:stop]
+            row_weights = _resample_weights(*spec[:, ROWS].unbind(1), self.size, stack.shape[-2], self.interpolation)
+            column_weights = _resample_weights(*spec[:, COLUMNS].unbind(1), self.size, stack.shape[-1], self.interpolation)
+            column_weights = torch.where(spec[:, FLIP].view(-1, 1, 1) > 0, column_weights.flip(1), column_weights)
             across = _to_levels(stack @ column_weights.transpose(1, 2).unsqueeze(1))  # PIL's horizontal pass, then
-            out[group.to(device)] = _to_levels(row_weights.unsqueeze(1) @ across)  # its vertical one, each to uint8
-            start = stop
-        return out
+            parts.append(_to_levels(row_weights.unsqueeze(1) @ across))  # its vertical one, each to uint8 levels
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _sizes(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _shapes(images) -> list[tuple[int, int]]:
+    """``(height, width)`` of every image of a list, or of a ``[N, 3, H, W]`` tensor (metadata only)."""
+    if isinstance(images, torch.Tensor):
+        return [tuple(images.shape[-2:])] * len(images)
+    return [tuple(image.shape[-2:]) for image in images]
+
+
+def _groups(heights: np.ndarray, widths: np.ndarray, max_elements: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive images (sorted by area) whose padded stack holds at most
+    ``max_elements`` values (at least one image each): a few array operations per group, none per image."""
+    bounds, start, count = [], 0, len(heights)
+    while start < count:
+        tallest, widest = np.maximum.accumulate(heights[start:]), np.maximum.accumulate(widths[start:])
+        cost = np.arange(1, count - start + 1) * 3 * tallest * widest  # non-decreasing: the first that passes ends the group
+        stop = start + max(1, int(np.searchsorted(cost, max_elements, side="right")))
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _pack(columns: list[torch.Tensor], images, device: torch.device) -> Packed:
+    """Every per-image parameter of a batch in one float64 ``[N, 19]`` tensor (the columns named at the
+    top of this module, then the size order and its inverse), built on the host, pinned on CUDA and
+    copied to ``device`` in one non-blocking copy."""
+    heights, widths = (np.asarray(side, dtype=np.int64) for side in zip(*_shapes(images)))
+    order = np.argsort(heights * widths, kind="stable")
+    ranks = torch.from_numpy(np.stack([order, np.argsort(order)], 1).astype(np.float64))
+    flip = torch.zeros_like(columns[0]) if len(columns) == 8 else None
+    columns = [*columns, flip] if flip is not None else columns
+    jitter = [torch.zeros_like(columns[0])] * (SORTED - len(columns))
+    host = torch.empty(len(order), UNSORTED + 1, dtype=torch.float64, pin_memory=device.type == "cuda")
+    torch.cat([torch.stack([*columns, *jitter], 1), ranks], 1, out=host)
+    return Packed(host.to(device, non_blocking=True), bool((order == np.arange(len(order))).all()))
+
+
+def _sorted(packed: Packed) -> torch.Tensor:
+    """The parameters' rows in the size order the resampling groups follow."""
+    return packed.values if packed.identity else packed.values.index_select(0, packed.values[:, SORTED].long())
+
+
+def _unsort(batch: torch.Tensor, packed: Packed) -> torch.Tensor:
+    """``batch`` (rows in the size order) back in the batch order."""
+    return batch if packed.identity else batch.index_select(0, packed.values[:, UNSORTED].long())
+
+
+def _sizes(images) -> tuple[torch.Tensor, torch.Tensor]:
     """``(heights, widths)`` of ``images`` as float64 CPU tensors (tensor metadata: no device read)."""
-    shape = torch.tensor([tuple(image.shape[-2:]) for image in images], dtype=torch.float64).reshape(-1, 2)
+    shape = torch.from_numpy(np.asarray(_shapes(images), dtype=np.float64).reshape(-1, 2))
     return shape[:, 0], shape[:, 1]
 
 
-def _padded_stack(images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """uint8 ``[N, 3, H_max, W_max]``, each image top-left, zeros elsewhere: ``torch.stack`` when the sizes
+def _padded_stack(images, device: torch.device) -> torch.Tensor:
+    """uint8 ``[N, 3, H_max, W_max]``, each image top-left, zeros elsewhere: a ``[N, 3, H, W]`` tensor
+    (stacked by a loader worker, pinned) copied in one non-blocking copy; ``torch.stack`` when the sizes
     agree, else one concatenation and one gather (no per-image kernel)."""
+    if isinstance(images, torch.Tensor):
+        return images.to(device, non_blocking=True)
     if len({image.device for image in images}) > 1:
         images = [image.to(device) for image in images]
     if len({tuple(image.shape) for image in images}) == 1:  # arrays, or files of one size: stacked where they are
@@ -459,11 +536,24 @@ class EncodedDataset(Dataset):
 
     @staticmethod
     def collate(items):
+        """``(payloads, labels, positions)`` of a batch, stacked where it was read (a loader worker), so the
+        main process receives, and the loader pins, one tensor: same-sized arrays as one uint8
+        ``[N, 3, H, W]``, files as one :class:`EncodedBatch`; arrays of several sizes stay a list."""
         payloads, labels, indices = zip(*items)
-        return list(payloads), torch.tensor(labels), list(indices)
+        if all(payload.dim() == 1 for payload in payloads):
+            offsets = tuple(np.cumsum([0, *(len(payload) for payload in payloads)]).tolist())
+            stacked = EncodedBatch(torch.cat(payloads), offsets)
+        elif len({payload.shape for payload in payloads}) == 1:
+            stacked = torch.stack(payloads)
+        else:
+            stacked = list(payloads)
+        return stacked, torch.tensor(labels), list(indices)
 
-    def to_batch(self, payloads: list[torch.Tensor], indices: list[int], device: torch.device, generator=None) -> torch.Tensor:
-        """Decode (files) and preprocess one batch on ``device`` (``indices``: positions in the file dataset)."""
+    def to_batch(self, payloads, indices: list[int], device: torch.device, generator=None) -> torch.Tensor:
+        """Decode (files) and preprocess one batch on ``device`` (``indices``: positions in the file dataset);
+        ``payloads`` as :meth:`collate` makes them, or a list of single payloads."""
+        if isinstance(payloads, EncodedBatch):
+            payloads = payloads.payloads()
         if hasattr(self.dataset, "paths"):
             images = decode_batch(payloads, [self.name(i) for i in indices], device)
             boxes = getattr(self.dataset, "boxes", None)

@@ -25,6 +25,7 @@ training and evaluation read); ``evaluate``, the runner and ``data.files`` impor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -39,7 +40,7 @@ from torch.utils.data import Dataset
 
 from forgetlab import caches
 from forgetlab.data.base import dataset_labels
-from forgetlab.data.loader import batches, make_loader
+from forgetlab.data.loader import batches, device_constant, make_loader
 from forgetlab.errors import FULL_DISK, DiskFullError
 
 CROPS_FILE = "crops.npy"
@@ -50,12 +51,21 @@ def write_memmap_atomically(target: Path, shape: tuple[int, ...], fill: Callable
     a temporary name in the same folder, which is renamed to ``target`` only when ``fill`` returned. On
     any error (an interrupt included) the temporary file is removed; a full disk is a
     :class:`~forgetlab.errors.DiskFullError`."""
+    with atomic_memmap(target, shape) as array:
+        fill(array)
+
+
+@contextlib.contextmanager
+def atomic_memmap(target: Path, shape: tuple[int, ...]):
+    """The memory-mapped uint8 array of :func:`write_memmap_atomically`, for a writer that is not one call
+    (a generator): renamed to ``target`` when the block ends normally, removed on any error or when the
+    generator holding it is closed early."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
-        fill(array)
+        yield array
         array.flush()
         del array
         os.replace(partial, target)
@@ -94,9 +104,11 @@ class EvalCrops(Dataset):
     the memory map in one slice (``__getitems__``), normalised on the device by :meth:`to_batch`, as the
     device pipeline's datasets are (:func:`forgetlab.data.loader.batches`)."""
 
-    def __init__(self, path: Path, source: Dataset, size: int, mean, std, build: Callable[[np.ndarray], None], key: str):
+    def __init__(self, path: Path, source: Dataset, size: int, mean, std, build: Callable[[np.ndarray], None], key: str,
+                 produce: Callable | None = None):  # fmt: skip
         self.path, self.source, self.size, self.key = Path(path), source, size, key
         self.mean, self.std, self._build = tuple(mean), tuple(std), build
+        self._produce = produce  # (batch_size, workers) -> uint8 crops [B, 3, S, S] on the device, batch by batch
         self.labels = dataset_labels(source)
         self.computed = False  # written by this object (not read from an earlier run's cache)
         self._array: np.ndarray | None = None
@@ -136,12 +148,33 @@ class EvalCrops(Dataset):
         return batch  # __getitems__ made the batch
 
     def to_batch(self, crops: torch.Tensor, indices, device: torch.device, generator=None) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        mean = device_constant(self.mean, device).view(1, -1, 1, 1)
+        std = device_constant(self.std, device).view(1, -1, 1, 1)
         return (crops.to(device, non_blocking=True).float() / 255.0 - mean) / std
 
     def evaluation_view(self) -> "EvalCrops":
         return self
+
+    def streams(self) -> bool:
+        """Whether a first pass can evaluate the crops while it writes them (the device path, cache missing)."""
+        return self._array is None and self._produce is not None and not (self.path / CROPS_FILE).exists()
+
+    def stream(self, batch_size: int, device: torch.device, workers: int):
+        """``(normalised images, labels)`` on ``device`` of every batch, in order, while the cache is written:
+        each batch's uint8 crops (what later passes read) are evaluated and copied to the memory map; on
+        CUDA through a pinned buffer, written one batch later, so the copy overlaps the next batch."""
+        pending = None
+        with atomic_memmap(self.path / CROPS_FILE, (len(self), 3, self.size, self.size)) as array:
+            row = 0
+            for crops, labels in self._produce(batch_size, workers):
+                if pending is not None:
+                    pending()
+                pending = _writer(array, row, crops)
+                row += len(crops)
+                yield self.to_batch(crops, None, device), labels
+            if pending is not None:
+                pending()
+        self.computed = True
 
 
 @dataclasses.dataclass
@@ -154,10 +187,11 @@ class EvalCropCache:
     folder: Path | None = None  # default: $FORGETLAB_HOME/eval-crops
     log: Callable[[str], None] = print
     batch_size: int = 64
+    workers: int = 0  # loader workers that read the files while the crops are computed
 
     @classmethod
     def from_config(cls, data_config, device: torch.device, log: Callable[[str], None] = print) -> "EvalCropCache":
-        return cls(mode=data_config.eval_cache, limit_gb=data_config.eval_cache_gb, device=device, log=log)
+        return cls(mode=data_config.eval_cache, limit_gb=data_config.eval_cache_gb, device=device, log=log, workers=data_config.workers)
 
     def __call__(self, dataset: Dataset, what: str = "evaluation") -> Dataset:
         """``dataset`` read from its cached crops, or ``dataset`` itself when the cache is off, the
@@ -180,14 +214,15 @@ class EvalCropCache:
             size, mean, std = transform.size, transform.mean, transform.std
             recipe = f"{self.device.type}|{dataclasses.replace(transform, mean=(0.0,) * 3, std=(1.0,) * 3)!r}"
             images_of = base.dataset
-            build = self._device_builder(dataset, transform)
+            produce = self._device_crops(dataset, transform)
+            build = self._device_builder(produce)
         else:
             pil = _pil_recipe(getattr(base, "transform", None))
             if pil is None:
                 return dataset
             steps, size, mean, std = pil
             recipe, images_of = repr(steps), base
-            build = self._pil_builder(base, positions, steps)
+            build, produce = self._pil_builder(base, positions, steps), None
         bytes_needed = len(dataset) * 3 * size * size
         folder = Path(self.folder) if self.folder is not None else caches.folder("eval-crops")
         if bytes_needed > self.limit_gb * 1e9:
@@ -203,7 +238,7 @@ class EvalCropCache:
                 self.log(f"forgetlab: {what} crops not cached: they need {bytes_needed / 1e9:.3g} GB and {folder} has "
                          f"{free / 1e9:.1f} GB free")  # fmt: skip
                 return dataset
-        return EvalCrops(folder / key, dataset, size, mean, std, build, key)
+        return EvalCrops(folder / key, dataset, size, mean, std, build, key, produce)
 
     def _pil_builder(self, base, positions, steps) -> Callable[[np.ndarray], None]:
         """Crops through timm's PIL steps (threads: PIL releases the GIL while decoding and resizing)."""
@@ -231,20 +266,59 @@ class EvalCropCache:
 
         return fill
 
-    def _device_builder(self, dataset, transform) -> Callable[[np.ndarray], None]:
-        """Crops through the device pipeline: its batches with mean 0 and std 1/255, i.e. in [0, 255]."""
+    def _device_crops(self, dataset, transform) -> Callable:
+        """``(batch_size, workers) -> iterator of (uint8 crops on the device, labels)``: the device pipeline's
+        batches with mean 0 and std 1/255, i.e. in [0, 255], read by ``workers`` loader workers."""
+
+        def produce(batch_size: int, workers: int):
+            view = copy.copy(dataset)
+            view.batch_transform = dataclasses.replace(transform, mean=(0.0,) * 3, std=(1 / 255,) * 3)
+            loader = make_loader(view, batch_size, shuffle=False, device=self.device, workers=workers)
+            for images, labels in batches(loader, view, self.device):
+                yield images.round().clamp(0, 255).to(torch.uint8), labels
+
+        return produce
+
+    def _device_builder(self, produce: Callable) -> Callable[[np.ndarray], None]:
+        """Crops through the device pipeline (:meth:`_device_crops`), written to ``array`` batch by batch."""
         from forgetlab.runtime import progress
 
         def fill(array: np.ndarray) -> None:
-            view = copy.copy(dataset)
-            view.batch_transform = dataclasses.replace(transform, mean=(0.0,) * 3, std=(1 / 255,) * 3)
-            loader = make_loader(view, self.batch_size, shuffle=False, device=self.device)
             row = 0
-            for images, _ in progress(batches(loader, view, self.device), total=len(loader), desc="evaluation crops", unit="batch"):
-                array[row : row + len(images)] = images.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-                row += len(images)
+            for crops, _ in progress(produce(self.batch_size, self.workers), desc="evaluation crops", unit="batch"):
+                array[row : row + len(crops)] = crops.cpu().numpy()
+                row += len(crops)
 
         return fill
+
+
+def _writer(array: np.ndarray, row: int, crops: torch.Tensor) -> Callable[[], None]:
+    """Start copying ``crops`` to the host (non-blocking into pinned memory on CUDA); the returned call
+    waits for the copy and writes it to ``array`` from ``row``."""
+    if crops.device.type != "cuda":
+        return lambda: array.__setitem__(slice(row, row + len(crops)), crops.numpy())
+    host = torch.empty(crops.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(crops, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def write() -> None:
+        done.synchronize()
+        array[row : row + len(host)] = host.numpy()
+
+    return write
+
+
+def evaluation_batches(dataset: Dataset, batch_size: int, device: torch.device, workers: int = 0):
+    """``(iterator of (images, labels) on the device, number of batches)`` of ``dataset`` in order. Cached
+    evaluation crops still missing on the device path are computed while they are evaluated
+    (:meth:`EvalCrops.stream`); others are opened (computed first on the PIL path), then read."""
+    total = -(-len(dataset) // batch_size)
+    if isinstance(dataset, EvalCrops) and dataset.streams():
+        return dataset.stream(batch_size, device, workers), total
+    dataset = open_crops(dataset)
+    loader = make_loader(dataset, batch_size, shuffle=False, device=device, workers=workers)
+    return batches(loader, dataset, device), total
 
 
 def _key(images_of: Dataset, positions: np.ndarray, recipe: str, size: int) -> str:

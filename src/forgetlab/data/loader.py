@@ -16,6 +16,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def device_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """float32 ``values`` (a normalisation's mean or std) on ``device``, copied there once per process:
+    a fresh ``torch.tensor(..., device=cuda)`` per batch is a blocking copy from unpinned memory."""
+    key = (tuple(float(v) for v in values), str(device))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(key[0], dtype=torch.float32, device=device)
+    return _CONSTANTS[key]
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0, device=None, drop_last: bool = False):
     """A ``DataLoader`` over ``dataset``: shuffled by a generator seeded with ``seed`` (unshuffled: in
     order), batches collated by the dataset's own ``collate`` when it has one, memory pinned for CUDA.

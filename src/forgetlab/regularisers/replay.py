@@ -37,13 +37,22 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def batches(self, batch_size: int, seed: int):
-        """Endless random batches ``(images, labels)`` of the buffer, in a seeded order."""
+    def batches(self, batch_size: int, seed: int, device: torch.device | None = None):
+        """Endless random batches ``(images, labels)`` of the buffer, in a seeded order. A dataset of the
+        device pipeline (:class:`forgetlab.data.device_pipeline.EncodedDataset`: it has ``to_batch``)
+        gives its batches as training batches are made: collated as a loader worker would, decoded and
+        augmented on ``device`` (its random parameters from a generator seeded with ``seed + 1``)."""
         generator = torch.Generator().manual_seed(seed)
+        augment = torch.Generator().manual_seed(seed + 1)
         batch_size = min(batch_size, len(self.indices))
+        to_batch = getattr(self.dataset, "to_batch", None) if device is not None else None
         while True:
             order = torch.randperm(len(self.indices), generator=generator)
             for start in range(0, len(order) - batch_size + 1, batch_size):
                 picked = self.indices[order[start : start + batch_size].numpy()]
                 items = [self.dataset[int(i)] for i in picked]
-                yield torch.stack([image for image, _ in items]), torch.as_tensor([int(label) for _, label in items])
+                if to_batch is not None:
+                    payloads, labels, positions = self.dataset.collate(items)
+                    yield to_batch(payloads, positions, device, augment), labels.to(device, non_blocking=True)
+                else:
+                    yield torch.stack([image for image, _ in items]), torch.as_tensor([int(label) for _, label in items])
