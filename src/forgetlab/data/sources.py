@@ -49,7 +49,7 @@ def _unpack_lines(packages: list[str], target: str) -> list[str]:
     return [
         f"mkdir -p {target}/debs && cd {target}/debs",
         f"apt-get download {' '.join(packages)}    # no root needed; without apt: the same .deb files from packages.debian.org",
-        f'for deb in {" ".join(f"{p}_*.deb" for p in packages)}; do dpkg -x "$deb" {target}; done'
+        f'for deb in *.deb; do dpkg -x "$deb" {target}; done'
         f'    # without dpkg: ar x "$deb" && tar -xf data.tar.* -C {target}',
     ]
 
