@@ -122,9 +122,10 @@ EOF
 }
 
 started=$SECONDS
+commit=$(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD || echo "+changes")
 build
 for set in "${sets[@]}"; do
     run_set "$set"
 done
-say "${sets[*]}: passed in $((SECONDS - started)) s ($(date -u +%Y-%m-%d), $(git -C "$repo" rev-parse --short HEAD), $(nproc) cores)"
+say "${sets[*]}: passed in $((SECONDS - started)) s ($(date -u +%Y-%m-%d), commit $commit, $(nproc) cores)"
 [ "${KEEP:-0}" = 1 ] || [ -n "${COMPAT_DIR:-}" ] || rm -rf "$work"
