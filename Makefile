@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # $FORGETLAB_HOME or ~/.cache/forgetlab, so that 'forgetlab' typed in a shell after 'make demo' finds
 # what the demo built instead of pretraining again.
 
-.PHONY: demo test docs setup system-data test-tools benchmark clean
+.PHONY: demo test docs setup system-data test-tools benchmark compat clean
 
 # The offline default run, then a small LoRA rank sweep on both backbones, then the report of both.
 demo: setup
@@ -27,6 +27,11 @@ benchmark: setup $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -s -m benchmark tests/test_gpu_proxies.py
 
 setup: system-data $(VENV)/.installed
+
+# The wheel and sdist, installed into fresh venvs at the oldest and the newest supported versions,
+# each running a smoke subset of the tests (docs/install.md has the last result).
+compat: system-data
+	bash scripts/compat.sh all
 
 system-data:
 	@bash scripts/install-system-data.sh

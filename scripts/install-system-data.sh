@@ -3,8 +3,12 @@
 # Installs what is missing with apt-get when run as root; otherwise says what to run.
 # With --test it also installs Chromium, which the tests use to render the HTML report headless.
 set -euo pipefail
+# Without root, the three settings point at copies instead (docs/install.md; 'forgetlab setup' checks them).
 packages=(dataset-fashion-mnist wordnet-base wordnet-sense-index
           fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf fonts-urw-base35)
+if [ -n "${FORGETLAB_FONTS_DIR:-}" ] && [ -n "${FORGETLAB_FASHION_MNIST_DIR:-}" ] && [ -n "${FORGETLAB_WORDNET:-}" ]; then
+    packages=()
+fi
 if [ "${1:-}" = "--test" ]; then
     packages+=(chromium)
 fi
@@ -21,6 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
     echo "forgetlab: missing Debian packages: ${missing[*]}" >&2
     echo "forgetlab: install them with: sudo apt-get install ${missing[*]}" >&2
+    echo "forgetlab: without root, set FORGETLAB_FONTS_DIR, FORGETLAB_FASHION_MNIST_DIR and FORGETLAB_WORDNET to copies (docs/install.md says how)" >&2
     exit 1
 fi
 echo "forgetlab: installing ${missing[*]}"

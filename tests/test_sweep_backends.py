@@ -226,5 +226,5 @@ def test_ray_missing_is_a_one_line_error_naming_the_install(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(ConfigError, match=r"pip install 'forgetlab\[ray\]'"):
+    with pytest.raises(ConfigError, match=r"pip install ray \(or pip install -e '\.\[ray\]' in forgetlab's clone\)"):
         sweep_backends._ray()

@@ -97,9 +97,12 @@ def test_report_writes_html_markdown_and_every_figure(report_runs, tmp_path):
     figures = sorted(p.stem for p in (out / "figures").glob("*.png"))
     assert figures == sorted(p.stem for p in (out / "figures").glob("*.svg"))
     assert "rank_curves" in figures
-    # The random backbone gets no upstream test image right, so none can be forgotten: a sentence, not a figure of nothing.
-    assert not any(f.startswith(("forgotten_", "similarity_")) for f in figures)
-    assert "rank8-seed0 forgot no upstream test image after fontfamily (0 of the 0 right before" in page
+    # The random backbone gets next to no upstream test image right (none with requirements.lock's versions; other
+    # timm releases initialise it otherwise), so the focus run forgets few or none: a sentence when it forgot none,
+    # never a figure of nothing, and a figure without the sentence otherwise.
+    forgot_none = re.search(r"rank8-seed0 forgot no upstream test image after fontfamily \(0 of the \d+ right before", page)
+    drawn = [f for f in figures if f.startswith(("forgotten_", "similarity_"))]
+    assert bool(forgot_none) != bool(drawn)
     assert len([f for f in figures if f.startswith("matrix_")]) == 6
     assert page.count("data:image/png;base64,") == len(figures)
     assert "src=\"figures/" not in page, "the page must be self-contained"

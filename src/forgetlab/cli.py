@@ -110,6 +110,14 @@ def cmd_data_check(args) -> int:
     return check.exit_code(findings, needed=given or args.strict)
 
 
+def cmd_setup(args) -> int:
+    from forgetlab.data.sources import setup_report
+
+    lines, missing = setup_report(args.target)
+    print("\n".join(lines))
+    return 1 if missing else 0
+
+
 def cmd_pretrain(args) -> int:
     from forgetlab.models.offline import OFFLINE_BACKBONES
     from forgetlab.models.backbones import offline_backbone_dir
@@ -275,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"forgetlab {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_setup(commands)
     _add_run(commands)
     _add_presets(commands)
     _add_data(commands)
@@ -287,6 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_anatomy(commands)
     _add_config(commands)
     return parser
+
+
+def _add_setup(commands: argparse._SubParsersAction) -> None:
+    """``forgetlab setup``: where the offline world's inputs are, and how to get the missing ones."""
+    setup = commands.add_parser(
+        "setup",
+        help="say where the offline world's fonts, Fashion-MNIST and WordNet are, and how to get what is missing",
+        description="List the offline world's inputs (fonts, Fashion-MNIST, WordNet 3.0): the setting that points at "
+        "each (FORGETLAB_FONTS_DIR, FORGETLAB_FASHION_MNIST_DIR, FORGETLAB_WORDNET), where it was found, and for a "
+        "missing one the apt command and the commands that get it without root. Exits with 1 when one is missing.",
+    )
+    setup.add_argument("--target", default="~/forgetlab-offline", metavar="DIR",
+                       help="the folder the printed without-root commands download and unpack into (default: %(default)s)")
+    setup.set_defaults(func=cmd_setup)
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:

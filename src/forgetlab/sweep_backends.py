@@ -177,7 +177,7 @@ def _ray():
     try:
         import ray
     except ImportError as error:
-        raise ConfigError("--backend ray needs Ray: pip install 'forgetlab[ray]' (ray==2.60.0)") from error
+        raise ConfigError("--backend ray needs Ray: pip install ray (or pip install -e '.[ray]' in forgetlab's clone)") from error
     return ray
 
 

@@ -90,7 +90,7 @@ class TensorBoardTracker(Tracker):
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams
         except ImportError as error:
-            raise ConfigError("track.tensorboard needs the tensorboard package: pip install 'forgetlab[track]'") from error
+            raise missing_package("tensorboard", "tensorboard") from error
         self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
         # The HParams tab: the config, with the final accuracies as its metrics (written by close()).
         for summary in hparams(flat_config(config_tree), {"final/upstream": 0.0, "final/average_task": 0.0}):
@@ -121,7 +121,7 @@ class WandbTracker(Tracker):
         try:
             import wandb
         except ImportError as error:
-            raise ConfigError("track.wandb needs the wandb package: pip install 'forgetlab[track]'") from error
+            raise missing_package("wandb", "wandb") from error
         self.wandb = wandb
         run_id = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
         try:
@@ -151,13 +151,20 @@ class WandbTracker(Tracker):
         self.run.finish()
 
 
+def missing_package(key: str, package: str) -> ConfigError:
+    """The error for ``track.<key>`` without its package: forgetlab is not on PyPI, so the extra installs
+    from a clone (``pip install -e '.[track]'``), or the package alone (``pip install <package>``)."""
+    return ConfigError(f"track.{key} needs the {package} package: pip install {package} "
+                       "(or pip install -e '.[track]' in forgetlab's clone)")
+
+
 def check_trackers(config) -> None:
     """Refuse tracking whose package is missing, before a run writes anything."""
     import importlib.util
 
     for key, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
         if getattr(config.track, key) and importlib.util.find_spec(package) is None:
-            raise ConfigError(f"track.{key} needs the {package} package: pip install 'forgetlab[track]'")
+            raise missing_package(key, package)
 
 
 def open_trackers(config, folder: Path, config_tree: dict) -> Tracker:

@@ -35,7 +35,8 @@ LEXNAMES = (
     "verb.social", "verb.stative", "verb.weather", "adj.ppl",
 )  # fmt: skip
 _INSTALL_HINT = ("install it with: sudo apt-get install wordnet-base wordnet-sense-index (or run 'make demo'); "
-                 "without apt, set FORGETLAB_WORDNET=/path/to/WordNet-3.0/dict or run python -m nltk.downloader wordnet")
+                 "without apt, set FORGETLAB_WORDNET=/path/to/WordNet-3.0/dict or run python -m nltk.downloader wordnet "
+                 "('forgetlab setup' says more)")
 
 
 def lexnames_text() -> str:
@@ -61,13 +62,17 @@ def _extract_zip(archive: Path, folder: Path) -> None:
 
 def find_source() -> Path:
     """Where WordNet 3.0's database files are: ``$FORGETLAB_WORDNET`` (a ``dict`` folder: Princeton's
-    ``WordNet-3.0/dict``, or NLTK's ``corpora/wordnet`` after ``nltk.download('wordnet')``), else
+    ``WordNet-3.0/dict``, or NLTK's ``corpora/wordnet`` or ``wordnet.zip`` after ``nltk.download('wordnet')``), else
     Debian's ``wordnet-base``, else NLTK's data folders; machines without apt (clusters) use the others."""
     configured = os.environ.get("FORGETLAB_WORDNET")
     if configured:
-        if not (Path(configured) / "data.noun").exists():
-            raise DataError(f"FORGETLAB_WORDNET={configured} has no data.noun; point it at WordNet 3.0's dict folder")
-        return Path(configured)
+        path = Path(configured).expanduser()
+        if path.suffix == ".zip" and path.is_file():  # NLTK's wordnet.zip, as its downloader may leave it
+            return path
+        if not (path / "data.noun").exists():
+            raise DataError(f"FORGETLAB_WORDNET={configured} has no data.noun; point it at WordNet 3.0's dict folder "
+                            "(or NLTK's corpora/wordnet or wordnet.zip; 'forgetlab setup' says how to get one)")
+        return path
     if (WORDNET_DIR / "data.noun").exists():
         return WORDNET_DIR
     try:

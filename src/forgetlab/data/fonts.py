@@ -1,12 +1,18 @@
 """Letters rendered from the fonts that Debian's font packages install (a notMNIST-style source).
 
 The catalogue names each family's four styles by file, so the rendered data is the same on every
-machine with the same packages. Rendering is seeded per image: position, size and a small rotation
+machine with the same font files. Rendering is seeded per image: position, size and a small rotation
 jitter, white glyph on black, downsampled to the task's image size.
+
+The files are read from Debian's install locations, or, on machines without apt or root, from
+``$FORGETLAB_FONTS_DIR``: a folder searched by file name, so a flat copy of the files and the Debian
+packages unpacked by hand (``dpkg -x``) both work (``forgetlab setup`` prints the commands).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,20 +51,57 @@ CATALOGUE: dict[str, tuple[str, tuple[str, str, str, str]]] = {
 }
 
 
+FONTS_DIR_SETTING = "FORGETLAB_FONTS_DIR"
+
+
+def fonts_dir() -> Path | None:
+    """``$FORGETLAB_FONTS_DIR``, or ``None`` (then the files are read from Debian's locations)."""
+    configured = os.environ.get(FONTS_DIR_SETTING)
+    return Path(configured).expanduser() if configured else None
+
+
+@functools.lru_cache(maxsize=8)
+def _files_by_name(folder: str) -> dict[str, str]:
+    """Every file below ``folder`` by its name (the first one found in sorted order, for a fixed answer)."""
+    found: dict[str, str] = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() in (".ttf", ".otf") and path.is_file():
+            found.setdefault(path.name, str(path))
+    return found
+
+
+def font_path(debian_path: str) -> str | None:
+    """Where one catalogue file is on this machine: under ``$FORGETLAB_FONTS_DIR`` (by file name) when that
+    is set, else at Debian's ``debian_path``; ``None`` when it is not there."""
+    folder = fonts_dir()
+    if folder is not None:
+        return _files_by_name(str(folder)).get(Path(debian_path).name)
+    return debian_path if Path(debian_path).exists() else None
+
+
 def font_files(families) -> list[tuple[str, str, str]]:
-    """``(family, style, path)`` for every style of the given families; a one-line error if missing."""
-    missing_packages = set()
+    """``(family, style, path)`` for every style of the given families; a one-line :class:`DataError`
+    naming the missing packages (and files) and how to get them, with or without root."""
+    missing_packages, missing_files = set(), []
     files = []
     for family in families:
         package, paths = CATALOGUE[family]
         for style, path in zip(STYLES, paths):
-            if not Path(path).exists():
+            found = font_path(path)
+            if found is None:
                 missing_packages.add(package)
-            files.append((family, style, path))
+                missing_files.append(Path(path).name)
+            files.append((family, style, found or path))
     if missing_packages:
+        packages = " ".join(sorted(missing_packages))
+        if fonts_dir() is not None:
+            raise DataError(
+                f"{len(missing_files)} font files missing in {FONTS_DIR_SETTING}={fonts_dir()} (e.g. {missing_files[0]}, "
+                f"from the Debian packages {packages}); 'forgetlab setup' says how to get them without root"
+            )
         raise DataError(
-            f"font files missing; install them with: sudo apt-get install {' '.join(sorted(missing_packages))} "
-            "(or run 'make demo')"
+            f"font files missing; install them with: sudo apt-get install {packages} (or run 'make demo'); "
+            f"without root, set {FONTS_DIR_SETTING} ('forgetlab setup' says how)"
         )
     return files
 

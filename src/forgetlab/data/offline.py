@@ -76,8 +76,16 @@ STYLE_RENDERS = {"train": 2, "test": 1}
 DIGITS_TEST_FRACTION = 0.3
 
 
+FASHION_MNIST_SETTING = "FORGETLAB_FASHION_MNIST_DIR"
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
 def fashion_mnist_dir() -> Path:
-    return Path(os.environ.get("FORGETLAB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+    """The folder holding Fashion-MNIST's four ``.gz`` files (:data:`FASHION_MNIST_FILES`):
+    ``$FORGETLAB_FASHION_MNIST_DIR``, else Debian's ``dataset-fashion-mnist`` location. torchvision's
+    ``FashionMNIST(root, download=True)`` leaves the same files in ``root/FashionMNIST/raw``."""
+    return Path(os.environ.get(FASHION_MNIST_SETTING, FASHION_MNIST_DEBIAN_DIR)).expanduser()
 
 
 def world_sources() -> list[Path]:
@@ -122,7 +130,7 @@ def _fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
     if not image_file.exists():
         raise DataError(
             f"Fashion-MNIST not found in {folder}; install it with: sudo apt-get install dataset-fashion-mnist "
-            "(or run 'make demo'), or set FORGETLAB_FASHION_MNIST_DIR"
+            f"(or run 'make demo'); without root, set {FASHION_MNIST_SETTING} ('forgetlab setup' says how)"
         )
     images = read_idx(image_file)
     labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
