@@ -144,7 +144,7 @@ def evaluation_view(dataset: Dataset) -> Dataset:
 def dataset_fingerprint(dataset: Dataset) -> str | None:
     """A SHA-256 of what a dataset yields (files by path, size and modification time; in-memory images
     by their bytes; subsets by their indices; the transform by its description; the device
-    pipeline's :class:`~forgetlab.data.device_pipeline.EncodedDataset` by what it wraps, its positions
+    pipeline's :class:`~forgetlab.data.device_pipeline.EncodedDataset` by the files or arrays it reads, its positions
     and its batch transform), or None for a type it does not know. Caches of pure functions of a
     dataset key on it (the k-NN banks of :class:`forgetlab.evaluate.KNNEvaluator`)."""
     import copy
