@@ -60,6 +60,28 @@ def test_a_knn_bank_is_not_shared_between_pooling_settings(tmp_path):
     assert again.computed == 0 and again.last == recomputed.last
 
 
+def test_the_device_pipelines_bank_is_keyed_by_what_it_reads_not_by_the_unused_pil_transform():
+    """A k-NN bank on the device pipeline reads the arrays and applies its own batch transform: the PIL
+    transform of the dataset holding the arrays (the training augmentation, for a train split) does not
+    change its fingerprint (it did, so a sweep over preprocess.train_* recomputed the same bank), and
+    the batch transform it is read with does."""
+    from torchvision import transforms
+
+    from forgetlab.data.base import dataset_fingerprint, evaluation_view
+    from forgetlab.data.device_pipeline import EncodedDataset, batch_transforms
+    from forgetlab.data.files import ArrayImageDataset, preprocess_for
+
+    images, labels = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3), dtype=np.uint8), np.arange(6) % 2
+    batch = batch_transforms(preprocess_for(_headless("avg").backbone, 32))
+
+    def bank(pil_transform, eval_transform):
+        return dataset_fingerprint(evaluation_view(EncodedDataset(ArrayImageDataset(images, labels, pil_transform), batch["train"], eval_transform)))
+
+    flip, crop = transforms.RandomHorizontalFlip(1.0), transforms.RandomResizedCrop(32, scale=(0.5, 1.0))
+    assert bank(flip, batch["eval"]) == bank(crop, batch["eval"]) == bank(None, batch["eval"])
+    assert bank(None, batch["eval"]) != bank(None, batch["train"])
+
+
 # ----------------------------------------------------------------------------------- the config walk
 def _leaves(cls, prefix=""):
     """``(dotted key, field)`` of every config key of the dataclass ``cls`` (the method section: the
@@ -79,15 +101,19 @@ def _leaves(cls, prefix=""):
             yield key, field
 
 
-# A changed value for every key whose type alone does not give one (the bases' own values for some).
+# A changed value for every key whose type alone does not give one; a function takes the base's value and
+# the walk's files (another weights file, a copy of the data root).
 CHANGED = {
     "name": "other", "out_dir": "elsewhere", "device": "cpu", "precision": "bf16",
-    "backbone.name": "test_vit2", "backbone.weights": None, "backbone.image_size": 48, "backbone.num_classes": 7,
-    "backbone.kwargs": {"global_pool": "avg"},
-    "data.upstream": "cifar100", "data.tasks": ["flowers102"], "data.max_train": 3, "data.max_test": 3, "data.root": None,
+    # another offline backbone; else a timm backbone with another evaluation transform (bilinear, crop 0.875)
+    "backbone.name": lambda value, files: "offline_resnet" if value == "offline_vit" else "resnet18.tv_in1k",
+    "backbone.weights": lambda value, files: files["other weights"] if value else files["offline_vit"],
+    "backbone.image_size": 48, "backbone.num_classes": 7, "backbone.kwargs": {"global_pool": "avg"},
+    "data.upstream": "cifar100", "data.tasks": ["flowers102"], "data.max_train": 3, "data.max_test": 3,
+    "data.root": lambda value, files: files["root"],
     "data.split_seed": 3, "data.eval_cache_gb": 8.0, "data.pipeline": "device",
     "preprocess.train_scale": [0.5, 1.0], "preprocess.train_ratio": [1.0, 1.0], "preprocess.train_interpolation": "nearest",
-    "preprocess.eval_interpolation": "nearest", "preprocess.crop_pct": 0.5, "preprocess.mean": [0.1, 0.2, 0.3],
+    "preprocess.hflip": 1.0, "preprocess.eval_interpolation": "nearest", "preprocess.crop_pct": 0.5, "preprocess.mean": [0.1, 0.2, 0.3],
     "preprocess.std": [0.3, 0.2, 0.1], "preprocess.upstream_eval": "task", "preprocess.upstream_crop_pct": 0.5,
     "eval.upstream_subset": 2, "eval.upstream_evaluator": "head", "method.name": "full", "method.targets": "mlp",
     "train.task_epochs": {"flowers102": 2}, "train.max_steps": 2, "train.warmup_steps": 2, "track.wandb_group": "g",
@@ -98,9 +124,9 @@ CHANGED = {
 RESOLVED_THE_SAME_HERE = {"device"}
 
 
-def _changed(key, field, value):
+def _changed(key, field, value, files):
     if key in CHANGED:
-        return CHANGED[key]
+        return CHANGED[key](value, files) if callable(CHANGED[key]) else CHANGED[key]
     choices = field.metadata.get("choices")
     if choices:
         return next(choice for choice in choices if choice != value)
@@ -124,14 +150,33 @@ def _override(key, value) -> str:
 @pytest.fixture(scope="module")
 def bases(root, random_backbones):  # noqa: F811
     """Base configs in which the caches are used: real images (PIL and device pipelines, the upstream
-    scored with the backbone's and with the task's transform) and the offline world."""
+    scored with the backbone's and with the task's transform, which differ in their interpolation; a
+    seeded subset of the upstream test set) and the offline world."""
     real = [f"data.root={root}", "backbone.name=test_vit", "backbone.random_init=true", "backbone.image_size=32",
             "backbone.num_classes=3", "data.upstream=imagenet", "data.tasks=[cifar100]", "data.max_train=4", "data.max_test=4",
-            "eval.upstream_evaluator=knn", "data.eval_cache=on", "data.cache_decoded=true", "device=cpu"]  # fmt: skip
+            "eval.upstream_evaluator=knn", "data.eval_cache=on", "data.cache_decoded=true", "device=cpu",
+            "preprocess.eval_interpolation=bilinear", "eval.upstream_subset=3"]  # fmt: skip
     offline = [f"backbone.weights={random_backbones['offline_resnet']}", "backbone.name=offline_resnet", "data.tasks=[digits]",
                "data.max_train=8", "data.max_test=8", "eval.upstream_evaluator=knn", "device=cpu"]  # fmt: skip
-    return {"real": real, "real-task-transform": [*real, "preprocess.upstream_eval=task", "data.pipeline=device"],
-            "offline": offline, "offline-backbone": ["backbone.name=offline_vit"]}
+    return {"real": real, "real-task-transform": [*real, "preprocess.upstream_eval=task", "data.pipeline=device", "data.cache_decoded=false"],
+            "offline": offline, "offline-backbone": ["backbone.name=offline_vit", *offline[2:]]}
+
+
+@pytest.fixture(scope="module")
+def walk_files(root, random_backbones, tmp_path_factory):  # noqa: F811
+    """Values of the walk that are files: weights files (offline_vit's, other weights for offline_resnet)
+    and a copy of the data root."""
+    import shutil
+
+    from forgetlab.results import save_safetensors
+    from tests.conftest import random_backbone
+
+    folder = tmp_path_factory.mktemp("walk")
+    shutil.copytree(root, folder / "datasets")
+    torch.manual_seed(1)
+    save_safetensors(folder / "offline_resnet.safetensors", random_backbone("offline_resnet").state_dict())
+    return {"offline_vit": str(random_backbones["offline_vit"]), "other weights": str(folder / "offline_resnet.safetensors"),
+            "root": str(folder / "datasets")}
 
 
 def _keys(overrides, tmp_path):
@@ -139,45 +184,90 @@ def _keys(overrides, tmp_path):
     from forgetlab import runner
 
     config = config_module.resolve(None, [*overrides, f"out_dir={tmp_path}"])
-    if config.backbone.name in ("offline_vit", "offline_resnet") and config.backbone.weights is None:
-        return {"backbones": {runner.offline_backbone_key(config.backbone)}}  # the pretrained backbone: not built here
+    if runner.offline_backbone_key(config.backbone):  # the pretrained offline backbone: not built here, nor the rest
+        return {"backbones": {runner.offline_backbone_key(config.backbone)}}
     return runner.cache_keys(runner.resolve(config, log=lambda message: None))
 
 
-def test_every_config_key_changes_each_caches_key_or_is_ignored_with_a_reason(bases, tmp_path):
+@pytest.fixture
+def built_once(monkeypatch):
+    """``runner.resolve`` at a walk's pace: each distinct backbone is built once (a function of its config
+    section alone: random weights are seeded, files do not change here), the offline world's arrays are
+    read once per world (:func:`forgetlab.data.offline.load_arrays`, keyed by the world's folder), and the
+    method's check is skipped (a forward pass that can only refuse: the walk then also takes configs it
+    would refuse, whose cache keys are computed as any other's). Everything else (tasks, subsets, crops,
+    evaluators, the keys themselves) is resolved afresh each time."""
+    from forgetlab import runner
+    from forgetlab.data import offline
+
+    built, arrays = {}, {}
+    load_backbone, build_method, load_arrays = runner.load_backbone, runner.build_method, offline.load_arrays
+
+    def backbone_once(config):
+        if repr(config) not in built:
+            built[repr(config)] = load_backbone(config)
+        return built[repr(config)]
+
+    def unchecked(config):
+        method = build_method(config)
+        method.check = lambda backbone: None
+        return method
+
+    def arrays_once(name):
+        key = (offline.world_dir(), name)
+        if key not in arrays:
+            arrays[key] = load_arrays(name)
+        return dict(arrays[key])
+
+    monkeypatch.setattr(runner, "load_backbone", backbone_once)
+    monkeypatch.setattr(runner, "build_method", unchecked)
+    monkeypatch.setattr(offline, "load_arrays", arrays_once)
+
+
+def _value(config, key):
+    for part in key.split("."):
+        config = config[part] if isinstance(config, dict) else getattr(config, part)
+    return config
+
+
+def test_every_config_key_changes_each_caches_key_or_is_ignored_with_a_reason(bases, walk_files, built_once, tmp_path):
     """Walks every config key: changing it changes a cache's key in some base where the cache is used,
     or the cache's ignore list names it (with its reason); a listed key never changes that key."""
+    import pprint
+
     from forgetlab import caches
     from forgetlab import config as config_module
-    from forgetlab.config import RunConfig, to_dict
+    from forgetlab.config import RunConfig
     from forgetlab.errors import ForgetlabError
 
+    walked = [(key, field) for key, field in _leaves(RunConfig) if key not in RESOLVED_THE_SAME_HERE]
+    base_configs = {name: config_module.resolve(None, overrides) for name, overrides in bases.items()}
     base_keys = {name: _keys(overrides, tmp_path) for name, overrides in bases.items()}
+    assert {cache for keys in base_keys.values() for cache, used in keys.items() if used} == set(caches.FORMATS)
+    assert base_keys == {name: _keys(overrides, tmp_path) for name, overrides in bases.items()}  # nothing changed: same keys
     changes: dict[str, set[str]] = {}  # config key -> the caches whose key it changed
-    for key, field in _leaves(RunConfig):
-        if key in RESOLVED_THE_SAME_HERE:
-            continue
+    for key, field in walked:
         for name, overrides in bases.items():
-            value = config_module.resolve(None, overrides)
-            for part in key.split("."):
-                value = value[part] if isinstance(value, dict) else getattr(value, part)
+            value = _changed(key, field, _value(base_configs[name], key), walk_files)
             try:
-                changed = _keys([*overrides, _override(key, _changed(key, field, value))], tmp_path)
+                changed = _keys([*overrides, _override(key, value)], tmp_path)
             except ForgetlabError:  # a value this base refuses (another weights file's architecture): not used here
                 continue
-            for cache, used in base_keys[name].items():
-                if used and changed.get(cache, set()) != used:
+            for cache, used in base_keys[name].items():  # a cache the change stops using counts: nothing is reused
+                if used and cache in changed and changed[cache] != used:  # (not in it: not computed here)
                     changes.setdefault(key, set()).add(cache)
-    walked = [key for key, _ in _leaves(RunConfig) if key not in RESOLVED_THE_SAME_HERE]
+    wrong = {}  # cache -> (listed keys that changed its key, unlisted keys that did not)
     for cache in caches.FORMATS:
-        listed_but_changed = [key for key in walked if caches.ignored(cache, key) and cache in changes.get(key, ())]
-        neither = [key for key in walked if not caches.ignored(cache, key) and cache not in changes.get(key, ())]
-        assert (cache, listed_but_changed, neither) == (cache, [], [])
-    sections = {key.split(".")[0] for key in walked}
-    for cache, entries in caches.IGNORED.items():  # no stale entry: each names a config key or section
-        assert all(entry in walked or entry in sections for entry in entries), cache
-        assert all(reason for reason in entries.values())
-    assert to_dict(RunConfig())  # the walk covered the whole config
+        listed_but_changed = [key for key, _ in walked if caches.ignored(cache, key) and cache in changes.get(key, ())]
+        neither = [key for key, _ in walked if not caches.ignored(cache, key) and cache not in changes.get(key, ())]
+        if listed_but_changed or neither:
+            wrong[cache] = (listed_but_changed, neither)
+    assert wrong == {}, pprint.pformat(wrong)
+    keys = {key for key, _ in _leaves(RunConfig)}  # the walked keys and those resolved the same on this machine
+    sections = {key.split(".")[0] for key in keys}
+    stale = {cache: [entry for entry, reason in entries.items() if entry not in keys | sections or not reason]
+             for cache, entries in caches.IGNORED.items()}  # fmt: skip
+    assert stale == {cache: [] for cache in caches.IGNORED}  # each entry names a config key or section, with a reason
 
 
 def test_the_weights_digest_follows_every_change_and_hashes_only_what_changed():

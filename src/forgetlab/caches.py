@@ -48,13 +48,14 @@ _DOWNSTREAM = "the downstream tasks: the cache holds the upstream task's content
 _VOTE = "the k-NN vote over the bank, not the bank's features"
 _SAME = "the same values whatever it is: an evaluation in eval mode gives each image the same result in any batch or process"
 _FIXED = "fixed by the code (its own seeds and source files): no run setting reaches it"
+_NOT_PREPROCESSING = "not the preprocessing: timm resolves the transform from the architecture's pretrained config alone"
 _BUILT_ONCE = "the pretraining recipe is fixed by the code: a run's settings apply to the runs that use the backbone"
 
 IGNORED: dict[str, dict[str, str]] = {
     "knn-banks": {
         "name": _WHERE, "out_dir": _WHERE, "track": _WHERE,
         "seed": _WEIGHTS + " (the upstream bank takes no seeded split)",
-        "method": _WEIGHTS, "train": _WEIGHTS, "lwf": _WEIGHTS, "replay": _WEIGHTS,
+        "method": _WEIGHTS, "train": _WEIGHTS, "lwf": _WEIGHTS, "replay.batch_size": _WEIGHTS,
         "data.tasks": _DOWNSTREAM, "data.split_seed": _DOWNSTREAM, "data.max_test": "the test images (queries), not the bank",
         "data.workers": _SAME, "data.eval_cache_gb": "a limit on writing crops: crops that are cached change the key through their own key",
         "preprocess.train_scale": _TRAINING, "preprocess.train_ratio": _TRAINING, "preprocess.train_interpolation": _TRAINING,
@@ -62,12 +63,12 @@ IGNORED: dict[str, dict[str, str]] = {
         "eval.batch_size": _SAME, "eval.upstream_subset": "the test images (queries), not the bank",
         "eval.knn_k": _VOTE, "eval.knn_temperature": _VOTE,
         "eval.knn_bank_dtype": "the bank's storage on the device after it is read: the file holds fp32 features",
-        "eval.knn_cache": "whether the cache is used, not what it holds",
     },
     "eval-crops": {
         "name": _WHERE, "out_dir": _WHERE, "track": _WHERE,
-        "seed": "the run's initialisation and data order; the evaluated images take no seeded split",
-        "method": _TRAINING, "train": _TRAINING, "lwf": _TRAINING, "replay": _TRAINING,
+        "backbone.weights": _NOT_PREPROCESSING, "backbone.random_init": _NOT_PREPROCESSING,
+        "backbone.num_classes": _NOT_PREPROCESSING, "backbone.kwargs": _NOT_PREPROCESSING,
+        "method": _TRAINING, "train": _TRAINING, "lwf": _TRAINING, "replay.batch_size": _TRAINING,
         "precision": "the crops are uint8 pixels, computed before any autocast",
         "data.workers": _SAME, "data.eval_cache_gb": "a limit on writing crops, not what they hold",
         "data.split_seed": "splits training samples; the test images are whole",
@@ -81,9 +82,9 @@ IGNORED: dict[str, dict[str, str]] = {
     },
     "decoded": {
         "name": _WHERE, "out_dir": _WHERE, "track": _WHERE, "seed": "decoding is deterministic and takes no seed",
-        "device": "decoded on the CPU by PIL", "precision": "uint8 pixels", "backbone.kwargs": "not the preprocessing",
-        "backbone.random_init": "not the preprocessing", "backbone.num_classes": "not the preprocessing",
-        "backbone.weights": "not the preprocessing",
+        "device": "decoded on the CPU by PIL", "precision": "uint8 pixels", "backbone.kwargs": _NOT_PREPROCESSING,
+        "backbone.random_init": _NOT_PREPROCESSING, "backbone.num_classes": _NOT_PREPROCESSING,
+        "backbone.weights": _NOT_PREPROCESSING,
         "method": _TRAINING, "train": _TRAINING, "lwf": _TRAINING, "replay": _TRAINING, "eval": "scoring, after decoding",
         "data.workers": _SAME, "data.pipeline": "both pipelines read the same decoded array", "data.eval_cache": "later crops of it",
         "data.eval_cache_gb": "later crops of it", "data.split_seed": "splits are positions in the decoded array",

@@ -144,17 +144,21 @@ def evaluation_view(dataset: Dataset) -> Dataset:
 def dataset_fingerprint(dataset: Dataset) -> str | None:
     """A SHA-256 of what a dataset yields (files by path, size and modification time; in-memory images
     by their bytes; subsets by their indices; the transform by its description; the device
-    pipeline's :class:`~forgetlab.data.device_pipeline.EncodedDataset` by what it wraps, its positions
+    pipeline's :class:`~forgetlab.data.device_pipeline.EncodedDataset` by the files or arrays it reads, its positions
     and its batch transform), or None for a type it does not know. Caches of pure functions of a
     dataset key on it (the k-NN banks of :class:`forgetlab.evaluate.KNNEvaluator`)."""
+    import copy
     import hashlib
 
     digest = hashlib.sha256(type(dataset).__name__.encode())
     inner = getattr(dataset, "dataset", None)
     if inner is not None and hasattr(dataset, "positions") and hasattr(dataset, "batch_transform"):
-        # EncodedDataset (data.pipeline=device): the file or array dataset it reads, the positions and
-        # labels it reads them as, and the batch transform its images get on the device.
-        inner_print = dataset_fingerprint(inner)
+        # EncodedDataset (data.pipeline=device): the files or arrays it reads (not the PIL transform of
+        # the dataset holding them, which it never applies), the positions and labels it reads them as,
+        # and the batch transform its images get on the device.
+        source = copy.copy(inner)
+        source.transform = source.mean = source.std = None
+        inner_print = dataset_fingerprint(source)
         if inner_print is None:
             return None
         digest.update(inner_print.encode())
