@@ -456,13 +456,16 @@ def _decode_one(data: torch.Tensor, name: str, device: torch.device) -> torch.Te
     return decode_bytes(data, name).to(device)
 
 
-def decode_batch(payloads: list[torch.Tensor], names: list[str], device: torch.device) -> list[torch.Tensor]:
-    """uint8 RGB ``[3, H, W]`` images from encoded bytes (see :mod:`forgetlab.data.decode` for the rule):
-    grey and YCbCr JPEGs in one batched ``decode_jpeg`` call on ``device`` (nvJPEG on CUDA); if that
-    call refuses the batch, each of them alone on ``device``; CMYK/YCCK JPEGs, other formats and
-    whatever the device refused by :func:`_decode_one` on the CPU."""
+def decode_batch(payloads: list[torch.Tensor] | EncodedBatch, names: list[str], device: torch.device) -> list[torch.Tensor]:
+    """uint8 RGB ``[3, H, W]`` images from encoded bytes (a list of payloads, or a worker's
+    :class:`EncodedBatch`; see :mod:`forgetlab.data.decode` for the rule): grey and YCbCr JPEGs in one
+    batched ``decode_jpeg`` call on ``device`` (nvJPEG on CUDA); if that call refuses the batch, each of
+    them alone on ``device``; CMYK/YCCK JPEGs, other formats and whatever the device refused by
+    :func:`_decode_one` on the CPU."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if isinstance(payloads, EncodedBatch):
+        payloads = payloads.payloads()
     images: list[torch.Tensor | None] = [None] * len(payloads)
     jpegs = [i for i, data in enumerate(payloads) if jpeg_components(data) in (1, 3)]
     if jpegs:
