@@ -132,6 +132,8 @@ class EvalConfig:
                              "preprocessing, so a later run or sweep cell with the same key reuses them")
     knn_features: str = option("backbone", "what the k-NN compares: 'backbone' features (DINO; correct) or 'task_logits', the last task head's "
                                "outputs, which reproduces paper 2's published LoRA rows (a bug of its code)", choices=("backbone", "task_logits"))
+    probe_images: int = option(2000, "representation drift: after each phase, the linear CKA of the pretrained and current features at "
+                               "every unit on this many class-balanced upstream test images (all when fewer), into drift.csv; 0 turns it off")
 
 
 @dataclass

@@ -48,6 +48,7 @@ from forgetlab.pretrain import ensure_pretrained
 from forgetlab.provenance import environment_record, inputs_record, normalisation_note
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, save_safetensors, task_metadata, write_json, write_npz
+from forgetlab import run_drift
 from forgetlab.run_checks import check_finite, check_image_channels, check_local_inputs
 from forgetlab.run_folder import check_folder, open_folder, read_checkpoint
 from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, precision_warning, resolve_device, seed_everything
@@ -83,6 +84,7 @@ class RunState:
     # which then shares its head and matrix column: column -> the task data it is tested on (its first phase's).
     columns: dict[str, TaskData]
     evaluate_upstream: Callable | None = None  # the config's upstream evaluator (head or k-NN)
+    drift: run_drift.DriftProbe | None = None  # representation drift per unit (None: eval.probe_images=0)
     model: MultiHeadModel | None = None
     replay: ReplayBuffer | None = None  # replayed upstream examples, fixed for the whole run
     matrix: AccuracyMatrix | None = None
@@ -109,6 +111,7 @@ class Phase:
     predictions: object = None  # the upstream test set's predicted labels
     row: dict[str, float] = field(default_factory=dict)
     eval_seconds: float = 0.0
+    drift: list[dict] | None = None  # drift.csv's rows of this phase (None: drift off)
 
 
 def run(config, *, log=print) -> RunFolder:
@@ -206,6 +209,8 @@ def place_data(state: RunState) -> None:
         state.columns = {column: dataclasses.replace(task, test=crop_cache(task.test, what=f"{task.name} test"))
                          for column, task in state.columns.items()}  # fmt: skip
     state.evaluate_upstream = build_upstream_evaluator(config.eval, state.upstream, crop_cache=crop_cache)
+    state.drift = run_drift.build_drift(config, state.upstream.test, device, state.amp_dtype,
+                                        run_drift.fresh_pretrained(config, device), state.log)  # fmt: skip
 
 
 def open_run(state: RunState, stack: contextlib.ExitStack) -> None:
@@ -242,7 +247,10 @@ def score_pretrained(state: RunState) -> None:
     state.upstream_records, state.task_records = [upstream_record], []
     state.matrix.add_row({UPSTREAM: upstream_accuracy})
     write_npz(folder.predictions(0), predictions=predictions, labels=dataset_labels(upstream.test))
-    folder.commit(0, len(tasks), state.matrix, state.task_records, state.upstream_records, [folder.predictions(0), folder.upstream])
+    drift_files = run_drift.write_phase(folder, 0, state.drift.rows(state.model, 0)) if state.drift else []
+    folder.commit(0, len(tasks), state.matrix, state.task_records, state.upstream_records,
+                  [folder.predictions(0), folder.upstream, *drift_files])  # fmt: skip
+    run_drift.write_view(folder, 0)
     state.log(f"pretrained {backbone.name}: upstream {100 * upstream_accuracy:.2f}% ({time.perf_counter() - start:.1f}s)")
     state.completed = 0
 
@@ -256,6 +264,7 @@ def resume(state: RunState, progress: dict) -> None:
         raise DataError(f"{folder.progress} records {progress['total_tasks']} tasks but the config has {len(tasks)}; delete the folder")
     folder.verify()  # every committed file against its hash, before anything is read from it
     folder.write_views()  # repairs views a kill between commit and views left behind
+    run_drift.write_view(folder, completed)
     folder.clean()  # temporary files and checkpoints of an uncommitted phase
     state.matrix, state.task_records, state.upstream_records = folder.read_matrix(), folder.read_tasks(), folder.read_upstream_eval()
     for column in dict.fromkeys(task.column for task in tasks[:completed]):
@@ -394,6 +403,8 @@ def score_phase(state: RunState, phase: Phase) -> None:
                 amp_dtype=state.amp_dtype, workers=state.config.data.workers, description=f"eval {column}",
             )  # fmt: skip
         phase.row[column] = accuracy(seen_predictions, dataset_labels(seen.test))
+    if state.drift:
+        phase.drift = state.drift.rows(state.model, phase.index, state.method)
     state.matrix.add_row(phase.row)
     phase.eval_seconds = time.perf_counter() - start
 
@@ -407,8 +418,10 @@ def commit_phase(state: RunState, phase: Phase) -> None:
     state.method.save_task(task.column, folder.path, phase=task.name)
     save_safetensors(folder.checkpoint_for(index), state.model.state_dict())
     adapter_files = sorted((folder.path / "adapters" / task.name).glob("*")) if (folder.path / "adapters" / task.name).is_dir() else []
+    drift_files = run_drift.write_phase(folder, index, phase.drift) if phase.drift is not None else []
     folder.commit(index, len(state.tasks), state.matrix, state.task_records, state.upstream_records,
-                  [folder.predictions(index), folder.checkpoint_for(index), *adapter_files])  # fmt: skip
+                  [folder.predictions(index), folder.checkpoint_for(index), *adapter_files, *drift_files])  # fmt: skip
+    run_drift.write_view(folder, index)
     track_phase(state.tracker, index, phase.row, state.matrix)
     stats = phase.stats
     drop = phase.upstream_accuracy - state.matrix.values[0][0]
