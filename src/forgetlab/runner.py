@@ -40,7 +40,7 @@ from forgetlab.data.device_pipeline import encoded, resolve_pipeline
 from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import preprocess_for
 from forgetlab.errors import ConfigError, DataError
-from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
+from forgetlab.evaluate import accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict, upstream_evaluator_names
 from forgetlab.methods import build_method
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
@@ -157,7 +157,7 @@ def resolve(config, log) -> RunState:
     state = RunState(config, log, folder, method, device, amp_dtype, backbone, preprocess, upstream, tasks, columns)
     place_data(state)
     head_classes = getattr(backbone.model.get_classifier(), "out_features", 0)
-    if config.eval.upstream_evaluator == "head" and head_classes != state.upstream.num_classes:
+    if "head" in upstream_evaluator_names(config.eval) and head_classes != state.upstream.num_classes:
         raise ConfigError(
             f"the backbone's head predicts {head_classes} classes but {config.data.upstream} has "
             f"{state.upstream.num_classes}; set data.upstream to the dataset the backbone was trained on (e.g. data.upstream=imagenet), "
@@ -375,7 +375,8 @@ def finish_phase(state: RunState, phase: Phase) -> None:
 
 def score_upstream(state: RunState, row: int):
     """``(accuracy, predictions, record)`` of the upstream test set with the config's evaluator (the
-    frozen upstream head, or k-NN); the record is ``upstream_eval.json``'s for matrix row ``row``."""
+    frozen upstream head, k-NN, or several: then each one's accuracy under its name and the k-NN's at every k under
+    ``knn_at_k``); the record is ``upstream_eval.json''s for matrix row ``row``."""
     config = state.config
     start = time.perf_counter()
     with state.method.evaluating(state.model, UPSTREAM):
@@ -384,8 +385,10 @@ def score_upstream(state: RunState, row: int):
     record = {"row": row, "accuracy": value, "images": len(predicted), "seconds": round(time.perf_counter() - start, 2)}
     if config.eval.upstream_subset is not None:
         record["ci95"] = confidence_interval(value, len(predicted))
+    several = getattr(state.evaluate_upstream, "accuracies", None)  # eval.upstream_evaluator=[head, knn]: each one's accuracy by name
+    record.update(several or {})
     if getattr(state.evaluate_upstream, "last", None):
-        record["knn"] = {str(k): v for k, v in state.evaluate_upstream.last.items()}
+        record["knn_at_k" if several else "knn"] = {str(k): v for k, v in state.evaluate_upstream.last.items()}
     return value, predicted, record
 
 

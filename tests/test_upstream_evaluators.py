@@ -1,0 +1,90 @@
+"""Several upstream evaluators in one run (eval.upstream_evaluator=[head, knn]): every row of
+upstream_eval.json holds each one's accuracy, the matrix keeps the first's, a stopped run resumes to
+the same rows, and a sweep can vary the evaluators."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from forgetlab import config as config_module
+from forgetlab.errors import ConfigError
+from forgetlab.results import RunFolder
+from forgetlab.runner import run
+from forgetlab.sweep import load_sweep, run_sweep
+
+from .conftest import tiny_overrides
+
+QUIET = {"log": lambda message: None}
+TIMING = {"seconds"}
+
+
+def _rows(folder: RunFolder) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in folder.read_upstream_eval()]
+
+
+def test_each_row_holds_every_evaluator_and_the_matrix_the_first(random_backbones, tmp_path):
+    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"eval.upstream_evaluator": "[head, knn]"})
+    config = config_module.resolve({}, overrides)
+    assert config.eval.upstream_evaluator == "head,knn"
+    folder = run(config, **QUIET)
+    rows, matrix = _rows(folder), folder.read_matrix()
+    assert len(rows) == 3
+    for row, values in zip(rows, matrix.values):
+        assert set(row) >= {"row", "accuracy", "head", "knn", "knn_at_k"}
+        assert row["accuracy"] == row["head"] == values[0]
+        assert row["knn"] == row["knn_at_k"]["20"] and 0.0 <= row["knn"] <= 1.0
+    # the k-NN column equals a run that scores by k-NN alone
+    alone = run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="knn",
+                                                         **{"eval.upstream_evaluator": "knn"})), **QUIET)  # fmt: skip
+    assert [row["knn"] for row in rows] == [row["accuracy"] for row in alone.read_upstream_eval()]
+
+
+def test_a_frozen_backbone_keeps_its_knn_accuracy_in_every_row(random_backbones, tmp_path):
+    overrides = tiny_overrides(random_backbones["offline_resnet"], tmp_path, **{"method.name": "linear", "eval.upstream_evaluator": "[knn, head]"})
+    rows = _rows(run(config_module.resolve({}, overrides), **QUIET))
+    assert len({row["knn"] for row in rows}) == 1 and len({row["head"] for row in rows}) == 1
+    assert all(row["accuracy"] == row["knn"] for row in rows)  # knn first: it is what the matrix keeps
+
+
+def test_a_stopped_run_resumes_to_the_same_rows(random_backbones, tmp_path):
+    extra = {"eval.upstream_evaluator": "[head, knn]", "train.lr": 0.05}
+    clean = run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="clean", **extra)), **QUIET)
+    stopped = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="stopped", **extra))
+
+    def stop_after_task_1(message: str) -> None:
+        if message.startswith("task 1/2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(stopped, log=stop_after_task_1)
+    assert len(RunFolder(stopped.run_dir).read_upstream_eval()) == 2
+    resumed = run(stopped, **QUIET)
+    assert _rows(resumed) == _rows(clean) and resumed.read_matrix().values == clean.read_matrix().values
+
+
+@pytest.mark.parametrize("value, message", [("[knn, knn]", "twice"), ("[head, probe2]", "must be one of"), ("'head, knn'", "must be one of")])
+def test_bad_lists_are_refused(random_backbones, tmp_path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"eval.upstream_evaluator": value}))
+
+
+def test_a_sweep_over_evaluators(random_backbones, tmp_path):
+    base = {key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in tiny_overrides(random_backbones["offline_vit"], tmp_path))}
+    base["data.tasks"] = ["digits"]
+    tree: dict = {}
+    for key, value in base.items():
+        node = tree
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = tmp_path / "evaluators.yaml"
+    path.write_text(yaml.safe_dump({"name": "evaluators", "out_dir": str(tmp_path), "base": tree,
+                                    "grid": {"eval.upstream_evaluator": ["head", ["head", "knn"]]}}))  # fmt: skip
+    sweep = load_sweep(path)
+    status = run_sweep(sweep, quiet=True, log=lambda message: None)
+    assert sorted(status.values()) == ["ran", "ran"]
+    rows = {name: RunFolder(sweep.folder / name).read_upstream_eval() for name in status}
+    single, both = (rows[name] for name in sorted(status, key=len))
+    assert "knn" not in single[0] and [row["head"] for row in both] == [row["accuracy"] for row in single]
