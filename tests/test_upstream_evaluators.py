@@ -70,21 +70,16 @@ def test_bad_lists_are_refused(random_backbones, tmp_path, value, message):
 
 
 def test_a_sweep_over_evaluators(random_backbones, tmp_path):
-    base = {key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in tiny_overrides(random_backbones["offline_vit"], tmp_path))}
-    base["data.tasks"] = ["digits"]
-    tree: dict = {}
-    for key, value in base.items():
-        node = tree
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
+    backbone = random_backbones["offline_vit"]
     path = tmp_path / "evaluators.yaml"
-    path.write_text(yaml.safe_dump({"name": "evaluators", "out_dir": str(tmp_path), "base": tree,
-                                    "grid": {"eval.upstream_evaluator": ["head", ["head", "knn"]]}}))  # fmt: skip
+    path.write_text(yaml.safe_dump({"name": "evaluators", "out_dir": str(tmp_path / "runs"), "base": {
+        "backbone": {"name": backbone.stem, "weights": str(backbone)},
+        "data": {"tasks": ["digits"], "max_train": 48, "max_test": 40}, "train": {"batch_size": 16, "max_steps": 3}},
+        "grid": {"eval.upstream_evaluator": ["head", ["head", "knn"]]}}))  # fmt: skip
     sweep = load_sweep(path)
     status = run_sweep(sweep, quiet=True, log=lambda message: None)
     assert sorted(status.values()) == ["ran", "ran"]
     rows = {name: RunFolder(sweep.folder / name).read_upstream_eval() for name in status}
     single, both = (rows[name] for name in sorted(status, key=len))
     assert "knn" not in single[0] and [row["head"] for row in both] == [row["accuracy"] for row in single]
+    assert all(0.0 <= row["knn"] <= 1.0 for row in both)
