@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import forgetlab
 from forgetlab import config as config_module
 from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import MultiHeadModel
@@ -50,7 +51,9 @@ def test_probe_is_class_balanced_and_seeded():
 
 def test_linear_probing_leaves_every_unit_at_exactly_one(random_backbones, tmp_path):
     config = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"method.name": "linear"}))
-    rows = _drift(run(config, **QUIET))
+    folder = run(config, **QUIET)
+    rows = _drift(folder)
+    assert forgetlab.load_run(folder.path).drift.to_dict("records") == rows
     assert {row["phase"] for row in rows} == {0, 1, 2}
     assert len(rows) == 3 * 7 and {row["unit"] for row in rows} == {*(f"blocks.{i}" for i in range(6)), "features"}
     assert all(row["cka"] == 1.0 for row in rows)

@@ -4,8 +4,12 @@ the same rows, and a sweep can vary the evaluators."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
+
+import forgetlab
+from forgetlab.analysis.drift import lost_misaligned, lost_misaligned_table
 
 from forgetlab import config as config_module
 from forgetlab.errors import ConfigError
@@ -38,6 +42,28 @@ def test_each_row_holds_every_evaluator_and_the_matrix_the_first(random_backbone
     alone = run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="knn",
                                                          **{"eval.upstream_evaluator": "knn"})), **QUIET)  # fmt: skip
     assert [row["knn"] for row in rows] == [row["accuracy"] for row in alone.read_upstream_eval()]
+    # the API's table and the split, from the stored per-evaluator predictions
+    table = forgetlab.load_run(folder.path).upstream_evaluators
+    assert table.shape == (6, 3) and table[table.evaluator == "knn"].accuracy.tolist() == [row["knn"] for row in rows]
+    split = lost_misaligned_table(folder.path, resamples=200)
+    assert split.phase.tolist() == [1, 2]
+    for phase, record in zip((1, 2), split.itertuples()):
+        assert record.lost == pytest.approx(rows[0]["knn"] - rows[phase]["knn"], abs=1e-12)
+        assert record.lost + record.misaligned == pytest.approx(rows[0]["head"] - rows[phase]["head"], abs=1e-12)
+        assert record.lost_ci[0] <= record.lost <= record.lost_ci[1]
+
+
+def test_lost_and_misaligned_on_known_predictions():
+    """60 images: the head loses 30 after phase 1, the k-NN 12 of those; so 20 % lost, 30 % misaligned."""
+    head = np.ones((2, 60), bool)
+    knn = np.ones((2, 60), bool)
+    head[1, :30] = False
+    knn[1, :12] = False
+    split = lost_misaligned({"head": head, "knn": knn}, 1, resamples=500)
+    assert split["head_drop"] == pytest.approx(0.5) and split["lost"] == pytest.approx(0.2) and split["misaligned"] == pytest.approx(0.3)
+    low, high = split["misaligned_ci"]
+    assert low < 0.3 < high and high - low < 0.3
+    assert lost_misaligned({"head": head, "knn": head}, 1)["misaligned"] == 0.0  # a k-NN that drops as the head does: all lost
 
 
 def test_a_frozen_backbone_keeps_its_knn_accuracy_in_every_row(random_backbones, tmp_path):

@@ -205,16 +205,19 @@ class UpstreamEvaluators:
     """Several named upstream evaluators on one model (Davari et al., CVPR 2022, "Probing Representation
     Forgetting": a frozen head's drop is knowledge lost only where a k-NN on the features drops too).
     Returns the first one's ``(accuracy, predictions)``; :attr:`accuracies` holds every one's accuracy
-    by name after each call, :attr:`last` the k-NN's accuracy at every k (when ``knn`` is one of them)."""
+    by name after each call, :attr:`predictions` every one's predicted labels, :attr:`last` the k-NN's
+    accuracy at every k (when ``knn`` is one of them)."""
 
     def __init__(self, evaluators: dict[str, Callable]):
         self.evaluators = evaluators
         self.accuracies: dict[str, float] = {}
+        self.predictions: dict[str, np.ndarray] = {}
         self.last: dict[int, float] = {}
 
     def __call__(self, model, dataset: Dataset, **options):
         results = {name: evaluator(model, dataset, **options) for name, evaluator in self.evaluators.items()}
         self.accuracies = {name: value for name, (value, _) in results.items()}
+        self.predictions = {name: predicted for name, (_, predicted) in results.items()}
         self.last = dict(getattr(self.evaluators.get("knn"), "last", {}) or {})
         return results[next(iter(results))]
 

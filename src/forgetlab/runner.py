@@ -246,7 +246,7 @@ def score_pretrained(state: RunState) -> None:
     upstream_accuracy, predictions, upstream_record = score_upstream(state, 0)
     state.upstream_records, state.task_records = [upstream_record], []
     state.matrix.add_row({UPSTREAM: upstream_accuracy})
-    write_npz(folder.predictions(0), predictions=predictions, labels=dataset_labels(upstream.test))
+    write_npz(folder.predictions(0), predictions=predictions, labels=dataset_labels(upstream.test), **evaluator_predictions(state))
     drift_files = run_drift.write_phase(folder, 0, state.drift.rows(state.model, 0)) if state.drift else []
     folder.commit(0, len(tasks), state.matrix, state.task_records, state.upstream_records,
                   [folder.predictions(0), folder.upstream, *drift_files])  # fmt: skip
@@ -392,6 +392,12 @@ def score_upstream(state: RunState, row: int):
     return value, predicted, record
 
 
+def evaluator_predictions(state: RunState) -> dict:
+    """``predictions_<name>`` of every upstream evaluator of the last scoring, when there are several
+    (the lost/misaligned split bootstraps over them); empty with one."""
+    return {f"predictions_{name}": values for name, values in getattr(state.evaluate_upstream, "predictions", {}).items()}
+
+
 def score_phase(state: RunState, phase: Phase) -> None:
     """Row ``phase.index`` of the matrix: the upstream task, then every task seen so far with its own head."""
     start = time.perf_counter()
@@ -417,7 +423,7 @@ def commit_phase(state: RunState, phase: Phase) -> None:
     trackers and the log line."""
     folder, index, task = state.folder, phase.index, phase.task
     state.task_records.append(task_record(phase))
-    write_npz(folder.predictions(index), predictions=phase.predictions, labels=dataset_labels(state.upstream.test))
+    write_npz(folder.predictions(index), predictions=phase.predictions, labels=dataset_labels(state.upstream.test), **evaluator_predictions(state))
     state.method.save_task(task.column, folder.path, phase=task.name)
     save_safetensors(folder.checkpoint_for(index), state.model.state_dict())
     adapter_files = sorted((folder.path / "adapters" / task.name).glob("*")) if (folder.path / "adapters" / task.name).is_dir() else []
