@@ -57,7 +57,8 @@ class ProbeSubset(Dataset):
     and ``to_batch``: the device pipeline's datasets keep working)."""
 
     def __init__(self, dataset: Dataset, indices: np.ndarray):
-        self.dataset, self.indices = open_crops(dataset), np.asarray(indices, dtype=np.int64)
+        self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
+        self._opened = False
         self.labels = dataset_labels(dataset)[self.indices]
         for name in ("collate", "to_batch"):
             if hasattr(self.dataset, name):
@@ -67,6 +68,8 @@ class ProbeSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, index: int):
+        if not self._opened:  # cached evaluation crops are mapped on first use, not when the run is resolved
+            self.dataset, self._opened = open_crops(self.dataset), True
         return self.dataset[int(self.indices[index])]
 
 
