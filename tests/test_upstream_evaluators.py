@@ -51,6 +51,14 @@ def test_each_row_holds_every_evaluator_and_the_matrix_the_first(random_backbone
         assert record.lost == pytest.approx(rows[0]["knn"] - rows[phase]["knn"], abs=1e-12)
         assert record.lost + record.misaligned == pytest.approx(rows[0]["head"] - rows[phase]["head"], abs=1e-12)
         assert record.lost_ci[0] <= record.lost <= record.lost_ci[1]
+    # the report's section: the drift heat map, the evaluators figure, and the split's numbers as notes
+    page = forgetlab.report([folder.path], out=tmp_path / "report", permutations=50, log=lambda message: None)
+    markdown = (page.parent / "report.md").read_text()
+    assert "## Where forgetting happens in the features" in markdown
+    assert any((page.parent / "figures").glob("drift_*.png"))
+    assert any((page.parent / "figures").glob("evaluators_*.png"))
+    first = split.iloc[0]
+    assert f"head drop {100 * first.head_drop:.1f} points = lost {100 * first.lost:.1f}" in markdown
 
 
 def test_lost_and_misaligned_on_known_predictions():
