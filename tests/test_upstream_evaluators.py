@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 import forgetlab
-from forgetlab.analysis.drift import lost_misaligned, lost_misaligned_table
+from forgetlab.analysis.contextual import class_similarities
+from forgetlab.analysis.drift import lost_misaligned, lost_misaligned_by_group_table, lost_misaligned_table, near_far_classes
 
 from forgetlab import config as config_module
 from forgetlab.errors import ConfigError
@@ -51,6 +52,15 @@ def test_each_row_holds_every_evaluator_and_the_matrix_the_first(random_backbone
         assert record.lost == pytest.approx(rows[0]["knn"] - rows[phase]["knn"], abs=1e-12)
         assert record.lost + record.misaligned == pytest.approx(rows[0]["head"] - rows[phase]["head"], abs=1e-12)
         assert record.lost_ci[0] <= record.lost <= record.lost_ci[1]
+    # by group: the top and bottom quartile of the classes' similarity to each phase's domain
+    groups = lost_misaligned_by_group_table(folder.path, resamples=100)
+    assert set(groups.group) == {"near", "far"} and groups.phase.tolist().count(1) == 2
+    labels = folder.read_predictions(0)["labels"]
+    near = groups[(groups.group == "near") & (groups.phase == 1)].iloc[0]
+    similarity = class_similarities(near.domain, synsets=forgetlab.load_run(folder.path).upstream["synsets"])
+    chosen = similarity[labels] >= np.percentile(similarity, 75)
+    knn_correct = [folder.read_predictions(r)["predictions_knn"][chosen] == labels[chosen] for r in (0, 1)]
+    assert near.images == chosen.sum() and near.lost == pytest.approx(knn_correct[0].mean() - knn_correct[1].mean(), abs=1e-12)
     # the report's section: the drift heat map, the evaluators figure, and the split's numbers as notes
     page = forgetlab.report([folder.path], out=tmp_path / "report", permutations=50, log=lambda message: None)
     markdown = (page.parent / "report.md").read_text()
@@ -72,6 +82,12 @@ def test_lost_and_misaligned_on_known_predictions():
     low, high = split["misaligned_ci"]
     assert low < 0.3 < high and high - low < 0.3
     assert lost_misaligned({"head": head, "knn": head}, 1)["misaligned"] == 0.0  # a k-NN that drops as the head does: all lost
+
+
+def test_near_and_far_are_the_outer_quartiles():
+    groups = near_far_classes(np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]))
+    assert groups["near"].tolist() == [False] * 6 + [True] * 2 and groups["far"].tolist() == [True] * 2 + [False] * 6
+    assert near_far_classes(np.full(8, 0.5)) is None  # no split when every class is as similar
 
 
 def test_a_frozen_backbone_keeps_its_knn_accuracy_in_every_row(random_backbones, tmp_path):

@@ -100,3 +100,44 @@ def lost_misaligned_table(run_path: str | Path, *, resamples: int = 2000, seed: 
     if correct is None:
         return pd.DataFrame()
     return pd.DataFrame([lost_misaligned(correct, phase, resamples=resamples, seed=seed) for phase in range(1, len(correct["head"]))])
+
+
+def near_far_classes(similarity: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Upstream classes near to and far from a task's domain: the top and the bottom quartile of the
+    per-class similarity (``near``: at least the 75th percentile, ``far``: at most the 25th), as bool
+    masks over the classes; None when the two quartiles coincide (no split to speak of)."""
+    low, high = np.percentile(similarity, [25, 75])
+    if not high > low:
+        return None
+    return {"near": similarity >= high, "far": similarity <= low}
+
+
+def lost_misaligned_by_group_table(run_path: str | Path, *, similarity: str = "synset", resamples: int = 2000, seed: int = 0):
+    """:func:`lost_misaligned` per phase for the upstream test images of the classes near to and far from
+    that phase's domain (:func:`near_far_classes` of :func:`forgetlab.analysis.contextual.class_similarities`,
+    ``similarity`` as the contextual analysis takes it). A DataFrame with ``group``, ``domain``,
+    ``classes``, ``images`` and the split's columns; empty for a run without WordNet synsets, domains or
+    stored head and k-NN predictions."""
+    import pandas as pd
+
+    from forgetlab.analysis.collect import RunResult
+    from forgetlab.analysis.contextual import class_similarities
+    from forgetlab.results import RunFolder
+
+    correct = stored_correctness(run_path)
+    run = RunResult(RunFolder(run_path))
+    synsets = run.upstream.get("synsets") if correct is not None else None
+    if not synsets:
+        return pd.DataFrame()
+    labels = run.predictions(0)["labels"]
+    rows = []
+    for phase in range(1, len(correct["head"])):
+        domain = run.domain(phase)
+        groups = near_far_classes(class_similarities(domain, synsets=synsets, mode=similarity, domain_word=run.domain_word(phase))) if domain else None
+        for group, classes in (groups or {}).items():
+            images = classes[labels]
+            if images.sum() == 0:
+                continue
+            split = lost_misaligned({name: values[:, images] for name, values in correct.items()}, phase, resamples=resamples, seed=seed)
+            rows.append({"group": group, "domain": domain, "classes": int(classes.sum()), "images": int(images.sum()), **split})
+    return pd.DataFrame(rows)

@@ -410,8 +410,9 @@ def _heatmap_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -
 def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> list[Section]:
     """Where forgetting happens in the features, for the first :data:`MAX_HEATMAPS` runs with
     ``drift.csv`` or several upstream evaluators: the drift heat map, each evaluator per phase, and the
-    head's drop split into lost (k-NN's drop) and misaligned (the rest), 95 % bootstrap intervals."""
-    from forgetlab.analysis.drift import drift_table, lost_misaligned_table, upstream_evaluators_table
+    head's drop split into lost (k-NN's drop) and misaligned (the rest), 95 % bootstrap intervals, overall
+    and for the classes near to and far from each phase's domain (the outer quartiles of similarity)."""
+    from forgetlab.analysis.drift import drift_table, lost_misaligned_by_group_table, lost_misaligned_table, upstream_evaluators_table
     from forgetlab.reporting.drift_figures import drift_heatmap, evaluators_figure
 
     items, notes = [], []
@@ -430,6 +431,10 @@ def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> 
             notes += [f"{label} after phase {r.phase}: head drop {100 * r.head_drop:.1f} points = lost {100 * r.lost:.1f} "
                       f"[{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] + misaligned {100 * r.misaligned:.1f} "
                       f"[{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]." for r in split.itertuples()]  # fmt: skip
+            notes += [f"{label} after phase {r.phase}, the {r.classes} classes {r.group} {r.domain} (similarity quartile, {r.images} images): "
+                      f"head drop {100 * r.head_drop:.1f} = lost {100 * r.lost:.1f} [{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] "
+                      f"+ misaligned {100 * r.misaligned:.1f} [{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]."
+                      for r in lost_misaligned_by_group_table(path).itertuples()]  # fmt: skip
     return [("Where forgetting happens in the features: drift, lost and misaligned", items, notes)] if items else []
 
 
