@@ -13,6 +13,7 @@ from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import MultiHeadModel
 from forgetlab.run_drift import read_rows
 from forgetlab.runner import run
+from forgetlab.stored_drift import drift_of_run
 from forgetlab.unit_features import balanced_indices, feature_units, unit_features
 
 from .conftest import random_backbone, tiny_overrides
@@ -57,16 +58,23 @@ def test_linear_probing_leaves_every_unit_at_exactly_one(random_backbones, tmp_p
     assert {row["phase"] for row in rows} == {0, 1, 2}
     assert len(rows) == 3 * 7 and {row["unit"] for row in rows} == {*(f"blocks.{i}" for i in range(6)), "features"}
     assert all(row["cka"] == 1.0 for row in rows)
+    with pytest.raises(ConfigError, match="method.name=lora"):
+        drift_of_run(folder.path)
 
 
 @pytest.mark.parametrize("backbone", ["offline_vit", "offline_resnet"])
 def test_lora_drift_is_in_unit_interval_and_row_zero_is_one(random_backbones, tmp_path, backbone):
     config = config_module.resolve({}, tiny_overrides(random_backbones[backbone], tmp_path, **{"train.lr": 0.05}))
-    rows = _drift(run(config, **QUIET))
+    folder = run(config, **QUIET)
+    rows = _drift(folder)
     assert all(row["cka"] == 1.0 for row in rows if row["phase"] == 0)
     later = [row["cka"] for row in rows if row["phase"] > 0]
     assert len(later) == 2 * (7 if backbone == "offline_vit" else 5)
     assert all(0.0 <= value <= 1.0 for value in later) and min(later) < 0.999  # training moved the features
+    # afterwards, from the stored adapters alone: the same rows
+    rebuilt = read_rows(drift_of_run(folder.path, device="cpu", log=lambda message: None))
+    assert [(r["phase"], r["unit"]) for r in rebuilt] == [(r["phase"], r["unit"]) for r in rows]
+    assert [r["cka"] for r in rebuilt] == pytest.approx([r["cka"] for r in rows], abs=1e-6)
 
 
 def test_drift_off_and_refused_values(random_backbones, tmp_path):
