@@ -231,3 +231,15 @@ def test_the_report_shows_where_forgetting_happens(lora_run, tmp_path):
     assert "Where forgetting happens" in page
     assert "n = 12 upstream images" in page and "reproduce the run's predictions on every image" in page
     assert {"explain_attribution_lora.png", "explain_spectra_lora.png"} <= {p.name for p in (tmp_path / "report" / "figures").iterdir()}
+
+
+def test_explain_drift_rebuilds_the_runs_own_drift_from_its_adapters(lora_run):
+    """``--parts drift`` rebuilds, from the stored adapters alone, the CKA per unit and phase that the run
+    wrote while it ran (same probe, same units), and leaves the weight parts alone."""
+    tables = explain(lora_run.path, parts="drift", **QUIET)
+    assert set(tables) == {"drift"}
+    rebuilt = tables["drift"].sort_values(["phase", "unit"]).reset_index(drop=True)
+    during = pd.read_csv(lora_run.path / "drift.csv").sort_values(["phase", "unit"]).reset_index(drop=True)
+    assert list(rebuilt.phase) == list(during.phase) and list(rebuilt.unit) == list(during.unit)
+    assert sorted(set(rebuilt.phase)) == [0, 1, 2] and (rebuilt[rebuilt.phase == 0].cka == 1.0).all()
+    assert np.abs(rebuilt.cka.to_numpy() - during.cka.to_numpy()).max() < 1e-6

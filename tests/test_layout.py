@@ -19,9 +19,9 @@ FLOORS: list[tuple[str, list[str]]] = [
                            "data.idx", "data.fonts"]),  # fmt: skip
     ("config", ["config", "presets"]),
     ("data", ["data", "data.*"]),
-    ("learning", ["train", "evaluate", "regularisers", "regularisers.*"]),
+    ("learning", ["train", "evaluate", "regularisers", "regularisers.*", "unit_features"]),
     ("analysis", ["analysis", "analysis.*", "reporting", "reporting.*", "explanation.spectra"]),
-    ("run", ["pretrain", "provenance", "trackers", "runner", "run_*", "single_adapter", "explanation", "explanation.*"]),
+    ("run", ["pretrain", "provenance", "trackers", "runner", "run_*", "single_adapter", "stored_drift", "explanation", "explanation.*"]),
     ("orchestration", ["sweep", "sweep_backends", "method_anatomy", "summary"]),
     ("entry points", ["", "__main__", "api", "cli"]),
 ]

@@ -136,6 +136,24 @@ class Run:
         return read_json(self.folder.upstream)
 
     @property
+    def drift(self):
+        """Representation drift (``drift.csv``): a row per committed phase and unit, columns ``phase``
+        (0: pretrained), ``unit`` (``blocks.3``, ``layer2.0``, ``features``), ``cka`` (linear CKA with the
+        pretrained features, 1 = unchanged); empty with ``eval.probe_images=0``."""
+        from forgetlab.analysis.drift import drift_table
+
+        return drift_table(self.path)
+
+    @property
+    def upstream_evaluators(self):
+        """Each upstream evaluator's accuracy per matrix row (columns ``row``, ``evaluator``, ``accuracy``;
+        ``eval.upstream_evaluator=[head, knn]`` gives both)."""
+        from forgetlab.analysis.drift import upstream_evaluators_table
+        from forgetlab.evaluate import upstream_evaluator_names
+
+        return upstream_evaluators_table(self.path, upstream_evaluator_names(self.config.eval))
+
+    @property
     def completed(self) -> int:
         return self.folder.completed_tasks()
 

@@ -452,7 +452,8 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         "(explain/spectra.csv, overlap.csv, singular_values.csv). Resumable; docs/explain.md gives every column.",
     )
     explain.add_argument("run_dir", metavar="RUN_DIR")
-    explain.add_argument("--parts", default="attribution,spectra", help="comma-separated: attribution, spectra (default: both)")
+    explain.add_argument("--parts", default="attribution,spectra", help="comma-separated: attribution, spectra, drift (the linear CKA per unit against the pretrained "
+                         "features, rebuilt from the adapters; default: attribution,spectra)")
     explain.add_argument("--images", default=None, help="score a class-balanced subset of this many upstream test images (default: all the run scored)")
     explain.add_argument("--unit", default="block", choices=["block", "module"], help="attribute to blocks (default) or to single adapted modules")
     explain.add_argument("--device", default="auto", help="auto, cpu or cuda")

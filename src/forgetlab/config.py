@@ -122,8 +122,10 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = option(256, "evaluation batch size")
-    upstream_evaluator: str = option("head", "how the upstream task is scored: 'head' (its original classifier, paper 1) or 'knn' (paper 2)",
-                                     choices=("head", "knn"))
+    upstream_evaluator: str = field(default="head", metadata={  # a list is stored comma-joined (LIST_KEYS)
+        "help": "how the upstream task is scored: 'head' (its original classifier, paper 1) or 'knn' (paper 2); a list such as "
+                "[head, knn] scores with each (upstream_eval.json holds each one's accuracy) and the matrix keeps the first",
+        "choices": ("head", "knn"), "comma_list": True})
     upstream_subset: int | None = option(None, "score the upstream task on a fixed, seeded subset of this many test images (reports a 95% CI)")
     knn_k: int = option(20, "k of the k-NN evaluator (accuracies at 10, 20, 100 and 200 are recorded too)")
     knn_temperature: float = option(0.07, "temperature of the k-NN votes, exp(similarity / T) (DINO: 0.07)")
@@ -133,6 +135,14 @@ class EvalConfig:
                              "preprocessing, so a later run or sweep cell with the same key reuses them")
     knn_features: str = option("backbone", "what the k-NN compares: 'backbone' features (DINO; correct) or 'task_logits', the last task head's "
                                "outputs, which reproduces paper 2's published LoRA rows (a bug of its code)", choices=("backbone", "task_logits"))
+    probe_images: int = option(2000, "representation drift: after each phase, the linear CKA of the pretrained and current features at "
+                               "every unit on this many class-balanced upstream test images (all when fewer), into drift.csv; 0 turns it off")
+
+    @property
+    def evaluators(self) -> list[str]:
+        """The names in ``upstream_evaluator``, in order (a list is stored comma-joined: ``head,knn``);
+        the first is the one the accuracy matrix keeps."""
+        return [name.strip() for name in str(self.upstream_evaluator).split(",")]
 
 
 @dataclass
@@ -158,6 +168,9 @@ class TrackConfig:
     wandb_project: str = option("forgetlab", "the W&B project")
     wandb_group: str | None = option(None, "the W&B group (default: the sweep's name for sweep cells)")
 
+
+# Keys that take a list of their choices, stored as one comma-joined string (so a single name stays as it was).
+LIST_KEYS = ("eval.upstream_evaluator",)
 
 # Keys that do not change what a run computes, left out when a folder's config is compared: where the
 # folder lies (so a moved or renamed folder resumes) and the trackers.
@@ -606,8 +619,11 @@ def validate(config: RunConfig) -> None:
     for key, choices in documented_choices().items():
         section_name, _, name = key.rpartition(".")
         value = getattr(getattr(config, section_name) if section_name else config, name)
-        if value not in choices and value is not None:  # None: the key's default is None (typed Optional)
+        items = value.split(",") if key in LIST_KEYS and isinstance(value, str) else [value]  # [head, knn] is "head,knn"
+        if any(item not in choices for item in items) and value is not None:  # None: the key's default is None (typed Optional)
             raise ConfigError(f"{key} must be one of: {', '.join(choices)}; got {value!r}")
+        if len(set(items)) < len(items):
+            raise ConfigError(f"{key} names one of its choices twice ({value}); give each once")
     checks = [
         (config.train.epochs >= 1, "train.epochs must be at least 1"),
         (all(v >= 1 for v in config.train.task_epochs.values()), "train.task_epochs values must be at least 1"),

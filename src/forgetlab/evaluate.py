@@ -199,9 +199,42 @@ class KNNEvaluator:
 UPSTREAM_EVALUATORS = ("head", "knn")
 
 
+def upstream_evaluator_names(eval_config) -> list[str]:
+    """The names in ``eval.upstream_evaluator`` (a list is stored comma-joined: ``head,knn``), in order."""
+    return eval_config.evaluators
+
+
+class UpstreamEvaluators:
+    """Several named upstream evaluators on one model (Davari et al., CVPR 2022, "Probing Representation
+    Forgetting": a frozen head's drop is knowledge lost only where a k-NN on the features drops too).
+    Returns the first one's ``(accuracy, predictions)``; :attr:`accuracies` holds every one's accuracy
+    by name after each call, :attr:`predictions` every one's predicted labels, :attr:`last` the k-NN's
+    accuracy at every k (when ``knn`` is one of them)."""
+
+    def __init__(self, evaluators: dict[str, Callable]):
+        self.evaluators = evaluators
+        self.accuracies: dict[str, float] = {}
+        self.predictions: dict[str, np.ndarray] = {}
+        self.last: dict[int, float] = {}
+
+    def __call__(self, model, dataset: Dataset, **options):
+        results = {name: evaluator(model, dataset, **options) for name, evaluator in self.evaluators.items()}
+        self.accuracies = {name: value for name, (value, _) in results.items()}
+        self.predictions = {name: predicted for name, (_, predicted) in results.items()}
+        self.last = dict(getattr(self.evaluators.get("knn"), "last", {}) or {})
+        return results[next(iter(results))]
+
+
 def build_upstream_evaluator(eval_config, upstream, crop_cache=None) -> Callable:
     """The named evaluator of the upstream task: ``head`` (paper 1) or ``knn`` (paper 2); ``crop_cache``
-    (a :class:`forgetlab.data.eval_cache.EvalCropCache`) serves the k-NN bank's crops."""
+    (a :class:`forgetlab.data.eval_cache.EvalCropCache`) serves the k-NN bank's crops. Several names
+    give an :class:`UpstreamEvaluators`."""
+    names = upstream_evaluator_names(eval_config)
+    if len(names) > 1:
+        import dataclasses
+
+        return UpstreamEvaluators({name: build_upstream_evaluator(dataclasses.replace(eval_config, upstream_evaluator=name), upstream,
+                                                                  crop_cache) for name in names})  # fmt: skip
     if eval_config.upstream_evaluator == "head":
         return head_evaluator
     if eval_config.upstream_evaluator == "knn":

@@ -43,7 +43,7 @@ def check_upstream_head(config, backbone, upstream) -> None:
     """Refuse ``eval.upstream_evaluator=head`` when the backbone's classifier cannot score the upstream
     task: no head at all (``backbone.num_classes=0``, a headless model such as DINO's), or one of
     another size. The fix offered is one that works for this config."""
-    if config.eval.upstream_evaluator != "head":
+    if "head" not in config.eval.evaluators:
         return
     head_classes = getattr(backbone.model.get_classifier(), "out_features", 0)
     if head_classes == upstream.num_classes:

@@ -52,6 +52,7 @@ from forgetlab.pretrain import ensure_pretrained
 from forgetlab.provenance import environment_record, inputs_record, normalisation_note
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, save_safetensors, task_metadata, write_json, write_npz
+from forgetlab import run_drift
 from forgetlab.run_checks import check_finite, check_image_channels, check_local_inputs, check_upstream_head
 from forgetlab.run_folder import check_folder, open_folder, read_checkpoint
 from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, precision_warning, resolve_device, seed_everything
@@ -87,6 +88,7 @@ class RunState:
     # which then shares its head and matrix column: column -> the task data it is tested on (its first phase's).
     columns: dict[str, TaskData]
     evaluate_upstream: Callable | None = None  # the config's upstream evaluator (head or k-NN)
+    drift: run_drift.DriftProbe | None = None  # representation drift per unit (None: eval.probe_images=0)
     model: MultiHeadModel | None = None
     replay: ReplayBuffer | None = None  # replayed upstream examples, fixed for the whole run
     matrix: AccuracyMatrix | None = None
@@ -113,6 +115,7 @@ class Phase:
     predictions: object = None  # the upstream test set's predicted labels
     row: dict[str, float] = field(default_factory=dict)
     eval_seconds: float = 0.0
+    drift: list[dict] | None = None  # drift.csv's rows of this phase (None: drift off)
 
 
 def run(config, *, log=print) -> RunFolder:
@@ -201,6 +204,8 @@ def place_data(state: RunState) -> None:
         state.columns = {column: dataclasses.replace(task, test=crop_cache(task.test, what=f"{task.name} test"))
                          for column, task in state.columns.items()}  # fmt: skip
     state.evaluate_upstream = build_upstream_evaluator(config.eval, state.upstream, crop_cache=crop_cache)
+    state.drift = run_drift.build_drift(config, state.upstream.test, device, state.amp_dtype,
+                                        run_drift.fresh_pretrained(config, device), state.log)  # fmt: skip
 
 
 def cache_keys(state: RunState) -> dict[str, set[str]]:
@@ -209,11 +214,11 @@ def cache_keys(state: RunState) -> dict[str, set[str]]:
     decoded images of its datasets, the offline world, the offline backbone. Nothing is computed or written."""
     keys: dict[str, set[str]] = {cache: set() for cache in caches.FORMATS}
     datasets = [state.upstream.train, state.upstream.test, *(t.train for t in state.tasks), *(t.test for t in state.columns.values())]
-    if isinstance(state.evaluate_upstream, KNNEvaluator):
-        datasets.append(state.evaluate_upstream.bank)
-        if state.evaluate_upstream.cache_dir is not None:
-            model = MultiHeadModel(state.backbone.model)
-            keys["knn-banks"].add(state.evaluate_upstream.bank_key(model, None, state.device, state.amp_dtype))
+    evaluators = getattr(state.evaluate_upstream, "evaluators", {"only": state.evaluate_upstream})  # one, or [head, knn]
+    for knn in (evaluator for evaluator in evaluators.values() if isinstance(evaluator, KNNEvaluator)):
+        datasets.append(knn.bank)
+        if knn.cache_dir is not None:
+            keys["knn-banks"].add(knn.bank_key(MultiHeadModel(state.backbone.model), None, state.device, state.amp_dtype))
     for dataset in datasets:
         while dataset is not None:
             if getattr(dataset, "key", None) and hasattr(dataset, "to_batch"):  # EvalCrops
@@ -270,8 +275,11 @@ def score_pretrained(state: RunState) -> None:
     upstream_accuracy, predictions, upstream_record = score_upstream(state, 0)
     state.upstream_records, state.task_records = [upstream_record], []
     state.matrix.add_row({UPSTREAM: upstream_accuracy})
-    write_npz(folder.predictions(0), predictions=predictions, labels=dataset_labels(upstream.test))
-    folder.commit(0, len(tasks), state.matrix, state.task_records, state.upstream_records, [folder.predictions(0), folder.upstream])
+    write_npz(folder.predictions(0), predictions=predictions, labels=dataset_labels(upstream.test), **evaluator_predictions(state))
+    drift_files = run_drift.write_phase(folder, 0, state.drift.rows(state.model, 0)) if state.drift else []
+    folder.commit(0, len(tasks), state.matrix, state.task_records, state.upstream_records,
+                  [folder.predictions(0), folder.upstream, *drift_files])  # fmt: skip
+    run_drift.write_view(folder, 0)
     state.log(f"pretrained {backbone.name}: upstream {100 * upstream_accuracy:.2f}% ({time.perf_counter() - start:.1f}s)")
     state.completed = 0
 
@@ -285,6 +293,7 @@ def resume(state: RunState, progress: dict) -> None:
         raise DataError(f"{folder.progress} records {progress['total_tasks']} tasks but the config has {len(tasks)}; delete the folder")
     folder.verify()  # every committed file against its hash, before anything is read from it
     folder.write_views()  # repairs views a kill between commit and views left behind
+    run_drift.write_view(folder, completed)
     folder.clean()  # temporary files and checkpoints of an uncommitted phase
     state.matrix, state.task_records, state.upstream_records = folder.read_matrix(), folder.read_tasks(), folder.read_upstream_eval()
     for column in dict.fromkeys(task.column for task in tasks[:completed]):
@@ -395,7 +404,8 @@ def finish_phase(state: RunState, phase: Phase) -> None:
 
 def score_upstream(state: RunState, row: int):
     """``(accuracy, predictions, record)`` of the upstream test set with the config's evaluator (the
-    frozen upstream head, or k-NN); the record is ``upstream_eval.json``'s for matrix row ``row``."""
+    frozen upstream head, k-NN, or several: then each one's accuracy under its name and the k-NN's at every k under
+    ``knn_at_k``); the record is ``upstream_eval.json''s for matrix row ``row``."""
     config = state.config
     start = time.perf_counter()
     with state.method.evaluating(state.model, UPSTREAM):
@@ -404,9 +414,17 @@ def score_upstream(state: RunState, row: int):
     record = {"row": row, "accuracy": value, "images": len(predicted), "seconds": round(time.perf_counter() - start, 2)}
     if config.eval.upstream_subset is not None:
         record["ci95"] = confidence_interval(value, len(predicted))
+    several = getattr(state.evaluate_upstream, "accuracies", None)  # eval.upstream_evaluator=[head, knn]: each one's accuracy by name
+    record.update(several or {})
     if getattr(state.evaluate_upstream, "last", None):
-        record["knn"] = {str(k): v for k, v in state.evaluate_upstream.last.items()}
+        record["knn_at_k" if several else "knn"] = {str(k): v for k, v in state.evaluate_upstream.last.items()}
     return value, predicted, record
+
+
+def evaluator_predictions(state: RunState) -> dict:
+    """``predictions_<name>`` of every upstream evaluator of the last scoring, when there are several
+    (the lost/misaligned split bootstraps over them); empty with one."""
+    return {f"predictions_{name}": values for name, values in getattr(state.evaluate_upstream, "predictions", {}).items()}
 
 
 def score_phase(state: RunState, phase: Phase) -> None:
@@ -423,6 +441,8 @@ def score_phase(state: RunState, phase: Phase) -> None:
                 amp_dtype=state.amp_dtype, workers=state.config.data.workers, description=f"eval {column}",
             )  # fmt: skip
         phase.row[column] = accuracy(seen_predictions, dataset_labels(seen.test))
+    if state.drift:
+        phase.drift = state.drift.rows(state.model, phase.index, state.method)
     state.matrix.add_row(phase.row)
     phase.eval_seconds = time.perf_counter() - start
 
@@ -432,12 +452,14 @@ def commit_phase(state: RunState, phase: Phase) -> None:
     trackers and the log line."""
     folder, index, task = state.folder, phase.index, phase.task
     state.task_records.append(task_record(phase))
-    write_npz(folder.predictions(index), predictions=phase.predictions, labels=dataset_labels(state.upstream.test))
+    write_npz(folder.predictions(index), predictions=phase.predictions, labels=dataset_labels(state.upstream.test), **evaluator_predictions(state))
     state.method.save_task(task.column, folder.path, phase=task.name)
     save_safetensors(folder.checkpoint_for(index), state.model.state_dict())
     adapter_files = sorted((folder.path / "adapters" / task.name).glob("*")) if (folder.path / "adapters" / task.name).is_dir() else []
+    drift_files = run_drift.write_phase(folder, index, phase.drift) if phase.drift is not None else []
     folder.commit(index, len(state.tasks), state.matrix, state.task_records, state.upstream_records,
-                  [folder.predictions(index), folder.checkpoint_for(index), *adapter_files])  # fmt: skip
+                  [folder.predictions(index), folder.checkpoint_for(index), *adapter_files, *drift_files])  # fmt: skip
+    run_drift.write_view(folder, index)
     track_phase(state.tracker, index, phase.row, state.matrix)
     stats = phase.stats
     drop = phase.upstream_accuracy - state.matrix.values[0][0]

@@ -36,7 +36,7 @@ def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", bat
     config = config_module.load_stored(folder.config)
     if config.method.name != "lora":
         raise ConfigError(f"{folder.path} is a {config.method.name} run; single-adapter predictions need a LoRA run (method.name=lora)")
-    if config.eval.upstream_evaluator != "head":
+    if config.eval.evaluators[0] != "head":
         raise ConfigError("single-adapter predictions score the upstream head; this run scores the upstream task by k-NN")
     completed = folder.completed_tasks()
     phases = folder.read_matrix().phases[:completed]

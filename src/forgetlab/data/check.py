@@ -125,7 +125,7 @@ def dataset_finding(name: str, load, data_config, memo: dict, *, key=None, wordn
 def _upstream_train_needs(config) -> list[str]:
     """The config keys that read the upstream train split."""
     needs = []
-    if config.eval.upstream_evaluator == "knn":
+    if "knn" in config.eval.evaluators:
         needs.append("eval.upstream_evaluator=knn (the k-NN bank)")
     if config.replay.size:
         needs.append(f"replay.size={config.replay.size}")

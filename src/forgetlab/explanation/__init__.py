@@ -33,7 +33,8 @@ from forgetlab.explanation.attribution import Scorer, attribution_rows, class_ba
 from forgetlab.explanation.updates import PhaseUpdate, check_explainable, phase_updates
 from forgetlab.results import RunFolder, atomic_write_text, read_json, single_prediction_path, write_json
 
-PARTS = ("attribution", "spectra")
+PARTS = ("attribution", "spectra", "drift")
+DEFAULT_PARTS = ("attribution", "spectra")  # drift needs a forward pass per phase over the probe: asked for by name
 UNITS = ("block", "module")
 TOP_SINGULAR_VALUES = 32  # kept per matrix, phase and scope in singular_values.csv
 FILES = {"attribution": ["attribution"], "spectra": ["singular_values", "overlap", "spectra"]}  # the last one commits
@@ -48,11 +49,12 @@ def parse_parts(parts) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def explain(run_dir: str | Path, *, parts=PARTS, images: int | None = None, unit: str = "block", device: str = "auto",
+def explain(run_dir: str | Path, *, parts=DEFAULT_PARTS, images: int | None = None, unit: str = "block", device: str = "auto",
             batch_size: int | None = None, log=print) -> dict:  # fmt: skip
     """Write (or complete) ``explain/`` of a LoRA run and return its tables as DataFrames:
-    ``{"attribution": ..., "spectra": ..., "overlap": ..., "singular_values": ...}`` (those of the parts
-    asked for). ``images``: a class-balanced subset of the upstream test images the run scored (default:
+    ``{"attribution": ..., "spectra": ..., "overlap": ..., "singular_values": ..., "drift": ...}`` (those of
+    the parts asked for; ``drift`` is :func:`forgetlab.stored_drift.drift_of_run`'s ``explain/drift.csv``,
+    the linear CKA per unit and phase against the pretrained features). ``images``: a class-balanced subset of the upstream test images the run scored (default:
     all of them, so the ``all`` rows reproduce the matrix). Errors: :class:`ConfigError` for bad options
     or a method whose updates the folder does not hold, :class:`DataError` for an incomplete folder."""
     parts = parse_parts(parts)
@@ -65,7 +67,7 @@ def explain(run_dir: str | Path, *, parts=PARTS, images: int | None = None, unit
         raise DataError(f"{folder.path} is not a run folder with a commit (config.yaml and progress.json); give a folder 'forgetlab run' wrote")
     config = config_module.load_stored(folder.config)
     check_explainable(config, folder.path)
-    if "attribution" in parts and config.eval.upstream_evaluator != "head":
+    if "attribution" in parts and config.eval.evaluators[0] != "head":
         raise ConfigError(f"{folder.path} scores the upstream task by k-NN; attribution scores the upstream head (eval.upstream_evaluator=head)")
     phases = folder.read_matrix().phases[: max(folder.completed_tasks(), 0)]
     if not phases:
@@ -74,11 +76,21 @@ def explain(run_dir: str | Path, *, parts=PARTS, images: int | None = None, unit
     settings = {"images": images, "unit": unit}
     if "attribution" in parts:
         check_settings(out, settings)
+    weight_parts = tuple(part for part in parts if part in FILES)
     with folder.lock():
         if "attribution" in parts:
             write_json(out / "settings.json", settings)
-        _explain_phases(folder, config, phases, parts, settings, device=device, batch_size=batch_size, log=log)
-        return combine(out, parts)
+        tables = {}
+        if weight_parts:
+            _explain_phases(folder, config, phases, weight_parts, settings, device=device, batch_size=batch_size, log=log)
+            tables = combine(out, weight_parts)
+        if "drift" in parts:
+            import pandas as pd
+
+            from forgetlab.stored_drift import drift_of_run
+
+            tables["drift"] = pd.read_csv(drift_of_run(folder.path, device=device, log=log))
+        return tables
 
 
 def check_settings(out: Path, settings: dict) -> None:

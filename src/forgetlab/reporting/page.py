@@ -419,6 +419,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
     for heading, explained, notes in where_forgetting_happens(runs, names.label, names.key):  # runs with explain/
         sections.append((heading, [_save(figure, key, caption, figure_dir) for figure, key, caption in explained], notes))
     unfinished = unfinished_cells(paths)
+    sections += _drift_section(runs, names, figure_dir)
 
     paper2 = paper2_table(runs)
     tables = {**_tables(runs, contextual, paper2, after, similarity), **class_tables}
@@ -530,6 +531,37 @@ def _heatmap_section(runs: list[RunResult], drawn: tuple[list[RunResult], str] |
                       f"Accuracy matrix of {names.label[id(run)]}.", figure_dir) for run in chosen]  # fmt: skip
     notes = [] if len(chosen) == len(runs) else [_drawn_note(chosen, runs, names, why, "Accuracy matrices are")]
     return (f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps, notes)
+
+
+def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> list[Section]:
+    """Where forgetting happens in the features, for the first :data:`MAX_HEATMAPS` runs with
+    ``drift.csv`` or several upstream evaluators: the drift heat map, each evaluator per phase, and the
+    head's drop split into lost (k-NN's drop) and misaligned (the rest), 95 % bootstrap intervals, overall
+    and for the classes near to and far from each phase's domain (the outer quartiles of similarity)."""
+    from forgetlab.analysis.drift import drift_table, lost_misaligned_by_group_table, lost_misaligned_table, upstream_evaluators_table
+    from forgetlab.reporting.drift_figures import drift_heatmap, evaluators_figure
+
+    items, notes = [], []
+    for run in runs[:MAX_HEATMAPS]:
+        label, key, path = names.label[id(run)], names.key[id(run)], run.folder.path
+        drift = drift_table(path)
+        if len(drift):
+            items.append(_save(drift_heatmap(drift, f"{label}: drift per unit"), f"drift_{key}", f"Linear CKA between the pretrained and "
+                               f"the current features of {label} at every unit after every phase (1: unchanged).", figure_dir))  # fmt: skip
+        evaluators = str(run.config.get("eval", {}).get("upstream_evaluator", "head")).split(",")
+        if len(evaluators) > 1:
+            split = lost_misaligned_table(path)
+            items.append(_save(evaluators_figure(upstream_evaluators_table(path, evaluators), split, f"{label}: upstream evaluators"),
+                               f"evaluators_{key}", f"Upstream accuracy of each evaluator of {label} per phase; the head's drop "
+                               "split into lost (the k-NN's drop) and misaligned (the rest), 95 % paired bootstrap intervals.", figure_dir))  # fmt: skip
+            notes += [f"{label} after phase {r.phase}: head drop {100 * r.head_drop:.1f} points = lost {100 * r.lost:.1f} "
+                      f"[{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] + misaligned {100 * r.misaligned:.1f} "
+                      f"[{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]." for r in split.itertuples()]  # fmt: skip
+            notes += [f"{label} after phase {r.phase}, the {r.classes} classes {r.group} {r.domain} (similarity quartile, {r.images} images): "
+                      f"head drop {100 * r.head_drop:.1f} = lost {100 * r.lost:.1f} [{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] "
+                      f"+ misaligned {100 * r.misaligned:.1f} [{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]."
+                      for r in lost_misaligned_by_group_table(path).itertuples()]  # fmt: skip
+    return [("Where forgetting happens in the features: drift, lost and misaligned", items, notes)] if items else []
 
 
 # ------------------------------------------------------------------------------------ the pages

@@ -1,0 +1,143 @@
+"""Where forgetting happens in the features, read from a run folder: the representation drift per unit
+and phase (``drift.csv``), each upstream evaluator's accuracy per phase (``upstream_eval.json``), and the
+split of the frozen head's upstream drop into knowledge **lost** (the k-NN's drop: the features no longer
+hold the classes) and a head **misaligned** (the rest: the features still hold them, the old head no
+longer reads them), after Davari et al. (CVPR 2022, "Probing Representation Forgetting").
+
+The split's intervals are paired bootstrap intervals over the upstream test images: each resample
+draws images with replacement and recomputes both evaluators' accuracies before and after the phase
+from the per-example predictions stored in ``predictions/upstream_after_<i>.npz``
+(``predictions_head``, ``predictions_knn``: written when ``eval.upstream_evaluator`` lists both).
+
+Reads files only (pandas, numpy); the report and the API import this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DRIFT_COLUMNS = ["phase", "unit", "cka"]
+
+
+def _committed(path: Path) -> int:
+    from forgetlab.results import RunFolder
+
+    return RunFolder(path).completed_tasks()
+
+
+def drift_table(run_path: str | Path):
+    """``drift.csv`` of a run as a DataFrame (``phase``, ``unit``, ``cka``), committed phases only, in
+    the file's order (units in forward order); empty when the run wrote none (``eval.probe_images=0``)."""
+    import pandas as pd
+
+    path = Path(run_path) / "drift.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=DRIFT_COLUMNS)
+    table = pd.read_csv(path)
+    return table[table["phase"] <= _committed(Path(run_path))].reset_index(drop=True)
+
+
+def upstream_evaluators_table(run_path: str | Path, evaluators: list[str]):
+    """One row per matrix row and evaluator (``row``, ``evaluator``, ``accuracy``) from ``upstream_eval.json``'s
+    committed records; ``evaluators`` are the run's (``eval.upstream_evaluator``, in order). A run with one
+    evaluator has its ``accuracy`` under that name."""
+    import pandas as pd
+
+    from forgetlab.results import RunFolder
+
+    rows = []
+    for record in RunFolder(run_path).read_upstream_eval():
+        for name in evaluators:
+            value = record.get(name) if len(evaluators) > 1 else record.get("accuracy")
+            rows.append({"row": record["row"], "evaluator": name, "accuracy": value})
+    return pd.DataFrame(rows, columns=["row", "evaluator", "accuracy"])
+
+
+def lost_misaligned(correct: dict[str, np.ndarray], phase: int, *, resamples: int = 2000, seed: int = 0) -> dict:
+    """The head's upstream drop after ``phase`` split into ``lost`` and ``misaligned``, with 95 %
+    percentile bootstrap intervals over images. ``correct``: ``{"head": bool [rows, images],
+    "knn": bool [rows, images]}``, row 0 the pretrained model. Returns ``{"phase", "head_drop", "lost",
+    "misaligned", "<each>_ci": (low, high)}`` (drops as accuracy fractions, positive = worse)."""
+    head, knn = np.asarray(correct["head"], bool), np.asarray(correct["knn"], bool)
+    per_image_head = head[0].astype(float) - head[phase]
+    per_image_knn = knn[0].astype(float) - knn[phase]
+    count = per_image_head.shape[0]
+    draws = np.random.default_rng(seed).integers(0, count, size=(resamples, count))
+    boot_head, boot_knn = per_image_head[draws].mean(1), per_image_knn[draws].mean(1)
+    estimate = {"head_drop": per_image_head.mean(), "lost": per_image_knn.mean()}
+    estimate["misaligned"] = estimate["head_drop"] - estimate["lost"]
+    boots = {"head_drop": boot_head, "lost": boot_knn, "misaligned": boot_head - boot_knn}
+    result: dict = {"phase": phase, **{key: float(value) for key, value in estimate.items()}}
+    for key, values in boots.items():
+        result[f"{key}_ci"] = tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
+    return result
+
+
+def stored_correctness(run_path: str | Path) -> dict[str, np.ndarray] | None:
+    """``{"head", "knn"}`` -> bool ``[rows, images]`` from the stored per-evaluator predictions; None when
+    the run did not store both (it scored with one evaluator)."""
+    from forgetlab.results import RunFolder
+
+    folder = RunFolder(run_path)
+    found: dict[str, list[np.ndarray]] = {"head": [], "knn": []}
+    for row in range(folder.completed_tasks() + 1):
+        arrays = folder.read_predictions(row)
+        if not all(f"predictions_{name}" in arrays for name in found):
+            return None
+        for name in found:
+            found[name].append(arrays[f"predictions_{name}"] == arrays["labels"])
+    return {name: np.stack(rows) for name, rows in found.items()}
+
+
+def lost_misaligned_table(run_path: str | Path, *, resamples: int = 2000, seed: int = 0):
+    """:func:`lost_misaligned` for every phase of a run that stored head and k-NN predictions (a
+    DataFrame, one row per phase; empty otherwise)."""
+    import pandas as pd
+
+    correct = stored_correctness(run_path)
+    if correct is None:
+        return pd.DataFrame()
+    return pd.DataFrame([lost_misaligned(correct, phase, resamples=resamples, seed=seed) for phase in range(1, len(correct["head"]))])
+
+
+def near_far_classes(similarity: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Upstream classes near to and far from a task's domain: the top and the bottom quartile of the
+    per-class similarity (``near``: at least the 75th percentile, ``far``: at most the 25th), as bool
+    masks over the classes; None when the two quartiles coincide (no split to speak of)."""
+    low, high = np.percentile(similarity, [25, 75])
+    if not high > low:
+        return None
+    return {"near": similarity >= high, "far": similarity <= low}
+
+
+def lost_misaligned_by_group_table(run_path: str | Path, *, similarity: str = "synset", resamples: int = 2000, seed: int = 0):
+    """:func:`lost_misaligned` per phase for the upstream test images of the classes near to and far from
+    that phase's domain (:func:`near_far_classes` of :func:`forgetlab.analysis.contextual.class_similarities`,
+    ``similarity`` as the contextual analysis takes it). A DataFrame with ``group``, ``domain``,
+    ``classes``, ``images`` and the split's columns; empty for a run without WordNet synsets, domains or
+    stored head and k-NN predictions."""
+    import pandas as pd
+
+    from forgetlab.analysis.collect import RunResult
+    from forgetlab.analysis.contextual import class_similarities
+    from forgetlab.results import RunFolder
+
+    correct = stored_correctness(run_path)
+    run = RunResult(RunFolder(run_path))
+    synsets = run.upstream.get("synsets") if correct is not None else None
+    if not synsets:
+        return pd.DataFrame()
+    labels = run.predictions(0)["labels"]
+    rows = []
+    for phase in range(1, len(correct["head"])):
+        domain = run.domain(phase)
+        groups = near_far_classes(class_similarities(domain, synsets=synsets, mode=similarity, domain_word=run.domain_word(phase))) if domain else None
+        for group, classes in (groups or {}).items():
+            images = classes[labels]
+            if images.sum() == 0:
+                continue
+            split = lost_misaligned({name: values[:, images] for name, values in correct.items()}, phase, resamples=resamples, seed=seed)
+            rows.append({"group": group, "domain": domain, "classes": int(classes.sum()), "images": int(images.sum()), **split})
+    return pd.DataFrame(rows)
