@@ -86,7 +86,7 @@ def test_os_metadata_names_are_skipped_and_image_names_are_not(tmp_path, name):
 
 def test_every_listing_of_dataset_files_goes_through_one_helper():
     """No module of forgetlab.data lists a folder itself (iterdir, glob, rglob, os.walk, os.listdir,
-    os.scandir) but files.listed, so no listing can forget the OS metadata rule."""
+    os.scandir) but listing.listed, so no listing can forget the OS metadata rule."""
     folder = Path(__file__).resolve().parents[1] / "src" / "forgetlab" / "data"
     listing = {"iterdir", "glob", "rglob", "walk", "listdir", "scandir"}
     offenders = []
@@ -94,7 +94,7 @@ def test_every_listing_of_dataset_files_goes_through_one_helper():
         tree = ast.parse(path.read_text())
         for function in [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)]:
             calls = [node.func.attr for node in ast.walk(function) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)]
-            if listing & set(calls) and (path.name, function.name) != ("files.py", "listed"):
+            if listing & set(calls) and (path.name, function.name) != ("listing.py", "listed"):
                 offenders.append(f"{path.name}:{function.name}")
     assert offenders == []
 

@@ -16,7 +16,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("foundation", ["errors", "paths", "caches", "runtime", "results", "selection", "wordnet"]),
     ("models", ["models", "models.*"]),
     ("methods and names", ["methods", "methods.*", "data.base", "data.registry", "data.validate", "data.decode",
-                           "data.idx", "data.fonts"]),  # fmt: skip
+                           "data.idx", "data.fonts", "data.listing"]),  # fmt: skip
     ("config", ["config", "presets"]),
     ("data", ["data", "data.*"]),
     ("learning", ["train", "evaluate", "regularisers", "regularisers.*", "unit_features"]),

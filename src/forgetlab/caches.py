@@ -63,6 +63,9 @@ IGNORED: dict[str, dict[str, str]] = {
         "eval.batch_size": _SAME, "eval.upstream_subset": "the test images (queries), not the bank",
         "eval.knn_k": _VOTE, "eval.knn_temperature": _VOTE,
         "eval.knn_bank_dtype": "the bank's storage on the device after it is read: the file holds fp32 features",
+        "replay.size": "replay reads the upstream train split through the same encoded dataset as the bank; the buffer's size "
+                       "changes the trained weights (their digest), not the bank's images",
+        "eval.probe_images": "the drift probe is a subset of the upstream test images, not of the bank",
     },
     "eval-crops": {
         "name": _WHERE, "out_dir": _WHERE, "track": _WHERE,
@@ -79,6 +82,8 @@ IGNORED: dict[str, dict[str, str]] = {
         "eval.batch_size": _SAME, "eval.knn_k": _VOTE, "eval.knn_temperature": _VOTE,
         "eval.knn_bank_dtype": _VOTE, "eval.knn_features": "what the model computes from the crops, not the crops",
         "eval.knn_cache": "the k-NN banks' disk cache, not the crops",
+        "replay.size": "replay draws training images, which are not cropped for evaluation",
+        "eval.probe_images": "the drift probe reads a subset of the upstream test images through their existing crops",
     },
     "decoded": {
         "name": _WHERE, "out_dir": _WHERE, "track": _WHERE, "seed": "decoding is deterministic and takes no seed",

@@ -14,7 +14,7 @@ image counts printed are those a run reads, and a file a run would refuse (a lab
 range, a listed image absent: :mod:`forgetlab.data.validate`) is reported with the run's own line,
 marked INVALID; a dataset whose files are absent is MISSING. Operating-system metadata beside the
 images (``._*``, ``.DS_Store``, ``Thumbs.db``, ``desktop.ini``) is skipped by both
-(:func:`forgetlab.data.files.listed`).
+(:func:`forgetlab.data.listing.listed`).
 
 Exit codes of ``forgetlab data check`` (:func:`exit_code`): with a config, a preset or ``--for``, 2
 when anything it needs is missing or invalid; with none, 2 only when something is invalid (a missing

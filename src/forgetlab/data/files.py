@@ -16,30 +16,11 @@ from torch.utils.data import Dataset
 
 from forgetlab.data.base import subset_indices
 from forgetlab.data.decode import box_pixels, open_rgb
+from forgetlab.data.listing import OS_METADATA, is_os_metadata, listed  # noqa: F401  (the data package lists through here)
 from forgetlab.errors import ConfigError, DataError
 
 DATA_ENV = "FORGETLAB_DATA"
 
-# Files and folders an operating system or archiver writes beside a dataset's own: macOS's AppleDouble
-# files (``._NAME``, the resource fork of NAME, written on non-Apple disks and into archives made on a
-# Mac) and Finder's ``.DS_Store``, the ``__MACOSX`` folder of a zip made on a Mac, Windows Explorer's
-# ``Thumbs.db``, ``ehthumbs.db`` and ``desktop.ini``. ``._n01440764_0.JPEG`` carries an image's suffix
-# but holds no image.
-OS_METADATA = frozenset({".ds_store", "__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini"})
-
-
-def is_os_metadata(name: str) -> bool:
-    """Whether a file or folder name is an operating system's metadata (see :data:`OS_METADATA`) or
-    hidden (a leading dot, which covers AppleDouble ``._*`` files): never part of a dataset."""
-    return name.startswith(".") or name.lower() in OS_METADATA
-
-
-def listed(folder: Path) -> list[Path]:
-    """The entries of ``folder`` that belong to a dataset, sorted by name: every listing of dataset
-    files goes through here, so a run, ``forgetlab data check`` and every cache see the same files.
-    Hidden entries and OS metadata (:func:`is_os_metadata`) are left out."""
-    with os.scandir(folder) as entries:
-        return sorted(Path(entry.path) for entry in entries if not is_os_metadata(entry.name))
 
 
 @dataclass

@@ -63,10 +63,16 @@ def fonts_dir() -> Path | None:
 @functools.lru_cache(maxsize=8)
 def _files_by_name(folder: str) -> dict[str, str]:
     """Every file below ``folder`` by its name (the first one found in sorted order, for a fixed answer)."""
+    from forgetlab.data.listing import listed  # OS metadata (a "._DejaVuSans.ttf" from a Mac copy) is no font
+
     found: dict[str, str] = {}
-    for path in sorted(Path(folder).rglob("*")):
-        if path.suffix.lower() in (".ttf", ".otf") and path.is_file():
-            found.setdefault(path.name, str(path))
+    pending = [Path(folder)] if Path(folder).is_dir() else []  # a setting naming no folder finds no font
+    while pending:  # breadth-first over listed entries; sorted, so the answer is fixed
+        for path in listed(pending.pop(0)):
+            if path.is_dir():
+                pending.append(path)
+            elif path.suffix.lower() in (".ttf", ".otf") and path.is_file():
+                found.setdefault(path.name, str(path))
     return found
 
 

@@ -22,7 +22,7 @@ cub200          ``CUB_200_2011``             ``train_test_split.txt`` (5,994 / 5
 =============== ============================ =====================================================
 
 The default splits are those paper 1's code loads (docs/PROTOCOL_paper1.md); the others are variants by name.
-Files are listed through :func:`forgetlab.data.files.listed`, which leaves out hidden entries and
+Files are listed through :func:`forgetlab.data.listing.listed`, which leaves out hidden entries and
 operating-system metadata (AppleDouble ``._*`` files, ``.DS_Store``, ``__MACOSX``, ``Thumbs.db``,
 ``desktop.ini``). ImageNet's classes are its wnids in sorted order (the order of every timm ImageNet head), and each
 class's synset is its wnid. Downstream tasks name their domain's WordNet concept for the
@@ -70,7 +70,7 @@ def dataset_folder(name: str, data_config) -> Path:
 
 def _images_in(folder: Path) -> list[Path]:
     """The image files of ``folder`` by suffix, sorted; OS metadata such as AppleDouble ``._x.JPEG``
-    files left out (:func:`forgetlab.data.files.listed`)."""
+    files left out (:func:`forgetlab.data.listing.listed`)."""
     return [p for p in listed(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
