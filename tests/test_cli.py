@@ -29,12 +29,13 @@ def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
             f"BWT {100 * (final[1] - first[1]):+.2f} points, upstream change {100 * (final[0] - values[0][0]):+.2f} points")
     assert main(["show", str(folder)]) == 0
     assert line in out and line in capsys.readouterr().out
-    # every file the README's table of run files names is there (single-adapter files come from another command)
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text().split("### What a run writes")[1].split("\n\n")[1]
+    # every file the runs guide's table of run files names is there (single-adapter and explain files come from other commands)
+    guide = Path(__file__).resolve().parent.parent / "docs" / "guides" / "runs.md"
+    readme = guide.read_text().split("## What a run writes")[1].split("\n\n")[1]
     documented = [name for row in readme.splitlines()[2:] for name in re.findall(r"`([^`]+)`", row.split(" | ")[0])]
-    assert "checkpoint/model-<i>.safetensors" in documented and "adapters/<task>/" in documented
+    assert "checkpoint/model-<i>.safetensors" in documented and "adapters/<task>/" in documented and "drift.csv" in documented
     for name in documented:
-        if "upstream_single" not in name and name != ".csv":
+        if "upstream_single" not in name and name not in (".csv", "explain/"):
             assert list(folder.glob(re.sub(r"<[^>]+>", "*", name).rstrip("/"))), f"the README names {name}, which the run did not write"
     assert f"results: {folder}" in out and "after digits" in out
     config = yaml.safe_load((folder / "config.yaml").read_text())
