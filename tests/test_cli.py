@@ -36,7 +36,7 @@ def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
     assert "checkpoint/model-<i>.safetensors" in documented and "adapters/<task>/" in documented and "drift.csv" in documented
     for name in documented:
         if "upstream_single" not in name and name not in (".csv", "explain/"):
-            assert list(folder.glob(re.sub(r"<[^>]+>", "*", name).rstrip("/"))), f"the README names {name}, which the run did not write"
+            assert list(folder.glob(re.sub(r"<[^>]+>", "*", name).rstrip("/"))), f"the runs guide names {name}, which the run did not write"
     assert f"results: {folder}" in out and "after digits" in out
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["method"] == {"name": "lora", "rank": 2, "alpha": None, "dropout": 0.1, "targets": "default", "policy": "merge",

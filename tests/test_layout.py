@@ -1,6 +1,6 @@
 """The house's shape, read from the code itself: every import between forgetlab's modules (at module
 level or inside a function) goes to a module on the same floor or a lower one, the imports form no
-cycle, and no function in ``src/`` is longer than 80 lines. The floors are the README's layout table."""
+cycle, and no function in ``src/`` is longer than 80 lines. The floors are the table in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def floor_of(module: str) -> int:
             if pattern == module or (pattern.endswith("*") and module.startswith(pattern[:-1]) and module != pattern[:-2]):
                 matches.append((len(pattern.rstrip("*")), index))
     if not matches:
-        raise KeyError(f"module forgetlab.{module} has no floor: add it to FLOORS in tests/test_layout.py and the README")
+        raise KeyError(f"module forgetlab.{module} has no floor: add it to FLOORS in tests/test_layout.py and docs/architecture.md")
     return max(matches)[1]  # the most specific pattern wins
 
 
