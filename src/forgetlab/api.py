@@ -97,7 +97,8 @@ class Run:
     @property
     def matrix(self):
         """The accuracy matrix as a DataFrame: a row per training phase ('pretrained', 'after TASK'),
-        a column per task (the upstream task first); NaN where a task was not yet seen."""
+        a column per task (the upstream task first), accuracies as fractions (0.88 for 88 %, as stored;
+        :attr:`metrics` are in percent); NaN where a task was not yet seen."""
         import pandas as pd
 
         matrix = self.accuracy_matrix
