@@ -211,9 +211,12 @@ def test_pretrained_tag_without_cache_or_network_names_the_file_to_place(monkeyp
 
 
 # ----------------------------------------------------------------------------- decoded cache, data check, presets
-def test_decoded_cache_is_built_once_and_reused(root, monkeypatch, forgetlab_home):
+def test_decoded_cache_is_built_once_and_reused(root, monkeypatch, tmp_path):
     from forgetlab.data.files import preprocess_for
     from forgetlab.models.backbones import create
+
+    forgetlab_home = tmp_path / "home"  # its own: other tests leave decoded arrays in the session's home
+    monkeypatch.setenv("FORGETLAB_HOME", str(forgetlab_home))
 
     preprocess = preprocess_for(create("resnet18", num_classes=0), image_size=32)
     config = DataConfig(root=str(root), cache_decoded=True)

@@ -51,7 +51,7 @@ def test_a_kill_at_every_write_and_rename_point_resumes_bit_identically(random_b
                  "data.max_train=32", "data.max_test=24", "train.batch_size=16", "train.max_steps=2", "eval.batch_size=64",
                  "method.rank=2"]  # fmt: skip
     result = subprocess.run([PYTHON, str(REPO / "tests" / "kill_trials.py"), str(tmp_path), *overrides], capture_output=True, text=True,
-                            cwd=REPO, timeout=900)  # fmt: skip
+                            cwd=REPO, timeout=1800)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["points"] >= 50  # three commits (pretrained row, two tasks), every write and rename of each
