@@ -150,9 +150,8 @@ class Run:
         """Each upstream evaluator's accuracy per matrix row (columns ``row``, ``evaluator``, ``accuracy``;
         ``eval.upstream_evaluator=[head, knn]`` gives both)."""
         from forgetlab.analysis.drift import upstream_evaluators_table
-        from forgetlab.evaluate import upstream_evaluator_names
 
-        return upstream_evaluators_table(self.path, upstream_evaluator_names(self.config.eval))
+        return upstream_evaluators_table(self.path, self.config.eval.evaluators)
 
     @property
     def completed(self) -> int:

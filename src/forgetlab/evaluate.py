@@ -199,11 +199,6 @@ class KNNEvaluator:
 UPSTREAM_EVALUATORS = ("head", "knn")
 
 
-def upstream_evaluator_names(eval_config) -> list[str]:
-    """The names in ``eval.upstream_evaluator`` (a list is stored comma-joined: ``head,knn``), in order."""
-    return eval_config.evaluators
-
-
 class UpstreamEvaluators:
     """Several named upstream evaluators on one model (Davari et al., CVPR 2022, "Probing Representation
     Forgetting": a frozen head's drop is knowledge lost only where a k-NN on the features drops too).
@@ -229,7 +224,7 @@ def build_upstream_evaluator(eval_config, upstream, crop_cache=None) -> Callable
     """The named evaluator of the upstream task: ``head`` (paper 1) or ``knn`` (paper 2); ``crop_cache``
     (a :class:`forgetlab.data.eval_cache.EvalCropCache`) serves the k-NN bank's crops. Several names
     give an :class:`UpstreamEvaluators`."""
-    names = upstream_evaluator_names(eval_config)
+    names = eval_config.evaluators
     if len(names) > 1:
         import dataclasses
 
