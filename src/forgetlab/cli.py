@@ -171,7 +171,8 @@ def cmd_show(args) -> int:
 
 def cmd_sweep(args) -> int:
     from forgetlab.summary import cells_table
-    from forgetlab.sweep import different_sweep_message, load_sweep, make_backend, run_sweep, stored_differences, sweep_status
+    from forgetlab.sweep import (different_sweep_message, load_sweep, make_backend, run_sweep, stored_differences,
+                                 sweep_status)
 
     sweep = load_sweep(args.sweep_file, args.overrides)
     if args.status:
@@ -186,7 +187,8 @@ def cmd_sweep(args) -> int:
         return 0
     jobs = args.jobs if args.jobs == "auto" else _positive_int(args.jobs, "--jobs")
     # --quiet silences the cells' own logs; the sweep still says which cell finished.
-    backend = make_backend(sweep, jobs, args.backend, args.address, args.gpus_per_cell, args.retries)  # refuses bad options before writing
+    # the backend refuses bad options before the sweep writes anything
+    backend = make_backend(sweep, jobs, args.backend, args.address, args.gpus_per_cell, args.retries)
     status = run_sweep(sweep, backend, quiet=args.quiet, log=lambda message: print(f"forgetlab: {message}", flush=True))
     counts = {state: sum(v == state for v in status.values()) for state in ("ran", "skipped", "failed")}
     print(cells_table(sweep.folder, sweep_status(sweep)))

@@ -62,7 +62,8 @@ def confidence_interval(accuracy_value: float, count: int) -> float:
 
 
 @torch.no_grad()
-def extract_features(model, dataset: Dataset, runtime: Runtime, *, description="features", head: str | None = None) -> torch.Tensor:
+def extract_features(model, dataset: Dataset, runtime: Runtime, *, description="features",
+                     head: str | None = None) -> torch.Tensor:
     """L2-normalised pooled backbone features ``[N, D]`` of every example, fp32 on ``runtime.device``
     (they stay there for the k-NN vote; nothing is copied per batch); with ``head``, that head's outputs
     instead (paper 2's LoRA bug, see :class:`KNNEvaluator`)."""
@@ -124,8 +125,8 @@ class KNNEvaluator:
     The votes span the bank's labels (``0 .. max label``): a class without a bank example gets no vote,
     so the predictions are those over the upstream task's whole label space."""
 
-    def __init__(self, bank: Dataset, *, k: int = 20, ks=(10, 20, 100, 200), temperature: float = 0.07, features: str = "backbone",
-                 bank_dtype: str = "fp32", cache_dir: Path | None = None, crop_cache=None):  # fmt: skip
+    def __init__(self, bank: Dataset, *, k: int = 20, ks=(10, 20, 100, 200), temperature: float = 0.07,
+                 features: str = "backbone", bank_dtype: str = "fp32", cache_dir: Path | None = None, crop_cache=None):
         if len(bank) == 0:
             raise ConfigError("the k-NN evaluator (eval.upstream_evaluator=knn) needs the upstream task's train split as its bank, and it "
                               "has none; for ImageNet place train/ as wnid folders under data.root/imagenet (forgetlab data check)")  # fmt: skip
@@ -154,8 +155,8 @@ class KNNEvaluator:
         recomputed only for the tensors changed since the last call (:class:`forgetlab.caches.WeightsDigest`)."""
         modules = {"backbone": model.backbone, **({f"head:{head}": model.head(head)} if head is not None else {})}
         tree = "\n".join(f"{name}: {module!r}" for name, module in sorted(modules.items()))
-        cuda = runtime.device.type == "cuda"
-        precision = f"{runtime.device.type}|autocast={runtime.amp_dtype}|tf32={cuda and torch.backends.cuda.matmul.allow_tf32}"
+        tf32 = runtime.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+        precision = f"{runtime.device.type}|autocast={runtime.amp_dtype}|tf32={tf32}"
         return caches.knn_bank_key(model_args=caches.model_arguments(model.backbone), model_tree=tree, weights=self._weights(modules),
                                    bank=self._bank_print, features=self.features, precision=precision)  # fmt: skip
 

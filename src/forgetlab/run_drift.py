@@ -122,7 +122,8 @@ class DriftProbe:
         return rows
 
 
-def build_drift(config, upstream_test, runtime: Runtime, pretrained_model: Callable[[], MultiHeadModel], log=print) -> DriftProbe | None:
+def build_drift(config, upstream_test, runtime: Runtime, pretrained_model: Callable[[], MultiHeadModel],
+                log=print) -> DriftProbe | None:
     """The run's :class:`DriftProbe`, or None when ``eval.probe_images`` is 0. The probe: the first
     ``eval.probe_images`` of a class-balanced order of the upstream test set, seeded by ``seed``."""
     count = config.eval.probe_images

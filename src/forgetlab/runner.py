@@ -202,7 +202,8 @@ def place_data(state: RunState) -> None:
         state.columns = {column: dataclasses.replace(task, test=crop_cache(task.test, what=f"{task.name} test"))
                          for column, task in state.columns.items()}  # fmt: skip
     state.evaluate_upstream = build_upstream_evaluator(config.eval, state.upstream, crop_cache=crop_cache)
-    state.drift = run_drift.build_drift(config, state.upstream.test, state.runtime, run_drift.fresh_pretrained(config, device), state.log)
+    pretrained = run_drift.fresh_pretrained(config, device)
+    state.drift = run_drift.build_drift(config, state.upstream.test, state.runtime, pretrained, state.log)
 
 
 def cache_keys(state: RunState) -> dict[str, set[str]]:
@@ -369,7 +370,8 @@ def best_checkpoint(state: RunState, column: str) -> BestCheckpoint | None:
 
     def score(scored_model):
         with state.method.evaluating(scored_model, column):
-            return accuracy(predict(scored_model, column, test_set, state.runtime, description=f"select {column}"), labels)
+            predictions = predict(scored_model, column, test_set, state.runtime, description=f"select {column}")
+            return accuracy(predictions, labels)
 
     return BestCheckpoint(config.train.eval_every, score)
 
@@ -386,7 +388,8 @@ def train_phase(state: RunState, phase: Phase) -> None:
         replay=replay_batches(state, phase.seed), replay_head=UPSTREAM, selection=phase.selection,
         log_step=lambda step, values: state.tracker.step(offset + step, values),
     )  # fmt: skip
-    phase.stats = train_task(state.model, task.column, task.train, config.train, state.runtime, seed=phase.seed, plan=plan)
+    phase.stats = train_task(state.model, task.column, task.train, config.train, state.runtime, seed=phase.seed,
+                             plan=plan)
     phase.extra_losses = []  # the teacher copy
 
 

@@ -158,9 +158,14 @@ class Runtime:
         ``data.pipeline`` and ``FORGETLAB_PROGRESS``. Raises :class:`~forgetlab.errors.ConfigError` for
         ``device=cuda`` without CUDA and for a ``FORGETLAB_PROGRESS`` it cannot read."""
         torch_device = resolve_device(config.device if device is None else device)
-        return cls(device=torch_device, precision=config.precision, amp_dtype=autocast_dtype(torch_device, config.precision),
-                   eval_batch_size=config.eval.batch_size, workers=config.data.workers,
-                   pipeline=resolve_pipeline(config.data.pipeline, torch_device))  # fmt: skip
+        return cls(
+            device=torch_device,
+            precision=config.precision,
+            amp_dtype=autocast_dtype(torch_device, config.precision),
+            eval_batch_size=config.eval.batch_size,
+            workers=config.data.workers,
+            pipeline=resolve_pipeline(config.data.pipeline, torch_device),
+        )
 
     def autocast(self):
         """Autocast to :attr:`amp_dtype` on :attr:`device` (nothing when it is None)."""

@@ -46,7 +46,8 @@ def drift_of_run(run_dir: str | Path, *, device: str = "auto", probe_images: int
     backbone = load_backbone(config.backbone)
     _, upstream = upstream_task(config, backbone)
     model = MultiHeadModel(backbone.model).to(torch_device).requires_grad_(False)
-    probe = build_drift(config, upstream.test, runtime, lambda: model, log)  # row 0 below takes the pretrained features from model
+    # row 0 below takes the pretrained features from model
+    probe = build_drift(config, upstream.test, runtime, lambda: model, log)
     rows = probe.rows(model, 0)
     for index, phase in enumerate(folder.read_matrix().phases[: folder.completed_tasks()], start=1):
         for name, layer in load_adapter(folder.path / "adapters" / phase, backbone.model).items():

@@ -9,8 +9,9 @@ replayed examples (a data source) are concatenated to each batch and learned thr
 :class:`~forgetlab.runtime.Runtime` (device, autocast, workers, progress) and a :class:`TaskPlan` (what
 the run adds to the plain loop: LwF's terms, replay, model selection, the trackers' hook).
 :func:`_set_up` makes what a task's steps share (optimiser, schedule, the compiled or eager forward),
-:func:`_step` is one optimisation step, :class:`_Clock` splits the task's time for :class:`TrainStats`. Imports run down: the batches come from
-:mod:`forgetlab.data.loader` (the data path evaluation uses too); the runner and pretraining import this.
+:func:`_step` is one optimisation step, :class:`_Clock` splits the task's time for :class:`TrainStats`.
+Imports run down: the batches come from :mod:`forgetlab.data.loader` (the data path evaluation uses
+too); the runner and pretraining import this.
 """
 
 from __future__ import annotations
@@ -220,8 +221,8 @@ def train_task(model, head: str, dataset: Dataset, train_config, runtime: Runtim
     update overflows or the loss becomes non-finite.
     """
     device = runtime.device
-    loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device, workers=runtime.workers,
-                         drop_last=train_config.drop_last)  # fmt: skip
+    loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device,
+                         workers=runtime.workers, drop_last=train_config.drop_last)
     task = _set_up(model, head, train_config, runtime, plan, examples=len(dataset), batches_per_epoch=len(loader))
     selection = plan.selection
     _train_mode(model, plan.freeze_batchnorm)
@@ -269,7 +270,8 @@ class _Training:
     plan: TaskPlan
 
 
-def _set_up(model, head: str, train_config, runtime: Runtime, plan: TaskPlan, *, examples: int, batches_per_epoch: int) -> _Training:
+def _set_up(model, head: str, train_config, runtime: Runtime, plan: TaskPlan, *, examples: int,
+            batches_per_epoch: int) -> _Training:
     """A task's steps (:func:`schedule_lengths`, with the task's ``train.task_epochs``), its optimiser,
     its learning-rate schedule (stepped after every optimiser step) and its forward (:func:`compiled`)."""
     task_name = plan.task_name or head  # train.task_epochs names a task, or its dataset
@@ -347,7 +349,8 @@ def _loss(task: _Training, images: torch.Tensor, outputs: dict[str, torch.Tensor
 
 def _read_loss(task: _Training, loss: torch.Tensor, step: int, bar) -> float:
     """``loss`` read on the host (this waits for the device), shown on the progress bar and handed to
-    the plan's ``log_step`` with the learning rate. A non-finite loss is a :class:`TrainingError` naming ``train.lr``."""
+    the plan's ``log_step`` with the learning rate. A non-finite loss is a :class:`TrainingError` naming
+    ``train.lr``."""
     value = float(loss)
     if not math.isfinite(value):
         raise TrainingError(f"{task.plan.description}: the loss became non-finite by step {step} (train.lr={task.train_config.lr:g}); "

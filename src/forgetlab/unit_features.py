@@ -110,7 +110,8 @@ def _pool(output, backbone: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def unit_features(model, dataset: Dataset, units: list[str], runtime: Runtime, *, description: str = "drift features") -> dict[str, torch.Tensor]:
+def unit_features(model, dataset: Dataset, units: list[str], runtime: Runtime, *,
+                  description: str = "drift features") -> dict[str, torch.Tensor]:
     """``unit -> features [N, D]`` (fp32, on the CPU) of every example of ``dataset`` at every module
     path of ``units`` (in ``model.backbone``) and at ``features`` (``model.features``), from one
     forward pass per batch of ``runtime.eval_batch_size`` on ``runtime.device`` with forward hooks."""
@@ -126,8 +127,9 @@ def unit_features(model, dataset: Dataset, units: list[str], runtime: Runtime, *
     handles = [backbone.get_submodule(name).register_forward_hook(hook_for(name)) for name in units]
     try:
         model.eval()
-        loader = make_loader(dataset, runtime.eval_batch_size, shuffle=False, device=runtime.device, workers=runtime.workers)
-        for images, _ in runtime.progress(batches(loader, dataset, runtime.device), total=len(loader), desc=description, unit="batch"):
+        device = runtime.device
+        loader = make_loader(dataset, runtime.eval_batch_size, shuffle=False, device=device, workers=runtime.workers)
+        for images, _ in runtime.progress(batches(loader, dataset, device), total=len(loader), desc=description, unit="batch"):
             with runtime.autocast():
                 captured[FEATURES].append(model.features(images).float().cpu())
     finally:
