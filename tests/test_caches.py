@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from forgetlab.runtime import Runtime
+
 from tests.test_real_data import root  # noqa: F401
 
 
@@ -38,8 +40,8 @@ def _bank_and_queries():
 def _knn(model, bank, queries, cache_dir):
     from forgetlab.evaluate import KNNEvaluator
 
-    evaluator = KNNEvaluator(bank, 3, k=10, ks=(10, 20, 50), cache_dir=cache_dir)
-    evaluator(model, queries, batch_size=32, device=torch.device("cpu"), amp_dtype=None)
+    evaluator = KNNEvaluator(bank, k=10, ks=(10, 20, 50), cache_dir=cache_dir)
+    evaluator(model, queries, Runtime(eval_batch_size=32))
     return evaluator
 
 

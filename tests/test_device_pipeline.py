@@ -19,6 +19,7 @@ from forgetlab.data.files import FileDataset, preprocess_for
 from forgetlab.errors import DataError
 from forgetlab.evaluate import KNNEvaluator, knn_predict_many
 from forgetlab.models.backbones import create
+from forgetlab.runtime import Runtime
 from tests.test_real_data import root  # noqa: F401
 
 CPU = torch.device("cpu")
@@ -115,17 +116,17 @@ def test_knn_banks_are_reused_from_disk_by_a_later_evaluator(root, tmp_path, mon
     backbone = load_backbone(BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
     task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32).for_upstream())
     model = MultiHeadModel(backbone.model).eval()
-    first = KNNEvaluator(task.train, task.num_classes, k=1, cache_dir=tmp_path)
-    accuracy, predictions = first(model, task.test, batch_size=4, device=CPU, amp_dtype=None)
+    first = KNNEvaluator(task.train, k=1, cache_dir=tmp_path)
+    accuracy, predictions = first(model, task.test, Runtime(eval_batch_size=4))
     assert first.computed == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
-    second = KNNEvaluator(task.train, task.num_classes, k=1, cache_dir=tmp_path)
+    second = KNNEvaluator(task.train, k=1, cache_dir=tmp_path)
     monkeypatch.setattr("forgetlab.evaluate.extract_features", _counting(__import__("forgetlab.evaluate", fromlist=["x"]).extract_features))
-    again, again_predictions = second(model, task.test, batch_size=4, device=CPU, amp_dtype=None)
+    again, again_predictions = second(model, task.test, Runtime(eval_batch_size=4))
     assert second.computed == 0 and again == accuracy and np.array_equal(again_predictions, predictions)
     assert _counting.calls == 1  # only the queries were computed
     with torch.no_grad():
         next(model.backbone.parameters()).mul_(1.5)
-    second(model, task.test, batch_size=4, device=CPU, amp_dtype=None)
+    second(model, task.test, Runtime(eval_batch_size=4))
     assert second.computed == 1 and len(list(tmp_path.glob("*.safetensors"))) == 2  # another backbone state: another bank
 
 
@@ -188,7 +189,7 @@ def test_a_failed_compilation_trains_eagerly(monkeypatch, capsys):
     before = model.heads["task"].weight.detach().clone()
     dataset = TensorDataset(torch.randn(8, 1, 28, 28), torch.arange(8) % 3)
     config = config_module.resolve({}, ["train.compile=reduce-overhead", "train.batch_size=4", "train.max_steps=2"]).train
-    stats = train_module.train_task(model, "task", dataset, config, device=CPU, amp_dtype=None, seed=0)
+    stats = train_module.train_task(model, "task", dataset, config, Runtime(), seed=0)
     assert stats.steps == 2 and not torch.equal(model.heads["task"].weight, before)
     assert "torch.compile failed (RuntimeError: inductor is unavailable); training eagerly" in capsys.readouterr().out
 
@@ -331,12 +332,12 @@ def test_training_time_splits_into_warmup_selection_and_steady_state():
 
     selection = BestCheckpoint(4, slow_score)  # scores at steps 4 (warm-up), 8 and 12 (steady state)
     config = config_module.resolve({}, ["train.compile=off", "train.batch_size=4", "train.max_steps=12"]).train
-    stats = train_module.train_task(model, "task", dataset, config, device=CPU, amp_dtype=None, seed=0, selection=selection)
+    stats = train_module.train_task(model, "task", dataset, config, Runtime(), seed=0, plan=train_module.TaskPlan(selection=selection))
     assert stats.steps == 12 and stats.steady_examples == 6 * 4 and stats.selection_seconds >= 0.3
     assert stats.warmup_seconds + stats.selection_seconds + stats.steady_seconds == pytest.approx(stats.seconds, abs=1e-6)
     assert stats.steady_images_per_second == pytest.approx(24 / stats.steady_seconds) and stats.steady_seconds < stats.seconds - 0.3
     one = train_module.train_task(model, "task", dataset, config_module.resolve({}, ["train.compile=off", "train.max_steps=1"]).train,
-                                  device=CPU, amp_dtype=None, seed=0)  # fmt: skip
+                                  Runtime(), seed=0)  # fmt: skip
     assert one.warmup_seconds == pytest.approx(one.seconds) and one.steady_examples == 0 and math.isnan(one.steady_images_per_second)
 
 

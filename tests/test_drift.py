@@ -13,6 +13,7 @@ from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import MultiHeadModel
 from forgetlab.run_drift import read_rows
 from forgetlab.runner import run
+from forgetlab.runtime import Runtime
 from forgetlab.stored_drift import drift_of_run
 from forgetlab.unit_features import balanced_indices, feature_units, unit_features
 
@@ -32,14 +33,13 @@ def test_units_are_every_block_and_every_bottleneck():
     images = torch.randn(5, 1, 28, 28)
     for backbone, widths in ((vit, [128] * 7), (resnet, [128, 256, 512, 1024, 1024])):
         model = MultiHeadModel(backbone)
-        features = unit_features(model, torch.utils.data.TensorDataset(images, torch.zeros(5, dtype=torch.long)), feature_units(backbone),
-                                 batch_size=2, device=torch.device("cpu"), amp_dtype=None)  # fmt: skip
+        features = unit_features(model, torch.utils.data.TensorDataset(images, torch.zeros(5, dtype=torch.long)), feature_units(backbone), Runtime(eval_batch_size=2))  # fmt: skip
         assert [tuple(f.shape) for f in features.values()] == [(5, w) for w in widths]
         assert torch.allclose(features["features"], model.features(images), atol=1e-6)
     # the ViT's block unit is the class token of that block's output (timm pools the class token)
     captured = vit.blocks[:3](vit._pos_embed(vit.patch_embed(images)))[:, 0]
     assert torch.allclose(unit_features(MultiHeadModel(vit), torch.utils.data.TensorDataset(images, torch.zeros(5, dtype=torch.long)),
-                                        ["blocks.2"], batch_size=5, device=torch.device("cpu"), amp_dtype=None)["blocks.2"], captured, atol=1e-5)  # fmt: skip
+                                        ["blocks.2"], Runtime(eval_batch_size=5))["blocks.2"], captured, atol=1e-5)  # fmt: skip
 
 
 def test_probe_is_class_balanced_and_seeded():

@@ -16,6 +16,7 @@ from forgetlab.data.files import FileDataset, preprocess_for
 from forgetlab.evaluate import predict
 from forgetlab.models.backbones import create
 from forgetlab.models.multihead import MultiHeadModel
+from forgetlab.runtime import Runtime
 
 CPU = torch.device("cpu")
 
@@ -67,18 +68,18 @@ def test_a_second_evaluation_reads_the_cache_with_the_same_predictions(files, mo
     cache = EvalCropCache(mode="on", folder=tmp_path, log=print)
     first = cache(test)
     assert isinstance(first, EvalCrops) and np.array_equal(first.labels, np.asarray(files[1]))
-    first_predictions = predict(model, "task", first, batch_size=6, device=CPU, amp_dtype=None)
+    first_predictions = predict(model, "task", first, Runtime(eval_batch_size=6))
     assert first.computed and len(list(tmp_path.glob(f"*/{CROPS_FILE}"))) == 1 and not list(tmp_path.rglob("*.partial"))
     crops = np.load(next(tmp_path.glob(f"*/{CROPS_FILE}")))
     assert crops.dtype == np.uint8 and crops.shape == (12, 3, 32, 32)
     if pipeline == "pil":  # the cache holds the PIL transform's own pixels: predictions unchanged
-        assert np.array_equal(first_predictions, predict(model, "task", test, batch_size=6, device=CPU, amp_dtype=None))
+        assert np.array_equal(first_predictions, predict(model, "task", test, Runtime(eval_batch_size=6)))
         reference = np.asarray(pre.eval.transforms[1](pre.eval.transforms[0](Image.open(files[0][4]).convert("RGB"))))
         assert np.array_equal(crops[4], reference.transpose(2, 0, 1))
     decodes = _counting(monkeypatch, device_pipeline, "decode_batch")
     opens = _counting(monkeypatch, FileDataset, "open_image")
     second = EvalCropCache(mode="on", folder=tmp_path)(test)  # another run: a new cache object, the same key
-    again = predict(model, "task", second, batch_size=6, device=CPU, amp_dtype=None)
+    again = predict(model, "task", second, Runtime(eval_batch_size=6))
     assert not second.computed and not decodes and not opens and np.array_equal(again, first_predictions)
 
 
@@ -95,7 +96,7 @@ def test_an_interrupted_write_leaves_no_cache_and_the_limits_turn_it_off(files, 
 
     monkeypatch.setattr(FileDataset, "open_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        predict(model, "task", EvalCropCache(mode="on", folder=tmp_path)(test), batch_size=4, device=CPU, amp_dtype=None)
+        predict(model, "task", EvalCropCache(mode="on", folder=tmp_path)(test), Runtime(eval_batch_size=4))
     assert not list(tmp_path.rglob(CROPS_FILE)) and not list(tmp_path.rglob("*.partial"))
     monkeypatch.setattr(FileDataset, "open_image", original)
     assert isinstance(EvalCropCache(mode="on", folder=tmp_path)(test).open(), EvalCrops)  # the next run writes it whole
@@ -125,8 +126,8 @@ def test_the_first_device_pass_evaluates_the_crops_while_it_writes_them(files, m
     decodes = _counting(monkeypatch, device_pipeline, "decode_batch")
     first = cache(test)
     assert first.streams()
-    first_predictions = predict(model, "task", first, batch_size=5, device=CPU, amp_dtype=None)
+    first_predictions = predict(model, "task", first, Runtime(eval_batch_size=5))
     assert len(decodes) == 3 and first.computed and len(list(tmp_path.glob(f"*/{CROPS_FILE}"))) == 1  # 12 images, batches of 5
     later = cache(test)
-    assert not later.streams() and np.array_equal(predict(model, "task", later, batch_size=5, device=CPU, amp_dtype=None), first_predictions)
+    assert not later.streams() and np.array_equal(predict(model, "task", later, Runtime(eval_batch_size=5)), first_predictions)
     assert len(decodes) == 3

@@ -23,6 +23,7 @@ from forgetlab.errors import ConfigError
 from forgetlab.presets import PRESETS, markdown, preset_tree
 from forgetlab.results import AccuracyMatrix
 from forgetlab.runner import run
+from forgetlab.runtime import Runtime
 from forgetlab.train import hf_warmup_cosine, schedule_lengths
 from tests.conftest import random_backbone, tiny_overrides
 from tests.test_real_data import root  # noqa: F401  (the tiny real-layout datasets fixture)
@@ -45,7 +46,7 @@ def test_knn_bank_is_read_with_the_deterministic_evaluation_transform(root):  # 
     backbone = load_backbone(config_module.BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
     preprocess = preprocess_for(backbone.model, 32)
     task = build_task("imagenet", DataConfig(root=str(root)), preprocess.for_upstream())
-    evaluator = KNNEvaluator(task.train, task.num_classes, k=1)
+    evaluator = KNNEvaluator(task.train, k=1)
     torch.manual_seed(0)
     first, second = evaluator.bank[0][0], evaluator.bank[0][0]
     assert torch.equal(first, second)  # no random crop, flip or jitter: the same image gives the same tensor
@@ -53,7 +54,7 @@ def test_knn_bank_is_read_with_the_deterministic_evaluation_transform(root):  # 
     by_hand = preprocess.upstream_eval(Image.open(task.train.paths[0]).convert("RGB"))
     assert torch.equal(first, by_hand)
     model = MultiHeadModel(backbone.model).eval()
-    evaluator(model, task.test, batch_size=4, device=CPU, amp_dtype=None)
+    evaluator(model, task.test, Runtime(eval_batch_size=4))
     bank = next(iter(evaluator._cache.values()))
     with torch.no_grad():
         hand = torch.nn.functional.normalize(model.features(torch.stack([by_hand])), dim=-1)
@@ -69,14 +70,14 @@ def test_knn_on_task_logits_reproduces_paper2s_bug_and_backbone_features_are_the
     backbone = load_backbone(config_module.BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
     task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32).for_upstream())
     model = MultiHeadModel(backbone.model).eval()
-    buggy = KNNEvaluator(task.train, task.num_classes, k=1, features="task_logits")
-    buggy(model, task.test, batch_size=4, device=CPU, amp_dtype=None)
+    buggy = KNNEvaluator(task.train, k=1, features="task_logits")
+    buggy(model, task.test, Runtime(eval_batch_size=4))
     assert next(iter(buggy._cache.values())).shape[1] == model.num_features  # no task head yet: backbone features
     model.add_head("cifar100", 7)
-    buggy(model, task.test, batch_size=4, device=CPU, amp_dtype=None)
+    buggy(model, task.test, Runtime(eval_batch_size=4))
     assert next(iter(buggy._cache.values())).shape[1] == 7  # the 7-d classifier outputs, as the paper's code did
-    correct = KNNEvaluator(task.train, task.num_classes, k=1)
-    correct(model, task.test, batch_size=4, device=CPU, amp_dtype=None)
+    correct = KNNEvaluator(task.train, k=1)
+    correct(model, task.test, Runtime(eval_batch_size=4))
     assert next(iter(correct._cache.values())).shape[1] == model.num_features
     assert config_module.resolve({}).eval.knn_features == "backbone"
 

@@ -24,6 +24,7 @@ from forgetlab.data.files import ArrayImageDataset, FileDataset, preprocess_for
 from forgetlab.evaluate import predict
 from forgetlab.models.backbones import create
 from forgetlab.models.multihead import MultiHeadModel
+from forgetlab.runtime import Runtime
 from tests.host_ops import training_batch_ops
 
 pytestmark = pytest.mark.benchmark
@@ -100,7 +101,7 @@ def test_evaluation_passes_against_compute_only(tmp_path):
     for which in ("first", "later"):
         dataset = cache(test)
         start = time.perf_counter()
-        predict(model, "task", dataset, batch_size=batch, device=CPU, amp_dtype=None, workers=2)
+        predict(model, "task", dataset, Runtime(eval_batch_size=batch, workers=2))
         seconds[which] = time.perf_counter() - start
     images = torch.randn(batch, 3, 112, 112)
     with torch.no_grad():

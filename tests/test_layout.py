@@ -1,6 +1,7 @@
 """The house's shape, read from the code itself: every import between forgetlab's modules (at module
 level or inside a function) goes to a module on the same floor or a lower one, the imports form no
-cycle, and no function in ``src/`` is longer than 80 lines. The floors are the table in docs/architecture.md."""
+cycle, and no function in ``src/`` is longer than 80 lines or takes more than 8 parameters. The floors are the table in
+docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("entry points", ["", "__main__", "api", "cli"]),
 ]
 MAX_FUNCTION_LINES = 80
+MAX_PARAMETERS = 8  # settings travel as one object (runtime.Runtime, train.TaskPlan), not as a dozen parameters
 
 
 def _modules() -> dict[str, Path]:
@@ -140,6 +142,33 @@ def test_no_function_is_longer_than_80_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"forgetlab.{name}.{node.name}: {lines} lines")
     assert long == []
+
+
+def parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> int:
+    """The parameters a function takes: positional, keyword-only, ``*args`` and ``**kwargs`` one each;
+    a leading ``self`` or ``cls`` is not counted."""
+    arguments = node.args
+    names = [argument.arg for argument in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]]
+    count = len(names) + (arguments.vararg is not None) + (arguments.kwarg is not None)
+    return count - (bool(names) and names[0] in ("self", "cls") and bool(arguments.posonlyargs or arguments.args))
+
+
+def test_no_function_takes_more_than_8_parameters():
+    crowded = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                count = parameter_count(node)
+                if count > MAX_PARAMETERS:
+                    crowded.append(f"forgetlab.{name}.{getattr(node, 'name', '<lambda>')} (line {node.lineno}): {count} parameters")
+    assert crowded == []
+
+
+@pytest.mark.parametrize("source,count", [("def f(a, b, *, c=1): pass", 3), ("def f(self, a, *args, b, **kwargs): pass", 4),
+                                          ("def f(cls, /, a): pass", 1), ("def f(*, self): pass", 1), ("lambda x, y=2: x", 2)])  # fmt: skip
+def test_parameters_are_counted_as_the_rule_says(source, count):
+    node = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.Lambda)))
+    assert parameter_count(node) == count
 
 
 @pytest.mark.parametrize("module,floor", [("errors", "foundation"), ("data.files", "data"), ("data.registry", "methods and names"),

@@ -20,6 +20,7 @@ from forgetlab.methods import build_method
 from forgetlab.models.expansion import expand_blocks, expanded_architecture
 from forgetlab.models.multihead import MultiHeadModel
 from forgetlab.runner import run
+from forgetlab.runtime import Runtime
 from forgetlab.train import count_parameters, train_task, trainable_parameters
 from tests.conftest import random_backbone, tiny_overrides
 
@@ -37,13 +38,13 @@ def _images(count: int = 32, classes: int = 5, seed: int = 0) -> TensorDataset:
     return TensorDataset(torch.randn(count, 1, 28, 28, generator=generator), torch.randint(0, classes, (count,), generator=generator))
 
 
-def _train_one_task(model: MultiHeadModel, method, task: str = "task", steps: int = 3, lr: float = 1e-2, **kwargs):
+def _train_one_task(model: MultiHeadModel, method, task: str = "task", steps: int = 3, lr: float = 1e-2):
     head = model.add_head(task, 5)
     method.prepare(model, task)
     model.heads.requires_grad_(False)
     head.requires_grad_(True)
     model.upstream_head.requires_grad_(False)
-    train_task(model, task, _images(), TrainConfig(batch_size=16, max_steps=steps, lr=lr), device=CPU, amp_dtype=None, seed=0, **kwargs)
+    train_task(model, task, _images(), TrainConfig(batch_size=16, max_steps=steps, lr=lr), Runtime(), seed=0)
     method.finish(model, task)
     model.requires_grad_(False)
 
@@ -238,7 +239,7 @@ def test_a_stored_adapter_reproduces_its_tasks_accuracy(random_backbones, tmp_pa
     head.load_state_dict({"weight": checkpoint["heads.fontfamily.weight"], "bias": checkpoint["heads.fontfamily.bias"]})
     for name, layer in load_adapter(folder.path / "adapters" / "fontfamily", model.backbone).items():
         model.backbone.set_submodule(name, layer)
-    predictions = predict(model.eval(), "fontfamily", task.test, batch_size=64, device=CPU, amp_dtype=None)
+    predictions = predict(model.eval(), "fontfamily", task.test, Runtime(eval_batch_size=64))
     assert accuracy(predictions, dataset_labels(task.test)) == folder.read_matrix().as_array()[2, 1]
 
     peft = pytest.importorskip("peft")

@@ -16,6 +16,7 @@ from forgetlab.config import BackboneConfig, DataConfig
 from forgetlab.data import build_task
 from forgetlab.errors import ConfigError, DataError
 from forgetlab.evaluate import confidence_interval, knn_predict
+from forgetlab.runtime import Runtime
 
 WNIDS = ["n02958343", "n02691156", "n01530575"]  # car, airplane, brambling
 
@@ -165,15 +166,15 @@ def test_knn_evaluator_scores_upstream_with_a_cached_bank(root):
     backbone = load_backbone(BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
     model = MultiHeadModel(backbone.model)
     task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32))
-    evaluator = KNNEvaluator(task.train, task.num_classes, k=1, ks=(1, 3))
-    first, predictions = evaluator(model, task.test, batch_size=4, device=torch.device("cpu"), amp_dtype=None)
+    evaluator = KNNEvaluator(task.train, k=1, ks=(1, 3))
+    first, predictions = evaluator(model, task.test, Runtime(eval_batch_size=4))
     assert set(evaluator.last) == {1, 3} and len(predictions) == 6 and evaluator.last[1] == first
     bank = next(iter(evaluator._cache.values()))
-    evaluator(model, task.test, batch_size=4, device=torch.device("cpu"), amp_dtype=None)
+    evaluator(model, task.test, Runtime(eval_batch_size=4))
     assert next(iter(evaluator._cache.values())) is bank  # same backbone: the bank is reused
     with torch.no_grad():
         next(model.backbone.parameters()).mul_(1.5)
-    evaluator(model, task.test, batch_size=4, device=torch.device("cpu"), amp_dtype=None)
+    evaluator(model, task.test, Runtime(eval_batch_size=4))
     assert next(iter(evaluator._cache.values())) is not bank  # the backbone changed: recomputed
 
 

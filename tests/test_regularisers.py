@@ -18,7 +18,8 @@ from forgetlab.methods.lora import LoRA, LoRAConfig
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.regularisers.lwf import distillation
-from forgetlab.train import train_task
+from forgetlab.runtime import Runtime
+from forgetlab.train import TaskPlan, train_task
 from tests.conftest import random_backbone
 
 CPU = torch.device("cpu")
@@ -82,8 +83,8 @@ def _train(model, extra_losses=(), **kwargs):
     head.requires_grad_(True)
     model.upstream_head.requires_grad_(False)
     heads = [h for loss in extra_losses for h in loss.heads]
-    train_task(model, "task", data, TrainConfig(batch_size=16, max_steps=4, lr=1e-2), device=CPU, amp_dtype=None,
-               seed=0, extra_losses=extra_losses, extra_heads=heads, **kwargs)  # fmt: skip
+    train_task(model, "task", data, TrainConfig(batch_size=16, max_steps=4, lr=1e-2), Runtime(),
+               seed=0, plan=TaskPlan(extra_losses=extra_losses, extra_heads=heads, **kwargs))  # fmt: skip
     return model.state_dict()
 
 

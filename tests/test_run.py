@@ -15,6 +15,7 @@ from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import MultiHeadModel
 from forgetlab.results import RunFolder, read_json
 from forgetlab.runner import run
+from forgetlab.runtime import Runtime
 from forgetlab.train import train_task
 from tests.conftest import random_backbone, tiny_overrides
 
@@ -33,8 +34,7 @@ def test_only_adapter_and_task_head_change_during_a_task(name):
     model.upstream_head.requires_grad_(False)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    train_task(model, "digits", task.train, TrainConfig(batch_size=16, max_steps=3, lr=1e-2),
-               device=torch.device("cpu"), amp_dtype=None, seed=0)  # fmt: skip
+    train_task(model, "digits", task.train, TrainConfig(batch_size=16, max_steps=3, lr=1e-2), Runtime(), seed=0)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed, "training changed nothing"
     assert all(".lora_" in n or n.startswith("heads.digits.") for n in changed), sorted(changed)
@@ -60,8 +60,7 @@ def test_accuracy_matrix_shape_and_pretrained_cell(random_backbones, tmp_path):
     # Row 0, column 0: the pretrained backbone's upstream accuracy, measured separately.
     backbone = load_backbone(config.backbone)
     upstream = build_task(config.data.upstream, config.data)
-    separately, predictions = head_evaluator(MultiHeadModel(backbone.model), upstream.test, batch_size=7,
-                                             device=torch.device("cpu"), amp_dtype=None)  # fmt: skip
+    separately, predictions = head_evaluator(MultiHeadModel(backbone.model), upstream.test, Runtime(eval_batch_size=7))  # fmt: skip
     assert values[0, 0] == pytest.approx(separately, abs=1e-12)
     np.testing.assert_array_equal(folder.read_predictions(0)["predictions"], predictions)
     records = __import__("json").loads(folder.tasks.read_text())

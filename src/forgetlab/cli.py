@@ -171,7 +171,8 @@ def cmd_show(args) -> int:
 
 def cmd_sweep(args) -> int:
     from forgetlab.summary import cells_table
-    from forgetlab.sweep import different_sweep_message, load_sweep, run_sweep, stored_differences, sweep_status
+    from forgetlab.sweep import (different_sweep_message, load_sweep, make_backend, run_sweep, stored_differences,
+                                 sweep_status)
 
     sweep = load_sweep(args.sweep_file, args.overrides)
     if args.status:
@@ -186,8 +187,9 @@ def cmd_sweep(args) -> int:
         return 0
     jobs = args.jobs if args.jobs == "auto" else _positive_int(args.jobs, "--jobs")
     # --quiet silences the cells' own logs; the sweep still says which cell finished.
-    status = run_sweep(sweep, jobs=jobs, quiet=args.quiet, backend=args.backend, address=args.address, gpus_per_cell=args.gpus_per_cell,
-                       retries=args.retries, log=lambda message: print(f"forgetlab: {message}", flush=True))  # fmt: skip
+    # the backend refuses bad options before the sweep writes anything
+    backend = make_backend(sweep, jobs, args.backend, args.address, args.gpus_per_cell, args.retries)
+    status = run_sweep(sweep, backend, quiet=args.quiet, log=lambda message: print(f"forgetlab: {message}", flush=True))
     counts = {state: sum(v == state for v in status.values()) for state in ("ran", "skipped", "failed")}
     print(cells_table(sweep.folder, sweep_status(sweep)))
     print(f"sweep {sweep.name}: {len(sweep.cells)} cells: {counts['ran']} ran now, {counts['skipped']} already done, {counts['failed']} failed")

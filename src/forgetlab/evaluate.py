@@ -1,8 +1,9 @@
 """Evaluation: per-example predictions through a head, and named upstream evaluators.
 
-An evaluator is a small named unit (big_vision's style): it takes the model and a dataset and returns
-``(accuracy, predictions)``, where ``predictions`` are the per-example predicted labels kept for the
-per-class forgetting analysis.
+An evaluator is a small named unit (big_vision's style): it takes the model, a dataset and the run's
+:class:`~forgetlab.runtime.Runtime` (device, autocast dtype, evaluation batch size, loader workers,
+progress) and returns ``(accuracy, predictions)``, where ``predictions`` are the per-example predicted
+labels kept for the per-class forgetting analysis.
 
 Imports run down: datasets become batches on the device through :mod:`forgetlab.data.loader` (as in
 training) and cached evaluation crops through :mod:`forgetlab.data.eval_cache`; the runner, pretraining and
@@ -24,19 +25,20 @@ from forgetlab.data.base import dataset_fingerprint, dataset_labels
 from forgetlab.data.eval_cache import evaluation_batches
 from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import UPSTREAM
-from forgetlab.runtime import autocast, progress
+from forgetlab.runtime import Runtime
 
 
 @torch.no_grad()
-def predict(model, head: str, dataset: Dataset, *, batch_size: int, device, amp_dtype, workers: int = 0, description="eval") -> np.ndarray:
-    """Predicted labels of ``head`` for every example of ``dataset``, in order. The predictions stay on
-    the device until the pass ends (one copy to the host); cached evaluation crops are computed while
-    they are evaluated (:func:`forgetlab.data.eval_cache.evaluation_batches`)."""
+def predict(model, head: str, dataset: Dataset, runtime: Runtime, *, description="eval") -> np.ndarray:
+    """Predicted labels ``[N]`` (int64, on the host) of ``head`` for every example of ``dataset``, in
+    order, in batches of ``runtime.eval_batch_size`` on ``runtime.device``. The predictions stay on the
+    device until the pass ends (one copy to the host); cached evaluation crops are computed while they
+    are evaluated (:func:`forgetlab.data.eval_cache.evaluation_batches`)."""
     model.eval()
     predictions = []
-    produced, total = evaluation_batches(dataset, batch_size, device, workers)
-    for images, _ in progress(produced, total=total, desc=description, unit="batch"):
-        with autocast(device, amp_dtype):
+    produced, total = evaluation_batches(dataset, runtime.eval_batch_size, runtime.device, runtime.workers)
+    for images, _ in runtime.progress(produced, total=total, desc=description, unit="batch"):
+        with runtime.autocast():
             logits = model(images, [head])[head]
         predictions.append(logits.argmax(dim=-1))
     return torch.cat(predictions).cpu().numpy().astype(np.int64) if predictions else np.zeros(0, np.int64)
@@ -48,10 +50,9 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(predictions) == np.asarray(labels)).mean())
 
 
-def head_evaluator(model, dataset: Dataset, *, batch_size, device, amp_dtype, workers: int = 0, description="upstream"):
+def head_evaluator(model, dataset: Dataset, runtime: Runtime, *, description="upstream"):
     """Paper 1: the upstream task scored by its original, frozen classifier."""
-    predictions = predict(model, UPSTREAM, dataset, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
-                          workers=workers, description=description)  # fmt: skip
+    predictions = predict(model, UPSTREAM, dataset, runtime, description=description)
     return accuracy(predictions, dataset_labels(dataset)), predictions
 
 
@@ -61,16 +62,16 @@ def confidence_interval(accuracy_value: float, count: int) -> float:
 
 
 @torch.no_grad()
-def extract_features(model, dataset: Dataset, *, batch_size, device, amp_dtype, workers: int = 0, description="features",
-                     head: str | None = None) -> torch.Tensor:  # fmt: skip
-    """L2-normalised pooled backbone features ``[N, D]`` of every example, fp32 on ``device`` (they stay
-    there for the k-NN vote; nothing is copied per batch); with ``head``, that head's outputs instead
-    (paper 2's LoRA bug, see :class:`KNNEvaluator`)."""
+def extract_features(model, dataset: Dataset, runtime: Runtime, *, description="features",
+                     head: str | None = None) -> torch.Tensor:
+    """L2-normalised pooled backbone features ``[N, D]`` of every example, fp32 on ``runtime.device``
+    (they stay there for the k-NN vote; nothing is copied per batch); with ``head``, that head's outputs
+    instead (paper 2's LoRA bug, see :class:`KNNEvaluator`)."""
     model.eval()
-    chunks = []
-    produced, total = evaluation_batches(dataset, batch_size, device, workers)
-    for images, _ in progress(produced, total=total, desc=description, unit="batch"):
-        with autocast(device, amp_dtype):
+    chunks, device = [], runtime.device
+    produced, total = evaluation_batches(dataset, runtime.eval_batch_size, device, runtime.workers)
+    for images, _ in runtime.progress(produced, total=total, desc=description, unit="batch"):
+        with runtime.autocast():
             features = model.features(images) if head is None else model(images, [head])[head]
         chunks.append(torch.nn.functional.normalize(features.float(), dim=-1))
     return torch.cat(chunks) if chunks else torch.zeros(0, model.num_features, device=device)
@@ -119,16 +120,19 @@ class KNNEvaluator:
 
     ``features='task_logits'`` reproduces a bug of paper 2's code for its LoRA rows: the k-NN ran on the
     outputs of the downstream classifier (100-d for CIFAR-100), not on backbone features. It applies to
-    rows after a task (the pretrained row has no task head and uses backbone features)."""
+    rows after a task (the pretrained row has no task head and uses backbone features).
 
-    def __init__(self, bank: Dataset, num_classes: int, *, k: int = 20, ks=(10, 20, 100, 200), temperature: float = 0.07,
-                 features: str = "backbone", bank_dtype: str = "fp32", cache_dir: Path | None = None, crop_cache=None):  # fmt: skip
+    The votes span the bank's labels (``0 .. max label``): a class without a bank example gets no vote,
+    so the predictions are those over the upstream task's whole label space."""
+
+    def __init__(self, bank: Dataset, *, k: int = 20, ks=(10, 20, 100, 200), temperature: float = 0.07,
+                 features: str = "backbone", bank_dtype: str = "fp32", cache_dir: Path | None = None, crop_cache=None):
         if len(bank) == 0:
             raise ConfigError("the k-NN evaluator (eval.upstream_evaluator=knn) needs the upstream task's train split as its bank, and it "
                               "has none; for ImageNet place train/ as wnid folders under data.root/imagenet (forgetlab data check)")  # fmt: skip
         from forgetlab.data.base import evaluation_view
 
-        self.bank, self.num_classes, self.k, self.temperature = evaluation_view(bank), num_classes, k, temperature
+        self.bank, self.k, self.temperature = evaluation_view(bank), k, temperature
         self.features, self.bank_dtype = features, {"fp32": torch.float32, "fp16": torch.float16}[bank_dtype]
         self.cache_dir = cache_dir  # banks on disk, shared by runs and sweep cells: $FORGETLAB_HOME/knn-banks
         self._bank_print = dataset_fingerprint(self.bank)  # None: a kind of dataset without one (never read from disk)
@@ -140,31 +144,31 @@ class KNNEvaluator:
         self.computed = 0  # banks computed (not read from the disk cache) by this evaluator
         self.ks = sorted(set(ks) | {k})
         self.bank_labels = torch.as_tensor(dataset_labels(bank), dtype=torch.long)
+        self.num_classes = int(self.bank_labels.max()) + 1  # the votes' width (see the class's docstring)
         self._cache: dict[str, torch.Tensor] = {}
         self.last: dict[int, float] = {}  # accuracy at every k of the last call
 
-    def bank_key(self, model, head: str | None, device, amp_dtype) -> str:
+    def bank_key(self, model, head: str | None, runtime: Runtime) -> str:
         """The bank's cache key (:func:`forgetlab.caches.knn_bank_key`): the backbone as built and its
         weights (with ``head``'s when the features are that head's outputs), the bank's data, crops and
         evaluation transform, the feature mode and the precision as resolved. The weights' digest is
         recomputed only for the tensors changed since the last call (:class:`forgetlab.caches.WeightsDigest`)."""
         modules = {"backbone": model.backbone, **({f"head:{head}": model.head(head)} if head is not None else {})}
         tree = "\n".join(f"{name}: {module!r}" for name, module in sorted(modules.items()))
-        cuda = torch.device(device).type == "cuda"
-        precision = f"{torch.device(device).type}|autocast={amp_dtype}|tf32={cuda and torch.backends.cuda.matmul.allow_tf32}"
+        tf32 = runtime.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+        precision = f"{runtime.device.type}|autocast={runtime.amp_dtype}|tf32={tf32}"
         return caches.knn_bank_key(model_args=caches.model_arguments(model.backbone), model_tree=tree, weights=self._weights(modules),
                                    bank=self._bank_print, features=self.features, precision=precision)  # fmt: skip
 
-    def __call__(self, model, dataset: Dataset, *, batch_size, device, amp_dtype, workers: int = 0, description="upstream k-NN"):
+    def __call__(self, model, dataset: Dataset, runtime: Runtime, *, description="upstream k-NN"):
         head = None
         if self.features == "task_logits" and len(getattr(model, "heads", ())):
             head = list(model.heads)[-1]  # the latest task's classifier
-        key = self.bank_key(model, head, device, amp_dtype)
-        options = {"batch_size": batch_size, "device": device, "amp_dtype": amp_dtype, "workers": workers, "head": head}
+        key = self.bank_key(model, head, runtime)
         if key not in self._cache:
-            self._cache = {key: self._bank(model, key, options).to(device=device, dtype=self.bank_dtype)}
+            self._cache = {key: self._bank(model, key, runtime, head).to(device=runtime.device, dtype=self.bank_dtype)}
         bank = self._cache[key]
-        queries = extract_features(model, dataset, **options, description=description)
+        queries = extract_features(model, dataset, runtime, description=description, head=head)
         labels = dataset_labels(dataset)
         predicted = knn_predict_many(bank, self.bank_labels, queries, ks=self.ks, temperature=self.temperature, num_classes=self.num_classes)
         results = {k: p.numpy() for k, p in predicted.items()}
@@ -172,7 +176,7 @@ class KNNEvaluator:
         return self.last[self.k], results[self.k].astype(np.int64)
 
 
-    def _bank(self, model, key: str, options: dict) -> torch.Tensor:
+    def _bank(self, model, key: str, runtime: Runtime, head: str | None) -> torch.Tensor:
         """The bank's features: read from the disk cache when this backbone state, bank, preprocessing
         and precision were seen before (by any run), else computed and written there atomically."""
         path = None
@@ -187,7 +191,7 @@ class KNNEvaluator:
                         return features
                 except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
                     pass
-        features = extract_features(model, self.bank, **options, description="k-NN bank")
+        features = extract_features(model, self.bank, runtime, description="k-NN bank", head=head)
         self.computed += 1
         if path is not None:
             from forgetlab.results import save_safetensors
@@ -212,8 +216,8 @@ class UpstreamEvaluators:
         self.predictions: dict[str, np.ndarray] = {}
         self.last: dict[int, float] = {}
 
-    def __call__(self, model, dataset: Dataset, **options):
-        results = {name: evaluator(model, dataset, **options) for name, evaluator in self.evaluators.items()}
+    def __call__(self, model, dataset: Dataset, runtime: Runtime, **options):
+        results = {name: evaluator(model, dataset, runtime, **options) for name, evaluator in self.evaluators.items()}
         self.accuracies = {name: value for name, (value, _) in results.items()}
         self.predictions = {name: predicted for name, (_, predicted) in results.items()}
         self.last = dict(getattr(self.evaluators.get("knn"), "last", {}) or {})
@@ -233,7 +237,7 @@ def build_upstream_evaluator(eval_config, upstream, crop_cache=None) -> Callable
     if eval_config.upstream_evaluator == "head":
         return head_evaluator
     if eval_config.upstream_evaluator == "knn":
-        return KNNEvaluator(upstream.train, upstream.num_classes, k=eval_config.knn_k, temperature=eval_config.knn_temperature,
+        return KNNEvaluator(upstream.train, k=eval_config.knn_k, temperature=eval_config.knn_temperature,
                             features=eval_config.knn_features, bank_dtype=eval_config.knn_bank_dtype,
                             cache_dir=caches.folder("knn-banks") if eval_config.knn_cache else None, crop_cache=crop_cache)  # fmt: skip
     raise ConfigError(f"unknown eval.upstream_evaluator '{eval_config.upstream_evaluator}'; choose one of: {', '.join(UPSTREAM_EVALUATORS)}")

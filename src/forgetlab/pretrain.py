@@ -19,8 +19,8 @@ from forgetlab.models.backbones import create, offline_backbone_dir
 from forgetlab.models.offline import OFFLINE_BACKBONES, PRETRAIN_RECIPES, PRETRAIN_SEED
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.results import atomic_write_bytes, atomic_write_text
-from forgetlab.runtime import autocast_dtype, configure_threads, resolve_device, seed_everything
-from forgetlab.train import train_task
+from forgetlab.runtime import Runtime, autocast_dtype, configure_threads, resolve_device, seed_everything
+from forgetlab.train import TaskPlan, train_task
 
 UPSTREAM_DATASET = "offline_upstream"
 RECIPES = {name: TrainConfig(**recipe) for name, recipe in PRETRAIN_RECIPES.items()}
@@ -45,7 +45,7 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
     """Pretrain ``name`` from scratch on the offline upstream task; return the output folder."""
     configure_threads()
     device = device or resolve_device("auto")
-    amp_dtype = autocast_dtype(device)
+    runtime = Runtime(device=device, amp_dtype=autocast_dtype(device), eval_batch_size=512)
     recipe = RECIPES[name]
     if epochs is not None:
         recipe = TrainConfig(**{**recipe.__dict__, "epochs": epochs})
@@ -57,11 +57,9 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
 
     seed_everything(PRETRAIN_SEED)
     model = MultiHeadModel(create(name, num_classes=upstream.num_classes)).to(device)
-    stats = train_task(
-        model, UPSTREAM, upstream.train, recipe, device=device, amp_dtype=amp_dtype,
-        seed=PRETRAIN_SEED, freeze_batchnorm=False, description=f"pretrain {name}",
-    )  # fmt: skip
-    test_accuracy, _ = head_evaluator(model, upstream.test, batch_size=512, device=device, amp_dtype=amp_dtype)
+    plan = TaskPlan(description=f"pretrain {name}", freeze_batchnorm=False)
+    stats = train_task(model, UPSTREAM, upstream.train, recipe, runtime, seed=PRETRAIN_SEED, plan=plan)
+    test_accuracy, _ = head_evaluator(model, upstream.test, runtime)
 
     from safetensors.torch import save
 

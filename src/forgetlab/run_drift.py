@@ -34,6 +34,7 @@ from forgetlab.analysis.cka import linear_cka
 from forgetlab.errors import ConfigError, DataError
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.results import RunFolder, atomic_write_text
+from forgetlab.runtime import Runtime
 from forgetlab.unit_features import FEATURES, feature_units, probe_subset, unit_features
 
 DRIFT_FILE = "drift.csv"
@@ -85,16 +86,16 @@ def write_view(folder: RunFolder, completed: int) -> None:
 class DriftProbe:
     """The drift step of one run: the probe images, the units, and the pretrained features (computed
     from the model of row 0, or, in a process that starts later, from ``pretrained_model()``, a callable
-    returning the pretrained ``MultiHeadModel``)."""
+    returning the pretrained ``MultiHeadModel``), on ``runtime``'s device in its evaluation batches."""
 
-    def __init__(self, probe, options: dict, pretrained_model: Callable[[], MultiHeadModel], log=print):
-        self.probe, self.options, self.log = probe, options, log
+    def __init__(self, probe, runtime: Runtime, pretrained_model: Callable[[], MultiHeadModel], log=print):
+        self.probe, self.runtime, self.log = probe, runtime, log
         self._pretrained_model = pretrained_model
         self.pretrained: dict[str, torch.Tensor] | None = None
         self._warned = False
 
     def features(self, model: MultiHeadModel, description: str) -> dict[str, torch.Tensor]:
-        return unit_features(model, self.probe, feature_units(model.backbone), **self.options, description=description)
+        return unit_features(model, self.probe, feature_units(model.backbone), self.runtime, description=description)
 
     def rows(self, model: MultiHeadModel, index: int, method=None) -> list[dict]:
         """The drift rows of matrix row ``index`` for ``model`` as the upstream task sees it (through
@@ -121,7 +122,8 @@ class DriftProbe:
         return rows
 
 
-def build_drift(config, upstream_test, device, amp_dtype, pretrained_model: Callable[[], MultiHeadModel], log=print) -> DriftProbe | None:
+def build_drift(config, upstream_test, runtime: Runtime, pretrained_model: Callable[[], MultiHeadModel],
+                log=print) -> DriftProbe | None:
     """The run's :class:`DriftProbe`, or None when ``eval.probe_images`` is 0. The probe: the first
     ``eval.probe_images`` of a class-balanced order of the upstream test set, seeded by ``seed``."""
     count = config.eval.probe_images
@@ -132,8 +134,7 @@ def build_drift(config, upstream_test, device, amp_dtype, pretrained_model: Call
     probe = probe_subset(upstream_test, count, seed=config.seed)
     if len(probe) < 2:
         raise ConfigError(f"eval.probe_images needs at least 2 upstream test images and has {len(probe)}; set eval.probe_images=0")
-    options = {"batch_size": config.eval.batch_size, "device": device, "amp_dtype": amp_dtype, "workers": config.data.workers}
-    return DriftProbe(probe, options, pretrained_model, log)
+    return DriftProbe(probe, runtime, pretrained_model, log)
 
 
 def fresh_pretrained(config, device) -> Callable[[], MultiHeadModel]:

@@ -38,7 +38,7 @@ from forgetlab import caches
 from forgetlab import config as config_module
 from forgetlab.data import build_task
 from forgetlab.data.check import load_upstream
-from forgetlab.data.device_pipeline import encoded, resolve_pipeline
+from forgetlab.data.device_pipeline import encoded
 from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import preprocess_for
 from forgetlab.data.offline import WORLD_DATASETS, world_dir
@@ -55,10 +55,10 @@ from forgetlab.results import AccuracyMatrix, RunFolder, save_safetensors, task_
 from forgetlab import run_drift
 from forgetlab.run_checks import check_finite, check_image_channels, check_local_inputs, check_upstream_head
 from forgetlab.run_folder import check_folder, open_folder, read_checkpoint
-from forgetlab.runtime import autocast_dtype, configure_matmul_precision, configure_threads, precision_warning, resolve_device, seed_everything
+from forgetlab.runtime import Runtime, configure_matmul_precision, configure_threads, precision_warning, seed_everything
 from forgetlab.selection import BestCheckpoint
 from forgetlab.trackers import Tracker, check_trackers, open_trackers
-from forgetlab.train import backbone_parameters, count_parameters, train_task, trainable_parameters
+from forgetlab.train import TaskPlan, backbone_parameters, count_parameters, train_task, trainable_parameters
 
 if TYPE_CHECKING:
     from forgetlab.config import RunConfig
@@ -78,8 +78,7 @@ class RunState:
     log: Callable[[str], None]
     folder: RunFolder
     method: Method
-    device: torch.device
-    amp_dtype: torch.dtype | None  # autocast's dtype (None: fp32)
+    runtime: Runtime  # device, precision, autocast dtype, evaluation batch size, workers, pipeline, progress
     backbone: Backbone
     preprocess: object | None  # the backbone's preprocessing (None: the offline world's images bring their own)
     upstream: TaskData
@@ -142,14 +141,13 @@ def resolve(config, log) -> RunState:
     pretrained here, once), its image channels and head, the tasks and the replay split."""
     folder = RunFolder(config.run_dir)
     method = build_method(config.method)  # validates the method's options before anything is written
-    device = resolve_device(config.device)
-    amp_dtype = autocast_dtype(device, config.precision)
-    configure_matmul_precision(device, config.precision)
-    if warning := precision_warning(device, config.precision):
+    runtime = Runtime.from_config(config)  # resolved once; training and evaluation receive it
+    configure_matmul_precision(runtime.device, runtime.precision)
+    if warning := precision_warning(runtime.device, runtime.precision):
         log(warning)
     check_trackers(config)  # a missing tracker package is refused before a download or a pretraining
     check_local_inputs(config)  # likewise every dataset folder and the weights file
-    ensure_pretrained(config.backbone, device=device)  # an offline backbone not built yet: once, explicitly
+    ensure_pretrained(config.backbone, device=runtime.device)  # an offline backbone not built yet: once, explicitly
     backbone = load_backbone(config.backbone)
     check_image_channels(config, backbone)
     preprocess, upstream = upstream_task(config, backbone)
@@ -158,7 +156,7 @@ def resolve(config, log) -> RunState:
     if note := normalisation_note(config, preprocess):  # inferred, not stated: say which
         log(note)
     tasks, columns = build_phases(config, preprocess)
-    state = RunState(config, log, folder, method, device, amp_dtype, backbone, preprocess, upstream, tasks, columns)
+    state = RunState(config, log, folder, method, runtime, backbone, preprocess, upstream, tasks, columns)
     place_data(state)
     check_upstream_head(config, backbone, state.upstream)
     method.check(backbone.model)  # e.g. block expansion on a ResNet: refused before anything is written
@@ -193,8 +191,8 @@ def build_phases(config, preprocess) -> tuple[list, dict]:
 def place_data(state: RunState) -> None:
     """Real images: decoded on the device when ``data.pipeline`` resolves to it, and evaluation crops
     computed once per machine (``data.eval_cache``); then the upstream evaluator over them."""
-    config, preprocess, device = state.config, state.preprocess, state.device
-    if preprocess is not None and resolve_pipeline(config.data.pipeline, device) == "device":
+    config, preprocess, device = state.config, state.preprocess, state.runtime.device
+    if preprocess is not None and state.runtime.pipeline == "device":
         state.upstream = encoded(state.upstream, preprocess.for_upstream())  # replay reads its train split on the device too
         state.tasks = [encoded(task, preprocess) for task in state.tasks]
         state.columns = {column: next(t for t in state.tasks if t.column == column) for column in state.columns}
@@ -204,8 +202,8 @@ def place_data(state: RunState) -> None:
         state.columns = {column: dataclasses.replace(task, test=crop_cache(task.test, what=f"{task.name} test"))
                          for column, task in state.columns.items()}  # fmt: skip
     state.evaluate_upstream = build_upstream_evaluator(config.eval, state.upstream, crop_cache=crop_cache)
-    state.drift = run_drift.build_drift(config, state.upstream.test, device, state.amp_dtype,
-                                        run_drift.fresh_pretrained(config, device), state.log)  # fmt: skip
+    pretrained = run_drift.fresh_pretrained(config, device)
+    state.drift = run_drift.build_drift(config, state.upstream.test, state.runtime, pretrained, state.log)
 
 
 def cache_keys(state: RunState) -> dict[str, set[str]]:
@@ -218,7 +216,7 @@ def cache_keys(state: RunState) -> dict[str, set[str]]:
     for knn in (evaluator for evaluator in evaluators.values() if isinstance(evaluator, KNNEvaluator)):
         datasets.append(knn.bank)
         if knn.cache_dir is not None:
-            keys["knn-banks"].add(knn.bank_key(MultiHeadModel(state.backbone.model), None, state.device, state.amp_dtype))
+            keys["knn-banks"].add(knn.bank_key(MultiHeadModel(state.backbone.model), None, state.runtime))
     for dataset in datasets:
         while dataset is not None:
             if getattr(dataset, "key", None) and hasattr(dataset, "to_batch"):  # EvalCrops
@@ -254,8 +252,8 @@ def open_run(state: RunState, stack: contextlib.ExitStack) -> None:
     configure_threads()
     if config.replay.size:  # built once: the same upstream examples are replayed in every phase
         state.replay = ReplayBuffer(state.upstream.train, config.replay.size, seed=config.seed)
-    state.model = MultiHeadModel(state.backbone.model).to(state.device)
-    if state.device.type == "cuda" and not hasattr(state.backbone.model, "blocks"):
+    state.model = MultiHeadModel(state.backbone.model).to(state.runtime.device)
+    if state.runtime.device.type == "cuda" and not hasattr(state.backbone.model, "blocks"):
         state.model = state.model.to(memory_format=torch.channels_last)  # convolutions run faster in NHWC on GPUs
     progress = folder.state()
     if progress is None:
@@ -267,7 +265,7 @@ def open_run(state: RunState, stack: contextlib.ExitStack) -> None:
 def score_pretrained(state: RunState) -> None:
     """A new folder: its environment and upstream label space, then row 0 (the pretrained model), committed."""
     config, folder, backbone, upstream, tasks = state.config, state.folder, state.backbone, state.upstream, state.tasks
-    write_json(folder.environment, {**environment_record(state.device), "backbone_recipe": backbone.recipe,
+    write_json(folder.environment, {**environment_record(state.runtime.device), "backbone_recipe": backbone.recipe,
                                     "inputs": inputs_record(config, backbone, state.preprocess)})  # fmt: skip
     write_json(folder.upstream, task_metadata(upstream))
     state.matrix = AccuracyMatrix(columns=[UPSTREAM, *state.columns], phases=[t.name for t in tasks], phase_columns=[t.column for t in tasks])
@@ -301,7 +299,7 @@ def resume(state: RunState, progress: dict) -> None:
     if completed:
         state.method.restore(model, [(task.column, task.name) for task in tasks[:completed]], folder.path)
         model.load_state_dict(read_checkpoint(folder.checkpoint), strict=True)
-        model.to(state.device)
+        model.to(state.runtime.device)
     if completed == len(tasks):
         state.log(f"{folder.path} is complete ({completed} tasks); nothing to do")
     else:
@@ -333,7 +331,7 @@ def prepare_phase(state: RunState, index: int) -> Phase:
         model.heads[column].requires_grad_(True)
     head.requires_grad_(True)
     model.upstream_head.requires_grad_(False)  # evaluated, never trained
-    model.to(state.device)
+    model.to(state.runtime.device)
     trainable = count_parameters(trainable_parameters(model))
     trainable_backbone, backbone_size = backbone_parameters(model)
     return Phase(index, task, seed, extra_losses, trainable, trainable_backbone, backbone_size)
@@ -359,7 +357,7 @@ def replay_batches(state: RunState, seed: int):
     without replay); learned through the upstream head."""
     if not state.replay:
         return None
-    return state.replay.batches(state.config.replay.batch_size, seed, state.device)
+    return state.replay.batches(state.config.replay.batch_size, seed, state.runtime.device)
 
 
 def best_checkpoint(state: RunState, column: str) -> BestCheckpoint | None:
@@ -372,8 +370,8 @@ def best_checkpoint(state: RunState, column: str) -> BestCheckpoint | None:
 
     def score(scored_model):
         with state.method.evaluating(scored_model, column):
-            return accuracy(predict(scored_model, column, test_set, batch_size=config.eval.batch_size, device=state.device,
-                                    amp_dtype=state.amp_dtype, workers=config.data.workers, description=f"select {column}"), labels)  # fmt: skip
+            predictions = predict(scored_model, column, test_set, state.runtime, description=f"select {column}")
+            return accuracy(predictions, labels)
 
     return BestCheckpoint(config.train.eval_every, score)
 
@@ -384,13 +382,14 @@ def train_phase(state: RunState, phase: Phase) -> None:
     config, task = state.config, phase.task
     phase.selection = best_checkpoint(state, task.column)
     offset = sum(record["steps"] for record in state.task_records)
-    phase.stats = train_task(
-        state.model, task.column, task.train, config.train, device=state.device, amp_dtype=state.amp_dtype, seed=phase.seed,
+    plan = TaskPlan(
+        description=f"task {phase.index}/{len(state.tasks)} {task.name}", task_name=task.name,
         extra_losses=phase.extra_losses, extra_heads=[h for loss in phase.extra_losses for h in loss.heads],
-        replay=replay_batches(state, phase.seed), replay_head=UPSTREAM, workers=config.data.workers,
-        description=f"task {phase.index}/{len(state.tasks)} {task.name}", task_name=task.name, selection=phase.selection,
+        replay=replay_batches(state, phase.seed), replay_head=UPSTREAM, selection=phase.selection,
         log_step=lambda step, values: state.tracker.step(offset + step, values),
     )  # fmt: skip
+    phase.stats = train_task(state.model, task.column, task.train, config.train, state.runtime, seed=phase.seed,
+                             plan=plan)
     phase.extra_losses = []  # the teacher copy
 
 
@@ -409,8 +408,7 @@ def score_upstream(state: RunState, row: int):
     config = state.config
     start = time.perf_counter()
     with state.method.evaluating(state.model, UPSTREAM):
-        value, predicted = state.evaluate_upstream(state.model, state.upstream.test, batch_size=config.eval.batch_size,
-                                                   device=state.device, amp_dtype=state.amp_dtype, workers=config.data.workers)  # fmt: skip
+        value, predicted = state.evaluate_upstream(state.model, state.upstream.test, state.runtime)
     record = {"row": row, "accuracy": value, "images": len(predicted), "seconds": round(time.perf_counter() - start, 2)}
     if config.eval.upstream_subset is not None:
         record["ci95"] = confidence_interval(value, len(predicted))
@@ -436,10 +434,7 @@ def score_phase(state: RunState, phase: Phase) -> None:
     for column in dict.fromkeys(t.column for t in state.tasks[: phase.index]):
         seen = state.columns[column]
         with state.method.evaluating(state.model, column):
-            seen_predictions = predict(
-                state.model, column, seen.test, batch_size=state.config.eval.batch_size, device=state.device,
-                amp_dtype=state.amp_dtype, workers=state.config.data.workers, description=f"eval {column}",
-            )  # fmt: skip
+            seen_predictions = predict(state.model, column, seen.test, state.runtime, description=f"eval {column}")
         phase.row[column] = accuracy(seen_predictions, dataset_labels(seen.test))
     if state.drift:
         phase.drift = state.drift.rows(state.model, phase.index, state.method)

@@ -1,8 +1,10 @@
-"""Device, precision, seeding and progress bars: one rule each."""
+"""Device, precision, seeding and progress bars: one rule each, and :class:`Runtime`, where a run's
+device-side settings are resolved once."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import sys
@@ -80,29 +82,98 @@ def configure_threads() -> None:
             pass
 
 
+def resolve_pipeline(choice: str, device: torch.device) -> str:
+    """Where ``data.pipeline`` decodes real images: ``auto`` is ``device`` on CUDA and, on the CPU,
+    ``pil``, which measured faster there (see the README); ``device`` and ``pil`` are themselves."""
+    if choice == "auto":
+        return "device" if device.type == "cuda" else "pil"
+    return choice
+
+
 PLAIN_EVERY = 60.0  # seconds between plain progress lines outside a terminal
 
 
-def progress(iterable=None, **kwargs):
-    """Progress of a loop, by ``FORGETLAB_PROGRESS``: unset, a tqdm bar on stderr when stderr is a
-    terminal, else a plain line every 60 s (a log file, SLURM, nohup); ``1`` or ``bar``, always the bar;
-    ``lines`` or ``lines:SECONDS``, plain lines at that interval; ``0`` or ``off``, nothing."""
+def progress_mode() -> str:
+    """``FORGETLAB_PROGRESS`` as :func:`progress` reads it (stripped, lower case), checked: a value it
+    cannot read is a :class:`~forgetlab.errors.ConfigError` naming the values it takes."""
+    mode = os.environ.get("FORGETLAB_PROGRESS", "").strip().lower()
+    _plain_every(mode)
+    return mode
+
+
+def _plain_every(mode: str) -> float:
+    """Seconds between plain lines for ``mode`` (:data:`PLAIN_EVERY` unless ``lines:SECONDS``)."""
+    if mode.startswith("lines:"):
+        try:
+            return float(mode.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"FORGETLAB_PROGRESS={mode!r}: give 0, 1, lines or lines:SECONDS") from None
+    if mode not in ("", "lines", "0", "off", "1", "bar"):
+        raise ConfigError(f"FORGETLAB_PROGRESS={mode!r}: give 0, 1, lines or lines:SECONDS")
+    return PLAIN_EVERY
+
+
+def progress(iterable=None, *, mode: str | None = None, **kwargs):
+    """Progress of a loop, by ``mode`` (default: ``FORGETLAB_PROGRESS``, read now): empty, a tqdm bar on
+    stderr when stderr is a terminal, else a plain line every 60 s (a log file, SLURM, nohup); ``1`` or
+    ``bar``, always the bar; ``lines`` or ``lines:SECONDS``, plain lines at that interval; ``0`` or
+    ``off``, nothing. ``kwargs`` go to tqdm (``total``, ``desc``, ``unit``)."""
     from tqdm.auto import tqdm
 
-    mode = os.environ.get("FORGETLAB_PROGRESS", "").strip().lower()
+    mode = progress_mode() if mode is None else mode
+    every = _plain_every(mode)
     if mode in ("0", "off"):
         return tqdm(iterable, disable=True, **kwargs)
     if mode in ("1", "bar") or (not mode and sys.stderr.isatty()):
         return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
-    every = PLAIN_EVERY
-    if mode.startswith("lines:"):
-        try:
-            every = float(mode.split(":", 1)[1])
-        except ValueError:
-            raise ConfigError(f"FORGETLAB_PROGRESS={mode!r}: give 0, 1, lines or lines:SECONDS") from None
-    elif mode not in ("", "lines"):
-        raise ConfigError(f"FORGETLAB_PROGRESS={mode!r}: give 0, 1, lines or lines:SECONDS")
     return PlainProgress(iterable, every=every, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes, resolved once (:meth:`from_config`) and handed to training,
+    evaluation, the drift probe and the explanations, as torchtune's recipes keep ``self._device`` and
+    ``self._dtype``. None of it changes what is learned: the training batch size, which sets the
+    schedule's length and the compile mode, stays with the recipe (``TrainConfig``).
+
+    ``device``: where the model and batches live; ``precision``: ``config.precision`` as asked
+    (``auto``, ``fp32``, ``tf32``, ``bf16``); ``amp_dtype``: autocast's dtype (:func:`autocast_dtype`;
+    None: fp32); ``eval_batch_size``: images per evaluation batch (``eval.batch_size``); ``workers``:
+    loader worker processes (``data.workers``); ``pipeline``: ``data.pipeline`` resolved
+    (:func:`resolve_pipeline`: ``device`` or ``pil``); ``progress_mode``: ``FORGETLAB_PROGRESS``
+    (:func:`progress_mode`)."""
+
+    device: torch.device = torch.device("cpu")
+    precision: str = "auto"
+    amp_dtype: torch.dtype | None = None
+    eval_batch_size: int = 256
+    workers: int = 0
+    pipeline: str = "pil"
+    progress_mode: str = dataclasses.field(default_factory=progress_mode)
+
+    @classmethod
+    def from_config(cls, config, *, device: str | None = None) -> Runtime:
+        """The runtime of a :class:`~forgetlab.config.RunConfig`: ``config.device`` (or ``device``, a
+        command's own ``--device``), ``config.precision``, ``eval.batch_size``, ``data.workers``,
+        ``data.pipeline`` and ``FORGETLAB_PROGRESS``. Raises :class:`~forgetlab.errors.ConfigError` for
+        ``device=cuda`` without CUDA and for a ``FORGETLAB_PROGRESS`` it cannot read."""
+        torch_device = resolve_device(config.device if device is None else device)
+        return cls(
+            device=torch_device,
+            precision=config.precision,
+            amp_dtype=autocast_dtype(torch_device, config.precision),
+            eval_batch_size=config.eval.batch_size,
+            workers=config.data.workers,
+            pipeline=resolve_pipeline(config.data.pipeline, torch_device),
+        )
+
+    def autocast(self):
+        """Autocast to :attr:`amp_dtype` on :attr:`device` (nothing when it is None)."""
+        return autocast(self.device, self.amp_dtype)
+
+    def progress(self, iterable=None, **kwargs):
+        """:func:`progress` with this runtime's :attr:`progress_mode`."""
+        return progress(iterable, mode=self.progress_mode, **kwargs)
 
 
 class PlainProgress:

@@ -12,6 +12,7 @@ reads them through ``results.read_single_predictions``. Existing files are kept
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from forgetlab import config as config_module
@@ -25,7 +26,7 @@ from forgetlab.pretrain import ensure_pretrained
 from forgetlab.runner import upstream_task
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.results import RunFolder, single_prediction_path, write_npz
-from forgetlab.runtime import autocast_dtype, resolve_device
+from forgetlab.runtime import Runtime
 
 
 def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", batch_size: int | None = None, log=print) -> list[Path]:
@@ -40,9 +41,9 @@ def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", bat
         raise ConfigError("single-adapter predictions score the upstream head; this run scores the upstream task by k-NN")
     completed = folder.completed_tasks()
     phases = folder.read_matrix().phases[:completed]
-    torch_device = resolve_device(device)
-    amp_dtype = autocast_dtype(torch_device, config.precision)
-    ensure_pretrained(config.backbone, device=torch_device)
+    runtime = Runtime.from_config(config, device=device)
+    runtime = dataclasses.replace(runtime, eval_batch_size=batch_size or runtime.eval_batch_size)
+    ensure_pretrained(config.backbone, device=runtime.device)
     backbone = load_backbone(config.backbone)
     _, upstream = upstream_task(config, backbone)  # the upstream test set exactly as the run scored it
     labels = dataset_labels(upstream.test)
@@ -57,9 +58,8 @@ def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", bat
         for name, layer in load_adapter(adapter, backbone.model).items():
             backbone.model.set_submodule(name, layer)
         lora_layers.merge_lora(backbone.model)
-        model = MultiHeadModel(backbone.model).to(torch_device)
-        predictions = predict(model, UPSTREAM, upstream.test, batch_size=batch_size or config.eval.batch_size, device=torch_device,
-                              amp_dtype=amp_dtype, workers=config.data.workers, description=f"single adapter {phase}")  # fmt: skip
+        model = MultiHeadModel(backbone.model).to(runtime.device)
+        predictions = predict(model, UPSTREAM, upstream.test, runtime, description=f"single adapter {phase}")
         write_npz(target, predictions=predictions, labels=labels)
         written.append(target)
         log(f"{phase}: pretrained + its adapter alone scores {100 * (predictions == labels).mean():.2f}% upstream -> {target}")

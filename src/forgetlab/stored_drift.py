@@ -21,7 +21,7 @@ from forgetlab.pretrain import ensure_pretrained
 from forgetlab.results import RunFolder, atomic_write_text
 from forgetlab.run_drift import DRIFT_FILE, build_drift, format_rows
 from forgetlab.runner import upstream_task
-from forgetlab.runtime import autocast_dtype, resolve_device
+from forgetlab.runtime import Runtime
 
 
 def drift_of_run(run_dir: str | Path, *, device: str = "auto", probe_images: int | None = None, log=print) -> Path:
@@ -40,13 +40,14 @@ def drift_of_run(run_dir: str | Path, *, device: str = "auto", probe_images: int
                           "with method.policy=merge (other runs write drift.csv while they run: eval.probe_images)")  # fmt: skip
     count = probe_images if probe_images is not None else (config.eval.probe_images or 2000)
     config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, probe_images=count))
-    torch_device = resolve_device(device)
-    amp_dtype = autocast_dtype(torch_device, config.precision)
+    runtime = Runtime.from_config(config, device=device)
+    torch_device = runtime.device
     ensure_pretrained(config.backbone, device=torch_device)
     backbone = load_backbone(config.backbone)
     _, upstream = upstream_task(config, backbone)
     model = MultiHeadModel(backbone.model).to(torch_device).requires_grad_(False)
-    probe = build_drift(config, upstream.test, torch_device, amp_dtype, lambda: model, log)  # row 0 below takes the pretrained features from model
+    # row 0 below takes the pretrained features from model
+    probe = build_drift(config, upstream.test, runtime, lambda: model, log)
     rows = probe.rows(model, 0)
     for index, phase in enumerate(folder.read_matrix().phases[: folder.completed_tasks()], start=1):
         for name, layer in load_adapter(folder.path / "adapters" / phase, backbone.model).items():

@@ -319,10 +319,10 @@ def make_backend(sweep: Sweep, jobs: int | str = 1, backend: str = "local", addr
     return backends.ProcessBackend(slots, sweep.folder, retries=retries)
 
 
-def run_sweep(sweep: Sweep, *, jobs: int | str = 1, quiet: bool = False, log: Callable[[str], None] = print,
-              on_cell_done: Callable[[Cell], None] | None = None, backend: str = "local", address: str | None = None,
-              gpus_per_cell: float | None = None, retries: int = 2, wait: float = 2.0) -> dict[str, str]:  # fmt: skip
-    """Run every unfinished cell; return ``cell name -> 'skipped' | 'ran' | 'failed'``.
+def run_sweep(sweep: Sweep, backend=None, *, quiet: bool = False, log: Callable[[str], None] = print,
+              on_cell_done: Callable[[Cell], None] | None = None, wait: float = 2.0) -> dict[str, str]:  # fmt: skip
+    """Run every unfinished cell on ``backend`` (:func:`make_backend`'s; default: this process); return
+    ``cell name -> 'skipped' | 'ran' | 'failed'``.
 
     A failing cell is recorded (``status.json``, with its one-line error) and the others go on; a
     cell another process is running is waited for, then skipped if that finished it."""
@@ -330,7 +330,7 @@ def run_sweep(sweep: Sweep, *, jobs: int | str = 1, quiet: bool = False, log: Ca
     from forgetlab.results import lock_holder, write_json
     from forgetlab.runtime import progress
 
-    runner = make_backend(sweep, jobs, backend, address, gpus_per_cell, retries)  # refuses bad options before writing
+    runner = backend if backend is not None else make_backend(sweep)
     sweep.folder.mkdir(parents=True, exist_ok=True)
     stored = sweep.folder / SWEEP_FILE
     definition = sweep.definition()

@@ -5,10 +5,13 @@ is optimised with AdamW or SGD under a cosine schedule with linear warm-up (pape
 first 1/18 of the steps). Extra loss terms (LwF) are callables added to the task's cross-entropy;
 replayed examples (a data source) are concatenated to each batch and learned through their own head.
 
-:func:`train_task` is the loop; :func:`_set_up` makes what a task's steps share (optimiser, schedule,
-the compiled or eager forward), :func:`_step` is one optimisation step, :class:`_Clock` splits the
-task's time for :class:`TrainStats`. Imports run down: the batches come from
-:mod:`forgetlab.data.loader` (the data path evaluation uses too); the runner and pretraining import this.
+:func:`train_task` is the loop: it receives the recipe (``TrainConfig``), the run's resolved
+:class:`~forgetlab.runtime.Runtime` (device, autocast, workers, progress) and a :class:`TaskPlan` (what
+the run adds to the plain loop: LwF's terms, replay, model selection, the trackers' hook).
+:func:`_set_up` makes what a task's steps share (optimiser, schedule, the compiled or eager forward),
+:func:`_step` is one optimisation step, :class:`_Clock` splits the task's time for :class:`TrainStats`.
+Imports run down: the batches come from :mod:`forgetlab.data.loader` (the data path evaluation uses
+too); the runner and pretraining import this.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +29,10 @@ from torch.utils.data import Dataset
 
 from forgetlab.data.loader import batches, make_loader
 from forgetlab.errors import TrainingError
-from forgetlab.runtime import autocast, progress
+from forgetlab.runtime import Runtime
+
+if TYPE_CHECKING:
+    from forgetlab.selection import BestCheckpoint
 
 
 @dataclass
@@ -178,45 +184,50 @@ def freeze_batchnorm_statistics(model: nn.Module) -> None:
             module.eval()
 
 
-def train_task(
-    model,
-    head: str,
-    dataset: Dataset,
-    train_config,
-    *,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    seed: int,
-    extra_losses: Sequence[Callable] = (),
-    extra_heads: Sequence[str] = (),
-    freeze_batchnorm: bool = True,
-    replay: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    replay_head: str | None = None,
-    workers: int = 0,
-    description: str = "train",
-    selection=None,
-    task_name: str | None = None,
-    log_step: Callable[[int, dict[str, float]], None] | None = None,
-) -> TrainStats:
-    """Train ``model``'s trainable parameters on ``dataset`` through head ``head``.
+@dataclass(frozen=True)
+class TaskPlan:
+    """What a caller adds to the plain loop of one task (all optional).
 
-    ``extra_losses`` are called as ``loss(images, outputs)`` with the outputs of ``head`` and of
-    ``extra_heads`` (one backbone pass serves them all) and return a scalar added to the task loss.
-    ``replay`` yields ``(images, labels)`` batches appended to every task batch and scored through
-    ``replay_head``; the cross-entropy is then the mean over task and replayed examples together.
-    ``selection`` (a :class:`forgetlab.selection.BestCheckpoint`) is called after every step and may
-    put back the best weights it saw at the end. ``log_step(step, {"loss", "lr"})`` receives every value
-    the loop reads on the host (every ``train.log_every`` steps and the last), for the trackers.
-    Raises :class:`~forgetlab.errors.TrainingError` when an update overflows or the loss becomes non-finite.
+    ``description``: the progress bar's and the errors' name of the task; ``task_name``: the name
+    ``train.task_epochs`` is looked up by (default: the head); ``freeze_batchnorm``: BatchNorm's running
+    statistics stay frozen (paper 1, ResNet). ``extra_losses`` are called as ``loss(images, outputs)``
+    with the outputs of the task head and of ``extra_heads`` (one backbone pass serves them all) and
+    return a scalar added to the task loss (LwF). ``replay`` yields ``(images, labels)`` batches appended
+    to every task batch and scored through ``replay_head``; the cross-entropy is then the mean over task
+    and replayed examples together. ``selection`` (a :class:`forgetlab.selection.BestCheckpoint`) is
+    called after every step and may put back the best weights it saw at the end. ``log_step(step,
+    {"loss", "lr"})`` receives every value the loop reads on the host (every ``train.log_every`` steps
+    and the last), for the trackers."""
+
+    description: str = "train"
+    task_name: str | None = None
+    freeze_batchnorm: bool = True
+    extra_losses: Sequence[Callable] = ()
+    extra_heads: Sequence[str] = ()
+    replay: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+    replay_head: str | None = None
+    selection: BestCheckpoint | None = None
+    log_step: Callable[[int, dict[str, float]], None] | None = None
+
+
+def train_task(model, head: str, dataset: Dataset, train_config, runtime: Runtime, *, seed: int,
+               plan: TaskPlan = TaskPlan()) -> TrainStats:  # fmt: skip
+    """Train ``model``'s trainable parameters on ``dataset`` through head ``head``, with the recipe
+    ``train_config`` (a :class:`~forgetlab.config.TrainConfig`: batch size, optimiser, schedule, epochs)
+    on ``runtime`` (device, autocast dtype, loader workers, progress), seeded by ``seed`` (the order of
+    the batches; ``seed + 1``: the device pipeline's augmentations), with what ``plan`` adds.
+
+    Returns the task's :class:`TrainStats`. Raises :class:`~forgetlab.errors.TrainingError` when an
+    update overflows or the loss becomes non-finite.
     """
-    loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device, workers=workers,
-                         drop_last=train_config.drop_last)  # fmt: skip
-    task = _set_up(model, head, train_config, examples=len(dataset), batches_per_epoch=len(loader), device=device,
-                   amp_dtype=amp_dtype, task_name=task_name, extra_heads=extra_heads, extra_losses=extra_losses,
-                   replay=replay, replay_head=replay_head, description=description)  # fmt: skip
-    _train_mode(model, freeze_batchnorm)
+    device = runtime.device
+    loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device,
+                         workers=runtime.workers, drop_last=train_config.drop_last)
+    task = _set_up(model, head, train_config, runtime, plan, examples=len(dataset), batches_per_epoch=len(loader))
+    selection = plan.selection
+    _train_mode(model, plan.freeze_batchnorm)
     step, examples, loss_value, clock = 0, 0, float("nan"), _Clock(timed_warmup_steps(task.total_steps))
-    bar = progress(total=task.total_steps, desc=description, unit="step")
+    bar = runtime.progress(total=task.total_steps, desc=plan.description, unit="step")
     augment = torch.Generator().manual_seed(seed + 1)  # the device pipeline's random crops, flips and jitter
     while step < task.total_steps:
         for images, labels in batches(loader, dataset, device, augment):
@@ -224,13 +235,13 @@ def train_task(
             step, examples = step + 1, examples + seen
             # The loss is read on the host only every log_every steps (a read waits for the device).
             if step % train_config.log_every == 0 or step >= task.total_steps:
-                loss_value = _read_loss(task, last_loss, step, bar, log_step)
+                loss_value = _read_loss(task, last_loss, step, bar)
             bar.update(1)
             clock.step_done(step, examples, device)
             if selection is not None and selection.due(step, task.total_steps):
                 with clock.selecting():
                     selection.score(model, step)
-                _train_mode(model, freeze_batchnorm)
+                _train_mode(model, plan.freeze_batchnorm)
             if step >= task.total_steps:
                 break
     _synchronize(device)
@@ -254,34 +265,29 @@ class _Training:
     total_steps: int
     head: str
     heads: list[str]  # the task head, the extra heads, the replay head: one backbone pass serves them all
-    extra_losses: Sequence[Callable]
-    replay: Iterator[tuple[torch.Tensor, torch.Tensor]] | None
-    replay_head: str | None
     train_config: object
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    description: str
+    runtime: Runtime
+    plan: TaskPlan
 
 
-def _set_up(model, head: str, train_config, *, examples: int, batches_per_epoch: int, device, amp_dtype, task_name,
-            extra_heads, extra_losses, replay, replay_head, description) -> _Training:  # fmt: skip
+def _set_up(model, head: str, train_config, runtime: Runtime, plan: TaskPlan, *, examples: int,
+            batches_per_epoch: int) -> _Training:
     """A task's steps (:func:`schedule_lengths`, with the task's ``train.task_epochs``), its optimiser,
     its learning-rate schedule (stepped after every optimiser step) and its forward (:func:`compiled`)."""
-    task_name = task_name or head  # train.task_epochs names a task, or its dataset
+    task_name = plan.task_name or head  # train.task_epochs names a task, or its dataset
     epochs = train_config.task_epochs.get(task_name, train_config.task_epochs.get(task_name.partition(":")[0], train_config.epochs))
     total_steps, span, warmup_steps = schedule_lengths(train_config, examples, batches_per_epoch, epochs)
     parameters = trainable_parameters(model)
-    optimizer = make_optimizer(parameters, train_config, device)
-    forward = compiled(model, train_config, device)
-    graphs = forward is not model and compile_mode(train_config, device) == "reduce-overhead"
+    optimizer = make_optimizer(parameters, train_config, runtime.device)
+    forward = compiled(model, train_config, runtime.device)
+    graphs = forward is not model and compile_mode(train_config, runtime.device) == "reduce-overhead"
     shape = hf_warmup_cosine if train_config.schedule == "hf_cosine" else warmup_cosine
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, shape(span, warmup_steps))
-    heads = [head, *[h for h in extra_heads if h != head]]
-    if replay is not None and replay_head not in heads:
-        heads.append(replay_head)
+    heads = [head, *[h for h in plan.extra_heads if h != head]]
+    if plan.replay is not None and plan.replay_head not in heads:
+        heads.append(plan.replay_head)
     return _Training(model=model, forward=forward, graphs=graphs, optimizer=optimizer, schedule=schedule, total_steps=total_steps,
-                     head=head, heads=heads, extra_losses=extra_losses, replay=replay, replay_head=replay_head,
-                     train_config=train_config, device=device, amp_dtype=amp_dtype, description=description)  # fmt: skip
+                     head=head, heads=heads, train_config=train_config, runtime=runtime, plan=plan)  # fmt: skip
 
 
 def _step(task: _Training, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, int]:
@@ -291,12 +297,12 @@ def _step(task: _Training, images: torch.Tensor, labels: torch.Tensor, step: int
     device) and the images seen. An update that overflows is a :class:`TrainingError` naming ``train.lr``."""
     if task.graphs:
         torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs' buffers may be reused
-    replay_labels = None
-    if task.replay is not None:
-        replay_images, replay_labels = next(task.replay)
-        images = torch.cat([images, replay_images.to(task.device, non_blocking=True)])
-        replay_labels = replay_labels.to(task.device, non_blocking=True)
-    with autocast(task.device, task.amp_dtype):
+    replay_labels, device = None, task.runtime.device
+    if task.plan.replay is not None:
+        replay_images, replay_labels = next(task.plan.replay)
+        images = torch.cat([images, replay_images.to(device, non_blocking=True)])
+        replay_labels = replay_labels.to(device, non_blocking=True)
+    with task.runtime.autocast():
         outputs = _forward(task, images)
         loss = _loss(task, images, outputs, labels, replay_labels)
     task.optimizer.zero_grad(set_to_none=True)
@@ -306,7 +312,7 @@ def _step(task: _Training, images: torch.Tensor, labels: torch.Tensor, step: int
     except RuntimeError as error:  # e.g. "value cannot be converted to type float without overflow"
         if "overflow" not in str(error):
             raise
-        raise TrainingError(f"{task.description}: the update overflowed at step {step + 1} (train.lr={task.train_config.lr:g}); "
+        raise TrainingError(f"{task.plan.description}: the update overflowed at step {step + 1} (train.lr={task.train_config.lr:g}); "
                             "lower train.lr and run again (earlier tasks are kept)") from error  # fmt: skip
     task.schedule.step()
     return loss.detach(), len(images)
@@ -332,25 +338,26 @@ def _loss(task: _Training, images: torch.Tensor, outputs: dict[str, torch.Tensor
     plus every extra loss term (LwF)."""
     count, smoothing = len(labels), task.train_config.label_smoothing
     loss = F.cross_entropy(outputs[task.head][:count].float(), labels, label_smoothing=smoothing, reduction="sum")
-    if task.replay is not None:
-        replayed = outputs[task.replay_head][count:].float()
+    if task.plan.replay is not None:
+        replayed = outputs[task.plan.replay_head][count:].float()
         loss = loss + F.cross_entropy(replayed, replay_labels, label_smoothing=smoothing, reduction="sum")
     loss = loss / len(images)
-    for extra in task.extra_losses:
+    for extra in task.plan.extra_losses:
         loss = loss + extra(images, outputs)
     return loss
 
 
-def _read_loss(task: _Training, loss: torch.Tensor, step: int, bar, log_step) -> float:
+def _read_loss(task: _Training, loss: torch.Tensor, step: int, bar) -> float:
     """``loss`` read on the host (this waits for the device), shown on the progress bar and handed to
-    ``log_step`` with the learning rate. A non-finite loss is a :class:`TrainingError` naming ``train.lr``."""
+    the plan's ``log_step`` with the learning rate. A non-finite loss is a :class:`TrainingError` naming
+    ``train.lr``."""
     value = float(loss)
     if not math.isfinite(value):
-        raise TrainingError(f"{task.description}: the loss became non-finite by step {step} (train.lr={task.train_config.lr:g}); "
+        raise TrainingError(f"{task.plan.description}: the loss became non-finite by step {step} (train.lr={task.train_config.lr:g}); "
                             "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
     bar.set_postfix(loss=f"{value:.3f}", refresh=False)
-    if log_step is not None:
-        log_step(step, {"loss": value, "lr": task.schedule.get_last_lr()[0]})
+    if task.plan.log_step is not None:
+        task.plan.log_step(step, {"loss": value, "lr": task.schedule.get_last_lr()[0]})
     return value
 
 

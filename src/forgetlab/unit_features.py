@@ -29,7 +29,7 @@ from forgetlab.data.base import dataset_labels
 from forgetlab.data.eval_cache import open_crops
 from forgetlab.data.loader import batches, make_loader
 from forgetlab.errors import ConfigError
-from forgetlab.runtime import autocast, progress
+from forgetlab.runtime import Runtime
 
 FEATURES = "features"  # the unit name of the pooled features every head reads
 
@@ -110,11 +110,11 @@ def _pool(output, backbone: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def unit_features(model, dataset: Dataset, units: list[str], *, batch_size: int, device, amp_dtype, workers: int = 0,
-                  description: str = "drift features") -> dict[str, torch.Tensor]:  # fmt: skip
+def unit_features(model, dataset: Dataset, units: list[str], runtime: Runtime, *,
+                  description: str = "drift features") -> dict[str, torch.Tensor]:
     """``unit -> features [N, D]`` (fp32, on the CPU) of every example of ``dataset`` at every module
     path of ``units`` (in ``model.backbone``) and at ``features`` (``model.features``), from one
-    forward pass per batch with forward hooks."""
+    forward pass per batch of ``runtime.eval_batch_size`` on ``runtime.device`` with forward hooks."""
     backbone = model.backbone
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in [*units, FEATURES]}
 
@@ -127,9 +127,10 @@ def unit_features(model, dataset: Dataset, units: list[str], *, batch_size: int,
     handles = [backbone.get_submodule(name).register_forward_hook(hook_for(name)) for name in units]
     try:
         model.eval()
-        loader = make_loader(dataset, batch_size, shuffle=False, device=device, workers=workers)
-        for images, _ in progress(batches(loader, dataset, device), total=len(loader), desc=description, unit="batch"):
-            with autocast(device, amp_dtype):
+        device = runtime.device
+        loader = make_loader(dataset, runtime.eval_batch_size, shuffle=False, device=device, workers=runtime.workers)
+        for images, _ in runtime.progress(batches(loader, dataset, device), total=len(loader), desc=description, unit="batch"):
+            with runtime.autocast():
                 captured[FEATURES].append(model.features(images).float().cpu())
     finally:
         for handle in handles:

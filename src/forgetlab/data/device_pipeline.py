@@ -567,13 +567,6 @@ class EncodedDataset(Dataset):
         return self.batch_transform(images, device, generator)
 
 
-def resolve_pipeline(choice: str, device: torch.device) -> str:
-    """``auto``: ``device`` on CUDA; on the CPU, ``pil``, which measured faster there (see the README)."""
-    if choice == "auto":
-        return "device" if device.type == "cuda" else "pil"
-    return choice
-
-
 def encoded(task, preprocess, train: bool = True):
     """``task`` with its splits read by the device pipeline; ``train=False`` leaves the train split on
     the PIL path (the replay buffer stacks its items)."""

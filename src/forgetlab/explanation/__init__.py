@@ -20,6 +20,7 @@ Floor: run (it rebuilds the backbone and scores it as the run does); the report 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from pathlib import Path
@@ -113,7 +114,7 @@ def _explain_phases(folder: RunFolder, config, phases: list[str], parts, setting
 
     from forgetlab.models.backbones import load_backbone
     from forgetlab.pretrain import ensure_pretrained
-    from forgetlab.runtime import configure_threads, resolve_device
+    from forgetlab.runtime import Runtime, configure_threads
 
     out = folder.path / "explain"
     pending = {part: [t for t in range(1, len(phases) + 1) if not part_path(out, FILES[part][-1], t).exists()] for part in parts}
@@ -121,10 +122,11 @@ def _explain_phases(folder: RunFolder, config, phases: list[str], parts, setting
         log(f"{out} is complete for {', '.join(parts)}; nothing to do")
         return
     configure_threads()
-    torch_device = resolve_device(device)
-    ensure_pretrained(config.backbone, device=torch_device)
+    runtime = Runtime.from_config(config, device=device)
+    runtime = dataclasses.replace(runtime, eval_batch_size=batch_size or runtime.eval_batch_size)
+    ensure_pretrained(config.backbone, device=runtime.device)
     backbone = load_backbone(config.backbone)
-    scoring = _scoring(folder, config, backbone, settings, torch_device, batch_size) if pending.get("attribution") else None
+    scoring = _scoring(folder, config, backbone, settings, runtime) if pending.get("attribution") else None
     tracker = SpectraTracker(config.method.policy)
     for update in phase_updates(backbone.model, folder.path, phases, policy=config.method.policy):
         if "spectra" in parts:
@@ -139,22 +141,20 @@ def _explain_phases(folder: RunFolder, config, phases: list[str], parts, setting
             log(_attribution_line(update, rows, part_path(out, "attribution", update.index)))
 
 
-def _scoring(folder: RunFolder, config, backbone, settings: dict, device, batch_size) -> dict:
+def _scoring(folder: RunFolder, config, backbone, settings: dict, runtime) -> dict:
     """The scorer (a device copy of the pretrained backbone with its upstream head) and the images."""
     import copy
 
     from forgetlab.data.base import SampleSubset, dataset_labels
     from forgetlab.models.multihead import MultiHeadModel
     from forgetlab.runner import upstream_task
-    from forgetlab.runtime import autocast_dtype
 
     _, upstream = upstream_task(config, backbone)  # the upstream test set exactly as the run scored it
     labels = dataset_labels(upstream.test)
     indices = class_balanced(labels, settings["images"], config.seed) if settings["images"] else np.arange(len(labels))
     dataset = upstream.test if len(indices) == len(labels) else SampleSubset(upstream.test, indices)
-    model = MultiHeadModel(copy.deepcopy(backbone.model)).to(device)
-    scorer = Scorer(model, dataset, batch_size=batch_size or config.eval.batch_size, device=device,
-                    amp_dtype=autocast_dtype(device, config.precision), workers=config.data.workers)  # fmt: skip
+    model = MultiHeadModel(copy.deepcopy(backbone.model)).to(runtime.device)
+    scorer = Scorer(model, dataset, runtime)
     return {"scorer": scorer, "labels": labels[indices], "indices": indices, "pretrained": None}
 
 

@@ -33,6 +33,7 @@ from scipy.stats import binomtest
 
 from forgetlab.evaluate import predict
 from forgetlab.models.multihead import UPSTREAM
+from forgetlab.runtime import Runtime
 
 BLOCK = re.compile(r"^(.*?(?:^|\.)(?:blocks|layer\d+)\.\d+)(?:\.|$)")
 RESAMPLES = 10_000
@@ -91,16 +92,15 @@ def paired(first: np.ndarray, second: np.ndarray, *, seed: int = 0) -> dict:
 class Scorer:
     """Upstream predictions of ``model`` (a :class:`MultiHeadModel`) with some adapted matrices swapped."""
 
-    def __init__(self, model, dataset, *, batch_size: int, device, amp_dtype, workers: int = 0):
-        self.model, self.dataset = model, dataset
-        self.options = {"batch_size": batch_size, "device": device, "amp_dtype": amp_dtype, "workers": workers}
+    def __init__(self, model, dataset, runtime: Runtime):
+        self.model, self.dataset, self.runtime = model, dataset, runtime
 
     def predictions(self, weights: dict[str, torch.Tensor], description: str) -> np.ndarray:
         """Predicted labels with every module of ``weights`` holding that weight (kept after the call)."""
         with torch.no_grad():
             for name, weight in weights.items():
                 self.model.backbone.get_submodule(name).weight.copy_(weight)
-        return predict(self.model, UPSTREAM, self.dataset, description=description, **self.options)
+        return predict(self.model, UPSTREAM, self.dataset, self.runtime, description=description)
 
 
 def attribution_rows(scorer: Scorer, labels: np.ndarray, pretrained: dict, after: dict, *, phase: int, unit: str,
