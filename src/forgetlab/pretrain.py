@@ -61,7 +61,7 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
         model, UPSTREAM, upstream.train, recipe, device=device, amp_dtype=amp_dtype,
         seed=PRETRAIN_SEED, freeze_batchnorm=False, description=f"pretrain {name}",
     )  # fmt: skip
-    test_accuracy, _ = head_evaluator(model, upstream.test, batch_size=512, device=device, amp_dtype=amp_dtype)
+    test_accuracy = head_evaluator(model, upstream.test, batch_size=512, device=device, amp_dtype=amp_dtype).accuracy
 
     from safetensors.torch import save
 
