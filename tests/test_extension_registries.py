@@ -100,7 +100,7 @@ def test_a_registered_metric_reaches_the_api_the_csv_and_show(worst_task, tmp_pa
     matrix = AccuracyMatrix(columns=["upstream", "fontfamily", "digits"], values=TWO_TASKS)
     assert metrics_line(matrix).endswith(", worst drop +10.00 points (80.00% -> 65.00%)")
     table = cells_table(tmp_path / "sweep", [("cell", "done", "")]).splitlines()
-    assert table[0].split()[-1] == "worst" and table[1].split()[-1] == "+10.00"
+    assert table[0].split()[-2:] == ["worst", "detail"] and table[1].split()[-1] == "+10.00"  # no detail
     assert legend().endswith("worst: the largest drop of any task; the last four in points")
 
 
@@ -128,7 +128,8 @@ def test_a_registered_metric_and_section_reach_the_report(worst_task, tmp_path, 
     assert markdown.index("## Methods") < markdown.index("## Toy table") < markdown.index("## Forgetting metrics per run")
     per_run = next(line for line in markdown.splitlines() if line.startswith("| run | backbone |"))
     assert per_run.endswith("| upstream | upstream change | worst drop | FWT reference |")
-    (cell,) = [line for line in markdown.split("## Forgetting metrics per run")[1].splitlines() if line.startswith("| cell |")]
+    per_run_rows = markdown.split("## Forgetting metrics per run")[1].split("\n## ")[0]
+    (cell,) = [line for line in per_run_rows.splitlines() if line.startswith("| cell |")]
     assert cell.endswith("| -15.00 | 10.00 |  |")  # upstream change, worst drop, no FWT reference
     glossary = markdown.split("## Glossary")[1]
     assert glossary.index("**upstream change**") < glossary.index("**worst drop**: the largest first-minus-final") < glossary.index(

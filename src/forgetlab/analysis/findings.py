@@ -220,15 +220,15 @@ def _beats(top: dict, other: dict) -> str | None:
 def method_findings(table: list[dict]) -> list[str]:
     contexts = defaultdict(list)
     for row in table:
-        if row.get("completed") == row.get("total") and not math.isnan(row["mean"].mean):
-            contexts[row.get("context", row["backbone"])].append(row)
+        if row["completed"] == row["total"] and not math.isnan(row["mean"].mean):
+            contexts[row["context"]].append(row)
     sentences = []
     for members in contexts.values():
         if len(members) < 2:
             continue
         members = sorted(members, key=lambda r: -r["mean"].mean)
         top, others = members[0], members[1:]
-        setting = f" ({top['setting']})" if top.get("setting") else ""
+        setting = f" ({top['setting']})" if top["setting"] else ""
         where = f"Of {len(members)} methods on {top['backbone']}{setting}"
         reasons = [_beats(top, other) for other in others]
         tied = [other for other, reason in zip(others, reasons) if reason is None]
