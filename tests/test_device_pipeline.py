@@ -117,11 +117,13 @@ def test_knn_banks_are_reused_from_disk_by_a_later_evaluator(root, tmp_path, mon
     task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32).for_upstream())
     model = MultiHeadModel(backbone.model).eval()
     first = KNNEvaluator(task.train, k=1, cache_dir=tmp_path)
-    accuracy, predictions = first(model, task.test, Runtime(eval_batch_size=4))
+    scored = first(model, task.test, Runtime(eval_batch_size=4))
+    accuracy, predictions = scored.accuracy, scored.predictions
     assert first.computed == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
     second = KNNEvaluator(task.train, k=1, cache_dir=tmp_path)
     monkeypatch.setattr("forgetlab.evaluate.extract_features", _counting(__import__("forgetlab.evaluate", fromlist=["x"]).extract_features))
-    again, again_predictions = second(model, task.test, Runtime(eval_batch_size=4))
+    rescored = second(model, task.test, Runtime(eval_batch_size=4))
+    again, again_predictions = rescored.accuracy, rescored.predictions
     assert second.computed == 0 and again == accuracy and np.array_equal(again_predictions, predictions)
     assert _counting.calls == 1  # only the queries were computed
     with torch.no_grad():

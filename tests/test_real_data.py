@@ -167,8 +167,9 @@ def test_knn_evaluator_scores_upstream_with_a_cached_bank(root):
     model = MultiHeadModel(backbone.model)
     task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32))
     evaluator = KNNEvaluator(task.train, k=1, ks=(1, 3))
-    first, predictions = evaluator(model, task.test, Runtime(eval_batch_size=4))
-    assert set(evaluator.last) == {1, 3} and len(predictions) == 6 and evaluator.last[1] == first
+    result = evaluator(model, task.test, Runtime(eval_batch_size=4))
+    assert set(result.at_k) == {1, 3} and len(result.predictions) == 6 and result.at_k[1] == result.accuracy
+    assert result.record() == {"knn": {"1": result.at_k[1], "3": result.at_k[3]}}
     bank = next(iter(evaluator._cache.values()))
     evaluator(model, task.test, Runtime(eval_batch_size=4))
     assert next(iter(evaluator._cache.values())) is bank  # same backbone: the bank is reused

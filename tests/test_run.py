@@ -60,9 +60,10 @@ def test_accuracy_matrix_shape_and_pretrained_cell(random_backbones, tmp_path):
     # Row 0, column 0: the pretrained backbone's upstream accuracy, measured separately.
     backbone = load_backbone(config.backbone)
     upstream = build_task(config.data.upstream, config.data)
-    separately, predictions = head_evaluator(MultiHeadModel(backbone.model), upstream.test, Runtime(eval_batch_size=7))  # fmt: skip
-    assert values[0, 0] == pytest.approx(separately, abs=1e-12)
-    np.testing.assert_array_equal(folder.read_predictions(0)["predictions"], predictions)
+    separately = head_evaluator(MultiHeadModel(backbone.model), upstream.test, Runtime(eval_batch_size=7))
+    assert separately.evaluator == "head" and separately.at_k == {} and separately.record() == {}
+    assert values[0, 0] == pytest.approx(separately.accuracy, abs=1e-12)
+    np.testing.assert_array_equal(folder.read_predictions(0)["predictions"], separately.predictions)
     records = __import__("json").loads(folder.tasks.read_text())
     assert [r["task"] for r in records] == ["fontfamily", "digits"]
     # offline_vit: 6 blocks x rank 4 x (128 in + 384 out) on the fused qkv.

@@ -48,6 +48,12 @@ def test_tensorboard_events_hold_loss_lr_accuracies_matrix_and_config(random_bac
         assert [value for _, value in logged] == pytest.approx([value for _, value in expected], rel=1e-6)
     assert [image.step for image in accumulator.Images("accuracy_matrix")] == [1, 2]
     assert _scalars(accumulator, "final/upstream") == [(2, pytest.approx(matrix[-1, 0], rel=1e-6))]
+    from forgetlab.analysis.metrics import registered_metrics
+
+    for metric in registered_metrics():  # every metric of the final matrix, as sweep.csv names and scales it
+        if not metric.reference:
+            expected = 100 * metric.function(matrix, trained=None)
+            assert _scalars(accumulator, f"final/{metric.column}") == [(2, pytest.approx(expected, rel=1e-5))], metric.name
     hparams = accumulator.PluginTagToContent("hparams")
     assert "_hparams_/experiment" in hparams and b"train.lr" in hparams["_hparams_/session_start_info"]
 

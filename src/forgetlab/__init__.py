@@ -10,7 +10,17 @@ from forgetlab.errors import ConfigError, DataError, ForgetlabError
 __all__ = ["ConfigError", "DataError", "ForgetlabError", "anatomy", "contextual", "explain", "load_run", "load_sweep", "report", "resolve", "run"]
 
 
+# The public decorators of extension points, each from the module that holds its registry.
+REGISTRARS = {"register_metric": "forgetlab.analysis.metrics", "register_evaluator": "forgetlab.evaluate",
+              "register_report_section": "forgetlab.reporting.sections"}  # fmt: skip
+__all__ += list(REGISTRARS)
+
+
 def __getattr__(name: str):
+    if name in REGISTRARS:
+        import importlib
+
+        return getattr(importlib.import_module(REGISTRARS[name]), name)
     if name in ("run", "load_run", "load_sweep", "report", "resolve", "contextual", "anatomy", "explain", "Run"):
         from forgetlab import api
 

@@ -6,7 +6,7 @@
     run = forgetlab.run("my.yaml", train__epochs=2)
     run = forgetlab.run(preset="paper1-vit", data__root="/data")
     run.matrix                 # DataFrame: rows = training phases, columns = tasks (upstream first)
-    run.metrics                # average accuracy, forgetting, BWT, plasticity, upstream change (percent / points)
+    run.metrics                # every registered metric: average accuracy, forgetting, BWT, ... (percent / points)
     run.predictions(1)         # upstream predictions and labels after phase 1
     table = forgetlab.load_sweep("runs/demo-rank-sweep")    # a row per cell: grid values, config, metrics
     forgetlab.report(["runs/demo-rank-sweep"], out="runs/report")
@@ -106,10 +106,11 @@ class Run:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """Average accuracy, forgetting, BWT, plasticity, upstream accuracy and change, named with their
-        unit as in ``sweep.csv`` and the report: accuracies in percent (``average_accuracy_pct``),
-        differences of accuracies in percentage points (``average_forgetting_pp``; see
-        :data:`forgetlab.analysis.metrics.UNITS`); NaN where a metric needs more phases."""
+        """Every registered metric (:func:`forgetlab.analysis.metrics.registered_metrics`: pretrained and
+        final upstream accuracy, average accuracy, forgetting, BWT, plasticity, upstream change, and any
+        registered with :func:`forgetlab.register_metric`), named with its unit as in ``sweep.csv`` and the
+        report: accuracies in percent (``average_accuracy_pct``), differences of accuracies in percentage
+        points (``average_forgetting_pp``); NaN where a metric needs more phases."""
         from forgetlab.analysis.metrics import in_points, summarise
 
         return in_points(summarise(self.accuracy_matrix.as_array(), trained=self.accuracy_matrix.trained()))

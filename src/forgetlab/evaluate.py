@@ -1,9 +1,11 @@
 """Evaluation: per-example predictions through a head, and named upstream evaluators.
 
-An evaluator is a small named unit (big_vision's style): it takes the model, a dataset and the run's
+An upstream evaluator is a small named unit (big_vision's style): registered by name with
+:func:`register_evaluator` (``head``, ``knn``), it takes the model, a dataset and the run's
 :class:`~forgetlab.runtime.Runtime` (device, autocast dtype, evaluation batch size, loader workers,
-progress) and returns ``(accuracy, predictions)``, where ``predictions`` are the per-example predicted
-labels kept for the per-class forgetting analysis.
+progress) and returns an :class:`UpstreamResult`: the accuracy, the per-example predicted labels kept for
+the per-class forgetting analysis, and any further accuracies by name (the k-NN's at every k). Nothing
+leaves through attributes.
 
 Imports run down: datasets become batches on the device through :mod:`forgetlab.data.loader` (as in
 training) and cached evaluation crops through :mod:`forgetlab.data.eval_cache`; the runner, pretraining and
@@ -12,6 +14,7 @@ single-adapter evaluation import this.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Callable
@@ -22,7 +25,7 @@ from torch.utils.data import Dataset
 
 from forgetlab import caches
 from forgetlab.data.base import dataset_fingerprint, dataset_labels
-from forgetlab.data.eval_cache import evaluation_batches
+from forgetlab.data.eval_cache import EvalCrops, evaluation_batches
 from forgetlab.errors import ConfigError
 from forgetlab.models.multihead import UPSTREAM
 from forgetlab.runtime import Runtime
@@ -50,10 +53,80 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(predictions) == np.asarray(labels)).mean())
 
 
-def head_evaluator(model, dataset: Dataset, runtime: Runtime, *, description="upstream"):
+@dataclasses.dataclass
+class UpstreamResult:
+    """What an upstream evaluator returns: ``accuracy`` (a fraction, NaN for an empty set), ``predictions``
+    (``[N]`` int64 predicted labels, in the dataset's order), ``at_k`` (the k-NN's accuracy at every k; empty
+    for other evaluators) and, for several evaluators at once, ``each`` evaluator's own result by name
+    (then ``accuracy`` and ``predictions`` are the first one's)."""
+
+    evaluator: str
+    accuracy: float
+    predictions: np.ndarray
+    at_k: dict[int, float] = dataclasses.field(default_factory=dict)
+    each: dict[str, UpstreamResult] = dataclasses.field(default_factory=dict)
+
+    def record(self) -> dict:
+        """The fields ``upstream_eval.json`` adds to a row for this result: with several evaluators each one's
+        accuracy under its name and its accuracies at every k under ``<name>_at_k``; with one, its accuracies
+        at every k under its name (``{"knn": {"10": 0.61, ...}}``); nothing for the head alone."""
+        if self.each:
+            fields: dict = {name: result.accuracy for name, result in self.each.items()}
+            fields.update({f"{name}_at_k": _by_k(result.at_k) for name, result in self.each.items() if result.at_k})
+            return fields
+        return {self.evaluator: _by_k(self.at_k)} if self.at_k else {}
+
+    def predictions_by_evaluator(self) -> dict[str, np.ndarray]:
+        """``predictions_<name>`` of every evaluator when there are several (the lost/misaligned split
+        bootstraps over them; written next to the predictions); empty with one."""
+        return {f"predictions_{name}": result.predictions for name, result in self.each.items()}
+
+
+def _by_k(values: dict[int, float]) -> dict[str, float]:
+    return {str(k): value for k, value in values.items()}
+
+
+# name -> factory(eval_config, upstream, crop_cache) -> evaluator; filled by register_evaluator.
+_EVALUATORS: dict[str, Callable] = {}
+
+
+def register_evaluator(name: str) -> Callable:
+    """Function decorator: enter a factory ``factory(eval_config, upstream, crop_cache) -> evaluator`` as the
+    upstream evaluator ``name`` (the value of ``eval.upstream_evaluator``) and return it unchanged.
+    ``eval_config`` is the run's :class:`forgetlab.config.EvalConfig`, ``upstream`` the upstream task (its
+    ``train``, ``test`` and ``num_classes``), ``crop_cache`` the run's evaluation-crop cache or None. The
+    evaluator is called as ``evaluator(model, dataset, runtime, *, description=...)`` (``runtime``: the
+    run's :class:`~forgetlab.runtime.Runtime`) and returns an :class:`UpstreamResult`. Raises ``ValueError`` for a name registered twice."""
+
+    def register(factory: Callable) -> Callable:
+        if name in _EVALUATORS:
+            raise ValueError(f"upstream evaluator '{name}' registered twice")
+        _EVALUATORS[name] = factory
+        return factory
+
+    return register
+
+
+def unregister_evaluator(name: str) -> None:
+    """Remove the upstream evaluator ``name`` (a test's or a notebook's own); raises ``KeyError`` if there is none."""
+    del _EVALUATORS[name]
+
+
+def evaluator_names() -> list[str]:
+    """Every registered upstream evaluator's name, in registration order (``head``, ``knn`` first)."""
+    return list(_EVALUATORS)
+
+
+def head_evaluator(model, dataset: Dataset, runtime: Runtime, *, description="upstream") -> UpstreamResult:
     """Paper 1: the upstream task scored by its original, frozen classifier."""
     predictions = predict(model, UPSTREAM, dataset, runtime, description=description)
-    return accuracy(predictions, dataset_labels(dataset)), predictions
+    return UpstreamResult("head", accuracy(predictions, dataset_labels(dataset)), predictions)
+
+
+@register_evaluator("head")
+def build_head_evaluator(eval_config, upstream, crop_cache=None) -> Callable:
+    """The frozen upstream head (:func:`head_evaluator`); it needs nothing from the config."""
+    return head_evaluator
 
 
 def confidence_interval(accuracy_value: float, count: int) -> float:
@@ -138,7 +211,7 @@ class KNNEvaluator:
         self._bank_print = dataset_fingerprint(self.bank)  # None: a kind of dataset without one (never read from disk)
         if crop_cache is not None:  # the bank's evaluation crops from $FORGETLAB_HOME/eval-crops (data.eval_cache)
             self.bank = crop_cache(self.bank, what="k-NN bank")
-            if self._bank_print is not None and getattr(self.bank, "key", None):
+            if self._bank_print is not None and isinstance(self.bank, EvalCrops) and self.bank.key:
                 self._bank_print += f"|crops:{self.bank.key}"  # device-path crops are rounded to uint8
         self._weights = caches.WeightsDigest()
         self.computed = 0  # banks computed (not read from the disk cache) by this evaluator
@@ -146,7 +219,6 @@ class KNNEvaluator:
         self.bank_labels = torch.as_tensor(dataset_labels(bank), dtype=torch.long)
         self.num_classes = int(self.bank_labels.max()) + 1  # the votes' width (see the class's docstring)
         self._cache: dict[str, torch.Tensor] = {}
-        self.last: dict[int, float] = {}  # accuracy at every k of the last call
 
     def bank_key(self, model, head: str | None, runtime: Runtime) -> str:
         """The bank's cache key (:func:`forgetlab.caches.knn_bank_key`): the backbone as built and its
@@ -160,9 +232,10 @@ class KNNEvaluator:
         return caches.knn_bank_key(model_args=caches.model_arguments(model.backbone), model_tree=tree, weights=self._weights(modules),
                                    bank=self._bank_print, features=self.features, precision=precision)  # fmt: skip
 
-    def __call__(self, model, dataset: Dataset, runtime: Runtime, *, description="upstream k-NN"):
+    def __call__(self, model, dataset: Dataset, runtime: Runtime, *, description="upstream k-NN") -> UpstreamResult:
+        """The k-NN's result at ``self.k`` (accuracy, predictions), with its accuracy at every k of ``self.ks``."""
         head = None
-        if self.features == "task_logits" and len(getattr(model, "heads", ())):
+        if self.features == "task_logits" and len(model.heads):
             head = list(model.heads)[-1]  # the latest task's classifier
         key = self.bank_key(model, head, runtime)
         if key not in self._cache:
@@ -172,9 +245,8 @@ class KNNEvaluator:
         labels = dataset_labels(dataset)
         predicted = knn_predict_many(bank, self.bank_labels, queries, ks=self.ks, temperature=self.temperature, num_classes=self.num_classes)
         results = {k: p.numpy() for k, p in predicted.items()}
-        self.last = {k: accuracy(p, labels) for k, p in results.items()}
-        return self.last[self.k], results[self.k].astype(np.int64)
-
+        at_k = {k: accuracy(p, labels) for k, p in results.items()}
+        return UpstreamResult("knn", at_k[self.k], results[self.k].astype(np.int64), at_k)
 
     def _bank(self, model, key: str, runtime: Runtime, head: str | None) -> torch.Tensor:
         """The bank's features: read from the disk cache when this backbone state, bank, preprocessing
@@ -200,44 +272,39 @@ class KNNEvaluator:
         return features
 
 
-UPSTREAM_EVALUATORS = ("head", "knn")
+@register_evaluator("knn")
+def build_knn_evaluator(eval_config, upstream, crop_cache=None) -> KNNEvaluator:
+    """Paper 2's k-NN on backbone features against a bank of the upstream train set, set by ``eval.knn_*``."""
+    return KNNEvaluator(upstream.train, k=eval_config.knn_k, temperature=eval_config.knn_temperature,
+                        features=eval_config.knn_features, bank_dtype=eval_config.knn_bank_dtype,
+                        cache_dir=caches.folder("knn-banks") if eval_config.knn_cache else None, crop_cache=crop_cache)  # fmt: skip
 
 
 class UpstreamEvaluators:
-    """Several named upstream evaluators on one model (Davari et al., CVPR 2022, "Probing Representation
-    Forgetting": a frozen head's drop is knowledge lost only where a k-NN on the features drops too).
-    Returns the first one's ``(accuracy, predictions)``; :attr:`accuracies` holds every one's accuracy
-    by name after each call, :attr:`predictions` every one's predicted labels, :attr:`last` the k-NN's
-    accuracy at every k (when ``knn`` is one of them)."""
+    """The run's named upstream evaluators on one model, ``evaluators`` by name in the config's order.
+    With one, a call returns its result; with several (Davari et al., CVPR 2022, "Probing Representation
+    Forgetting": a frozen head's drop is knowledge lost only where a k-NN on the features drops too), the
+    first one's accuracy and predictions with every one's result under :attr:`UpstreamResult.each`."""
 
     def __init__(self, evaluators: dict[str, Callable]):
         self.evaluators = evaluators
-        self.accuracies: dict[str, float] = {}
-        self.predictions: dict[str, np.ndarray] = {}
-        self.last: dict[int, float] = {}
 
-    def __call__(self, model, dataset: Dataset, runtime: Runtime, **options):
+    def __call__(self, model, dataset: Dataset, runtime: Runtime, **options) -> UpstreamResult:
         results = {name: evaluator(model, dataset, runtime, **options) for name, evaluator in self.evaluators.items()}
-        self.accuracies = {name: value for name, (value, _) in results.items()}
-        self.predictions = {name: predicted for name, (_, predicted) in results.items()}
-        self.last = dict(getattr(self.evaluators.get("knn"), "last", {}) or {})
-        return results[next(iter(results))]
+        first = next(iter(results.values()))
+        if len(results) == 1:
+            return first
+        return UpstreamResult(first.evaluator, first.accuracy, first.predictions, each=results)
 
 
-def build_upstream_evaluator(eval_config, upstream, crop_cache=None) -> Callable:
-    """The named evaluator of the upstream task: ``head`` (paper 1) or ``knn`` (paper 2); ``crop_cache``
-    (a :class:`forgetlab.data.eval_cache.EvalCropCache`) serves the k-NN bank's crops. Several names
-    give an :class:`UpstreamEvaluators`."""
-    names = eval_config.evaluators
-    if len(names) > 1:
-        import dataclasses
-
-        return UpstreamEvaluators({name: build_upstream_evaluator(dataclasses.replace(eval_config, upstream_evaluator=name), upstream,
-                                                                  crop_cache) for name in names})  # fmt: skip
-    if eval_config.upstream_evaluator == "head":
-        return head_evaluator
-    if eval_config.upstream_evaluator == "knn":
-        return KNNEvaluator(upstream.train, k=eval_config.knn_k, temperature=eval_config.knn_temperature,
-                            features=eval_config.knn_features, bank_dtype=eval_config.knn_bank_dtype,
-                            cache_dir=caches.folder("knn-banks") if eval_config.knn_cache else None, crop_cache=crop_cache)  # fmt: skip
-    raise ConfigError(f"unknown eval.upstream_evaluator '{eval_config.upstream_evaluator}'; choose one of: {', '.join(UPSTREAM_EVALUATORS)}")
+def build_upstream_evaluator(eval_config, upstream, crop_cache=None) -> UpstreamEvaluators:
+    """The upstream evaluators ``eval_config.evaluators`` names (:func:`register_evaluator`: ``head``, paper
+    1, or ``knn``, paper 2), each built by its factory; ``crop_cache`` (a
+    :class:`forgetlab.data.eval_cache.EvalCropCache`) serves the k-NN bank's crops. Raises
+    :class:`~forgetlab.errors.ConfigError` for a name no evaluator is registered under."""
+    evaluators = {}
+    for name in eval_config.evaluators:
+        if name not in _EVALUATORS:
+            raise ConfigError(f"unknown eval.upstream_evaluator '{name}'; choose one of: {', '.join(_EVALUATORS)}")
+        evaluators[name] = _EVALUATORS[name](dataclasses.replace(eval_config, upstream_evaluator=name), upstream, crop_cache)
+    return UpstreamEvaluators(evaluators)

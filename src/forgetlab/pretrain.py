@@ -59,7 +59,7 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
     model = MultiHeadModel(create(name, num_classes=upstream.num_classes)).to(device)
     plan = TaskPlan(description=f"pretrain {name}", freeze_batchnorm=False)
     stats = train_task(model, UPSTREAM, upstream.train, recipe, runtime, seed=PRETRAIN_SEED, plan=plan)
-    test_accuracy, _ = head_evaluator(model, upstream.test, runtime)
+    test_accuracy = head_evaluator(model, upstream.test, runtime).accuracy
 
     from safetensors.torch import save
 

@@ -43,7 +43,8 @@ from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import preprocess_for
 from forgetlab.data.offline import WORLD_DATASETS, world_dir
 from forgetlab.errors import ConfigError, DataError
-from forgetlab.evaluate import KNNEvaluator, accuracy, build_upstream_evaluator, confidence_interval, dataset_labels, predict
+from forgetlab.evaluate import (KNNEvaluator, UpstreamEvaluators, UpstreamResult, accuracy, build_upstream_evaluator,
+                                confidence_interval, dataset_labels, predict)  # fmt: skip
 from forgetlab.methods import build_method
 from forgetlab.models.backbones import load_backbone, offline_backbone_dir
 from forgetlab.models.offline import OFFLINE_BACKBONES
@@ -86,7 +87,8 @@ class RunState:
     # Several phases may train one task (paper 1's long setting: NAME:samples_half1, then NAME:samples_half2),
     # which then shares its head and matrix column: column -> the task data it is tested on (its first phase's).
     columns: dict[str, TaskData]
-    evaluate_upstream: Callable | None = None  # the config's upstream evaluator (head or k-NN)
+    evaluate_upstream: UpstreamEvaluators | None = None  # the config's upstream evaluators (head, k-NN or both)
+    upstream_result: UpstreamResult | None = None  # the last scoring of the upstream task
     drift: run_drift.DriftProbe | None = None  # representation drift per unit (None: eval.probe_images=0)
     model: MultiHeadModel | None = None
     replay: ReplayBuffer | None = None  # replayed upstream examples, fixed for the whole run
@@ -212,8 +214,7 @@ def cache_keys(state: RunState) -> dict[str, set[str]]:
     decoded images of its datasets, the offline world, the offline backbone. Nothing is computed or written."""
     keys: dict[str, set[str]] = {cache: set() for cache in caches.FORMATS}
     datasets = [state.upstream.train, state.upstream.test, *(t.train for t in state.tasks), *(t.test for t in state.columns.values())]
-    evaluators = getattr(state.evaluate_upstream, "evaluators", {"only": state.evaluate_upstream})  # one, or [head, knn]
-    for knn in (evaluator for evaluator in evaluators.values() if isinstance(evaluator, KNNEvaluator)):
+    for knn in (evaluator for evaluator in state.evaluate_upstream.evaluators.values() if isinstance(evaluator, KNNEvaluator)):
         datasets.append(knn.bank)
         if knn.cache_dir is not None:
             keys["knn-banks"].add(knn.bank_key(MultiHeadModel(state.backbone.model), None, state.runtime))
@@ -408,21 +409,19 @@ def score_upstream(state: RunState, row: int):
     config = state.config
     start = time.perf_counter()
     with state.method.evaluating(state.model, UPSTREAM):
-        value, predicted = state.evaluate_upstream(state.model, state.upstream.test, state.runtime)
+        result = state.evaluate_upstream(state.model, state.upstream.test, state.runtime)
+    state.upstream_result, value, predicted = result, result.accuracy, result.predictions
     record = {"row": row, "accuracy": value, "images": len(predicted), "seconds": round(time.perf_counter() - start, 2)}
     if config.eval.upstream_subset is not None:
         record["ci95"] = confidence_interval(value, len(predicted))
-    several = getattr(state.evaluate_upstream, "accuracies", None)  # eval.upstream_evaluator=[head, knn]: each one's accuracy by name
-    record.update(several or {})
-    if getattr(state.evaluate_upstream, "last", None):
-        record["knn_at_k" if several else "knn"] = {str(k): v for k, v in state.evaluate_upstream.last.items()}
+    record.update(result.record())  # several evaluators: each one's accuracy by name; the k-NN's at every k
     return value, predicted, record
 
 
 def evaluator_predictions(state: RunState) -> dict:
     """``predictions_<name>`` of every upstream evaluator of the last scoring, when there are several
     (the lost/misaligned split bootstraps over them); empty with one."""
-    return {f"predictions_{name}": values for name, values in getattr(state.evaluate_upstream, "predictions", {}).items()}
+    return state.upstream_result.predictions_by_evaluator()
 
 
 def score_phase(state: RunState, phase: Phase) -> None:

@@ -8,8 +8,11 @@ row, the matrix and, for a tracker that ``wants_figure``, the matrix drawn as a 
 on one: they are outside the run's identity (a run may be resumed with tracking switched on) and
 outside its commit (a kill loses at most the tracker's unflushed tail).
 
-Trackers receive what they log: this module imports nothing of forgetlab but its errors (the runner
-draws the figure with :func:`forgetlab.reporting.figures.matrix_figure`).
+Trackers receive what they log: this module imports nothing of forgetlab but its errors and the metric
+registry (the runner draws the figure with :func:`forgetlab.reporting.figures.matrix_figure`). At the end
+both log every registered metric of the final matrix (:func:`forgetlab.analysis.metrics.registered_metrics`)
+as ``final/<name>_<unit>`` (``final/average_forgetting_pp``), next to ``final/upstream`` and
+``final/average_task`` (fractions).
 
 * **TensorBoard** writes event files into ``<run>/tensorboard``: ``train/loss`` and ``train/lr`` by
   global step (counted across tasks), ``accuracy/<task>`` by phase, the matrix as an image per phase,
@@ -76,10 +79,16 @@ def flat_config(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def _final_metrics(matrix) -> dict[str, float]:
+    """The final upstream and mean task accuracy (fractions), then every registered metric that is defined
+    (:func:`forgetlab.analysis.metrics.summarise`, in percent or points, named with its unit)."""
+    from forgetlab.analysis.metrics import in_points, summarise
+
     values = matrix.as_array()
     last = values[-1]
     tasks = [v for v in last[1:] if v == v]
-    return {"final/upstream": float(last[0]), "final/average_task": float(sum(tasks) / len(tasks)) if tasks else 0.0}
+    final = {"final/upstream": float(last[0]), "final/average_task": float(sum(tasks) / len(tasks)) if tasks else 0.0}
+    registered = in_points(summarise(values, trained=matrix.trained()[: len(values) - 1]))
+    return final | {f"final/{column}": value for column, value in registered.items() if value == value}
 
 
 class TensorBoardTracker(Tracker):

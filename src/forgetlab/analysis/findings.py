@@ -191,13 +191,15 @@ def contextual_findings(rows, mode: str = "") -> list[str]:
 
 
 def _percent(cell) -> str:
-    mean, std, seeds = cell
-    return f"{100 * mean:.2f} ± {100 * std:.2f} % ({seeds} seeds)" if seeds > 1 else f"{100 * mean:.2f} % (one seed)"
+    """A :class:`~forgetlab.analysis.metrics.SeedStats` of fractions in percent, with its seeds."""
+    if cell.seeds > 1:
+        return f"{100 * cell.mean:.2f} ± {100 * cell.std:.2f} % ({cell.seeds} seeds)"
+    return f"{100 * cell.mean:.2f} % (one seed)"
 
 
 def _beats(top: dict, other: dict) -> str | None:
     """Why ``top`` is better than ``other`` beyond the seeds' noise, or None when it is not shown."""
-    (mean_top, std_top, n_top), (mean_other, std_other, n_other) = top["mean"], other["mean"]
+    mine, theirs = top["mean"], other["mean"]
     shared = sorted(set(top["per_seed"]) & set(other["per_seed"]))
     if len(shared) >= MIN_PAIRED_SEEDS:
         from scipy.stats import ttest_rel
@@ -208,9 +210,9 @@ def _beats(top: dict, other: dict) -> str | None:
                 return f"higher on each of {len(shared)} shared seeds"
         else:
             p = float(ttest_rel(a, b).pvalue)
-            if p < ALPHA and mean_top > mean_other:
+            if p < ALPHA and mine.mean > theirs.mean:
                 return f"paired t-test over {len(shared)} seeds p = {p:.2g}"
-    if n_top >= 2 and n_other >= 2 and mean_top - mean_other > std_top + std_other:
+    if mine.seeds >= 2 and theirs.seeds >= 2 and mine.mean - theirs.mean > mine.std + theirs.std:
         return "the gap exceeds the seed spread"
     return None
 
@@ -218,15 +220,15 @@ def _beats(top: dict, other: dict) -> str | None:
 def method_findings(table: list[dict]) -> list[str]:
     contexts = defaultdict(list)
     for row in table:
-        if row.get("completed") == row.get("total") and not math.isnan(row["mean"][0]):
-            contexts[row.get("context", row["backbone"])].append(row)
+        if row["completed"] == row["total"] and not math.isnan(row["mean"].mean):
+            contexts[row["context"]].append(row)
     sentences = []
     for members in contexts.values():
         if len(members) < 2:
             continue
-        members = sorted(members, key=lambda r: -r["mean"][0])
+        members = sorted(members, key=lambda r: -r["mean"].mean)
         top, others = members[0], members[1:]
-        setting = f" ({top['setting']})" if top.get("setting") else ""
+        setting = f" ({top['setting']})" if top["setting"] else ""
         where = f"Of {len(members)} methods on {top['backbone']}{setting}"
         reasons = [_beats(top, other) for other in others]
         tied = [other for other, reason in zip(others, reasons) if reason is None]
@@ -234,11 +236,11 @@ def method_findings(table: list[dict]) -> list[str]:
             runner_up = others[0]
             sentences.append(
                 f"{where}, {top['method']} keeps the best balance: mean of final downstream and upstream accuracy "
-                f"{_percent(top['mean'])} (downstream {100 * top['downstream'][0]:.1f} %, upstream {100 * top['upstream'][0]:.1f} %), "
+                f"{_percent(top['mean'])} (downstream {100 * top['downstream'].mean:.1f} %, upstream {100 * top['upstream'].mean:.1f} %), "
                 f"against {_percent(runner_up['mean'])} for {runner_up['method']}, the next ({reasons[0]})."
             )
             continue
-        one_seed = all(row["mean"][2] == 1 for row in [top, *tied])
+        one_seed = all(row["mean"].seeds == 1 for row in [top, *tied])
         why = ("one seed each, no interval" if one_seed else
                f"the gaps are within the seed spread and no paired test over {MIN_PAIRED_SEEDS}+ shared seeds says otherwise")  # fmt: skip
         leaders = ", ".join(f"{row['method']} {_percent(row['mean'])}" for row in [top, *tied])

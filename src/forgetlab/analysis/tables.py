@@ -11,6 +11,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -116,13 +117,24 @@ def write_sweep_table(folder: Path) -> list[dict]:
     return rows
 
 
-def seed_groups(runs: list[RunResult]) -> dict[tuple, list[RunResult]]:
-    """Runs that differ only in their seed (and folder), keyed by (backbone, method, sequence, config,
-    tasks completed) and ordered by backbone and method: a run stopped after 2 of 3 tasks is never
-    averaged with finished seeds. Runs with a duplicate (same identity and seed) are in no group."""
+class SeedGroup(NamedTuple):
+    """What the runs of a :func:`seed_groups` group share: backbone, method, task sequence, config
+    identity (:func:`~forgetlab.analysis.groups.identity_key`) and tasks completed."""
+
+    backbone: str
+    method: str
+    sequence: tuple[str, ...]
+    identity: str
+    completed: int
+
+
+def seed_groups(runs: list[RunResult]) -> dict[SeedGroup, list[RunResult]]:
+    """Runs that differ only in their seed (and folder), keyed by :class:`SeedGroup` and ordered by
+    backbone and method: a run stopped after 2 of 3 tasks is never averaged with finished seeds. Runs
+    with a duplicate (same identity and seed) are in no group."""
     groups = defaultdict(list)
     for run in distinct(runs):
-        groups[(run.backbone, run.method, tuple(run.config["data"]["tasks"]), identity_key(run), run.completed)].append(run)
+        groups[SeedGroup(run.backbone, run.method, tuple(run.config["data"]["tasks"]), identity_key(run), run.completed)].append(run)
     return dict(sorted(groups.items(), key=lambda item: _natural(item[0][:2])))
 
 
@@ -135,7 +147,8 @@ def _natural(parts) -> list:
 
 def paper2_table(runs: list[RunResult]) -> list[dict]:
     """Per (backbone, method, setting): trainable parameters, final downstream and upstream accuracy
-    and their mean, each as (mean, std, seeds) over seeds, with ``per_seed`` values for paired tests.
+    and their mean, each a :class:`~forgetlab.analysis.metrics.SeedStats` (mean, std, seeds) over seeds, with
+    ``per_seed`` values for paired tests.
 
     ``context`` is the config without the method's sections (``method``, ``lwf``, ``replay``) and the
     seed: rows with equal contexts (and every task done) may be compared. ``setting`` names what
@@ -149,7 +162,7 @@ def paper2_table(runs: list[RunResult]) -> list[dict]:
     settings = dict(zip(unique_contexts, what_differs([json.loads(c) for c in unique_contexts], skip=("backbone.name",))))
     methods = method_labels([members[0] for members in groups.values()])
     table = []
-    for ((backbone, _, sequence, _, completed), members), context, method in zip(groups.items(), contexts, methods):
+    for (group, members), context, method in zip(groups.items(), contexts, methods):
         summaries = []
         for run in members:
             a = run.matrix.as_array()
@@ -157,12 +170,12 @@ def paper2_table(runs: list[RunResult]) -> list[dict]:
             summaries.append({"downstream": downstream, "upstream": float(a[-1, 0]), "mean": (downstream + float(a[-1, 0])) / 2})
         table.append(
             {
-                "backbone": backbone,
+                "backbone": group.backbone,
                 "method": method,
                 "setting": settings[context],
                 "context": context,
-                "sequence": " > ".join(sequence),
-                "completed": completed,
+                "sequence": " > ".join(group.sequence),
+                "completed": group.completed,
                 "total": members[0].matrix.num_tasks,
                 "trainable_parameters": members[0].tasks[0]["trainable_parameters"] if members[0].tasks else None,
                 "runs": [label[id(run)] for run in members],

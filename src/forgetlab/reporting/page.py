@@ -9,11 +9,11 @@ single-adapter predictions are read through ``results``, never the run code that
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import math
 import re
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,26 +25,18 @@ from forgetlab.analysis.contextual import ContextualTest, class_similarities, co
 from forgetlab.analysis.findings import MIN_FORGOTTEN_IMAGES, findings
 from forgetlab.analysis.groups import duplicates, rank_groups
 from forgetlab.analysis.labels import class_labels, file_keys, run_labels
+from forgetlab.analysis.metrics import first_accuracies, report_metrics
 from forgetlab.analysis.perclass import ClassChanges, class_changes, most_forgotten
 from forgetlab.analysis.tables import nearest_probes, paper2_table, rows_to_csv, run_rows, seed_groups
 from forgetlab.errors import ForgetlabError
 from forgetlab.reporting import figures
 from forgetlab.reporting.explanation import where_forgetting_happens
+from forgetlab.reporting.sections import (Figure, FigureSection, ReportInputs, TableSection, glossary, register_report_section,
+                                          report_sections)  # fmt: skip
 from forgetlab.results import atomic_write_bytes, atomic_write_text, read_single_predictions
 from forgetlab.runtime import progress
 
 MAX_HEATMAPS = 12
-
-
-@dataclass
-class Figure:
-    key: str
-    caption: str
-    png: bytes
-
-
-Section = tuple[str, list[Figure], list[str]]  # heading, figures, notes
-Table = tuple[list[str], list[list[str]], list[str]]  # header, rows, notes
 
 
 @dataclass
@@ -85,39 +77,34 @@ def mode_line(after: str, similarity: str) -> str:
     return f"--after {after}: {AFTER_MODES[after]}; --similarity {similarity}: {SIMILARITY_MODES[similarity]}"
 
 
-# Every metric of the report, with its sign: a column's sign must never be guessed.
-GLOSSARY = [
-    ("avg acc", "mean final accuracy over the downstream tasks; higher is better"),
-    ("avg forgetting", "per task trained before the last, its best accuracy since training minus its final accuracy, "
-                       "averaged; positive means accuracy was lost; needs two tasks done"),
-    ("BWT", "backward transfer: final accuracy minus the accuracy right after the task's (last) training, averaged over "
-            "the tasks before the last; negative means accuracy was lost; needs two tasks done"),
-    ("FWT vs linear", "forward transfer: accuracy right after first training a task minus that of the linear probe "
-                      "(method.name=linear, no LwF, no replay) whose config equals the run's in everything but the method's "
-                      "sections (method, lwf, replay), with the same seed; positive means the updated backbone learns new "
-                      "tasks better; empty when no such probe, or more than one, is among the runs given"),
-    ("FWT reference", "the linear-probe run FWT vs linear was computed against; 'none: ambiguous between A, B' when two "
-                      "probes match (neither is used)"),
-    ("chance", "the accuracy of uniform guessing on a task, 100 / its number of classes, in percent; a task learned "
-               "to within 5 points of it was not learned"),
-    ("plasticity", "mean accuracy right after each task's training"),
-    ("upstream", "final accuracy on the pretraining (upstream) task"),
-    ("upstream change", "final minus pretrained upstream accuracy (upstream_change; upstream_drop before, same sign); "
-                        "negative means upstream knowledge was forgotten, positive that it was gained"),
-    ("downstream (mean of tasks)", "methods table: mean final accuracy over the downstream tasks; mean: the average "
-                                   "of downstream and upstream"),
-    ("mean sim. forgotten / all, difference", "mean similarity to the task's domain of the forgotten upstream test "
-                                              "images (right before the task, wrong after) and of all of them; "
-                                              "difference = forgotten minus all, positive means forgetting is "
-                                              "closer to the task's domain"),
-    ("p (permutation)", "one-sided: how often a random set of as many images, drawn from those right before the task, "
-                        "is at least as similar; only with at least 20 forgotten images"),
-]  # fmt: skip
+# The report's own terms, by glossary position (every metric's entry comes from the metric registry,
+# at positions 10-80): each registered with the section that shows it.
+FWT_REFERENCE_TERM = (41, "FWT reference", "the linear-probe run FWT vs linear was computed against; 'none: ambiguous "
+                                           "between A, B' when two probes match (neither is used)")  # fmt: skip
+CHANCE_TERM = (50, "chance", "the accuracy of uniform guessing on a task, 100 / its number of classes, in percent; a task "
+                             "learned to within 5 points of it was not learned")  # fmt: skip
+DOWNSTREAM_TERM = (90, "downstream (mean of tasks)", "methods table: mean final accuracy over the downstream tasks; mean: "
+                                                     "the average of downstream and upstream")  # fmt: skip
+CONTEXTUAL_TERMS = (
+    (100, "mean sim. forgotten / all, difference", "mean similarity to the task's domain of the forgotten upstream test images "
+                                                   "(right before the task, wrong after) and of all of them; difference = "
+                                                   "forgotten minus all, positive means forgetting is closer to the task's domain"),
+    (110, "p (permutation)", "one-sided: how often a random set of as many images, drawn from those right before the task, is at "
+                             "least as similar; only with at least 20 forgotten images"),
+)  # fmt: skip
+OTHER_ACCURACIES = ["chance", "downstream"]  # accuracies of the report that are no metric of a run
 
 
-UNITS_NOTE = ("Units: accuracies (avg acc, plasticity, upstream, chance, downstream) are in percent; forgetting, BWT, FWT "
-              "and upstream change are differences of accuracies in percentage points. The same numbers, with the same "
-              "units, are in sweep.csv and forgetlab.load_sweep (columns ending _pct and _pp) and in 'forgetlab show'.")  # fmt: skip
+def units_note() -> str:
+    """The note under the glossary: which of the report's numbers are percent and which percentage
+    points, each metric by its name in prose (:attr:`forgetlab.analysis.metrics.Metric.prose`)."""
+    metrics = report_metrics()
+    percent = [m.prose or m.header for m in metrics if m.unit == "pct"] + OTHER_ACCURACIES
+    points = [m.prose or m.header for m in metrics if m.unit == "pp"]
+    listed = ", ".join(points[:-1]) + f" and {points[-1]}" if len(points) > 1 else "".join(points)
+    return (f"Units: accuracies ({', '.join(percent)}) are in percent; {listed} are differences of accuracies in percentage "
+            "points. The same numbers, with the same units, are in sweep.csv and forgetlab.load_sweep (columns ending _pct "
+            "and _pp) and in 'forgetlab show'.")  # fmt: skip
 
 
 def contextual_rows(runs: list[RunResult], permutations: int, after: str = "sequence", similarity: str = "synset") -> list[ContextualRow]:
@@ -258,45 +245,55 @@ def _dropped_groups(groups) -> str:
     return f" Not drawn, one rank only: {'; '.join(single)}." if single else ""
 
 
-def _tables(runs: list[RunResult], contextual: list[ContextualRow], paper2: list[dict] | None = None, after: str = "sequence",
-            similarity: str = "synset") -> dict[str, Table]:  # fmt: skip
-    """Heading -> (header, rows, notes): the notes say why a column is empty and which mode made it."""
-    paper2 = paper2_table(runs) if paper2 is None else paper2
-    label = dict(zip(map(id, runs), run_labels(runs)))
-    rows = run_rows(runs)
-    return {
-        "Methods (paper 2's table: final accuracies, mean ± std over seeds; rows of different settings are not comparable)": (
-            *_without_empty(["backbone", "setting", "method", "trainable params", "tasks", "seeds", "downstream (mean of tasks)", "upstream", "mean", "runs"],
-            [[r["backbone"], r["setting"], r["method"], f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else "",
-              f"{r['completed']}/{r['total']}", str(len(r["runs"])), _mean_std(r["downstream"]), _mean_std(r["upstream"]),
-              _mean_std(r["mean"]), _names(r["runs"])] for r in paper2], "setting"),
-            [],
-        ),  # fmt: skip
-        "Forgetting metrics per run (accuracies in percent, differences in percentage points)": (
-            ["run", "backbone", "method", "seed", "tasks", "avg acc", "avg forgetting", "BWT", "FWT vs linear", "plasticity", "upstream",
-             "upstream change", "FWT reference"],
-            [[r["run"], r["backbone"], r["method"], str(r["seed"]), f"{r['completed_tasks']}/{r['total_tasks']}",
-              _points(r["average_accuracy_pct"]), _points(r["average_forgetting_pp"]), _points(r["backward_transfer_pp"]),
-              _points(r.get("forward_transfer_pp")), _points(r["plasticity_pct"]), _points(r["upstream_final_pct"]),
-              _points(r["upstream_change_pp"]), r["forward_transfer_reference"]] for r in rows],
-            _empty_metric_notes(rows, runs),
-        ),  # fmt: skip
-        "Chance level per task (percent: 100 / classes)": chance_table(runs, label),
-        f"Contextual forgetting (--after {after}, --similarity {similarity})": (
-            ["run", "after task", "domain", "forgotten images", "mean sim. forgotten", "mean sim. all", "difference", "p (permutation)"],
-            [[label[id(c.run)], c.task, c.domain, str(c.test.forgotten), _number(c.test.mean_forgotten, "{:.3f}"), _number(c.test.mean_all, "{:.3f}"),
-              _number(c.test.difference, "{:+.3f}"), _contextual_p(c.test)] for c in contextual],
-            [f"Mode: {mode_line(after, similarity)}."] if contextual else [],
-        ),  # fmt: skip
-    }
+# ------------------------------------------------------------------------------------ the tables
+METHODS_HEADING = "Methods (paper 2's table: final accuracies, mean ± std over seeds; rows of different settings are not comparable)"
+METRICS_HEADING = "Forgetting metrics per run (accuracies in percent, differences in percentage points)"
 
 
-def chance_table(runs: list[RunResult], label: dict[int, str]) -> Table:
+@register_report_section("methods table", position=60, glossary=(DOWNSTREAM_TERM,))
+def methods_table(inputs: ReportInputs) -> list[TableSection]:
+    """Paper 2's table (:func:`~forgetlab.analysis.tables.paper2_table`): a row per backbone, setting and method."""
+    header, rows = _without_empty(
+        ["backbone", "setting", "method", "trainable params", "tasks", "seeds", "downstream (mean of tasks)", "upstream", "mean", "runs"],
+        [[r["backbone"], r["setting"], r["method"], f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else "",
+          f"{r['completed']}/{r['total']}", str(len(r["runs"])), _mean_std(r["downstream"]), _mean_std(r["upstream"]),
+          _mean_std(r["mean"]), _names(r["runs"])] for r in inputs.paper2], "setting")  # fmt: skip
+    return [TableSection(METHODS_HEADING, header, rows, [])]
+
+
+@register_report_section("metrics per run", position=70, glossary=(FWT_REFERENCE_TERM,))
+def metrics_table(inputs: ReportInputs) -> list[TableSection]:
+    """A row per run: its identity, then every metric of the report (:func:`~forgetlab.analysis.metrics.report_metrics`,
+    each under its header), then FWT's reference; notes say why a metric column is empty."""
+    rows, metrics = run_rows(inputs.runs), report_metrics()
+    header = ["run", "backbone", "method", "seed", "tasks", *(m.header for m in metrics), "FWT reference"]
+    cells = [[r["run"], r["backbone"], r["method"], str(r["seed"]), f"{r['completed_tasks']}/{r['total_tasks']}",
+              *(_points(r.get(m.column)) for m in metrics), r["forward_transfer_reference"]] for r in rows]  # fmt: skip
+    return [TableSection(METRICS_HEADING, header, cells, _empty_metric_notes(rows, inputs.runs))]
+
+
+@register_report_section("chance levels", position=80, glossary=(CHANCE_TERM,))
+def chance_section(inputs: ReportInputs) -> list[TableSection]:
+    """:func:`chance_table` of the runs."""
+    return [TableSection("Chance level per task (percent: 100 / classes)", *chance_table(inputs.runs, inputs.names.label))]
+
+
+@register_report_section("contextual forgetting", position=90, glossary=CONTEXTUAL_TERMS)
+def contextual_table(inputs: ReportInputs) -> list[TableSection]:
+    """The contextual-forgetting test of every run after every phase (:func:`contextual_rows`), with its mode."""
+    after, similarity, label = inputs.after, inputs.similarity, inputs.names.label
+    rows = [[label[id(c.run)], c.task, c.domain, str(c.test.forgotten), _number(c.test.mean_forgotten, "{:.3f}"),
+             _number(c.test.mean_all, "{:.3f}"), _number(c.test.difference, "{:+.3f}"), _contextual_p(c.test)]
+            for c in inputs.contextual]  # fmt: skip
+    return [TableSection(f"Contextual forgetting (--after {after}, --similarity {similarity})",
+                         ["run", "after task", "domain", "forgotten images", "mean sim. forgotten", "mean sim. all", "difference",
+                          "p (permutation)"], rows, [f"Mode: {mode_line(after, similarity)}."] if inputs.contextual else [])]  # fmt: skip
+
+
+def chance_table(runs: list[RunResult], label: dict[int, str]) -> tuple[list[str], list[list[str]], list[str]]:
     """Per task (and class count): its chance level and the runs whose accuracy right after first
     training it (upstream: the pretrained accuracy) is within :data:`NEAR_CHANCE_PP` points of chance
-    or below: numbers of a task not learned, which measure no forgetting."""
-    from forgetlab.analysis.metrics import first_accuracies
-
+    or below: numbers of a task not learned, which measure no forgetting. Returns header, rows and notes."""
     levels: dict[tuple[str, float], list[str]] = {}
     for run in runs:
         chance, matrix = run.chance, run.matrix
@@ -399,8 +396,9 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
     Raises :class:`~forgetlab.errors.ForgetlabError` for an unknown mode or figure run and
     :class:`~forgetlab.errors.DataError` for a folder without runs, before anything is written.
 
-    The steps: collect the runs, run the contextual-forgetting tests, draw the figures (rank curves,
-    the focus runs' forgotten classes, accuracy matrices), derive the tables and findings, write the pages."""
+    The steps: collect the runs, run the contextual-forgetting tests, build every registered section in
+    order (:mod:`forgetlab.reporting.sections`: the figures, then the tables), derive the findings, write
+    the pages."""
     if after not in AFTER_MODES or similarity not in SIMILARITY_MODES:
         raise ForgetlabError(f"unknown report mode --after {after} --similarity {similarity}; use --after "
                              f"{'|'.join(AFTER_MODES)} and --similarity {'|'.join(SIMILARITY_MODES)}")  # fmt: skip
@@ -412,19 +410,12 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
 
-    sections = _rank_section(runs, figure_dir)
-    class_section, class_tables = _forgotten_classes_section(runs, drawn, contextual, names, after, similarity, figure_dir)
-    sections += class_section
-    sections.append(_heatmap_section(runs, None if figure_runs is None else drawn, names, figure_dir))
-    for heading, explained, notes in where_forgetting_happens(runs, names.label, names.key):  # runs with explain/
-        sections.append((heading, [_save(figure, key, caption, figure_dir) for figure, key, caption in explained], notes))
-    unfinished = unfinished_cells(paths)
-    sections += _drift_section(runs, names, figure_dir)
-
     paper2 = paper2_table(runs)
-    tables = {**_tables(runs, contextual, paper2, after, similarity), **class_tables}
+    inputs = ReportInputs(runs, names, drawn, figure_runs, contextual, paper2, after, similarity, figure_dir)
+    parts = [part for section in report_sections() for part in section.build(inputs)]  # figures and tables, in order
+    unfinished = unfinished_cells(paths)
     page = ReportPage(title=f"forgetlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}", sources=", ".join(map(str, paths)),
-                      mode=mode_line(after, similarity), sections=sections, tables=tables,
+                      mode=mode_line(after, similarity), parts=parts,
                       findings=findings(runs, contextual, paper2, mode=f"--after {after}, --similarity {similarity}"),
                       coverage=coverage_notes(runs, names, unfinished))  # fmt: skip
     atomic_write_text(out_dir / "report.html", _html_page(page))
@@ -460,13 +451,14 @@ class RunNames:
         return cls(label, dict(zip(map(id, runs), file_keys(list(label.values())))))
 
 
-def _rank_section(runs: list[RunResult], figure_dir: Path) -> list[Section]:
+@register_report_section("rank curves", position=10)
+def rank_section(inputs: ReportInputs) -> list[FigureSection]:
     """Paper 1's figures 1-2 (accuracy against LoRA rank), or nothing when no group has two ranks."""
-    groups = rank_groups(runs)
+    groups, figure_dir = rank_groups(inputs.runs), inputs.figure_dir
     curves = figures.rank_curves(groups)
     if curves is None:
         return []
-    return [("Accuracy against LoRA rank (paper 1, figures 1-2)", [
+    return [FigureSection("Accuracy against LoRA rank (paper 1, figures 1-2)", [
         _save(curves, "rank_curves", "Final upstream accuracy (left) and first-task accuracy (right) against LoRA rank, "
               "one curve per group of runs that differ only in rank and seed, labelled by what else differs; "
               "bars: standard deviation over seeds." + _dropped_groups(groups), figure_dir)], [])]  # fmt: skip
@@ -480,24 +472,30 @@ def _upstream_after_first_phase(run: RunResult, after: str) -> np.ndarray:
     return run.predictions(1)["predictions"]
 
 
-def _forgotten_classes_section(runs: list[RunResult], drawn: tuple[list[RunResult], str], contextual: list[ContextualRow],
-                               names: RunNames, after: str, similarity: str, figure_dir: Path) -> tuple[list[Section], dict[str, Table]]:  # fmt: skip
-    """Paper 1's figures 3-4 for every run of ``drawn`` (:func:`choose_figure_runs`: the runs and why): its
-    most forgotten upstream classes after its first phase (figure, table, ``figures/forgotten_<key>.csv``)
-    and the similarity of the forgotten images to the phase's domain; a note instead for a run that forgot
-    nothing. The section's first note says which runs are drawn, why, and which are not."""
+def _first_phase_changes(run: RunResult, after: str) -> tuple[list[str], ClassChanges, str]:
+    """The run's unique upstream class labels, each class's changes over its first phase and that phase's task."""
+    classes = class_labels(run.upstream)  # unique: ImageNet's two cranes are two rows
+    before = run.predictions(0)
+    changes = class_changes(before["predictions"], _upstream_after_first_phase(run, after), before["labels"], len(classes))
+    return classes, changes, run.matrix.phases[0]
+
+
+@register_report_section("forgotten classes", position=20)
+def forgotten_classes_section(inputs: ReportInputs) -> list[FigureSection]:
+    """Paper 1's figures 3-4 for every run of ``inputs.drawn`` (:func:`choose_figure_runs`: the runs and why):
+    its most forgotten upstream classes after its first phase and the similarity of the forgotten images to
+    the phase's domain; a note instead for a run that forgot nothing. The section's first note says which
+    runs are drawn, why, and which are not. Their tables are :func:`forgotten_classes_tables`."""
+    after, similarity, names, figure_dir = inputs.after, inputs.similarity, inputs.names, inputs.figure_dir
     mode = f"--after {after}, --similarity {similarity}"
-    per_class, class_tables, empty = [], {}, []
-    chosen, why = drawn
+    per_class, empty = [], []
+    chosen, why = inputs.drawn
     for run in chosen:
         if run.completed < 1:
             empty.append(f"{names.label[id(run)]} has no finished task: nothing to draw.")
             continue
         label, key = names.label[id(run)], names.key[id(run)]
-        classes = class_labels(run.upstream)  # unique: ImageNet's two cranes are two rows
-        before = run.predictions(0)
-        changes = class_changes(before["predictions"], _upstream_after_first_phase(run, after), before["labels"], len(classes))
-        task = run.matrix.phases[0]
+        classes, changes, task = _first_phase_changes(run, after)
         if changes.forgotten.sum() == 0:  # a figure of nothing, titled 'nan', misleads: say it instead
             right = int((changes.forgotten + changes.retained).sum())
             empty.append(f"{label} forgot no upstream test image after {task} (0 of the {right} right before; "
@@ -506,10 +504,7 @@ def _forgotten_classes_section(runs: list[RunResult], drawn: tuple[list[RunResul
         per_class.append(_save(figures.most_forgotten_figure(changes, classes, f"{label}: most forgotten after {task}"),
                                f"forgotten_{key}", f"The 20 upstream classes with most test images forgotten by "
                                f"{label} after {task} (right before, wrong after; --after {after}).", figure_dir))  # fmt: skip
-        class_rows = forgotten_classes_rows(changes, classes, run.upstream)
-        class_tables[f"Most forgotten upstream classes: {label} after {task} (--after {after})"] = (FORGOTTEN_HEADER, class_rows, [])
-        atomic_write_text(figure_dir / f"forgotten_{key}.csv", rows_to_csv([dict(zip(FORGOTTEN_HEADER, r)) for r in class_rows]))
-        for row in contextual:
+        for row in inputs.contextual:
             if row.run is run and row.task == task:
                 per_class.append(_save(figures.similarity_figure(row.test, row.domain, f"{label} after {task} ({mode})",
                                                                  min_forgotten=MIN_FORGOTTEN_IMAGES, similarity=similarity),
@@ -517,12 +512,50 @@ def _forgotten_classes_section(runs: list[RunResult], drawn: tuple[list[RunResul
                                        f"upstream test images; one-sided permutation test of the forgotten images' mean. "
                                        f"Mode: {mode_line(after, similarity)}.", figure_dir))  # fmt: skip
     if not (per_class or empty):
-        return [], class_tables
-    note = _drawn_note(chosen, runs, names, why, "Forgotten classes and similarity are")
-    return [(f"Which upstream classes are forgotten (paper 1, figures 3-4; {mode})", per_class, [note, *empty])], class_tables
+        return []
+    note = _drawn_note(chosen, inputs.runs, names, why, "Forgotten classes and similarity are")
+    return [FigureSection(f"Which upstream classes are forgotten (paper 1, figures 3-4; {mode})", per_class, [note, *empty])]
 
 
-def _heatmap_section(runs: list[RunResult], drawn: tuple[list[RunResult], str] | None, names: RunNames, figure_dir: Path) -> Section:
+@register_report_section("forgotten classes tables", position=100)
+def forgotten_classes_tables(inputs: ReportInputs) -> list[TableSection]:
+    """The rows behind each figure of :func:`forgotten_classes_section`, as a table and as
+    ``figures/forgotten_<key>.csv``."""
+    tables = []
+    for run in inputs.drawn[0]:
+        if run.completed < 1:
+            continue
+        classes, changes, task = _first_phase_changes(run, inputs.after)
+        if changes.forgotten.sum() == 0:
+            continue
+        class_rows = forgotten_classes_rows(changes, classes, run.upstream)
+        label, key = inputs.names.label[id(run)], inputs.names.key[id(run)]
+        tables.append(TableSection(f"Most forgotten upstream classes: {label} after {task} (--after {inputs.after})", FORGOTTEN_HEADER,
+                                   class_rows, []))  # fmt: skip
+        atomic_write_text(inputs.figure_dir / f"forgotten_{key}.csv", rows_to_csv([dict(zip(FORGOTTEN_HEADER, r)) for r in class_rows]))
+    return tables
+
+
+@register_report_section("accuracy matrices", position=30)
+def heatmap_section(inputs: ReportInputs) -> list[FigureSection]:
+    """:func:`_heatmap_section` of the runs chosen with ``--figure-runs``, by default of the first ones."""
+    return [_heatmap_section(inputs.runs, None if inputs.figure_runs is None else inputs.drawn, inputs.names, inputs.figure_dir)]
+
+
+@register_report_section("explanations", position=40)
+def explanation_section(inputs: ReportInputs) -> list[FigureSection]:
+    """Where forgetting happens, for the runs with ``explain/`` (:func:`~forgetlab.reporting.explanation.where_forgetting_happens`)."""
+    return [FigureSection(heading, [_save(figure, key, caption, inputs.figure_dir) for figure, key, caption in explained], notes)
+            for heading, explained, notes in where_forgetting_happens(inputs.runs, inputs.names.label, inputs.names.key)]  # fmt: skip
+
+
+@register_report_section("drift", position=50)
+def drift_section(inputs: ReportInputs) -> list[FigureSection]:
+    """:func:`_drift_section` of the runs."""
+    return _drift_section(inputs.runs, inputs.names, inputs.figure_dir)
+
+
+def _heatmap_section(runs: list[RunResult], drawn: tuple[list[RunResult], str] | None, names: RunNames, figure_dir: Path) -> FigureSection:
     """The accuracy matrices of the ``drawn`` runs (:func:`choose_figure_runs`), by default of the first
     :data:`MAX_HEATMAPS` runs in the order given; a note says which and why when that is not every run."""
     chosen, why = drawn or (runs[:MAX_HEATMAPS], f"by default the first {MAX_HEATMAPS} runs in the order of the paths given "
@@ -530,10 +563,10 @@ def _heatmap_section(runs: list[RunResult], drawn: tuple[list[RunResult], str] |
     heatmaps = [_save(figures.matrix_heatmap(run, names.label[id(run)]), f"matrix_{names.key[id(run)]}",
                       f"Accuracy matrix of {names.label[id(run)]}.", figure_dir) for run in chosen]  # fmt: skip
     notes = [] if len(chosen) == len(runs) else [_drawn_note(chosen, runs, names, why, "Accuracy matrices are")]
-    return (f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps, notes)
+    return FigureSection(f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps, notes)
 
 
-def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> list[Section]:
+def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> list[FigureSection]:
     """Where forgetting happens in the features, for the first :data:`MAX_HEATMAPS` runs with
     ``drift.csv`` or several upstream evaluators: the drift heat map, each evaluator per phase, and the
     head's drop split into lost (k-NN's drop) and misaligned (the rest), 95 % bootstrap intervals, overall
@@ -561,21 +594,20 @@ def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> 
                       f"head drop {100 * r.head_drop:.1f} = lost {100 * r.lost:.1f} [{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] "
                       f"+ misaligned {100 * r.misaligned:.1f} [{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]."
                       for r in lost_misaligned_by_group_table(path).itertuples()]  # fmt: skip
-    return [("Where forgetting happens in the features: drift, lost and misaligned", items, notes)] if items else []
+    return [FigureSection("Where forgetting happens in the features: drift, lost and misaligned", items, notes)] if items else []
 
 
 # ------------------------------------------------------------------------------------ the pages
 @dataclass
 class ReportPage:
     """What both pages show, in order: the title, the sources and the contextual-forgetting mode, the
-    findings, the figure sections, the tables, the glossary."""
+    findings, the registered sections' parts (figure sections and tables, in their order), the glossary."""
 
     title: str
     sources: str  # the paths given, comma-separated
     mode: str  # mode_line(after, similarity)
     findings: list[str]
-    sections: list[Section]
-    tables: dict[str, Table]
+    parts: list[FigureSection | TableSection]
     coverage: list[str] = dataclasses.field(default_factory=list)  # runs and cells left out of the comparisons, and why
 
 
@@ -587,18 +619,19 @@ def _html_page(page: ReportPage) -> str:
         body += ["<h2>Left out of the comparisons</h2>", "<ul>", *[f"<li>{html.escape(note)}</li>" for note in page.coverage], "</ul>"]
     if page.findings:  # the first screen: what the runs show, then the figures, then the tables
         body += ["<h2>Findings</h2>", "<ul class='findings'>", *[f"<li>{html.escape(s)}</li>" for s in page.findings], "</ul>"]
-    for heading, items, notes in page.sections:
-        body.append(f"<h2>{html.escape(heading)}</h2>")
-        body += [f"<p class='note'>{html.escape(note)}</p>" for note in notes]
-        for item in items:
+    for part in page.parts:
+        body.append(f"<h2>{html.escape(part.heading)}</h2>")
+        if isinstance(part, TableSection):
+            body += [_html_table(part.header, part.rows), *[f"<p class='note'>{html.escape(n)}</p>" for n in part.notes]]
+            continue
+        body += [f"<p class='note'>{html.escape(note)}</p>" for note in part.notes]
+        for item in part.figures:
             data = base64.b64encode(item.png).decode()
             body.append(f'<figure><img alt="{html.escape(item.key)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{html.escape(item.caption)}</figcaption></figure>")  # fmt: skip
-    for heading, (header, rows, notes) in page.tables.items():
-        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows), *[f"<p class='note'>{html.escape(n)}</p>" for n in notes]]
     body += ["<h2>Glossary</h2>", "<dl class='glossary'>",
-             *[f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in GLOSSARY], "</dl>",
-             f"<p class='note'>{html.escape(UNITS_NOTE)}</p>"]  # fmt: skip
+             *[f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in glossary()], "</dl>",
+             f"<p class='note'>{html.escape(units_note())}</p>"]  # fmt: skip
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(page.title)}</title>"
         f"<style>{_STYLE}</style><script>{_CHECK_SCRIPT}</script></head><body>{''.join(body)}</body></html>"
@@ -612,14 +645,15 @@ def _markdown_page(page: ReportPage) -> str:
         markdown += ["## Left out of the comparisons", "", *[f"- {note}" for note in page.coverage], ""]
     if page.findings:
         markdown += ["## Findings", "", *[f"- {s}" for s in page.findings], ""]
-    for heading, items, notes in page.sections:
-        markdown += [f"## {heading}", ""]
-        for note in notes:
+    for part in page.parts:
+        if isinstance(part, TableSection):
+            markdown += [f"## {part.heading}", "", _markdown_table(part.header, part.rows), "",
+                         *[line for note in part.notes for line in (note, "")]]  # fmt: skip
+            continue
+        markdown += [f"## {part.heading}", ""]
+        for note in part.notes:
             markdown += [note, ""]
-        for item in items:
+        for item in part.figures:
             markdown += [f"![{item.caption}](figures/{item.key}.png)", ""]
-    for heading, (header, rows, notes) in page.tables.items():
-        markdown += [f"## {heading}", "", _markdown_table(header, rows), "", *[line for note in notes for line in (note, "")]]
-    markdown += ["## Glossary", "", *[f"- **{term}**: {text}." for term, text in GLOSSARY], "",
-                 UNITS_NOTE, ""]  # fmt: skip
+    markdown += ["## Glossary", "", *[f"- **{term}**: {text}." for term, text in glossary()], "", units_note(), ""]
     return "\n".join(markdown)
