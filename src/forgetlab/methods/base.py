@@ -7,8 +7,9 @@ A method decides what happens to the backbone (the task heads are the runner's b
 * :meth:`Method.check_backbone` - the options whose limits depend on the backbone's architecture
   (top-k's ``k``, block expansion's positions), checked with the config on the architecture built
   without weights, so a sweep refuses such a cell before any cell runs.
-* :meth:`Method.check` - before anything is written: refuse a backbone the method does not apply to,
-  where that needs its weights (LoRA's forward pass through every adapted layer).
+* :meth:`Method.check_loaded` - before anything is written: refuse a backbone the method does not
+  apply to where that needs the loaded backbone (LoRA's forward pass through every adapted layer).
+  :meth:`Method.check` runs both checks on a loaded backbone, for callers outside the config path.
 * :meth:`Method.prepare` - before a task: which backbone parameters train (``requires_grad``), and
   any modules it adds (LoRA adapters, expanded blocks).
 * :meth:`Method.finish` - when the task ends: merge, store, or nothing.
@@ -18,7 +19,7 @@ A method decides what happens to the backbone (the task heads are the runner's b
   weights (stored adapters) and the structure it added (expanded blocks), so that runs resume.
 
 What the analysis and the report say about a run comes from its method's class too: :meth:`Method.label`
-(``lora r=4``, ``top-3``), :attr:`Method.report_name` and :meth:`Method.focus_rank`, so a new method
+(``lora r=4``, ``top-3``: how tables, figures and the report name its runs) and :meth:`Method.focus_rank`, so a new method
 needs no edit outside its own file.
 
 Everything else (the loop, the losses, evaluation) is shared, so LwF or replay combine with any
@@ -105,9 +106,6 @@ class Method:
     # True when learning a task cannot change what earlier tasks' heads see (per-task adapters):
     # then only the upstream head has anything to distil.
     isolates_tasks: ClassVar[bool] = False
-    # How the report's tables and glossary name the method (its paper's name for it).
-    report_name: ClassVar[str] = ""
-
     def __init__(self, config):
         self.config = config
 
@@ -136,9 +134,16 @@ class Method:
         range ``skeleton`` allows: the backbone's architecture with no weights (meta tensors), built once
         per architecture when the config is resolved (:func:`forgetlab.config.validate`)."""
 
+    def check_loaded(self, backbone: nn.Module) -> None:
+        """Raise :class:`ConfigError` if the method does not apply to ``backbone`` (loaded, weights and
+        all): only what needs the weights or a forward pass, as the run calls it after its config was
+        resolved (which ran :meth:`check_backbone`)."""
+
     def check(self, backbone: nn.Module) -> None:
-        """Raise :class:`ConfigError` if the method does not apply to ``backbone`` (its weights loaded):
-        only what needs the weights or a forward pass; the options were checked with the config."""
+        """Every refusal of the method on ``backbone``: :meth:`check_backbone`, then :meth:`check_loaded`
+        (``forgetlab anatomy``, tests; a run has checked the first with its config)."""
+        self.check_backbone(self.config, backbone)
+        self.check_loaded(backbone)
 
     def prepare(self, model: "MultiHeadModel", task: str) -> None:  # noqa: F821
         """Make the backbone ready to learn ``task``: set ``requires_grad``, add modules."""

@@ -41,7 +41,6 @@ class BlockExpansionConfig(Checked):
 class BlockExpansion(Method):
     name = "block_expansion"
     Config = BlockExpansionConfig
-    report_name = "Block Expansion"
 
     @classmethod
     def label(cls, options: dict) -> str:

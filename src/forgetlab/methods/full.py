@@ -22,7 +22,6 @@ class FullConfig(Checked):
 class Full(Method):
     name = "full"
     Config = FullConfig
-    report_name = "full fine-tuning"
 
     def prepare(self, model, task: str) -> None:
         model.backbone.requires_grad_(True)

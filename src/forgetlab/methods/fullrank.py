@@ -35,12 +35,11 @@ class FullRankConfig(Checked):
 class FullRank(Method):
     name = "fullrank"
     Config = FullRankConfig
-    report_name = "full-rank"
 
     def weights(self, backbone: nn.Module) -> list[nn.Parameter]:
         return [backbone.get_submodule(name).weight for name in target_modules(backbone, self.config.targets)]
 
-    def check(self, backbone: nn.Module) -> None:
+    def check_loaded(self, backbone: nn.Module) -> None:
         self.weights(backbone)
 
     def prepare(self, model, task: str) -> None:

@@ -22,5 +22,4 @@ class LinearConfig(Checked):
 class Linear(Method):
     name = "linear"
     Config = LinearConfig
-    report_name = "linear probing"
     # Method.prepare already freezes the whole backbone; the runner trains the task head.

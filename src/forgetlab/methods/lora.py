@@ -100,7 +100,6 @@ class LoRAConfig(Checked):
 class LoRA(Method):
     name = "lora"
     Config = LoRAConfig
-    report_name = "LoRA"
 
     def __init__(self, config: LoRAConfig):
         super().__init__(config)  # its options were checked when the config was built (LoRAConfig.rules)
@@ -129,7 +128,7 @@ class LoRA(Method):
         """``module name -> out_slices`` (None: the whole layer) of the layers to adapt."""
         return target_modules(backbone, self.config.targets)
 
-    def check(self, backbone: nn.Module) -> None:
+    def check_loaded(self, backbone: nn.Module) -> None:
         chosen = self.target_modules(backbone)
         wrap = lambda name, module: lora_layers.wrap(module, self.config.rank, self.alpha, 0.0, chosen[name], name=name, **self.variant)  # noqa: E731
         families.check_adaptable(backbone, list(chosen), wrap)

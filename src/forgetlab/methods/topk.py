@@ -37,7 +37,6 @@ def trainable_parameters_of(backbone: nn.Module, k: int) -> list[nn.Parameter]:
 class TopK(Method):
     name = "topk"
     Config = TopKConfig
-    report_name = "top-k"
 
     @classmethod
     def label(cls, options: dict) -> str:
