@@ -1,16 +1,20 @@
 """forgetlab: measure what pretrained vision models forget when fine-tuned with parameter-efficient updates.
 
 The library API (:mod:`forgetlab.api`): ``forgetlab.run``, ``forgetlab.load_run``, ``forgetlab.load_sweep``,
-``forgetlab.report``, ``forgetlab.contextual``, ``forgetlab.anatomy``, ``forgetlab.explain``. Importing forgetlab imports nothing heavy; each function
-imports what it needs.
+``forgetlab.report``, ``forgetlab.contextual``, ``forgetlab.anatomy``, ``forgetlab.explain``; and ``forgetlab.register_method``,
+the decorator that adds a method. Importing forgetlab imports nothing heavy; each function imports what it needs.
 """
 
 from forgetlab.errors import ConfigError, DataError, ForgetlabError
 
-__all__ = ["ConfigError", "DataError", "ForgetlabError", "anatomy", "contextual", "explain", "load_run", "load_sweep", "report", "resolve", "run"]
+__all__ = ["ConfigError", "DataError", "ForgetlabError", "anatomy", "contextual", "explain", "load_run", "load_sweep", "register_method", "report", "resolve", "run"]
 
 
 def __getattr__(name: str):
+    if name == "register_method":  # @forgetlab.register_method: a method of your own (docs/extending.md)
+        from forgetlab.methods import register_method
+
+        return register_method
     if name in ("run", "load_run", "load_sweep", "report", "resolve", "contextual", "anatomy", "explain", "Run"):
         from forgetlab import api
 
