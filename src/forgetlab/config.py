@@ -58,7 +58,6 @@ class BackboneConfig(Checked):
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 INTERPOLATIONS = typing.get_args(Interpolation)
-CROP_MODES = ("center", "squash")
 
 
 @dataclass
