@@ -359,9 +359,11 @@ def run_sweep(sweep: Sweep, *, jobs: int | str = 1, quiet: bool = False, log: Ca
     status = {cell.name: "skipped" for cell in sweep.cells if cell_done(sweep, cell)}
     todo = [cell for cell in sweep.cells if cell.name not in status]
     waiting = _Waiting(sweep, log)
-    todo = [cell for cell in todo if not waiting.add_if_locked(cell)]
-    total = len(todo) + len(waiting.cells)
-    log(f"sweep {sweep.name}: {len(sweep.cells)} cells, {len(status)} done, {total} to run on {runner.name}")
+    holders = {cell.name: holder for cell in todo if (holder := waiting.holder(cell))}
+    log(f"sweep {sweep.name}: {len(sweep.cells)} cells, {len(status)} done, {len(todo)} to run on {runner.name}")
+    for cell in [cell for cell in todo if cell.name in holders]:
+        waiting.add(cell, holder=holders[cell.name])
+    total, todo = len(todo), [cell for cell in todo if cell.name not in holders]
     bar = progress(total=total, desc=f"sweep {sweep.name}", unit="cell")
     book = _Book(sweep, status, bar, log, total)
 
@@ -396,25 +398,20 @@ class _Waiting:
     def __init__(self, sweep: Sweep, log: Callable[[str], None]):
         self.sweep, self.log, self.cells = sweep, log, []
 
-    def _holder(self, cell: Cell) -> str | None:
+    def holder(self, cell: Cell) -> str | None:
+        """Who holds ``cell``'s run folder now (``pid N``), or None."""
         from forgetlab.results import lock_holder
 
         return lock_holder(RunFolder(self.sweep.folder / cell.name))
 
-    def add_if_locked(self, cell: Cell) -> bool:
-        holder = self._holder(cell)
-        if holder:
-            self.add(cell, holder=holder)
-        return bool(holder)
-
     def add(self, cell: Cell, message: str = "", holder: str | None = None) -> None:
-        holder = holder or self._holder(cell) or message.partition(" is being run by ")[2].partition(";")[0] or "another process"
+        holder = holder or self.holder(cell) or message.partition(" is being run by ")[2].partition(";")[0] or "another process"
         self.log(f"sweep {self.sweep.name}: cell {cell.name} is being run by {holder}; waiting")
         self.cells.append(cell)
 
     def free(self) -> list[Cell]:
         """The waited-for cells no process holds any more (taken off the list)."""
-        free = [cell for cell in self.cells if not self._holder(cell)]
+        free = [cell for cell in self.cells if not self.holder(cell)]
         self.cells = [cell for cell in self.cells if cell not in free]
         return free
 
