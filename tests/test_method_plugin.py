@@ -77,3 +77,30 @@ def test_the_guides_method_trains_only_its_biases_and_labels_its_runs(bitfit, ra
     expected = sum(parameter.numel() for name, parameter in model.backbone.named_parameters() if name in trainable)
     assert json.loads(folder.tasks.read_text())[0]["trainable_backbone_parameters"] == expected
     assert RunResult(folder).method == "bitfit mlp"
+
+
+def test_an_installed_packages_entry_point_adds_its_method(tmp_path, monkeypatch):
+    """A package installed with a ``forgetlab.plugins`` entry point (its dist-info on the path, as pip
+    leaves it) is imported on the first lookup, and its method is there."""
+    (tmp_path / "toy_forgetlab_plugin.py").write_text(
+        "from dataclasses import dataclass, field\n"
+        "import forgetlab\n"
+        "from forgetlab.methods.base import Checked, Method\n\n\n"
+        "@dataclass\nclass ToyConfig(Checked):\n"
+        "    KEY = 'method.'\n"
+        "    name: str = field(default='toy', metadata={'help': 'the method'})\n\n\n"
+        "@forgetlab.register_method\nclass Toy(Method):\n"
+        "    name = 'toy'\n    Config = ToyConfig\n")
+    info = tmp_path / "toy_forgetlab_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-forgetlab-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[forgetlab.plugins]\ntoy = toy_forgetlab_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_plugins", {"loaded": False})
+    assert "toy" in registry.method_names()
+    assert config_module.load(None, ["method.name=toy"]).method.name == "toy"
+    (info / "entry_points.txt").write_text("[forgetlab.plugins]\nbroken = toy_forgetlab_plugin_missing\n")
+    monkeypatch.setattr(registry, "_plugins", {"loaded": False})
+    with pytest.raises(ConfigError, match=r"^the forgetlab plugin 'broken' \(toy_forgetlab_plugin_missing\) fails to import \(ModuleNotFoundError"):
+        registry.method_names()
