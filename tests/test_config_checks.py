@@ -117,3 +117,9 @@ def test_loading_a_config_runs_each_check_once(monkeypatch):
 
 def test_only_methods_with_backbone_limits_build_the_skeleton():
     assert {name for name in method_names() if method_class(name).reads_backbone()} == {"topk", "block_expansion"}
+
+
+def test_a_repeated_key_names_its_file_and_line(tmp_path):
+    (tmp_path / "dup.yaml").write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'dup.yaml'}: key 'lr' appears twice \\(line 3\\); keep one$"):
+        config_module.load(tmp_path / "dup.yaml")

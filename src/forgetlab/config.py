@@ -474,6 +474,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not a regular file; give a YAML file")
     try:
         data = parse_yaml(path.read_text()) or {}
+    except ConfigError as error:  # a repeated key, a key that is a list: name the file as well as the line
+        raise ConfigError(f"{path}: {error}") from error
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path} is not a text file; give a YAML file") from error
     except yaml.YAMLError as error:
