@@ -94,6 +94,10 @@ def cli_page() -> str:
 
 
 def _type_name(tp) -> str:
+    from forgetlab.config import literal_choices
+
+    if literal_choices(tp):  # one of a few names (listed under choices): a str, or a str or None
+        return "str" if typing.get_origin(tp) is typing.Literal else "str | None"
     text = getattr(tp, "__name__", None) if isinstance(tp, type) else None
     return text or str(tp).replace("typing.", "")
 
@@ -110,7 +114,9 @@ def _config_rows(cls, prefix: str = "") -> list[tuple[str, str, str, str, str]]:
         if dataclasses.is_dataclass(tp):
             rows += _config_rows(tp, f"{prefix}{f.name}.")
             continue
-        choices = ", ".join(f"`{c}`" for c in f.metadata.get("choices", ()))
+        from forgetlab.config import choices_of
+
+        choices = ", ".join(f"`{c}`" for c in choices_of(cls).get(f.name, ((), False))[0])
         rows.append((f"{prefix}{f.name}", _type_name(tp), repr(getattr(instance, f.name)), choices, f.metadata.get("help", "")))
     return rows
 

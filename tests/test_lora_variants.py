@@ -157,7 +157,8 @@ def test_a_non_finite_merge_is_refused_and_the_model_is_unchanged(variant):
 
 
 def test_bad_variant_options_are_one_line_config_errors():
-    for options, message in (({"scaling": "sqrt"}, "method.scaling 'sqrt' is unknown"), ({"init": "loftq"}, "method.init 'loftq' is unknown"),
+    for options, message in (({"scaling": "sqrt"}, "^method.scaling must be one of: standard, rslora; got 'sqrt'$"),
+                             ({"init": "loftq"}, "^method.init must be one of: kaiming, gaussian, pissa, olora; got 'loftq'$"),
                              ({"dora": "yes"}, "method.dora must be true or false")):  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             LoRA(LoRAConfig(**options))

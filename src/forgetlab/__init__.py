@@ -1,8 +1,8 @@
 """forgetlab: measure what pretrained vision models forget when fine-tuned with parameter-efficient updates.
 
 The library API (:mod:`forgetlab.api`): ``forgetlab.run``, ``forgetlab.load_run``, ``forgetlab.load_sweep``,
-``forgetlab.report``, ``forgetlab.contextual``, ``forgetlab.anatomy``, ``forgetlab.explain``. Importing forgetlab imports nothing heavy; each function
-imports what it needs.
+``forgetlab.report``, ``forgetlab.contextual``, ``forgetlab.anatomy``, ``forgetlab.explain``; and ``forgetlab.register_method``,
+the decorator that adds a method. Importing forgetlab imports nothing heavy; each function imports what it needs.
 """
 
 from forgetlab.errors import ConfigError, DataError, ForgetlabError
@@ -11,7 +11,7 @@ __all__ = ["ConfigError", "DataError", "ForgetlabError", "anatomy", "contextual"
 
 
 # The public decorators of extension points, each from the module that holds its registry.
-REGISTRARS = {"register_metric": "forgetlab.analysis.metrics", "register_evaluator": "forgetlab.evaluate",
+REGISTRARS = {"register_method": "forgetlab.methods", "register_metric": "forgetlab.analysis.metrics", "register_evaluator": "forgetlab.evaluate",
               "register_report_section": "forgetlab.reporting.sections"}  # fmt: skip
 __all__ += list(REGISTRARS)
 

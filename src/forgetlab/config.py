@@ -15,18 +15,19 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
 
 from forgetlab.errors import ConfigError
+from forgetlab.methods.base import Checked, choices_of, literal_choices  # noqa: F401 (choices_of, literal_choices: for callers)
 
 
-def option(default, help: str, choices: tuple[str, ...] = (), **kwargs):
-    """A dataclass field with help text (shown by ``forgetlab config``) and, for a key that takes one of
-    a few names, those ``choices`` (checked by :func:`validate`; ``None`` stays allowed where the
-    default is ``None``)."""
-    metadata = {"help": help, **({"choices": tuple(choices)} if choices else {})}
+def option(default, help: str, **kwargs):
+    """A dataclass field with help text (shown by ``forgetlab config``). A key that takes one of a few
+    names says so by its type, ``Literal[...]`` (``Literal[...] | None`` where ``None`` stays allowed),
+    which its section checks when it is built (:class:`~forgetlab.methods.base.Checked`)."""
+    metadata = {"help": help}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
     return field(default=default, metadata=metadata, **kwargs)
@@ -38,7 +39,9 @@ def section(cls, help: str):
 
 
 @dataclass
-class BackboneConfig:
+class BackboneConfig(Checked):
+    KEY: ClassVar[str] = "backbone."
+
     name: str = option("offline_vit", "backbone: 'offline_vit', 'offline_resnet', or a timm model name")
     weights: str | None = option(None, "local weights file (.safetensors or timm/torch checkpoint); default: built-in or Hugging Face")
     image_size: int | None = option(None, "input size override (smoke runs at reduced size); default: the backbone's pretrained_cfg")
@@ -46,81 +49,131 @@ class BackboneConfig:
     num_classes: int | None = option(None, "upstream head size with random_init (default 1000; 0 for a headless backbone)")
     kwargs: dict[str, Any] = option({}, "extra keyword arguments of timm.create_model (e.g. drop_path_rate, or depth and embed_dim of a tiny smoke model)")
 
+    def rules(self) -> list[tuple[bool, str]]:
+        return [
+            (self.image_size is None or 8 <= self.image_size <= 4096, "backbone.image_size must be in 8..4096"),
+            (self.num_classes is None or self.num_classes >= 0, "backbone.num_classes must be 0 or more"),
+        ]
 
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-CROP_MODES = ("center", "squash")
+
+Interpolation = Literal["bilinear", "bicubic", "nearest"]
+INTERPOLATIONS = typing.get_args(Interpolation)
 
 
 @dataclass
-class PreprocessConfig:
+class PreprocessConfig(Checked):
     """How real images become tensors: timm's transforms (``timm.data.create_transform``) with these
     arguments; every ``None`` takes the backbone's own ``pretrained_cfg`` value. The offline world's
     28 px images bring their own preprocessing (scaling to [-1, 1]) and ignore this section."""
 
+    KEY: ClassVar[str] = "preprocess."
+
     train_scale: list[float] = option([0.08, 1.0], "random-resized-crop area range (timm's default (0.08, 1); both papers' code)")
     train_ratio: list[float] = option([0.75, 4 / 3], "random-resized-crop aspect-ratio range (timm's default)")
-    train_interpolation: str | None = option(None, "training resize interpolation: bilinear, bicubic, nearest (default: the backbone's)",
-                                             choices=INTERPOLATIONS)
+    train_interpolation: Interpolation | None = option(None, "training resize interpolation: bilinear, bicubic, nearest (default: the backbone's)")
     hflip: float = option(0.5, "probability of a horizontal flip in training")
     color_jitter: float = option(0.4, "brightness/contrast/saturation jitter in training; 0 turns it off (timm's default 0.4)")
-    eval_crop: str = option("center", "evaluation: 'center' (resize the shorter side to size / crop_pct, centre crop) or 'squash' (resize to size x size)",
-                            choices=CROP_MODES)
-    eval_interpolation: str | None = option(None, "evaluation resize interpolation: bilinear, bicubic, nearest (default: the backbone's)",
-                                            choices=INTERPOLATIONS)
+    eval_crop: Literal["center", "squash"] = option(
+        "center", "evaluation: 'center' (resize the shorter side to size / crop_pct, centre crop) or 'squash' (resize to size x size)")
+    eval_interpolation: Interpolation | None = option(None, "evaluation resize interpolation: bilinear, bicubic, nearest (default: the backbone's)")
     crop_pct: float | None = option(None, "evaluation crop fraction (default: the backbone's, e.g. 0.9 for augreg ViTs); 1 with 'squash' is a plain resize")
     mean: list[float] | None = option(None, "normalisation mean per channel (default: the backbone's)")
     std: list[float] | None = option(None, "normalisation std per channel (default: the backbone's)")
-    upstream_eval: str = option("backbone", "upstream test images and the k-NN bank: 'backbone' (timm's eval transform from the pretrained_cfg) or 'task' (the eval transform above)",
-                                choices=("backbone", "task"))
+    upstream_eval: Literal["backbone", "task"] = option(
+        "backbone", "upstream test images and the k-NN bank: 'backbone' (timm's eval transform from the pretrained_cfg) or 'task' (the eval transform above)")
     upstream_crop_pct: float | None = option(None, "crop fraction of the 'backbone' upstream transform (default: the backbone's; DINO's k-NN: 0.875, i.e. 256 -> 224)")
+
+    def rules(self) -> list[tuple[bool, str]]:
+        scale, ratio = self.train_scale, self.train_ratio
+        return [
+            (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "preprocess.train_scale must be [low, high] with 0 < low <= high <= 1"),
+            (len(ratio) == 2 and 0 < ratio[0] <= ratio[1], "preprocess.train_ratio must be [low, high] with 0 < low <= high"),
+            (0 <= self.hflip <= 1, "preprocess.hflip must be a probability in [0, 1]"),
+            (self.color_jitter >= 0, "preprocess.color_jitter must be 0 (off) or positive"),
+            (all(c is None or 0 < c <= 1 for c in (self.crop_pct, self.upstream_crop_pct)), "preprocess.crop_pct and upstream_crop_pct must be in (0, 1]"),
+            (all(v is None or (len(v) == 3 and (k == "mean" or min(v) > 0)) for k, v in (("mean", self.mean), ("std", self.std))),
+             "preprocess.mean and preprocess.std must hold 3 values (std positive)"),
+        ]
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
+    KEY: ClassVar[str] = "data."
+
     upstream: str = option("offline_upstream", "the pretraining task, evaluated after every task")
     tasks: list[str] = option(["fontfamily", "digits", "fontstyle"], "the downstream task sequence")
     max_train: int | None = option(None, "use at most this many training images per task (smoke runs)")
     max_test: int | None = option(None, "evaluate at most this many test images per task (seeded subset)")
     workers: int = option(0, "data-loader worker processes (decode real images in parallel; 0: in the main process)")
-    pipeline: str = option("auto", "where real images are decoded and preprocessed: 'device' (whole batches on the GPU, or the CPU), "
-                           "'pil' (PIL in the loader workers) or 'auto' (device on CUDA, pil on the CPU, where it measured faster)",
-                           choices=("auto", "device", "pil"))
+    pipeline: Literal["auto", "device", "pil"] = option("auto", "where real images are decoded and preprocessed: 'device' (whole batches on the GPU, or the CPU), "
+                           "'pil' (PIL in the loader workers) or 'auto' (device on CUDA, pil on the CPU, where it measured faster)")
     cache_decoded: bool = option(False, "decode real images once into a memory-mapped uint8 cache under $FORGETLAB_HOME/decoded")
-    eval_cache: str = option("auto", "keep the deterministic evaluation crops of each test set (and k-NN bank) in a memory-mapped uint8 "
+    eval_cache: Literal["auto", "on", "off"] = option("auto", "keep the deterministic evaluation crops of each test set (and k-NN bank) in a memory-mapped uint8 "
                              "cache under $FORGETLAB_HOME/eval-crops, computed once and read by later evaluations, runs and sweep cells: "
-                             "'on', 'off' or 'auto' (image files on CUDA)", choices=("auto", "on", "off"))
+                             "'on', 'off' or 'auto' (image files on CUDA)")
     eval_cache_gb: float = option(16.0, "largest evaluation-crop cache written, in GB (ImageNet's 50,000 validation crops at 224 px: "
                                   "7.5 GB; a 1.28 M-image k-NN bank: 193 GB, so opt-in by raising this)")
     root: str | None = option(None, "folder of the real datasets (default: $FORGETLAB_DATA); see 'forgetlab data check'")
     split_seed: int | None = option(None, "seed of the random sample splits (NAME:samples_half1 ...); default: the run's seed, as paper 1's code")
 
+    def rules(self) -> list[tuple[bool, str]]:
+        # (A run needs at least one task: checked with the run, :func:`validate`; a DataConfig alone may name none.)
+        return [
+            (len(set(self.tasks)) == len(self.tasks),
+             "data.tasks must not repeat a name; to train a task twice, give its sample splits (NAME:samples_half1, NAME:samples_half2)"),
+            (self.max_train is None or self.max_train >= 1, "data.max_train must be at least 1 (or unset for all)"),
+            (self.max_test is None or self.max_test >= 1, "data.max_test must be at least 1 (or unset for all)"),
+            (self.eval_cache_gb >= 0, "data.eval_cache_gb must be at least 0"),
+            (0 <= self.workers <= 256, "data.workers must be in 0..256"),
+            (self.split_seed is None or 0 <= self.split_seed < 2**32, "data.split_seed must be in 0..4294967295"),
+        ]
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
+    KEY: ClassVar[str] = "train."
+
     epochs: int = option(8, "epochs per task")
     task_epochs: dict[str, int] = option({}, "epochs of named tasks, overriding train.epochs (paper 1: Cars 20, Flowers 60, ...)")
     max_steps: int | None = option(None, "stop a task after this many optimiser steps (smoke runs)")
     batch_size: int = option(64, "training batch size")
-    optimizer: str = option("adamw", "'adamw' or 'sgd' (momentum 0.9)", choices=("adamw", "sgd"))
+    optimizer: Literal["adamw", "sgd"] = option("adamw", "'adamw' or 'sgd' (momentum 0.9)")
     lr: float = option(1e-3, "peak learning rate")
     weight_decay: float = option(1e-2, "weight decay")
     warmup_fraction: float = option(1 / 18, "fraction of a task's steps with linear warm-up (paper 1: 1/18)")
     warmup_steps: int | None = option(None, "linear warm-up steps, overriding warmup_fraction (paper 2: 500; 100 for linear probing)")
-    schedule: str = option("cosine", "'cosine' (warm-up from lr/warmup, cosine to 0 at the last step) or 'hf_cosine' (transformers' "
-                           "get_cosine_schedule_with_warmup over (N // batch) x epochs steps, as both papers' code)",
-                           choices=("cosine", "hf_cosine"))
+    schedule: Literal["cosine", "hf_cosine"] = option("cosine", "'cosine' (warm-up from lr/warmup, cosine to 0 at the last step) or 'hf_cosine' (transformers' "
+                           "get_cosine_schedule_with_warmup over (N // batch) x epochs steps, as both papers' code)")
     drop_last: bool = option(False, "drop each epoch's last partial batch (paper 2's code)")
     label_smoothing: float = option(0.0, "label smoothing of the task loss")
-    compile: str = option("auto", "torch.compile the training step: 'auto' (on CUDA: with CUDA graphs at batch <= 32, plain above; eager on the CPU), "
-                          "'on', 'off', or 'reduce-overhead' (with CUDA graphs: small batches); a failed compilation falls back to eager", choices=("auto", "on", "off", "reduce-overhead"))
+    compile: Literal["auto", "on", "off", "reduce-overhead"] = option("auto", "torch.compile the training step: 'auto' (on CUDA: with CUDA graphs at batch <= 32, plain above; eager on the CPU), "
+                          "'on', 'off', or 'reduce-overhead' (with CUDA graphs: small batches); a failed compilation falls back to eager")
     log_every: int = option(25, "steps between reads of the loss on the host (each read waits for the device; non-finite losses are caught then)")
-    select: str = option("last", "which weights end a task: 'last' or 'best' (the best task-test accuracy, scored every eval_every steps; paper 2's code)",
-                         choices=("last", "best"))
+    select: Literal["last", "best"] = option(
+        "last", "which weights end a task: 'last' or 'best' (the best task-test accuracy, scored every eval_every steps; paper 2's code)")
     eval_every: int = option(500, "steps between scorings of the task's test set when select=best (paper 2: 500; 250 for linear probing)")
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [
+            (self.epochs >= 1, "train.epochs must be at least 1"),
+            (all(v >= 1 for v in self.task_epochs.values()), "train.task_epochs values must be at least 1"),
+            (self.max_steps is None or self.max_steps >= 1, "train.max_steps must be at least 1"),
+            (self.batch_size >= 1, "train.batch_size must be at least 1"),
+            (self.lr > 0, "train.lr must be positive"),
+            (0 <= self.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),
+            (self.warmup_steps is None or self.warmup_steps >= 0, "train.warmup_steps must be 0 or more"),
+            (self.log_every >= 1, "train.log_every must be at least 1"),
+            (self.eval_every >= 1, "train.eval_every must be at least 1"),
+            (self.weight_decay >= 0, "train.weight_decay must be 0 or more"),
+            (0 <= self.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+            (self.epochs <= 100_000 and self.batch_size <= 1_000_000, "train.epochs and train.batch_size are implausibly large"),
+        ]
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
+    KEY: ClassVar[str] = "eval."
+
     batch_size: int = option(256, "evaluation batch size")
     upstream_evaluator: str = field(default="head", metadata={  # a list is stored comma-joined (LIST_KEYS)
         "help": "how the upstream task is scored: 'head' (its original classifier, paper 1) or 'knn' (paper 2); a list such as "
@@ -129,12 +182,12 @@ class EvalConfig:
     upstream_subset: int | None = option(None, "score the upstream task on a fixed, seeded subset of this many test images (reports a 95% CI)")
     knn_k: int = option(20, "k of the k-NN evaluator (accuracies at 10, 20, 100 and 200 are recorded too)")
     knn_temperature: float = option(0.07, "temperature of the k-NN votes, exp(similarity / T) (DINO: 0.07)")
-    knn_bank_dtype: str = option("fp32", "storage of the k-NN bank on the device: 'fp32', or 'fp16' (half the memory; on random "
-                                 "features it changed 1-3 of 700 votes, so it is not the default)", choices=("fp32", "fp16"))
+    knn_bank_dtype: Literal["fp32", "fp16"] = option("fp32", "storage of the k-NN bank on the device: 'fp32', or 'fp16' (half the memory; on random "
+                                 "features it changed 1-3 of 700 votes, so it is not the default)")
     knn_cache: bool = option(True, "keep k-NN banks on disk ($FORGETLAB_HOME/knn-banks), keyed by backbone weights, bank files and "
                              "preprocessing, so a later run or sweep cell with the same key reuses them")
-    knn_features: str = option("backbone", "what the k-NN compares: 'backbone' features (DINO; correct) or 'task_logits', the last task head's "
-                               "outputs, which reproduces paper 2's published LoRA rows (a bug of its code)", choices=("backbone", "task_logits"))
+    knn_features: Literal["backbone", "task_logits"] = option("backbone", "what the k-NN compares: 'backbone' features (DINO; correct) or 'task_logits', the last task head's "
+                               "outputs, which reproduces paper 2's published LoRA rows (a bug of its code)")
     probe_images: int = option(2000, "representation drift: after each phase, the linear CKA of the pretrained and current features at "
                                "every unit on this many class-balanced upstream test images (all when fewer), into drift.csv; 0 turns it off")
 
@@ -144,24 +197,48 @@ class EvalConfig:
         the first is the one the accuracy matrix keeps."""
         return [name.strip() for name in str(self.upstream_evaluator).split(",")]
 
+    def rules(self) -> list[tuple[bool, str]]:
+        return [
+            (self.batch_size >= 1, "eval.batch_size must be at least 1"),
+            (self.upstream_subset is None or self.upstream_subset >= 1, "eval.upstream_subset must be at least 1"),
+            (self.knn_k >= 1 and self.knn_temperature > 0, "eval.knn_k must be at least 1 and eval.knn_temperature positive"),
+            (self.knn_k <= 100_000, "eval.knn_k must be at most 100000"),
+        ]
+
 
 @dataclass
-class LwFConfig:
+class LwFConfig(Checked):
+    KEY: ClassVar[str] = "lwf."
+
     alpha: float = option(0.0, "weight of LwF distillation on every earlier head; 0 turns LwF off (paper 1: 5)")
     temperature: float = option(2.0, "LwF softmax temperature (paper 1: 2)")
     train_earlier_heads: bool = option(False, "earlier downstream heads train too, through the distillation term (paper 1's code; the upstream head stays frozen)")
 
+    def rules(self) -> list[tuple[bool, str]]:
+        return [(self.alpha >= 0, "lwf.alpha must be 0 (off) or positive"), (self.temperature > 0, "lwf.temperature must be positive")]
+
 
 @dataclass
-class ReplayConfig:
+class ReplayConfig(Checked):
+    KEY: ClassVar[str] = "replay."
+
     size: int = option(0, "upstream training examples kept in the replay buffer; 0 turns replay off")
     batch_size: int = option(16, "replayed examples appended to every training batch")
 
+    def rules(self) -> list[tuple[bool, str]]:
+        return [
+            (self.size >= 0, "replay.size must be 0 (off) or positive"),
+            (self.batch_size >= 1, "replay.batch_size must be at least 1"),
+            (self.size <= 100_000_000, "replay.size is implausibly large"),
+        ]
+
 
 @dataclass
-class TrackConfig:
+class TrackConfig(Checked):
     """Experiment trackers (:mod:`forgetlab.trackers`). Not part of a run's identity: a finished or
     stopped run may be resumed with different tracking."""
+
+    KEY: ClassVar[str] = "track."
 
     tensorboard: bool = option(False, "write TensorBoard event files into the run folder's tensorboard/ (loss, lr, accuracies, matrix, config)")
     wandb: bool = option(False, "log to Weights & Biases into the run folder's wandb/ (WANDB_MODE=offline: no network)")
@@ -178,13 +255,13 @@ NOT_IDENTITY = ("name", "out_dir", "track")
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Checked):
     name: str = option("default", "the run's folder name under out_dir")
     out_dir: str = option("runs", "where run folders are written")
     seed: int = option(0, "seed of initialisation, data order and dropout")
-    device: str = option("auto", "'auto' (cuda when present), 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
-    precision: str = option("auto", "'auto' (bf16 autocast on cuda, fp32 on cpu), 'fp32', 'tf32' (fp32 with TF32 matmuls on cuda) or 'bf16'",
-                            choices=("auto", "fp32", "tf32", "bf16"))
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto' (cuda when present), 'cpu' or 'cuda'")
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = option(
+        "auto", "'auto' (bf16 autocast on cuda, fp32 on cpu), 'fp32', 'tf32' (fp32 with TF32 matmuls on cuda) or 'bf16'")
     backbone: BackboneConfig = section(BackboneConfig, "the pretrained backbone")
     data: DataConfig = section(DataConfig, "the upstream task and the downstream sequence")
     preprocess: PreprocessConfig = section(PreprocessConfig, "how real images are preprocessed (timm transforms)")
@@ -198,6 +275,13 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [
+            ("/" not in self.name and self.name not in ("", ".", "..") and "\0" not in self.name, "name must be a plain folder name"),
+            (self.out_dir != "" and "\0" not in self.out_dir, "out_dir must be a folder path"),
+            (0 <= self.seed < 2**32, "seed must be in 0..4294967295"),
+        ]
 
 
 DEFAULT_METHOD = {"name": "lora"}
@@ -329,6 +413,10 @@ def _coerce(value, tp, key: str):
             return value
     elif tp is Any:
         return value
+    elif typing.get_origin(tp) is Literal:
+        if isinstance(value, str):
+            return value  # one of the names: checked by the section itself (Checked), with the choices in the message
+        raise ConfigError(f"'{key}' must be str, got {value!r}")
     raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
 
 
@@ -386,6 +474,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not a regular file; give a YAML file")
     try:
         data = parse_yaml(path.read_text()) or {}
+    except ConfigError as error:  # a repeated key, a key that is a list: name the file as well as the line
+        raise ConfigError(f"{path}: {error}") from error
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path} is not a text file; give a YAML file") from error
     except yaml.YAMLError as error:
@@ -603,81 +693,38 @@ def resolve(tree: dict | None = None, overrides: list[str] = ()) -> RunConfig:
 
 def documented_choices(config=None, prefix: str = "") -> dict[str, tuple[str, ...]]:
     """``{dotted key: choices}`` of every key of ``config`` (a dataclass or its class; default
-    :class:`RunConfig`) that takes one of a few names, from its ``choices`` metadata."""
+    :class:`RunConfig`) that takes one of a few names: its ``Literal`` type, or a comma list's
+    ``choices`` metadata (:func:`~forgetlab.methods.base.choices_of`)."""
     config = RunConfig if config is None else config
-    hints = typing.get_type_hints(config if isinstance(config, type) else type(config))
+    cls = config if isinstance(config, type) else type(config)
+    hints = typing.get_type_hints(cls)
     found = {}
-    for f in dataclasses.fields(config):
+    for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             found.update(documented_choices(hints[f.name], f"{prefix}{f.name}."))
-        elif "choices" in f.metadata:
-            found[f"{prefix}{f.name}"] = f.metadata["choices"]
-    return found
+    return {**{f"{prefix}{name}": choices for name, (choices, _) in choices_of(cls).items()}, **found}
 
 
 def validate(config: RunConfig) -> None:
-    for key, choices in documented_choices().items():
-        section_name, _, name = key.rpartition(".")
-        value = getattr(getattr(config, section_name) if section_name else config, name)
-        items = value.split(",") if key in LIST_KEYS and isinstance(value, str) else [value]  # [head, knn] is "head,knn"
-        if any(item not in choices for item in items) and value is not None:  # None: the key's default is None (typed Optional)
-            raise ConfigError(f"{key} must be one of: {', '.join(choices)}; got {value!r}")
-        if len(set(items)) < len(items):
-            raise ConfigError(f"{key} names one of its choices twice ({value}); give each once")
-    checks = [
-        (config.train.epochs >= 1, "train.epochs must be at least 1"),
-        (all(v >= 1 for v in config.train.task_epochs.values()), "train.task_epochs values must be at least 1"),
-        (config.train.max_steps is None or config.train.max_steps >= 1, "train.max_steps must be at least 1"),
-        (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
-        (config.train.lr > 0, "train.lr must be positive"),
-        (0 <= config.train.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),
-        (config.eval.batch_size >= 1, "eval.batch_size must be at least 1"),
-        (config.eval.upstream_subset is None or config.eval.upstream_subset >= 1, "eval.upstream_subset must be at least 1"),
-        (config.eval.knn_k >= 1 and config.eval.knn_temperature > 0, "eval.knn_k must be at least 1 and eval.knn_temperature positive"),
-        (config.lwf.alpha >= 0, "lwf.alpha must be 0 (off) or positive"),
-        (config.lwf.temperature > 0, "lwf.temperature must be positive"),
-        (config.replay.size >= 0, "replay.size must be 0 (off) or positive"),
-        (config.replay.batch_size >= 1, "replay.batch_size must be at least 1"),
-        (len(config.data.tasks) >= 1, "data.tasks must name at least one task"),
-        (len(set(config.data.tasks)) == len(config.data.tasks),
-         "data.tasks must not repeat a name; to train a task twice, give its sample splits (NAME:samples_half1, NAME:samples_half2)"),
-        (config.train.warmup_steps is None or config.train.warmup_steps >= 0, "train.warmup_steps must be 0 or more"),
-        (config.train.log_every >= 1, "train.log_every must be at least 1"),
-        (config.train.eval_every >= 1, "train.eval_every must be at least 1"),
-        (len(config.preprocess.train_scale) == 2 and 0 < config.preprocess.train_scale[0] <= config.preprocess.train_scale[1] <= 1,
-         "preprocess.train_scale must be [low, high] with 0 < low <= high <= 1"),
-        (len(config.preprocess.train_ratio) == 2 and 0 < config.preprocess.train_ratio[0] <= config.preprocess.train_ratio[1],
-         "preprocess.train_ratio must be [low, high] with 0 < low <= high"),
-        (0 <= config.preprocess.hflip <= 1, "preprocess.hflip must be a probability in [0, 1]"),
-        (config.preprocess.color_jitter >= 0, "preprocess.color_jitter must be 0 (off) or positive"),
-        (all(c is None or 0 < c <= 1 for c in (config.preprocess.crop_pct, config.preprocess.upstream_crop_pct)),
-         "preprocess.crop_pct and upstream_crop_pct must be in (0, 1]"),
-        (all(v is None or (len(v) == 3 and (k == "mean" or min(v) > 0)) for k, v in (("mean", config.preprocess.mean), ("std", config.preprocess.std))),
-         "preprocess.mean and preprocess.std must hold 3 values (std positive)"),
-        ("/" not in config.name and config.name not in ("", ".", "..") and "\0" not in config.name, "name must be a plain folder name"),
-        (config.out_dir != "" and "\0" not in config.out_dir, "out_dir must be a folder path"),
-        (0 <= config.seed < 2**32, "seed must be in 0..4294967295"),
-        (config.data.max_train is None or config.data.max_train >= 1, "data.max_train must be at least 1 (or unset for all)"),
-        (config.data.max_test is None or config.data.max_test >= 1, "data.max_test must be at least 1 (or unset for all)"),
-        (config.data.eval_cache_gb >= 0, "data.eval_cache_gb must be at least 0"),
-        (0 <= config.data.workers <= 256, "data.workers must be in 0..256"),
-        (config.data.split_seed is None or 0 <= config.data.split_seed < 2**32, "data.split_seed must be in 0..4294967295"),
-        (config.backbone.image_size is None or 8 <= config.backbone.image_size <= 4096, "backbone.image_size must be in 8..4096"),
-        (config.backbone.num_classes is None or config.backbone.num_classes >= 0, "backbone.num_classes must be 0 or more"),
-        (config.train.weight_decay >= 0, "train.weight_decay must be 0 or more"),
-        (0 <= config.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
-        (config.train.epochs <= 100_000 and config.train.batch_size <= 1_000_000, "train.epochs and train.batch_size are implausibly large"),
-        (config.eval.knn_k <= 100_000, "eval.knn_k must be at most 100000"),
-        (config.replay.size <= 100_000_000, "replay.size is implausibly large"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    """The checks that read more than one section (each section checks its own keys when it is built,
+    :class:`~forgetlab.methods.base.Checked`): a run needs a task; ``train.task_epochs`` names datasets;
+    and the method's limits that depend on the backbone (top-k's ``k``, block expansion's positions),
+    read from the backbone's architecture built without weights
+    (:func:`forgetlab.models.skeleton.backbone_skeleton`). Raises :class:`ConfigError`."""
+    if not config.data.tasks:
+        raise ConfigError("data.tasks must name at least one task")
     from forgetlab.data.registry import dataset_names
 
     unknown = sorted(key for key in config.train.task_epochs if key.partition(":")[0] not in dataset_names())
     if unknown:
         raise ConfigError(f"train.task_epochs names '{unknown[0]}', which is no dataset; use task or dataset names ({', '.join(dataset_names())})")
+    from forgetlab.methods import method_class
+
+    method = method_class(config.method.name)
+    if method.reads_backbone():
+        from forgetlab.models.skeleton import backbone_skeleton
+
+        method.check_backbone(config.method, backbone_skeleton(config.backbone))
 
 
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
@@ -695,8 +742,9 @@ def normalise(stored: dict) -> dict:
 
 
 def load_stored(path: str | Path) -> RunConfig:
-    """The resolved config of a run folder's ``config.yaml``, read through the current schema."""
-    return resolve(normalise(parse_yaml(Path(path).read_text())))
+    """The resolved config of a run folder's ``config.yaml``, read through the current schema (once:
+    resolving it is what :func:`normalise` would do first)."""
+    return resolve(parse_yaml(Path(path).read_text()))
 
 
 def dump(config: RunConfig) -> str:

@@ -161,7 +161,7 @@ def resolve(config, log) -> RunState:
     state = RunState(config, log, folder, method, runtime, backbone, preprocess, upstream, tasks, columns)
     place_data(state)
     check_upstream_head(config, backbone, state.upstream)
-    method.check(backbone.model)  # e.g. block expansion on a ResNet: refused before anything is written
+    method.check_loaded(backbone.model)  # e.g. a LoRA target the forward pass skips (the options: with the config)
     if config.replay.size and len(state.upstream.train) == 0:
         raise ConfigError(f"replay needs the upstream train split and {config.data.upstream} has none; set replay.size=0")
     return state

@@ -22,8 +22,10 @@ that replaces the base, whose keys then go on top)::
 
 Cells are named by their values, short (``lora-r4``, ``linear``, ``rank4-seed0``), or by a ``label``;
 a folder written before sections had short names keeps its old cell names (``method__name____lora...``).
-Every cell's config is resolved and validated before the first cell runs. A finished cell is skipped
-(its run folder says so), an unfinished one resumes, so rerunning an interrupted sweep finishes it.
+Every cell's config is resolved and checked (the method's options and its limits on the backbone
+included) before the first cell runs, and every bad cell is named in one error. A finished cell is
+skipped (its run folder says so), an unfinished one resumes, so rerunning an interrupted sweep finishes
+it; a cell another process is running is waited for.
 Where the cells run is a backend (:mod:`forgetlab.sweep_backends`): this process (``--jobs 1``),
 local worker processes (``--jobs N``; ``--jobs auto`` runs one cell per visible GPU, each process
 seeing only its GPU, or ``--gpus-per-cell F`` for several or a share), or a Ray cluster
@@ -189,7 +191,7 @@ def _starting_layer(data: dict, path: Path) -> config_module.Layer:
     return config_module.Layer("defaults", {})
 
 
-def _cell(name: str, values: dict, layers: list, folder: Path, grid: dict) -> Cell:
+def _cell(name: str, values: dict, layers: list, folder: Path) -> Cell:
     """One cell: its layers merged, its folder and W&B group set, resolved and validated."""
     tree, origins = config_module.merge_layers(layers)
     tree["name"], tree["out_dir"] = name, str(folder)
@@ -199,16 +201,28 @@ def _cell(name: str, values: dict, layers: list, folder: Path, grid: dict) -> Ce
     try:  # every cell is valid before anything runs
         resolved = config_module.resolve_layers([*layers, config_module.Layer("sweep", {k: tree[k] for k in ("name", "out_dir", "track")})])
     except ConfigError as error:
-        hint = _mixed_method_hint(grid) if "method.name" in grid and "unknown config key 'method." in str(error) else ""
-        raise ConfigError(f"sweep cell {name}: {error}{hint}") from error
+        raise ConfigError(f"sweep cell {name}: {error}") from error
     return Cell(name, values, tree, resolved)
+
+
+def bad_cells_message(path: Path, problems: list[str], total: int) -> str:
+    """One line naming every bad cell of the sweep file ``path`` with its error (``sweep cell NAME: KEY
+    must be ...; got VALUE``)."""
+    return f"{len(problems)} of the {total} cells of {path} are invalid, so none runs: " + "; ".join(
+        f"({number}) {problem}" for number, problem in enumerate(problems, start=1))
 
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     """A sweep file's cells, each resolved from its layers by :func:`forgetlab.config.merge`: the
     starting layer (``base_preset``, ``base_config`` or a variant's ``preset``), ``base``, the command
-    line's ``key=value`` overrides, the variant's keys, then the grid keys in the file's order."""
+    line's ``key=value`` overrides, the variant's keys, then the grid keys in the file's order.
+
+    Every cell is checked as a run's config is (:func:`forgetlab.config.resolve_layers`: each section,
+    the method's options, its limits on the backbone); a :class:`ConfigError` names every bad cell
+    (its name, the key, the value and what is allowed), so nothing runs and nothing is written."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"sweep file {path} not found; give a sweep file such as sweeps/demo.yaml")
     data = config_module.load_yaml(path)
     unknown = sorted(set(data) - {"name", "out_dir", "base", "base_config", "base_preset", "grid"})
     if unknown:
@@ -227,7 +241,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     if "/" in name or "\\" in name or name in ("", ".", ".."):
         raise ConfigError(f"{path}: the sweep name '{name}' must be a plain folder name (it becomes out_dir/NAME)")
     folder = Path(data.get("out_dir", "runs")) / name
-    cells = []
+    cells, bad = [], []
     for combination in itertools.product(*grid.values()):
         values = dict(zip(grid, combination))
         cell_name = "-".join(_cell_part(key, value) for key, value in values.items())
@@ -237,7 +251,13 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         cell_start, variant = _variant_layers(values[VARIANT], start, path) if VARIANT in values else (start, None)
         layers = [cell_start, base, command_line, *([variant] if variant else []),
                   *(_grid_layer(key, value, path) for key, value in values.items() if key != VARIANT)]
-        cells.append(_cell(cell_name, values, layers, folder, grid))
+        try:
+            cells.append(_cell(cell_name, values, layers, folder))
+        except ConfigError as error:  # go on: every bad cell is named at once
+            bad.append(str(error))
+    if bad:
+        hint = _mixed_method_hint(grid) if "method.name" in grid and any("unknown config key 'method." in p for p in bad) else ""
+        raise ConfigError((bad[0] if len(bad) == 1 else bad_cells_message(path, bad, len(bad) + len(cells))) + hint)
     names = [cell.name for cell in cells]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -324,64 +344,47 @@ def run_sweep(sweep: Sweep, backend=None, *, quiet: bool = False, log: Callable[
     """Run every unfinished cell on ``backend`` (:func:`make_backend`'s; default: this process); return
     ``cell name -> 'skipped' | 'ran' | 'failed'``.
 
-    A failing cell is recorded (``status.json``, with its one-line error) and the others go on; a
-    cell another process is running is waited for, then skipped if that finished it."""
+    A failing cell is recorded (``status.json``, with its one-line error) and the others go on. A cell
+    another process is running (a second ``forgetlab sweep`` on the same folder) is waited for, with
+    one line naming that process, then skipped if it finished it, else run (it resumes)."""
     from forgetlab.analysis.tables import write_sweep_table
-    from forgetlab.results import lock_holder, write_json
     from forgetlab.runtime import progress
 
     runner = backend if backend is not None else make_backend(sweep)
     sweep.folder.mkdir(parents=True, exist_ok=True)
-    stored = sweep.folder / SWEEP_FILE
-    definition = sweep.definition()
     differences = stored_differences(sweep)
     if differences:
         raise ConfigError(f"{different_sweep_message(sweep, differences)}; give the sweep another name or delete that folder")
-    atomic_write_text(stored, config_module.dump_yaml(definition, sort_keys=False))
+    atomic_write_text(sweep.folder / SWEEP_FILE, config_module.dump_yaml(sweep.definition(), sort_keys=False))
     status = {cell.name: "skipped" for cell in sweep.cells if cell_done(sweep, cell)}
-    records = read_status(sweep)
     todo = [cell for cell in sweep.cells if cell.name not in status]
-    busy = [cell for cell in todo if lock_holder(RunFolder(sweep.folder / cell.name))]
-    todo = [cell for cell in todo if cell not in busy]
-    log(f"sweep {sweep.name}: {len(sweep.cells)} cells, {len(status)} done, {len(todo) + len(busy)} to run on {runner.name}")
-    bar = progress(total=len(todo) + len(busy), desc=f"sweep {sweep.name}", unit="cell")
-    running: set[str] = set()
-
-    def started(cell: Cell) -> None:
-        running.add(cell.name)
-        records[cell.name] = {"status": "running"}
-        bar.set_postfix(running=len(running), failed=sum(v == "failed" for v in status.values()), refresh=True)
+    waiting = _Waiting(sweep, log)
+    holders = {cell.name: holder for cell in todo if (holder := waiting.holder(cell))}
+    log(f"sweep {sweep.name}: {len(sweep.cells)} cells, {len(status)} done, {len(todo)} to run on {runner.name}")
+    for cell in [cell for cell in todo if cell.name in holders]:
+        waiting.add(cell, holder=holders[cell.name])
+    total, todo = len(todo), [cell for cell in todo if cell.name not in holders]
+    bar = progress(total=total, desc=f"sweep {sweep.name}", unit="cell")
+    book = _Book(sweep, status, bar, log, total)
 
     def finished(outcome) -> None:
-        running.discard(outcome.cell)
-        status[outcome.cell] = outcome.status
-        records[outcome.cell] = {"status": outcome.status, "message": outcome.message, "attempts": outcome.attempts}
-        write_json(sweep.folder / STATUS_FILE, records)
-        write_sweep_table(sweep.folder)
-        bar.update(1)
-        bar.set_postfix(running=len(running), failed=sum(v == "failed" for v in status.values()), refresh=True)
-        if outcome.status == "failed":
-            log(f"sweep {sweep.name}: cell {outcome.cell} FAILED: {outcome.message}")
-        else:
-            log(f"sweep {sweep.name}: cell {outcome.cell} done ({sum(v == 'ran' for v in status.values())}/{len(todo) + len(busy)})")
-        if on_cell_done:
+        if outcome.status == "locked":  # taken by another process after this one looked: wait for it
+            book.release(outcome.cell)
+            waiting.add(next(cell for cell in sweep.cells if cell.name == outcome.cell), outcome.message)
+            return
+        book.finished(outcome)
+        if on_cell_done and outcome.status != "skipped":
             on_cell_done(next(cell for cell in sweep.cells if cell.name == outcome.cell))
 
+    def done(cell: Cell) -> bool:
+        return cell_done(sweep, cell)
+
     try:
-        runner.run(todo, quiet, started, finished)
-        while busy:  # cells another process holds: wait for it, then run what it left unfinished
-            for cell in list(busy):
-                holder = lock_holder(RunFolder(sweep.folder / cell.name))
-                if holder:
-                    log(f"sweep {sweep.name}: cell {cell.name} is being run by {holder}; waiting")
-                    continue
-                busy.remove(cell)
-                if cell_done(sweep, cell):
-                    status[cell.name] = "skipped"
-                    bar.update(1)
-                else:
-                    runner.run([cell], quiet, started, finished)
-            if busy:
+        runner.run(todo, quiet, book.started, finished, done)
+        while waiting.cells:  # cells another process holds: wait for it, then run what it left unfinished
+            for cell in waiting.free():
+                runner.run([cell], quiet, book.started, finished, done)
+            if waiting.cells:
                 time.sleep(wait)
     finally:
         bar.close()
@@ -389,6 +392,72 @@ def run_sweep(sweep: Sweep, backend=None, *, quiet: bool = False, log: Callable[
     return status
 
 
+class _Waiting:
+    """The cells another process holds, each announced once (``cell C is being run by pid N; waiting``)."""
+
+    def __init__(self, sweep: Sweep, log: Callable[[str], None]):
+        self.sweep, self.log, self.cells = sweep, log, []
+
+    def holder(self, cell: Cell) -> str | None:
+        """Who holds ``cell``'s run folder now (``pid N``), or None."""
+        from forgetlab.results import lock_holder
+
+        return lock_holder(RunFolder(self.sweep.folder / cell.name))
+
+    def add(self, cell: Cell, message: str = "", holder: str | None = None) -> None:
+        holder = holder or self.holder(cell) or message.partition(" is being run by ")[2].partition(";")[0] or "another process"
+        self.log(f"sweep {self.sweep.name}: cell {cell.name} is being run by {holder}; waiting")
+        self.cells.append(cell)
+
+    def free(self) -> list[Cell]:
+        """The waited-for cells no process holds any more (taken off the list)."""
+        free = [cell for cell in self.cells if not self.holder(cell)]
+        self.cells = [cell for cell in self.cells if cell not in free]
+        return free
+
+
+class _Book:
+    """What this process tells of its cells: ``status.json`` (merged with what another process on the
+    same folder wrote meanwhile), ``sweep.csv``, the progress bar and one line per finished cell."""
+
+    def __init__(self, sweep: Sweep, status: dict, bar, log: Callable[[str], None], total: int):
+        self.sweep, self.status, self.bar, self.log, self.total = sweep, status, bar, log, total
+        self.records = read_status(sweep)  # this process's view: the file's, then its own cells
+        self.own: dict[str, dict] = {}  # the records this process set
+        self.running: set[str] = set()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix(running=len(self.running), failed=sum(v == "failed" for v in self.status.values()), refresh=True)
+
+    def started(self, cell: Cell) -> None:
+        self.running.add(cell.name)
+        self.own[cell.name] = {"status": "running"}
+        self._postfix()
+
+    def release(self, name: str) -> None:
+        """A cell this process started but another one holds: not this process's to record."""
+        self.running.discard(name)
+        self.own.pop(name, None)
+
+    def finished(self, outcome) -> None:
+        from forgetlab.analysis.tables import write_sweep_table
+        from forgetlab.results import write_json
+
+        self.running.discard(outcome.cell)
+        self.status[outcome.cell] = outcome.status
+        self.bar.update(1)
+        if outcome.status == "skipped":  # another process finished it
+            self._postfix()
+            return
+        self.own[outcome.cell] = {"status": outcome.status, "message": outcome.message, "attempts": outcome.attempts}
+        self.records = {**self.records, **read_status(self.sweep), **self.own}
+        write_json(self.sweep.folder / STATUS_FILE, self.records)
+        write_sweep_table(self.sweep.folder)
+        self._postfix()
+        if outcome.status == "failed":
+            self.log(f"sweep {self.sweep.name}: cell {outcome.cell} FAILED: {outcome.message}")
+        else:
+            self.log(f"sweep {self.sweep.name}: cell {outcome.cell} done ({sum(v == 'ran' for v in self.status.values())}/{self.total})")
 
 
 def read_status(sweep: Sweep) -> dict:

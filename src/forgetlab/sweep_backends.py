@@ -5,6 +5,9 @@ config, which resumes from its last committed task) and reports one :class:`Outc
 * ``ran`` - finished;
 * ``failed`` - the cell's own error (bad data, non-finite training, out of memory): recorded with its
   one-line message; the other cells go on;
+* ``locked`` - another process (a second ``forgetlab sweep`` on the same folder) is running the cell:
+  not a cell error; the sweep waits for that process and then runs what it left unfinished;
+* ``skipped`` - the cell was finished (by another process) by the time its turn came;
 * a worker that *died* (killed, node lost) is not a cell error: the cell is run again, up to
   ``retries`` times, and resumes where its last commit left it.
 
@@ -26,17 +29,29 @@ from typing import Callable
 
 
 from forgetlab.config import dump_yaml
-from forgetlab.errors import ConfigError, ForgetlabError
+from forgetlab.errors import ConfigError, ForgetlabError, RunLockedError
 
 DIED = "died"
+LOCKED, SKIPPED = "locked", "skipped"
+# How a run refused for its folder's lock says so (forgetlab.results.RunFolder.lock), as a child prints it.
+_LOCKED_WORDS = " is being run by "
 
 
 @dataclass
 class Outcome:
     cell: str
-    status: str  # 'ran', 'failed'
+    status: str  # 'ran', 'failed', LOCKED or SKIPPED
     message: str = ""
     attempts: int = 1
+
+
+def _never_done(cell) -> bool:
+    return False
+
+
+def locked_message(message: str) -> bool:
+    """Whether a failed cell's one-line error is the lock refusal of a run another process holds."""
+    return _LOCKED_WORDS in message and message.rstrip().endswith("wait for it to finish or stop it")
 
 
 def cell_error_line(stderr: str) -> str:
@@ -86,16 +101,19 @@ class InProcessBackend:
 
     name = "this process"
 
-    def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable) -> None:
-        from forgetlab import config as config_module
+    def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable, done: Callable = _never_done) -> None:
         from forgetlab.runner import run
 
         for cell in cells:
+            if done(cell):  # finished by another process meanwhile
+                on_done(Outcome(cell.name, SKIPPED))
+                continue
             on_start(cell)
-            try:
-                config = config_module.resolve(cell.tree)
-                run(config, log=(lambda message: None) if quiet else (lambda message, n=cell.name: print(f"[{n}] {message}", flush=True)))
+            try:  # cell.config: resolved and checked when the sweep was loaded
+                run(cell.config, log=(lambda message: None) if quiet else (lambda message, n=cell.name: print(f"[{n}] {message}", flush=True)))
                 on_done(Outcome(cell.name, "ran"))
+            except RunLockedError as error:
+                on_done(Outcome(cell.name, LOCKED, str(error)))
             except ForgetlabError as error:
                 on_done(Outcome(cell.name, "failed", str(error)))
 
@@ -133,7 +151,7 @@ class ProcessBackend:
         process.error_path = error_path  # the child holds its own copies of both files
         return process
 
-    def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable) -> None:
+    def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable, done: Callable = _never_done) -> None:
         queue = list(cells)
         attempts = {cell.name: 0 for cell in cells}
         running: dict[int, tuple] = {}  # slot index -> (cell, process)
@@ -142,6 +160,9 @@ class ProcessBackend:
                 for index, slot in enumerate(self.slots):
                     if index not in running and queue:
                         cell = queue.pop(0)
+                        if done(cell):  # finished by another process meanwhile
+                            on_done(Outcome(cell.name, SKIPPED))
+                            continue
                         attempts[cell.name] += 1
                         on_start(cell)
                         running[index] = (cell, self._start(cell, slot, quiet))
@@ -158,8 +179,10 @@ class ProcessBackend:
                     elif process.returncode < 0:
                         on_done(Outcome(cell.name, "failed", f"its worker died {attempts[cell.name]} times "
                                         f"(signal {-process.returncode})", attempts[cell.name]))  # fmt: skip
+                    elif locked_message(message := cell_error_line(stderr)):
+                        on_done(Outcome(cell.name, LOCKED, message, attempts[cell.name]))
                     else:
-                        on_done(Outcome(cell.name, "failed", cell_error_line(stderr), attempts[cell.name]))
+                        on_done(Outcome(cell.name, "failed", message, attempts[cell.name]))
                 time.sleep(self.poll)
         finally:  # Ctrl-C, or an error of the sweep itself: stop every child, which commits what it finished
             for _, process in running.values():
@@ -190,6 +213,8 @@ def _ray_cell(tree: dict, threads: int) -> tuple[str, str]:
 
     try:
         run(config_module.resolve(tree), log=lambda message: None)
+    except RunLockedError as error:
+        return LOCKED, str(error)
     except ForgetlabError as error:
         return "failed", str(error)
     return "ran", ""
@@ -241,7 +266,7 @@ class RayBackend:
             raise ConfigError(f"node {blind[0]} cannot see {self.folder.resolve()}; out_dir must be on a filesystem every node mounts "
                               "(e.g. NFS) at the same path")  # fmt: skip
 
-    def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable) -> None:
+    def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable, done: Callable = _never_done) -> None:
         ray = self._init()
         self.check_shared_folder(ray)
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
@@ -249,14 +274,17 @@ class RayBackend:
         task = ray.remote(_ray_cell).options(num_cpus=self.cpus_per_cell, num_gpus=gpus, max_retries=self.retries)
         pending = {}
         for cell in cells:
+            if done(cell):
+                on_done(Outcome(cell.name, SKIPPED))
+                continue
             on_start(cell)
             pending[task.remote(cell.tree, max(1, int(self.cpus_per_cell)))] = cell
         try:
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                cell = pending.pop(done[0])
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                cell = pending.pop(ready[0])
                 try:
-                    status, message = ray.get(done[0])
+                    status, message = ray.get(ready[0])
                 except ray.exceptions.RayError as error:  # retries exhausted, or an unexpected error in the cell
                     status, message = "failed", cell_error_line(str(error))
                 on_done(Outcome(cell.name, status, message))

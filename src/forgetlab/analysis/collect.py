@@ -56,15 +56,9 @@ class RunResult:
 
     @property
     def method(self) -> str:
-        """A short label: 'lora r=4', 'topk k=3', 'block_expansion p=2', 'linear'; '+lwf', '+replay'."""
-        method = self.config["method"]
-        label = method["name"]
-        if label == "lora":
-            label += f" r={method['rank']}" + (" keep" if method.get("policy") == "keep" else "")
-        elif label == "topk":
-            label = f"top-{method['k']}"
-        elif label == "block_expansion":
-            label = f"block p={method['copies']}"
+        """A short label: the method's own (:meth:`forgetlab.methods.base.Method.label`: 'lora r=4',
+        'top-3', 'block p=2', 'linear'), then '+lwf', '+replay'."""
+        label = method_label(self.config["method"])
         if self.config.get("lwf", {}).get("alpha", 0) > 0:
             label += " +lwf"
         if self.config.get("replay", {}).get("size", 0) > 0:
@@ -118,6 +112,29 @@ class RunResult:
 
     def predictions(self, after_task: int) -> dict[str, np.ndarray]:
         return self.folder.read_predictions(after_task)
+
+
+def method_label(options: dict) -> str:
+    """The label a stored ``method`` section gets from its method's class; a method no longer
+    registered is labelled by its name."""
+    from forgetlab.errors import ConfigError
+    from forgetlab.methods import method_class
+
+    try:
+        return method_class(options["name"]).label(options)
+    except ConfigError:  # unknown method: a folder written by another forgetlab
+        return options["name"]
+
+
+def focus_rank(options: dict) -> int | None:
+    """The rank by which the report picks a backbone's drawn run (:meth:`forgetlab.methods.base.Method.focus_rank`)."""
+    from forgetlab.errors import ConfigError
+    from forgetlab.methods import method_class
+
+    try:
+        return method_class(options["name"]).focus_rank(options)
+    except ConfigError:
+        return None
 
 
 def _is_run(path: Path) -> bool:

@@ -17,18 +17,24 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from forgetlab.methods.base import Method
+from forgetlab.methods.base import Checked, Method
 from forgetlab.methods.registry import register_method
 from forgetlab.models.expansion import all_blocks, expand_blocks, expansion_positions, identity_copy
 
 
 @dataclass
-class BlockExpansionConfig:
+class BlockExpansionConfig(Checked):
+    KEY = "method."
     name: str = field(default="block_expansion", metadata={"help": "the method"})
     copies: int = field(default=1, metadata={"help": "p: identity blocks inserted per task (paper 2: 1..4)"})
     split: int | None = field(default=None, metadata={"help": "copy block i after itself for every i with (i + 1) % split == 0 (paper 2's code: 11, 6, 4, 3 "
                                                              "for p = 1..4); default: after each of p equal groups"})
     positions: list[int] | None = field(default=None, metadata={"help": "the blocks (0-based) to copy, each right after itself; overrides split"})
+
+    def rules(self) -> list[tuple[bool, str]]:
+        # where the copies go, within the backbone's blocks: check_backbone
+        return [(self.copies >= 1, f"method.copies must be at least 1, got {self.copies}"),
+                (self.split is None or self.split >= 1, f"method.split must be at least 1, got {self.split}")]
 
 
 @register_method
@@ -36,9 +42,14 @@ class BlockExpansion(Method):
     name = "block_expansion"
     Config = BlockExpansionConfig
 
-    def check(self, backbone: nn.Module) -> None:
-        blocks = all_blocks(backbone)
-        expansion_positions(len(blocks), self.config.copies, self.config.split, self.config.positions)
+    @classmethod
+    def label(cls, options: dict) -> str:
+        return f"block p={options['copies']}"
+
+    @classmethod
+    def check_backbone(cls, config: BlockExpansionConfig, skeleton: nn.Module) -> None:
+        blocks = all_blocks(skeleton)  # a ResNet has no block sequence: refused here
+        expansion_positions(len(blocks), config.copies, config.split, config.positions)
         identity_copy(blocks[-1])  # has output projections to zero
 
     def _expand(self, backbone) -> list[int]:

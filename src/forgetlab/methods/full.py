@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from forgetlab.methods.base import Method
+from forgetlab.methods.base import Checked, Method
 from forgetlab.methods.registry import register_method
 
 
 @dataclass
-class FullConfig:
+class FullConfig(Checked):
+    KEY = "method."
     name: str = field(default="full", metadata={"help": "the method"})
 
 

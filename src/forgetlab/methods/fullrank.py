@@ -13,17 +13,22 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from forgetlab.errors import ConfigError
-from forgetlab.methods.base import Method
+from forgetlab.methods.base import Checked, Method
 from forgetlab.methods.registry import register_method
 from forgetlab.methods.lora import TARGETS, target_modules
 
 
 @dataclass
-class FullRankConfig:
+class FullRankConfig(Checked):
+    KEY = "method."
     name: str = field(default="fullrank", metadata={"help": "the method"})
     targets: str = field(default="default", metadata={"help": "the weights that train, as LoRA's targets (all but q,v): "
                                                                     f"{', '.join(t for t in TARGETS if t != 'q,v')}, suffixes or re:REGEX"})
+
+    def rules(self) -> list[tuple[bool, str]]:
+        available = ", ".join(t for t in TARGETS if t != "q,v")
+        return [(bool(self.targets.strip()) and self.targets != "q,v",
+                 f"method.targets '{self.targets}' is not available at full rank; choose one of: {available}")]
 
 
 @register_method
@@ -31,16 +36,10 @@ class FullRank(Method):
     name = "fullrank"
     Config = FullRankConfig
 
-    def __init__(self, config: FullRankConfig):
-        super().__init__(config)
-        if not config.targets.strip() or config.targets == "q,v":
-            raise ConfigError(f"method.targets '{config.targets}' is not available at full rank; choose one of: "
-                              f"{', '.join(t for t in TARGETS if t != 'q,v')}")  # fmt: skip
-
     def weights(self, backbone: nn.Module) -> list[nn.Parameter]:
         return [backbone.get_submodule(name).weight for name in target_modules(backbone, self.config.targets)]
 
-    def check(self, backbone: nn.Module) -> None:
+    def check_loaded(self, backbone: nn.Module) -> None:
         self.weights(backbone)
 
     def prepare(self, model, task: str) -> None:

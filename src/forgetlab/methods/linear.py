@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from forgetlab.methods.base import Method
+from forgetlab.methods.base import Checked, Method
 from forgetlab.methods.registry import register_method
 
 
 @dataclass
-class LinearConfig:
+class LinearConfig(Checked):
+    KEY = "method."
     name: str = field(default="linear", metadata={"help": "the method"})
 
 

@@ -52,23 +52,24 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 
-from forgetlab.errors import ConfigError
-from forgetlab.methods.base import Method
+from forgetlab.methods.base import Checked, Method
 from forgetlab.methods.registry import register_method
 from forgetlab.models import families
 from forgetlab.models import lora_layers
 from forgetlab.models.adapter_files import load_adapter, save_adapter
 
 POLICIES = ("merge", "keep")
-SCALINGS, INITS = lora_layers.SCALINGS, lora_layers.INITS
+SCALINGS, INITS = lora_layers.SCALINGS, lora_layers.INITS  # the Literal types below name the same (a test keeps them equal)
 TARGETS = ("default", "qkv", "q,v", "attn", "all_linear", "conv3", "all_conv")  # named sets; patterns too
 
 
 @dataclass
-class LoRAConfig:
+class LoRAConfig(Checked):
+    KEY = "method."
     name: str = field(default="lora", metadata={"help": "the method"})
     rank: int = field(default=4, metadata={"help": "rank r of every adapter"})
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; default 2 x rank (paper 1)"})
@@ -76,12 +77,23 @@ class LoRAConfig:
     targets: str = field(default="default", metadata={"help": f"modules to adapt: {', '.join(TARGETS)}, "
                                                                     "module-name suffixes (a.b,c, or PEFT's list form [q, v]) or re:REGEX",
                                                             "comma_list": True})
-    policy: str = field(default="merge", metadata={"help": "end of a task: 'merge' into the weights (paper 1) or 'keep' per-task adapters"})
-    scaling: str = field(default="standard", metadata={"help": "adapter scale: 'standard' alpha / r (paper 1) or 'rslora' alpha / sqrt(r)",
-                                                       "choices": SCALINGS})
+    policy: Literal["merge", "keep"] = field(default="merge", metadata={"help": "end of a task: 'merge' into the weights (paper 1) or 'keep' per-task adapters"})
+    scaling: Literal["standard", "rslora"] = field(default="standard", metadata={
+        "help": "adapter scale: 'standard' alpha / r (paper 1) or 'rslora' alpha / sqrt(r)"})
     dora: bool = field(default=False, metadata={"help": "DoRA: a trainable magnitude per output row on top of the low-rank update"})
-    init: str = field(default="kaiming", metadata={"help": "adapter init: 'kaiming' (paper 1, PEFT's default), 'gaussian', 'pissa' "
-                                                           "or 'olora' (from the weight's principal part)", "choices": INITS})
+    init: Literal["kaiming", "gaussian", "pissa", "olora"] = field(default="kaiming", metadata={
+        "help": "adapter init: 'kaiming' (paper 1, PEFT's default), 'gaussian', 'pissa' or 'olora' (from the weight's principal part)"})
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [
+            (self.rank >= 1, f"method.rank must be at least 1, got {self.rank}"),
+            (0 <= self.dropout < 1, f"method.dropout must be in [0, 1), got {self.dropout}"),
+            # alpha 0 scales every update to nothing: a run that trains only its heads, reported as LoRA's
+            (self.alpha is None or self.alpha > 0, f"method.alpha must be positive, got {self.alpha}; leave it unset for 2 x method.rank"),
+            (bool(self.targets.strip()), f"method.targets is empty; choose one of: {', '.join(TARGETS)}, suffixes or re:REGEX"),
+            (not self.targets.strip() or bool(families.target_matcher(self.targets)), ""),  # a bad pattern raises its own message
+            (isinstance(self.dora, bool), f"method.dora must be true or false, got {self.dora!r}"),
+        ]
 
 
 @register_method
@@ -90,24 +102,18 @@ class LoRA(Method):
     Config = LoRAConfig
 
     def __init__(self, config: LoRAConfig):
-        super().__init__(config)
-        if config.rank < 1:
-            raise ConfigError("method.rank must be at least 1")
-        if not 0 <= config.dropout < 1:
-            raise ConfigError("method.dropout must be in [0, 1)")
-        if not config.targets.strip():
-            raise ConfigError(f"method.targets is empty; choose one of: {', '.join(TARGETS)}, suffixes or re:REGEX")
-        families.target_matcher(config.targets)  # a malformed pattern is refused with the config
-        if config.policy not in POLICIES:
-            raise ConfigError(f"method.policy '{config.policy}' is unknown; choose 'merge' or 'keep'")
-        if config.scaling not in SCALINGS:
-            raise ConfigError(f"method.scaling '{config.scaling}' is unknown; choose {' or '.join(SCALINGS)}")
-        if config.init not in INITS:
-            raise ConfigError(f"method.init '{config.init}' is unknown; choose one of {', '.join(INITS)}")
-        if not isinstance(config.dora, bool):
-            raise ConfigError(f"method.dora must be true or false, got {config.dora!r}")
+        super().__init__(config)  # its options were checked when the config was built (LoRAConfig.rules)
         self.isolates_tasks = config.policy == "keep"
         self.adapters: dict[str, dict[str, lora_layers.LoRALayer]] = {}  # task -> module name -> its adapter
+
+    @classmethod
+    def label(cls, options: dict) -> str:
+        return f"lora r={options['rank']}" + (" keep" if options.get("policy") == "keep" else "")
+
+    @classmethod
+    def focus_rank(cls, options: dict) -> int | None:
+        # merged LoRA is what paper 1 drew; kept adapters leave the upstream features as they were
+        return None if options.get("policy") == "keep" else options["rank"]
 
     @property
     def alpha(self) -> float:
@@ -122,7 +128,7 @@ class LoRA(Method):
         """``module name -> out_slices`` (None: the whole layer) of the layers to adapt."""
         return target_modules(backbone, self.config.targets)
 
-    def check(self, backbone: nn.Module) -> None:
+    def check_loaded(self, backbone: nn.Module) -> None:
         chosen = self.target_modules(backbone)
         wrap = lambda name, module: lora_layers.wrap(module, self.config.rank, self.alpha, 0.0, chosen[name], name=name, **self.variant)  # noqa: E731
         families.check_adaptable(backbone, list(chosen), wrap)

@@ -4,6 +4,14 @@ Each method module decorates its class with :func:`register_method`, so the clas
 its module has been imported; the package (``forgetlab/methods/__init__.py``) imports every built-in
 method, and Python imports the package before any module in it, so a lookup always sees them all.
 
+Methods of installed packages come in through the ``forgetlab.plugins`` entry-point group (as pytest's
+``pytest11``): the first lookup imports every such entry point once, and its module registers its
+methods with the same decorator (``forgetlab.register_method``)::
+
+    # the plugin package's pyproject.toml
+    [project.entry-points."forgetlab.plugins"]
+    bitfit = "my_project.bitfit"
+
 Imports run one way: ``methods/__init__`` -> every method -> ``methods.base`` -> this module, which imports
 only :mod:`forgetlab.errors`.
 """
@@ -14,6 +22,24 @@ from forgetlab.errors import ConfigError
 
 # A method's ``name`` -> its class (a subclass of forgetlab.methods.base.Method); filled by register_method.
 _METHODS: dict[str, type] = {}
+PLUGIN_GROUP = "forgetlab.plugins"
+_plugins = {"loaded": False}
+
+
+def load_plugins() -> None:
+    """Import every entry point of the ``forgetlab.plugins`` group (installed packages), once per process.
+    Raises :class:`ConfigError` naming a plugin that fails to import."""
+    if _plugins["loaded"]:
+        return
+    _plugins["loaded"] = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            entry.load()
+        except Exception as error:  # noqa: BLE001 - whatever the plugin raises: name it, not forgetlab
+            raise ConfigError(f"the forgetlab plugin '{entry.name}' ({entry.value}) fails to import ({type(error).__name__}: "
+                              f"{error}); fix or uninstall the package that installs it") from error  # fmt: skip
 
 
 def register_method(cls: type) -> type:
@@ -28,12 +54,14 @@ def register_method(cls: type) -> type:
 
 
 def method_names() -> list[str]:
-    """Every registered method's name, sorted."""
+    """Every registered method's name (plugins' included), sorted."""
+    load_plugins()
     return sorted(_METHODS)
 
 
 def method_class(name: str) -> type:
     """The class registered as ``name``; raises :class:`ConfigError` (listing the names) if there is none."""
+    load_plugins()
     if name not in _METHODS:
         raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]

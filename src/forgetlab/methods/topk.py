@@ -12,15 +12,19 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from forgetlab.methods.base import Method
+from forgetlab.methods.base import Checked, Method
 from forgetlab.methods.registry import register_method
 from forgetlab.models.families import top_groups
 
 
 @dataclass
-class TopKConfig:
+class TopKConfig(Checked):
+    KEY = "method."
     name: str = field(default="topk", metadata={"help": "the method"})
     k: int = field(default=3, metadata={"help": "number of last blocks (ResNet: stages) that train, as timm's group_matcher groups them (paper 2: 3)"})
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [(self.k >= 1, f"method.k must be at least 1, got {self.k}")]  # its upper limit is the backbone's: check_backbone
 
 
 def trainable_parameters_of(backbone: nn.Module, k: int) -> list[nn.Parameter]:
@@ -34,8 +38,13 @@ class TopK(Method):
     name = "topk"
     Config = TopKConfig
 
-    def check(self, backbone: nn.Module) -> None:
-        trainable_parameters_of(backbone, self.config.k)
+    @classmethod
+    def label(cls, options: dict) -> str:
+        return f"top-{options['k']}"
+
+    @classmethod
+    def check_backbone(cls, config: TopKConfig, skeleton: nn.Module) -> None:
+        top_groups(skeleton, config.k)  # k within the backbone's blocks (or stages)
 
     def prepare(self, model, task: str) -> None:
         super().prepare(model, task)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from forgetlab.analysis.cells import unfinished_cells
-from forgetlab.analysis.collect import RunResult, find_runs
+from forgetlab.analysis.collect import RunResult, find_runs, focus_rank
 from forgetlab.analysis.contextual import ContextualTest, class_similarities, contextual_forgetting
 from forgetlab.analysis.findings import MIN_FORGOTTEN_IMAGES, findings
 from forgetlab.analysis.groups import duplicates, rank_groups
@@ -145,9 +145,9 @@ def focus_runs(runs: list[RunResult]) -> list[RunResult]:
     chosen = []
     for backbone in dict.fromkeys(run.backbone for run in runs):
         candidates = [r for r in runs if r.backbone == backbone and r.completed >= 1]
-        lora = [r for r in candidates if r.config["method"]["name"] == "lora" and r.config["method"].get("policy") != "keep"]
-        if lora:
-            chosen.append(max(lora, key=lambda r: (r.config["method"]["rank"], -r.seed)))
+        ranked = [r for r in candidates if focus_rank(r.config["method"]) is not None]  # merged LoRA: its rank
+        if ranked:
+            chosen.append(max(ranked, key=lambda r: (focus_rank(r.config["method"]), -r.seed)))
         elif candidates:
             chosen.append(min(candidates, key=lambda r: r.matrix.as_array()[1, 0] - r.matrix.as_array()[0, 0]))
     return chosen
