@@ -24,13 +24,10 @@ LEGEND = ("average accuracy: mean final accuracy over the tasks, in %; forgettin
 def metrics(matrix: AccuracyMatrix) -> dict[str, float]:
     """The metrics of :func:`forgetlab.analysis.metrics.summarise` over the rows committed so far
     (fractions, NaN where undefined: forgetting and BWT need two phases), with the upstream change
-    under ``upstream_change`` whatever the metrics module calls it."""
+    under ``upstream_change``."""
     from forgetlab.analysis.metrics import summarise
 
-    values = summarise(matrix.as_array(), trained=matrix.trained()[: len(matrix.values) - 1])
-    if "upstream_change" not in values:
-        values["upstream_change"] = values.get("upstream_drop", math.nan)
-    return values
+    return summarise(matrix.as_array(), trained=matrix.trained()[: len(matrix.values) - 1])
 
 
 def _points(value: float, signed: bool = True) -> str:

@@ -28,8 +28,6 @@ from typing import Callable
 from forgetlab.config import dump_yaml
 from forgetlab.errors import ConfigError, ForgetlabError
 
-DIED = "died"
-
 
 @dataclass
 class Outcome:

@@ -58,10 +58,6 @@ def dataset_names() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def dataset_variants(name: str) -> dict[str, str]:
-    return dict(_VARIANTS.get(name, {}))
-
-
 def image_channels(task_name: str) -> int:
     """Channels of a task's images as a model reads them: 1 for the offline world (28 x 28 grayscale
     arrays), 3 for every real dataset (decoded to RGB)."""
