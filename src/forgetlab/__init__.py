@@ -7,10 +7,14 @@ imports what it needs.
 
 from forgetlab.errors import ConfigError, DataError, ForgetlabError
 
-__all__ = ["ConfigError", "DataError", "ForgetlabError", "anatomy", "contextual", "explain", "load_run", "load_sweep", "report", "resolve", "run"]
+__all__ = ["ConfigError", "DataError", "ForgetlabError", "anatomy", "contextual", "explain", "load_run", "load_sweep", "register_dataset", "report", "resolve", "run"]
 
 
 def __getattr__(name: str):
+    if name == "register_dataset":  # a dataset from your own module: docs/extending.md
+        from forgetlab.data.registry import register_dataset
+
+        return register_dataset
     if name in ("run", "load_run", "load_sweep", "report", "resolve", "contextual", "anatomy", "explain", "Run"):
         from forgetlab import api
 
