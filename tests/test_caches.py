@@ -72,10 +72,11 @@ def test_the_device_pipelines_bank_is_keyed_by_what_it_reads_not_by_the_unused_p
 
     from forgetlab.data.base import dataset_fingerprint, evaluation_view
     from forgetlab.data.device_pipeline import EncodedDataset, batch_transforms
+    from forgetlab.config import PreprocessConfig
     from forgetlab.data.files import ArrayImageDataset, preprocess_for
 
     images, labels = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3), dtype=np.uint8), np.arange(6) % 2
-    batch = batch_transforms(preprocess_for(_headless("avg").backbone, 32))
+    batch = batch_transforms(preprocess_for(_headless("avg").backbone, 32, PreprocessConfig()))
 
     def bank(pil_transform, eval_transform):
         return dataset_fingerprint(evaluation_view(EncodedDataset(ArrayImageDataset(images, labels, pil_transform), batch["train"], eval_transform)))

@@ -86,8 +86,8 @@ def test_a_run_on_the_device_pipeline_and_a_corrupt_file(root, tmp_path):  # noq
     assert record["warmup_seconds"] + record["selection_seconds"] + record["steady_seconds"] == pytest.approx(record["train_seconds"], abs=0.02)
     seconds = record["steady_seconds"]  # rounded to 0.01 s, the rate to 0.1 img/s: 2 images in [seconds - 0.005, seconds + 0.005]
     assert 2 / (seconds + 0.005) - 0.05 <= record["steady_images_per_second"] <= 2 / max(seconds - 0.005, 1e-9) + 0.05
-    task = encoded(build_task("cub200", DataConfig(root=str(root)), preprocess_for(create("resnet18", num_classes=0), 32)),
-                   preprocess_for(create("resnet18", num_classes=0), 32))  # fmt: skip
+    task = encoded(build_task("cub200", DataConfig(root=str(root)), preprocess_for(create("resnet18", num_classes=0), 32, PreprocessConfig())),
+                   preprocess_for(create("resnet18", num_classes=0), 32, PreprocessConfig()))  # fmt: skip
     # CUB's boxes crop on the device as on the PIL path: image 1's box is 10 x 8 of its 24 x 20 pixels.
     assert task.train.dataset.boxes is not None
     bad = root / "broken.jpg"
@@ -114,7 +114,7 @@ def test_knn_banks_are_reused_from_disk_by_a_later_evaluator(root, tmp_path, mon
     from forgetlab.models.multihead import MultiHeadModel
 
     backbone = load_backbone(BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
-    task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32).for_upstream())
+    task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32, PreprocessConfig()).for_upstream())
     model = MultiHeadModel(backbone.model).eval()
     first = KNNEvaluator(task.train, k=1, cache_dir=tmp_path)
     scored = first(model, task.test, Runtime(eval_batch_size=4))

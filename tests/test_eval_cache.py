@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from forgetlab.config import PreprocessConfig
 from forgetlab.data.base import LabelSubset
 from forgetlab.data.device_pipeline import EncodedDataset, batch_transforms
 from forgetlab.data.eval_cache import CROPS_FILE, EvalCrops, EvalCropCache
@@ -42,7 +43,7 @@ def model_and_preprocess():
     backbone = create("test_resnet", num_classes=0)  # timm's tiny test network
     model = MultiHeadModel(backbone).eval()
     model.add_head("task", 3)
-    return model, preprocess_for(backbone, 32)
+    return model, preprocess_for(backbone, 32, PreprocessConfig())
 
 
 def _counting(monkeypatch, owner, name):

@@ -15,7 +15,7 @@ from forgetlab.config import method_config_from_dict
 from forgetlab.models import families
 from forgetlab.models.backbones import create
 from forgetlab.models.expansion import all_blocks
-from forgetlab.models.lora_layers import lora_layers
+from forgetlab.models.lora_layers import LoRALinear, lora_layers
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from tests.test_real_data import root  # noqa: F401  (the tiny real-layout datasets)
 
@@ -119,6 +119,18 @@ def test_beit_reads_qkv_weight_directly_and_the_adapter_serves_that_read():
     assert torch.allclose(wrapper.weight, qkv.weight + wrapper.delta_weight(), atol=1e-6)
 
 
+def test_a_lora_layer_records_its_use_only_while_watched():
+    layer = LoRALinear(torch.nn.Linear(4, 6), rank=2, alpha=2)
+    layer(torch.ones(1, 4))
+    assert not layer.used  # not watched: nothing recorded
+    layer.watch_use()
+    assert not layer.used
+    layer(torch.ones(1, 4))
+    assert layer.used  # called
+    layer.watch_use()
+    assert not layer.used and layer.weight.shape == (6, 4) and layer.used  # its effective weight read
+
+
 def test_a_layer_the_model_never_uses_is_refused():
     model = _model("vit").backbone
     with pytest.raises(ConfigError, match="never uses blocks.0.attn.qkv"):
@@ -131,7 +143,9 @@ class _Unused(torch.nn.Module):
     def __init__(self, base):
         super().__init__()
         self.base = base
+        self.used = False
 
+    def watch_use(self) -> None:  # a LoRA layer's interface (LoRALayer.watch_use), with no call to see
         self.used = False
 
     def forward(self, x):  # pragma: no cover - never reached

@@ -44,7 +44,7 @@ def test_knn_bank_is_read_with_the_deterministic_evaluation_transform(root):  # 
     from forgetlab.models.multihead import MultiHeadModel
 
     backbone = load_backbone(config_module.BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
-    preprocess = preprocess_for(backbone.model, 32)
+    preprocess = preprocess_for(backbone.model, 32, PreprocessConfig())
     task = build_task("imagenet", DataConfig(root=str(root)), preprocess.for_upstream())
     evaluator = KNNEvaluator(task.train, k=1)
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def test_knn_on_task_logits_reproduces_paper2s_bug_and_backbone_features_are_the
     from forgetlab.models.multihead import MultiHeadModel
 
     backbone = load_backbone(config_module.BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
-    task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32).for_upstream())
+    task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32, PreprocessConfig()).for_upstream())
     model = MultiHeadModel(backbone.model).eval()
     buggy = KNNEvaluator(task.train, k=1, features="task_logits")
     buggy(model, task.test, Runtime(eval_batch_size=4))

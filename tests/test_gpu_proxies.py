@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from forgetlab.config import PreprocessConfig
 from forgetlab.data.device_pipeline import BatchTransform, EncodedDataset, batch_transforms
 from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import ArrayImageDataset, FileDataset, preprocess_for
@@ -93,7 +94,7 @@ def test_evaluation_passes_against_compute_only(tmp_path):
     backbone = create("vit_tiny_patch16_224", num_classes=0, img_size=112)
     model = MultiHeadModel(backbone).eval()
     model.add_head("task", 4)
-    pre = preprocess_for(backbone, 112)
+    pre = preprocess_for(backbone, 112, PreprocessConfig())
     count, batch = 293, 64  # a partial last batch (37)
     test = EncodedDataset(FileDataset(_jpegs(tmp_path, count), [i % 4 for i in range(count)]), batch_transforms(pre)["eval"])
     cache = EvalCropCache(mode="on", folder=tmp_path / "crops", workers=2)

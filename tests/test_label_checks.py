@@ -137,7 +137,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_loader_refuses_a_wrong_file_in_one_line_naming_it(root, tmp_path, monkeypatch, case):  # noqa: F811
-    from forgetlab.data import check
+    from forgetlab import data_check as check
 
     task, relative, breaks, expected = CASES[case]
     data = tmp_path / "data"
@@ -155,7 +155,7 @@ def test_each_loader_refuses_a_wrong_file_in_one_line_naming_it(root, tmp_path, 
     lines, missing = check.check_datasets(str(data))
     flat = not (data / "imagenet" / "train").exists()  # a flat val/ copy has no train/: listed too (the k-NN bank reads it)
     assert missing == [task, *(["imagenet train/"] if task == "imagenet" and flat else [])]
-    assert lines[1] == f"  {task:15s} INVALID  looked in {data / check.SOURCES[task][0]}: {message}"
+    assert lines[1] == f"  {task:15s} INVALID  looked in {data / check.dataset_info(task).folder}: {message}"
 
 
 @pytest.mark.parametrize("labels,array,expected", [
@@ -196,9 +196,10 @@ def test_check_labels_returns_zero_based_indices_and_refuses_what_is_not_a_label
 def test_a_wrong_file_stops_run_and_api_before_anything_is_written(root, tmp_path, capsys, monkeypatch):  # noqa: F811
     import forgetlab
     from forgetlab.cli import main
-    from forgetlab.data import check
+    from forgetlab import data_check as check
 
-    monkeypatch.setattr(check, "dataset_names", lambda: sorted(check.SOURCES))  # the real datasets: no offline world to build
+    real = [name for name in check.dataset_names() if check.dataset_info(name).folder is not None]
+    monkeypatch.setattr(check, "dataset_names", lambda: real)  # the real datasets (a folder each): no offline world to build
 
     data = tmp_path / "data"
     shutil.copytree(root, data)
@@ -228,7 +229,7 @@ def test_a_wrong_file_stops_run_and_api_before_anything_is_written(root, tmp_pat
 def test_an_image_its_annotations_list_but_the_folder_lacks_is_refused_when_the_task_loads(root, tmp_path, monkeypatch, task, relative):  # noqa: F811
     """Was a decoding error after the run had committed its pretrained row; now the task does not load
     and 'forgetlab data check' marks the dataset INVALID with the same line."""
-    from forgetlab.data import check
+    from forgetlab import data_check as check
 
     data = tmp_path / "data"
     shutil.copytree(root, data)
@@ -244,7 +245,7 @@ def test_an_image_its_annotations_list_but_the_folder_lacks_is_refused_when_the_
 
 def test_a_box_no_image_can_hold_marks_cub_invalid_with_the_runs_line(root, tmp_path, monkeypatch):  # noqa: F811
     """A negative-width box was labelled MISSING (an absent file) by 'forgetlab data check'."""
-    from forgetlab.data import check
+    from forgetlab import data_check as check
 
     data = tmp_path / "data"
     shutil.copytree(root, data)

@@ -362,11 +362,12 @@ def test_a_step_the_device_pipeline_cannot_reproduce_is_a_one_line_error(tiny_ba
     """Vertical flips, grayscale, blur, RandAugment, random erasing, ... were dropped without a word."""
     import timm.data
 
+    from forgetlab.config import PreprocessConfig
     from forgetlab.data.device_pipeline import batch_transforms
     from forgetlab.data.files import preprocess_for
     from forgetlab.errors import ConfigError
 
-    pre = preprocess_for(tiny_backbone, 16)
+    pre = preprocess_for(tiny_backbone, 16, PreprocessConfig())
     pre.train = timm.data.create_transform(16, is_training=True, **steps)
     with pytest.raises(ConfigError, match=f"the train transform's {named} step .*; set data.pipeline=pil$") as error:
         batch_transforms(pre)

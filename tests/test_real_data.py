@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 
-from forgetlab.config import BackboneConfig, DataConfig
+from forgetlab.config import BackboneConfig, DataConfig, PreprocessConfig
 from forgetlab.data import build_task
 from forgetlab.errors import ConfigError, DataError
 from forgetlab.evaluate import confidence_interval, knn_predict
@@ -135,7 +135,7 @@ def test_preprocessing_follows_the_backbones_pretrained_cfg(root):
     from forgetlab.data.files import preprocess_for
     from forgetlab.models.backbones import create
 
-    preprocess = preprocess_for(create("vit_base_patch16_224.augreg_in1k", num_classes=0), image_size=32)
+    preprocess = preprocess_for(create("vit_base_patch16_224.augreg_in1k", num_classes=0), image_size=32, config=PreprocessConfig())
     task = build_task("cub200", DataConfig(root=str(root)), preprocess)
     image, _ = task.test[0]
     assert image.shape == (3, 32, 32) and preprocess.input_size == (3, 32, 32)
@@ -165,7 +165,7 @@ def test_knn_evaluator_scores_upstream_with_a_cached_bank(root):
 
     backbone = load_backbone(BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
     model = MultiHeadModel(backbone.model)
-    task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32))
+    task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32, PreprocessConfig()))
     evaluator = KNNEvaluator(task.train, k=1, ks=(1, 3))
     result = evaluator(model, task.test, Runtime(eval_batch_size=4))
     assert set(result.at_k) == {1, 3} and len(result.predictions) == 6 and result.at_k[1] == result.accuracy
@@ -220,7 +220,7 @@ def test_decoded_cache_is_built_once_and_reused(root, monkeypatch, tmp_path):
     forgetlab_home = tmp_path / "home"  # its own: other tests leave decoded arrays in the session's home
     monkeypatch.setenv("FORGETLAB_HOME", str(forgetlab_home))
 
-    preprocess = preprocess_for(create("resnet18", num_classes=0), image_size=32)
+    preprocess = preprocess_for(create("resnet18", num_classes=0), image_size=32, config=PreprocessConfig())
     config = DataConfig(root=str(root), cache_decoded=True)
     task = build_task("fgvc_aircraft", config, preprocess)
     files = sorted((forgetlab_home / "decoded").glob("*.npy"))

@@ -84,7 +84,7 @@ def cmd_presets(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from forgetlab.data import check
+    from forgetlab import data_check as check
 
     overrides = [f"data.root={args.root}"] if args.root else []
     config_path, items = _split_config_and_overrides(args.items)

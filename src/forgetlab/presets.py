@@ -39,7 +39,6 @@ SECOND_ORDER = ["fgvc_aircraft", "cub200", "flowers102", "stanford_cars"]
 TEST_IMAGES = {"stanford_cars": 8041, "flowers102": 6149, "fgvc_aircraft": 3333, "cub200": 5794, "cifar100": 10000}
 IMAGENET_VAL, IMAGENET_TRAIN = 50_000, 1_281_167  # the upstream test set; the k-NN bank (ILSVRC2012 train)
 BACKBONE_FROZEN = ("linear",)  # methods that leave the backbone as it was: one k-NN bank serves every row
-PAPER1_SEEDS = (0, 1, 2, 3)
 ASSUMED_IMAGES_PER_SECOND = 1000  # ViT-B/16 training, one recent GPU (an assumption, see above)
 ASSUMED_EVAL_SPEEDUP = 3  # inference (one forward pass, no gradients) against training, per image
 

@@ -10,8 +10,13 @@ run killed at any point leaves only whole files behind.
 ``predictions/upstream_after_<i>.npz``  per-example upstream predictions (and labels) after phase i
 ``tasks.json``                  per phase: trainable parameters, fraction of the backbone, training stats
 ``checkpoint/model-<i>.safetensors`` the model after the last committed phase i (the resume point)
-``progress.json``               the commit record, written last for every phase
+``progress.json``               the commit record, written last for every phase; its ``format_version``
+                                is the folder's format (:data:`FORMAT_VERSION`)
 =============================== ===============================================================
+
+**One format version per folder.** ``progress.json`` records the format the folder was written in;
+a folder of an earlier format is read through one function, :func:`migrate`, which brings its commit
+record to the current format in memory (the next commit writes it so). Nothing else reads older formats.
 
 **One atomic commit per phase.** A phase first writes the files only it has (its predictions, its
 adapter, ``checkpoint/model-<i>.safetensors``: new names, so nothing committed is overwritten), then
@@ -44,6 +49,7 @@ import numpy as np
 from forgetlab.errors import FULL_DISK, DataError, DiskFullError, RunLockedError
 
 MATRIX_FILE = "accuracy_matrix.json"
+FORMAT_VERSION = 1  # of a run folder, in its progress.json; a progress.json without one is format 0
 PARTIAL_SUFFIX = ".partial"
 _crash_points = 0
 
@@ -185,7 +191,7 @@ class AccuracyMatrix:
     @classmethod
     def from_json(cls, data: dict) -> "AccuracyMatrix":
         return cls(columns=list(data["columns"]), values=[list(row) for row in data["values"]],
-                   phases=data.get("phases"), phase_columns=data.get("phase_columns"))  # fmt: skip
+                   phases=data["phases"], phase_columns=data["phase_columns"])  # fmt: skip
 
     def to_csv(self) -> str:
         lines = [",".join(["row"] + self.columns)]
@@ -234,15 +240,17 @@ class RunFolder:
 
     @property
     def checkpoint(self) -> Path:
-        """The committed resume point (folders of earlier versions: ``checkpoint/model.safetensors``)."""
+        """The committed resume point: the model after the last committed phase. A :class:`DataError`
+        when no phase has been committed with one (only the pretrained row)."""
         state = self.state()
-        if state and state.get("checkpoint"):
-            return self.path / state["checkpoint"]
-        return self.path / "checkpoint" / "model.safetensors"
+        if not state or not state["checkpoint"]:
+            raise DataError(f"{self.path} has no committed checkpoint (no phase trained yet)")
+        return self.path / state["checkpoint"]
 
     # ------------------------------------------------------------------------------------ the commit
     def state(self) -> dict | None:
-        """The last commit (``progress.json``), checked; None before the first one."""
+        """The last commit (``progress.json``), checked and in the current format (:func:`migrate`);
+        None before the first one."""
         if not self.progress.exists():
             return None
         state = read_json(self.progress)
@@ -254,7 +262,7 @@ class RunFolder:
             matrix = state["matrix"]
             if not isinstance(matrix, dict) or len(matrix.get("values", [])) != completed + 1:
                 raise DataError(f"{self.progress} does not hold {completed + 1} matrix rows; delete the run folder and run again")
-        return state
+        return migrate(self, state)
 
     def completed_tasks(self) -> int:
         """Phases finished and committed (0: only the pretrained row, -1: nothing yet)."""
@@ -272,7 +280,7 @@ class RunFolder:
         committed = {**kept, **hashes}  # the new checkpoint supersedes the old one
         checkpoint = self.checkpoint_for(index)
         write_json(self.progress, {
-            "completed_tasks": index, "total_tasks": total,
+            "format_version": FORMAT_VERSION, "completed_tasks": index, "total_tasks": total,
             "checkpoint": str(checkpoint.relative_to(self.path)) if checkpoint.exists() else None,
             "matrix": matrix.to_json(), "tasks": task_records, "upstream_eval": upstream_records, "files": committed,
         })  # fmt: skip
@@ -282,7 +290,7 @@ class RunFolder:
     def write_views(self) -> None:
         """Rewrite the matrix, ``tasks.json`` and ``upstream_eval.json`` from the commit, where they differ."""
         state = self.state()
-        if not state or "matrix" not in state:
+        if not state:
             return
         matrix = AccuracyMatrix.from_json(state["matrix"])
         views = {self.matrix: json.dumps(matrix.to_json(), indent=2) + "\n", self.matrix_csv: matrix.to_csv(),
@@ -295,7 +303,7 @@ class RunFolder:
     def clean(self) -> None:
         """Remove temporary files of killed writes and checkpoints other than the committed one."""
         state = self.state()
-        keep = self.path / state["checkpoint"] if state and state.get("checkpoint") else None
+        keep = self.path / state["checkpoint"] if state and state["checkpoint"] else None
         for path in self.path.rglob(f"*{PARTIAL_SUFFIX}"):
             path.unlink(missing_ok=True)
         for path in (self.path / "checkpoint").glob("model-*.safetensors"):
@@ -306,7 +314,7 @@ class RunFolder:
     def verify(self) -> None:
         """Check every file the commit names against its SHA-256: a one-line error naming the file."""
         state = self.state()
-        for relative, digest in (state or {}).get("files", {}).items():
+        for relative, digest in (state["files"] if state else {}).items():
             path = self.path / relative
             if not path.exists():
                 raise DataError(f"{path} is missing but the run committed it; delete the run folder {self.path} and run again")
@@ -316,25 +324,21 @@ class RunFolder:
 
     # ------------------------------------------------------------------------------------ reads
     def read_matrix(self) -> AccuracyMatrix:
+        """The committed matrix; before the first commit, the matrix file's columns with no row."""
         state = self.state()
-        if state and "matrix" in state:
+        if state:
             return AccuracyMatrix.from_json(state["matrix"])
-        matrix = AccuracyMatrix.from_json(read_json(self.matrix))
-        # Rows past the last committed task (a run killed mid-write) are not results.
-        matrix.values = matrix.values[: self.completed_tasks() + 1]
+        matrix = AccuracyMatrix.from_json(_current_matrix(read_json(self.matrix)))
+        matrix.values = []  # rows of a phase that never committed (a kill mid-write) are not results
         return matrix
 
     def read_tasks(self) -> list[dict]:
         state = self.state()
-        if state and "tasks" in state:
-            return state["tasks"]
-        return read_json(self.tasks)[: max(0, self.completed_tasks())] if self.tasks.exists() else []
+        return state["tasks"] if state else []
 
     def read_upstream_eval(self) -> list[dict]:
         state = self.state()
-        if state and "upstream_eval" in state:
-            return state["upstream_eval"]
-        return read_json(self.upstream_eval)[: self.completed_tasks() + 1] if self.upstream_eval.exists() else []
+        return state["upstream_eval"] if state else []
 
     def read_predictions(self, after_task: int) -> dict[str, np.ndarray]:
         path = self.predictions(after_task)
@@ -368,6 +372,46 @@ class RunFolder:
             yield
         finally:
             handle.close()  # releases the lock
+
+
+def migrate(folder: RunFolder, state: dict) -> dict:
+    """``state`` (a folder's ``progress.json`` as read, its counts checked) in the current format
+    (:data:`FORMAT_VERSION`); the folder's files are left as they are. The one reader of older formats.
+
+    Format 0 (no ``format_version``; folders of earlier versions) may lack, each taken then from the
+    folder as those versions wrote it: ``matrix`` (``accuracy_matrix.json``; its rows past the commit
+    are not results), ``tasks`` and ``upstream_eval`` (``tasks.json`` and ``upstream_eval.json`` cut to
+    the committed phases; none when absent), ``checkpoint`` (``checkpoint/model.safetensors`` when it
+    exists), ``files`` (none hashed), the matrix's ``phases`` and ``phase_columns`` (its task columns)
+    and a task record's ``column`` (its task). A :class:`DataError` for a format newer than this
+    version reads, or an absent or unreadable ``accuracy_matrix.json`` where the commit holds no matrix."""
+    version = state.get("format_version", 0)
+    if version == FORMAT_VERSION:
+        return state
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataError(f"{folder.progress} has format_version {version!r}, newer than this forgetlab reads ({FORMAT_VERSION}); "
+                        "update forgetlab")  # fmt: skip
+    completed = state["completed_tasks"]
+    state = dict(state, format_version=FORMAT_VERSION)
+    if "matrix" not in state:
+        matrix = read_json(folder.matrix)
+        state["matrix"] = dict(matrix, values=matrix["values"][: completed + 1])
+    state["matrix"] = _current_matrix(state["matrix"])
+    if "tasks" not in state:
+        state["tasks"] = read_json(folder.tasks)[: max(0, completed)] if folder.tasks.exists() else []
+    state["tasks"] = [{**record, "column": record.get("column", record["task"])} for record in state["tasks"]]
+    if "upstream_eval" not in state:
+        state["upstream_eval"] = read_json(folder.upstream_eval)[: completed + 1] if folder.upstream_eval.exists() else []
+    if "checkpoint" not in state:
+        legacy = folder.path / "checkpoint" / "model.safetensors"
+        state["checkpoint"] = str(legacy.relative_to(folder.path)) if legacy.exists() else None
+    state.setdefault("files", {})
+    return state
+
+
+def _current_matrix(matrix: dict) -> dict:
+    """A matrix record of format 0 with the phases and their columns of the current one (None: its task columns)."""
+    return {"phases": None, "phase_columns": None, **matrix}
 
 
 def lock_holder(folder: RunFolder) -> str | None:

@@ -17,9 +17,9 @@ def check_local_inputs(config) -> None:
     """Every local input a run reads, before the backbone's weights (which may mean a download or a
     pretraining): the weights, each dataset as the run loads it (the upstream train split where the
     k-NN bank or replay reads it), WordNet where ImageNet is used, and the offline world's source
-    files. Every problem is found in one pass (:func:`forgetlab.data.check.require_inputs`): one is
+    files. Every problem is found in one pass (:func:`forgetlab.data_check.require_inputs`): one is
     its one-line error, several are listed together, each with where it belongs and how to get it."""
-    from forgetlab.data.check import require_inputs
+    from forgetlab.data_check import require_inputs
 
     require_inputs(config)
 

@@ -37,7 +37,7 @@ import torch
 from forgetlab import caches
 from forgetlab import config as config_module
 from forgetlab.data import build_task
-from forgetlab.data.check import load_upstream
+from forgetlab.data_check import load_upstream
 from forgetlab.data.device_pipeline import encoded
 from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import preprocess_for

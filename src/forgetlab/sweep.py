@@ -52,7 +52,6 @@ from forgetlab.analysis.cells import STATUS_FILE, cell_state, folder_status  # n
 from forgetlab.results import RunFolder, atomic_write_text
 
 SWEEP_FILE = "sweep.yaml"
-TABLE_FILE = "sweep.csv"
 
 
 @dataclass

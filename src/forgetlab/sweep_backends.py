@@ -31,7 +31,6 @@ from typing import Callable
 from forgetlab.config import dump_yaml
 from forgetlab.errors import ConfigError, ForgetlabError, RunLockedError
 
-DIED = "died"
 LOCKED, SKIPPED = "locked", "skipped"
 # How a run refused for its folder's lock says so (forgetlab.results.RunFolder.lock), as a child prints it.
 _LOCKED_WORDS = " is being run by "

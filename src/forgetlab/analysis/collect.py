@@ -84,7 +84,7 @@ class RunResult:
             levels[self.matrix.columns[0]] = 1 / len(classes)
         for record in self.tasks:
             if record.get("num_classes"):
-                levels[record.get("column", record["task"])] = 1 / record["num_classes"]
+                levels[record["column"]] = 1 / record["num_classes"]
         return levels
 
     def config_key(self, *ignored: str) -> str:

@@ -3,24 +3,82 @@
 A task is a plain record. Upstream tasks carry a WordNet synset per class (ImageNet classes carry their
 wnid), which the contextual-forgetting analysis uses; downstream tasks carry the WordNet concept of
 their domain (``car.n.01`` for Stanford Cars).
+
+Every dataset class of forgetlab keeps one small interface, :class:`TaskDataset` (as every timm model
+keeps ``forward_features`` and ``reset_classifier``): its labels without loading an image, its
+evaluation view, and a fingerprint of what it yields, which the caches of pure functions of a dataset
+key on. A dataset of another library (a torchvision dataset handed to the API) works too: its labels
+are read item by item, it is its own evaluation view, and it has no fingerprint (nothing is cached).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 
+@runtime_checkable
+class TaskDataset(Protocol):
+    """The interface of every forgetlab dataset class (``ArrayDataset``, ``FileDataset``,
+    ``ArrayImageDataset``, ``LabelSubset``, ``SampleSubset``, the device pipeline's ``EncodedDataset``
+    and the evaluation crops' ``EvalCrops``); a dataset of your own keeps it too (docs/extending.md).
+
+    * ``labels``: every example's label, int64 ``[N]``, read without loading an image;
+    * ``__len__`` and ``__getitem__`` (an ``(image, label)`` pair, as torch's ``Dataset``);
+    * ``evaluation_view()``: the same examples under the deterministic evaluation transform (a k-NN
+      bank of the training split); itself when it has only one transform;
+    * ``fingerprint()``: a SHA-256 hex string of everything its items depend on (files by path, size
+      and modification time, in-memory images by their bytes, positions, labels and transforms), stable
+      across processes; None when it cannot say (the caches keyed by it are then not read)."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int): ...
+
+    def evaluation_view(self) -> "TaskDataset": ...
+
+    def fingerprint(self) -> str | None: ...
+
+
 def dataset_labels(dataset: Dataset) -> np.ndarray:
-    """Every example's label, from the dataset's ``labels`` when it has them (no image is loaded)."""
-    labels = getattr(dataset, "labels", None)
-    if labels is not None:
-        return np.asarray(labels)
+    """Every example's label ``[N]``: a :class:`TaskDataset`'s ``labels`` (no image is loaded), any other
+    dataset's read item by item."""
+    if isinstance(dataset, TaskDataset):
+        return np.asarray(dataset.labels)
     return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+def content_fingerprint(dataset, contents: list[bytes], transform, mean=None, std=None) -> str:
+    """The fingerprint of a dataset that holds its examples (files or arrays): a SHA-256 of its class
+    name, ``contents`` (what identifies its images), its labels, and the ``repr`` of its ``transform``
+    and normalisation ``(mean, std)`` (None for those it does not apply)."""
+    digest = hashlib.sha256(type(dataset).__name__.encode())
+    for content in contents:
+        digest.update(content)
+    digest.update(np.asarray(dataset.labels).tobytes())
+    digest.update(repr(transform).encode())
+    digest.update(repr((mean, std)).encode())
+    return digest.hexdigest()
+
+
+def index_fingerprint(dataset, inner_print: str | None, indices) -> str | None:
+    """The fingerprint of a dataset that reads ``indices`` of another (whose fingerprint is
+    ``inner_print``; None: this one has none either): its class name, the inner print, the indices and its labels."""
+    if inner_print is None:
+        return None
+    digest = hashlib.sha256(type(dataset).__name__.encode())
+    digest.update(inner_print.encode())
+    digest.update(np.asarray(indices).tobytes())
+    digest.update(np.asarray(dataset.labels).tobytes())
+    return digest.hexdigest()
 
 
 def subset_indices(length: int, count: int, seed: int) -> np.ndarray | None:
@@ -64,6 +122,15 @@ class ArrayDataset(Dataset):
         subset.images, subset.labels = self.images[order], self.labels[order]
         subset.mean, subset.std = self.mean, self.std
         return subset
+
+    def evaluation_view(self) -> "ArrayDataset":
+        return self  # one transform: the normalisation
+
+    def fingerprint(self, with_transform: bool = True) -> str:
+        """See :class:`TaskDataset`: the image bytes, labels and normalisation (``with_transform=False``:
+        the images alone, as the device pipeline reads them)."""
+        mean, std = (self.mean, self.std) if with_transform else (None, None)
+        return content_fingerprint(self, [np.ascontiguousarray(self.images.numpy()).tobytes()], None, mean, std)
 
 
 @dataclass
@@ -115,6 +182,9 @@ class LabelSubset(Dataset):
         view.dataset = evaluation_view(self.dataset)
         return view
 
+    def fingerprint(self) -> str | None:
+        return index_fingerprint(self, dataset_fingerprint(self.dataset), self.indices)
+
 
 class SampleSubset(Dataset):
     """The examples of ``dataset`` at ``indices`` (a sample split: paper 1's long setting)."""
@@ -134,58 +204,18 @@ class SampleSubset(Dataset):
         view.dataset = evaluation_view(self.dataset)
         return view
 
+    def fingerprint(self) -> str | None:
+        return index_fingerprint(self, dataset_fingerprint(self.dataset), self.indices)
+
 
 def evaluation_view(dataset: Dataset) -> Dataset:
-    """``dataset`` under its deterministic evaluation transform (as it is when it has no other)."""
-    view = getattr(dataset, "evaluation_view", None)
-    return view() if view else dataset
+    """``dataset`` under its deterministic evaluation transform: a :class:`TaskDataset`'s
+    ``evaluation_view()``; any other dataset as it is."""
+    return dataset.evaluation_view() if isinstance(dataset, TaskDataset) else dataset
 
 
 def dataset_fingerprint(dataset: Dataset) -> str | None:
-    """A SHA-256 of what a dataset yields (files by path, size and modification time; in-memory images
-    by their bytes; subsets by their indices; the transform by its description; the device
-    pipeline's :class:`~forgetlab.data.device_pipeline.EncodedDataset` by the files or arrays it reads, its positions
-    and its batch transform), or None for a type it does not know. Caches of pure functions of a
-    dataset key on it (the k-NN banks of :class:`forgetlab.evaluate.KNNEvaluator`)."""
-    import copy
-    import hashlib
-
-    digest = hashlib.sha256(type(dataset).__name__.encode())
-    inner = getattr(dataset, "dataset", None)
-    if inner is not None and hasattr(dataset, "positions") and hasattr(dataset, "batch_transform"):
-        # EncodedDataset (data.pipeline=device): the files or arrays it reads (not the PIL transform of
-        # the dataset holding them, which it never applies), the positions and labels it reads them as,
-        # and the batch transform its images get on the device.
-        source = copy.copy(inner)
-        source.transform = source.mean = source.std = None
-        inner_print = dataset_fingerprint(source)
-        if inner_print is None:
-            return None
-        digest.update(inner_print.encode())
-        digest.update(np.asarray(dataset.positions).tobytes())
-        digest.update(np.asarray(dataset_labels(dataset)).tobytes())
-        digest.update(repr(dataset.batch_transform).encode())
-        return digest.hexdigest()
-    if inner is not None and hasattr(dataset, "indices"):  # LabelSubset, SampleSubset
-        inner_print = dataset_fingerprint(inner)
-        if inner_print is None:
-            return None
-        digest.update(inner_print.encode())
-        digest.update(np.asarray(dataset.indices).tobytes())
-        digest.update(np.asarray(dataset_labels(dataset)).tobytes())
-        return digest.hexdigest()
-    if hasattr(dataset, "paths"):  # FileDataset
-        for path in dataset.paths:
-            stat = path.stat()
-            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        if getattr(dataset, "boxes", None) is not None:
-            digest.update(dataset.boxes.tobytes())
-    elif hasattr(dataset, "images"):  # ArrayImageDataset, ArrayDataset
-        images = dataset.images
-        digest.update(np.ascontiguousarray(images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)).tobytes())
-    else:
-        return None
-    digest.update(np.asarray(dataset_labels(dataset)).tobytes())
-    digest.update(repr(getattr(dataset, "transform", None)).encode())
-    digest.update(repr((getattr(dataset, "mean", None), getattr(dataset, "std", None))).encode())
-    return digest.hexdigest()
+    """A :class:`TaskDataset`'s ``fingerprint()`` (a SHA-256 hex string of what it yields), or None for
+    a dataset of another kind. Caches of pure functions of a dataset key on it (the k-NN banks of
+    :class:`forgetlab.evaluate.KNNEvaluator`)."""
+    return dataset.fingerprint() if isinstance(dataset, TaskDataset) else None

@@ -46,6 +46,7 @@ darker per step); the drawn parameters have timm's distributions (two-sample tes
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -54,8 +55,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from forgetlab.data.base import dataset_labels
+from forgetlab.data.base import ArrayDataset, LabelSubset, SampleSubset, dataset_labels
 from forgetlab.data.decode import JPEG_MAGIC, PNG_MAGIC, box_pixels, decode_bytes, jpeg_components, to_uint8
+from forgetlab.data.files import ArrayImageDataset, FileDataset
 from forgetlab.data.loader import device_constant
 from forgetlab.errors import ConfigError, DataError
 
@@ -492,8 +494,8 @@ class EncodedDataset(Dataset):
         self.labels = dataset_labels(dataset)  # class splits relabel: the outer labels are the task's
         # Class and sample splits are index maps over a file or array dataset: read through them.
         positions = np.arange(len(dataset))
-        while not (hasattr(dataset, "paths") or hasattr(dataset, "images")):
-            if not (hasattr(dataset, "dataset") and hasattr(dataset, "indices")):
+        while not isinstance(dataset, (FileDataset, ArrayImageDataset, ArrayDataset)):
+            if not isinstance(dataset, (LabelSubset, SampleSubset)):
                 raise ValueError(f"the device pipeline cannot read a {type(dataset).__name__}")
             positions, dataset = np.asarray(dataset.indices)[positions], dataset.dataset
         self.dataset, self.positions = dataset, positions
@@ -503,7 +505,7 @@ class EncodedDataset(Dataset):
 
     def __getitem__(self, index: int):
         dataset, position = self.dataset, int(self.positions[index])
-        if hasattr(dataset, "paths"):
+        if isinstance(dataset, FileDataset):
             path = dataset.paths[position]
             try:
                 payload = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
@@ -516,11 +518,11 @@ class EncodedDataset(Dataset):
     def _crop(self, image: torch.Tensor, position: int) -> torch.Tensor:
         """``image`` ``[3, H, W]`` cropped to its box by :func:`forgetlab.data.decode.box_pixels`."""
         left, top, right, bottom = box_pixels(self.dataset.boxes[position], image.shape[-1], image.shape[-2], self.name(position),
-                                              getattr(self.dataset, "box_file", None))  # fmt: skip
+                                              self.dataset.box_file)  # fmt: skip
         return image[:, top:bottom, left:right]
 
     def name(self, position: int) -> str:
-        return str(self.dataset.paths[position]) if hasattr(self.dataset, "paths") else f"image {position}"
+        return str(self.dataset.paths[position]) if isinstance(self.dataset, FileDataset) else f"image {position}"
 
     def subset(self, count: int, seed: int) -> "EncodedDataset":
         from forgetlab.data.base import subset_indices
@@ -536,6 +538,17 @@ class EncodedDataset(Dataset):
         view = copy.copy(self)
         view.batch_transform = self.eval_batch_transform
         return view
+
+    def fingerprint(self) -> str:
+        """See :class:`~forgetlab.data.base.TaskDataset`: the files or arrays it reads (not the PIL
+        transform of the dataset holding them, which it never applies), the positions and labels it
+        reads them as, and the batch transform its images get on the device."""
+        digest = hashlib.sha256(type(self).__name__.encode())
+        digest.update(self.dataset.fingerprint(with_transform=False).encode())
+        digest.update(np.asarray(self.positions).tobytes())
+        digest.update(np.asarray(self.labels).tobytes())
+        digest.update(repr(self.batch_transform).encode())
+        return digest.hexdigest()
 
     @staticmethod
     def collate(items):
@@ -557,10 +570,9 @@ class EncodedDataset(Dataset):
         ``payloads`` as :meth:`collate` makes them, or a list of single payloads."""
         if isinstance(payloads, EncodedBatch):
             payloads = payloads.payloads()
-        if hasattr(self.dataset, "paths"):
+        if isinstance(self.dataset, FileDataset):
             images = decode_batch(payloads, [self.name(i) for i in indices], device)
-            boxes = getattr(self.dataset, "boxes", None)
-            if boxes is not None:  # CUB's bounding boxes, clipped to the image as on the PIL path
+            if self.dataset.boxes is not None:  # CUB's bounding boxes, clipped to the image as on the PIL path
                 images = [self._crop(image, position) for image, position in zip(images, indices)]
         else:
             images = payloads

@@ -155,6 +155,11 @@ class EvalCrops(Dataset):
     def evaluation_view(self) -> "EvalCrops":
         return self
 
+    def fingerprint(self) -> None:
+        """None (see :class:`~forgetlab.data.base.TaskDataset`): the crops are a cache themselves, keyed
+        by ``key``; nothing is cached on top of them."""
+        return None
+
     def streams(self) -> bool:
         """Whether a first pass can evaluate the crops while it writes them (the device path, cache missing)."""
         return self._array is None and self._produce is not None and not (self.path / CROPS_FILE).exists()

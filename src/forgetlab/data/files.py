@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from forgetlab.data.base import subset_indices
+from forgetlab.data.base import content_fingerprint, subset_indices
 from forgetlab.data.decode import box_pixels, open_rgb
 from forgetlab.data.listing import OS_METADATA, is_os_metadata, listed  # noqa: F401  (the data package lists through here)
 from forgetlab.errors import ConfigError, DataError
@@ -43,15 +43,12 @@ class Preprocess:
         return dataclasses.replace(self, eval=self.upstream_eval or self.eval)
 
 
-def preprocess_for(model: torch.nn.Module, image_size: int | None = None, config=None) -> Preprocess:
+def preprocess_for(model: torch.nn.Module, image_size: int | None, config) -> Preprocess:
     """timm's transforms for ``model``'s own data config, with the choices of ``config`` (a
-    :class:`forgetlab.config.PreprocessConfig`; None: its defaults) on top; ``image_size`` overrides
-    the input size (smoke runs)."""
+    :class:`forgetlab.config.PreprocessConfig`, the config's ``preprocess`` section) on top;
+    ``image_size`` overrides the input size (smoke runs)."""
     import timm.data
 
-    from forgetlab.config import PreprocessConfig
-
-    config = config or PreprocessConfig()
     data = timm.data.resolve_model_data_config(model)
     if image_size:
         data["input_size"] = (data["input_size"][0], image_size, image_size)
@@ -177,13 +174,27 @@ class FileDataset(Dataset):
         view.transform = self.eval_transform
         return view
 
+    def fingerprint(self, with_transform: bool = True) -> str:
+        """See :class:`~forgetlab.data.base.TaskDataset`: each file by path, size and modification time,
+        the boxes, labels and transform (``with_transform=False``: the files alone, as the device
+        pipeline reads them)."""
+        contents = []
+        for path in self.paths:
+            stat = path.stat()
+            contents.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        if self.boxes is not None:
+            contents.append(self.boxes.tobytes())
+        return content_fingerprint(self, contents, self.transform if with_transform else None)
+
 
 class ArrayImageDataset(Dataset):
-    """In-memory uint8 RGB images ``[N, H, W, 3]`` (CIFAR), items preprocessed like files."""
+    """In-memory uint8 RGB images ``[N, H, W, 3]`` (CIFAR), items preprocessed like files. ``cache_key``:
+    the key of the decoded cache the images were read from (:func:`decoded_cache`), None for others."""
 
-    def __init__(self, images: np.ndarray, labels, transform: Callable | None = None):
+    def __init__(self, images: np.ndarray, labels, transform: Callable | None = None, cache_key: str | None = None):
         self.images, self.labels, self.transform = images, np.asarray(labels, dtype=np.int64), transform
         self.eval_transform = transform
+        self.cache_key = cache_key
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -195,10 +206,8 @@ class ArrayImageDataset(Dataset):
         return (self.transform(image) if self.transform else image), int(self.labels[index])
 
     def select(self, order) -> "ArrayImageDataset":
-        selected = ArrayImageDataset(self.images[order], self.labels[order], self.transform)
+        selected = ArrayImageDataset(self.images[order], self.labels[order], self.transform, self.cache_key)
         selected.eval_transform = self.eval_transform
-        if hasattr(self, "cache_key"):  # images of a decoded cache (:func:`decoded_cache`)
-            selected.cache_key = self.cache_key
         return selected
 
     def subset(self, count: int, seed: int) -> "ArrayImageDataset":
@@ -209,6 +218,12 @@ class ArrayImageDataset(Dataset):
         view = copy.copy(self)
         view.transform = self.eval_transform
         return view
+
+    def fingerprint(self, with_transform: bool = True) -> str:
+        """See :class:`~forgetlab.data.base.TaskDataset`: the image bytes, labels and transform
+        (``with_transform=False``: the images alone, as the device pipeline reads them)."""
+        images = self.images.numpy() if isinstance(self.images, torch.Tensor) else np.asarray(self.images)
+        return content_fingerprint(self, [np.ascontiguousarray(images).tobytes()], self.transform if with_transform else None)
 
 
 def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDataset:
@@ -246,17 +261,27 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
                     pass
 
         write_memmap_atomically(target, (len(dataset), size, size, 3), fill)  # the evaluation-crop cache's writer
-    cached = ArrayImageDataset(np.load(target, mmap_mode="r"), dataset.labels, dataset.transform)
-    cached.eval_transform, cached.cache_key = dataset.eval_transform, key
+    cached = ArrayImageDataset(np.load(target, mmap_mode="r"), dataset.labels, dataset.transform, cache_key=key)
+    cached.eval_transform = dataset.eval_transform
     return cached
 
 
 def data_root(data_config) -> Path:
-    """``data.root``, else ``$FORGETLAB_DATA``; a one-line error naming both when neither is set."""
-    root = getattr(data_config, "root", None) or os.environ.get(DATA_ENV)
+    """``data.root`` (``data_config``: a :class:`forgetlab.config.DataConfig` or None), else
+    ``$FORGETLAB_DATA``; a one-line error naming both when neither is set."""
+    root = (data_config.root if data_config is not None else None) or os.environ.get(DATA_ENV)
     if not root:
         raise ConfigError(f"the real datasets need a folder: set data.root=/path/to/datasets or {DATA_ENV}=/path/to/datasets")
     return Path(root).expanduser()
+
+
+def dataset_folder(name: str, data_config) -> Path:
+    """The folder of the registered dataset ``name`` under the data root (see :func:`data_root`); a
+    one-line :class:`DataError` saying how to get it when it is absent."""
+    from forgetlab.data.registry import dataset_info
+
+    info = dataset_info(name)
+    return require(data_root(data_config) / info.folder, name, info.how)
 
 
 def require(path: Path, what: str, how: str) -> Path:

@@ -236,7 +236,13 @@ def _task(name: str, data_config, classes: list[str], **metadata) -> TaskData:
 
 
 # --------------------------------------------------------------------------------------------- registry
-@register_dataset("offline_upstream", channels=1)
+WORLD = "offline world"  # where these datasets come from: built on first use, cached under FORGETLAB_HOME
+UPSTREAM_SPLITS = "train / test: Fashion-MNIST's train / t10k garments, and uppercase letters rendered apart for each"
+FONT_SPLITS = "train / test: lowercase letters rendered apart for each, less any image of the upstream test set"
+DIGITS_SPLITS = "train / test: a seeded 70 / 30 split of each digit, less any image of the upstream test set"
+
+
+@register_dataset("offline_upstream", builtin=WORLD, channels=1, splits=UPSTREAM_SPLITS)
 def offline_upstream(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "upstream",
@@ -249,40 +255,34 @@ def offline_upstream(data_config=None, preprocess=None) -> TaskData:  # offline 
     )
 
 
-@register_dataset("fontfamily", channels=1)
+@register_dataset("fontfamily", builtin=WORLD, channels=1, splits=FONT_SPLITS, domain_synset="letter.n.02", domain_word="letter")
 def fontfamily(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "fontfamily",
         data_config,
         classes=list(FAMILY_TASK_FAMILIES),
-        domain_synset="letter.n.02",
-        domain_word="letter",
         description="which of 8 font families drew a lowercase letter",
         stands_in_for="Stanford Cars (fine-grained, inside the upstream 'letters' group)",
     )
 
 
-@register_dataset("digits", channels=1)
+@register_dataset("digits", builtin=WORLD, channels=1, splits=DIGITS_SPLITS, domain_synset="digit.n.01", domain_word="digit")
 def digits(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "digits",
         data_config,
         classes=[str(d) for d in range(10)],
-        domain_synset="digit.n.01",
-        domain_word="digit",
         description="scikit-learn's handwritten digits (8x8, upsampled)",
         stands_in_for="a domain outside every upstream group (Flowers102's role)",
     )
 
 
-@register_dataset("fontstyle", channels=1)
+@register_dataset("fontstyle", builtin=WORLD, channels=1, splits=FONT_SPLITS, domain_synset="font.n.01", domain_word="font")
 def fontstyle(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "fontstyle",
         data_config,
         classes=list(STYLES),
-        domain_synset="font.n.01",
-        domain_word="font",
         description="regular, bold, italic or bold italic, over 12 other font families",
         stands_in_for="FGVC-Aircraft (a second fine-grained task near the 'letters' group)",
     )

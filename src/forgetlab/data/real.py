@@ -43,29 +43,23 @@ import numpy as np
 
 from forgetlab import caches
 from forgetlab.data.base import TaskData
-from forgetlab.data.files import ArrayImageDataset, FileDataset, data_root, decoded_cache, listed, require
+from forgetlab.data.files import ArrayImageDataset, FileDataset, dataset_folder, decoded_cache, listed, require
 from forgetlab.data.registry import register_dataset
 from forgetlab.data.validate import InvalidDataError, check_classes, check_labels, labels_by_name, read_rows, require_fields
 from forgetlab.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
-# name -> (folder, what to do when it is missing)
-SOURCES = {
-    "imagenet": ("imagenet", "place ILSVRC2012 val/ as wnid folders (or flat, with LOC_val_solution.csv) under it, and train/ as "
-                 "wnid folders where the k-NN bank (every paper-2 preset) or replay reads it"),
-    "cifar100": ("cifar-100-python", "extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html there"),
-    "stanford_cars": ("stanford_cars", "place cars_train/, cars_test/, devkit/ and cars_test_annos_withlabels.mat there "
-                      "(torchvision's layout; the original download is gone, use a mirror such as Kaggle's)"),
-    "flowers102": ("flowers-102", "place jpg/, imagelabels.mat and setid.mat from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ there"),
-    "fgvc_aircraft": ("fgvc-aircraft-2013b", "extract fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ there"),
-    "cub200": ("CUB_200_2011", "extract CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ there"),
-}  # fmt: skip
-
-
-def dataset_folder(name: str, data_config) -> Path:
-    folder, how = SOURCES[name]
-    return require(data_root(data_config) / folder, f"{name}", how)
+HOW = {
+    "imagenet": "place ILSVRC2012 val/ as wnid folders (or flat, with LOC_val_solution.csv) under it, and train/ as "
+                "wnid folders where the k-NN bank (every paper-2 preset) or replay reads it",
+    "cifar100": "extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html there",
+    "stanford_cars": "place cars_train/, cars_test/, devkit/ and cars_test_annos_withlabels.mat there "
+                     "(torchvision's layout; the original download is gone, use a mirror such as Kaggle's)",
+    "flowers102": "place jpg/, imagelabels.mat and setid.mat from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ there",
+    "fgvc_aircraft": "extract fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ there",
+    "cub200": "extract CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ there",
+}  # how to get each dataset's folder when it is missing  # fmt: skip
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -93,7 +87,7 @@ def _finish(name, data_config, preprocess, classes, train, test, **metadata) -> 
     eval_transform = preprocess.eval if preprocess else None
     for split in (train, test):
         _require_files(name, split)
-    if preprocess is not None and getattr(data_config, "cache_decoded", False):
+    if preprocess is not None and data_config is not None and data_config.cache_decoded:
         # Decode once at the size the eval crop is taken from (e.g. 248 px for a 224 px, 0.9-crop model).
         size = math.ceil(preprocess.input_size[-1] / preprocess.crop_pct)
         folder = caches.folder("decoded")
@@ -188,12 +182,13 @@ def read_imagenet_split(folder: Path, wnids: list[str] | None = None) -> tuple[l
     return wnids, paths, labels.tolist()
 
 
-@register_dataset("imagenet")
+@register_dataset("imagenet", folder="imagenet", how=HOW["imagenet"],
+                  splits="test: val/ (50,000); train: train/ (1,281,167; the k-NN bank and replay)")  # fmt: skip
 def imagenet(data_config=None, preprocess=None) -> TaskData:
     from forgetlab import wordnet
 
     root = dataset_folder("imagenet", data_config)
-    wnids, paths, labels = read_imagenet_split(require(root / "val", "imagenet/val", SOURCES["imagenet"][1]))
+    wnids, paths, labels = read_imagenet_split(require(root / "val", "imagenet/val", HOW["imagenet"]))
     train = None
     if (root / "train").exists():
         _, train_paths, train_labels = read_imagenet_split(root / "train", wnids)
@@ -235,18 +230,19 @@ def _unpickle(path: Path) -> dict:
     return data
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", folder="cifar-100-python", how=HOW["cifar100"], splits="the train / test pickles (50,000 / 10,000)",
+                  domain_synset="object.n.01", domain_word="object")  # fmt: skip
 def cifar100(data_config=None, preprocess=None) -> TaskData:
     root = dataset_folder("cifar100", data_config)
     how = "re-extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html"
-    meta = _unpickle(require(root / "meta", "cifar-100-python/meta", SOURCES["cifar100"][1]))
+    meta = _unpickle(require(root / "meta", "cifar-100-python/meta", HOW["cifar100"]))
     require_fields(meta, ["fine_label_names"], root / "meta", how)
     if not isinstance(meta["fine_label_names"], list):
         raise InvalidDataError(f"{root / 'meta'}: 'fine_label_names' is not a list of names; {how}")
     names = check_classes(meta["fine_label_names"], root / "meta", how)
     splits = {}
     for split in ("train", "test"):
-        path = require(root / split, f"cifar-100-python/{split}", SOURCES["cifar100"][1])
+        path = require(root / split, f"cifar-100-python/{split}", HOW["cifar100"])
         data = _unpickle(path)
         require_fields(data, ["data", "fine_labels"], path, how)
         try:
@@ -258,7 +254,7 @@ def cifar100(data_config=None, preprocess=None) -> TaskData:
             raise InvalidDataError(f"{path} has {len(images)} images but {len(labels)} labels; {how}")
         splits[split] = ArrayImageDataset(np.ascontiguousarray(images), labels)
     return _finish("cifar100", data_config, preprocess, names, splits["train"], splits["test"],
-                   domain_synset="object.n.01", domain_word="object", description="CIFAR-100 (32x32, 100 classes)")  # fmt: skip
+                   description="CIFAR-100 (32x32, 100 classes)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- Stanford Cars
@@ -279,10 +275,12 @@ CARS_HOW = {
 }  # fmt: skip
 
 
-@register_dataset("stanford_cars")
+@register_dataset("stanford_cars", folder="stanford_cars", how=HOW["stanford_cars"],
+                  splits="devkit cars_train_annos.mat / cars_test_annos_withlabels.mat (8,144 / 8,041)",
+                  domain_synset="car.n.01", domain_word="car")  # fmt: skip
 def stanford_cars(data_config=None, preprocess=None) -> TaskData:
     root = dataset_folder("stanford_cars", data_config)
-    how = SOURCES["stanford_cars"][1]
+    how = HOW["stanford_cars"]
     meta_file = require(root / "devkit" / "cars_meta.mat", "devkit/cars_meta.mat", how)
     meta = _mat(meta_file)
     require_fields(meta, ["class_names"], meta_file, CARS_HOW["cars_meta.mat"])
@@ -300,7 +298,7 @@ def stanford_cars(data_config=None, preprocess=None) -> TaskData:
         folder = root / f"cars_{split}"
         splits[split] = FileDataset([folder / str(name) for name in records["fname"]], labels)
     return _finish("stanford_cars", data_config, preprocess, names, splits["train"], splits["test"],
-                   domain_synset="car.n.01", domain_word="car", description="Stanford Cars (196 models)")  # fmt: skip
+                   description="Stanford Cars (196 models)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- Flowers102
@@ -308,10 +306,12 @@ FLOWERS_SPLITS = {"train": ["trnid"], "trainval": ["trnid", "valid"]}
 
 
 @register_dataset("flowers102", variants={"train": "train on trnid only (1,020 images; paper 1's code, the default)",
-                                          "trainval": "train on trnid + valid (2,040 images)"})  # fmt: skip
+                                          "trainval": "train on trnid + valid (2,040 images)"},
+                  folder="flowers-102", how=HOW["flowers102"], splits="setid.mat: trnid / tstid (1,020 / 6,149)",
+                  domain_synset="flower.n.01", domain_word="flower")  # fmt: skip
 def flowers102(data_config=None, preprocess=None, variant: str = "train") -> TaskData:
     root = dataset_folder("flowers102", data_config)
-    how = SOURCES["flowers102"][1]
+    how = HOW["flowers102"]
     fix = "download {} again from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
     label_file, id_file = require(root / "imagelabels.mat", "imagelabels.mat", how), require(root / "setid.mat", "setid.mat", how)
     label_mat = _mat(label_file)
@@ -328,15 +328,17 @@ def flowers102(data_config=None, preprocess=None, variant: str = "train") -> Tas
         return FileDataset([root / "jpg" / f"image_{n:05d}.jpg" for n in numbers], [int(labels[n - 1]) for n in numbers])
 
     return _finish("flowers102", data_config, preprocess, [f"flower {i + 1}" for i in range(102)], split(FLOWERS_SPLITS[variant]),
-                   split(["tstid"]), domain_synset="flower.n.01", domain_word="flower", description="Oxford Flowers102")  # fmt: skip
+                   split(["tstid"]), description="Oxford Flowers102")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- FGVC-Aircraft
 @register_dataset("fgvc_aircraft", variants={"train": "train on images_variant_train.txt (3,334 images; paper 1's code, the default)",
-                                             "trainval": "train on images_variant_trainval.txt (6,667 images)"})  # fmt: skip
+                                             "trainval": "train on images_variant_trainval.txt (6,667 images)"},
+                  folder="fgvc-aircraft-2013b", how=HOW["fgvc_aircraft"],
+                  splits="images_variant_train.txt / _test.txt (3,334 / 3,333)", domain_synset="airplane.n.01", domain_word="plane")  # fmt: skip
 def fgvc_aircraft(data_config=None, preprocess=None, variant: str = "train") -> TaskData:
     data = dataset_folder("fgvc_aircraft", data_config) / "data"
-    how = SOURCES["fgvc_aircraft"][1]
+    how = HOW["fgvc_aircraft"]
     fix = "re-extract fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/"
     variants_file = require(data / "variants.txt", "data/variants.txt", how)
     variants = check_classes([row[0] for row in read_rows(variants_file, ["variant"], fix)], variants_file, fix, unique=True)
@@ -346,15 +348,17 @@ def fgvc_aircraft(data_config=None, preprocess=None, variant: str = "train") -> 
         labels = labels_by_name([name for _, name in rows], variants, data / filename, fix, classes_file=variants_file, what="variant")
         splits[split] = FileDataset([data / "images" / f"{image_id}.jpg" for image_id, _ in rows], labels)
     return _finish("fgvc_aircraft", data_config, preprocess, variants, splits["train"], splits["test"],
-                   domain_synset="airplane.n.01", domain_word="plane", description="FGVC-Aircraft 2013b (100 variants)")  # fmt: skip
+                   description="FGVC-Aircraft 2013b (100 variants)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- CUB-200-2011
 @register_dataset("cub200", variants={"crop": "each image cropped to its bounding_boxes.txt box (paper 1's code, the default)",
-                                      "nocrop": "whole images"})  # fmt: skip
+                                      "nocrop": "whole images"},
+                  folder="CUB_200_2011", how=HOW["cub200"], splits="train_test_split.txt (5,994 / 5,794)",
+                  domain_synset="bird.n.01", domain_word="bird")  # fmt: skip
 def cub200(data_config=None, preprocess=None, variant: str = "crop") -> TaskData:
     root = dataset_folder("cub200", data_config)
-    how = SOURCES["cub200"][1]
+    how = HOW["cub200"]
     fix = "re-extract CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/"
 
     def table(name: str, columns: list[str], number=str) -> dict[int, list]:
@@ -400,4 +404,4 @@ def cub200(data_config=None, preprocess=None, variant: str = "crop") -> TaskData
     train, test = (FileDataset(p, l, boxes=b if variant == "crop" else None, box_file=root / "bounding_boxes.txt")
                    for p, l, b in (splits[1], splits[0]))  # fmt: skip
     return _finish("cub200", data_config, preprocess, classes, train, test,
-                   domain_synset="bird.n.01", domain_word="bird", description="CUB-200-2011 (200 bird species)")  # fmt: skip
+                   description="CUB-200-2011 (200 bird species)")  # fmt: skip

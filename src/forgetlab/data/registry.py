@@ -18,15 +18,20 @@ split seed, ``s1 = perm[:N // 2]``, ``s2 = perm[N // 2:]``, and the stream pops 
 ``samples_half1`` (trained first) is ``perm[N // 2:]``. The 80/20 parts are forgetlab's own
 (``perm[:floor(0.8 N)]`` first), as the paper's code has no such split.
 
-The registry imports none of its members (as timm's ``_registry.py``): a dataset module registers its
-builders with :func:`register_dataset` when it is imported, and the package (``forgetlab/data/__init__.py``)
-imports the built-in ones, :mod:`~forgetlab.data.offline` and :mod:`~forgetlab.data.real`. Importing this
-module runs the package first, so the names are complete whenever they are asked for (``config`` asks).
-Imports run down: this module imports only ``errors`` and ``data.base``.
+A dataset is one registration (as timm's ``register_model``): :func:`register_dataset` on its loader
+records everything forgetlab knows about it (:class:`DatasetInfo`: its folder under the data root and
+how to get it, or where a built-in one comes from; its variants, image channels, splits and the
+WordNet concept of its domain), and ``forgetlab data check``, the run's input check and the task
+builder read it from there. The registry imports none of its members: a dataset module registers
+its loaders when it is imported, and the package (``forgetlab/data/__init__.py``) imports the built-in
+ones, :mod:`~forgetlab.data.offline` and :mod:`~forgetlab.data.real`; importing this module runs the
+package first, so the names are complete whenever they are asked for (``config`` asks).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -34,38 +39,74 @@ import torch
 
 from forgetlab.errors import ConfigError
 
-_BUILDERS: dict[str, Callable] = {}
-_VARIANTS: dict[str, dict[str, str]] = {}
-_CHANNELS: dict[str, int] = {}  # channels of the images as a model reads them
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset as registered. ``loader(data_config, preprocess[, variant=...])`` returns its
+    :class:`~forgetlab.data.base.TaskData`; ``folder``: its folder under the data root (``data.root``
+    or ``$FORGETLAB_DATA``), ``how``: how to get its files there; or ``builtin``: where a dataset
+    without a folder comes from (the offline world builds its own). ``variants``: name -> help, the
+    first the default; ``channels``: of its images as a model reads them (3: decoded to RGB);
+    ``splits``: what its train and test splits are, in words; ``domain_synset`` / ``domain_word``:
+    the WordNet concept of its domain and the word paper 1 matched class names against (downstream
+    datasets; the contextual-forgetting analysis reads them)."""
+
+    name: str
+    loader: Callable
+    folder: str | None = None
+    how: str = ""
+    builtin: str = ""
+    variants: dict[str, str] = field(default_factory=dict)
+    channels: int = 3
+    splits: str = ""
+    domain_synset: str | None = None
+    domain_word: str | None = None
+
+    def where(self) -> str:
+        """Where the dataset comes from, for a report line: its folder, or the built-in source."""
+        return self.folder if self.folder is not None else f"built-in ({self.builtin})"
 
 
-def register_dataset(name: str, variants: dict[str, str] | None = None, *, channels: int = 3):
-    """Register a builder; ``variants`` (name -> help) are passed to it as ``variant=``, the first
-    being its default; ``channels``: of its images as a model reads them (3: decoded to RGB)."""
+_DATASETS: dict[str, DatasetInfo] = {}
 
-    def decorator(builder: Callable) -> Callable:
-        if name in _BUILDERS:
+
+def register_dataset(name: str, variants: dict[str, str] | None = None, *, folder: str | None = None, how: str = "",
+                     builtin: str = "", channels: int = 3, splits: str = "", domain_synset: str | None = None,
+                     domain_word: str | None = None) -> Callable:  # fmt: skip
+    """Decorator registering a dataset's loader under ``name`` with the facts of :class:`DatasetInfo`.
+    Give ``folder`` (and ``how``) for a dataset read from the data root, or ``builtin`` for one that
+    brings its own images; ``ValueError`` for a name registered twice, for neither or both of them,
+    and for a folder without ``how``."""
+
+    def decorator(loader: Callable) -> Callable:
+        if name in _DATASETS:
             raise ValueError(f"dataset '{name}' registered twice")
-        _BUILDERS[name] = builder
-        _VARIANTS[name] = dict(variants or {})
-        _CHANNELS[name] = channels
-        return builder
+        if (folder is None) == (not builtin):
+            raise ValueError(f"dataset '{name}': give folder= (its folder under the data root) or builtin= (where it comes from), one of them")
+        if folder is not None and not how:
+            raise ValueError(f"dataset '{name}': give how= (how to get the files of its folder '{folder}')")
+        _DATASETS[name] = DatasetInfo(name, loader, folder, how, builtin, dict(variants or {}), channels, splits, domain_synset,
+                                      domain_word)  # fmt: skip
+        return loader
 
     return decorator
 
 
 def dataset_names() -> list[str]:
-    return sorted(_BUILDERS)
+    return sorted(_DATASETS)
 
 
-def dataset_variants(name: str) -> dict[str, str]:
-    return dict(_VARIANTS.get(name, {}))
+def dataset_info(name: str) -> DatasetInfo:
+    """The registration of the dataset ``name`` (a dataset, not a task name); ``ConfigError`` for an unknown one."""
+    if name not in _DATASETS:
+        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(_DATASETS))}")
+    return _DATASETS[name]
 
 
 def image_channels(task_name: str) -> int:
     """Channels of a task's images as a model reads them: 1 for the offline world (28 x 28 grayscale
     arrays), 3 for every real dataset (decoded to RGB)."""
-    return _CHANNELS[parse_task_name(task_name)[0]]
+    return _DATASETS[parse_task_name(task_name)[0]].channels
 
 
 CLASS_PARTS = {"half1": (0.0, 0.5), "half2": (0.5, 1.0), "first80": (0.0, 0.8), "last20": (0.8, 1.0)}
@@ -75,14 +116,14 @@ SAMPLE_PARTS = ("samples_half1", "samples_half2", "samples_first80", "samples_la
 def parse_task_name(name: str) -> tuple[str, str | None, str | None, str | None]:
     """``(dataset, variant, class part, sample part)`` of a task name; a one-line error for a bad one."""
     base, *parts = name.split(":")
-    if base not in _BUILDERS:
-        raise ConfigError(f"unknown dataset '{base}' in task '{name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
+    if base not in _DATASETS:
+        raise ConfigError(f"unknown dataset '{base}' in task '{name}'; choose one of: {', '.join(sorted(_DATASETS))}")
     kinds = {"variant": None, "class split": None, "sample split": None}
     for part in parts:
-        kind = ("variant" if part in _VARIANTS[base] else "class split" if part in CLASS_PARTS
+        kind = ("variant" if part in _DATASETS[base].variants else "class split" if part in CLASS_PARTS
                 else "sample split" if part in SAMPLE_PARTS else None)  # fmt: skip
         if kind is None:
-            options = [*_VARIANTS[base], *CLASS_PARTS, *SAMPLE_PARTS]
+            options = [*_DATASETS[base].variants, *CLASS_PARTS, *SAMPLE_PARTS]
             raise ConfigError(f"unknown part '{part}' in task '{name}'; {base} takes: {', '.join(options)}")
         if kinds[kind] is not None:
             raise ConfigError(f"task '{name}' has two parts of one kind ({kind}: '{kinds[kind]}' and '{part}'); keep one")
@@ -105,17 +146,17 @@ def sample_split_indices(count: int, part: str, seed: int) -> np.ndarray:
 
 def build_task(name: str, data_config=None, preprocess=None, *, seed: int = 0) -> "TaskData":  # noqa: F821
     """The task ``name`` (see the module docstring); ``seed`` draws sample splits unless
-    ``data_config.split_seed`` is set."""
-    import dataclasses
-
+    ``data_config.split_seed`` is set. The task carries its dataset's domain concept (its registration)."""
     from forgetlab.data.base import SampleSubset
 
     base, variant, class_part, sample_part = parse_task_name(name)
-    builder = _BUILDERS[base]
-    task = builder(data_config, preprocess, variant=variant) if variant else builder(data_config, preprocess)
+    info = _DATASETS[base]
+    task = info.loader(data_config, preprocess, variant=variant) if variant else info.loader(data_config, preprocess)
+    if info.domain_synset is not None or info.domain_word is not None:
+        task = dataclasses.replace(task, domain_synset=info.domain_synset, domain_word=info.domain_word)
     if class_part:
         task = class_split(task, task_column(name), *CLASS_PARTS[class_part])
-    split_seed = getattr(data_config, "split_seed", None)
+    split_seed = data_config.split_seed if data_config is not None else None
     if sample_part:
         indices = sample_split_indices(len(task.train), sample_part, seed if split_seed is None else split_seed)
         task = dataclasses.replace(task, train=SampleSubset(task.train, indices))
@@ -124,10 +165,6 @@ def build_task(name: str, data_config=None, preprocess=None, *, seed: int = 0) -
 
 def class_split(task, name: str, start: float, end: float):
     """The classes ``[start, end)`` (fractions of the class list) of ``task``, relabelled from 0."""
-    import dataclasses
-
-    import numpy as np
-
     from forgetlab.data.base import LabelSubset
 
     count = len(task.classes)

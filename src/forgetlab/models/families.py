@@ -165,8 +165,7 @@ def check_adaptable(model: nn.Module, names: list[str], wrap) -> None:
     try:
         for name in names:
             wrappers[name] = layer = wrap(name, model.get_submodule(name))
-            layer.used = False  # set by a call (the hook) or by a read of its effective weight
-            layer.register_forward_hook(lambda module, args, output: module.__dict__.update(used=True))
+            layer.watch_use()
             model.set_submodule(name, layer)
         try:
             example_forward(model)

@@ -117,10 +117,19 @@ def principal_factors(weight: torch.Tensor, rank: int, scaling: float, init: str
     return r[:rank].contiguous(), q[:, :rank].contiguous()
 
 
+def _record_use(layer: "LoRALayer", args, output) -> None:
+    """The forward hook of :meth:`LoRALayer.watch_use`."""
+    layer.used = True
+
+
 class LoRALayer(nn.Module, abc.ABC):
     """Base of the LoRA wrappers: the frozen ``base_layer``, one (A, B) pair per slice of its output rows
     (``out_slices``: name -> (start, end)), and the variant's extras (DoRA's ``lora_magnitude``, one
-    vector per slice; PiSSA/OLoRA's frozen ``A0, B0`` buffers)."""
+    vector per slice; PiSSA/OLoRA's frozen ``A0, B0`` buffers).
+
+    Use watching (:meth:`watch_use`): a model may skip a wrapper or read other weights than the
+    wrapper's; after ``watch_use()``, ``used`` turns True when the layer is called or its effective
+    ``weight`` is read (:func:`forgetlab.models.families.check_adaptable` asks it)."""
 
     base_layer: nn.Module
     out_slices: dict[str, tuple[int, int]]
@@ -143,8 +152,15 @@ class LoRALayer(nn.Module, abc.ABC):
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_magnitude = nn.ParameterDict()
+        self.watching_use = False  # see watch_use
+        self.used = False
         for parameter in base_layer.parameters():
             parameter.requires_grad_(False)
+
+    def watch_use(self) -> None:
+        """From now on, record in ``used`` whether the layer is called or its effective ``weight`` read."""
+        self.watching_use, self.used = True, False
+        self.register_forward_hook(_record_use)
 
     # ------------------------------------------------------------------ initialisation
     def reset_lora_parameters(self) -> None:
@@ -310,8 +326,8 @@ class LoRALinear(LoRALayer):
         """The effective weight ``W + dW`` (DoRA: rescaled per row), for owners that read ``.weight``
         instead of calling the layer (timm's BEiT and EVA, for ``qkv`` with separate q/v biases). On that
         path no dropout applies to the adapter's input. Differentiable: the factors train through it."""
-        if "used" in self.__dict__:  # forgetlab.models.families.check_adaptable is watching
-            self.__dict__["used"] = True
+        if self.watching_use:
+            self.used = True
         weight = self.base_layer.weight
         if not self.dora and self.init not in PRINCIPAL_INITS:  # plain LoRA: the arithmetic of before, bit for bit
             delta = torch.zeros_like(weight)

@@ -31,8 +31,8 @@ from pathlib import Path
 from forgetlab import wordnet
 from forgetlab.config import DataConfig
 from forgetlab.data.files import DATA_ENV
-from forgetlab.data.real import IMAGENET_TRAIN_HOW, SOURCES
-from forgetlab.data.registry import build_task, dataset_names, parse_task_name
+from forgetlab.data.real import IMAGENET_TRAIN_HOW
+from forgetlab.data.registry import build_task, dataset_info, dataset_names, parse_task_name
 from forgetlab.data.validate import InvalidDataError
 from forgetlab.errors import DataError, ForgetlabError
 
@@ -79,15 +79,16 @@ def load_upstream(config, preprocess=None):
 
 
 def _root(data_config) -> str | None:
-    return getattr(data_config, "root", None) or os.environ.get(DATA_ENV)
+    return (data_config.root if data_config is not None else None) or os.environ.get(DATA_ENV)
 
 
 def _where(dataset: str, data_config) -> str:
-    """Where a dataset belongs: its folder under the data root, or the offline world's cache."""
-    if dataset not in SOURCES:
-        return "built-in (offline world)"
+    """Where a dataset belongs (its registration): its folder under the data root, or where a built-in one comes from."""
+    info = dataset_info(dataset)
+    if info.folder is None:
+        return info.where()
     root = _root(data_config)
-    return str(Path(root).expanduser() / SOURCES[dataset][0]) if root else f"<data.root or ${DATA_ENV}>/{SOURCES[dataset][0]}"
+    return str(Path(root).expanduser() / info.folder) if root else f"<data.root or ${DATA_ENV}>/{info.folder}"
 
 
 def _counts(task) -> str:
@@ -117,8 +118,8 @@ def dataset_finding(name: str, load, data_config, memo: dict, *, key=None, wordn
         return Finding(name, OK, where, "files read; its class names need WordNet 3.0 (see the wordnet line)"), None
     status = INVALID if isinstance(error, InvalidDataError) else MISSING
     detail = str(error)
-    if dataset in SOURCES and not _root(data_config):
-        detail = f"{detail}; then {SOURCES[dataset][1]}"
+    if dataset_info(dataset).folder is not None and not _root(data_config):
+        detail = f"{detail}; then {dataset_info(dataset).how}"
     return Finding(name, status, where, detail, error=error), None
 
 
