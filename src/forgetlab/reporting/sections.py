@@ -6,7 +6,7 @@ and every section's own terms, by position).
 The built-in sections register themselves in :mod:`forgetlab.reporting.page` (figures at positions
 10-50, tables at 60-100); a section of one's own registers with :func:`register_report_section`.
 
-Imports only the analysis' run type and :mod:`forgetlab.results`-free dataclasses: nothing here draws or writes.
+Imports only :mod:`forgetlab.analysis.metrics` (for the glossary): nothing here draws or writes.
 """
 
 from __future__ import annotations
