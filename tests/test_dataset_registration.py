@@ -28,7 +28,7 @@ def shapes(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "_DATASETS", dict(registry._DATASETS))
 
     @forgetlab.register_dataset("shapes", folder="shapes", how=HOW, channels=1, splits="train.npz / test.npz",
-                                domain_synset="shape.n.02", domain_word="shape")  # fmt: skip
+                                domain=("shape.n.02", "shape"))  # fmt: skip
     def load(data_config=None, preprocess=None) -> TaskData:
         root = dataset_folder("shapes", data_config)
         splits = {}

@@ -78,9 +78,7 @@ def worst_task():
     """The largest drop of any downstream task from its first to its final accuracy, in points, shown by
     ``forgetlab show`` and in the report (registered through ``forgetlab.register_metric``)."""
 
-    @forgetlab.register_metric("worst_task_drop", unit="pp", better="lower", header="worst drop", position=85,
-                               glossary="the largest first-minus-final accuracy of any task", prose="worst drop",
-                               show=metrics.Shown("worst", "worst drop", "worst: the largest drop of any task"))  # fmt: skip
+    @forgetlab.register_metric("worst_task_drop", unit="pp", better="lower", report=metrics.Reported("worst drop", "the largest first-minus-final accuracy of any task", position=85, prose="worst drop"), show=metrics.Shown("worst", "worst drop", "worst: the largest drop of any task"))  # fmt: skip
     def worst_task_drop(a, trained=None):
         firsts = metrics.first_accuracies(a, trained)
         return max((value - a[-1, j] for j, value in firsts.items()), default=nan)
@@ -146,12 +144,13 @@ def test_a_registered_evaluator_is_built_by_name_and_its_result_reaches_the_reco
     from forgetlab.evaluate import UpstreamResult, build_upstream_evaluator, head_evaluator, unregister_evaluator
     from forgetlab.models.backbones import load_backbone
     from forgetlab.models.multihead import MultiHeadModel
+    from forgetlab.runtime import Runtime
 
     from .conftest import tiny_overrides
 
     @forgetlab.register_evaluator("always_zero")
     def build_always_zero(eval_config, upstream, crop_cache=None):
-        def evaluate(model, dataset, **options):
+        def evaluate(model, dataset, runtime, **options):
             predictions = np.zeros(len(dataset), dtype=np.int64)
             return UpstreamResult("always_zero", float(np.mean(dataset_labels(dataset) == 0)), predictions, {1: 0.5, 2: 0.25})
 
@@ -161,18 +160,18 @@ def test_a_registered_evaluator_is_built_by_name_and_its_result_reaches_the_reco
         config = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path))
         upstream = build_task(config.data.upstream, config.data)
         with_eval = lambda names: dataclasses.replace(config.eval, upstream_evaluator=names)  # noqa: E731
-        with pytest.raises(ConfigError, match="unknown eval.upstream_evaluator 'nope'; choose one of: head, knn, always_zero"):
+        with pytest.raises(ConfigError, match="eval.upstream_evaluator must be one of: head, knn, always_zero; got 'nope'"):
             build_upstream_evaluator(with_eval("nope"), upstream)
         evaluators = build_upstream_evaluator(with_eval("head,always_zero"), upstream)
         model = MultiHeadModel(load_backbone(config.backbone).model)
-        options = {"batch_size": 8, "device": torch.device("cpu"), "amp_dtype": None}
-        result = evaluators(model, upstream.test, **options)
-        head = head_evaluator(model, upstream.test, **options)
+        runtime = Runtime(eval_batch_size=8)
+        result = evaluators(model, upstream.test, runtime)
+        head = head_evaluator(model, upstream.test, runtime)
         zero_share = float(np.mean(dataset_labels(upstream.test) == 0))
         assert result.accuracy == head.accuracy and np.array_equal(result.predictions, head.predictions)  # the first one's
         assert result.record() == {"head": head.accuracy, "always_zero": zero_share, "always_zero_at_k": {"1": 0.5, "2": 0.25}}
         assert set(result.predictions_by_evaluator()) == {"predictions_head", "predictions_always_zero"}
-        alone = build_upstream_evaluator(with_eval("always_zero"), upstream)(model, upstream.test, **options)
+        alone = build_upstream_evaluator(with_eval("always_zero"), upstream)(model, upstream.test, runtime)
         assert alone.record() == {"always_zero": {"1": 0.5, "2": 0.25}} and alone.predictions_by_evaluator() == {}
     finally:
         unregister_evaluator("always_zero")

@@ -14,7 +14,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 
 # Bottom to top; a module imports only modules on its own floor or below (and no cycle within a floor).
 FLOORS: list[tuple[str, list[str]]] = [
-    ("foundation", ["errors", "paths", "caches", "runtime", "results", "selection", "wordnet"]),
+    ("foundation", ["errors", "paths", "caches", "runtime", "results", "selection", "wordnet", "evaluators", "plugins"]),
     ("models", ["models", "models.*"]),
     ("methods", ["methods", "methods.*"]),
     ("data", ["data", "data.*"]),

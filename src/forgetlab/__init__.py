@@ -11,7 +11,7 @@ __all__ = ["ConfigError", "DataError", "ForgetlabError", "anatomy", "contextual"
 
 
 # The public decorators of extension points, each from the module that holds its registry.
-REGISTRARS = {"register_method": "forgetlab.methods", "register_dataset": "forgetlab.data.registry", "register_metric": "forgetlab.analysis.metrics", "register_evaluator": "forgetlab.evaluate",
+REGISTRARS = {"register_method": "forgetlab.methods", "register_dataset": "forgetlab.data.registry", "register_metric": "forgetlab.analysis.metrics", "register_evaluator": "forgetlab.evaluators",
               "register_report_section": "forgetlab.reporting.sections"}  # fmt: skip
 __all__ += list(REGISTRARS)
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal, Union
 import yaml
 
 from forgetlab.errors import ConfigError
+from forgetlab.evaluators import evaluator_names
 from forgetlab.methods.base import Checked, choices_of, literal_choices  # noqa: F401 (choices_of, literal_choices: for callers)
 
 
@@ -178,7 +179,7 @@ class EvalConfig(Checked):
     upstream_evaluator: str = field(default="head", metadata={  # a list is stored comma-joined (LIST_KEYS)
         "help": "how the upstream task is scored: 'head' (its original classifier, paper 1) or 'knn' (paper 2); a list such as "
                 "[head, knn] scores with each (upstream_eval.json holds each one's accuracy) and the matrix keeps the first",
-        "choices": ("head", "knn"), "comma_list": True})
+        "choices": evaluator_names, "comma_list": True})
     upstream_subset: int | None = option(None, "score the upstream task on a fixed, seeded subset of this many test images (reports a 95% CI)")
     knn_k: int = option(20, "k of the k-NN evaluator (accuracies at 10, 20, 100 and 200 are recorded too)")
     knn_temperature: float = option(0.07, "temperature of the k-NN votes, exp(similarity / T) (DINO: 0.07)")

@@ -27,6 +27,7 @@ from forgetlab import caches
 from forgetlab.data.base import dataset_fingerprint, dataset_labels
 from forgetlab.data.eval_cache import EvalCrops, evaluation_batches
 from forgetlab.errors import ConfigError
+from forgetlab.evaluators import evaluator_factory, evaluator_names, register_evaluator, unregister_evaluator  # noqa: F401 (public here too)
 from forgetlab.models.multihead import UPSTREAM
 from forgetlab.runtime import Runtime
 
@@ -84,37 +85,6 @@ class UpstreamResult:
 
 def _by_k(values: dict[int, float]) -> dict[str, float]:
     return {str(k): value for k, value in values.items()}
-
-
-# name -> factory(eval_config, upstream, crop_cache) -> evaluator; filled by register_evaluator.
-_EVALUATORS: dict[str, Callable] = {}
-
-
-def register_evaluator(name: str) -> Callable:
-    """Function decorator: enter a factory ``factory(eval_config, upstream, crop_cache) -> evaluator`` as the
-    upstream evaluator ``name`` (the value of ``eval.upstream_evaluator``) and return it unchanged.
-    ``eval_config`` is the run's :class:`forgetlab.config.EvalConfig`, ``upstream`` the upstream task (its
-    ``train``, ``test`` and ``num_classes``), ``crop_cache`` the run's evaluation-crop cache or None. The
-    evaluator is called as ``evaluator(model, dataset, runtime, *, description=...)`` (``runtime``: the
-    run's :class:`~forgetlab.runtime.Runtime`) and returns an :class:`UpstreamResult`. Raises ``ValueError`` for a name registered twice."""
-
-    def register(factory: Callable) -> Callable:
-        if name in _EVALUATORS:
-            raise ValueError(f"upstream evaluator '{name}' registered twice")
-        _EVALUATORS[name] = factory
-        return factory
-
-    return register
-
-
-def unregister_evaluator(name: str) -> None:
-    """Remove the upstream evaluator ``name`` (a test's or a notebook's own); raises ``KeyError`` if there is none."""
-    del _EVALUATORS[name]
-
-
-def evaluator_names() -> list[str]:
-    """Every registered upstream evaluator's name, in registration order (``head``, ``knn`` first)."""
-    return list(_EVALUATORS)
 
 
 def head_evaluator(model, dataset: Dataset, runtime: Runtime, *, description="upstream") -> UpstreamResult:
@@ -304,7 +274,6 @@ def build_upstream_evaluator(eval_config, upstream, crop_cache=None) -> Upstream
     :class:`~forgetlab.errors.ConfigError` for a name no evaluator is registered under."""
     evaluators = {}
     for name in eval_config.evaluators:
-        if name not in _EVALUATORS:
-            raise ConfigError(f"unknown eval.upstream_evaluator '{name}'; choose one of: {', '.join(_EVALUATORS)}")
-        evaluators[name] = _EVALUATORS[name](dataclasses.replace(eval_config, upstream_evaluator=name), upstream, crop_cache)
+        factory = evaluator_factory(name)
+        evaluators[name] = factory(dataclasses.replace(eval_config, upstream_evaluator=name), upstream, crop_cache)
     return UpstreamEvaluators(evaluators)

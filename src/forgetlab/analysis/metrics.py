@@ -61,6 +61,18 @@ class Shown:
 
 
 @dataclass(frozen=True)
+class Reported:
+    """How the report shows a metric: ``header``, its column in the per-run table and its glossary term;
+    ``glossary``, the definition there; ``position``, its place in the table and glossary (lowest first);
+    ``prose``, its name in the units note (default: ``header``)."""
+
+    header: str | None
+    glossary: str = ""
+    position: float = 1000.0
+    prose: str | None = None
+
+
+@dataclass(frozen=True)
 class Metric:
     """One metric of an accuracy matrix and everything said about it, in one place.
 
@@ -96,19 +108,22 @@ class Metric:
 _METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, *, unit: Literal["pct", "pp"], better: Literal["higher", "lower"], header: str | None = None,
-                    glossary: str = "", prose: str | None = None, position: float = 1000.0, reference: bool = False,
-                    show: Shown | None = None) -> Callable:  # fmt: skip
-    """Function decorator: enter the decorated function as the metric ``name`` (every other argument is
-    the field of :class:`Metric` of that name) and return it unchanged. Raises ``ValueError`` for a name
-    registered twice, a unit other than ``pct`` or ``pp``, or a sign other than ``higher`` or ``lower``."""
+def register_metric(name: str, *, unit: Literal["pct", "pp"], better: Literal["higher", "lower"],
+                    report: Reported | None = None, reference: bool = False, show: Shown | None = None) -> Callable:
+    """Function decorator: enter the decorated function as the metric ``name`` and return it unchanged.
+    ``unit``, ``better``, ``reference`` and ``show`` are the fields of :class:`Metric` of those names;
+    ``report`` (:class:`Reported`) gives its header, glossary line, place and name in the report (None:
+    not in the report). Raises ``ValueError`` for a name registered twice, a unit other than ``pct`` or
+    ``pp``, or a sign other than ``higher`` or ``lower``."""
+    reported = report or Reported(None)
 
     def register(function: Callable[..., float]) -> Callable[..., float]:
         if name in _METRICS:
             raise ValueError(f"metric '{name}' registered twice")
         if unit not in ("pct", "pp") or better not in ("higher", "lower"):
             raise ValueError(f"metric '{name}': unit must be 'pct' or 'pp' and better 'higher' or 'lower', not {unit!r}, {better!r}")
-        _METRICS[name] = Metric(name, function, unit, better, header, glossary, prose, position, reference, show)
+        _METRICS[name] = Metric(name, function, unit, better, reported.header, reported.glossary, reported.prose,
+                                reported.position, reference, show)
         return function
 
     return register
@@ -186,17 +201,13 @@ def upstream_pretrained(a: np.ndarray, trained: Sequence[int] | None = None) -> 
     return float(a[0, 0])
 
 
-@register_metric("average_accuracy", unit="pct", better="higher", header="avg acc", position=10,
-                 glossary="mean final accuracy over the downstream tasks; higher is better",
-                 show=Shown("avg acc", "average accuracy", "average accuracy: mean final accuracy over the tasks, in %"))  # fmt: skip
+@register_metric("average_accuracy", unit="pct", better="higher", report=Reported("avg acc", "mean final accuracy over the downstream tasks; higher is better", position=10), show=Shown("avg acc", "average accuracy", "average accuracy: mean final accuracy over the tasks, in %"))  # fmt: skip
 def average_accuracy(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     return _mean(a[_final(a), 1:])
 
 
-@register_metric("average_forgetting", unit="pp", better="lower", header="avg forgetting", prose="forgetting", position=20,
-                 glossary="per task trained before the last, its best accuracy since training minus its final accuracy, "
-                          "averaged; positive means accuracy was lost; needs two tasks done",
-                 show=Shown("forgetting", "forgetting", "forgetting: best earlier minus final accuracy, mean over the tasks "
+@register_metric("average_forgetting", unit="pp", better="lower", report=Reported("avg forgetting", "per task trained before the last, its best accuracy since training minus its final accuracy, "
+                          "averaged; positive means accuracy was lost; needs two tasks done", position=20, prose="forgetting"), show=Shown("forgetting", "forgetting", "forgetting: best earlier minus final accuracy, mean over the tasks "
                                                         "before the last (> 0: forgotten)"))  # fmt: skip
 def average_forgetting(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     last = _final(a)
@@ -210,43 +221,36 @@ def average_forgetting(a: np.ndarray, trained: Sequence[int] | None = None) -> f
     return _mean(per_task)
 
 
-@register_metric("backward_transfer", unit="pp", better="higher", header="BWT", position=30,
-                 glossary="backward transfer: final accuracy minus the accuracy right after the task's (last) training, averaged "
-                          "over the tasks before the last; negative means accuracy was lost; needs two tasks done",
-                 show=Shown("BWT", "BWT", "BWT: final minus right-after-training accuracy (< 0: forgotten)"))  # fmt: skip
+@register_metric("backward_transfer", unit="pp", better="higher", report=Reported("BWT", "backward transfer: final accuracy minus the accuracy right after the task's (last) training, averaged "
+                          "over the tasks before the last; negative means accuracy was lost; needs two tasks done", position=30), show=Shown("BWT", "BWT", "BWT: final minus right-after-training accuracy (< 0: forgotten)"))  # fmt: skip
 def backward_transfer(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     final = _final(a)
     _, last = _first_and_last(a, trained)
     return _mean(a[final, j] - a[last[j], j] for j in _earlier_columns(a, trained))
 
 
-@register_metric("plasticity", unit="pct", better="higher", header="plasticity", position=60,
-                 glossary="mean accuracy right after each task's training")  # fmt: skip
+@register_metric("plasticity", unit="pct", better="higher", report=Reported("plasticity", "mean accuracy right after each task's training", position=60))  # fmt: skip
 def plasticity(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     return _mean(a[phase, column] for phase, column in enumerate(_trained(a, trained), start=1))
 
 
-@register_metric("upstream_change", unit="pp", better="higher", header="upstream change", position=80,
-                 glossary="final minus pretrained upstream accuracy (upstream_change; upstream_drop before, same sign); "
-                          "negative means upstream knowledge was forgotten, positive that it was gained",
-                 show=Shown("upstream", "upstream change", "upstream: final minus pretrained accuracy on the upstream task (< 0: lost)"))  # fmt: skip
+@register_metric("upstream_change", unit="pp", better="higher", report=Reported("upstream change", "final minus pretrained upstream accuracy (upstream_change; upstream_drop before, same sign); "
+                          "negative means upstream knowledge was forgotten, positive that it was gained", position=80), show=Shown("upstream", "upstream change", "upstream: final minus pretrained accuracy on the upstream task (< 0: lost)"))  # fmt: skip
 def upstream_change(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     """Final minus pretrained upstream accuracy: negative is forgetting, positive a gain."""
     return float(a[_final(a), 0] - a[0, 0])
 
 
-@register_metric("upstream_final", unit="pct", better="higher", header="upstream", position=70,
-                 glossary="final accuracy on the pretraining (upstream) task")  # fmt: skip
+@register_metric("upstream_final", unit="pct", better="higher", report=Reported("upstream", "final accuracy on the pretraining (upstream) task", position=70))  # fmt: skip
 def upstream_final(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     """The final upstream accuracy, ``a[T, 0]``."""
     return float(a[_final(a), 0])
 
 
-@register_metric("forward_transfer", unit="pp", better="higher", header="FWT vs linear", prose="FWT", position=40, reference=True,
-                 glossary="forward transfer: accuracy right after first training a task minus that of the linear probe "
+@register_metric("forward_transfer", unit="pp", better="higher", report=Reported("FWT vs linear", "forward transfer: accuracy right after first training a task minus that of the linear probe "
                           "(method.name=linear, no LwF, no replay) whose config equals the run's in everything but the method's "
                           "sections (method, lwf, replay), with the same seed; positive means the updated backbone learns new "
-                          "tasks better; empty when no such probe, or more than one, is among the runs given")  # fmt: skip
+                          "tasks better; empty when no such probe, or more than one, is among the runs given", position=40, prose="FWT"), reference=True)  # fmt: skip
 def forward_transfer(a: np.ndarray, reference, trained: Sequence[int] | None = None) -> float:
     """``reference[j]``: the reference accuracy on column ``j`` (NaN or missing: skipped), e.g. the
     linear probe's first accuracy on each column."""

@@ -255,7 +255,7 @@ def offline_upstream(data_config=None, preprocess=None) -> TaskData:  # offline 
     )
 
 
-@register_dataset("fontfamily", builtin=WORLD, channels=1, splits=FONT_SPLITS, domain_synset="letter.n.02", domain_word="letter")
+@register_dataset("fontfamily", builtin=WORLD, channels=1, splits=FONT_SPLITS, domain=("letter.n.02", "letter"))
 def fontfamily(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "fontfamily",
@@ -266,7 +266,7 @@ def fontfamily(data_config=None, preprocess=None) -> TaskData:  # offline images
     )
 
 
-@register_dataset("digits", builtin=WORLD, channels=1, splits=DIGITS_SPLITS, domain_synset="digit.n.01", domain_word="digit")
+@register_dataset("digits", builtin=WORLD, channels=1, splits=DIGITS_SPLITS, domain=("digit.n.01", "digit"))
 def digits(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "digits",
@@ -277,7 +277,7 @@ def digits(data_config=None, preprocess=None) -> TaskData:  # offline images bri
     )
 
 
-@register_dataset("fontstyle", builtin=WORLD, channels=1, splits=FONT_SPLITS, domain_synset="font.n.01", domain_word="font")
+@register_dataset("fontstyle", builtin=WORLD, channels=1, splits=FONT_SPLITS, domain=("font.n.01", "font"))
 def fontstyle(data_config=None, preprocess=None) -> TaskData:  # offline images bring their own preprocessing
     return _task(
         "fontstyle",

@@ -231,7 +231,7 @@ def _unpickle(path: Path) -> dict:
 
 
 @register_dataset("cifar100", folder="cifar-100-python", how=HOW["cifar100"], splits="the train / test pickles (50,000 / 10,000)",
-                  domain_synset="object.n.01", domain_word="object")  # fmt: skip
+                  domain=("object.n.01", "object"))  # fmt: skip
 def cifar100(data_config=None, preprocess=None) -> TaskData:
     root = dataset_folder("cifar100", data_config)
     how = "re-extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -277,7 +277,7 @@ CARS_HOW = {
 
 @register_dataset("stanford_cars", folder="stanford_cars", how=HOW["stanford_cars"],
                   splits="devkit cars_train_annos.mat / cars_test_annos_withlabels.mat (8,144 / 8,041)",
-                  domain_synset="car.n.01", domain_word="car")  # fmt: skip
+                  domain=("car.n.01", "car"))  # fmt: skip
 def stanford_cars(data_config=None, preprocess=None) -> TaskData:
     root = dataset_folder("stanford_cars", data_config)
     how = HOW["stanford_cars"]
@@ -308,7 +308,7 @@ FLOWERS_SPLITS = {"train": ["trnid"], "trainval": ["trnid", "valid"]}
 @register_dataset("flowers102", variants={"train": "train on trnid only (1,020 images; paper 1's code, the default)",
                                           "trainval": "train on trnid + valid (2,040 images)"},
                   folder="flowers-102", how=HOW["flowers102"], splits="setid.mat: trnid / tstid (1,020 / 6,149)",
-                  domain_synset="flower.n.01", domain_word="flower")  # fmt: skip
+                  domain=("flower.n.01", "flower"))  # fmt: skip
 def flowers102(data_config=None, preprocess=None, variant: str = "train") -> TaskData:
     root = dataset_folder("flowers102", data_config)
     how = HOW["flowers102"]
@@ -335,7 +335,7 @@ def flowers102(data_config=None, preprocess=None, variant: str = "train") -> Tas
 @register_dataset("fgvc_aircraft", variants={"train": "train on images_variant_train.txt (3,334 images; paper 1's code, the default)",
                                              "trainval": "train on images_variant_trainval.txt (6,667 images)"},
                   folder="fgvc-aircraft-2013b", how=HOW["fgvc_aircraft"],
-                  splits="images_variant_train.txt / _test.txt (3,334 / 3,333)", domain_synset="airplane.n.01", domain_word="plane")  # fmt: skip
+                  splits="images_variant_train.txt / _test.txt (3,334 / 3,333)", domain=("airplane.n.01", "plane"))  # fmt: skip
 def fgvc_aircraft(data_config=None, preprocess=None, variant: str = "train") -> TaskData:
     data = dataset_folder("fgvc_aircraft", data_config) / "data"
     how = HOW["fgvc_aircraft"]
@@ -355,7 +355,7 @@ def fgvc_aircraft(data_config=None, preprocess=None, variant: str = "train") -> 
 @register_dataset("cub200", variants={"crop": "each image cropped to its bounding_boxes.txt box (paper 1's code, the default)",
                                       "nocrop": "whole images"},
                   folder="CUB_200_2011", how=HOW["cub200"], splits="train_test_split.txt (5,994 / 5,794)",
-                  domain_synset="bird.n.01", domain_word="bird")  # fmt: skip
+                  domain=("bird.n.01", "bird"))  # fmt: skip
 def cub200(data_config=None, preprocess=None, variant: str = "crop") -> TaskData:
     root = dataset_folder("cub200", data_config)
     how = HOW["cub200"]

@@ -71,11 +71,11 @@ _DATASETS: dict[str, DatasetInfo] = {}
 
 
 def register_dataset(name: str, variants: dict[str, str] | None = None, *, folder: str | None = None, how: str = "",
-                     builtin: str = "", channels: int = 3, splits: str = "", domain_synset: str | None = None,
-                     domain_word: str | None = None) -> Callable:  # fmt: skip
+                     builtin: str = "", channels: int = 3, splits: str = "",
+                     domain: tuple[str, str] | None = None) -> Callable:
     """Decorator registering a dataset's loader under ``name`` with the facts of :class:`DatasetInfo`.
     Give ``folder`` (and ``how``) for a dataset read from the data root, or ``builtin`` for one that
-    brings its own images; ``ValueError`` for a name registered twice, for neither or both of them,
+    brings its own images; ``domain`` is the pair ``(domain_synset, domain_word)``; ``ValueError`` for a name registered twice, for neither or both of them,
     and for a folder without ``how``."""
 
     def decorator(loader: Callable) -> Callable:
@@ -85,8 +85,8 @@ def register_dataset(name: str, variants: dict[str, str] | None = None, *, folde
             raise ValueError(f"dataset '{name}': give folder= (its folder under the data root) or builtin= (where it comes from), one of them")
         if folder is not None and not how:
             raise ValueError(f"dataset '{name}': give how= (how to get the files of its folder '{folder}')")
-        _DATASETS[name] = DatasetInfo(name, loader, folder, how, builtin, dict(variants or {}), channels, splits, domain_synset,
-                                      domain_word)  # fmt: skip
+        synset, word = domain or (None, None)
+        _DATASETS[name] = DatasetInfo(name, loader, folder, how, builtin, dict(variants or {}), channels, splits, synset, word)
         return loader
 
     return decorator

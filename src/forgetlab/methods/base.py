@@ -51,18 +51,24 @@ def literal_choices(tp) -> tuple[str, ...]:
     return tuple(typing.get_args(tp)) if typing.get_origin(tp) is Literal else ()
 
 
-@functools.cache
 def choices_of(cls: type) -> dict[str, tuple[tuple[str, ...], bool]]:
     """``{field: (choices, comma_list)}`` of the fields of dataclass ``cls`` that take one of a few
     names: typed ``Literal[...]``, or a string holding a comma-joined list of them (metadata
-    ``comma_list`` and ``choices``, e.g. ``eval.upstream_evaluator: head,knn``)."""
+    ``comma_list`` and ``choices``, e.g. ``eval.upstream_evaluator: head,knn``). Choices given as a
+    function (a registry's names) are read at every call, so a name registered later counts."""
+    return {name: (tuple(choices() if callable(choices) else choices), comma_list)
+            for name, (choices, comma_list) in _declared_choices(cls).items()}
+
+
+@functools.cache
+def _declared_choices(cls: type) -> dict:
     hints = typing.get_type_hints(cls)
     found = {}
     for f in dataclasses.fields(cls):
         if choices := literal_choices(hints[f.name]):
             found[f.name] = (choices, False)
-        elif "choices" in f.metadata:
-            found[f.name] = (tuple(f.metadata["choices"]), bool(f.metadata.get("comma_list")))
+        elif "choices" in f.metadata:  # a tuple, or a function giving the names a registry holds now
+            found[f.name] = (f.metadata["choices"], bool(f.metadata.get("comma_list")))
     return found
 
 
