@@ -14,6 +14,7 @@ import yaml
 
 import forgetlab
 from forgetlab import config as config_module
+from forgetlab import plugins
 from forgetlab.analysis.collect import RunResult
 from forgetlab.cli import main
 from forgetlab.errors import ConfigError
@@ -97,10 +98,11 @@ def test_an_installed_packages_entry_point_adds_its_method(tmp_path, monkeypatch
     (info / "entry_points.txt").write_text("[forgetlab.plugins]\ntoy = toy_forgetlab_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    monkeypatch.setattr(registry, "_plugins", {"loaded": False})
+    monkeypatch.setattr(plugins, "_state", {"done": False})
     assert "toy" in registry.method_names()
     assert config_module.load(None, ["method.name=toy"]).method.name == "toy"
     (info / "entry_points.txt").write_text("[forgetlab.plugins]\nbroken = toy_forgetlab_plugin_missing\n")
-    monkeypatch.setattr(registry, "_plugins", {"loaded": False})
-    with pytest.raises(ConfigError, match=r"^the forgetlab plugin 'broken' \(toy_forgetlab_plugin_missing\) fails to import \(ModuleNotFoundError"):
+    monkeypatch.setattr(plugins, "_state", {"done": False})
+    with pytest.raises(plugins.PluginError, match=r"^the forgetlab plugin 'broken = toy_forgetlab_plugin_missing' of the package "
+                                                  r"toy-forgetlab-plugin failed to load \(ModuleNotFoundError"):
         registry.method_names()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from forgetlab.errors import ConfigError
+from forgetlab.plugins import load_plugins
 
 # name -> factory(eval_config, upstream, crop_cache) -> evaluator; filled by register_evaluator.
 _EVALUATORS: dict[str, Callable] = {}
@@ -43,11 +44,13 @@ def unregister_evaluator(name: str) -> None:
 
 def evaluator_names() -> tuple[str, ...]:
     """Every upstream evaluator's name: the built-in ``head`` and ``knn``, then those registered, in order."""
+    load_plugins()
     return (*BUILT_IN, *(name for name in _EVALUATORS if name not in BUILT_IN))
 
 
 def evaluator_factory(name: str) -> Callable:
     """The factory registered as ``name``; raises :class:`ConfigError` (listing the names) if there is none."""
+    load_plugins()
     if name not in _EVALUATORS:
         raise ConfigError(f"unknown eval.upstream_evaluator '{name}'; choose one of: {', '.join(evaluator_names())}")
     return _EVALUATORS[name]

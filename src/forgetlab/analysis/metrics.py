@@ -49,6 +49,8 @@ from typing import Callable, Iterable, Literal, NamedTuple, Sequence
 
 import numpy as np
 
+from forgetlab.plugins import load_plugins
+
 
 @dataclass(frozen=True)
 class Shown:
@@ -136,22 +138,23 @@ def unregister_metric(name: str) -> None:
 
 def registered_metrics() -> list[Metric]:
     """Every registered metric, in registration order."""
+    load_plugins()
     return list(_METRICS.values())
 
 
 def report_metrics() -> list[Metric]:
     """The metrics of the report's per-run table and glossary, by ``position`` (ties: registration order)."""
-    return sorted((m for m in _METRICS.values() if m.header is not None), key=lambda m: m.position)
+    return sorted((m for m in registered_metrics() if m.header is not None), key=lambda m: m.position)
 
 
 def shown_metrics() -> list[Metric]:
     """The metrics ``forgetlab show`` prints, in registration order."""
-    return [m for m in _METRICS.values() if m.show is not None]
+    return [m for m in registered_metrics() if m.show is not None]
 
 
 def units() -> dict[str, str]:
     """``metric name -> unit`` (``pct`` or ``pp``) of every registered metric."""
-    return {m.name: m.unit for m in _METRICS.values()}
+    return {m.name: m.unit for m in registered_metrics()}
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -267,7 +270,7 @@ def summarise(a: np.ndarray, reference: np.ndarray | None = None, trained: Seque
         firsts = first_accuracies(reference, reference_trained)
         per_column = [firsts.get(j, math.nan) for j in range(a.shape[1])]
     values = {}
-    for metric in _METRICS.values():
+    for metric in registered_metrics():
         if not metric.reference:
             values[metric.name] = metric.function(a, trained=trained)
         elif reference is not None:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from forgetlab.errors import ConfigError
+from forgetlab.plugins import load_plugins
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,13 @@ def register_dataset(name: str, variants: dict[str, str] | None = None, *, folde
 
 
 def dataset_names() -> list[str]:
+    load_plugins()
     return sorted(_DATASETS)
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """The registration of the dataset ``name`` (a dataset, not a task name); ``ConfigError`` for an unknown one."""
+    load_plugins()
     if name not in _DATASETS:
         raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(_DATASETS))}")
     return _DATASETS[name]

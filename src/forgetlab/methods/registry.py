@@ -4,44 +4,25 @@ Each method module decorates its class with :func:`register_method`, so the clas
 its module has been imported; the package (``forgetlab/methods/__init__.py``) imports every built-in
 method, and Python imports the package before any module in it, so a lookup always sees them all.
 
-Methods of installed packages come in through the ``forgetlab.plugins`` entry-point group (as pytest's
-``pytest11``): the first lookup imports every such entry point once, and its module registers its
-methods with the same decorator (``forgetlab.register_method``)::
+Methods of installed packages come in through the ``forgetlab.plugins`` entry-point group
+(:mod:`forgetlab.plugins`, as pytest's ``pytest11``): the first lookup imports every such entry point
+once, and its module registers its methods with the same decorator (``forgetlab.register_method``)::
 
     # the plugin package's pyproject.toml
     [project.entry-points."forgetlab.plugins"]
     bitfit = "my_project.bitfit"
 
 Imports run one way: ``methods/__init__`` -> every method -> ``methods.base`` -> this module, which imports
-only :mod:`forgetlab.errors`.
+only :mod:`forgetlab.errors` and :mod:`forgetlab.plugins`.
 """
 
 from __future__ import annotations
 
 from forgetlab.errors import ConfigError
+from forgetlab.plugins import load_plugins
 
 # A method's ``name`` -> its class (a subclass of forgetlab.methods.base.Method); filled by register_method.
 _METHODS: dict[str, type] = {}
-PLUGIN_GROUP = "forgetlab.plugins"
-_plugins = {"loaded": False}
-
-
-def load_plugins() -> None:
-    """Import every entry point of the ``forgetlab.plugins`` group (installed packages), once per process.
-    Raises :class:`ConfigError` naming a plugin that fails to import."""
-    if _plugins["loaded"]:
-        return
-    _plugins["loaded"] = True
-    from importlib.metadata import entry_points
-
-    for entry in entry_points(group=PLUGIN_GROUP):
-        try:
-            entry.load()
-        except Exception as error:  # noqa: BLE001 - whatever the plugin raises: name it, not forgetlab
-            raise ConfigError(f"the forgetlab plugin '{entry.name}' ({entry.value}) fails to import ({type(error).__name__}: "
-                              f"{error}); fix or uninstall the package that installs it") from error  # fmt: skip
-
-
 def register_method(cls: type) -> type:
     """Class decorator: enter ``cls`` in the table under ``cls.name`` and return it unchanged.
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from forgetlab.plugins import load_plugins
+
 
 @dataclass
 class Figure:
@@ -98,6 +100,7 @@ def unregister_report_section(name: str) -> None:
 
 def report_sections() -> list[ReportSection]:
     """Every registered section by ``position`` (ties: registration order)."""
+    load_plugins()
     return sorted(_SECTIONS.values(), key=lambda section: section.position)
 
 
