@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # $FORGETLAB_HOME or ~/.cache/forgetlab, so that 'forgetlab' typed in a shell after 'make demo' finds
 # what the demo built instead of pretraining again.
 
-.PHONY: demo test docs setup system-data test-tools benchmark compat clean
+.PHONY: demo test lint docs setup system-data test-tools benchmark compat clean
 
 # The offline default run, then a small LoRA rank sweep on both backbones, then the report of both.
 demo: setup
@@ -15,8 +15,13 @@ demo: setup
 	$(BIN)/forgetlab sweep sweeps/demo.yaml --quiet
 	$(BIN)/forgetlab report runs/default runs/demo-rank-sweep --out runs/demo-report
 
-test: setup $(VENV)/.installed-test test-tools docs
+test: setup $(VENV)/.installed-test test-tools lint docs
 	$(BIN)/python -m pytest -q -m "not benchmark"
+
+# The whole tree formatted by ruff, no line over 120 characters ('ruff format .' fixes the first).
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet --select E501 .
 
 # The documentation site (MkDocs, Material, mkdocstrings) into site/, every warning an error (a few seconds).
 docs: $(VENV)/.installed-test

@@ -36,8 +36,18 @@ def main(overrides: list[str]) -> None:
     start = time.perf_counter()
     run(config, log=lambda message: print(message, flush=True))
     total = time.perf_counter() - start
-    print(json.dumps({"overrides": overrides, "run_seconds": round(total, 1), "drift_seconds": round(spent["seconds"], 1),
-                      "drift_calls": spent["calls"], "share": round(spent["seconds"] / total, 4)}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "overrides": overrides,
+                "run_seconds": round(total, 1),
+                "drift_seconds": round(spent["seconds"], 1),
+                "drift_calls": spent["calls"],
+                "share": round(spent["seconds"] / total, 4),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

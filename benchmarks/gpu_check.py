@@ -88,10 +88,43 @@ class Scale:
 
 
 SCALES = {
-    "vit_base": Scale("vit_base_patch16_224", 224, ((375, 500), (500, 375), (333, 500), (281, 500)), 32, 20_037, 4_133, 19_250,
-                      1_037, 128, 32, 256, 20, 150, 1_037, (1_281_167, 50_000), None),
-    "tiny": Scale("test_vit", 32, ((60, 80), (80, 60), (50, 75), (45, 80)), 2, 101, 53, 150, 45, 16, 8, 32, 4, 6, 37, (8_000, 500), 0),
-}  # fmt: skip
+    "vit_base": Scale(
+        "vit_base_patch16_224",
+        224,
+        ((375, 500), (500, 375), (333, 500), (281, 500)),
+        32,
+        20_037,
+        4_133,
+        19_250,
+        1_037,
+        128,
+        32,
+        256,
+        20,
+        150,
+        1_037,
+        (1_281_167, 50_000),
+        None,
+    ),
+    "tiny": Scale(
+        "test_vit",
+        32,
+        ((60, 80), (80, 60), (50, 75), (45, 80)),
+        2,
+        101,
+        53,
+        150,
+        45,
+        16,
+        8,
+        32,
+        4,
+        6,
+        37,
+        (8_000, 500),
+        0,
+    ),
+}
 
 
 def say(message: str) -> None:
@@ -105,16 +138,34 @@ class Table:
         self.rows: list[dict] = []
         print("| what | measured | reference | ratio | target | met |\n|---|---:|---:|---:|---|---|", flush=True)
 
-    def row(self, what: str, value, unit: str, reference: float | None = None, target: str = "", met: bool | None = None) -> None:
+    def row(
+        self, what: str, value, unit: str, reference: float | None = None, target: str = "", met: bool | None = None
+    ) -> None:
         """One row; ``target`` says what the value or ratio must reach (``met`` whether it does)."""
         number = isinstance(value, (int, float)) and value is not None and math.isfinite(value)
-        measured = f"{value:,} {unit}" if isinstance(value, int) else f"{value:,.1f} {unit}" if number else f"{value} {unit}"
+        measured = (
+            f"{value:,} {unit}" if isinstance(value, int) else f"{value:,.1f} {unit}" if number else f"{value} {unit}"
+        )
         ratio = value / reference if number and reference else None
         if met is None and ratio is not None and target.startswith(">="):
             met = ratio >= float(target.split()[1])
-        print(f"| {what} | {measured} | {f'{reference:,.1f} {unit}' if reference else ''} | {f'{ratio:.2f} x' if ratio is not None else ''} "
-              f"| {target} | {'' if met is None else 'yes' if met else 'NO'} |", flush=True)  # fmt: skip
-        self.rows.append({"what": what, "value": value, "unit": unit, "reference": reference, "ratio": ratio, "target": target, "met": met})
+        print(
+            f"| {what} | {measured} | {f'{reference:,.1f} {unit}' if reference else ''} "
+            f"| {f'{ratio:.2f} x' if ratio is not None else ''} | {target} | "
+            f"{'' if met is None else 'yes' if met else 'NO'} |",
+            flush=True,
+        )
+        self.rows.append(
+            {
+                "what": what,
+                "value": value,
+                "unit": unit,
+                "reference": reference,
+                "ratio": ratio,
+                "target": target,
+                "met": met,
+            }
+        )
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -123,7 +174,9 @@ def _jpeg(rng: np.random.Generator, size: tuple[int, int]) -> bytes:
     phase = rng.uniform(0, 6, 3)
     texture = np.stack([127 + 90 * np.sin(x / (5 + c) + phase[c]) * np.cos(y / (7 + c)) for c in range(3)], -1)
     buffer = BytesIO()
-    Image.fromarray((texture + rng.normal(0, 12, texture.shape)).clip(0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    Image.fromarray((texture + rng.normal(0, 12, texture.shape)).clip(0, 255).astype(np.uint8)).save(
+        buffer, "JPEG", quality=90
+    )
     return buffer.getvalue()
 
 
@@ -157,7 +210,10 @@ def write_data(root: Path, scale: Scale) -> None:
     cifar = root / "cifar-100-python"
     cifar.mkdir(parents=True, exist_ok=True)
     for split, count in (("train", scale.array_images), ("test", scale.task_test)):
-        data = {"data": rng.integers(0, 255, (count, 3072), dtype=np.uint8), "fine_labels": [i % 100 for i in range(count)]}
+        data = {
+            "data": rng.integers(0, 255, (count, 3072), dtype=np.uint8),
+            "fine_labels": [i % 100 for i in range(count)],
+        }
         (cifar / split).write_bytes(pickle.dumps(data, protocol=2))
     (cifar / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}, protocol=2))
     cub = root / "CUB_200_2011"
@@ -167,7 +223,9 @@ def write_data(root: Path, scale: Scale) -> None:
     (cub / "images.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
     (cub / "train_test_split.txt").write_text("".join(f"{i + 1} {int(i % 4 != 0)}\n" for i in range(len(names))))
     (cub / "image_class_labels.txt").write_text("".join(f"{i + 1} {1 + i % 2}\n" for i in range(len(names))))
-    (cub / "bounding_boxes.txt").write_text("".join(f"{i + 1} 3.0 4.0 {w - 10}.0 {h - 8}.0\n" for i, (h, w) in enumerate(sizes)))
+    (cub / "bounding_boxes.txt").write_text(
+        "".join(f"{i + 1} 3.0 4.0 {w - 10}.0 {h - 8}.0\n" for i, (h, w) in enumerate(sizes))
+    )
 
 
 # ----------------------------------------------------------------------------------------- compute
@@ -192,7 +250,9 @@ def compute_training(scale: Scale, device, batch: int, precision: str, mode: str
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     amp = torch.bfloat16 if precision == "bf16" else None
     optimizer = make_optimizer(trainable_parameters(model), config_module.TrainConfig(), device)
-    forward = model if mode == "eager" else torch.compile(model, **({"mode": "reduce-overhead"} if mode == "graphs" else {}))
+    forward = (
+        model if mode == "eager" else torch.compile(model, **({"mode": "reduce-overhead"} if mode == "graphs" else {}))
+    )
     images = torch.randn(batch, 3, scale.image_size, scale.image_size, device=device)
     labels = torch.randint(0, 100, (batch,), device=device)
     model.train()
@@ -242,16 +302,25 @@ def knn_vote(device, bank_size: int, queries: int, dim: int = 768) -> float:
 
 # -------------------------------------------------------------------------------------- actual runs
 def actual_run(args, overrides: list[str], name: str, home: str, preset: str | None = None):
-    """A real ``forgetlab run`` with its cache in ``<out>/<home>``; returns its folder (tasks.json, upstream_eval.json)."""
+    """A real ``forgetlab run`` with its cache in ``<out>/<home>``; returns its folder (tasks.json,
+    upstream_eval.json)."""
     from forgetlab.presets import preset_tree
     from forgetlab.runner import run
 
     os.environ["FORGETLAB_HOME"] = str(args.out / home)
     scale = args.scale
     workers = scale.workers if scale.workers is not None else min(8, os.cpu_count() or 1)
-    common = [f"data.root={args.out / 'data'}", "backbone.random_init=true", f"device={args.device.type}", f"out_dir={args.out / 'runs'}",
-              f"name={name}", f"data.workers={workers}", "train.log_every=25", f"backbone.name={scale.backbone}",
-              f"backbone.image_size={scale.image_size}"]  # fmt: skip
+    common = [
+        f"data.root={args.out / 'data'}",
+        "backbone.random_init=true",
+        f"device={args.device.type}",
+        f"out_dir={args.out / 'runs'}",
+        f"name={name}",
+        f"data.workers={workers}",
+        "train.log_every=25",
+        f"backbone.name={scale.backbone}",
+        f"backbone.image_size={scale.image_size}",
+    ]
     start = time.perf_counter()
     folder = run(config_module.resolve(preset_tree(preset) if preset else {}, [*common, *overrides]), log=say)
     say(f"{name}: {time.perf_counter() - start:.0f}s")
@@ -286,13 +355,33 @@ def _cuda_or(cuda: bool, on_cuda: str, elsewhere: str) -> str:
 def part_training(args, table: Table, references: dict) -> None:
     """Part 2: timm's training transform over CIFAR-100 arrays, batch 128, steady state."""
     scale, cuda = args.scale, args.device.type == "cuda"
-    folder = actual_run(args, ["data.upstream=imagenet", "data.tasks=[cifar100]", "backbone.num_classes=4", "method.name=lora",
-                               "method.rank=4", f"train.batch_size={scale.big_batch}", f"train.max_steps={scale.run_steps}",
-                               f"precision={_cuda_or(cuda, 'bf16', 'fp32')}", "data.pipeline=device", "preprocess.color_jitter=0.4",
-                               "train.select=last", f"data.max_test={scale.task_test}"], "transform-run", "home-transform")  # fmt: skip
+    folder = actual_run(
+        args,
+        [
+            "data.upstream=imagenet",
+            "data.tasks=[cifar100]",
+            "backbone.num_classes=4",
+            "method.name=lora",
+            "method.rank=4",
+            f"train.batch_size={scale.big_batch}",
+            f"train.max_steps={scale.run_steps}",
+            f"precision={_cuda_or(cuda, 'bf16', 'fp32')}",
+            "data.pipeline=device",
+            "preprocess.color_jitter=0.4",
+            "train.select=last",
+            f"data.max_test={scale.task_test}",
+        ],
+        "transform-run",
+        "home-transform",
+    )
     task = folder.read_tasks()[0]
-    table.row(f"actual run, batch {scale.big_batch}, timm's training transform, CIFAR-100 arrays, steady state",
-              task["steady_images_per_second"] or float("nan"), "img/s", references["train"], f">= {RUN_TARGET} x")  # fmt: skip
+    table.row(
+        f"actual run, batch {scale.big_batch}, timm's training transform, CIFAR-100 arrays, steady state",
+        task["steady_images_per_second"] or float("nan"),
+        "img/s",
+        references["train"],
+        f">= {RUN_TARGET} x",
+    )
     table.row("  the same run: warm-up (loader start, compilation) seconds", task["warmup_seconds"], "s")
 
 
@@ -301,21 +390,44 @@ def part_paper2(args, table: Table, references: dict) -> None:
     scale, device = args.scale, args.device
     if device.type == "cuda":
         references["tf32"] = compute_training(scale, device, scale.big_batch, "tf32", "compiled")
-        table.row(f"compute-only training, batch {scale.big_batch}, tf32, compiled", references["tf32"], "img/s", target="reference")
-    paper2 = ["data.pipeline=device", f"train.max_steps={scale.run_steps}", "train.select=last", f"data.max_test={scale.bank_images}",
-              f"train.batch_size={scale.big_batch}"]  # fmt: skip
+        table.row(
+            f"compute-only training, batch {scale.big_batch}, tf32, compiled",
+            references["tf32"],
+            "img/s",
+            target="reference",
+        )
+    paper2 = [
+        "data.pipeline=device",
+        f"train.max_steps={scale.run_steps}",
+        "train.select=last",
+        f"data.max_test={scale.bank_images}",
+        f"train.batch_size={scale.big_batch}",
+    ]
     for attempt in ("first", "second"):
         with BankLog() as banks:
             folder = actual_run(args, paper2, f"paper2-{attempt}", "home-paper2", preset="paper2-lora-r4")
         task, upstream = folder.read_tasks()[0], folder.read_upstream_eval()
         if attempt == "first":
-            table.row("paper2-lora-r4, steady state", task["steady_images_per_second"] or float("nan"), "img/s",
-                      references.get("tf32", references["train"]), f">= {RUN_TARGET} x")  # fmt: skip
-        table.row(f"paper-2 k-NN row 0 ({scale.bank_images:,} bank + {upstream[0]['images']:,} query JPEGs), {attempt} run",
-                  upstream[0]["seconds"], "s")  # fmt: skip
+            table.row(
+                "paper2-lora-r4, steady state",
+                task["steady_images_per_second"] or float("nan"),
+                "img/s",
+                references.get("tf32", references["train"]),
+                f">= {RUN_TARGET} x",
+            )
+        table.row(
+            f"paper-2 k-NN row 0 ({scale.bank_images:,} bank + {upstream[0]['images']:,} query JPEGs), {attempt} run",
+            upstream[0]["seconds"],
+            "s",
+        )
         row0 = int(banks.computed[0]) if banks.computed else -1
-        table.row(f"  row 0's k-NN bank computed (not read from disk) by the {attempt} run", row0, "banks",
-                  target="1" if attempt == "first" else "0", met=row0 == (1 if attempt == "first" else 0))  # fmt: skip
+        table.row(
+            f"  row 0's k-NN bank computed (not read from disk) by the {attempt} run",
+            row0,
+            "banks",
+            target="1" if attempt == "first" else "0",
+            met=row0 == (1 if attempt == "first" else 0),
+        )
 
 
 def part_evaluation(args, table: Table, references: dict) -> None:
@@ -324,18 +436,44 @@ def part_evaluation(args, table: Table, references: dict) -> None:
     home = args.out / "home-eval"
     if (home / "eval-crops").exists():
         raise RuntimeError(f"{home} is not fresh: its evaluation crops would make the first pass a later one")
-    folder = actual_run(args, ["data.upstream=imagenet", "data.tasks=[cifar100]", "backbone.num_classes=4", "train.max_steps=1",
-                               "data.pipeline=device", "data.eval_cache=on", f"eval.batch_size={scale.eval_batch}",
-                               f"precision={_cuda_or(cuda, 'bf16', 'fp32')}", f"data.max_test={scale.eval_images}"],
-                        "eval-passes", "home-eval")  # fmt: skip
+    folder = actual_run(
+        args,
+        [
+            "data.upstream=imagenet",
+            "data.tasks=[cifar100]",
+            "backbone.num_classes=4",
+            "train.max_steps=1",
+            "data.pipeline=device",
+            "data.eval_cache=on",
+            f"eval.batch_size={scale.eval_batch}",
+            f"precision={_cuda_or(cuda, 'bf16', 'fp32')}",
+            f"data.max_test={scale.eval_images}",
+        ],
+        "eval-passes",
+        "home-eval",
+    )
     passes = folder.read_upstream_eval()
     written = len(list((home / "eval-crops").glob("*/crops.npy")))
-    table.row("  evaluation-crop caches written by the first pass (fresh cache home)", written, "caches", target=">= 1", met=written >= 1)
+    table.row(
+        "  evaluation-crop caches written by the first pass (fresh cache home)",
+        written,
+        "caches",
+        target=">= 1",
+        met=written >= 1,
+    )
     partial = scale.eval_images % scale.eval_batch
-    for index, what, target in ((0, "first pass (computes the crop cache)", FIRST_PASS_TARGET), (1, "later pass (reads cached crops)", LATER_PASS_TARGET)):
+    for index, what, target in (
+        (0, "first pass (computes the crop cache)", FIRST_PASS_TARGET),
+        (1, "later pass (reads cached crops)", LATER_PASS_TARGET),
+    ):
         images = passes[index]["images"]
-        table.row(f"upstream evaluation over {images:,} JPEGs of {len(scale.sizes)} sizes (last batch {partial}), {what}",
-                  images / max(passes[index]["seconds"], 1e-9), "img/s", references["eval"], f">= {target} x")  # fmt: skip
+        table.row(
+            f"upstream evaluation over {images:,} JPEGs of {len(scale.sizes)} sizes (last batch {partial}), {what}",
+            images / max(passes[index]["seconds"], 1e-9),
+            "img/s",
+            references["eval"],
+            f">= {target} x",
+        )
 
 
 def part_cmyk(args, table: Table) -> None:
@@ -354,7 +492,13 @@ def part_cmyk(args, table: Table) -> None:
     finally:
         device_pipeline._decode_one = original
     assert len(images) == 8
-    table.row("a batch of 8 JPEGs holding one CMYK: images decoded one by one", len(alone), "images", target="1", met=len(alone) == 1)
+    table.row(
+        "a batch of 8 JPEGs holding one CMYK: images decoded one by one",
+        len(alone),
+        "images",
+        target="1",
+        met=len(alone) == 1,
+    )
 
 
 def part_paper1(args, table: Table) -> None:
@@ -363,11 +507,28 @@ def part_paper1(args, table: Table) -> None:
     mode = _cuda_or(cuda, "graphs", "eager")
     reference = compute_training(scale, args.device, scale.small_batch, "fp32", mode)
     table.row(f"compute-only training, batch {scale.small_batch}, fp32, {mode}", reference, "img/s", target="reference")
-    folder = actual_run(args, ["data.tasks=[cub200]", "data.pipeline=device", "backbone.num_classes=4", f"train.max_steps={scale.run_steps}",
-                               "train.select=last", f"data.max_test={scale.task_test}", f"train.batch_size={scale.small_batch}"],
-                        "paper1", "home-paper1", preset="paper1-vit")  # fmt: skip
-    table.row("paper1-vit over CUB, steady state (train.compile=auto)", folder.read_tasks()[0]["steady_images_per_second"] or float("nan"),
-              "img/s", reference, f">= {RUN_TARGET} x")  # fmt: skip
+    folder = actual_run(
+        args,
+        [
+            "data.tasks=[cub200]",
+            "data.pipeline=device",
+            "backbone.num_classes=4",
+            f"train.max_steps={scale.run_steps}",
+            "train.select=last",
+            f"data.max_test={scale.task_test}",
+            f"train.batch_size={scale.small_batch}",
+        ],
+        "paper1",
+        "home-paper1",
+        preset="paper1-vit",
+    )
+    table.row(
+        "paper1-vit over CUB, steady state (train.compile=auto)",
+        folder.read_tasks()[0]["steady_images_per_second"] or float("nan"),
+        "img/s",
+        reference,
+        f">= {RUN_TARGET} x",
+    )
 
 
 def part_rest(args, table: Table) -> None:
@@ -375,16 +536,29 @@ def part_rest(args, table: Table) -> None:
     scale, device = args.scale, args.device
     rows = [(128, "bf16", "eager"), (32, "bf16", "eager"), (32, "bf16", "graphs"), (32, "fp32", "eager")]
     for batch, precision, mode in rows if device.type == "cuda" else [(scale.small_batch, "fp32", "eager")]:
-        table.row(f"compute-only training, batch {batch}, {precision}, {mode}",
-                  compute_training(scale, device, batch, precision, mode), "img/s", target="reference")  # fmt: skip
+        table.row(
+            f"compute-only training, batch {batch}, {precision}, {mode}",
+            compute_training(scale, device, batch, precision, mode),
+            "img/s",
+            target="reference",
+        )
     bank, queries = scale.bank_vote
-    table.row(f"k-NN vote, bank {bank:,} x 768, {queries:,} queries, k = 10, 20, 100, 200", knn_vote(device, bank, queries), "s")
+    table.row(
+        f"k-NN vote, bank {bank:,} x 768, {queries:,} queries, k = 10, 20, 100, 200",
+        knn_vote(device, bank, queries),
+        "s",
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--model", choices=sorted(SCALES), default="vit_base", help="vit_base: the GPU figures; tiny: the code path on a CPU")
+    parser.add_argument(
+        "--model",
+        choices=sorted(SCALES),
+        default="vit_base",
+        help="vit_base: the GPU figures; tiny: the code path on a CPU",
+    )
     parser.add_argument("--small", action="store_true", help="the same as --model tiny")
     parser.add_argument("--out", default=None, help="folder for the data and runs (default: a temporary one, removed)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -400,12 +574,30 @@ def main() -> None:
     try:
         write_data(args.out / "data", args.scale)
         table = Table()
-        table.row("synthetic data written", time.perf_counter() - began, "s", target="< 30 s", met=time.perf_counter() - began < 30)
+        table.row(
+            "synthetic data written",
+            time.perf_counter() - began,
+            "s",
+            target="< 30 s",
+            met=time.perf_counter() - began < 30,
+        )
         precision, fast = _cuda_or(cuda, "bf16", "fp32"), _cuda_or(cuda, "compiled", "eager")
-        references = {"train": compute_training(args.scale, device, args.scale.big_batch, precision, fast),
-                      "eval": compute_evaluation(args.scale, device, precision)}  # fmt: skip
-        table.row(f"compute-only training, batch {args.scale.big_batch}, {precision}, {fast}", references["train"], "img/s", target="reference")
-        table.row(f"compute-only evaluation, batch {args.scale.eval_batch}, {precision}", references["eval"], "img/s", target="reference")
+        references = {
+            "train": compute_training(args.scale, device, args.scale.big_batch, precision, fast),
+            "eval": compute_evaluation(args.scale, device, precision),
+        }
+        table.row(
+            f"compute-only training, batch {args.scale.big_batch}, {precision}, {fast}",
+            references["train"],
+            "img/s",
+            target="reference",
+        )
+        table.row(
+            f"compute-only evaluation, batch {args.scale.eval_batch}, {precision}",
+            references["eval"],
+            "img/s",
+            target="reference",
+        )
         part_training(args, table, references)
         part_paper2(args, table, references)
         part_evaluation(args, table, references)
@@ -417,7 +609,9 @@ def main() -> None:
         tiny = " (--model tiny: the code path, not GPU figures)" if args.scale is SCALES["tiny"] else ""
         print(f"\n{label}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}{tiny}", flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps({"device": label, "model": args.scale.backbone, "rows": table.rows}, indent=1))
+            Path(args.json).write_text(
+                json.dumps({"device": label, "model": args.scale.backbone, "rows": table.rows}, indent=1)
+            )
     finally:
         if temporary:
             shutil.rmtree(args.out, ignore_errors=True)

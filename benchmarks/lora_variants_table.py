@@ -24,8 +24,9 @@ def variant_of(row) -> str:
 def spearman_with_p(ranks: np.ndarray, changes: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """Spearman's rho of ``ranks`` and ``changes`` (one value per run) and its two-sided permutation p."""
     statistic = lambda x: stats.spearmanr(x, changes).statistic  # noqa: E731
-    result = stats.permutation_test((ranks,), statistic, permutation_type="pairings", n_resamples=10_000,
-                                    alternative="two-sided", random_state=seed)  # fmt: skip
+    result = stats.permutation_test(
+        (ranks,), statistic, permutation_type="pairings", n_resamples=10_000, alternative="two-sided", random_state=seed
+    )
     return float(result.statistic), float(result.pvalue)
 
 
@@ -36,14 +37,19 @@ def table(sweep_folder: str) -> str:
     frame["rank"] = frame["config.method.rank"].astype(int)
     frame["change"] = frame["upstream_change_pp"].astype(float)
     ranks = sorted(frame["rank"].unique())
-    lines = ["| backbone | variant | " + " | ".join(f"r={r}" for r in ranks) + " | Spearman (rank, change) | p | runs |",
-             "|---|---|" + "---:|" * len(ranks) + "---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| backbone | variant | " + " | ".join(f"r={r}" for r in ranks) + " | Spearman (rank, change) | p | runs |",
+        "|---|---|" + "---:|" * len(ranks) + "---:|---:|---:|",
+    ]
     for (backbone, variant), group in frame.groupby(["backbone", "variant"], sort=True):
         cells = []
         for rank in ranks:
             values = group.loc[group["rank"] == rank, "change"]
-            cells.append(f"{values.mean():+.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else
-                         (f"{values.mean():+.1f}" if len(values) else "-"))  # fmt: skip
+            cells.append(
+                f"{values.mean():+.1f} ± {values.std(ddof=1):.1f}"
+                if len(values) > 1
+                else (f"{values.mean():+.1f}" if len(values) else "-")
+            )
         rho, p = spearman_with_p(group["rank"].to_numpy(float), group["change"].to_numpy(float))
         lines.append(f"| {backbone} | {variant} | " + " | ".join(cells) + f" | {rho:+.2f} | {p:.4f} | {len(group)} |")
     return "\n".join(lines)

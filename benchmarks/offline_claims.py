@@ -41,7 +41,11 @@ def cells(out: Path, seed: int):
                 overrides = [*overrides, f"method.k={TOP_K[backbone]}"]
                 label = f"top-{TOP_K[backbone]}"
             name = f"{backbone}-{label.replace(' ', '').replace('=', '')}" + (f"-seed{seed}" if seed else "")
-            yield backbone, label, [f"backbone.name={backbone}", f"out_dir={out}", f"name={name}", f"seed={seed}", *overrides]
+            yield (
+                backbone,
+                label,
+                [f"backbone.name={backbone}", f"out_dir={out}", f"name={name}", f"seed={seed}", *overrides],
+            )
 
 
 def _cell(values: list[float], scale: float = 100, sign: str = "") -> str:
@@ -67,10 +71,17 @@ def main() -> None:
             tasks = json.loads(folder.tasks.read_text())
             seconds = max(time.perf_counter() - start, sum(t["train_seconds"] + t["eval_seconds"] for t in tasks))
             results.setdefault((backbone, label), []).append(
-                (tasks[0]["trainable_backbone_parameters"], matrix[0, 0], matrix[-1, 0], np.nanmean(matrix[-1, 1:]), seconds)
+                (
+                    tasks[0]["trainable_backbone_parameters"],
+                    matrix[0, 0],
+                    matrix[-1, 0],
+                    np.nanmean(matrix[-1, 1:]),
+                    seconds,
+                )
             )
     lines = [
-        "| backbone | method | trainable backbone params | upstream before | upstream after | drop | mean downstream (final) | time per run |",
+        "| backbone | method | trainable backbone params | upstream before "
+        "| upstream after | drop | mean downstream (final) | time per run |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (backbone, label), rows in results.items():

@@ -65,7 +65,10 @@ def write_data(root: Path, images: int, size: tuple[int, int]) -> None:
     cifar = root / "cifar-100-python"
     cifar.mkdir(parents=True, exist_ok=True)
     for split, count in (("train", images), ("test", images // 4)):
-        data = {"data": rng.integers(0, 255, (count, 3072), dtype=np.uint8), "fine_labels": [i % 100 for i in range(count)]}
+        data = {
+            "data": rng.integers(0, 255, (count, 3072), dtype=np.uint8),
+            "fine_labels": [i % 100 for i in range(count)],
+        }
         (cifar / split).write_bytes(pickle.dumps(data, protocol=2))
     (cifar / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}, protocol=2))
 
@@ -84,7 +87,11 @@ def compute_step(name: str, device, batch: int, steps: int, precision: str, mode
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     amp = torch.bfloat16 if precision == "bf16" else None
     optimizer = make_optimizer(trainable_parameters(model), config_module.TrainConfig(), device)
-    forward = (torch.compile(model, mode="reduce-overhead") if mode == "reduce-overhead" else torch.compile(model)) if compile_ else model
+    forward = (
+        (torch.compile(model, mode="reduce-overhead") if mode == "reduce-overhead" else torch.compile(model))
+        if compile_
+        else model
+    )
     images, labels = torch.randn(batch, 3, 224, 224, device=device), torch.randint(0, 100, (batch,), device=device)
     model.train()
     warmup = 3 if compile_ else 2
@@ -118,17 +125,44 @@ def eval_compute(name: str, device, batch: int, steps: int, precision: str) -> f
     return batch * steps / (time.perf_counter() - start)
 
 
-def actual_run(root: Path, out: Path, pipeline: str, device, precision: str, steps: int, batch: int, knn: bool = False, name: str = "run",
-               extra: tuple[str, ...] = ()):  # fmt: skip
+def actual_run(
+    root: Path,
+    out: Path,
+    pipeline: str,
+    device,
+    precision: str,
+    steps: int,
+    batch: int,
+    knn: bool = False,
+    name: str = "run",
+    extra: tuple[str, ...] = (),
+):
     """A real ``forgetlab run`` (random-init ViT-B/16, LoRA r=4, ImageNet files upstream, CIFAR-100):
     its training images/s and upstream evaluation images/s, from the run's own records."""
     from forgetlab.runner import run
 
-    overrides = [f"data.root={root}", "backbone.name=vit_base_patch16_224", "backbone.random_init=true", "backbone.num_classes=4",
-                 "data.upstream=imagenet", "data.tasks=[cifar100]", f"data.pipeline={pipeline}", f"device={device.type}",
-                 f"precision={precision}", f"train.max_steps={steps}", f"train.batch_size={batch}", "train.select=last",
-                 f"data.workers={min(8, os.cpu_count() or 1)}", f"out_dir={out}", f"name={name}", "method.name=lora",
-                 "method.rank=4", "eval.batch_size=128", "train.optimizer=sgd", "train.lr=0.01"]  # fmt: skip
+    overrides = [
+        f"data.root={root}",
+        "backbone.name=vit_base_patch16_224",
+        "backbone.random_init=true",
+        "backbone.num_classes=4",
+        "data.upstream=imagenet",
+        "data.tasks=[cifar100]",
+        f"data.pipeline={pipeline}",
+        f"device={device.type}",
+        f"precision={precision}",
+        f"train.max_steps={steps}",
+        f"train.batch_size={batch}",
+        "train.select=last",
+        f"data.workers={min(8, os.cpu_count() or 1)}",
+        f"out_dir={out}",
+        f"name={name}",
+        "method.name=lora",
+        "method.rank=4",
+        "eval.batch_size=128",
+        "train.optimizer=sgd",
+        "train.lr=0.01",
+    ]
     if knn:
         overrides += ["eval.upstream_evaluator=knn", "eval.knn_k=20", "backbone.num_classes=0"]
     overrides += list(extra)
@@ -136,7 +170,11 @@ def actual_run(root: Path, out: Path, pipeline: str, device, precision: str, ste
     task = folder.read_tasks()[0]
     upstream = folder.read_upstream_eval()
     # The pretrained row's evaluation: the one whose k-NN bank a second run with the same weights reuses.
-    return task["images_per_second"], upstream[-1]["images"] / max(upstream[-1]["seconds"], 1e-9), upstream[0]["seconds"]
+    return (
+        task["images_per_second"],
+        upstream[-1]["images"] / max(upstream[-1]["seconds"], 1e-9),
+        upstream[0]["seconds"],
+    )
 
 
 def knn_vote(device, bank_size: int, queries: int, dim: int = 768) -> float:
@@ -179,37 +217,75 @@ def main() -> None:
     precisions = ["fp32"] if device.type == "cpu" else ["fp32", "tf32", "bf16"]
     compiled_rate = {}
     for precision in precisions if "compute" in parts else []:
-        for mode in (["eager"] if device.type == "cpu" else ["eager", "compiled"]):
+        for mode in ["eager"] if device.type == "cpu" else ["eager", "compiled"]:
             rate = compute_step("vit_base_patch16_224", device, batch, steps, precision, mode)
             compiled_rate[precision] = rate
             row(f"compute-only training, ViT-B/16 LoRA r=4, batch {batch}, {precision}, {mode}", rate, "img/s")
         if device.type == "cuda":  # paper 1's batch: what CUDA graphs add
             for mode in ("eager", "compiled", "reduce-overhead"):
-                row(f"compute-only training, batch 32, {precision}, {mode}", compute_step("vit_base_patch16_224", device, 32, steps, precision, mode), "img/s")
+                row(
+                    f"compute-only training, batch 32, {precision}, {mode}",
+                    compute_step("vit_base_patch16_224", device, 32, steps, precision, mode),
+                    "img/s",
+                )
     best_precision = precisions[-1]
     if "run" in parts:
         eval_rate = eval_compute("vit_base_patch16_224", device, 64 if small else 256, steps, best_precision)
         row(f"compute-only evaluation, ViT-B/16, {best_precision}", eval_rate, "img/s")
     for pipeline in ("pil", "device") if "run" in parts else ():
-        train, evaluation, _ = actual_run(out / "data", out / "runs", pipeline, device, best_precision, steps * 2, batch, name=f"run-{pipeline}")
+        train, evaluation, _ = actual_run(
+            out / "data", out / "runs", pipeline, device, best_precision, steps * 2, batch, name=f"run-{pipeline}"
+        )
         reference = compiled_rate.get(best_precision)
-        row(f"actual run, training over CIFAR-100, pipeline={pipeline}", train, "img/s",
-            f"({train / reference:.2f} x the compute-only rate)" if reference else "")
-        row(f"actual run, upstream evaluation over JPEG files, pipeline={pipeline}", evaluation, "img/s",
-            f"({evaluation / eval_rate:.2f} x the compute-only rate)")
+        row(
+            f"actual run, training over CIFAR-100, pipeline={pipeline}",
+            train,
+            "img/s",
+            f"({train / reference:.2f} x the compute-only rate)" if reference else "",
+        )
+        row(
+            f"actual run, upstream evaluation over JPEG files, pipeline={pipeline}",
+            evaluation,
+            "img/s",
+            f"({evaluation / eval_rate:.2f} x the compute-only rate)",
+        )
     if "run" in parts and device.type == "cuda":  # paper 1's batch 32 in an actual run, with CUDA graphs
-        train, _, _ = actual_run(out / "data", out / "runs", "device", device, best_precision, steps * 4, 32, name="run-graphs",
-                                 extra=("train.compile=reduce-overhead",))  # fmt: skip
+        train, _, _ = actual_run(
+            out / "data",
+            out / "runs",
+            "device",
+            device,
+            best_precision,
+            steps * 4,
+            32,
+            name="run-graphs",
+            extra=("train.compile=reduce-overhead",),
+        )
         row("actual run, training over CIFAR-100, batch 32, train.compile=reduce-overhead", train, "img/s")
     bank, queries = (128_000, 5_000) if small else (1_281_167, 50_000)
     if "knn" in parts:
-        row(f"k-NN vote, bank {bank:,} x 768, {queries:,} queries, k = 10, 20, 100, 200", knn_vote(device, bank, queries), "s")
+        row(
+            f"k-NN vote, bank {bank:,} x 768, {queries:,} queries, k = 10, 20, 100, 200",
+            knn_vote(device, bank, queries),
+            "s",
+        )
     if "reuse" in parts:
-        _, _, first = actual_run(out / "data", out / "runs", "auto", device, best_precision, 1, batch, knn=True, name="knn-first")
-        _, _, second = actual_run(out / "data", out / "runs", "auto", device, best_precision, 1, batch, knn=True, name="knn-second")
+        _, _, first = actual_run(
+            out / "data", out / "runs", "auto", device, best_precision, 1, batch, knn=True, name="knn-first"
+        )
+        _, _, second = actual_run(
+            out / "data", out / "runs", "auto", device, best_precision, 1, batch, knn=True, name="knn-second"
+        )
         banks = len(list((Path(os.environ["FORGETLAB_HOME"]) / "knn-banks").glob("*.safetensors")))
-        row(f"k-NN upstream evaluation of the pretrained row ({images} bank + {images} query JPEGs), first run", first, "s", "(computes the bank)")
-        row("the same, a second run with the same weights", second, "s", f"(reads the bank; {banks} bank files on disk)")
+        row(
+            f"k-NN upstream evaluation of the pretrained row ({images} bank + {images} query JPEGs), first run",
+            first,
+            "s",
+            "(computes the bank)",
+        )
+        row(
+            "the same, a second run with the same weights", second, "s", f"(reads the bank; {banks} bank files on disk)"
+        )
     print(f"\n{label}, torch {torch.__version__}, {images} JPEGs of 500 x 375\n")
     print("| what | value | unit | note |\n|---|---:|---|---|")
     for what, value, unit, note in rows:

@@ -31,7 +31,9 @@ def main() -> None:
     device = resolve_device(args.device)
     precision = "bf16" if device.type == "cuda" else "fp32"
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print("| backbone | device | precision | batch | train img/s (LoRA r=4) | eval img/s |\n|---|---|---|---|---:|---:|")
+    print(
+        "| backbone | device | precision | batch | train img/s (LoRA r=4) | eval img/s |\n|---|---|---|---|---:|---:|"
+    )
     for name in ("vit_base_patch16_224", "resnet50"):
         train = compute_step(name, device, args.batch, args.steps, precision, compile_=False)
         evaluation = eval_compute(name, device, args.batch, args.steps, precision)

@@ -37,8 +37,13 @@ SETTINGS = {
 
 def one_run(out: Path, name: str, overrides: list[str], env: dict) -> tuple[float, float]:
     start = time.perf_counter()
-    subprocess.run([str(BIN / "forgetlab"), "run", f"out_dir={out}", f"name={name}", *overrides], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [str(BIN / "forgetlab"), "run", f"out_dir={out}", f"name={name}", *overrides],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - start
     tasks = json.loads((out / name / "tasks.json").read_text())
     return sum(t["train_seconds"] for t in tasks) / sum(t["steps"] for t in tasks), wall
@@ -79,14 +84,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--step-ms", type=float, default=95.0, help="the untracked step time for the ratio without --parts runs")
-    parser.add_argument("--parts", default="runs,direct", help="runs (whole runs per tracker), direct (each tracker's calls alone)")
+    parser.add_argument(
+        "--step-ms", type=float, default=95.0, help="the untracked step time for the ratio without --parts runs"
+    )
+    parser.add_argument(
+        "--parts", default="runs,direct", help="runs (whole runs per tracker), direct (each tracker's calls alone)"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "FORGETLAB_PROGRESS": "0"}
     rows = []
     if "runs" in parts:
-        subprocess.run([str(BIN / "forgetlab"), "pretrain", "--backbone", "offline_vit"], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [str(BIN / "forgetlab"), "pretrain", "--backbone", "offline_vit"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     out = Path(tempfile.mkdtemp(prefix="forgetlab-bench-trackers-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     for log_every in (25, 1) if "runs" in parts else ():
@@ -95,7 +109,9 @@ def main() -> None:
             best = None
             for repeat in range(args.repeats):
                 name = f"{label.split()[0]}-{log_every}-{repeat}"
-                result = one_run(out, name, [f"train.epochs={args.epochs}", f"train.log_every={log_every}", *overrides], env)
+                result = one_run(
+                    out, name, [f"train.epochs={args.epochs}", f"train.log_every={log_every}", *overrides], env
+                )
                 best = result if best is None or result[0] < best[0] else best
             baseline = baseline or best
             rows.append((log_every, label, 1000 * best[0], best[0] / baseline[0], best[1], best[1] / baseline[1]))

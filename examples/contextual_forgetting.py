@@ -32,17 +32,32 @@ def main(argv=None) -> dict:
     forgotten = np.repeat(test.similarity, test.forgotten_per_class)
     figure, axis = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(0, 1, 21)
-    axis.hist(similarity_of_image, bins=bins, density=True, alpha=0.5, label=f"all upstream test images ({len(labels)})")
+    axis.hist(
+        similarity_of_image, bins=bins, density=True, alpha=0.5, label=f"all upstream test images ({len(labels)})"
+    )
     if len(forgotten):
-        axis.hist(forgotten, bins=bins, density=True, alpha=0.5, label=f"forgotten after {run.accuracy_matrix.phases[0]} ({test.forgotten})")
+        axis.hist(
+            forgotten,
+            bins=bins,
+            density=True,
+            alpha=0.5,
+            label=f"forgotten after {run.accuracy_matrix.phases[0]} ({test.forgotten})",
+        )
     axis.set_xlabel("Wu-Palmer similarity to the task's domain")
     axis.set_title(f"mean {test.mean_forgotten:.3f} vs {test.mean_all:.3f}, permutation p = {test.p_value:.2g}")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(args.out, dpi=110)
-    print(f"{run}: forgotten {test.forgotten} images, mean similarity {test.mean_forgotten:.3f} vs {test.mean_all:.3f}, "
-          f"p = {test.p_value:.2g} -> {args.out}")  # fmt: skip
-    return {"forgotten": test.forgotten, "mean_forgotten": test.mean_forgotten, "mean_all": test.mean_all, "p_value": test.p_value}
+    print(
+        f"{run}: forgotten {test.forgotten} images, mean similarity {test.mean_forgotten:.3f} vs {test.mean_all:.3f}, "
+        f"p = {test.p_value:.2g} -> {args.out}"
+    )
+    return {
+        "forgotten": test.forgotten,
+        "mean_forgotten": test.mean_forgotten,
+        "mean_all": test.mean_all,
+        "p_value": test.p_value,
+    }
 
 
 if __name__ == "__main__":

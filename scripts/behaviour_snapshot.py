@@ -25,8 +25,19 @@ import re
 import sys
 from pathlib import Path
 
-TIMING = {"train_seconds", "images_per_second", "eval_seconds", "seconds", "warmup_seconds", "selection_seconds",
-          "steady_seconds", "steady_images_per_second", "drift_seconds", "wall_seconds", "elapsed_seconds"}
+TIMING = {
+    "train_seconds",
+    "images_per_second",
+    "eval_seconds",
+    "seconds",
+    "warmup_seconds",
+    "selection_seconds",
+    "steady_seconds",
+    "steady_images_per_second",
+    "drift_seconds",
+    "wall_seconds",
+    "elapsed_seconds",
+}
 SKIPPED = {"environment.json", ".lock"}  # the machine, the date, the commit; the lock's pid
 TEXT_NOISE = [  # wall-clock figures, dates and commits in text files and logs
     (re.compile(r"[\d.,]+ (images|img)/s"), "<speed>"),
@@ -39,9 +50,20 @@ TEXT_NOISE = [  # wall-clock figures, dates and commits in text files and logs
 
 
 def _tiny(backbone: Path, out: Path, name: str, **extra) -> dict:
-    return {"backbone.name": backbone.stem, "backbone.weights": str(backbone), "out_dir": str(out), "name": name,
-            "data.tasks": ["fontfamily", "digits"], "data.max_train": 48, "data.max_test": 40,
-            "train.batch_size": 16, "train.max_steps": 3, "eval.batch_size": 64, "eval.probe_images": 64, **extra}
+    return {
+        "backbone.name": backbone.stem,
+        "backbone.weights": str(backbone),
+        "out_dir": str(out),
+        "name": name,
+        "data.tasks": ["fontfamily", "digits"],
+        "data.max_train": 48,
+        "data.max_test": 40,
+        "train.batch_size": 16,
+        "train.max_steps": 3,
+        "eval.batch_size": 64,
+        "eval.probe_images": 64,
+        **extra,
+    }
 
 
 RUNS = {  # name: (backbone, overrides)
@@ -56,8 +78,17 @@ RUNS = {  # name: (backbone, overrides)
     "rslora-dora": ("offline_vit", {"method.scaling": "rslora", "method.dora": True, "method.rank": 2}),
     "pissa-qv": ("offline_vit", {"method.init": "pissa", "method.targets": "q,v"}),
     "keep": ("offline_vit", {"method.policy": "keep"}),
-    "long": ("offline_vit", {"data.tasks": ["fontfamily:samples_half1", "digits:samples_half1",
-                                          "fontfamily:samples_half2", "digits:samples_half2"]}),
+    "long": (
+        "offline_vit",
+        {
+            "data.tasks": [
+                "fontfamily:samples_half1",
+                "digits:samples_half1",
+                "fontfamily:samples_half2",
+                "digits:samples_half2",
+            ]
+        },
+    ),
     "knn-resnet": ("offline_resnet", {"eval.upstream_evaluator": ["head", "knn"], "eval.knn_k": 5}),
     "best": ("offline_resnet", {"train.select": "best", "train.eval_every": 2, "train.max_steps": 4}),
 }
@@ -109,12 +140,14 @@ def run(out: Path) -> None:
     sweep = out / "sweep.yaml"
     base = _tiny(backbones["offline_resnet"], out / "sweeps", "unused")
     base.pop("name"), base.pop("out_dir")
-    sweep.write_text(json.dumps({"name": "ranks", "out_dir": str(out / "sweeps"), "base": base,
-                                 "grid": {"method.rank": [1, 2]}}))
+    sweep.write_text(
+        json.dumps({"name": "ranks", "out_dir": str(out / "sweeps"), "base": base, "grid": {"method.rank": [1, 2]}})
+    )
     (texts / "sweep.txt").write_text(_cli("sweep", str(sweep)))
     (texts / "sweep-status.txt").write_text(_cli("sweep", str(sweep), "--status"))
-    (texts / "explain.txt").write_text(_cli("explain", str(runs / "lora"), "--images", "24",
-                                            "--parts", "attribution,spectra,drift"))
+    (texts / "explain.txt").write_text(
+        _cli("explain", str(runs / "lora"), "--images", "24", "--parts", "attribution,spectra,drift")
+    )
     (texts / "config.txt").write_text(_cli("config", "method.rank=8", "lwf.alpha=1"))
     (texts / "config-keys.txt").write_text(_cli("config", "--keys"))
     (texts / "presets.txt").write_text(_cli("presets"))
@@ -161,13 +194,18 @@ def fingerprint(root: Path) -> dict[str, str]:
 def compare(before: Path, after: Path) -> int:
     a, b = json.loads(before.read_text()), json.loads(after.read_text())
     changed = sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
-    for label, names in (("differs", changed), ("only before", sorted(a.keys() - b.keys())),
-                         ("only after", sorted(b.keys() - a.keys()))):
+    for label, names in (
+        ("differs", changed),
+        ("only before", sorted(a.keys() - b.keys())),
+        ("only after", sorted(b.keys() - a.keys())),
+    ):
         for name in names:
             print(f"{label}: {name}")
     same = len(a.keys() & b.keys()) - len(changed)
-    print(f"{same} identical, {len(changed)} differ, {len(a.keys() - b.keys())} only before, "
-          f"{len(b.keys() - a.keys())} only after")
+    print(
+        f"{same} identical, {len(changed)} differ, {len(a.keys() - b.keys())} only before, "
+        f"{len(b.keys() - a.keys())} only after"
+    )
     return 0 if not changed and a.keys() == b.keys() else 1
 
 

@@ -66,8 +66,11 @@ def _command_section(path: str, summary: str, parser: argparse.ArgumentParser, l
         lines += [_cell(parser.description), ""]
     elif summary:
         lines += [_cell(summary), ""]
-    rows = [a for a in parser._actions
-            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and a.help != argparse.SUPPRESS]  # fmt: skip
+    rows = [
+        a
+        for a in parser._actions
+        if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and a.help != argparse.SUPPRESS
+    ]
     if rows:
         lines += ["| argument | default | choices | what it does |", "|---|---|---|---|"]
         for action in rows:
@@ -83,10 +86,16 @@ def cli_page() -> str:
     from forgetlab.cli import build_parser
 
     parser = build_parser()
-    lines = ["# CLI reference", "", GENERATED, "",
-             "Every command of `forgetlab` with its arguments, as `forgetlab COMMAND --help` prints them. "
-             "Config keys (`key=value` after `run`, `sweep`, `config`, `anatomy`) are listed in "
-             "[the config reference](config.md).", ""]  # fmt: skip
+    lines = [
+        "# CLI reference",
+        "",
+        GENERATED,
+        "",
+        "Every command of `forgetlab` with its arguments, as `forgetlab COMMAND --help` prints them. "
+        "Config keys (`key=value` after `run`, `sweep`, `config`, `anatomy`) are listed in "
+        "[the config reference](config.md).",
+        "",
+    ]
     lines += [_cell(parser.description), ""]
     for name, summary, sub in _subcommands(parser):
         lines += _command_section(f"forgetlab {name}", summary, sub, 2)
@@ -117,14 +126,18 @@ def _config_rows(cls, prefix: str = "") -> list[tuple[str, str, str, str, str]]:
         from forgetlab.config import choices_of
 
         choices = ", ".join(f"`{c}`" for c in choices_of(cls).get(f.name, ((), False))[0])
-        rows.append((f"{prefix}{f.name}", _type_name(tp), repr(getattr(instance, f.name)), choices, f.metadata.get("help", "")))
+        rows.append(
+            (f"{prefix}{f.name}", _type_name(tp), repr(getattr(instance, f.name)), choices, f.metadata.get("help", ""))
+        )
     return rows
 
 
 def _config_table(rows) -> list[str]:
     lines = ["| key | type | default | choices | what it sets |", "|---|---|---|---|---|"]
-    lines += [f"| `{key}` | {_code(tp)} | {_code(default)} | {choices} | {_cell(help_text)} |"
-              for key, tp, default, choices, help_text in rows]  # fmt: skip
+    lines += [
+        f"| `{key}` | {_code(tp)} | {_code(default)} | {choices} | {_cell(help_text)} |"
+        for key, tp, default, choices, help_text in rows
+    ]
     return lines + [""]
 
 
@@ -132,11 +145,17 @@ def config_page() -> str:
     from forgetlab.config import RunConfig
     from forgetlab.methods import method_class, method_names
 
-    lines = ["# Config reference", "", GENERATED, "",
-             "Every key of a run's config, from the typed dataclasses in `src/forgetlab/config.py` and "
-             "each method's own `Config`. Set them in a YAML file or as `key=value` on the command line "
-             "(`forgetlab run method.rank=16`); unknown keys are errors. `forgetlab config --keys` "
-             "prints the same list.", ""]  # fmt: skip
+    lines = [
+        "# Config reference",
+        "",
+        GENERATED,
+        "",
+        "Every key of a run's config, from the typed dataclasses in `src/forgetlab/config.py` and "
+        "each method's own `Config`. Set them in a YAML file or as `key=value` on the command line "
+        "(`forgetlab run method.rank=16`); unknown keys are errors. `forgetlab config --keys` "
+        "prints the same list.",
+        "",
+    ]
     rows = _config_rows(RunConfig)
     sections: dict[str, list] = {}
     for row in rows:
@@ -144,8 +163,7 @@ def config_page() -> str:
     lines += ["## Top-level keys", ""] + _config_table(sections.pop(""))
     for name, section_rows in sections.items():
         lines += [f"## `{name}`", ""] + _config_table(section_rows)
-    lines += ["## `method`", "",
-              "`method.name` picks the method; the other `method.*` keys are that method's own.", ""]  # fmt: skip
+    lines += ["## `method`", "", "`method.name` picks the method; the other `method.*` keys are that method's own.", ""]
     for name in method_names():
         method_rows = [row for row in _config_rows(method_class(name).Config, "method.") if row[0] != "method.name"]
         lines += [f"### `method.name={name}`", ""]

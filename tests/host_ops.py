@@ -18,7 +18,13 @@ from forgetlab.data.files import ArrayImageDataset
 
 aten = torch.ops.aten
 READS = {aten.item.default, aten._local_scalar_dense.default}
-TRAINING = {"size": 24, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "training": True, "color_jitter": 0.4}
+TRAINING = {
+    "size": 24,
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "training": True,
+    "color_jitter": 0.4,
+}
 
 
 class HostOps(TorchDispatchMode):
@@ -33,7 +39,11 @@ class HostOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops[str(func.overloadpacket.__name__)] += 1
-        if func is aten._to_copy.default and args[0].device.type == "cpu" and kwargs.get("device") not in (None, torch.device("cpu")):
+        if (
+            func is aten._to_copy.default
+            and args[0].device.type == "cpu"
+            and kwargs.get("device") not in (None, torch.device("cpu"))
+        ):
             self.copies.append(bool(kwargs.get("non_blocking", False)))
         if func is aten.copy_.default and args[1].device.type == "cpu" and args[0].device.type != "cpu":
             self.copies.append(bool(args[2] if len(args) > 2 else kwargs.get("non_blocking", False)))
@@ -66,7 +76,9 @@ def training_batch_ops(batch_size: int, device: torch.device = torch.device("met
     dataset = array_dataset(batch_size)
     payloads, labels, positions = dataset.collate([dataset[i] for i in range(batch_size)])
     generator = torch.Generator().manual_seed(0)
-    dataset.to_batch(payloads, positions, device, generator)  # one-time work (lazy imports, version checks) out of the count
+    dataset.to_batch(
+        payloads, positions, device, generator
+    )  # one-time work (lazy imports, version checks) out of the count
     with HostOps() as ops:
         images = dataset.to_batch(payloads, positions, device, generator)
         labels.to(device, non_blocking=True)

@@ -26,8 +26,16 @@ from forgetlab import config as config_module  # noqa: E402
 from forgetlab import results  # noqa: E402
 from forgetlab.runner import run  # noqa: E402
 
-TIMING = {"train_seconds", "images_per_second", "eval_seconds", "seconds", "warmup_seconds", "selection_seconds",
-          "steady_seconds", "steady_images_per_second"}  # wall-clock figures: never equal across runs
+TIMING = {
+    "train_seconds",
+    "images_per_second",
+    "eval_seconds",
+    "seconds",
+    "warmup_seconds",
+    "selection_seconds",
+    "steady_seconds",
+    "steady_images_per_second",
+}  # wall-clock figures: never equal across runs
 
 
 def _child(config, crash_at: int | None) -> int:
@@ -64,7 +72,13 @@ def snapshot(folder: Path) -> dict:
     files = {}
     for path in sorted(folder.rglob("*")):
         relative = str(path.relative_to(folder))
-        if not path.is_file() or relative in ("environment.json", ".lock", "progress.json", "tasks.json", "upstream_eval.json"):
+        if not path.is_file() or relative in (
+            "environment.json",
+            ".lock",
+            "progress.json",
+            "tasks.json",
+            "upstream_eval.json",
+        ):
             continue
         if relative == "config.yaml":  # the same config but for the folder's name
             import yaml

@@ -8,17 +8,24 @@ import numpy as np
 import pytest
 
 from forgetlab.analysis import metrics
-from forgetlab.analysis.contextual import class_similarities, contextual_forgetting, permutation_p_value, token_similarity
+from forgetlab.analysis.contextual import (
+    class_similarities,
+    contextual_forgetting,
+    permutation_p_value,
+    token_similarity,
+)
 from forgetlab.analysis.perclass import class_changes, most_forgotten
 
 nan = math.nan
 # Rows: pretrained, after t1, after t2, after t3. Columns: upstream, t1, t2, t3.
-A = np.array([
-    [0.80, nan, nan, nan],
-    [0.70, 0.60, nan, nan],
-    [0.65, 0.50, 0.90, nan],
-    [0.60, 0.55, 0.70, 0.40],
-])  # fmt: skip
+A = np.array(
+    [
+        [0.80, nan, nan, nan],
+        [0.70, 0.60, nan, nan],
+        [0.65, 0.50, 0.90, nan],
+        [0.60, 0.55, 0.70, 0.40],
+    ]
+)
 
 
 def test_metrics_equal_hand_computations():
@@ -99,10 +106,14 @@ def test_wordnet_similarities_of_classes_and_of_names():
     # against every sense of the word "car" ("car" matches exactly); "," has no sense and is left out.
     assert token_similarity("sports car", "car") == pytest.approx(np.mean([best_sense("sports", "car"), 1.0]))
     assert token_similarity("Sports car,", "car") == token_similarity("sports car", "car")
-    assert class_similarities("car.n.01", names=["Sports car"], mode="tokens")[0] == pytest.approx(token_similarity("sports car", "car"))
+    assert class_similarities("car.n.01", names=["Sports car"], mode="tokens")[0] == pytest.approx(
+        token_similarity("sports car", "car")
+    )
     # With synsets, every synonym of the class counts: sports_car.n.01 is "sports car" and "sport car".
     expected = np.mean([best_sense(t, "plane") for t in ("sports", "car", "sport", "car")])
-    assert class_similarities("airplane.n.01", synsets=["sports_car.n.01"], mode="tokens", domain_word="plane")[0] == pytest.approx(expected)
+    assert class_similarities("airplane.n.01", synsets=["sports_car.n.01"], mode="tokens", domain_word="plane")[
+        0
+    ] == pytest.approx(expected)
     # A token WordNet does not know scores 0 and is skipped, not averaged in.
     assert token_similarity("xqzt car", "car") == pytest.approx(1.0) and token_similarity("xqzt", "car") == 0.0
 

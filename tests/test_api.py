@@ -31,8 +31,12 @@ def test_run_and_load_run_give_the_matrix_metrics_predictions_and_adapters(rando
     assert run.metrics == in_points(summarise(run.accuracy_matrix.as_array()))  # percent and points, named
     predictions = run.predictions(2)
     assert predictions["predictions"].shape == predictions["labels"].shape == (40,)
-    assert (predictions["predictions"] == predictions["labels"]).mean() == pytest.approx(matrix.loc["after digits", "upstream"])
-    assert sorted(run.adapters) == ["digits", "fontfamily"] and (run.adapters["digits"] / "adapter_config.json").exists()
+    assert (predictions["predictions"] == predictions["labels"]).mean() == pytest.approx(
+        matrix.loc["after digits", "upstream"]
+    )
+    assert (
+        sorted(run.adapters) == ["digits", "fontfamily"] and (run.adapters["digits"] / "adapter_config.json").exists()
+    )
     assert list(run.tasks["task"]) == ["fontfamily", "digits"] and run.upstream["synsets"][0].endswith(".n.03")
     again = forgetlab.load_run(run.path)
     assert again.matrix.equals(matrix) and repr(again).endswith("2/2 phases)")

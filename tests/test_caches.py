@@ -32,7 +32,9 @@ def _bank_and_queries():
     rng = np.random.default_rng(7)
 
     def images(count):
-        return ArrayDataset(rng.integers(0, 256, size=(count, 96, 96, 3), dtype=np.uint8), rng.integers(0, 3, size=count))
+        return ArrayDataset(
+            rng.integers(0, 256, size=(count, 96, 96, 3), dtype=np.uint8), rng.integers(0, 3, size=count)
+        )
 
     return images(60), images(30)
 
@@ -79,7 +81,11 @@ def test_the_device_pipelines_bank_is_keyed_by_what_it_reads_not_by_the_unused_p
     batch = batch_transforms(preprocess_for(_headless("avg").backbone, 32, PreprocessConfig()))
 
     def bank(pil_transform, eval_transform):
-        return dataset_fingerprint(evaluation_view(EncodedDataset(ArrayImageDataset(images, labels, pil_transform), batch["train"], eval_transform)))
+        return dataset_fingerprint(
+            evaluation_view(
+                EncodedDataset(ArrayImageDataset(images, labels, pil_transform), batch["train"], eval_transform)
+            )
+        )
 
     flip, crop = transforms.RandomHorizontalFlip(1.0), transforms.RandomResizedCrop(32, scale=(0.5, 1.0))
     assert bank(flip, batch["eval"]) == bank(crop, batch["eval"]) == bank(None, batch["eval"])
@@ -108,20 +114,44 @@ def _leaves(cls, prefix=""):
 # A changed value for every key whose type alone does not give one; a function takes the base's value and
 # the walk's files (another weights file, a copy of the data root).
 CHANGED = {
-    "name": "other", "out_dir": "elsewhere", "device": "cpu", "precision": "bf16",
+    "name": "other",
+    "out_dir": "elsewhere",
+    "device": "cpu",
+    "precision": "bf16",
     # another offline backbone; else a timm backbone with another evaluation transform (bilinear, crop 0.875)
     "backbone.name": lambda value, files: "offline_resnet" if value == "offline_vit" else "resnet18.tv_in1k",
     "backbone.weights": lambda value, files: files["other weights"] if value else files["offline_vit"],
-    "backbone.image_size": 48, "backbone.num_classes": 7, "backbone.kwargs": {"global_pool": "avg"},
-    "data.upstream": "cifar100", "data.tasks": ["flowers102"], "data.max_train": 3, "data.max_test": 3,
+    "backbone.image_size": 48,
+    "backbone.num_classes": 7,
+    "backbone.kwargs": {"global_pool": "avg"},
+    "data.upstream": "cifar100",
+    "data.tasks": ["flowers102"],
+    "data.max_train": 3,
+    "data.max_test": 3,
     "data.root": lambda value, files: files["root"],
-    "data.split_seed": 3, "data.eval_cache_gb": 8.0, "data.pipeline": "device",
-    "preprocess.train_scale": [0.5, 1.0], "preprocess.train_ratio": [1.0, 1.0], "preprocess.train_interpolation": "nearest",
-    "preprocess.hflip": 1.0, "preprocess.eval_interpolation": "nearest", "preprocess.crop_pct": 0.5, "preprocess.mean": [0.1, 0.2, 0.3],
-    "preprocess.std": [0.3, 0.2, 0.1], "preprocess.upstream_eval": "task", "preprocess.upstream_crop_pct": 0.5,
-    "eval.upstream_subset": 2, "eval.upstream_evaluator": "head", "method.name": "full", "method.targets": "mlp",
-    "train.task_epochs": {"flowers102": 2}, "train.max_steps": 2, "train.warmup_steps": 2, "track.wandb_group": "g",
-    "method.policy": "keep", "method.alpha": 4.0,
+    "data.split_seed": 3,
+    "data.eval_cache_gb": 8.0,
+    "data.pipeline": "device",
+    "preprocess.train_scale": [0.5, 1.0],
+    "preprocess.train_ratio": [1.0, 1.0],
+    "preprocess.train_interpolation": "nearest",
+    "preprocess.hflip": 1.0,
+    "preprocess.eval_interpolation": "nearest",
+    "preprocess.crop_pct": 0.5,
+    "preprocess.mean": [0.1, 0.2, 0.3],
+    "preprocess.std": [0.3, 0.2, 0.1],
+    "preprocess.upstream_eval": "task",
+    "preprocess.upstream_crop_pct": 0.5,
+    "eval.upstream_subset": 2,
+    "eval.upstream_evaluator": "head",
+    "method.name": "full",
+    "method.targets": "mlp",
+    "train.task_epochs": {"flowers102": 2},
+    "train.max_steps": 2,
+    "train.warmup_steps": 2,
+    "track.wandb_group": "g",
+    "method.policy": "keep",
+    "method.alpha": 4.0,
 }
 # The device resolves to the CPU on any machine these tests run on: its part of the keys is the device
 # type as resolved, tested by test_the_knn_bank_key_covers_the_resolved_precision_and_device.
@@ -156,14 +186,43 @@ def bases(root, random_backbones):  # noqa: F811
     """Base configs in which the caches are used: real images (PIL and device pipelines, the upstream
     scored with the backbone's and with the task's transform, which differ in their interpolation; a
     seeded subset of the upstream test set) and the offline world."""
-    real = [f"data.root={root}", "backbone.name=test_vit", "backbone.random_init=true", "backbone.image_size=32",
-            "backbone.num_classes=3", "data.upstream=imagenet", "data.tasks=[cifar100]", "data.max_train=4", "data.max_test=4",
-            "eval.upstream_evaluator=knn", "data.eval_cache=on", "data.cache_decoded=true", "device=cpu",
-            "preprocess.eval_interpolation=bilinear", "eval.upstream_subset=3"]  # fmt: skip
-    offline = [f"backbone.weights={random_backbones['offline_resnet']}", "backbone.name=offline_resnet", "data.tasks=[digits]",
-               "data.max_train=8", "data.max_test=8", "eval.upstream_evaluator=knn", "device=cpu"]  # fmt: skip
-    return {"real": real, "real-task-transform": [*real, "preprocess.upstream_eval=task", "data.pipeline=device", "data.cache_decoded=false"],
-            "offline": offline, "offline-backbone": ["backbone.name=offline_vit", *offline[2:]]}
+    real = [
+        f"data.root={root}",
+        "backbone.name=test_vit",
+        "backbone.random_init=true",
+        "backbone.image_size=32",
+        "backbone.num_classes=3",
+        "data.upstream=imagenet",
+        "data.tasks=[cifar100]",
+        "data.max_train=4",
+        "data.max_test=4",
+        "eval.upstream_evaluator=knn",
+        "data.eval_cache=on",
+        "data.cache_decoded=true",
+        "device=cpu",
+        "preprocess.eval_interpolation=bilinear",
+        "eval.upstream_subset=3",
+    ]
+    offline = [
+        f"backbone.weights={random_backbones['offline_resnet']}",
+        "backbone.name=offline_resnet",
+        "data.tasks=[digits]",
+        "data.max_train=8",
+        "data.max_test=8",
+        "eval.upstream_evaluator=knn",
+        "device=cpu",
+    ]
+    return {
+        "real": real,
+        "real-task-transform": [
+            *real,
+            "preprocess.upstream_eval=task",
+            "data.pipeline=device",
+            "data.cache_decoded=false",
+        ],
+        "offline": offline,
+        "offline-backbone": ["backbone.name=offline_vit", *offline[2:]],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +238,11 @@ def walk_files(root, random_backbones, tmp_path_factory):  # noqa: F811
     shutil.copytree(root, folder / "datasets")
     torch.manual_seed(1)
     save_safetensors(folder / "offline_resnet.safetensors", random_backbone("offline_resnet").state_dict())
-    return {"offline_vit": str(random_backbones["offline_vit"]), "other weights": str(folder / "offline_resnet.safetensors"),
-            "root": str(folder / "datasets")}
+    return {
+        "offline_vit": str(random_backbones["offline_vit"]),
+        "other weights": str(folder / "offline_resnet.safetensors"),
+        "root": str(folder / "datasets"),
+    }
 
 
 def _keys(overrides, tmp_path):
@@ -248,7 +310,9 @@ def test_every_config_key_changes_each_caches_key_or_is_ignored_with_a_reason(ba
     base_configs = {name: config_module.resolve(None, overrides) for name, overrides in bases.items()}
     base_keys = {name: _keys(overrides, tmp_path) for name, overrides in bases.items()}
     assert {cache for keys in base_keys.values() for cache, used in keys.items() if used} == set(caches.FORMATS)
-    assert base_keys == {name: _keys(overrides, tmp_path) for name, overrides in bases.items()}  # nothing changed: same keys
+    assert base_keys == {
+        name: _keys(overrides, tmp_path) for name, overrides in bases.items()
+    }  # nothing changed: same keys
     changes: dict[str, set[str]] = {}  # config key -> the caches whose key it changed
     for key, field in walked:
         for name, overrides in bases.items():
@@ -269,8 +333,10 @@ def test_every_config_key_changes_each_caches_key_or_is_ignored_with_a_reason(ba
     assert wrong == {}, pprint.pformat(wrong)
     keys = {key for key, _ in _leaves(RunConfig)}  # the walked keys and those resolved the same on this machine
     sections = {key.split(".")[0] for key in keys}
-    stale = {cache: [entry for entry, reason in entries.items() if entry not in keys | sections or not reason]
-             for cache, entries in caches.IGNORED.items()}  # fmt: skip
+    stale = {
+        cache: [entry for entry, reason in entries.items() if entry not in keys | sections or not reason]
+        for cache, entries in caches.IGNORED.items()
+    }
     assert stale == {cache: [] for cache in caches.IGNORED}  # each entry names a config key or section, with a reason
 
 
@@ -280,7 +346,9 @@ def test_the_weights_digest_follows_every_change_and_hashes_only_what_changed():
     from forgetlab.caches import WeightsDigest
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
     model(torch.randn(2, 3, 6, 6))
     model.eval()
     digest, buffers = WeightsDigest(), len(list(model.buffers()))

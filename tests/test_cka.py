@@ -50,7 +50,13 @@ def test_invariant_to_orthogonal_transform_and_isotropic_scaling():
     q_x, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
     q_y, _ = np.linalg.qr(rng.normal(size=(y.shape[1], y.shape[1])))
     reference = linear_cka(x, y)
-    for transformed_x, transformed_y in [(x @ q_x, y), (x, y @ q_y), (3.7 * x, y), (x, 0.05 * y), (2.0 * x @ q_x, 9.0 * y @ q_y)]:
+    for transformed_x, transformed_y in [
+        (x @ q_x, y),
+        (x, y @ q_y),
+        (3.7 * x, y),
+        (x, 0.05 * y),
+        (2.0 * x @ q_x, 9.0 * y @ q_y),
+    ]:
         assert linear_cka(transformed_x, transformed_y) == pytest.approx(reference, rel=1e-10)
     # not invariant to an arbitrary invertible map: the invariances above are not vacuous
     stretch = np.diag(np.linspace(0.1, 10.0, x.shape[1]))

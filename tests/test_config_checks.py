@@ -22,51 +22,81 @@ from forgetlab.models.offline import OFFLINE_ARGS
 from forgetlab.models.skeleton import backbone_skeleton
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: TrainConfig(optimizer="adam"), "^train.optimizer must be one of: adamw, sgd; got 'adam'$"),
-    (lambda: TrainConfig(epochs=0), "^train.epochs must be at least 1$"),
-    (lambda: EvalConfig(upstream_evaluator="head,head"), r"^eval.upstream_evaluator names one of its choices twice \(head,head\)"),
-    (lambda: PreprocessConfig(eval_interpolation="cubic"), "^preprocess.eval_interpolation must be one of: bilinear, bicubic, nearest; got 'cubic'$"),
-    (lambda: DataConfig(workers=-1), r"^data.workers must be in 0\.\.256$"),
-    (lambda: BackboneConfig(image_size=4), r"^backbone.image_size must be in 8\.\.4096$"),
-    (lambda: RunConfig(seed=-1), r"^seed must be in 0\.\.4294967295$"),
-    (lambda: LoRAConfig(rank=0), "^method.rank must be at least 1, got 0$"),
-    (lambda: LoRAConfig(policy="kep"), "^method.policy must be one of: merge, keep; got 'kep'$"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: TrainConfig(optimizer="adam"), "^train.optimizer must be one of: adamw, sgd; got 'adam'$"),
+        (lambda: TrainConfig(epochs=0), "^train.epochs must be at least 1$"),
+        (
+            lambda: EvalConfig(upstream_evaluator="head,head"),
+            r"^eval.upstream_evaluator names one of its choices twice \(head,head\)",
+        ),
+        (
+            lambda: PreprocessConfig(eval_interpolation="cubic"),
+            "^preprocess.eval_interpolation must be one of: bilinear, bicubic, nearest; got 'cubic'$",
+        ),
+        (lambda: DataConfig(workers=-1), r"^data.workers must be in 0\.\.256$"),
+        (lambda: BackboneConfig(image_size=4), r"^backbone.image_size must be in 8\.\.4096$"),
+        (lambda: RunConfig(seed=-1), r"^seed must be in 0\.\.4294967295$"),
+        (lambda: LoRAConfig(rank=0), "^method.rank must be at least 1, got 0$"),
+        (lambda: LoRAConfig(policy="kep"), "^method.policy must be one of: merge, keep; got 'kep'$"),
+    ],
+)
 def test_a_section_built_from_python_checks_itself(build, message):
     with pytest.raises(ConfigError, match=message):
         build()
 
 
 def test_every_section_and_method_config_is_checked_and_its_choices_are_literal_types():
-    sections = [RunConfig, BackboneConfig, PreprocessConfig, DataConfig, TrainConfig, EvalConfig,
-                *(method_class(name).Config for name in method_names())]  # fmt: skip
+    sections = [
+        RunConfig,
+        BackboneConfig,
+        PreprocessConfig,
+        DataConfig,
+        TrainConfig,
+        EvalConfig,
+        *(method_class(name).Config for name in method_names()),
+    ]
     assert all(issubclass(cls, Checked) for cls in sections)
     choices = config_module.documented_choices()
     assert choices["train.optimizer"] == ("adamw", "sgd") and choices["device"] == ("auto", "cpu", "cuda")
-    assert choices["preprocess.train_interpolation"] == config_module.INTERPOLATIONS == ("bilinear", "bicubic", "nearest")
+    assert (
+        choices["preprocess.train_interpolation"] == config_module.INTERPOLATIONS == ("bilinear", "bicubic", "nearest")
+    )
     assert choices["eval.upstream_evaluator"] == ("head", "knn")  # a comma list of its choices
     assert len(choices) == 15
     hints = typing.get_type_hints(LoRAConfig)
     assert (typing.get_args(hints["policy"]), typing.get_args(hints["scaling"]), typing.get_args(hints["init"])) == (
-        POLICIES, SCALINGS, INITS)
+        POLICIES,
+        SCALINGS,
+        INITS,
+    )
     assert (SCALINGS, INITS) == (lora_layers.SCALINGS, lora_layers.INITS)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["method.rank=0"], "^method.rank must be at least 1, got 0$"),
-    (["method.alpha=0"], "^method.alpha must be positive, got 0.0; leave it unset for 2 x method.rank$"),
-    (["method.alpha=-2"], "method.alpha must be positive, got -2.0"),
-    (["method.dropout=1.5"], r"^method.dropout must be in \[0, 1\), got 1.5$"),
-    (["method.policy=kep"], "^method.policy must be one of: merge, keep; got 'kep'$"),
-    (["method.name=topk", "method.k=9"], r"^method.k=9 but VisionTransformer \(vit family\) has 6 blocks .*pick k in 1\.\.6$"),
-    (["method.name=topk", "method.k=5", "backbone.name=offline_resnet"], r"method.k=5 but ResNet .* has 4 stages"),
-    (["method.name=topk", "method.k=0"], "^method.k must be at least 1, got 0$"),
-    (["method.name=block_expansion", "method.copies=4"], "pick method.copies dividing 6"),
-    (["method.name=block_expansion", "method.positions=[1, 6]"], r"method.positions must be distinct block indices in 0\.\.5"),
-    (["method.name=block_expansion", "backbone.name=offline_resnet"], "block_expansion needs a sequence of blocks"),
-    (["method.name=fullrank", "method.targets=q,v"], "not available at full rank"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["method.rank=0"], "^method.rank must be at least 1, got 0$"),
+        (["method.alpha=0"], "^method.alpha must be positive, got 0.0; leave it unset for 2 x method.rank$"),
+        (["method.alpha=-2"], "method.alpha must be positive, got -2.0"),
+        (["method.dropout=1.5"], r"^method.dropout must be in \[0, 1\), got 1.5$"),
+        (["method.policy=kep"], "^method.policy must be one of: merge, keep; got 'kep'$"),
+        (
+            ["method.name=topk", "method.k=9"],
+            r"^method.k=9 but VisionTransformer \(vit family\) has 6 blocks .*pick k in 1\.\.6$",
+        ),
+        (["method.name=topk", "method.k=5", "backbone.name=offline_resnet"], r"method.k=5 but ResNet .* has 4 stages"),
+        (["method.name=topk", "method.k=0"], "^method.k must be at least 1, got 0$"),
+        (["method.name=block_expansion", "method.copies=4"], "pick method.copies dividing 6"),
+        (
+            ["method.name=block_expansion", "method.positions=[1, 6]"],
+            r"method.positions must be distinct block indices in 0\.\.5",
+        ),
+        (["method.name=block_expansion", "backbone.name=offline_resnet"], "block_expansion needs a sequence of blocks"),
+        (["method.name=fullrank", "method.targets=q,v"], "not available at full rank"),
+    ],
+)
 def test_loading_a_config_checks_the_methods_options_and_its_limits_on_the_backbone(overrides, message):
     with pytest.raises(ConfigError, match=message):
         config_module.load(None, overrides)
@@ -75,7 +105,9 @@ def test_loading_a_config_checks_the_methods_options_and_its_limits_on_the_backb
 def test_forgetlab_config_refuses_a_bad_method_option_in_one_line(capsys):
     assert main(["config", "method.rank=0"]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.strip().splitlines() == ["forgetlab: error: method.rank must be at least 1, got 0"]
+    assert captured.out == "" and captured.err.strip().splitlines() == [
+        "forgetlab: error: method.rank must be at least 1, got 0"
+    ]
     assert main(["config", "method.name=topk", "method.k=6"]) == 0  # the limit itself is allowed: 6 blocks
     assert "k: 6" in capsys.readouterr().out
 
@@ -98,7 +130,9 @@ def test_loading_a_config_runs_each_check_once(monkeypatch):
         rules = cls.rules
 
         def counted(self, rules=rules, key=key):
-            calls[key] += (self.rank == 2) if key == "lora" else (self.epochs == 3)  # the config's own, not the defaults run_name compares with
+            calls[key] += (
+                (self.rank == 2) if key == "lora" else (self.epochs == 3)
+            )  # the config's own, not the defaults run_name compares with
             return rules(self)
 
         monkeypatch.setattr(cls, "rules", counted)
@@ -109,7 +143,9 @@ def test_loading_a_config_runs_each_check_once(monkeypatch):
     assert (config.method.rank, config.train.epochs) == (2, 3)
     assert calls == {"lora": 1, "train": 1} and built == []  # LoRA's limits do not depend on the backbone: no skeleton
     checked = []
-    monkeypatch.setattr(method_class("topk"), "check_backbone", classmethod(lambda cls, config, skeleton: checked.append(config.k)))
+    monkeypatch.setattr(
+        method_class("topk"), "check_backbone", classmethod(lambda cls, config, skeleton: checked.append(config.k))
+    )
     config_module.load(None, ["method.name=topk", "backbone.name=offline_resnet"])
     config_module.load(None, ["method.name=topk", "method.k=2", "backbone.name=offline_resnet", "seed=1"])
     assert built == [("offline_resnet",)] and checked == [3, 2]  # one skeleton for both configs, each checked once

@@ -14,22 +14,48 @@ from forgetlab.errors import ConfigError
 
 # What a lower layer gives (paper settings in a file), and what the layer above it adds: one key of the
 # same sections each, and one key both give (the upper one wins).
-LOWER = {"train": {"epochs": 20, "lr": 0.01, "batch_size": 32, "optimizer": "sgd"}, "method": {"name": "lora", "rank": 8, "scaling": "rslora"}}
+LOWER = {
+    "train": {"epochs": 20, "lr": 0.01, "batch_size": 32, "optimizer": "sgd"},
+    "method": {"name": "lora", "rank": 8, "scaling": "rslora"},
+}
 UPPER = {"train": {"max_steps": 5, "lr": 0.05}, "method": {"dropout": 0.2}}
-EXPECTED = {"train.epochs": 20, "train.lr": 0.05, "train.batch_size": 32, "train.optimizer": "sgd", "train.max_steps": 5,
-            "method.name": "lora", "method.rank": 8, "method.scaling": "rslora", "method.dropout": 0.2}  # fmt: skip
+EXPECTED = {
+    "train.epochs": 20,
+    "train.lr": 0.05,
+    "train.batch_size": 32,
+    "train.optimizer": "sgd",
+    "train.max_steps": 5,
+    "method.name": "lora",
+    "method.rank": 8,
+    "method.scaling": "rslora",
+    "method.dropout": 0.2,
+}
 # paper1-vit's own values of the same keys, for a preset below
-PRESET_EXPECTED = {"train.batch_size": 32, "train.schedule": "hf_cosine", "method.rank": 32, "data.upstream": "imagenet",
-                   "train.lr": 0.05, "train.max_steps": 5, "method.dropout": 0.2}  # fmt: skip
+PRESET_EXPECTED = {
+    "train.batch_size": 32,
+    "train.schedule": "hf_cosine",
+    "method.rank": 32,
+    "data.upstream": "imagenet",
+    "train.lr": 0.05,
+    "train.max_steps": 5,
+    "method.dropout": 0.2,
+}
 
 # (lower, upper): every pair that one entry point stacks, lower first
 PAIRS = [
     *[("preset", upper) for upper in ("base", "command line", "variant", "grid", "keyword arguments")],
-    ("variant preset", "base"), ("variant preset", "variant"), ("variant preset", "grid"),
-    ("config file", "command line"), ("config file", "keyword arguments"), ("config", "keyword arguments"),
+    ("variant preset", "base"),
+    ("variant preset", "variant"),
+    ("variant preset", "grid"),
+    ("config file", "command line"),
+    ("config file", "keyword arguments"),
+    ("config", "keyword arguments"),
     *[("base_config", upper) for upper in ("base", "command line", "variant", "grid")],
     *[("base", upper) for upper in ("command line", "variant", "grid")],
-    ("command line", "variant"), ("command line", "grid"), ("variant", "grid"), ("grid", "grid"),
+    ("command line", "variant"),
+    ("command line", "grid"),
+    ("variant", "grid"),
+    ("grid", "grid"),
 ]
 SWEEP_KINDS = {"preset", "variant preset", "base_config", "base", "variant", "grid"}
 
@@ -43,7 +69,10 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
 
 
 def _assignments(tree: dict) -> list[str]:
-    return [f"{key}={config_module.dump_yaml(value, default_flow_style=True).strip()}" for key, value in _leaves(tree).items()]
+    return [
+        f"{key}={config_module.dump_yaml(value, default_flow_style=True).strip()}"
+        for key, value in _leaves(tree).items()
+    ]
 
 
 def _stack(tmp_path, lower: str, upper: str, lower_tree: dict, upper_tree: dict):
@@ -111,13 +140,21 @@ def test_a_layer_adds_to_the_sections_below_it_key_by_key(tmp_path, lower, upper
 @pytest.mark.parametrize("lower, upper", PAIRS, ids=[f"{lower}<{upper}" for lower, upper in PAIRS])
 def test_a_layer_naming_another_method_starts_from_its_defaults(tmp_path, lower, upper):
     config = _stack(tmp_path, lower, upper, LOWER, {"method": {"name": "linear"}, "train": {"max_steps": 5}})
-    assert config_module.to_dict(config.method) == config_module.to_dict(config_module.method_config_from_dict({"name": "linear"}))
+    assert config_module.to_dict(config.method) == config_module.to_dict(
+        config_module.method_config_from_dict({"name": "linear"})
+    )
     assert config.train.max_steps == 5 and config.train.batch_size == 32  # the sections below keep their keys
 
 
-WHERE = {"config file": "config file in {tmp}/lower.yaml", "base_config": "base_config in {tmp}/paper.yaml",
-         "base": "base in {tmp}/sweep.yaml", "command line": "command line", "variant": "grid.variant 'v' in {tmp}/sweep.yaml",
-         "grid": "grid.train.epochz in {tmp}/sweep.yaml", "keyword arguments": "keyword arguments"}  # fmt: skip
+WHERE = {
+    "config file": "config file in {tmp}/lower.yaml",
+    "base_config": "base_config in {tmp}/paper.yaml",
+    "base": "base in {tmp}/sweep.yaml",
+    "command line": "command line",
+    "variant": "grid.variant 'v' in {tmp}/sweep.yaml",
+    "grid": "grid.train.epochz in {tmp}/sweep.yaml",
+    "keyword arguments": "keyword arguments",
+}
 
 
 @pytest.mark.parametrize("lower, upper", PAIRS, ids=[f"{lower}<{upper}" for lower, upper in PAIRS])
@@ -136,11 +173,20 @@ def test_an_error_names_the_layer_and_file_of_its_key(tmp_path, lower, upper):
 
 def test_the_merge_rule_itself():
     below = {"backbone": {"kwargs": {"depth": 2}}, "method": {"name": "lora", "rank": 8}, "train": {"epochs": 2}}
-    merged = config_module.merge(below, {"backbone.kwargs.embed_dim": 64, "method": {"rank": 16}, "train": None, "seed": 3})
-    assert merged == {"backbone": {"kwargs": {"depth": 2, "embed_dim": 64}}, "method": {"name": "lora", "rank": 16},
-                      "train": {"epochs": 2}, "seed": 3}  # fmt: skip
+    merged = config_module.merge(
+        below, {"backbone.kwargs.embed_dim": 64, "method": {"rank": 16}, "train": None, "seed": 3}
+    )
+    assert merged == {
+        "backbone": {"kwargs": {"depth": 2, "embed_dim": 64}},
+        "method": {"name": "lora", "rank": 16},
+        "train": {"epochs": 2},
+        "seed": 3,
+    }
     assert config_module.merge(below, {"method.name": "full"})["method"] == {"name": "full"}
-    assert config_module.merge({}, {"method": {"name": "lora", "rank": 2}})["method"] == {"name": "lora", "rank": 2}  # lora is the default
+    assert config_module.merge({}, {"method": {"name": "lora", "rank": 2}})["method"] == {
+        "name": "lora",
+        "rank": 2,
+    }  # lora is the default
     assert below["method"] == {"name": "lora", "rank": 8}  # neither argument changes
 
 
@@ -167,8 +213,13 @@ def test_a_run_without_a_name_is_named_by_what_differs_from_the_defaults(tmp_pat
     assert config_module.load(None, ["method.name=linear", "seed=1"]).name == "linear-seed1"
     assert config_module.load(None, ["method.rank=16", "name=mine"]).name == "mine"
     assert config_module.load(None, ["out_dir=elsewhere", "track.tensorboard=true"]).name == "default"  # not identity
-    many = ["data.tasks=[digits, fontstyle, fontfamily]", "train.lr=0.1234567", "train.weight_decay=0.5",
-            "backbone.weights=/some/folder/a_long_weights_file_name.safetensors", "train.warmup_fraction=0.25"]  # fmt: skip
+    many = [
+        "data.tasks=[digits, fontstyle, fontfamily]",
+        "train.lr=0.1234567",
+        "train.weight_decay=0.5",
+        "backbone.weights=/some/folder/a_long_weights_file_name.safetensors",
+        "train.warmup_fraction=0.25",
+    ]
     long_names = {config_module.load(None, [*many, f"eval.knn_k={k}"]).name for k in (7, 8)}
     assert len(long_names) == 2 and all(len(name) <= 80 for name in long_names)  # cut, and told apart by the hash
 

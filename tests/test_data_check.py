@@ -20,8 +20,17 @@ from forgetlab.errors import ConfigError
 from tests.test_real_data import WNIDS, _jpg, root  # noqa: F401 - the fixture
 
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)  # an AppleDouble header: no image
-SMOKE = ["backbone.name=resnet18", "backbone.random_init=true", "backbone.image_size=32", "data.workers=0", "train.max_steps=1",
-         "train.batch_size=2", "eval.batch_size=8", "data.pipeline=pil", "method.name=linear"]  # fmt: skip
+SMOKE = [
+    "backbone.name=resnet18",
+    "backbone.random_init=true",
+    "backbone.image_size=32",
+    "data.workers=0",
+    "train.max_steps=1",
+    "train.batch_size=2",
+    "eval.batch_size=8",
+    "data.pipeline=pil",
+    "method.name=linear",
+]
 
 
 def _with_os_metadata(data: Path) -> None:
@@ -49,7 +58,14 @@ def test_os_metadata_beside_the_images_is_skipped_by_the_run_and_by_data_check(r
     assert (len(task.test), len(task.train)) == (6, 9)
     assert task.test.paths == clean.test.paths and task.train.paths == clean.train.paths
     out = tmp_path / "runs"
-    overrides = [f"data.root={data}", "data.upstream=imagenet", "data.tasks=[cifar100]", "backbone.num_classes=3", f"out_dir={out}", "name=mac"]
+    overrides = [
+        f"data.root={data}",
+        "data.upstream=imagenet",
+        "data.tasks=[cifar100]",
+        "backbone.num_classes=3",
+        f"out_dir={out}",
+        "name=mac",
+    ]
     assert main(["data", "check", *SMOKE, *overrides]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("imagenet "))
     assert line.endswith("3 classes, train 9 / test 6 images"), line
@@ -73,8 +89,20 @@ def test_flat_val_skips_appledouble_files_beside_the_solution_file(root, tmp_pat
     assert len(task.test) == 3 and sorted(task.test.labels.tolist()) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("name", [".DS_Store", "._image.JPEG", "Thumbs.db", "thumbs.db", "desktop.ini", "Desktop.ini", "__MACOSX",
-                                  "ehthumbs.db", ".hidden"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".DS_Store",
+        "._image.JPEG",
+        "Thumbs.db",
+        "thumbs.db",
+        "desktop.ini",
+        "Desktop.ini",
+        "__MACOSX",
+        "ehthumbs.db",
+        ".hidden",
+    ],
+)
 def test_os_metadata_names_are_skipped_and_image_names_are_not(tmp_path, name):
     from forgetlab.data.files import is_os_metadata, listed
 
@@ -93,7 +121,11 @@ def test_every_listing_of_dataset_files_goes_through_one_helper():
     for path in sorted(folder.glob("*.py")):
         tree = ast.parse(path.read_text())
         for function in [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)]:
-            calls = [node.func.attr for node in ast.walk(function) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)]
+            calls = [
+                node.func.attr
+                for node in ast.walk(function)
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            ]
             if listing & set(calls) and (path.name, function.name) != ("listing.py", "listed"):
                 offenders.append(f"{path.name}:{function.name}")
     assert offenders == []
@@ -128,10 +160,20 @@ def test_data_check_of_a_paper2_preset_lists_every_missing_input_at_once(root, t
     empty.mkdir()
     assert main(["data", "check", "paper2-lora-r4", "--root", str(empty)]) == 2
     lines = _lines(capsys.readouterr().out)
-    assert {name for name, line in lines.items() if "MISSING" in line} == {"weights", "imagenet", "imagenet train/", "cifar100"}
-    assert str(empty / "imagenet" / "train") in lines["imagenet train/"] and "ILSVRC2012_img_train.tar" in lines["imagenet train/"]
+    assert {name for name, line in lines.items() if "MISSING" in line} == {
+        "weights",
+        "imagenet",
+        "imagenet train/",
+        "cifar100",
+    }
+    assert (
+        str(empty / "imagenet" / "train") in lines["imagenet train/"]
+        and "ILSVRC2012_img_train.tar" in lines["imagenet train/"]
+    )
     assert "eval.upstream_evaluator=knn" in lines["imagenet train/"] and "cifar-100-python.tar.gz" in lines["cifar100"]
-    assert "huggingface.co/timm/vit_base_patch16_224.dino" in lines["weights"] and "backbone.weights=" in lines["weights"]
+    assert (
+        "huggingface.co/timm/vit_base_patch16_224.dino" in lines["weights"] and "backbone.weights=" in lines["weights"]
+    )
     # ImageNet val/ present, train/ absent: the k-NN bank's folder is still required
     data = tmp_path / "data"
     shutil.copytree(root, data)
@@ -145,14 +187,27 @@ def test_data_check_of_a_paper2_preset_lists_every_missing_input_at_once(root, t
 def test_data_check_for_a_paper_covers_every_preset_of_it(root, tmp_path, capsys, offline_hub):  # noqa: F811
     from forgetlab.cli import main
 
-    assert main(["data", "check", "--for", "paper1", "--root", str(root)]) == 2  # the weights of both backbones are absent
+    assert (
+        main(["data", "check", "--for", "paper1", "--root", str(root)]) == 2
+    )  # the weights of both backbones are absent
     lines = _lines(capsys.readouterr().out)
     weights = [line for name, line in lines.items() if name.startswith("weights")]
-    assert len(weights) == 2 and any("resnet50.a1_in1k" in line for line in weights) and any("augreg_in1k" in line for line in weights)
+    assert (
+        len(weights) == 2
+        and any("resnet50.a1_in1k" in line for line in weights)
+        and any("augreg_in1k" in line for line in weights)
+    )
     assert all("MISSING" in line for line in weights)
     datasets = {name for name, line in lines.items() if " ok " in line and not name.startswith(("weights", "wordnet"))}
-    assert {"imagenet", "stanford_cars", "flowers102", "fgvc_aircraft", "cub200", "stanford_cars:samples_half1",
-            "cub200:samples_last20"} <= datasets  # every split any paper-1 preset trains
+    assert {
+        "imagenet",
+        "stanford_cars",
+        "flowers102",
+        "fgvc_aircraft",
+        "cub200",
+        "stanford_cars:samples_half1",
+        "cub200:samples_last20",
+    } <= datasets  # every split any paper-1 preset trains
     assert "imagenet train/" not in lines  # paper 1 scores ImageNet with its head: no k-NN bank
     assert main(["data", "check", "--for", "paper2", "--root", str(root)]) == 2
     lines = _lines(capsys.readouterr().out)
@@ -174,7 +229,11 @@ def test_run_refuses_with_the_complete_list_before_writing_anything(root, tmp_pa
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("forgetlab: error: 2 inputs this run needs are missing or invalid")
     problems = err.splitlines()[1:]
-    assert len(problems) == 2 and problems[0].startswith("  imagenet train/ MISSING") and problems[1].startswith("  cifar100")
+    assert (
+        len(problems) == 2
+        and problems[0].startswith("  imagenet train/ MISSING")
+        and problems[1].startswith("  cifar100")
+    )
     assert "upstream_evaluator=head" not in err and not out.exists()
     assert main(["data", "check", "--preset", "paper2-lora-r4", *overrides]) == 2  # the same lines
     assert [line for line in capsys.readouterr().out.splitlines() if "MISSING" in line] == problems
@@ -186,12 +245,22 @@ def test_a_headless_backbone_with_the_head_evaluator_is_told_the_fix_that_works(
     from forgetlab.runner import run
 
     out = [f"out_dir={tmp_path}", "data.max_test=4", "data.max_train=4"]
-    base = [*SMOKE, f"data.root={root}", "data.upstream=imagenet", "data.tasks=[cifar100]", "backbone.num_classes=0", *out]
+    base = [
+        *SMOKE,
+        f"data.root={root}",
+        "data.upstream=imagenet",
+        "data.tasks=[cifar100]",
+        "backbone.num_classes=0",
+        *out,
+    ]
     with pytest.raises(ConfigError) as caught:
         run(config_module.resolve({}, [*base, "eval.upstream_evaluator=head"]), log=lambda message: None)
     message = str(caught.value)
     assert "data.upstream=imagenet" not in message and "eval.upstream_evaluator=knn" in message
-    folder = run(config_module.resolve({}, [*base, "eval.upstream_evaluator=knn", "eval.knn_k=2", "name=knn"]), log=lambda message: None)
+    folder = run(
+        config_module.resolve({}, [*base, "eval.upstream_evaluator=knn", "eval.knn_k=2", "name=knn"]),
+        log=lambda message: None,
+    )
     assert folder.completed_tasks() == 1  # the suggested fix runs
 
 
@@ -201,10 +270,21 @@ def test_presets_cost_counts_the_knn_bank_and_every_evaluation_pass():
 
     full = PRESETS["paper2-full"]
     # the pretrained bank and the fine-tuned one; val at 2 rows; CIFAR-100 test at row 1 and 10,000 / 500 selections
-    assert full.evaluation_images() == {"upstream test": 100_000, "k-NN bank": 2 * 1_281_167, "task tests": 10_000,
-                                        "model selection": 200_000}  # fmt: skip
+    assert full.evaluation_images() == {
+        "upstream test": 100_000,
+        "k-NN bank": 2 * 1_281_167,
+        "task tests": 10_000,
+        "model selection": 200_000,
+    }
     assert "about 0.6 h" in full.expected_time and "k-NN bank 2 x 1,281,167" in full.expected_time
     assert PRESETS["paper2-linear"].evaluation_images()["k-NN bank"] == IMAGENET_TRAIN  # the backbone never changes
-    vit = PRESETS["paper1-vit"].evaluation_images()  # row i scores tasks 1..i: Cars 4x, Flowers 3x, Aircraft 2x, CUB once
-    assert vit == {"upstream test": 250_000, "k-NN bank": 0, "task tests": 4 * 8041 + 3 * 6149 + 2 * 3333 + 5794, "model selection": 0}
+    vit = PRESETS[
+        "paper1-vit"
+    ].evaluation_images()  # row i scores tasks 1..i: Cars 4x, Flowers 3x, Aircraft 2x, CUB once
+    assert vit == {
+        "upstream test": 250_000,
+        "k-NN bank": 0,
+        "task tests": 4 * 8041 + 3 * 6149 + 2 * 3333 + 5794,
+        "model selection": 0,
+    }
     assert PRESETS["paper1-vit-long"].evaluation_images()["task tests"] == 8041 + 14190 + 17523 + 5 * 23317

@@ -31,24 +31,42 @@ ROOT = Path(__file__).resolve().parents[1]
 SELF_MENTIONS = {
     "a tracker number": re.compile(r"\bissues?[ _-]?#?\d+", re.IGNORECASE),
     "a tracker item named as such": re.compile(r"\bthe [i]ssue\b", re.IGNORECASE),
-    "a numbered work stint": re.compile(r"\b(?:work )?sessions? \d+\b|\bthis [s]ession\b|\bwork [p]eriod", re.IGNORECASE),
+    "a numbered work stint": re.compile(
+        r"\b(?:work )?sessions? \d+\b|\bthis [s]ession\b|\bwork [p]eriod", re.IGNORECASE
+    ),
     "a hand-over note": re.compile(r"\bclos[i]ng note", re.IGNORECASE),
     "a path of one machine": re.compile(r"(?<![\w.~$])/(?:work|root|tmp)/|/home/\w+/"),
 }
 
 
 def _self_mentions(text: str) -> list[str]:
-    return [f"{what}: {match.group(0)!r}" for what, pattern in SELF_MENTIONS.items() for match in pattern.finditer(text)]
+    return [
+        f"{what}: {match.group(0)!r}" for what, pattern in SELF_MENTIONS.items() for match in pattern.finditer(text)
+    ]
 
 
 def test_self_mention_patterns_catch_what_they_name():
     """The patterns find each kind of mention and leave the project's own words alone."""
-    caught = ["see issue " + "20", "Issue #" + "3", "the " + "issue's example", "Measured in session " + "7", "as quoted in the clos" + "ing note",
-              "FORGETLAB_HOME=" + "/" + "tmp/x", "cd " + "/" + "work/main"]  # fmt: skip
+    caught = [
+        "see issue " + "20",
+        "Issue #" + "3",
+        "the " + "issue's example",
+        "Measured in session " + "7",
+        "as quoted in the clos" + "ing note",
+        "FORGETLAB_HOME=" + "/" + "tmp/x",
+        "cd " + "/" + "work/main",
+    ]
     for text in caught:
         assert _self_mentions(text), text
-    fine = ["pytest's session fixture", "a passing session's folder", "/usr/share/fonts", "~/.cache/forgetlab",
-            "$FORGETLAB_HOME/knn-banks/", "runs/demo-report", "https://github.com/rezaakb/peft-vit"]  # fmt: skip
+    fine = [
+        "pytest's session fixture",
+        "a passing session's folder",
+        "/usr/share/fonts",
+        "~/.cache/forgetlab",
+        "$FORGETLAB_HOME/knn-banks/",
+        "runs/demo-report",
+        "https://github.com/rezaakb/peft-vit",
+    ]
     for text in fine:
         assert not _self_mentions(text), text
 
@@ -64,9 +82,12 @@ def test_no_tracked_file_speaks_of_how_it_was_built():
         pytest.skip("not a git checkout")
     files = _tracked_text_files()
     assert len(files) > 50  # the listing worked
-    found = [f"{p.relative_to(ROOT)}:{n}: {m}" for p in files
-             for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
-             for m in _self_mentions(line)]  # fmt: skip
+    found = [
+        f"{p.relative_to(ROOT)}:{n}: {m}"
+        for p in files
+        for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        for m in _self_mentions(line)
+    ]
     assert not found, "\n".join(found)
 
 
@@ -81,8 +102,10 @@ def test_no_cli_output_speaks_of_how_it_was_built():
     from forgetlab.presets import PRESETS
 
     commands = [["--help"], ["presets"], ["presets", "--markdown"], ["config", "--keys"], ["data", "--help"]]
-    commands += [[name, "--help"] for name in ("run", "presets", "pretrain", "show", "sweep", "report",
-                                               "single-adapter", "anatomy", "config")]  # fmt: skip
+    commands += [
+        [name, "--help"]
+        for name in ("run", "presets", "pretrain", "show", "sweep", "report", "single-adapter", "anatomy", "config")
+    ]
     commands += [["presets", name] for name in PRESETS]
     outputs = {" ".join(argv): _cli_output(argv) for argv in commands}
     assert len(outputs["presets"]) > 1000 and "paper2-lora-r4" in outputs["presets"]  # they really printed
@@ -105,7 +128,18 @@ def test_reference_pages_cover_every_command_and_key():
     from forgetlab import config
 
     cli_page = (ROOT / "docs/reference/cli.md").read_text(encoding="utf-8")
-    for command in ("run", "presets", "data check", "pretrain", "show", "sweep", "report", "single-adapter", "anatomy", "config"):
+    for command in (
+        "run",
+        "presets",
+        "data check",
+        "pretrain",
+        "show",
+        "sweep",
+        "report",
+        "single-adapter",
+        "anatomy",
+        "config",
+    ):
         assert f"## `forgetlab {command}`" in cli_page
     config_page = (ROOT / "docs/reference/config.md").read_text(encoding="utf-8")
     for key, _, _ in config.describe_all(config.resolve()):
@@ -117,7 +151,7 @@ def _markdown_rows(text: str, first_cell: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_cell} |"))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip("|").split("|")])
@@ -146,8 +180,11 @@ def test_lora_variants_page_equals_its_sweep_csv():
     assert len(page) == 6
     for backbone, variant, *cells in page:
         for rank, cell in zip((1, 4, 16, 64), cells[:4]):
-            changes = [100 * float(r["upstream_change"]) for r in rows
-                       if r["backbone"] == backbone and _variant(r) == variant and r["config.method.rank"] == str(rank)]  # fmt: skip
+            changes = [
+                100 * float(r["upstream_change"])
+                for r in rows
+                if r["backbone"] == backbone and _variant(r) == variant and r["config.method.rank"] == str(rank)
+            ]
             assert len(changes) == 3, (backbone, variant, rank)
             assert cell == f"{np.mean(changes):.1f} ± {np.std(changes, ddof=1):.1f}", (backbone, variant, rank)
         assert int(cells[-1]) == 12
@@ -165,9 +202,11 @@ def test_lora_variants_quick_page_equals_its_sweep_csv():
 
 
 def test_figures_in_the_docs_are_the_reports_figures():
-    copies = {"claims_rank_curves.png": "claims-report/figures/rank_curves.png",
-              "lora_variants_rank_curves.png": "lora-variants/rank_curves.png",
-              "lora_variants_quick_rank_curves.png": "lora-variants-quick/rank_curves.png"}  # fmt: skip
+    copies = {
+        "claims_rank_curves.png": "claims-report/figures/rank_curves.png",
+        "lora_variants_rank_curves.png": "lora-variants/rank_curves.png",
+        "lora_variants_quick_rank_curves.png": "lora-variants-quick/rank_curves.png",
+    }
     for copy, original in copies.items():
         assert (ROOT / "docs/assets" / copy).read_bytes() == (ROOT / "benchmarks/results" / original).read_bytes()
 

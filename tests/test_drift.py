@@ -33,25 +33,47 @@ def test_units_are_every_block_and_every_bottleneck():
     images = torch.randn(5, 1, 28, 28)
     for backbone, widths in ((vit, [128] * 7), (resnet, [128, 256, 512, 1024, 1024])):
         model = MultiHeadModel(backbone)
-        features = unit_features(model, torch.utils.data.TensorDataset(images, torch.zeros(5, dtype=torch.long)), feature_units(backbone), Runtime(eval_batch_size=2))  # fmt: skip
+        features = unit_features(
+            model,
+            torch.utils.data.TensorDataset(images, torch.zeros(5, dtype=torch.long)),
+            feature_units(backbone),
+            Runtime(eval_batch_size=2),
+        )
         assert [tuple(f.shape) for f in features.values()] == [(5, w) for w in widths]
         assert torch.allclose(features["features"], model.features(images), atol=1e-6)
     # the ViT's block unit is the class token of that block's output (timm pools the class token)
     captured = vit.blocks[:3](vit._pos_embed(vit.patch_embed(images)))[:, 0]
-    assert torch.allclose(unit_features(MultiHeadModel(vit), torch.utils.data.TensorDataset(images, torch.zeros(5, dtype=torch.long)),
-                                        ["blocks.2"], Runtime(eval_batch_size=5))["blocks.2"], captured, atol=1e-5)  # fmt: skip
+    assert torch.allclose(
+        unit_features(
+            MultiHeadModel(vit),
+            torch.utils.data.TensorDataset(images, torch.zeros(5, dtype=torch.long)),
+            ["blocks.2"],
+            Runtime(eval_batch_size=5),
+        )["blocks.2"],
+        captured,
+        atol=1e-5,
+    )
 
 
 def test_probe_is_class_balanced_and_seeded():
     labels = np.repeat(np.arange(4), [50, 30, 3, 17])
     chosen = balanced_indices(labels, 20, seed=0)
-    assert np.bincount(labels[chosen], minlength=4).tolist() == [6, 6, 3, 5]  # 3 of class 2 (all it has), the rest spread
-    assert np.array_equal(chosen, balanced_indices(labels, 20, seed=0)) and not np.array_equal(chosen, balanced_indices(labels, 20, seed=1))
+    assert np.bincount(labels[chosen], minlength=4).tolist() == [
+        6,
+        6,
+        3,
+        5,
+    ]  # 3 of class 2 (all it has), the rest spread
+    assert np.array_equal(chosen, balanced_indices(labels, 20, seed=0)) and not np.array_equal(
+        chosen, balanced_indices(labels, 20, seed=1)
+    )
     assert len(balanced_indices(labels, 1000, seed=0)) == len(labels)
 
 
 def test_linear_probing_leaves_every_unit_at_exactly_one(random_backbones, tmp_path):
-    config = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"method.name": "linear"}))
+    config = config_module.resolve(
+        {}, tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"method.name": "linear"})
+    )
     folder = run(config, **QUIET)
     rows = _drift(folder)
     assert forgetlab.load_run(folder.path).drift.to_dict("records") == rows
@@ -78,18 +100,27 @@ def test_lora_drift_is_in_unit_interval_and_row_zero_is_one(random_backbones, tm
 
 
 def test_drift_off_and_refused_values(random_backbones, tmp_path):
-    config = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"eval.probe_images": 0}))
+    config = config_module.resolve(
+        {}, tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"eval.probe_images": 0})
+    )
     folder = run(config, **QUIET)
     assert not (folder.path / "drift.csv").exists() and not (folder.path / "drift").exists()
     with pytest.raises(ConfigError, match="eval.probe_images"):
-        run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="bad", **{"eval.probe_images": -1})), **QUIET)
+        run(
+            config_module.resolve(
+                {}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="bad", **{"eval.probe_images": -1})
+            ),
+            **QUIET,
+        )
     assert not (tmp_path / "bad").exists()
 
 
 def test_a_stopped_run_resumes_to_the_same_drift(random_backbones, tmp_path):
     overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="clean", **{"train.lr": 0.05})
     clean = (run(config_module.resolve({}, overrides), **QUIET).path / "drift.csv").read_bytes()
-    stopped = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="stopped", **{"train.lr": 0.05}))
+    stopped = config_module.resolve(
+        {}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="stopped", **{"train.lr": 0.05})
+    )
 
     def stop_after_task_1(message: str) -> None:
         if message.startswith("task 1/2"):
@@ -98,4 +129,6 @@ def test_a_stopped_run_resumes_to_the_same_drift(random_backbones, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(stopped, log=stop_after_task_1)
     assert {row["phase"] for row in read_rows(stopped.run_dir / "drift.csv")} == {0, 1}
-    assert (run(stopped, **QUIET).path / "drift.csv").read_bytes() == clean  # the pretrained features rebuilt, the same numbers
+    assert (
+        run(stopped, **QUIET).path / "drift.csv"
+    ).read_bytes() == clean  # the pretrained features rebuilt, the same numbers

@@ -59,7 +59,9 @@ def _counting(monkeypatch, owner, name):
 
 
 @pytest.mark.parametrize("pipeline", ["pil", "device"])
-def test_a_second_evaluation_reads_the_cache_with_the_same_predictions(files, model_and_preprocess, tmp_path, monkeypatch, pipeline):
+def test_a_second_evaluation_reads_the_cache_with_the_same_predictions(
+    files, model_and_preprocess, tmp_path, monkeypatch, pipeline
+):
     from forgetlab.data import device_pipeline
 
     model, pre = model_and_preprocess
@@ -84,7 +86,9 @@ def test_a_second_evaluation_reads_the_cache_with_the_same_predictions(files, mo
     assert not second.computed and not decodes and not opens and np.array_equal(again, first_predictions)
 
 
-def test_an_interrupted_write_leaves_no_cache_and_the_limits_turn_it_off(files, model_and_preprocess, tmp_path, monkeypatch):
+def test_an_interrupted_write_leaves_no_cache_and_the_limits_turn_it_off(
+    files, model_and_preprocess, tmp_path, monkeypatch
+):
     model, pre = model_and_preprocess
     test = FileDataset(*files, transform=pre.eval)
     original, calls = FileDataset.open_image, []
@@ -104,13 +108,19 @@ def test_an_interrupted_write_leaves_no_cache_and_the_limits_turn_it_off(files, 
     lines = []
     small = EvalCropCache(mode="on", limit_gb=1e-5, folder=tmp_path / "other", log=lines.append)
     assert small(test, what="imagenet test") is test and not (tmp_path / "other").exists()
-    assert lines == ["forgetlab: imagenet test crops not cached: 12 images at 32 px need 3.69e-05 GB, over data.eval_cache_gb=1e-05; "
-                     "raise it to cache them"]  # fmt: skip
-    assert EvalCropCache(mode="auto", folder=tmp_path)(test) is test  # auto: files on CUDA only; the CPU stays as it was
+    assert lines == [
+        "forgetlab: imagenet test crops not cached: 12 images at 32 px need "
+        "3.69e-05 GB, over data.eval_cache_gb=1e-05; raise it to cache them"
+    ]
+    assert (
+        EvalCropCache(mode="auto", folder=tmp_path)(test) is test
+    )  # auto: files on CUDA only; the CPU stays as it was
     assert EvalCropCache(mode="off", folder=tmp_path)(test) is test
 
 
-def test_the_first_device_pass_evaluates_the_crops_while_it_writes_them(files, model_and_preprocess, tmp_path, monkeypatch):
+def test_the_first_device_pass_evaluates_the_crops_while_it_writes_them(
+    files, model_and_preprocess, tmp_path, monkeypatch
+):
     """One pass over the files: each batch is decoded once, evaluated from its uint8 crops and written;
     its predictions equal a later pass's over the cache, and a pass closed early leaves no cache."""
     from forgetlab.data import device_pipeline
@@ -128,7 +138,11 @@ def test_the_first_device_pass_evaluates_the_crops_while_it_writes_them(files, m
     first = cache(test)
     assert first.streams()
     first_predictions = predict(model, "task", first, Runtime(eval_batch_size=5))
-    assert len(decodes) == 3 and first.computed and len(list(tmp_path.glob(f"*/{CROPS_FILE}"))) == 1  # 12 images, batches of 5
+    assert (
+        len(decodes) == 3 and first.computed and len(list(tmp_path.glob(f"*/{CROPS_FILE}"))) == 1
+    )  # 12 images, batches of 5
     later = cache(test)
-    assert not later.streams() and np.array_equal(predict(model, "task", later, Runtime(eval_batch_size=5)), first_predictions)
+    assert not later.streams() and np.array_equal(
+        predict(model, "task", later, Runtime(eval_batch_size=5)), first_predictions
+    )
     assert len(decodes) == 3

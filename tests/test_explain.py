@@ -50,7 +50,9 @@ def test_subspace_overlap_of_hand_made_bases():
     e = np.eye(6)
     assert spectra.subspace_overlap(e[:, :2], e[:, :2]) == pytest.approx(1.0)
     assert spectra.subspace_overlap(e[:, :2], e[:, 2:4]) == pytest.approx(0.0)
-    assert spectra.subspace_overlap(e[:, :2], e[:, :4]) == pytest.approx(1.0)  # the smaller space lies inside the larger
+    assert spectra.subspace_overlap(e[:, :2], e[:, :4]) == pytest.approx(
+        1.0
+    )  # the smaller space lies inside the larger
     diagonal = ((e[:, 0] + e[:, 1]) / math.sqrt(2))[:, None]
     assert spectra.subspace_overlap(e[:, :1], diagonal) == pytest.approx(0.5)
     assert math.isnan(spectra.subspace_overlap(e[:, :0], e[:, :2]))
@@ -76,7 +78,9 @@ def test_intruder_count_matches_peft():
         torch.manual_seed(seed)
         model = nn.Sequential()
         model.add_module("lin", nn.Linear(24, 32))
-        peft_model = peft.get_peft_model(model, peft.LoraConfig(r=6, lora_alpha=6, target_modules=["lin"], init_lora_weights=False))
+        peft_model = peft.get_peft_model(
+            model, peft.LoraConfig(r=6, lora_alpha=6, target_modules=["lin"], init_lora_weights=False)
+        )
         layer = peft_model.base_model.model.lin
         with torch.no_grad():
             layer.lora_B["default"].weight.mul_(size / layer.lora_B["default"].weight.norm())
@@ -142,16 +146,24 @@ def test_paired_intervals_and_mcnemar():
 # ------------------------------------------------------------------------------------------ runs
 def _run(backbone_file, folder, name, **extra):
     overrides = {"train.lr": 0.05, "data.max_test": 16, **extra}
-    return run(config_module.resolve({}, tiny_overrides(backbone_file, folder, name=name, **overrides)), log=lambda message: None)
+    return run(
+        config_module.resolve({}, tiny_overrides(backbone_file, folder, name=name, **overrides)),
+        log=lambda message: None,
+    )
 
 
-@pytest.mark.parametrize("backbone,extra", [
-    ("offline_vit", {}),
-    ("offline_vit", {"method.scaling": "rslora", "method.dora": "true", "method.targets": "q,v"}),
-    ("offline_resnet", {"method.init": "pissa", "method.rank": 2}),
-    ("offline_vit", {"method.policy": "keep"}),
-])  # fmt: skip
-def test_reverting_every_unit_is_the_pretrained_model_and_applying_every_unit_the_phase_model(random_backbones, tmp_path, backbone, extra):
+@pytest.mark.parametrize(
+    "backbone,extra",
+    [
+        ("offline_vit", {}),
+        ("offline_vit", {"method.scaling": "rslora", "method.dora": "true", "method.targets": "q,v"}),
+        ("offline_resnet", {"method.init": "pissa", "method.rank": 2}),
+        ("offline_vit", {"method.policy": "keep"}),
+    ],
+)
+def test_reverting_every_unit_is_the_pretrained_model_and_applying_every_unit_the_phase_model(
+    random_backbones, tmp_path, backbone, extra
+):
     folder = _run(random_backbones[backbone], tmp_path, "exact", **extra)
     keep = extra.get("method.policy") == "keep"
     if keep:  # the upstream head sees the bare backbone; the phase model is pretrained + its adapter
@@ -164,7 +176,9 @@ def test_reverting_every_unit_is_the_pretrained_model_and_applying_every_unit_th
     assert list(totals.index) == [1, 2]
     for phase, row in totals.iterrows():
         assert row.reverted_accuracy == pytest.approx(100 * matrix[0][0], abs=1e-9)
-        stored = np.load(folder.path / "predictions" / (f"upstream_single_{phase}.npz" if keep else f"upstream_after_{phase}.npz"))
+        stored = np.load(
+            folder.path / "predictions" / (f"upstream_single_{phase}.npz" if keep else f"upstream_after_{phase}.npz")
+        )
         assert row.applied_accuracy == pytest.approx(100 * np.mean(stored["predictions"] == stored["labels"]), abs=1e-9)
         assert row.agreement == 1.0  # image for image
     units = attribution[attribution.unit != "all"]
@@ -191,7 +205,16 @@ def test_files_resume_and_refusals(lora_run, tmp_path):
     tables = explain(lora_run.path, parts="spectra", **QUIET)
     assert set(tables) == {"spectra", "overlap", "singular_values"} and not (out / "attribution.csv").exists()
     spectra_csv = pd.read_csv(out / "spectra.csv")
-    assert {"phase", "layer", "scope", "numerical_rank", "effective_rank", "stable_rank", "relative_norm", "intruders"} <= set(spectra_csv)
+    assert {
+        "phase",
+        "layer",
+        "scope",
+        "numerical_rank",
+        "effective_rank",
+        "stable_rank",
+        "relative_norm",
+        "intruders",
+    } <= set(spectra_csv)
     assert len(spectra_csv) == 2 * 6 * 2  # phases x qkv matrices x scopes
     overlap = pd.read_csv(out / "overlap.csv")
     assert len(overlap) == 6 and ((overlap.overlap >= 0) & (overlap.overlap <= 1 + 1e-9)).all()
@@ -230,7 +253,9 @@ def test_the_report_shows_where_forgetting_happens(lora_run, tmp_path):
     page = (tmp_path / "report" / "report.md").read_text()
     assert "Where forgetting happens" in page
     assert "n = 12 upstream images" in page and "reproduce the run's predictions on every image" in page
-    assert {"explain_attribution_lora.png", "explain_spectra_lora.png"} <= {p.name for p in (tmp_path / "report" / "figures").iterdir()}
+    assert {"explain_attribution_lora.png", "explain_spectra_lora.png"} <= {
+        p.name for p in (tmp_path / "report" / "figures").iterdir()
+    }
 
 
 def test_explain_drift_rebuilds_the_runs_own_drift_from_its_adapters(lora_run):

@@ -24,14 +24,18 @@ from .test_report_claims import make_run, similarity  # noqa: F401 - the fixture
 
 nan = math.nan
 # After each phase every earlier task and the upstream task lose accuracy (row 0: pretrained).
-FORGETTING = np.array([[0.80, nan, nan, nan], [0.70, 0.60, nan, nan], [0.65, 0.50, 0.70, nan], [0.60, 0.40, 0.55, 0.90]])
-TWO_TASKS = [[None if math.isnan(v) else float(v) for v in row] for row in FORGETTING[:3, :3]]  # as a run folder stores it
+FORGETTING = np.array(
+    [[0.80, nan, nan, nan], [0.70, 0.60, nan, nan], [0.65, 0.50, 0.70, nan], [0.60, 0.40, 0.55, 0.90]]
+)
+TWO_TASKS = [
+    [None if math.isnan(v) else float(v) for v in row] for row in FORGETTING[:3, :3]
+]  # as a run folder stores it
 
 
 # ----------------------------------------------------------------------------- every registered metric
 def test_every_difference_metric_says_forgetting_with_its_registered_sign():
-    """On a matrix in which every task is forgotten (and a reference that learns every task better), each
-    difference metric is on the side its ``better`` calls worse: forgetting positive, BWT, upstream change and FWT negative."""
+    """On a matrix in which every task is forgotten (and a reference that learns every task better), each difference
+    metric is on the side its ``better`` calls worse: forgetting positive, BWT, upstream change and FWT negative."""
     reference = [nan, *(FORGETTING[phase, phase] + 0.1 for phase in (1, 2, 3))]
     for metric in metrics.registered_metrics():
         if metric.unit != "pp":
@@ -48,7 +52,9 @@ def test_every_accuracy_metric_falls_when_every_accuracy_falls():
     worse = FORGETTING - 0.1
     for metric in metrics.registered_metrics():
         if metric.unit == "pct":
-            assert metric.function(worse, trained=None) == pytest.approx(metric.function(FORGETTING, trained=None) - 0.1), metric.name
+            assert metric.function(worse, trained=None) == pytest.approx(
+                metric.function(FORGETTING, trained=None) - 0.1
+            ), metric.name
 
 
 def test_the_registry_orders_the_columns_and_names_each_with_its_unit():
@@ -58,9 +64,18 @@ def test_the_registry_orders_the_columns_and_names_each_with_its_unit():
     assert values["forward_transfer"] == 0.0  # the matrix against itself
     points = metrics.in_points(values)
     assert list(points) == [m.column for m in metrics.registered_metrics()]
-    assert points["upstream_pretrained_pct"] == pytest.approx(80.0) and points["upstream_change_pp"] == pytest.approx(-20.0)
-    assert [m.header for m in metrics.report_metrics()] == ["avg acc", "avg forgetting", "BWT", "FWT vs linear", "plasticity",
-                                                          "upstream", "upstream change"]  # fmt: skip
+    assert points["upstream_pretrained_pct"] == pytest.approx(80.0) and points["upstream_change_pp"] == pytest.approx(
+        -20.0
+    )
+    assert [m.header for m in metrics.report_metrics()] == [
+        "avg acc",
+        "avg forgetting",
+        "BWT",
+        "FWT vs linear",
+        "plasticity",
+        "upstream",
+        "upstream change",
+    ]
     assert [m.show.column for m in metrics.shown_metrics()] == ["avg acc", "forgetting", "BWT", "upstream"]
 
 
@@ -78,7 +93,15 @@ def worst_task():
     """The largest drop of any downstream task from its first to its final accuracy, in points, shown by
     ``forgetlab show`` and in the report (registered through ``forgetlab.register_metric``)."""
 
-    @forgetlab.register_metric("worst_task_drop", unit="pp", better="lower", report=metrics.Reported("worst drop", "the largest first-minus-final accuracy of any task", position=85, prose="worst drop"), show=metrics.Shown("worst", "worst drop", "worst: the largest drop of any task"))  # fmt: skip
+    @forgetlab.register_metric(
+        "worst_task_drop",
+        unit="pp",
+        better="lower",
+        report=metrics.Reported(
+            "worst drop", "the largest first-minus-final accuracy of any task", position=85, prose="worst drop"
+        ),
+        show=metrics.Shown("worst", "worst drop", "worst: the largest drop of any task"),
+    )
     def worst_task_drop(a, trained=None):
         firsts = metrics.first_accuracies(a, trained)
         return max((value - a[-1, j] for j, value in firsts.items()), default=nan)
@@ -94,7 +117,9 @@ def test_a_registered_metric_reaches_the_api_the_csv_and_show(worst_task, tmp_pa
     (row,) = run_rows(find_runs([tmp_path / "sweep"]))
     assert row["worst_task_drop_pp"] == pytest.approx(10.0)  # digits was trained last: fontfamily 0.60 -> 0.50
     header = rows_to_csv([row]).splitlines()[0].split(",")
-    assert header.index("worst_task_drop_pp") == header.index("upstream_final_pct") + 1  # after the built-ins (no FWT: no probe)
+    assert (
+        header.index("worst_task_drop_pp") == header.index("upstream_final_pct") + 1
+    )  # after the built-ins (no FWT: no probe)
     matrix = AccuracyMatrix(columns=["upstream", "fontfamily", "digits"], values=TWO_TASKS)
     assert metrics_line(matrix).endswith(", worst drop +10.00 points (80.00% -> 65.00%)")
     table = cells_table(tmp_path / "sweep", [("cell", "done", "")]).splitlines()
@@ -105,12 +130,18 @@ def test_a_registered_metric_reaches_the_api_the_csv_and_show(worst_task, tmp_pa
 def test_a_registered_metric_and_section_reach_the_report(worst_task, tmp_path, similarity):  # noqa: F811
     seen = []
 
-    @forgetlab.register_report_section("toy section", position=65, glossary=((86, "toy term", "what the toy table counts"),))
+    @forgetlab.register_report_section(
+        "toy section", position=65, glossary=((86, "toy term", "what the toy table counts"),)
+    )
     def toy_section(inputs):
         from forgetlab.reporting.sections import TableSection
 
         seen.append(len(inputs.runs))
-        return [TableSection("Toy table", ["run", "rows"], [[r.name, str(r.matrix.as_array().shape[0])] for r in inputs.runs], [])]
+        return [
+            TableSection(
+                "Toy table", ["run", "rows"], [[r.name, str(r.matrix.as_array().shape[0])] for r in inputs.runs], []
+            )
+        ]
 
     try:
         make_run(tmp_path / "sweep", "cell", rows=TWO_TASKS)
@@ -123,15 +154,21 @@ def test_a_registered_metric_and_section_reach_the_report(worst_task, tmp_path, 
     markdown = (out / "report.md").read_text()
     assert seen == [1] and "| cell | 3 |" in markdown
     # sections by position: the toy table (65) between the methods table (60) and the metrics per run (70)
-    assert markdown.index("## Methods") < markdown.index("## Toy table") < markdown.index("## Forgetting metrics per run")
+    assert (
+        markdown.index("## Methods") < markdown.index("## Toy table") < markdown.index("## Forgetting metrics per run")
+    )
     per_run = next(line for line in markdown.splitlines() if line.startswith("| run | backbone |"))
     assert per_run.endswith("| upstream | upstream change | worst drop | FWT reference |")
     per_run_rows = markdown.split("## Forgetting metrics per run")[1].split("\n## ")[0]
     (cell,) = [line for line in per_run_rows.splitlines() if line.startswith("| cell |")]
     assert cell.endswith("| -15.00 | 10.00 |  |")  # upstream change, worst drop, no FWT reference
     glossary = markdown.split("## Glossary")[1]
-    assert glossary.index("**upstream change**") < glossary.index("**worst drop**: the largest first-minus-final") < glossary.index(
-        "**toy term**") < glossary.index("**downstream (mean of tasks)**")  # fmt: skip
+    assert (
+        glossary.index("**upstream change**")
+        < glossary.index("**worst drop**: the largest first-minus-final")
+        < glossary.index("**toy term**")
+        < glossary.index("**downstream (mean of tasks)**")
+    )
     assert "forgetting, BWT, FWT, upstream change and worst drop are differences of accuracies" in glossary
     assert "toy term" in (out / "report.html").read_text()
 
@@ -152,7 +189,9 @@ def test_a_registered_evaluator_is_built_by_name_and_its_result_reaches_the_reco
     def build_always_zero(eval_config, upstream, crop_cache=None):
         def evaluate(model, dataset, runtime, **options):
             predictions = np.zeros(len(dataset), dtype=np.int64)
-            return UpstreamResult("always_zero", float(np.mean(dataset_labels(dataset) == 0)), predictions, {1: 0.5, 2: 0.25})
+            return UpstreamResult(
+                "always_zero", float(np.mean(dataset_labels(dataset) == 0)), predictions, {1: 0.5, 2: 0.25}
+            )
 
         return evaluate
 
@@ -160,7 +199,9 @@ def test_a_registered_evaluator_is_built_by_name_and_its_result_reaches_the_reco
         config = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path))
         upstream = build_task(config.data.upstream, config.data)
         with_eval = lambda names: dataclasses.replace(config.eval, upstream_evaluator=names)  # noqa: E731
-        with pytest.raises(ConfigError, match="eval.upstream_evaluator must be one of: head, knn, always_zero; got 'nope'"):
+        with pytest.raises(
+            ConfigError, match="eval.upstream_evaluator must be one of: head, knn, always_zero; got 'nope'"
+        ):
             build_upstream_evaluator(with_eval("nope"), upstream)
         evaluators = build_upstream_evaluator(with_eval("head,always_zero"), upstream)
         model = MultiHeadModel(load_backbone(config.backbone).model)
@@ -168,8 +209,14 @@ def test_a_registered_evaluator_is_built_by_name_and_its_result_reaches_the_reco
         result = evaluators(model, upstream.test, runtime)
         head = head_evaluator(model, upstream.test, runtime)
         zero_share = float(np.mean(dataset_labels(upstream.test) == 0))
-        assert result.accuracy == head.accuracy and np.array_equal(result.predictions, head.predictions)  # the first one's
-        assert result.record() == {"head": head.accuracy, "always_zero": zero_share, "always_zero_at_k": {"1": 0.5, "2": 0.25}}
+        assert result.accuracy == head.accuracy and np.array_equal(
+            result.predictions, head.predictions
+        )  # the first one's
+        assert result.record() == {
+            "head": head.accuracy,
+            "always_zero": zero_share,
+            "always_zero_at_k": {"1": 0.5, "2": 0.25},
+        }
         assert set(result.predictions_by_evaluator()) == {"predictions_head", "predictions_always_zero"}
         alone = build_upstream_evaluator(with_eval("always_zero"), upstream)(model, upstream.test, runtime)
         assert alone.record() == {"always_zero": {"1": 0.5, "2": 0.25}} and alone.predictions_by_evaluator() == {}

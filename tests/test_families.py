@@ -26,8 +26,12 @@ ARCHITECTURES = {  # id: (timm name, kwargs, family, blocks)
     "dinov2": ("vit_small_patch14_dinov2", dict(_VIT, img_size=28, patch_size=7), "vit", 4),
     "eva02": ("eva02_tiny_patch14_224", dict(_VIT, img_size=28, patch_size=7), "vit", 4),
     "beit": ("beit_base_patch16_224", _VIT, "vit", 4),
-    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(1, 1, 2, 1),
-                                                  num_heads=(1, 1, 2, 2)), "swin", 5),  # fmt: skip
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2)),
+        "swin",
+        5,
+    ),
     "convnext": ("convnext_atto", dict(dims=(8, 16, 32, 64), depths=(1, 1, 2, 1)), "convnext", 5),
     "resnet50": ("resnet50", dict(layers=[1, 1, 1, 1], channels=(8, 16, 32, 64), zero_init_last=False), "resnet", 4),
 }
@@ -77,7 +81,9 @@ def test_lora_adapters_are_live_and_merge_exactly(arch, targets):
     model = _model(arch)
     method = _method("lora", rank=2, dropout=0.0, targets=targets)
     family = ARCHITECTURES[arch][2]
-    if (targets == "q,v" and family in ("convnext", "resnet")) or (targets == "all_linear" and arch in ("convnext", "resnet50")):
+    if (targets == "q,v" and family in ("convnext", "resnet")) or (
+        targets == "all_linear" and arch in ("convnext", "resnet50")
+    ):
         # no attention; convnext_atto's MLP is 1x1 convolutions (conv_mlp), and a ResNet's only linear is its head
         with pytest.raises(ConfigError, match="matches no layer"):
             method.check(model.backbone)
@@ -160,7 +166,11 @@ def test_topk_trains_the_last_groups_of_timms_group_matcher(arch):
     model = _model(arch)
     backbone = model.backbone
     classifier = {id(p) for p in backbone.get_classifier().parameters()}
-    first_unit = next(name for name, _ in backbone.named_parameters() if name.startswith(("blocks.0.", "layers.0.", "stages.0.", "layer1.")))
+    first_unit = next(
+        name
+        for name, _ in backbone.named_parameters()
+        if name.startswith(("blocks.0.", "layers.0.", "stages.0.", "layer1."))
+    )
     sizes = []
     for k in (1, 2):
         _method("topk", k=k).prepare(model, "task")
@@ -193,7 +203,9 @@ def test_block_expansion_is_the_identity_wherever_there_are_blocks(arch):
     assert all(torch.equal(after[output], before[output]) for output in before)
     trainable = [name for name, p in model.backbone.named_parameters() if p.requires_grad]
     inserted = all_blocks(model.backbone)[depth]  # the copy of the last block follows it
-    assert set(trainable) == {name for name, p in model.backbone.named_parameters() if any(p is q for q in inserted.parameters())}
+    assert set(trainable) == {
+        name for name, p in model.backbone.named_parameters() if any(p is q for q in inserted.parameters())
+    }
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -201,7 +213,11 @@ def test_full_linear_and_fullrank(arch):
     model = _model(arch)
     backbone = model.backbone
     _method("full").prepare(model, "task")
-    assert all(p.requires_grad for p in backbone.parameters() if not any(p is q for q in backbone.get_classifier().parameters()))
+    assert all(
+        p.requires_grad
+        for p in backbone.parameters()
+        if not any(p is q for q in backbone.get_classifier().parameters())
+    )
     _method("linear").prepare(model, "task")
     assert not any(p.requires_grad for p in backbone.parameters())
     fullrank = _method("fullrank")
@@ -221,8 +237,14 @@ def test_unknown_families_and_bad_patterns_are_one_line_errors():
         _method("lora", targets="blocks.0.attn").check(_model("vit").backbone)
 
 
-@pytest.mark.parametrize("arch,method", [("convnext", {"name": "lora", "rank": 2}), ("swin", {"name": "block_expansion", "copies": 1}),
-                                         ("eva02", {"name": "topk", "k": 1})])  # fmt: skip
+@pytest.mark.parametrize(
+    "arch,method",
+    [
+        ("convnext", {"name": "lora", "rank": 2}),
+        ("swin", {"name": "block_expansion", "copies": 1}),
+        ("eva02", {"name": "topk", "k": 1}),
+    ],
+)
 def test_a_whole_run_on_other_families(root, tmp_path, arch, method):  # noqa: F811
     """Paper 1's pipeline end to end on real-layout files with a ConvNeXt, a Swin and an EVA."""
     from forgetlab import config as config_module
@@ -231,16 +253,36 @@ def test_a_whole_run_on_other_families(root, tmp_path, arch, method):  # noqa: F
 
     name, kwargs, _, _ = ARCHITECTURES[arch]
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items() if k != "img_size"}
-    config = config_module.resolve({
-        "backbone": {"name": name, "random_init": True, "num_classes": 3, "image_size": 32 if arch != "eva02" else 28, "kwargs": kwargs},
-        "data": {"root": str(root), "upstream": "imagenet", "tasks": ["cifar100", "flowers102"], "max_train": 4, "max_test": 4},
-        "method": method, "train": {"max_steps": 2, "batch_size": 2}, "eval": {"batch_size": 8}, "out_dir": str(tmp_path), "name": arch,
-    })  # fmt: skip
+    config = config_module.resolve(
+        {
+            "backbone": {
+                "name": name,
+                "random_init": True,
+                "num_classes": 3,
+                "image_size": 32 if arch != "eva02" else 28,
+                "kwargs": kwargs,
+            },
+            "data": {
+                "root": str(root),
+                "upstream": "imagenet",
+                "tasks": ["cifar100", "flowers102"],
+                "max_train": 4,
+                "max_test": 4,
+            },
+            "method": method,
+            "train": {"max_steps": 2, "batch_size": 2},
+            "eval": {"batch_size": 8},
+            "out_dir": str(tmp_path),
+            "name": arch,
+        }
+    )
     folder = run(config, log=lambda message: None)
     matrix = folder.read_matrix().as_array()
     assert matrix.shape == (3, 3) and not torch.isnan(torch.tensor(matrix[-1])).any()
     assert folder.completed_tasks() == 2
-    np.testing.assert_array_equal(run(config, log=lambda message: None).read_matrix().as_array(), matrix)  # resumes: nothing to do
+    np.testing.assert_array_equal(
+        run(config, log=lambda message: None).read_matrix().as_array(), matrix
+    )  # resumes: nothing to do
 
 
 @pytest.mark.parametrize("arch", ["swin", "convnext", "eva02"])
@@ -280,8 +322,14 @@ def test_all_conv_and_all_linear_skip_layers_lora_cannot_merge_exactly():
 
     from forgetlab.models.families import select_modules
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), StdConv2d(4, 4, 3), Conv2dSame(4, 4, 3),
-                                torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.Conv2d(4, 4, 1), torch.nn.Flatten(),
-                                torch.nn.Linear(4, 4))  # fmt: skip
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        StdConv2d(4, 4, 3),
+        Conv2dSame(4, 4, 3),
+        torch.nn.Conv2d(4, 4, 3, groups=2),
+        torch.nn.Conv2d(4, 4, 1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 4),
+    )
     assert select_modules(model, "all_conv") == ["0", "4"]
     assert select_modules(model, "all_linear") == ["6"]

@@ -43,7 +43,9 @@ def test_knn_bank_is_read_with_the_deterministic_evaluation_transform(root):  # 
     from forgetlab.models.backbones import load_backbone
     from forgetlab.models.multihead import MultiHeadModel
 
-    backbone = load_backbone(config_module.BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
+    backbone = load_backbone(
+        config_module.BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32)
+    )
     preprocess = preprocess_for(backbone.model, 32, PreprocessConfig())
     task = build_task("imagenet", DataConfig(root=str(root)), preprocess.for_upstream())
     evaluator = KNNEvaluator(task.train, k=1)
@@ -67,8 +69,12 @@ def test_knn_on_task_logits_reproduces_paper2s_bug_and_backbone_features_are_the
     from forgetlab.models.backbones import load_backbone
     from forgetlab.models.multihead import MultiHeadModel
 
-    backbone = load_backbone(config_module.BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32))
-    task = build_task("imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32, PreprocessConfig()).for_upstream())
+    backbone = load_backbone(
+        config_module.BackboneConfig(name="resnet18", random_init=True, num_classes=0, image_size=32)
+    )
+    task = build_task(
+        "imagenet", DataConfig(root=str(root)), preprocess_for(backbone.model, 32, PreprocessConfig()).for_upstream()
+    )
     model = MultiHeadModel(backbone.model).eval()
     buggy = KNNEvaluator(task.train, k=1, features="task_logits")
     buggy(model, task.test, Runtime(eval_batch_size=4))
@@ -86,7 +92,9 @@ def test_knn_on_task_logits_reproduces_paper2s_bug_and_backbone_features_are_the
 def test_paper1_splits_by_default_and_the_others_by_name(root):  # noqa: F811
     data = DataConfig(root=str(root))
     assert len(build_task("flowers102", data).train) == 2 and len(build_task("flowers102:trainval", data).train) == 4
-    assert len(build_task("fgvc_aircraft", data).train) == 2 and len(build_task("fgvc_aircraft:trainval", data).train) == 3
+    assert (
+        len(build_task("fgvc_aircraft", data).train) == 2 and len(build_task("fgvc_aircraft:trainval", data).train) == 3
+    )
     cropped, whole = build_task("cub200", data), build_task("cub200:nocrop", data)
     # Image 1 is 24 x 20 with the box x=2, y=3, w=10, h=8 (bounding_boxes.txt): cropped before any transform.
     assert cropped.train[0][0].size == (10, 8) and whole.train[0][0].size == (24, 20)
@@ -110,12 +118,16 @@ def test_sample_halves_follow_paper1s_code_and_keep_the_task():
     assert sample_split_indices(9, "samples_half2", 3).tolist() == sorted(perm[:4].tolist())
     first80, last20 = sample_split_indices(10, "samples_first80", 0), sample_split_indices(10, "samples_last20", 0)
     assert len(first80) == 8 and len(last20) == 2 and set(first80) | set(last20) == set(range(10))
-    assert task_column("stanford_cars:samples_half2") == "stanford_cars" and task_column("cub200:half1") == "cub200:half1"
+    assert (
+        task_column("stanford_cars:samples_half2") == "stanford_cars" and task_column("cub200:half1") == "cub200:half1"
+    )
 
 
 def test_the_long_setting_trains_one_head_twice_and_tests_on_the_full_test_set(random_backbones, tmp_path):
     tasks = "[digits:samples_half1, fontfamily:samples_half1, digits:samples_half2]"
-    config = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="long", **{"data.tasks": tasks}))
+    config = config_module.resolve(
+        {}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="long", **{"data.tasks": tasks})
+    )
     folder = run(config, log=lambda message: None)
     matrix = folder.read_matrix()
     assert matrix.columns == ["upstream", "digits", "fontfamily"] and matrix.trained() == [1, 2, 1]
@@ -127,9 +139,13 @@ def test_the_long_setting_trains_one_head_twice_and_tests_on_the_full_test_set(r
 
     heads = {key.split(".")[1] for key in load_file(str(folder.checkpoint)) if key.startswith("heads.")}
     assert heads == {"digits", "fontfamily"}  # the second pass reuses the first pass's head
-    assert sorted(p.name for p in (folder.path / "adapters").iterdir()) == sorted(config.data.tasks)  # one adapter per phase
+    assert sorted(p.name for p in (folder.path / "adapters").iterdir()) == sorted(
+        config.data.tasks
+    )  # one adapter per phase
     # Stopped after phase 2 and resumed: the matrix of the uninterrupted run (the shared head is rebuilt once).
-    part = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="part", **{"data.tasks": tasks}))
+    part = config_module.resolve(
+        {}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="part", **{"data.tasks": tasks})
+    )
 
     def die_after_phase_2(message: str) -> None:
         if message.startswith("task 2/3"):
@@ -142,12 +158,14 @@ def test_the_long_setting_trains_one_head_twice_and_tests_on_the_full_test_set(r
 
 def test_metrics_read_a_matrix_whose_task_is_trained_twice():
     # Phases: t1 (first half), t2, t1 (second half). Columns: upstream, t1, t2.
-    a = np.array([
-        [0.80, nan, nan],
-        [0.70, 0.50, nan],
-        [0.65, 0.40, 0.90],
-        [0.60, 0.70, 0.60],
-    ])  # fmt: skip
+    a = np.array(
+        [
+            [0.80, nan, nan],
+            [0.70, 0.50, nan],
+            [0.65, 0.40, 0.90],
+            [0.60, 0.70, 0.60],
+        ]
+    )
     trained = [1, 2, 1]
     assert metrics.average_accuracy(a, trained) == pytest.approx((0.70 + 0.60) / 2)
     # Only t2 was not trained in the last phase: best 0.90 since it was first trained, final 0.60.
@@ -158,8 +176,11 @@ def test_metrics_read_a_matrix_whose_task_is_trained_twice():
     # The textbook case is unchanged: the identity mapping is the default.
     square = a[:3]
     assert metrics.plasticity(square) == metrics.plasticity(square, [1, 2]) == pytest.approx((0.50 + 0.90) / 2)
-    matrix = AccuracyMatrix(columns=["upstream", "t1", "t2"], phases=["t1:samples_half1", "t2", "t1:samples_half2"],
-                            phase_columns=["t1", "t2", "t1"])  # fmt: skip
+    matrix = AccuracyMatrix(
+        columns=["upstream", "t1", "t2"],
+        phases=["t1:samples_half1", "t2", "t1:samples_half2"],
+        phase_columns=["t1", "t2", "t1"],
+    )
     assert matrix.trained() == trained and AccuracyMatrix.from_json(matrix.to_json()).trained() == trained
     with pytest.raises(ValueError, match="phases must train"):
         AccuracyMatrix(columns=["upstream", "t1"], phases=["x"], phase_columns=["t9"])
@@ -170,12 +191,18 @@ def test_preprocessing_is_typed_config_with_timm_transforms():
     from forgetlab.data.files import preprocess_for
     from forgetlab.models.backbones import create
 
-    vit = preprocess_for(create("vit_base_patch16_224.augreg_in1k", num_classes=0), config=_resolve("paper1-vit").preprocess)
+    vit = preprocess_for(
+        create("vit_base_patch16_224.augreg_in1k", num_classes=0), config=_resolve("paper1-vit").preprocess
+    )
     crop = vit.train.transforms[0]
     assert crop.scale == (0.08, 1.0) and str(vit.train.transforms[2]).startswith("ColorJitter")
     assert vit.eval.transforms[0].size == 248 and vit.eval.transforms[1].size == (224, 224)  # 224 / 0.9, bicubic
-    dino = preprocess_for(create("vit_base_patch16_224.dino", num_classes=0), config=_resolve("paper2-linear").preprocess)
-    assert dino.train.transforms[0].scale == (0.08, 1.0) and len(dino.train.transforms) == 4  # crop, flip, tensor, normalise
+    dino = preprocess_for(
+        create("vit_base_patch16_224.dino", num_classes=0), config=_resolve("paper2-linear").preprocess
+    )
+    assert (
+        dino.train.transforms[0].scale == (0.08, 1.0) and len(dino.train.transforms) == 4
+    )  # crop, flip, tensor, normalise
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8))
     # CIFAR test: resize to (224, 224), no crop, mean = std = 0.5 (peft-vit src/data.py:181-189).
     import torchvision.transforms as T
@@ -200,7 +227,8 @@ def test_hf_cosine_schedule_and_step_counts_match_the_papers_code():
     assert factor(55) == pytest.approx(0.5) and factor(100) == pytest.approx(0.0, abs=1e-12)
     assert factor(102) == pytest.approx(0.5 * (1 + math.cos(math.pi * 92 / 90)))  # past the end: it rises again
     cars = _resolve("paper1-vit").train
-    # Cars: 8,144 images, batch 32: (8144 // 32) x 20 = 5,080 scheduled, ceil -> 255 x 20 = 5,100 trained, 5,080 // 18 warm-up.
+    # Cars: 8,144 images, batch 32: (8144 // 32) x 20 = 5,080
+    # scheduled, ceil -> 255 x 20 = 5,100 trained, 5,080 // 18 warm-up.
     assert schedule_lengths(cars, 8144, math.ceil(8144 / 32), 20) == (5100, 5080, 282)
     dino = _resolve("paper2-lora-r4").train
     assert schedule_lengths(dino, 50_000, 50_000 // 128, 26) == (10_000, 10_000, 500)
@@ -226,8 +254,18 @@ def test_best_checkpoint_selection_puts_back_the_best_weights():
 
 
 def test_a_run_with_best_selection_records_it_and_scores_from_the_selected_weights(random_backbones, tmp_path):
-    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="best", **{
-        "data.tasks": "[digits]", "train.max_steps": 4, "train.select": "best", "train.eval_every": 2, "method.name": "linear"})
+    overrides = tiny_overrides(
+        random_backbones["offline_vit"],
+        tmp_path,
+        name="best",
+        **{
+            "data.tasks": "[digits]",
+            "train.max_steps": 4,
+            "train.select": "best",
+            "train.eval_every": 2,
+            "method.name": "linear",
+        },
+    )
     folder = run(config_module.resolve({}, overrides), log=lambda message: None)
     record = json.loads(folder.tasks.read_text())[0]["selection"]
     assert [s["step"] for s in record["scored"]] == [2, 4]
@@ -242,18 +280,34 @@ def test_lwf_trains_earlier_heads_only_when_asked(random_backbones, tmp_path):
 
     heads = {}
     for flag in (False, True):
-        overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name=f"lwf-{flag}", **{
-            "lwf.alpha": 5, "lwf.train_earlier_heads": flag, "data.tasks": "[fontfamily, digits]"})
+        overrides = tiny_overrides(
+            random_backbones["offline_vit"],
+            tmp_path,
+            name=f"lwf-{flag}",
+            **{"lwf.alpha": 5, "lwf.train_earlier_heads": flag, "data.tasks": "[fontfamily, digits]"},
+        )
         config = config_module.resolve({}, overrides)
         folder = run(config, log=lambda message: None)
         heads[flag] = load_file(str(folder.checkpoint))
     # Task 1 ran identically in both (nothing earlier to distil); task 2 trained fontfamily's head only with the flag.
-    first = run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="lwf-one", **{
-        "lwf.alpha": 5, "data.tasks": "[fontfamily]"})), log=lambda message: None)
+    first = run(
+        config_module.resolve(
+            {},
+            tiny_overrides(
+                random_backbones["offline_vit"],
+                tmp_path,
+                name="lwf-one",
+                **{"lwf.alpha": 5, "data.tasks": "[fontfamily]"},
+            ),
+        ),
+        log=lambda message: None,
+    )
     after_task1 = load_file(str(first.checkpoint))["heads.fontfamily.weight"]
     assert torch.equal(heads[False]["heads.fontfamily.weight"], after_task1)
     assert not torch.equal(heads[True]["heads.fontfamily.weight"], after_task1)
-    assert torch.equal(heads[True]["backbone.head.weight"], heads[False]["backbone.head.weight"])  # upstream head frozen
+    assert torch.equal(
+        heads[True]["backbone.head.weight"], heads[False]["backbone.head.weight"]
+    )  # upstream head frozen
     assert _resolve("paper1-vit-lwf").lwf.train_earlier_heads and not _resolve("paper1-vit").lwf.train_earlier_heads
 
 
@@ -272,8 +326,18 @@ def test_lwf_in_the_long_setting_distils_the_recurring_tasks_own_head(random_bac
 
     monkeypatch.setattr(runner, "DistillationLoss", Recorded)
     tasks = "[digits:samples_half1, fontfamily:samples_half1, digits:samples_half2]"
-    run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="long-lwf", **{
-        "data.tasks": tasks, "lwf.alpha": 5, "lwf.train_earlier_heads": True})), log=lambda message: None)  # fmt: skip
+    run(
+        config_module.resolve(
+            {},
+            tiny_overrides(
+                random_backbones["offline_vit"],
+                tmp_path,
+                name="long-lwf",
+                **{"data.tasks": tasks, "lwf.alpha": 5, "lwf.train_earlier_heads": True},
+            ),
+        ),
+        log=lambda message: None,
+    )
     assert distilled == [["upstream"], ["upstream", "digits"], ["upstream", "digits", "fontfamily"]]
 
 
@@ -298,7 +362,11 @@ def test_block_expansion_positions_follow_paper2s_split():
     from forgetlab.models.expansion import expand_blocks, expansion_positions
 
     assert [expansion_positions(12, p, split) for p, split in ((1, 11), (2, 6), (3, 4), (4, 3))] == [
-        [10], [5, 11], [3, 7, 11], [2, 5, 8, 11]]
+        [10],
+        [5, 11],
+        [3, 7, 11],
+        [2, 5, 8, 11],
+    ]
     vit = random_backbone("vit_tiny_patch16_224", num_classes=0, img_size=32)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -324,7 +392,11 @@ def _protocol_facts():
             cells = [c.strip() for c in row.strip().strip("|").split(" | ")]
             if len(cells) == 5 and cells[1].startswith("`"):
                 fact, key, value, presets, source = cells
-                assert re.search(r"`[\w/.=-]+\.(py|yaml|sh|md):\d+", source), (path.name, fact, source)  # a file and line
+                assert re.search(r"`[\w/.=-]+\.(py|yaml|sh|md):\d+", source), (
+                    path.name,
+                    fact,
+                    source,
+                )  # a file and line
                 patterns = [p.strip("` ") for p in presets.split(",")]
                 facts.append((path.name, fact, key.strip("`"), yaml.safe_load(value.strip("`")), patterns))
     return facts
@@ -352,15 +424,32 @@ def test_every_preset_equals_the_protocol_documents():
 
 
 def test_the_presets_hold_the_papers_values():
-    for name in ("paper1-vit", "paper1-resnet", "paper1-vit-order2", "paper1-vit-long", "paper1-vit-lwf", "paper1-vit-fullrank"):
+    for name in (
+        "paper1-vit",
+        "paper1-resnet",
+        "paper1-vit-order2",
+        "paper1-vit-long",
+        "paper1-vit-lwf",
+        "paper1-vit-fullrank",
+    ):
         config = _resolve(name)
-        assert (config.train.optimizer, config.train.lr, config.train.batch_size, config.precision) == ("adamw", 1e-3, 32, "fp32")
+        assert (config.train.optimizer, config.train.lr, config.train.batch_size, config.precision) == (
+            "adamw",
+            1e-3,
+            32,
+            "fp32",
+        )
         assert config.train.task_epochs == {"stanford_cars": 20, "flowers102": 60, "fgvc_aircraft": 40, "cub200": 40}
         assert (config.train.schedule, config.train.warmup_fraction) == ("hf_cosine", 1 / 18)
         assert config.preprocess.train_scale == [0.08, 1.0] and config.preprocess.color_jitter == 0.4
         assert config.eval.upstream_evaluator == "head" and config.data.upstream == "imagenet"
         if config.method.name == "lora":
-            assert (config.method.dropout, config.method.alpha, config.method.targets, config.method.policy) == (0.1, None, "default", "merge")
+            assert (config.method.dropout, config.method.alpha, config.method.targets, config.method.policy) == (
+                0.1,
+                None,
+                "default",
+                "merge",
+            )
             assert config.train.weight_decay == 1e-2
         else:
             assert config.train.weight_decay == 0.0
@@ -372,17 +461,41 @@ def test_the_presets_hold_the_papers_values():
     long = _resolve("paper1-vit-long").data.tasks
     assert [task_column(t) for t in long] == 2 * ["stanford_cars", "flowers102", "fgvc_aircraft", "cub200"]
     assert all(":samples_half1" in t for t in long[:4]) and all(":samples_half2" in t for t in long[4:])
-    lrs = {"full": 0.005, "top3": 0.005, "linear": 0.005, "lora-r4": 0.05, "lora-r8": 0.005, "lora-r16": 0.05, "block-p2": 0.005}
+    lrs = {
+        "full": 0.005,
+        "top3": 0.005,
+        "linear": 0.005,
+        "lora-r4": 0.05,
+        "lora-r8": 0.005,
+        "lora-r16": 0.05,
+        "block-p2": 0.005,
+    }
     for key, lr in lrs.items():
         config = _resolve(f"paper2-{key}")
         assert config.train.lr == lr, key
-        assert (config.train.optimizer, config.train.weight_decay, config.train.max_steps, config.train.batch_size) == ("sgd", 0.0, 10_000, 128)
-        assert (config.train.drop_last, config.train.select, config.train.schedule, config.precision) == (True, "best", "hf_cosine", "tf32")
+        assert (config.train.optimizer, config.train.weight_decay, config.train.max_steps, config.train.batch_size) == (
+            "sgd",
+            0.0,
+            10_000,
+            128,
+        )
+        assert (config.train.drop_last, config.train.select, config.train.schedule, config.precision) == (
+            True,
+            "best",
+            "hf_cosine",
+            "tf32",
+        )
         linear = key == "linear"
         assert (config.train.warmup_steps, config.train.eval_every) == ((100, 250) if linear else (500, 500))
         assert (config.eval.upstream_evaluator, config.eval.knn_k, config.eval.knn_temperature) == ("knn", 20, 0.07)
         p = config.preprocess
-        assert (p.train_interpolation, p.color_jitter, p.eval_crop, p.mean, p.std) == ("bilinear", 0.0, "squash", [0.5] * 3, [0.5] * 3)
+        assert (p.train_interpolation, p.color_jitter, p.eval_crop, p.mean, p.std) == (
+            "bilinear",
+            0.0,
+            "squash",
+            [0.5] * 3,
+            [0.5] * 3,
+        )
         assert p.upstream_crop_pct == 0.875
     for rank in (4, 8, 16):
         method = _resolve(f"paper2-lora-r{rank}").method
@@ -400,8 +513,11 @@ def test_every_preset_value_has_a_source_and_the_docs_are_generated_from_them():
             # a file and line of a paper's public code, a protocol document of this repository, or forgetlab's reason
             code = re.match(r"(lora_cl_analysis|peft-vit) [\w/.=*-]+\.(py|yaml|sh|md)(:\d|,| \()", source)
             document = re.match(r"(docs/PROTOCOL_paper[12]\.md) \(", source)
-            assert code or (document and (Path(__file__).resolve().parent.parent / document.group(1)).exists()) or (
-                "forgetlab's" in source or source.startswith("unused")), (preset.name, key, source)  # fmt: skip
+            assert (
+                code
+                or (document and (Path(__file__).resolve().parent.parent / document.group(1)).exists())
+                or ("forgetlab's" in source or source.startswith("unused"))
+            ), (preset.name, key, source)
         assert config_module.resolve(tree).name == preset.name
     docs = Path(__file__).resolve().parent.parent / "docs" / "PRESETS.md"
     assert docs.read_text() == markdown() + "\n", "regenerate: forgetlab presets --markdown > docs/PRESETS.md"
@@ -417,15 +533,32 @@ def test_every_sweep_file_resolves_and_the_figure_sweeps_cover_the_papers_grid(m
     sweeps = {f.stem: load_sweep(f) for f in files}
     fig1 = sweeps["paper1_fig1_rank"]
     lora = [c for c in fig1.cells if c.config.method.name == "lora"]
-    assert {c.config.method.rank for c in lora} == {1, 2, 4, 6, 8, 16, 32} and {c.config.seed for c in lora} == {0, 1, 2, 3}
+    assert {c.config.method.rank for c in lora} == {1, 2, 4, 6, 8, 16, 32} and {c.config.seed for c in lora} == {
+        0,
+        1,
+        2,
+        3,
+    }
     # every LoRA cell has its linear probe (same backbone, sequence and seed): the report's FWT reference
     for sweep in (fig1, sweeps["paper1_long"]):
         probes = {(c.config.seed, tuple(c.config.data.tasks)) for c in sweep.cells if c.config.method.name == "linear"}
         assert {(c.config.seed, tuple(c.config.data.tasks)) for c in sweep.cells} == probes
     table = sweeps["paper2_table"]
-    assert [c.name for c in table.cells] == ["full", "top3", "linear", "lora-r4", "lora-r8", "lora-r16",
-                                             "block-p1", "block-p2", "block-p3", "block-p4"]  # fmt: skip
-    assert [c.config.train.lr for c in table.cells][3:6] == [0.05, 0.005, 0.05] and table.cells[2].config.train.warmup_steps == 100
+    assert [c.name for c in table.cells] == [
+        "full",
+        "top3",
+        "linear",
+        "lora-r4",
+        "lora-r8",
+        "lora-r16",
+        "block-p1",
+        "block-p2",
+        "block-p3",
+        "block-p4",
+    ]
+    assert [c.config.train.lr for c in table.cells][3:6] == [0.05, 0.005, 0.05] and table.cells[
+        2
+    ].config.train.warmup_steps == 100
     assert all(c.config.train.schedule == "hf_cosine" and c.config.backbone.name.startswith("vit") for c in fig1.cells)
     assert {c.config.method.rank for c in sweeps["paper1_fig1_rank_resnet"].cells} == set(range(1, 8))
     lwf = sweeps["paper1_fig2_lwf"].cells
@@ -442,7 +575,9 @@ def test_single_adapter_predictions_reuse_the_stored_adapters(random_backbones, 
     from forgetlab.results import read_single_predictions
     from forgetlab.single_adapter import single_adapter_predictions
 
-    config = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="single", **{"train.lr": 0.05}))
+    config = config_module.resolve(
+        {}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="single", **{"train.lr": 0.05})
+    )
     folder = run(config, log=lambda message: None)
     with pytest.raises(Exception, match="single-adapter"):
         read_single_predictions(folder, 1)

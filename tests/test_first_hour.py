@@ -27,22 +27,32 @@ def test_a_typo_in_a_timm_name_names_the_closest_names_everywhere(capsys):
     from forgetlab.models.backbones import load_backbone
 
     for name in ("vit_bse_patch16_224", "vit_bse_patch16_224.augreg_in1k"):
-        with pytest.raises(ConfigError, match=rf"unknown backbone '{name}'; closest timm names: vit_base_patch16_224, "):
+        with pytest.raises(
+            ConfigError, match=rf"unknown backbone '{name}'; closest timm names: vit_base_patch16_224, "
+        ):
             load_backbone(BackboneConfig(name=name))
-    with pytest.raises(ConfigError, match="no pretrained tag 'augreg_in2k' for vit_base_patch16_224; closest .*vit_base_patch16_224.augreg_in1k"):
+    with pytest.raises(
+        ConfigError,
+        match="no pretrained tag 'augreg_in2k' for vit_base_patch16_224; closest .*vit_base_patch16_224.augreg_in1k",
+    ):
         load_backbone(BackboneConfig(name="vit_base_patch16_224.augreg_in2k"))
     for command in (["anatomy"], ["run", "backbone.weights=w.safetensors"], ["run"]):
         assert main([*command, "backbone.name=vit_bse_patch16_224"]) == 2
         error = capsys.readouterr().err.strip()
-        assert error.startswith("forgetlab: error: unknown backbone 'vit_bse_patch16_224'; closest timm names: vit_base_patch16_224")
+        assert error.startswith(
+            "forgetlab: error: unknown backbone 'vit_bse_patch16_224'; closest timm names: vit_base_patch16_224"
+        )
 
 
 def test_offline_a_hub_backbone_fails_at_once_naming_hf_hub_offline(empty_hub, monkeypatch):
     from forgetlab.models.backbones import load_backbone
 
     start = time.perf_counter()
-    with pytest.raises(DataError, match=r"vit_base_patch16_224 \(timm's default tag: vit_base_patch16_224.augreg2_in21k_ft_in1k\) .*"
-                                        r"the hub is unreachable \(set HF_HUB_OFFLINE=1 .*huggingface.co/timm/vit_base_patch16_224.augreg2"):
+    with pytest.raises(
+        DataError,
+        match=r"vit_base_patch16_224 \(timm's default tag: vit_base_patch16_224.augreg2_in21k_ft_in1k\) .*"
+        r"the hub is unreachable \(set HF_HUB_OFFLINE=1 .*huggingface.co/timm/vit_base_patch16_224.augreg2",
+    ):
         load_backbone(BackboneConfig(name="vit_base_patch16_224"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids the download"):
@@ -81,13 +91,17 @@ def no_pretraining(monkeypatch):
     monkeypatch.setattr(forgetlab.pretrain, "pretrain", refuse)
 
 
-def test_a_missing_tracker_or_dataset_is_refused_before_any_pretraining(no_pretraining, forgetlab_home, monkeypatch, tmp_path, capsys):
+def test_a_missing_tracker_or_dataset_is_refused_before_any_pretraining(
+    no_pretraining, forgetlab_home, monkeypatch, tmp_path, capsys
+):
     import importlib.util
 
     from forgetlab.data import build_task
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "wandb" else find_spec(name, *args))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "wandb" else find_spec(name, *args)
+    )
     build_task("offline_upstream")  # the session's offline world, shared with a home where no backbone is built
     (tmp_path / "home").mkdir()
     for world in forgetlab_home.glob("offline-v*"):
@@ -98,7 +112,10 @@ def test_a_missing_tracker_or_dataset_is_refused_before_any_pretraining(no_pretr
     assert main(["run", "data.tasks=[cub200]", f"data.root={tmp_path}", f"out_dir={tmp_path}"]) == 2
     assert "CUB_200_2011" in capsys.readouterr().err
     # a hub backbone: the dataset is checked before any download is tried
-    assert main(["run", "backbone.name=vit_base_patch16_224.augreg_in1k", "data.tasks=[cub200]", f"data.root={tmp_path}"]) == 2
+    assert (
+        main(["run", "backbone.name=vit_base_patch16_224.augreg_in1k", "data.tasks=[cub200]", f"data.root={tmp_path}"])
+        == 2
+    )
     assert "CUB_200_2011" in capsys.readouterr().err
     assert not (tmp_path / "home" / "backbones").exists()
 
@@ -116,8 +133,11 @@ def test_pretraining_says_where_it_builds(monkeypatch, tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     from forgetlab.models.backbones import offline_backbone_dir
 
-    assert line == (f"forgetlab: pretraining offline_vit on offline_upstream for 5 epochs into {offline_backbone_dir('offline_vit')} "
-                    f"(FORGETLAB_HOME is {tmp_path}: 'export FORGETLAB_HOME=...' to keep it elsewhere)")
+    assert line == (
+        f"forgetlab: pretraining offline_vit on offline_upstream for 5 "
+        f"epochs into {offline_backbone_dir('offline_vit')} (FORGETLAB_HOME "
+        f"is {tmp_path}: 'export FORGETLAB_HOME=...' to keep it elsewhere)"
+    )
 
 
 def test_progress_outside_a_terminal_is_a_plain_line_every_interval(monkeypatch, capsys):
@@ -130,16 +150,22 @@ def test_progress_outside_a_terminal_is_a_plain_line_every_interval(monkeypatch,
         bar.update(1)
         bar.set_postfix(loss="1.234", refresh=False)
     assert capsys.readouterr().err.splitlines() == [
-        "forgetlab: task 1/3 fontfamily: 240/400 steps (60%), 4.0 steps/s, about 40 s left, loss=1.234"]
+        "forgetlab: task 1/3 fontfamily: 240/400 steps (60%), 4.0 steps/s, about 40 s left, loss=1.234"
+    ]
     monkeypatch.setenv("FORGETLAB_PROGRESS", "lines:0")
     assert [batch for batch in progress(range(2), desc="eval fontfamily", unit="batch")] == [0, 1]
     assert [line.split(",")[0] for line in capsys.readouterr().err.splitlines()] == [
-        "forgetlab: eval fontfamily: 1/2 batches (50%)", "forgetlab: eval fontfamily: 2/2 batches (100%)"]
+        "forgetlab: eval fontfamily: 1/2 batches (50%)",
+        "forgetlab: eval fontfamily: 2/2 batches (100%)",
+    ]
     monkeypatch.setenv("FORGETLAB_PROGRESS", "sometimes")
     with pytest.raises(ConfigError, match="FORGETLAB_PROGRESS='sometimes': give 0, 1, lines or lines:SECONDS"):
         progress(range(2))
     assert precision_warning(torch.device("cpu"), "bf16").startswith("precision=bf16 on a CPU: ")
-    assert precision_warning(torch.device("cpu"), "auto") is None and precision_warning(torch.device("cuda"), "bf16") is None
+    assert (
+        precision_warning(torch.device("cpu"), "auto") is None
+        and precision_warning(torch.device("cuda"), "bf16") is None
+    )
 
 
 def test_targets_in_peft_list_form_every_methods_keys_and_the_version(capsys):

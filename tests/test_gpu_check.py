@@ -16,7 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_runs_every_part_on_the_cpu(tmp_path):
     out, rows_file = tmp_path / "check", tmp_path / "rows.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "FORGETLAB_PROGRESS": "0"}
-    command = [sys.executable, str(ROOT / "benchmarks/gpu_check.py"), "--device", "cpu", "--model", "tiny", "--out", str(out), "--json", str(rows_file)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks/gpu_check.py"),
+        "--device",
+        "cpu",
+        "--model",
+        "tiny",
+        "--out",
+        str(out),
+        "--json",
+        str(rows_file),
+    ]
     finished = subprocess.run(["nice", "-n", "10", *command], env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     rows = {row["what"]: row for row in json.loads(rows_file.read_text())["rows"]}
@@ -28,8 +39,13 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path):
         return found[0]
 
     # Every part reported, every ratio against its reference with its target.
-    for prefix in ("actual run, batch 16", "paper2-lora-r4", "upstream evaluation over 101 JPEGs of 4 sizes (last batch 5), first",
-                   "upstream evaluation over 101 JPEGs of 4 sizes (last batch 5), later", "paper1-vit over CUB"):  # fmt: skip
+    for prefix in (
+        "actual run, batch 16",
+        "paper2-lora-r4",
+        "upstream evaluation over 101 JPEGs of 4 sizes (last batch 5), first",
+        "upstream evaluation over 101 JPEGs of 4 sizes (last batch 5), later",
+        "paper1-vit over CUB",
+    ):
         measured = row(prefix)
         assert measured["target"].startswith(">=") and measured["reference"] > 0, measured
         assert math.isfinite(measured["ratio"]) and measured["ratio"] > 0, measured

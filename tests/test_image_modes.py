@@ -118,12 +118,24 @@ def zoo(tmp_path_factory):
         "RGB.webp": (_encoded(Image.fromarray(rgb), "WEBP", lossless=True), rgb, 0),
         "png-named.JPEG": (_encoded(Image.fromarray(rgb), "PNG"), rgb, 0),
         "RGB.jpg": (_encoded(Image.fromarray(smooth), "JPEG", quality=95, subsampling=0), smooth, 6),
-        "progressive.jpg": (_encoded(Image.fromarray(smooth), "JPEG", quality=95, subsampling=0, progressive=True), smooth, 6),
-        "L.jpg": (_encoded(Image.fromarray(smooth[..., 0]), "JPEG", quality=95, subsampling=0), _grey(smooth[..., 0]), 3),
+        "progressive.jpg": (
+            _encoded(Image.fromarray(smooth), "JPEG", quality=95, subsampling=0, progressive=True),
+            smooth,
+            6,
+        ),
+        "L.jpg": (
+            _encoded(Image.fromarray(smooth[..., 0]), "JPEG", quality=95, subsampling=0),
+            _grey(smooth[..., 0]),
+            3,
+        ),
         "CMYK.jpg": (cmyk_jpeg, np.broadcast_to(_cmyk_to_rgb(flat_cmyk), (HEIGHT, WIDTH, 3)), 2),
         "YCCK.jpg": (ycck_jpeg, np.broadcast_to(_ycck_expected(flat_cmyk), (HEIGHT, WIDTH, 3)), 2),
         # EXIF orientation is ignored: the stored 9 x 12 pixels, not the 12 x 9 a viewer shows.
-        "exif-rotated.jpg": (_encoded(Image.fromarray(smooth), "JPEG", quality=95, subsampling=0, exif=exif), smooth, 6),
+        "exif-rotated.jpg": (
+            _encoded(Image.fromarray(smooth), "JPEG", quality=95, subsampling=0, exif=exif),
+            smooth,
+            6,
+        ),
     }
     out = {}
     for name, (data, expected, tolerance) in files.items():
@@ -164,12 +176,16 @@ def test_sixteen_bit_is_scaled_not_clipped(zoo):
     assert len(np.unique(pil)) > 50  # not a constant image (108 random pixels)
 
 
-@pytest.mark.parametrize("mode,values", [("I", np.arange(108, dtype=np.int32) * 40_000), ("F", np.linspace(0, 1, 108, dtype=np.float32))])
+@pytest.mark.parametrize(
+    "mode,values", [("I", np.arange(108, dtype=np.int32) * 40_000), ("F", np.linspace(0, 1, 108, dtype=np.float32))]
+)
 def test_32_bit_tiffs_are_a_one_line_error_naming_the_file(tmp_path, mode, values):
     path = tmp_path / f"deep-{mode}.tif"
     Image.fromarray(values.reshape(HEIGHT, WIDTH), mode).save(path)
     for decode in (_pil_pixels, _device_pixels):
-        with pytest.raises(DataError, match=f"deep-{mode}.tif holds 32-bit .* convert it to an 8- or 16-bit PNG or JPEG") as error:
+        with pytest.raises(
+            DataError, match=f"deep-{mode}.tif holds 32-bit .* convert it to an 8- or 16-bit PNG or JPEG"
+        ) as error:
             decode([path])
         assert "\n" not in str(error.value)
 

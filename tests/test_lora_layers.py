@@ -102,7 +102,9 @@ def test_conv_merge_is_exact_over_every_attribute_that_shapes_the_output(padding
     for bias in (True, False):
         for dilation, stride, padding in ((1, 1, 1), (2, 1, 2), (1, 2, 1), (2, 1, "same")):
             torch.manual_seed(0)
-            container = nn.Sequential(nn.Conv2d(4, 6, 3, stride, padding, dilation, bias=bias, padding_mode=padding_mode))
+            container = nn.Sequential(
+                nn.Conv2d(4, 6, 3, stride, padding, dilation, bias=bias, padding_mode=padding_mode)
+            )
             container[0] = LoRAConv2d(container[0], rank=2, alpha=4.0)
             container[0].lora_B["all"].weight.data.normal_()
             with torch.no_grad():
@@ -123,15 +125,18 @@ def _parametrised() -> nn.Module:
     return torch.nn.utils.parametrizations.orthogonal(nn.Linear(4, 4))
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda: nn.Conv2d(4, 8, 3, groups=2), "grouped convolution"),
-    (lambda: nn.Conv2d(4, 4, 3, groups=4), "grouped convolution"),
-    (lambda: __import__("timm").layers.StdConv2d(4, 4, 3), "computes its own forward"),
-    (lambda: __import__("timm").layers.Conv2dSame(4, 4, 3, stride=2), "computes its own forward"),
-    (_weight_normed, "forward hooks"),
-    (_parametrised, "parametrised"),
-    (lambda: nn.Conv1d(4, 4, 3), "supports nn.Linear and nn.Conv2d"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: nn.Conv2d(4, 8, 3, groups=2), "grouped convolution"),
+        (lambda: nn.Conv2d(4, 4, 3, groups=4), "grouped convolution"),
+        (lambda: __import__("timm").layers.StdConv2d(4, 4, 3), "computes its own forward"),
+        (lambda: __import__("timm").layers.Conv2dSame(4, 4, 3, stride=2), "computes its own forward"),
+        (_weight_normed, "forward hooks"),
+        (_parametrised, "parametrised"),
+        (lambda: nn.Conv1d(4, 4, 3), "supports nn.Linear and nn.Conv2d"),
+    ],
+)
 def test_layers_lora_cannot_merge_exactly_are_refused_in_one_line(make, reason):
     with pytest.raises(ConfigError, match=reason) as error:
         wrap(make(), rank=2, alpha=4.0, dropout=0.0, name="blocks.0.conv")

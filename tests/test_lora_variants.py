@@ -32,9 +32,17 @@ VARIANTS = {
     "olora": {"init": "olora"},
     "rslora+dora+pissa": {"scaling": "rslora", "dora": True, "init": "pissa"},
 }
-TARGET_FORMS = [("offline_vit", "default"), ("offline_vit", "q,v"), ("offline_vit", "all_linear"), ("offline_resnet", "all_conv")]
+TARGET_FORMS = [
+    ("offline_vit", "default"),
+    ("offline_vit", "q,v"),
+    ("offline_vit", "all_linear"),
+    ("offline_resnet", "all_conv"),
+]
 # The offline architectures, narrowed so that 72 merge cycles take seconds (the layers' kinds are the same).
-SMALL = {"offline_vit": {"depth": 2, "embed_dim": 32, "num_heads": 2}, "offline_resnet": {"channels": (8, 8, 16, 16), "stem_width": 8}}
+SMALL = {
+    "offline_vit": {"depth": 2, "embed_dim": 32, "num_heads": 2},
+    "offline_resnet": {"channels": (8, 8, 16, 16), "stem_width": 8},
+}
 _BACKBONES: dict[str, nn.Module] = {}
 
 
@@ -122,7 +130,9 @@ def test_keep_policy_leaves_the_backbone_and_its_adapter_files_reload_bit_for_bi
             live = model(images, ["task"])["task"]
         method.finish(model, "task")
         method.save_task("task", tmp_path / backbone)
-        assert all(torch.equal(value, before[name]) for name, value in model.backbone.state_dict().items()), "keep changed W"
+        assert all(torch.equal(value, before[name]) for name, value in model.backbone.state_dict().items()), (
+            "keep changed W"
+        )
         restored = LoRA(method.config)
         restored.restore(model, [("task", "task")], tmp_path / backbone)
         with torch.no_grad(), restored.evaluating(model, "task"):
@@ -136,7 +146,10 @@ def test_keep_policy_leaves_the_backbone_and_its_adapter_files_reload_bit_for_bi
         theirs = peft.PeftModel.from_pretrained(copy.deepcopy(model.backbone), str(folder)).eval()
         with torch.no_grad(), restored.evaluating(model, "task"):
             model.eval()
-            assert _relative(theirs.base_model.model.forward_features(images), model.backbone.forward_features(images)) < 1e-5
+            assert (
+                _relative(theirs.base_model.model.forward_features(images), model.backbone.forward_features(images))
+                < 1e-5
+            )
 
 
 @pytest.mark.parametrize("variant", ["dora", "pissa", "rslora"])
@@ -153,13 +166,17 @@ def test_a_non_finite_merge_is_refused_and_the_model_is_unchanged(variant):
     with pytest.raises(MergeError, match="non-finite"):
         method.finish(model, "t")
     assert len(lora_layers(model)) == 4  # every conv3 still wrapped: nothing was merged
-    assert all(torch.equal(value, state[name]) or not value.isfinite().all() for name, value in model.state_dict().items())
+    assert all(
+        torch.equal(value, state[name]) or not value.isfinite().all() for name, value in model.state_dict().items()
+    )
 
 
 def test_bad_variant_options_are_one_line_config_errors():
-    for options, message in (({"scaling": "sqrt"}, "^method.scaling must be one of: standard, rslora; got 'sqrt'$"),
-                             ({"init": "loftq"}, "^method.init must be one of: kaiming, gaussian, pissa, olora; got 'loftq'$"),
-                             ({"dora": "yes"}, "method.dora must be true or false")):  # fmt: skip
+    for options, message in (
+        ({"scaling": "sqrt"}, "^method.scaling must be one of: standard, rslora; got 'sqrt'$"),
+        ({"init": "loftq"}, "^method.init must be one of: kaiming, gaussian, pissa, olora; got 'loftq'$"),
+        ({"dora": "yes"}, "method.dora must be true or false"),
+    ):
         with pytest.raises(ConfigError, match=message):
             LoRA(LoRAConfig(**options))
     model = MultiHeadModel(_backbone("offline_vit"))
@@ -191,7 +208,10 @@ def test_anatomy_lists_each_variants_trainable_parameters():
     assert rows["scaling=rslora, dora=False, init=kaiming)"].trainable == plain == 6 * 4 * (128 + 384)
     assert rows["scaling=standard, dora=True, init=kaiming)"].trainable == plain + 6 * 384
     assert rows["scaling=standard, dora=False, init=pissa)"].trainable == plain
-    assert "(2,304 values)" in rows["scaling=standard, dora=True, init=kaiming)"].note and "LoRA's variants" in vit.format()
+    assert (
+        "(2,304 values)" in rows["scaling=standard, dora=True, init=kaiming)"].note
+        and "LoRA's variants" in vit.format()
+    )
     resnet = anatomy(config_module.resolve({}, ["backbone.name=offline_resnet", "method.dora=true"]))
     dora = next(row for row in resnet.methods if row.method.startswith("lora("))
     conv3s = [m for n, m in random_backbone("offline_resnet").named_modules() if n.endswith("conv3")]
@@ -235,8 +255,15 @@ def test_parity_with_peft_outputs_gradients_counts_and_loading(variant, tmp_path
     ours.fc = wrap(ours.fc, 3, 6.0, 0.0, **options)
     ours.conv = wrap(ours.conv, 3, 6.0, 0.0, **options)
     compared = ["fc"] if principal else ["fc", "conv"]
-    config = peft.LoraConfig(r=3, lora_alpha=6, lora_dropout=0.0, target_modules=compared, use_rslora=options.get("scaling") == "rslora",
-                             use_dora=options.get("dora", False), init_lora_weights=PEFT_INIT[init])  # fmt: skip
+    config = peft.LoraConfig(
+        r=3,
+        lora_alpha=6,
+        lora_dropout=0.0,
+        target_modules=compared,
+        use_rslora=options.get("scaling") == "rslora",
+        use_dora=options.get("dora", False),
+        init_lora_weights=PEFT_INIT[init],
+    )
     theirs = peft.get_peft_model(copy.deepcopy(reference), config)
     ours_count = sum(p.numel() for name in compared for p in getattr(ours, name).parameters() if p.requires_grad)
     assert theirs.get_nb_trainable_parameters()[0] == ours_count
@@ -247,7 +274,9 @@ def test_parity_with_peft_outputs_gradients_counts_and_loading(variant, tmp_path
             assert torch.allclose(their.lora_A["default"].weight, layer.lora_A["all"].weight, atol=1e-5)
             assert torch.allclose(their.lora_B["default"].weight, layer.lora_B["all"].weight, atol=1e-5)
         if layer.dora:
-            assert torch.allclose(their.lora_magnitude_vector["default"].weight.flatten(), layer.lora_magnitude["all"], atol=1e-6)
+            assert torch.allclose(
+                their.lora_magnitude_vector["default"].weight.flatten(), layer.lora_magnitude["all"], atol=1e-6
+            )
     _train_a_little(ours, seed=1)
     with torch.no_grad():
         for name in compared:
@@ -266,8 +295,12 @@ def test_parity_with_peft_outputs_gradients_counts_and_loading(variant, tmp_path
     sum(out.square().sum() for out, name in zip(theirs_out, ("fc", "conv")) if name in compared).backward()
     for name in compared:
         layer, their = getattr(ours, name), _peft_layer(theirs, name)
-        assert torch.allclose(layer.lora_A["all"].weight.grad, their.lora_A["default"].weight.grad, rtol=1e-4, atol=1e-5)
-        assert torch.allclose(layer.lora_B["all"].weight.grad, their.lora_B["default"].weight.grad, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(
+            layer.lora_A["all"].weight.grad, their.lora_A["default"].weight.grad, rtol=1e-4, atol=1e-5
+        )
+        assert torch.allclose(
+            layer.lora_B["all"].weight.grad, their.lora_B["default"].weight.grad, rtol=1e-4, atol=1e-5
+        )
         if layer.dora:
             their_grad = their.lora_magnitude_vector["default"].weight.grad.flatten()
             assert torch.allclose(layer.lora_magnitude["all"].grad, their_grad, rtol=1e-4, atol=1e-5)
@@ -295,12 +328,28 @@ def test_a_dora_run_killed_in_the_middle_of_a_task_resumes_to_the_uninterrupted_
     import sys
     from pathlib import Path
 
-    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"method.dora": "true", "method.rank": 2, "method.targets": "q,v",
-                                                                             "train.max_steps": 2, "lwf.alpha": 5, "replay.size": 30,
-                                                                             "replay.batch_size": 8})  # fmt: skip
+    overrides = tiny_overrides(
+        random_backbones["offline_vit"],
+        tmp_path,
+        **{
+            "method.dora": "true",
+            "method.rank": 2,
+            "method.targets": "q,v",
+            "train.max_steps": 2,
+            "lwf.alpha": 5,
+            "replay.size": 30,
+            "replay.batch_size": 8,
+        },
+    )
     repo = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, "-m", "tests.test_lora_variants", str(tmp_path), *overrides], capture_output=True, text=True,
-                            cwd=repo, timeout=600, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.test_lora_variants", str(tmp_path), *overrides],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["clean_has_second_dora_adapter"]
@@ -312,7 +361,11 @@ def test_a_dora_run_killed_in_the_middle_of_a_task_resumes_to_the_uninterrupted_
 def _untimed(value):
     """A snapshot without wall-clock fields (any ``*seconds`` / ``*per_second`` key, whatever its name)."""
     if isinstance(value, dict):
-        return {k: _untimed(v) for k, v in value.items() if not (isinstance(k, str) and ("seconds" in k or "per_second" in k))}
+        return {
+            k: _untimed(v)
+            for k, v in value.items()
+            if not (isinstance(k, str) and ("seconds" in k or "per_second" in k))
+        }
     if isinstance(value, list):
         return [_untimed(v) for v in value]
     return value
@@ -325,7 +378,10 @@ def _kill_trials(out, overrides: list[str]) -> dict:
     from forgetlab.runner import run
     from tests import kill_trials  # sets torch to one thread (none of these imports runs an operation)
 
-    configs = {name: config_module.resolve({}, [*overrides, f"out_dir={out}", f"name={name}"]) for name in ("clean", "mid_training", "mid_commit")}
+    configs = {
+        name: config_module.resolve({}, [*overrides, f"out_dir={out}", f"name={name}"])
+        for name in ("clean", "mid_training", "mid_commit")
+    }
     count_file = out / "points"
     os.environ["FORGETLAB_CRASH_COUNT"] = str(count_file)
     assert kill_trials._child(configs["clean"], None) == 0, "the uninterrupted run failed"
@@ -352,16 +408,24 @@ def _kill_trials(out, overrides: list[str]) -> dict:
         _, status = os.waitpid(pid, 0)
         return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
-    kills = {"mid_training": killed_after_steps(configs["mid_training"], 3),
-             "mid_commit": kill_trials._child(configs["mid_commit"], int(count_file.read_text()) - 3)}  # among task 2's commit writes
+    kills = {
+        "mid_training": killed_after_steps(configs["mid_training"], 3),
+        "mid_commit": kill_trials._child(configs["mid_commit"], int(count_file.read_text()) - 3),
+    }  # among task 2's commit writes
     completed = {name: json.loads((out / name / "progress.json").read_text())["completed_tasks"] for name in kills}
     identical = {}
     for name in kills:
         resumed = kill_trials._child(configs[name], None)
         leftovers = list((out / name).rglob(f"*{results.PARTIAL_SUFFIX}"))
-        identical[name] = resumed == 0 and not leftovers and _untimed(kill_trials.snapshot(out / name)) == _untimed(reference)
-    return {"clean_has_second_dora_adapter": "adapters/digits/adapter_model.safetensors" in reference["files"], "kills": kills,
-            "completed_after_kill": completed, "identical": identical}  # fmt: skip
+        identical[name] = (
+            resumed == 0 and not leftovers and _untimed(kill_trials.snapshot(out / name)) == _untimed(reference)
+        )
+    return {
+        "clean_has_second_dora_adapter": "adapters/digits/adapter_model.safetensors" in reference["files"],
+        "kills": kills,
+        "completed_after_kill": completed,
+        "identical": identical,
+    }
 
 
 @pytest.mark.parametrize("timm_name, size", [("beit_base_patch16_224", 32), ("eva02_tiny_patch14_224", 28)])

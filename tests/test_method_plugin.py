@@ -49,7 +49,10 @@ def test_the_guides_method_is_checked_with_the_config_and_listed(bitfit, capsys)
     with pytest.raises(ConfigError, match="^method.min_biases must be at least 1, got 0$"):
         config_module.load(None, ["method.name=bitfit", "method.min_biases=0"])
     # offline_vit: 6 blocks x (qkv, proj, fc1, fc2) + norms: its mlp biases are fc1 and fc2 of each block
-    with pytest.raises(ConfigError, match=r"^method.min_biases=13 but the backbone has 12 mlp biases; pick method.min_biases in 1\.\.12$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^method.min_biases=13 but the backbone has 12 mlp biases; pick method.min_biases in 1\.\.12$",
+    ):
         config_module.load(None, ["method.name=bitfit", "method.scope=mlp", "method.min_biases=13"])
     assert main(["config", "--keys"]) == 0
     assert "method.scope (method.name=bitfit)" in capsys.readouterr().out
@@ -57,11 +60,25 @@ def test_the_guides_method_is_checked_with_the_config_and_listed(bitfit, capsys)
 
 def test_a_sweep_checks_the_guides_method_in_every_cell(bitfit, tmp_path):
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "runs"), "grid": {
-        "method": [{"name": "bitfit"}, {"name": "bitfit", "scope": "attn"}, {"name": "bitfit", "min_biases": 500}]}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "out_dir": str(tmp_path / "runs"),
+                "grid": {
+                    "method": [
+                        {"name": "bitfit"},
+                        {"name": "bitfit", "scope": "attn"},
+                        {"name": "bitfit", "min_biases": 500},
+                    ]
+                },
+            }
+        )
+    )
     with pytest.raises(ConfigError) as refused:
         load_sweep(path)
-    assert str(refused.value).startswith(f"2 of the 3 cells of {path} are invalid, so none runs: (1) sweep cell bitfit-attn: method.scope")
+    assert str(refused.value).startswith(
+        f"2 of the 3 cells of {path} are invalid, so none runs: (1) sweep cell bitfit-attn: method.scope"
+    )
     assert "(2) sweep cell bitfit-min_biases500: method.min_biases=500 but the backbone has" in str(refused.value)
 
 
@@ -71,8 +88,12 @@ def test_the_guides_method_trains_only_its_biases_and_labels_its_runs(bitfit, ra
     build_method(config_module.method_config_from_dict({"name": "bitfit", "scope": "mlp"})).prepare(model, "task")
     trainable = {name for name, parameter in model.backbone.named_parameters() if parameter.requires_grad}
     assert trainable == {f"blocks.{i}.mlp.{layer}.bias" for i in range(6) for layer in ("fc1", "fc2")}
-    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, "bitfit", **{"method.name": "bitfit", "method.scope": "mlp",
-                                                                                        "data.tasks": "[digits]", "eval.probe_images": 0})
+    overrides = tiny_overrides(
+        random_backbones["offline_vit"],
+        tmp_path,
+        "bitfit",
+        **{"method.name": "bitfit", "method.scope": "mlp", "data.tasks": "[digits]", "eval.probe_images": 0},
+    )
     assert main(["run", *overrides, "--quiet"]) == 0
     folder = RunFolder(tmp_path / "bitfit")
     expected = sum(parameter.numel() for name, parameter in model.backbone.named_parameters() if name in trainable)
@@ -91,7 +112,8 @@ def test_an_installed_packages_entry_point_adds_its_method(tmp_path, monkeypatch
         "    KEY = 'method.'\n"
         "    name: str = field(default='toy', metadata={'help': 'the method'})\n\n\n"
         "@forgetlab.register_method\nclass Toy(Method):\n"
-        "    name = 'toy'\n    Config = ToyConfig\n")
+        "    name = 'toy'\n    Config = ToyConfig\n"
+    )
     info = tmp_path / "toy_forgetlab_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-forgetlab-plugin\nVersion: 0.1\n")
@@ -103,6 +125,9 @@ def test_an_installed_packages_entry_point_adds_its_method(tmp_path, monkeypatch
     assert config_module.load(None, ["method.name=toy"]).method.name == "toy"
     (info / "entry_points.txt").write_text("[forgetlab.plugins]\nbroken = toy_forgetlab_plugin_missing\n")
     monkeypatch.setattr(plugins, "_state", {"done": False})
-    with pytest.raises(plugins.PluginError, match=r"^the forgetlab plugin 'broken = toy_forgetlab_plugin_missing' of the package "
-                                                  r"toy-forgetlab-plugin failed to load \(ModuleNotFoundError"):
+    with pytest.raises(
+        plugins.PluginError,
+        match=r"^the forgetlab plugin 'broken = toy_forgetlab_plugin_missing' of the package "
+        r"toy-forgetlab-plugin failed to load \(ModuleNotFoundError",
+    ):
         registry.method_names()

@@ -35,7 +35,9 @@ def _method(name: str, **options):
 
 def _images(count: int = 32, classes: int = 5, seed: int = 0) -> TensorDataset:
     generator = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(count, 1, 28, 28, generator=generator), torch.randint(0, classes, (count,), generator=generator))
+    return TensorDataset(
+        torch.randn(count, 1, 28, 28, generator=generator), torch.randint(0, classes, (count,), generator=generator)
+    )
 
 
 def _train_one_task(model: MultiHeadModel, method, task: str = "task", steps: int = 3, lr: float = 1e-2):
@@ -83,14 +85,18 @@ def test_every_method_keeps_the_contract(method_name, backbone):
         if name.startswith(("heads.earlier.", "backbone.head.", "backbone.fc.")) or "running_" in name:
             assert torch.equal(before[name], after[name]), f"{method_name} changed {name}"
     assert not torch.equal(model.heads["task"].weight, torch.zeros_like(model.heads["task"].weight))
-    changed_backbone = [n for n in before if n.startswith("backbone.") and n in after and not torch.equal(before[n], after[n])]
+    changed_backbone = [
+        n for n in before if n.startswith("backbone.") and n in after and not torch.equal(before[n], after[n])
+    ]
     if method_name == "linear":
         assert changed_backbone == []
     elif method_name != "block_expansion":  # expansion trains new tensors only; checked below
         assert changed_backbone, f"{method_name} left the backbone unchanged"
 
 
-RESUMED = [[f"method.name={name}"] + [f"method.{k}={v}" for k, v in OPTIONS.get(name, {}).items()] for name in method_names()]
+RESUMED = [
+    [f"method.name={name}"] + [f"method.{k}={v}" for k, v in OPTIONS.get(name, {}).items()] for name in method_names()
+]
 RESUMED += [["method.policy=keep"], ["lwf.alpha=5", "replay.size=30", "replay.batch_size=8"]]
 
 
@@ -123,11 +129,14 @@ def test_linear_probe_leaves_every_backbone_tensor_bit_identical():
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("backbone,k,allowed", [
-    ("offline_vit", 2, ("blocks.4.", "blocks.5.", "norm.")),
-    ("offline_resnet", 1, ("layer4.",)),
-    ("offline_resnet", 2, ("layer3.", "layer4.")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "backbone,k,allowed",
+    [
+        ("offline_vit", 2, ("blocks.4.", "blocks.5.", "norm.")),
+        ("offline_resnet", 1, ("layer4.",)),
+        ("offline_resnet", 2, ("layer3.", "layer4.")),
+    ],
+)
 def test_topk_changes_only_the_last_k_blocks_and_the_final_norm(backbone, k, allowed):
     torch.manual_seed(0)
     model = MultiHeadModel(random_backbone(backbone))
@@ -153,7 +162,9 @@ def test_block_expansion_is_the_identity_at_init_then_trains_only_new_blocks_and
     assert inserted == [3, 7] and len(model.backbone.blocks) == 8  # after blocks 2 and 5 of 6
     with torch.no_grad():
         assert torch.allclose(model.backbone(images), original(images), rtol=0, atol=1e-6)
-        assert torch.allclose(model.backbone.forward_features(images), original.forward_features(images), rtol=0, atol=1e-6)
+        assert torch.allclose(
+            model.backbone.forward_features(images), original.forward_features(images), rtol=0, atol=1e-6
+        )
 
     model = MultiHeadModel(copy.deepcopy(original))
     _train_one_task(model, _method("block_expansion", copies=2))
@@ -165,11 +176,15 @@ def test_block_expansion_is_the_identity_at_init_then_trains_only_new_blocks_and
         if name.startswith("blocks."):
             index = int(name.split(".")[1])
             if index in old_index:
-                assert torch.equal(tensor, reference[name.replace(f"blocks.{index}.", f"blocks.{old_index[index]}.", 1)])
+                assert torch.equal(
+                    tensor, reference[name.replace(f"blocks.{index}.", f"blocks.{old_index[index]}.", 1)]
+                )
         else:
             assert torch.equal(tensor, reference[name]), name
     for index in (3, 7):
-        assert not torch.equal(expanded[f"blocks.{index}.attn.proj.weight"], torch.zeros_like(expanded[f"blocks.{index}.attn.proj.weight"]))
+        assert not torch.equal(
+            expanded[f"blocks.{index}.attn.proj.weight"], torch.zeros_like(expanded[f"blocks.{index}.attn.proj.weight"])
+        )
 
     # Save / load: a plain timm ViT of depth 8 takes the state dict and computes the same function.
     from safetensors.torch import load_file
@@ -195,13 +210,20 @@ def test_block_expansion_refuses_resnets_and_uneven_groups():
 def test_lora_qv_run_leaves_the_key_rows_of_every_qkv_untouched(random_backbones, tmp_path):
     from safetensors.torch import load_file
 
-    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"method.targets": "q,v", "train.optimizer": "sgd", "train.lr": 0.5})
+    overrides = tiny_overrides(
+        random_backbones["offline_vit"],
+        tmp_path,
+        **{"method.targets": "q,v", "train.optimizer": "sgd", "train.lr": 0.5},
+    )
     folder = run(config_module.load(None, overrides), log=lambda message: None)
     pretrained = load_file(str(random_backbones["offline_vit"]))
     trained = load_file(str(folder.checkpoint))
     dim = pretrained["blocks.0.attn.qkv.weight"].shape[1]
     for block in range(6):
-        before, after = pretrained[f"blocks.{block}.attn.qkv.weight"], trained[f"backbone.blocks.{block}.attn.qkv.weight"]
+        before, after = (
+            pretrained[f"blocks.{block}.attn.qkv.weight"],
+            trained[f"backbone.blocks.{block}.attn.qkv.weight"],
+        )
         assert torch.equal(before[dim : 2 * dim], after[dim : 2 * dim])  # keys: never adapted
         assert not torch.equal(before[:dim], after[:dim]) and not torch.equal(before[2 * dim :], after[2 * dim :])
 
@@ -217,7 +239,9 @@ def test_merge_and_keep_agree_on_the_first_task_and_keep_never_moves_upstream(ra
     pretrained_predictions = kept.read_predictions(0)["predictions"]
     for row in (1, 2):
         assert np.array_equal(kept.read_predictions(row)["predictions"], pretrained_predictions)
-    assert not np.array_equal(merged.read_predictions(2)["predictions"], pretrained_predictions), "merging changed nothing"
+    assert not np.array_equal(merged.read_predictions(2)["predictions"], pretrained_predictions), (
+        "merging changed nothing"
+    )
 
 
 def test_a_stored_adapter_reproduces_its_tasks_accuracy(random_backbones, tmp_path):
@@ -228,7 +252,11 @@ def test_a_stored_adapter_reproduces_its_tasks_accuracy(random_backbones, tmp_pa
     from forgetlab.evaluate import accuracy, dataset_labels, predict
     from forgetlab.models.adapter_files import load_adapter
 
-    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"method.policy": "keep", "method.targets": "q,v", "train.lr": 0.05})
+    overrides = tiny_overrides(
+        random_backbones["offline_vit"],
+        tmp_path,
+        **{"method.policy": "keep", "method.targets": "q,v", "train.lr": 0.05},
+    )
     config = config_module.load(None, overrides)
     folder = run(config, log=lambda message: None)
     task = build_task("fontfamily", config.data)
@@ -249,7 +277,9 @@ def test_a_stored_adapter_reproduces_its_tasks_accuracy(random_backbones, tmp_pa
     images = torch.stack([task.test[i][0] for i in range(8)])
     with torch.no_grad():
         ours = model.features(images)
-        peft_features = theirs.base_model.model.forward_head(theirs.base_model.model.forward_features(images), pre_logits=True)
+        peft_features = theirs.base_model.model.forward_head(
+            theirs.base_model.model.forward_features(images), pre_logits=True
+        )
     assert torch.allclose(ours, peft_features, atol=1e-5)
 
 
@@ -260,13 +290,16 @@ def vit_base():
     return timm.create_model("vit_base_patch16_224", pretrained=False)
 
 
-@pytest.mark.parametrize("method,expected_backbone", [
-    ({"name": "linear"}, 0),
-    ({"name": "lora", "rank": 4, "targets": "q,v"}, 147_456),
-    ({"name": "topk", "k": 3}, 21_263_616 + 1_536),  # three blocks + the final LayerNorm
-    ({"name": "block_expansion", "copies": 1}, 7_087_872),
-    ({"name": "full"}, 85_798_656),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "method,expected_backbone",
+    [
+        ({"name": "linear"}, 0),
+        ({"name": "lora", "rank": 4, "targets": "q,v"}, 147_456),
+        ({"name": "topk", "k": 3}, 21_263_616 + 1_536),  # three blocks + the final LayerNorm
+        ({"name": "block_expansion", "copies": 1}, 7_087_872),
+        ({"name": "full"}, 85_798_656),
+    ],
+)
 def test_trainable_parameter_counts_on_vit_base(vit_base, method, expected_backbone):
     model = MultiHeadModel(copy.deepcopy(vit_base))
     head = model.add_head("cifar100", 100)

@@ -57,11 +57,19 @@ def test_boxes_are_clipped_to_the_image_alike_on_both_pipelines(tmp_path, suffix
         assert np.array_equal(crops[index].permute(1, 2, 0).numpy(), pil), case
 
 
-@pytest.mark.parametrize("box,when", [
-    ((3, 2, 0, 8), "loading"), ((3, 2, 10, -1), "loading"), ((3.2, 2, 0.5, 5), "loading"),  # no area (after truncation)
-    ((-10, 2, 5, 5), "loading"), ((float("nan"), 2, 5, 5), "loading"),  # ends left of the origin; not a number
-    ((30, 2, 5, 5), "decoding"), ((3, 20, 5, 5), "decoding"), ((24, 20, 5, 5), "decoding"),  # beyond the 24 x 20 image
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "box,when",
+    [
+        ((3, 2, 0, 8), "loading"),
+        ((3, 2, 10, -1), "loading"),
+        ((3.2, 2, 0.5, 5), "loading"),  # no area (after truncation)
+        ((-10, 2, 5, 5), "loading"),
+        ((float("nan"), 2, 5, 5), "loading"),  # ends left of the origin; not a number
+        ((30, 2, 5, 5), "decoding"),
+        ((3, 20, 5, 5), "decoding"),
+        ((24, 20, 5, 5), "decoding"),  # beyond the 24 x 20 image
+    ],
+)
 def test_a_box_without_pixels_is_one_line_naming_the_image_and_the_box_file(tmp_path, box, when):
     path = tmp_path / "bird.png"
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(path)
@@ -99,10 +107,18 @@ def test_the_device_pipelines_datasets_have_a_fingerprint(tmp_path):
 
     first = dataset_fingerprint(encoded())
     assert first is not None and first == dataset_fingerprint(encoded())  # stable: a later run finds the cache
-    others = [dataset_fingerprint(files), dataset_fingerprint(encoded(transform=training)), dataset_fingerprint(encoded().subset(2, seed=0)),
-              dataset_fingerprint(encoded(LabelSubset(files, {1: 0})))]  # fmt: skip
-    assert None not in others and len({first, *others}) == 5  # the PIL path, another transform, subset or class split: another key
-    assert dataset_fingerprint(EncodedDataset(files, training, evaluation).evaluation_view()) == first  # the bank's view
+    others = [
+        dataset_fingerprint(files),
+        dataset_fingerprint(encoded(transform=training)),
+        dataset_fingerprint(encoded().subset(2, seed=0)),
+        dataset_fingerprint(encoded(LabelSubset(files, {1: 0}))),
+    ]
+    assert (
+        None not in others and len({first, *others}) == 5
+    )  # the PIL path, another transform, subset or class split: another key
+    assert (
+        dataset_fingerprint(EncodedDataset(files, training, evaluation).evaluation_view()) == first
+    )  # the bank's view
     paths[0].write_bytes(paths[1].read_bytes())  # a changed file (size or modification time): another key
     assert dataset_fingerprint(encoded()) != first
 
@@ -118,22 +134,45 @@ def test_a_knn_bank_is_reused_by_a_second_run(root, tmp_path, monkeypatch, forge
 
     computed = []
     extract = evaluate.extract_features
-    monkeypatch.setattr(evaluate, "extract_features", lambda *a, **k: computed.append(k.get("description")) or extract(*a, **k))
+    monkeypatch.setattr(
+        evaluate, "extract_features", lambda *a, **k: computed.append(k.get("description")) or extract(*a, **k)
+    )
     banks = forgetlab_home / "knn-banks"
-    smoke = [f"data.root={root}", "backbone.random_init=true", "backbone.image_size=32", "data.max_train=4", "data.max_test=4",
-             "data.workers=0", "train.max_steps=1", "train.batch_size=2", "eval.batch_size=8", "eval.knn_k=2",
-             "backbone.name=test_vit", f"data.pipeline={pipeline}", "seed=4217"]  # fmt: skip  # a seed of its own: a bank no other test wrote
+    smoke = [
+        f"data.root={root}",
+        "backbone.random_init=true",
+        "backbone.image_size=32",
+        "data.max_train=4",
+        "data.max_test=4",
+        "data.workers=0",
+        "train.max_steps=1",
+        "train.batch_size=2",
+        "eval.batch_size=8",
+        "eval.knn_k=2",
+        "backbone.name=test_vit",
+        f"data.pipeline={pipeline}",
+        "seed=4217",
+    ]  # a seed of its own: a bank no other test wrote
     before = set(banks.glob("*.safetensors"))
-    first = run(config_module.resolve(preset_tree("paper2-linear"), smoke + [f"out_dir={tmp_path / 'first'}"]), log=lambda message: None)
+    first = run(
+        config_module.resolve(preset_tree("paper2-linear"), smoke + [f"out_dir={tmp_path / 'first'}"]),
+        log=lambda message: None,
+    )
     written = set(banks.glob("*.safetensors")) - before
     assert computed.count("k-NN bank") == 1 and len(written) == 1  # linear probing: one backbone state, one bank
     (bank,) = written
     stamp = bank.stat().st_mtime_ns
     computed.clear()
-    second = run(config_module.resolve(preset_tree("paper2-linear"), smoke + [f"out_dir={tmp_path / 'second'}"]), log=lambda message: None)
+    second = run(
+        config_module.resolve(preset_tree("paper2-linear"), smoke + [f"out_dir={tmp_path / 'second'}"]),
+        log=lambda message: None,
+    )
     assert computed.count("k-NN bank") == 0 and computed.count("upstream k-NN") >= 1  # queries only
     assert set(banks.glob("*.safetensors")) - before == written and bank.stat().st_mtime_ns == stamp
-    scores = [[{k: v for k, v in row.items() if k != "seconds"} for row in json.loads(folder.upstream_eval.read_text())] for folder in (first, second)]
+    scores = [
+        [{k: v for k, v in row.items() if k != "seconds"} for row in json.loads(folder.upstream_eval.read_text())]
+        for folder in (first, second)
+    ]
     assert scores[0] == scores[1] and len(scores[0]) == 2  # the same k-NN accuracies, before and after the task
 
 
@@ -142,8 +181,11 @@ def _high_frequency(height: int, width: int, seed: int) -> dict[str, np.ndarray]
     """uint8 ``[H, W, 3]`` images whose bicubic resize overshoots most: a checkerboard, 2-pixel stripes
     and uniform noise."""
     y, x = np.indices((height, width))
-    grey = {"checkerboard": (y + x) % 2 * 255, "stripes": x // 2 % 2 * 255,
-            "noise": np.random.default_rng(seed).integers(0, 256, (height, width))}  # fmt: skip
+    grey = {
+        "checkerboard": (y + x) % 2 * 255,
+        "stripes": x // 2 % 2 * 255,
+        "noise": np.random.default_rng(seed).integers(0, 256, (height, width)),
+    }
     return {name: np.repeat(values.astype(np.uint8)[..., None], 3, -1) for name, values in grey.items()}
 
 
@@ -187,32 +229,58 @@ def test_every_resampling_path_rounds_and_clamps_as_pil(high_frequency_files, ti
     from forgetlab.data.eval_cache import EvalCropCache
     from forgetlab.data.files import ArrayImageDataset, preprocess_for
 
-    config = PreprocessConfig(eval_interpolation=interpolation, train_interpolation=interpolation, crop_pct=0.8,
-                              train_scale=[1.0, 1.0], train_ratio=[1.0, 1.0], hflip=0.0, color_jitter=0.0)  # fmt: skip
+    config = PreprocessConfig(
+        eval_interpolation=interpolation,
+        train_interpolation=interpolation,
+        crop_pct=0.8,
+        train_scale=[1.0, 1.0],
+        train_ratio=[1.0, 1.0],
+        hflip=0.0,
+        color_jitter=0.0,
+    )
     pre = preprocess_for(tiny_backbone, 16, config)  # training without randomness: the centre square, resized
     transforms = batch_transforms(pre)
-    arrays = np.stack([Image.open(path).convert("RGB").resize((20, 20), Image.NEAREST) for path in high_frequency_files])
-    for kind, files in [("files", FileDataset(high_frequency_files, [0] * len(high_frequency_files), pre.train)),
-                        ("arrays", ArrayImageDataset(arrays, [0] * len(arrays), pre.train))]:  # fmt: skip
+    arrays = np.stack(
+        [Image.open(path).convert("RGB").resize((20, 20), Image.NEAREST) for path in high_frequency_files]
+    )
+    for kind, files in [
+        ("files", FileDataset(high_frequency_files, [0] * len(high_frequency_files), pre.train)),
+        ("arrays", ArrayImageDataset(arrays, [0] * len(arrays), pre.train)),
+    ]:
         files.eval_transform = pre.eval
         encoded = EncodedDataset(files, transforms["train"], transforms["eval"])
-        paths = {"evaluation": (files.evaluation_view(), EncodedDataset(files, transforms["eval"])),  # test sets, k-NN queries
-                 "k-NN bank": (files.evaluation_view(), encoded.evaluation_view()),
-                 "training": (files, encoded)}  # fmt: skip
+        paths = {
+            "evaluation": (
+                files.evaluation_view(),
+                EncodedDataset(files, transforms["eval"]),
+            ),  # test sets, k-NN queries
+            "k-NN bank": (files.evaluation_view(), encoded.evaluation_view()),
+            "training": (files, encoded),
+        }
         for path, (pil, device) in paths.items():
             reference = _levels(pil, pre)
-            assert (reference - reference.round()).abs().max() < 1e-3 and reference.round().min() >= 0 and reference.round().max() <= 255
+            assert (
+                (reference - reference.round()).abs().max() < 1e-3
+                and reference.round().min() >= 0
+                and reference.round().max() <= 255
+            )
             outputs = {"device": _levels(device, pre)}
             if path != "training":  # the evaluation-crop cache (training crops are random)
                 for pipeline, dataset in (("pil", pil), ("device", device)):
                     cached = EvalCropCache(mode="on", folder=tmp_path / kind / path / pipeline)(dataset)
                     outputs[f"{pipeline}, cached"] = _levels(cached, pre)
-                    assert cached.computed and torch.allclose(outputs[f"{pipeline}, cached"], outputs[pipeline] if pipeline != "pil" else reference, atol=1e-3), (kind, path, pipeline)
+                    assert cached.computed and torch.allclose(
+                        outputs[f"{pipeline}, cached"], outputs[pipeline] if pipeline != "pil" else reference, atol=1e-3
+                    ), (kind, path, pipeline)
             for name, output in outputs.items():
                 difference = (output - reference).abs()
                 case = (kind, path, name, interpolation)
                 assert output.min() >= -1e-3 and output.max() <= 255 + 1e-3, case
-                assert difference.max() <= 1 + 1e-3 and difference.mean() < 0.05, (case, difference.max(), difference.mean())
+                assert difference.max() <= 1 + 1e-3 and difference.mean() < 0.05, (
+                    case,
+                    difference.max(),
+                    difference.mean(),
+                )
 
 
 # ------------------------------------------------------------------- every preprocess option, on both pipelines
@@ -234,23 +302,32 @@ def _training_statistics(pre, draws: int = 300) -> dict[str, dict[str, np.ndarra
     pixels = _probe()
     random.seed(0)  # timm's crop parameters
     torch.manual_seed(0)  # the flip and the jitter
-    outputs = {"pil": torch.stack([pre.train(Image.fromarray(pixels)) for _ in range(draws)]),
-               "device": batch_transforms(pre)["train"]([torch.from_numpy(pixels.transpose(2, 0, 1).copy())] * draws, CPU,
-                                                        torch.Generator().manual_seed(0))}  # fmt: skip
+    outputs = {
+        "pil": torch.stack([pre.train(Image.fromarray(pixels)) for _ in range(draws)]),
+        "device": batch_transforms(pre)["train"](
+            [torch.from_numpy(pixels.transpose(2, 0, 1).copy())] * draws, CPU, torch.Generator().manual_seed(0)
+        ),
+    }
     mean, std = (torch.tensor(pre.settings[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
     statistics = {}
     for pipeline, output in outputs.items():
         levels = (output * std + mean) * 255
-        statistics[pipeline] = {"across": (levels[:, 0, :, -1] - levels[:, 0, :, 0]).mean(1).numpy(),
-                                "down": (levels[:, 1, -1, :] - levels[:, 1, 0, :]).mean(1).numpy(),
-                                "mean": levels.mean((2, 3)).numpy(), "spread": levels.std((2, 3)).numpy()}  # fmt: skip
+        statistics[pipeline] = {
+            "across": (levels[:, 0, :, -1] - levels[:, 0, :, 0]).mean(1).numpy(),
+            "down": (levels[:, 1, -1, :] - levels[:, 1, 0, :]).mean(1).numpy(),
+            "mean": levels.mean((2, 3)).numpy(),
+            "spread": levels.std((2, 3)).numpy(),
+        }
     return statistics
 
 
 def _same_distribution(statistics, name: str, level: float = 1e-3) -> None:
     from scipy import stats
 
-    pil, device = statistics["pil"][name].reshape(len(statistics["pil"][name]), -1), statistics["device"][name].reshape(len(statistics["pil"][name]), -1)
+    pil, device = (
+        statistics["pil"][name].reshape(len(statistics["pil"][name]), -1),
+        statistics["device"][name].reshape(len(statistics["pil"][name]), -1),
+    )
     for column in range(pil.shape[1]):
         assert stats.ks_2samp(pil[:, column], device[:, column]).pvalue > level, (name, column)
 
@@ -282,22 +359,38 @@ def test_every_training_option_has_the_same_effect_on_both_pipelines(tiny_backbo
         config = PreprocessConfig(**{**quiet, option: value})
         pre = preprocess_for(tiny_backbone, 16, config)
         statistics = _training_statistics(pre)
-        if config.train_scale == config.train_ratio == [1.0, 1.0] and config.hflip in (0, 1) and not config.color_jitter:  # no randomness
+        if (
+            config.train_scale == config.train_ratio == [1.0, 1.0]
+            and config.hflip in (0, 1)
+            and not config.color_jitter
+        ):  # no randomness
             for name in ("across", "down", "mean"):
-                assert np.abs(np.sort(statistics["pil"][name], 0) - np.sort(statistics["device"][name], 0)).max() <= 1, (option, value, name)
+                assert (
+                    np.abs(np.sort(statistics["pil"][name], 0) - np.sort(statistics["device"][name], 0)).max() <= 1
+                ), (option, value, name)
         for pipeline in ("pil", "device"):
             flipped = (statistics[pipeline]["across"] < 0).mean()
             expected = value if option == "hflip" else 0.0
-            assert abs(flipped - expected) <= 4 * math.sqrt(expected * (1 - expected) / 300), (option, value, pipeline, flipped)
+            assert abs(flipped - expected) <= 4 * math.sqrt(expected * (1 - expected) / 300), (
+                option,
+                value,
+                pipeline,
+                flipped,
+            )
         if option in ("train_scale", "train_ratio", "train_interpolation"):
             for name in ("across", "down"):
                 _same_distribution(statistics, name)
-            aspect = {p: np.log(np.abs(s["across"]) / 64 * 48 / np.maximum(s["down"], 1e-3)) for p, s in statistics.items()}
+            aspect = {
+                p: np.log(np.abs(s["across"]) / 64 * 48 / np.maximum(s["down"], 1e-3)) for p, s in statistics.items()
+            }
             _same_distribution({p: {"aspect": a} for p, a in aspect.items()}, "aspect")
         if option == "color_jitter":
             for name in ("mean", "spread"):
                 _same_distribution(statistics, name)
-            for pipeline in ("pil", "device"):  # off: every draw alike; on: the spread of the means grows with the value
+            for pipeline in (
+                "pil",
+                "device",
+            ):  # off: every draw alike; on: the spread of the means grows with the value
                 assert (statistics[pipeline]["mean"].std(0) < 1e-3).all() == (value == 0), (value, pipeline)
 
 
@@ -324,8 +417,15 @@ def _normalised(dataset):
     yield torch.cat([images for images, _ in batches(make_loader(dataset, 64, shuffle=False), dataset, CPU)])
 
 
-AFFECTS = {"eval_crop": "task", "eval_interpolation": "task", "crop_pct": "task", "mean": "task", "std": "task",
-           "upstream_eval": "upstream", "upstream_crop_pct": "upstream"}  # with upstream_eval=backbone (the default)
+AFFECTS = {
+    "eval_crop": "task",
+    "eval_interpolation": "task",
+    "crop_pct": "task",
+    "mean": "task",
+    "std": "task",
+    "upstream_eval": "upstream",
+    "upstream_crop_pct": "upstream",
+}  # with upstream_eval=backbone (the default)
 
 
 @pytest.mark.parametrize("option", EVALUATION_CASES)
@@ -345,19 +445,33 @@ def test_every_evaluation_option_has_the_same_effect_on_both_pipelines(high_freq
             files = FileDataset(images, [0] * len(images), preprocess.eval)
             pil = next(iter(_normalised(files)))
             device = next(iter(_normalised(EncodedDataset(files, batch_transforms(preprocess)["eval"]))))
-            level = 1 / 255 / float(min(preprocess.eval.transforms[-1].std))  # one level of 255, normalised by this role
+            level = (
+                1 / 255 / float(min(preprocess.eval.transforms[-1].std))
+            )  # one level of 255, normalised by this role
             difference = (pil - device).abs()
-            assert difference.max() <= level * 1.001 and difference.mean() < 0.1 * level, (option, values, role, difference.max() / level)
+            assert difference.max() <= level * 1.001 and difference.mean() < 0.1 * level, (
+                option,
+                values,
+                role,
+                difference.max() / level,
+            )
             seen[role].append(pil.numpy().tobytes())
     assert len(set(seen[AFFECTS[option]])) == len(EVALUATION_CASES[option]), option
 
 
-@pytest.mark.parametrize("steps,named", [
-    ({"vflip": 0.5}, "RandomVerticalFlip"), ({"grayscale_prob": 0.2}, "RandomGrayscale"),
-    ({"gaussian_blur_prob": 0.3}, r"RandomApply\(GaussianBlur\)"), ({"auto_augment": "rand-m9-mstd0.5"}, "RandAugment"),
-    ({"re_prob": 0.25}, "RandomErasing"), ({"interpolation": "random"}, "RandomResizedCropAndInterpolation"),
-    ({"color_jitter": (0.4, 0.2, 0.4)}, "ColorJitter"), ({"color_jitter": 0.4, "color_jitter_prob": 0.8}, r"RandomApply\(ColorJitter\)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "steps,named",
+    [
+        ({"vflip": 0.5}, "RandomVerticalFlip"),
+        ({"grayscale_prob": 0.2}, "RandomGrayscale"),
+        ({"gaussian_blur_prob": 0.3}, r"RandomApply\(GaussianBlur\)"),
+        ({"auto_augment": "rand-m9-mstd0.5"}, "RandAugment"),
+        ({"re_prob": 0.25}, "RandomErasing"),
+        ({"interpolation": "random"}, "RandomResizedCropAndInterpolation"),
+        ({"color_jitter": (0.4, 0.2, 0.4)}, "ColorJitter"),
+        ({"color_jitter": 0.4, "color_jitter_prob": 0.8}, r"RandomApply\(ColorJitter\)"),
+    ],
+)
 def test_a_step_the_device_pipeline_cannot_reproduce_is_a_one_line_error(tiny_backbone, steps, named):
     """Vertical flips, grayscale, blur, RandAugment, random erasing, ... were dropped without a word."""
     import timm.data

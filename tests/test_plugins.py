@@ -19,8 +19,12 @@ PACKAGE = Path(__file__).resolve().parent / "plugin_package"
 
 
 def _python(code_or_args: list[str], site: Path, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT / "src"), str(ROOT)]),
-           "FORGETLAB_HOME": str(home), "FORGETLAB_PROGRESS": "0"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), str(ROOT / "src"), str(ROOT)]),
+        "FORGETLAB_HOME": str(home),
+        "FORGETLAB_PROGRESS": "0",
+    }
     return subprocess.run([sys.executable, *code_or_args], env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -28,8 +32,24 @@ def _python(code_or_args: list[str], site: Path, home: Path) -> subprocess.Compl
 def installed(tmp_path_factory) -> Path:
     """The plugin package installed by pip (no index, no build isolation: offline) into a folder of its own."""
     site = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
-                    "--target", str(site), str(PACKAGE)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(PACKAGE),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert (site / "forgetlab_toy_plugin" / "__init__.py").exists()
     return site
 
@@ -47,9 +67,13 @@ def test_an_installed_plugin_method_is_configured_and_runs(installed, random_bac
     from tests.conftest import random_backbone
 
     backbone = random_backbone("offline_vit")
-    biases = sum(module.bias.numel() for name, module in backbone.named_modules()
-                 if getattr(module, "bias", None) is not None and "norm" not in type(module).__name__.lower()
-                 and module is not backbone.get_classifier())
+    biases = sum(
+        module.bias.numel()
+        for name, module in backbone.named_modules()
+        if getattr(module, "bias", None) is not None
+        and "norm" not in type(module).__name__.lower()
+        and module is not backbone.get_classifier()
+    )
     counts = {record["trainable_backbone_parameters"] for record in _records(tasks)}
     assert counts == {biases}, (counts, biases)
 

@@ -39,14 +39,22 @@ def root(tmp_path_factory):
     cifar.mkdir()
     rng = np.random.default_rng(0)
     for split, count in (("train", 6), ("test", 4)):
-        data = {"data": rng.integers(0, 255, (count, 3072), dtype=np.uint8), "fine_labels": [i % 3 for i in range(count)]}
+        data = {
+            "data": rng.integers(0, 255, (count, 3072), dtype=np.uint8),
+            "fine_labels": [i % 3 for i in range(count)],
+        }
         (cifar / split).write_bytes(pickle.dumps(data))
     (cifar / "meta").write_bytes(pickle.dumps({"fine_label_names": ["apple", "bear", "cloud"]}))
     cars = root / "stanford_cars"
-    savemat(cars / "devkit" / "cars_meta.mat" if (cars / "devkit").mkdir(parents=True) is None else None,
-            {"class_names": np.array(["AM General Hummer 2000", "Audi R8 2012"], dtype=object)})  # fmt: skip
-    annotations = lambda names, classes: {"annotations": np.array(  # noqa: E731
-        [(n, c) for n, c in zip(names, classes)], dtype=[("fname", object), ("class", np.uint8)])}
+    savemat(
+        cars / "devkit" / "cars_meta.mat" if (cars / "devkit").mkdir(parents=True) is None else None,
+        {"class_names": np.array(["AM General Hummer 2000", "Audi R8 2012"], dtype=object)},
+    )
+    annotations = lambda names, classes: {
+        "annotations": np.array(  # noqa: E731
+            [(n, c) for n, c in zip(names, classes)], dtype=[("fname", object), ("class", np.uint8)]
+        )
+    }
     savemat(cars / "devkit" / "cars_train_annos.mat", annotations(["00001.jpg", "00002.jpg", "00003.jpg"], [1, 2, 2]))
     savemat(cars / "cars_test_annos_withlabels.mat", annotations(["00001.jpg", "00002.jpg"], [2, 1]))
     for split, count in (("train", 3), ("test", 2)):
@@ -68,7 +76,9 @@ def root(tmp_path_factory):
     cub = root / "CUB_200_2011"
     cub.mkdir()
     (cub / "classes.txt").write_text("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n")
-    (cub / "images.txt").write_text("1 001.Black_footed_Albatross/a.jpg\n2 002.Laysan_Albatross/b.jpg\n3 002.Laysan_Albatross/c.jpg\n")
+    (cub / "images.txt").write_text(
+        "1 001.Black_footed_Albatross/a.jpg\n2 002.Laysan_Albatross/b.jpg\n3 002.Laysan_Albatross/c.jpg\n"
+    )
     (cub / "train_test_split.txt").write_text("1 1\n2 0\n3 1\n")
     (cub / "image_class_labels.txt").write_text("1 1\n2 2\n3 2\n")
     (cub / "bounding_boxes.txt").write_text("1 2.0 3.0 10.0 8.0\n2 0.0 0.0 24.0 20.0\n3 1.0 1.0 5.0 5.0\n")
@@ -77,17 +87,20 @@ def root(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name,classes,train_labels,test_labels,domain", [
-    ("imagenet", 3, [0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 0, 1, 1, 2, 2], None),  # labels: sorted wnids
-    ("cifar100", 3, [0, 1, 2, 0, 1, 2], [0, 1, 2, 0], "object.n.01"),
-    ("stanford_cars", 2, [0, 1, 1], [1, 0], "car.n.01"),
-    ("flowers102", 102, [0, 1], [1, 101, 0], "flower.n.01"),  # trnid only (paper 1's code)
-    ("flowers102:trainval", 102, [0, 1, 0, 101], [1, 101, 0], "flower.n.01"),
-    ("fgvc_aircraft", 2, [0, 1], [0], "airplane.n.01"),  # the 'train' split (paper 1's code)
-    ("fgvc_aircraft:trainval", 2, [0, 1, 1], [0], "airplane.n.01"),
-    ("cub200:nocrop", 2, [0, 1], [1], "bird.n.01"),
-    ("cub200", 2, [0, 1], [1], "bird.n.01"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,classes,train_labels,test_labels,domain",
+    [
+        ("imagenet", 3, [0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 0, 1, 1, 2, 2], None),  # labels: sorted wnids
+        ("cifar100", 3, [0, 1, 2, 0, 1, 2], [0, 1, 2, 0], "object.n.01"),
+        ("stanford_cars", 2, [0, 1, 1], [1, 0], "car.n.01"),
+        ("flowers102", 102, [0, 1], [1, 101, 0], "flower.n.01"),  # trnid only (paper 1's code)
+        ("flowers102:trainval", 102, [0, 1, 0, 101], [1, 101, 0], "flower.n.01"),
+        ("fgvc_aircraft", 2, [0, 1], [0], "airplane.n.01"),  # the 'train' split (paper 1's code)
+        ("fgvc_aircraft:trainval", 2, [0, 1, 1], [0], "airplane.n.01"),
+        ("cub200:nocrop", 2, [0, 1], [1], "bird.n.01"),
+        ("cub200", 2, [0, 1], [1], "bird.n.01"),
+    ],
+)
 def test_each_loader_reads_its_real_layout(root, name, classes, train_labels, test_labels, domain):
     task = build_task(name, DataConfig(root=str(root)))
     assert len(task.classes) == classes and task.domain_synset == domain
@@ -135,7 +148,9 @@ def test_preprocessing_follows_the_backbones_pretrained_cfg(root):
     from forgetlab.data.files import preprocess_for
     from forgetlab.models.backbones import create
 
-    preprocess = preprocess_for(create("vit_base_patch16_224.augreg_in1k", num_classes=0), image_size=32, config=PreprocessConfig())
+    preprocess = preprocess_for(
+        create("vit_base_patch16_224.augreg_in1k", num_classes=0), image_size=32, config=PreprocessConfig()
+    )
     task = build_task("cub200", DataConfig(root=str(root)), preprocess)
     image, _ = task.test[0]
     assert image.shape == (3, 32, 32) and preprocess.input_size == (3, 32, 32)
@@ -208,7 +223,9 @@ def test_pretrained_tag_without_cache_or_network_names_the_file_to_place(monkeyp
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    with pytest.raises(DataError, match=r"huggingface.co/timm/resnet18.a1_in1k and set backbone.weights=/path/to/model.safetensors"):
+    with pytest.raises(
+        DataError, match=r"huggingface.co/timm/resnet18.a1_in1k and set backbone.weights=/path/to/model.safetensors"
+    ):
         load_backbone(BackboneConfig(name="resnet18.a1_in1k"))
 
 
@@ -247,7 +264,9 @@ def test_data_check_lists_every_dataset(root, capsys, monkeypatch, tmp_path):
     assert "stanford_cars   ok" in out and "train 3 / test 2 images" in out
     assert "imagenet        ok" in out and "train 9 / test 6 images" in out
     assert "wordnet         ok" in out and "WordNet 3.0" in out
-    assert main(["data", "check", "--root", str(root / "nowhere")]) == 0  # no config: a missing dataset may not be needed
+    assert (
+        main(["data", "check", "--root", str(root / "nowhere")]) == 0
+    )  # no config: a missing dataset may not be needed
     out = capsys.readouterr().out
     assert "cub200          MISSING" in out and "CUB_200_2011.tgz" in out and "imagenet train/ MISSING" in out
     assert main(["data", "check", "--root", str(root / "nowhere"), "--strict"]) == 2
@@ -265,19 +284,45 @@ def test_every_preset_resolves_to_its_papers_settings():
     from forgetlab import config as config_module
     from forgetlab.presets import PRESETS, preset_tree
 
-    assert {"paper1-vit", "paper1-resnet", "paper1-vit-long", "paper1-vit-lwf", "paper2-full", "paper2-top3", "paper2-linear",
-            "paper2-lora-r4", "paper2-lora-r8", "paper2-lora-r16", "paper2-block-p1", "paper2-block-p4"} <= set(PRESETS)  # fmt: skip
+    assert {
+        "paper1-vit",
+        "paper1-resnet",
+        "paper1-vit-long",
+        "paper1-vit-lwf",
+        "paper2-full",
+        "paper2-top3",
+        "paper2-linear",
+        "paper2-lora-r4",
+        "paper2-lora-r8",
+        "paper2-lora-r16",
+        "paper2-block-p1",
+        "paper2-block-p4",
+    } <= set(PRESETS)
     for name in PRESETS:
         config = config_module.resolve(preset_tree(name))
         assert config.name == name and config.data.upstream == "imagenet"
     vit = config_module.resolve(preset_tree("paper1-vit"))
     assert vit.train.task_epochs == {"stanford_cars": 20, "flowers102": 60, "fgvc_aircraft": 40, "cub200": 40}
-    assert (vit.train.lr, vit.train.weight_decay, vit.train.batch_size, vit.method.alpha, vit.method.dropout) == (1e-3, 1e-2, 32, None, 0.1)
+    assert (vit.train.lr, vit.train.weight_decay, vit.train.batch_size, vit.method.alpha, vit.method.dropout) == (
+        1e-3,
+        1e-2,
+        32,
+        None,
+        0.1,
+    )
     assert config_module.resolve(preset_tree("paper1-vit-lwf")).lwf.alpha == 5
     long = config_module.resolve(preset_tree("paper1-vit-long")).data.tasks
-    assert long[:2] == ["stanford_cars:samples_half1", "flowers102:samples_half1"] and long[4] == "stanford_cars:samples_half2"
+    assert (
+        long[:2] == ["stanford_cars:samples_half1", "flowers102:samples_half1"]
+        and long[4] == "stanford_cars:samples_half2"
+    )
     dino = config_module.resolve(preset_tree("paper2-lora-r4"))
-    assert (dino.eval.upstream_evaluator, dino.train.optimizer, dino.train.max_steps, dino.method.targets) == ("knn", "sgd", 10_000, "q,v")
+    assert (dino.eval.upstream_evaluator, dino.train.optimizer, dino.train.max_steps, dino.method.targets) == (
+        "knn",
+        "sgd",
+        10_000,
+        "q,v",
+    )
     with pytest.raises(ConfigError, match="forgetlab presets"):
         preset_tree("paper3")
 
@@ -295,9 +340,19 @@ def test_presets_run_end_to_end_at_smoke_scale(root, tmp_path, name, pipeline):
     from forgetlab.presets import preset_tree
     from forgetlab.runner import run
 
-    smoke = [f"data.root={root}", "backbone.random_init=true", "backbone.image_size=32", "data.max_train=4", "data.max_test=4",
-             "data.workers=0", "train.max_steps=1", "train.batch_size=2", "eval.batch_size=8", f"out_dir={tmp_path}",
-             f"data.pipeline={pipeline}"]  # fmt: skip
+    smoke = [
+        f"data.root={root}",
+        "backbone.random_init=true",
+        "backbone.image_size=32",
+        "data.max_train=4",
+        "data.max_test=4",
+        "data.workers=0",
+        "train.max_steps=1",
+        "train.batch_size=2",
+        "eval.batch_size=8",
+        f"out_dir={tmp_path}",
+        f"data.pipeline={pipeline}",
+    ]
     if name.startswith("paper1"):
         smoke.append("backbone.num_classes=3")  # the tiny ImageNet copy has 3 classes
     else:
@@ -311,10 +366,14 @@ def test_presets_run_end_to_end_at_smoke_scale(root, tmp_path, name, pipeline):
     assert matrix.shape == (len(config.data.tasks) + 1, len(columns) + 1)
     assert not np.isnan(matrix[-1]).any()  # the last row scores every task
     assert folder.completed_tasks() == len(config.data.tasks)
-    tasks = json.loads((folder.path / "tasks.json").read_text(), parse_constant=lambda word: pytest.fail(f"tasks.json holds {word}"))
+    tasks = json.loads(
+        (folder.path / "tasks.json").read_text(), parse_constant=lambda word: pytest.fail(f"tasks.json holds {word}")
+    )
     assert [task["steady_images_per_second"] for task in tasks] == [None] * len(tasks)  # one step a task: all warm-up
     records = json.loads(folder.upstream_eval.read_text())
     assert len(records) == len(config.data.tasks) + 1
     if name.startswith("paper2"):
         assert set(records[0]["knn"]) == {"2", "10", "20", "100", "200"}
-        assert records[0]["images"] == 4 and records[0]["ci95"] == pytest.approx(confidence_interval(records[0]["accuracy"], 4))
+        assert records[0]["images"] == 4 and records[0]["ci95"] == pytest.approx(
+            confidence_interval(records[0]["accuracy"], 4)
+        )

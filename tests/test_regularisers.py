@@ -76,15 +76,24 @@ def test_lwf_teacher_is_a_frozen_copy():
 
 def _train(model, extra_losses=(), **kwargs):
     generator = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(48, 1, 28, 28, generator=generator), torch.randint(0, 4, (48,), generator=generator))
+    data = TensorDataset(
+        torch.randn(48, 1, 28, 28, generator=generator), torch.randint(0, 4, (48,), generator=generator)
+    )
     torch.manual_seed(1)  # the head, the adapter and LoRA dropout
     head = model.add_head("task", 4)
     LoRA(LoRAConfig(rank=2)).prepare(model, "task")
     head.requires_grad_(True)
     model.upstream_head.requires_grad_(False)
     heads = [h for loss in extra_losses for h in loss.heads]
-    train_task(model, "task", data, TrainConfig(batch_size=16, max_steps=4, lr=1e-2), Runtime(),
-               seed=0, plan=TaskPlan(extra_losses=extra_losses, extra_heads=heads, **kwargs))  # fmt: skip
+    train_task(
+        model,
+        "task",
+        data,
+        TrainConfig(batch_size=16, max_steps=4, lr=1e-2),
+        Runtime(),
+        seed=0,
+        plan=TaskPlan(extra_losses=extra_losses, extra_heads=heads, **kwargs),
+    )
     return model.state_dict()
 
 

@@ -26,14 +26,22 @@ PYTHON = sys.executable
 
 
 def _cli(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "forgetlab", *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})},
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [PYTHON, "-m", "forgetlab", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("forgetlab: error: ") and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("forgetlab: error: ") and "Traceback" not in result.stderr, (
+        result.stderr
+    )
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
@@ -47,11 +55,24 @@ def _snapshot(folder: Path) -> dict:
 def test_a_kill_at_every_write_and_rename_point_resumes_bit_identically(random_backbones, tmp_path):
     """SIGKILL a real child process at each of the commit sequence's points, resume, compare with an
     uninterrupted run: every committed file, the matrix and the predictions bit for bit."""
-    overrides = ["backbone.name=offline_vit", f"backbone.weights={random_backbones['offline_vit']}", "data.tasks=[fontfamily, digits]",
-                 "data.max_train=32", "data.max_test=24", "train.batch_size=16", "train.max_steps=2", "eval.batch_size=64",
-                 "method.rank=2"]  # fmt: skip
-    result = subprocess.run([PYTHON, str(REPO / "tests" / "kill_trials.py"), str(tmp_path), *overrides], capture_output=True, text=True,
-                            cwd=REPO, timeout=1800)  # fmt: skip
+    overrides = [
+        "backbone.name=offline_vit",
+        f"backbone.weights={random_backbones['offline_vit']}",
+        "data.tasks=[fontfamily, digits]",
+        "data.max_train=32",
+        "data.max_test=24",
+        "train.batch_size=16",
+        "train.max_steps=2",
+        "eval.batch_size=64",
+        "method.rank=2",
+    ]
+    result = subprocess.run(
+        [PYTHON, str(REPO / "tests" / "kill_trials.py"), str(tmp_path), *overrides],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["points"] >= 50  # three commits (pretrained row, two tasks), every write and rename of each
@@ -92,8 +113,12 @@ def test_a_second_process_on_a_running_folder_is_refused_and_nothing_changes(ran
                 pass
     assert "wait for it to finish" in line
     after = _snapshot(folder)
-    assert {p: v for p, v in after.items() if p.name != ".lock"} == {p: v for p, v in before.items() if p.name != ".lock"}
-    assert run(config_module.resolve({}, overrides), log=lambda message: None).completed_tasks() == 1  # the lock died with its holder
+    assert {p: v for p, v in after.items() if p.name != ".lock"} == {
+        p: v for p, v in before.items() if p.name != ".lock"
+    }
+    assert (
+        run(config_module.resolve({}, overrides), log=lambda message: None).completed_tasks() == 1
+    )  # the lock died with its holder
 
 
 # ----------------------------------------------------------------------------- no code from data files
@@ -114,7 +139,11 @@ def test_a_crafted_cifar_pickle_runs_no_code(tmp_path):
         build_task("cifar100", DataConfig(root=str(tmp_path)))
     assert not marker.exists()
     checked = _cli("data", "check", "--root", str(tmp_path))
-    assert "cifar100        MISSING" in checked.stdout and "asks for posix.system" in checked.stdout and not marker.exists()
+    assert (
+        "cifar100        MISSING" in checked.stdout
+        and "asks for posix.system" in checked.stdout
+        and not marker.exists()
+    )
     for protocol in (2, 4, 5):  # the arrays of real pickles (Python 2's protocol 2) and of newer writers load
         (cifar / "train").write_bytes(pickle.dumps(good, protocol=protocol))
         assert build_task("cifar100", DataConfig(root=str(tmp_path))).train.labels.tolist() == [0, 1]
@@ -124,14 +153,22 @@ def test_a_crafted_cifar_pickle_runs_no_code(tmp_path):
 @pytest.mark.parametrize("method", ["full", "topk", "linear", "lora", "lora-keep", "block_expansion", "fullrank"])
 def test_a_diverging_task_stops_in_one_line_before_it_commits(method, random_backbones, tmp_path):
     name, _, policy = method.partition("-")
-    extra = {"method.name": name, **({"method.policy": policy} if policy else {}), **({"method.k": 2} if name == "topk" else {}),
-             **({"method.copies": 2} if name == "block_expansion" else {})}  # fmt: skip
-    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="diverge", **extra, **{"train.lr": "1e38"})
+    extra = {
+        "method.name": name,
+        **({"method.policy": policy} if policy else {}),
+        **({"method.k": 2} if name == "topk" else {}),
+        **({"method.copies": 2} if name == "block_expansion" else {}),
+    }
+    overrides = tiny_overrides(
+        random_backbones["offline_vit"], tmp_path, name="diverge", **extra, **{"train.lr": "1e38"}
+    )
     line = _one_line_error(_cli("run", *overrides), "lower train.lr", "train.lr=1e+38")
     assert "non-finite" in line or "overflowed" in line
     folder = RunFolder(tmp_path / "diverge")
     assert folder.completed_tasks() == 0  # the pretrained row only: nothing of the diverged task was committed
-    assert not list((folder.path / "checkpoint").glob("*.safetensors")) if (folder.path / "checkpoint").exists() else True
+    assert (
+        not list((folder.path / "checkpoint").glob("*.safetensors")) if (folder.path / "checkpoint").exists() else True
+    )
 
 
 # ----------------------------------------------------------------------------- corrupt folders
@@ -152,7 +189,9 @@ CORRUPTIONS = [
 @pytest.fixture(scope="module")
 def finished_run(random_backbones, tmp_path_factory):
     out = tmp_path_factory.mktemp("corrupt")
-    overrides = tiny_overrides(random_backbones["offline_vit"], out, name="base", **{"data.tasks": "[fontfamily, digits]"})
+    overrides = tiny_overrides(
+        random_backbones["offline_vit"], out, name="base", **{"data.tasks": "[fontfamily, digits]"}
+    )
     run(config_module.resolve({}, overrides), log=lambda message: None)
     return out, overrides
 
@@ -167,7 +206,9 @@ def test_a_corrupt_run_folder_is_a_one_line_error_naming_the_file(finished_run, 
     import yaml
 
     stored = yaml.safe_load((folder / "config.yaml").read_text())
-    (folder / "config.yaml").write_text(yaml.safe_dump({**stored, "out_dir": str(tmp_path)}, sort_keys=False))  # the copy's new place
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump({**stored, "out_dir": str(tmp_path)}, sort_keys=False)
+    )  # the copy's new place
     target = folder / relative
     data = target.read_bytes()
     if how == "truncate":
@@ -230,11 +271,45 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 KEYS = [key for key, _, _ in config_module.describe(config_module.resolve({})) if key not in ("name", "out_dir")]
-KEYS += ["method.rank", "method.k", "method.copies", "method.split", "method.policy", "method.targets", "train.epoch", "nope", "data..x"]
-JUNK = ["[", "{a: 1", "1e-3", "-1e6", ".nan", "!!python/object/apply:os.system ['true']", "''", "~", "[1, [2]]", "{x: {y: z}}",
-        "yes", "0x1F", "1_000", "'1e-3'", "\u00e9\u00e8", "../../x", "a,b,", "-0", "1e400"]  # fmt: skip
-VALUES = st.one_of(st.integers(-10, 10**10).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr), st.sampled_from(JUNK),
-                   st.text(alphabet="abcxyz019_.,:-[]{} ", max_size=12), st.booleans().map(str))  # fmt: skip
+KEYS += [
+    "method.rank",
+    "method.k",
+    "method.copies",
+    "method.split",
+    "method.policy",
+    "method.targets",
+    "train.epoch",
+    "nope",
+    "data..x",
+]
+JUNK = [
+    "[",
+    "{a: 1",
+    "1e-3",
+    "-1e6",
+    ".nan",
+    "!!python/object/apply:os.system ['true']",
+    "''",
+    "~",
+    "[1, [2]]",
+    "{x: {y: z}}",
+    "yes",
+    "0x1F",
+    "1_000",
+    "'1e-3'",
+    "\u00e9\u00e8",
+    "../../x",
+    "a,b,",
+    "-0",
+    "1e400",
+]
+VALUES = st.one_of(
+    st.integers(-10, 10**10).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(JUNK),
+    st.text(alphabet="abcxyz019_.,:-[]{} ", max_size=12),
+    st.booleans().map(str),
+)
 
 
 @pytest.fixture(scope="module")
@@ -278,15 +353,26 @@ def test_fuzzed_overrides_are_valid_or_one_line_errors_and_never_change_a_folder
     assert {p.name for p in out.iterdir()} == {"guarded"}  # and nothing new was started beside it
 
 
-YAML_TREES = st.recursive(st.one_of(st.integers(-3, 3), st.floats(allow_nan=True), st.text(max_size=5), st.none(), st.booleans()),
-                          lambda children: st.one_of(st.lists(children, max_size=3),
-                                                     st.dictionaries(st.sampled_from(["train", "lr", "data", "tasks", "method", "rank",
-                                                                                      "x", "epochs", "eval"]), children, max_size=3)),
-                          max_leaves=8)  # fmt: skip
+YAML_TREES = st.recursive(
+    st.one_of(st.integers(-3, 3), st.floats(allow_nan=True), st.text(max_size=5), st.none(), st.booleans()),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(
+            st.sampled_from(["train", "lr", "data", "tasks", "method", "rank", "x", "epochs", "eval"]),
+            children,
+            max_size=3,
+        ),
+    ),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(YAML_TREES.map(lambda tree: __import__("yaml").safe_dump(tree)), st.sampled_from(JUNK), st.text(max_size=40)))
+@given(
+    st.one_of(
+        YAML_TREES.map(lambda tree: __import__("yaml").safe_dump(tree)), st.sampled_from(JUNK), st.text(max_size=40)
+    )
+)
 @example("method: 0\n")  # found by this test in CI: a method section that is not a mapping was a traceback
 @example("train: 5\n")
 def test_fuzzed_yaml_files_are_valid_or_one_line_errors(guarded_run, capsys, tmp_path_factory, text):
@@ -315,8 +401,12 @@ def test_sigterm_stops_a_run_within_seconds_and_it_resumes(random_backbones, tmp
     import signal
     import time
 
-    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="term", **{"train.max_steps": 40, "data.max_train": 400})
-    process = subprocess.Popen([PYTHON, "-m", "forgetlab", "run", "--quiet", *overrides], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    overrides = tiny_overrides(
+        random_backbones["offline_vit"], tmp_path, name="term", **{"train.max_steps": 40, "data.max_train": 400}
+    )
+    process = subprocess.Popen(
+        [PYTHON, "-m", "forgetlab", "run", "--quiet", *overrides], cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
     folder = RunFolder(tmp_path / "term")
     _wait_for(lambda: folder.progress.exists() and folder.completed_tasks() >= 1)
     start = time.time()
@@ -336,8 +426,12 @@ def test_killing_a_sweep_ends_its_workers(random_backbones, tmp_path):
     definition = yaml.safe_load(path.read_text())
     definition["base"]["train"]["max_steps"] = 400
     path.write_text(yaml.safe_dump(definition))
-    sweep = subprocess.Popen([PYTHON, "-m", "forgetlab", "sweep", str(path), "--quiet", "--jobs", "2"], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    sweep = subprocess.Popen(
+        [PYTHON, "-m", "forgetlab", "sweep", str(path), "--quiet", "--jobs", "2"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     folders = [RunFolder(tmp_path / "runs" / "tiny" / f"seed{s}") for s in (0, 1)]
     from forgetlab.results import lock_holder
 
@@ -362,8 +456,13 @@ def test_result_files_follow_the_umask_and_sweep_names_stay_inside_out_dir(rando
 
     old = os.umask(0o022)
     try:
-        folder = run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="modes",
-                                                              **{"data.tasks": "[digits]"})), log=lambda message: None)  # fmt: skip
+        folder = run(
+            config_module.resolve(
+                {},
+                tiny_overrides(random_backbones["offline_vit"], tmp_path, name="modes", **{"data.tasks": "[digits]"}),
+            ),
+            log=lambda message: None,
+        )
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in folder.path.rglob("*") if p.is_file() and p.name != ".lock"}
@@ -417,7 +516,9 @@ def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(random_backbones, t
     assert folder.completed_tasks() == 2 and np.array_equal(resumed, reference, equal_nan=True)
 
 
-def test_a_full_disk_in_a_sweep_fails_that_cell_in_one_line_and_the_sweep_resumes(random_backbones, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_in_a_sweep_fails_that_cell_in_one_line_and_the_sweep_resumes(
+    random_backbones, tmp_path, monkeypatch, capsys
+):
     """The disk fills while one cell commits: that cell is a failed cell with the disk's one-line reason,
     the other cell runs, and the same sweep command afterwards finishes the failed cell."""
     import errno

@@ -128,7 +128,9 @@ def test_a_folder_from_before_an_option_existed_resumes(random_backbones, tmp_pa
     run(config, log=messages.append)
     assert any("nothing to do" in m for m in messages)
     assert "replay" not in yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
-    changed = config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="old") + ["replay.size=5"])
+    changed = config_module.load(
+        None, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="old") + ["replay.size=5"]
+    )
     with pytest.raises(config_module.ConfigError, match="differs in: replay.size"):
         run(changed, log=lambda m: None)
 
@@ -136,7 +138,10 @@ def test_a_folder_from_before_an_option_existed_resumes(random_backbones, tmp_pa
 def test_a_moved_or_renamed_run_folder_resumes(random_backbones, tmp_path):
     """Where a folder lies is not part of what it computed: moved elsewhere (another out_dir, another
     name) a half-finished run resumes there and ends with the uninterrupted matrix."""
-    whole = run(config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path / "a", name="whole")), log=lambda m: None)
+    whole = run(
+        config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path / "a", name="whole")),
+        log=lambda m: None,
+    )
     cut = config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path / "a", name="cut"))
 
     def die_after_first_task(message: str) -> None:
@@ -148,6 +153,9 @@ def test_a_moved_or_renamed_run_folder_resumes(random_backbones, tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "cut").rename(tmp_path / "b" / "moved")
     messages = []
-    moved = run(config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path / "b", name="moved")), log=messages.append)
+    moved = run(
+        config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path / "b", name="moved")),
+        log=messages.append,
+    )
     assert any(m.startswith("resuming") for m in messages) and not any(m.startswith("task 1/2") for m in messages)
     assert moved.read_matrix().values == whole.read_matrix().values

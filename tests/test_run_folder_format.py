@@ -22,7 +22,9 @@ QUIET = {"log": lambda message: None}
 def runs(random_backbones, tmp_path_factory):
     """A finished two-task run, and a run of the same config stopped after its first task."""
     out = tmp_path_factory.mktemp("format")
-    finished = run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], out, name="finished")), **QUIET)
+    finished = run(
+        config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], out, name="finished")), **QUIET
+    )
     half = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], out, name="half"))
 
     def stop_after_task_1(message: str) -> None:
@@ -73,14 +75,19 @@ def test_a_folder_whose_commit_held_only_its_counts_resumes_to_the_same_numbers(
     current = folder.state()
     folder.checkpoint.rename(folder.path / "checkpoint" / "model.safetensors")
     tasks = json.loads(folder.tasks.read_text())
-    folder.tasks.write_text(json.dumps([{key: value for key, value in record.items() if key != "column"} for record in tasks]))
+    folder.tasks.write_text(
+        json.dumps([{key: value for key, value in record.items() if key != "column"} for record in tasks])
+    )
     matrix = json.loads(folder.matrix.read_text())
     folder.matrix.write_text(json.dumps({key: matrix[key] for key in ("columns", "values")}))
     _rewrite(folder, lambda state: {"completed_tasks": state["completed_tasks"], "total_tasks": state["total_tasks"]})
 
     migrated = folder.state()
     assert (migrated["matrix"]["values"], migrated["tasks"], migrated["upstream_eval"]) == (
-        current["matrix"]["values"], current["tasks"], current["upstream_eval"])  # fmt: skip
+        current["matrix"]["values"],
+        current["tasks"],
+        current["upstream_eval"],
+    )
     assert migrated["checkpoint"] == "checkpoint/model.safetensors" and migrated["files"] == {}
     assert folder.read_matrix().phases == ["fontfamily", "digits"] and folder.read_tasks()[0]["column"] == "fontfamily"
     resumed = run(config, **QUIET)

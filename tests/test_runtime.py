@@ -21,18 +21,31 @@ def _config(*overrides):
     return config_module.resolve({}, ["device=cpu", *overrides])
 
 
-@pytest.mark.parametrize("precision,amp_dtype", [("auto", None), ("fp32", None), ("tf32", None), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "precision,amp_dtype", [("auto", None), ("fp32", None), ("tf32", None), ("bf16", torch.bfloat16)]
+)
 def test_the_runtime_resolves_the_precision_into_autocast_s_dtype(precision, amp_dtype):
     assert Runtime.from_config(_config(f"precision={precision}")).amp_dtype == amp_dtype
 
 
 def test_the_runtime_takes_every_setting_from_its_config(monkeypatch):
     monkeypatch.setenv("FORGETLAB_PROGRESS", " Lines:5 ")
-    runtime = Runtime.from_config(_config("eval.batch_size=7", "data.workers=3", "data.pipeline=device", "precision=fp32"))
-    assert (runtime.device, runtime.precision, runtime.eval_batch_size, runtime.workers) == (torch.device("cpu"), "fp32", 7, 3)
+    runtime = Runtime.from_config(
+        _config("eval.batch_size=7", "data.workers=3", "data.pipeline=device", "precision=fp32")
+    )
+    assert (runtime.device, runtime.precision, runtime.eval_batch_size, runtime.workers) == (
+        torch.device("cpu"),
+        "fp32",
+        7,
+        3,
+    )
     assert (runtime.pipeline, runtime.progress_mode) == ("device", "lines:5")
-    assert Runtime.from_config(_config("data.pipeline=auto")).pipeline == "pil"  # auto on a CPU: PIL measured faster there
-    assert Runtime.from_config(_config("device=cuda"), device="cpu").device == torch.device("cpu")  # a command's --device wins
+    assert (
+        Runtime.from_config(_config("data.pipeline=auto")).pipeline == "pil"
+    )  # auto on a CPU: PIL measured faster there
+    assert Runtime.from_config(_config("device=cuda"), device="cpu").device == torch.device(
+        "cpu"
+    )  # a command's --device wins
 
 
 def test_a_run_refuses_an_unreadable_progress_mode_before_it_writes(monkeypatch, tmp_path):
@@ -54,7 +67,9 @@ def test_evaluation_batches_and_progress_follow_the_runtime(monkeypatch, capsys)
     monkeypatch.setenv("FORGETLAB_PROGRESS", "0")  # read when a runtime is made, not by each loop
     images = TensorDataset(torch.randn(12, 1, 28, 28), torch.arange(12) % 3)
     model = _tiny_model()
-    by_five = predict(model, "task", images, Runtime(eval_batch_size=5, progress_mode="lines:0"), description="eval task")
+    by_five = predict(
+        model, "task", images, Runtime(eval_batch_size=5, progress_mode="lines:0"), description="eval task"
+    )
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("forgetlab: eval task:")]
     assert [line.split(": ")[2].split(" (")[0] for line in lines] == ["1/3 batches", "2/3 batches", "3/3 batches"]
     by_twelve = predict(model, "task", images, Runtime(eval_batch_size=12))
@@ -68,7 +83,9 @@ def test_training_runs_the_plan_on_the_runtime(capsys):
     before = model.heads["task"].weight.detach().clone()
     logged = []
     plan = TaskPlan(description="task 1/1 toy", log_step=lambda step, values: logged.append((step, sorted(values))))
-    train_config = config_module.resolve({}, ["train.batch_size=4", "train.epochs=2", "train.max_steps=3", "train.log_every=1"]).train
+    train_config = config_module.resolve(
+        {}, ["train.batch_size=4", "train.epochs=2", "train.max_steps=3", "train.log_every=1"]
+    ).train
     dataset = TensorDataset(torch.randn(8, 1, 28, 28), torch.arange(8) % 3)
     stats = train_task(model, "task", dataset, train_config, Runtime(progress_mode="lines:0"), seed=0, plan=plan)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("forgetlab: task 1/1 toy:")]

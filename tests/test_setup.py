@@ -75,14 +75,20 @@ def test_setup_says_how_to_get_every_missing_input_without_root(tmp_path, monkey
     }
     assert main(["setup", "--target", str(tmp_path / "t")]) == 1
     assert "MISSING" in capsys.readouterr().out
-    with pytest.raises(DataError, match=r"80 font files missing in FORGETLAB_FONTS_DIR=.*empty \(e\.g\. DejaVuSans\.ttf"):
+    with pytest.raises(
+        DataError, match=r"80 font files missing in FORGETLAB_FONTS_DIR=.*empty \(e\.g\. DejaVuSans\.ttf"
+    ):
         fonts.font_files(fonts.CATALOGUE)
-    with pytest.raises(DataError, match="Fashion-MNIST not found in .*empty.*without root, set FORGETLAB_FASHION_MNIST_DIR"):
+    with pytest.raises(
+        DataError, match="Fashion-MNIST not found in .*empty.*without root, set FORGETLAB_FASHION_MNIST_DIR"
+    ):
         offline._fashion("test")
 
 
 def test_the_world_built_from_copies_through_the_settings_is_debians(tmp_path, monkeypatch, forgetlab_home, capsys):
-    debian_world = {name: offline.load_arrays(name) for name in ("upstream", "fontfamily")}  # session home, Debian's files
+    debian_world = {
+        name: offline.load_arrays(name) for name in ("upstream", "fontfamily")
+    }  # session home, Debian's files
 
     target = tmp_path / "offline"
     _copy_as_the_commands_leave_them(target)
@@ -105,7 +111,10 @@ def test_the_world_built_from_copies_through_the_settings_is_debians(tmp_path, m
         assert sorted(built) == sorted(arrays) and all(np.array_equal(built[key], arrays[key]) for key in arrays)
     root = wordnet.setup(tmp_path / "home" / "nltk_data")
     assert (root / "data.noun").read_bytes() == (wordnet.WORDNET_DIR / "data.noun").read_bytes()
-    assert wordnet.reader(str(tmp_path / "home" / "nltk_data")).synset_from_pos_and_offset("n", 2958343).name() == "car.n.01"
+    assert (
+        wordnet.reader(str(tmp_path / "home" / "nltk_data")).synset_from_pos_and_offset("n", 2958343).name()
+        == "car.n.01"
+    )
 
     # NLTK's downloader may leave wordnet.zip: FORGETLAB_WORDNET may name it.
     bundle_path = tmp_path / "wordnet.zip"

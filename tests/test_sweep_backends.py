@@ -40,7 +40,9 @@ def test_jobs_auto_gives_each_cell_its_own_gpu(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="whole number"):
         make_backend(sweep, "auto", gpus_per_cell=1.5)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert isinstance(make_backend(sweep, "auto"), sweep_backends.InProcessBackend)  # a CPU machine: one cell at a time here
+    assert isinstance(
+        make_backend(sweep, "auto"), sweep_backends.InProcessBackend
+    )  # a CPU machine: one cell at a time here
     assert make_backend(sweep, 2).slots == [None, None]
 
     # The processes started really see only their slot's GPU, and concurrent cells never share one.
@@ -49,7 +51,12 @@ def test_jobs_auto_gives_each_cell_its_own_gpu(monkeypatch, tmp_path):
 
     class FakeProcess:
         def __init__(self, args, env, **kwargs):
-            self.device, self.polls, self.returncode, self.stderr = env["CUDA_VISIBLE_DEVICES"], 0, None, io.StringIO("")
+            self.device, self.polls, self.returncode, self.stderr = (
+                env["CUDA_VISIBLE_DEVICES"],
+                0,
+                None,
+                io.StringIO(""),
+            )
             assert self.device not in live, "two running cells share a GPU"
             live.add(self.device)
             seen.append(self.device)
@@ -72,17 +79,32 @@ def test_jobs_auto_gives_each_cell_its_own_gpu(monkeypatch, tmp_path):
 # ----------------------------------------------------------------------------- failures
 def test_a_failing_cell_is_recorded_and_the_others_finish(random_backbones, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("FORGETLAB_DATA", raising=False)
-    path = _sweep_file(tmp_path, random_backbones["offline_vit"], {"data.tasks": [["fontfamily"], ["digits"], ["cub200"], ["fontstyle"]]})
+    path = _sweep_file(
+        tmp_path,
+        random_backbones["offline_vit"],
+        {"data.tasks": [["fontfamily"], ["digits"], ["cub200"], ["fontstyle"]]},
+    )
     assert main(["sweep", str(path), "--quiet"]) == 1  # non-zero: a cell failed
     out = capsys.readouterr().out
-    assert "3 ran now, 0 already done, 1 failed" in out and "failed: taskscub200: the real datasets need a folder" in out
+    assert (
+        "3 ran now, 0 already done, 1 failed" in out and "failed: taskscub200: the real datasets need a folder" in out
+    )
     folder = tmp_path / "runs" / "tiny"
     status = json.loads((folder / "status.json").read_text())
     assert status["taskscub200"]["status"] == "failed" and "data.root" in status["taskscub200"]["message"]
     assert all(status[name]["status"] == "ran" for name in ("tasksfontfamily", "tasksdigits", "tasksfontstyle"))
-    assert sorted(row["run"] for row in _table(folder / "sweep.csv")) == ["tasksdigits", "tasksfontfamily", "tasksfontstyle"]
+    assert sorted(row["run"] for row in _table(folder / "sweep.csv")) == [
+        "tasksdigits",
+        "tasksfontfamily",
+        "tasksfontstyle",
+    ]
     states = {name: state for name, state, _ in sweep_status(load_sweep(path))}
-    assert states == {"tasksfontfamily": "done", "tasksdigits": "done", "taskscub200": "failed", "tasksfontstyle": "done"}
+    assert states == {
+        "tasksfontfamily": "done",
+        "tasksdigits": "done",
+        "taskscub200": "failed",
+        "tasksfontstyle": "done",
+    }
     assert main(["sweep", str(path), "--status"]) == 0 and "3 done, 1 failed" in capsys.readouterr().out
 
 
@@ -92,7 +114,9 @@ def test_a_sweep_waits_for_a_cell_another_process_runs(random_backbones, tmp_pat
     held = RunFolder(sweep.folder / "seed1")
     messages = []
     with held.lock():
-        worker = threading.Thread(target=lambda: messages.append(run_sweep(load_sweep(path), quiet=True, log=messages.append, wait=0.1)))
+        worker = threading.Thread(
+            target=lambda: messages.append(run_sweep(load_sweep(path), quiet=True, log=messages.append, wait=0.1))
+        )
         worker.start()
         deadline = time.time() + 120
         while not any("is being run by pid" in str(m) for m in messages) and time.time() < deadline:
@@ -124,7 +148,10 @@ def test_local_worker_processes_retry_a_killed_cell_and_it_resumes(random_backbo
     status = json.loads((tmp_path / "runs" / "killed" / "status.json").read_text())
     assert status["seed0"]["attempts"] == 2 and status["seed1"]["attempts"] == 1
     for cell in ("seed0", "seed1"):
-        assert RunFolder(tmp_path / "runs" / "killed" / cell).read_matrix().values == RunFolder(tmp_path / "runs" / "clean" / cell).read_matrix().values
+        assert (
+            RunFolder(tmp_path / "runs" / "killed" / cell).read_matrix().values
+            == RunFolder(tmp_path / "runs" / "clean" / cell).read_matrix().values
+        )
 
 
 KILLED: list[int] = []
@@ -150,7 +177,9 @@ def _kill_after_first_task(folder: RunFolder, timeout: float = 180) -> None:
 
 
 # ----------------------------------------------------------------------------- Ray
-def test_ray_runs_the_sweep_like_the_local_backend_and_survives_a_killed_worker(random_backbones, tmp_path, monkeypatch):
+def test_ray_runs_the_sweep_like_the_local_backend_and_survives_a_killed_worker(
+    random_backbones, tmp_path, monkeypatch
+):
     import torch
 
     ray = pytest.importorskip("ray")

@@ -49,7 +49,9 @@ def test_an_interrupted_sweep_resumes_and_runs_every_cell_once(random_backbones,
     stamps = {name: (sweep.folder / name / "accuracy_matrix.json").stat().st_mtime_ns for name in done}
     status = run_sweep(load_sweep(path), quiet=True, log=lambda message: None)
     assert status == {"rank1-seed0": "skipped", "rank1-seed1": "skipped", "rank4-seed0": "ran", "rank4-seed1": "ran"}
-    assert all((sweep.folder / name / "accuracy_matrix.json").stat().st_mtime_ns == stamp for name, stamp in stamps.items())
+    assert all(
+        (sweep.folder / name / "accuracy_matrix.json").stat().st_mtime_ns == stamp for name, stamp in stamps.items()
+    )
     rows = list(csv.DictReader((sweep.folder / "sweep.csv").open()))
     assert sorted(row["run"] for row in rows) == sorted(status) and all(row["completed_tasks"] == "2" for row in rows)
     assert {row["config.method.rank"] for row in rows} == {"1", "4"}
@@ -85,14 +87,30 @@ def report_runs(random_backbones, tmp_path_factory):
     grid = {"method.rank": [1, 8], "seed": [0, 1]}
     sweep = load_sweep(_sweep_file(tmp_path, random_backbones["offline_vit"], grid))
     run_sweep(sweep, quiet=True, log=lambda message: None)
-    linear = _sweep_file(tmp_path, random_backbones["offline_vit"], {"method.name": ["linear"], "seed": [0, 1]}, name="linear")
+    linear = _sweep_file(
+        tmp_path, random_backbones["offline_vit"], {"method.name": ["linear"], "seed": [0, 1]}, name="linear"
+    )
     run_sweep(load_sweep(linear), quiet=True, log=lambda message: None)
     return tmp_path / "runs"
 
 
 def test_report_writes_html_markdown_and_every_figure(report_runs, tmp_path):
     out = tmp_path / "report"
-    assert main(["report", str(report_runs / "tiny"), str(report_runs / "linear"), "--out", str(out), "--permutations", "500", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(report_runs / "tiny"),
+                str(report_runs / "linear"),
+                "--out",
+                str(out),
+                "--permutations",
+                "500",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     page = (out / "report.html").read_text()
     figures = sorted(p.stem for p in (out / "figures").glob("*.png"))
     assert figures == sorted(p.stem for p in (out / "figures").glob("*.svg"))
@@ -100,15 +118,20 @@ def test_report_writes_html_markdown_and_every_figure(report_runs, tmp_path):
     # The random backbone gets next to no upstream test image right (none with requirements.lock's versions; other
     # timm releases initialise it otherwise), so the focus run forgets few or none: a sentence when it forgot none,
     # never a figure of nothing, and a figure without the sentence otherwise.
-    forgot_none = re.search(r"rank8-seed0 forgot no upstream test image after fontfamily \(0 of the \d+ right before", page)
+    forgot_none = re.search(
+        r"rank8-seed0 forgot no upstream test image after fontfamily \(0 of the \d+ right before", page
+    )
     drawn = [f for f in figures if f.startswith(("forgotten_", "similarity_"))]
     assert bool(forgot_none) != bool(drawn)
     assert len([f for f in figures if f.startswith("matrix_")]) == 6
     assert page.count("data:image/png;base64,") == len(figures)
-    assert "src=\"figures/" not in page, "the page must be self-contained"
+    assert 'src="figures/' not in page, "the page must be self-contained"
     markdown = (out / "report.md").read_text()
     # Paper 2's table: one row per (backbone, method), over two seeds; FWT against the linear probe.
-    assert re.search(r"\| offline_vit \| lora r=8 \| [\d,]+ \| 2/2 \| 2 \| [\d.]+ ± [\d.]+ \|.*\| rank8-seed0, rank8-seed1 \|", markdown)
+    assert re.search(
+        r"\| offline_vit \| lora r=8 \| [\d,]+ \| 2/2 \| 2 \| [\d.]+ ± [\d.]+ \|.*\| rank8-seed0, rank8-seed1 \|",
+        markdown,
+    )
     assert "| offline_vit | linear | 1,032 |" in markdown  # the fontfamily head: 128 x 8 + 8
     assert "FWT vs linear" in markdown and "letter.n.02" in markdown
 
@@ -116,7 +139,9 @@ def test_report_writes_html_markdown_and_every_figure(report_runs, tmp_path):
 def test_report_renders_in_headless_chromium(report_runs, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None and os.geteuid() != 0:
-        pytest.skip("chromium is missing and 'make test' may not install it without root: sudo apt-get install chromium")
+        pytest.skip(
+            "chromium is missing and 'make test' may not install it without root: sudo apt-get install chromium"
+        )
     assert browser, "chromium is missing: 'make test' installs it as root (scripts/install-system-data.sh --test)"
     out = tmp_path / "report"
     assert main(["report", str(report_runs / "tiny"), "--out", str(out), "--permutations", "200", "--quiet"]) == 0
@@ -127,7 +152,11 @@ def test_report_renders_in_headless_chromium(report_runs, tmp_path):
     figures = len(list((out / "figures").glob("*.png")))
     assert loaded and int(loaded.group(1)) == int(loaded.group(2)) == figures >= 5  # 4 matrices and the rank curves
     screenshot = tmp_path / "report.png"
-    subprocess.run([browser, *flags, "--window-size=1200,3000", f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    subprocess.run(
+        [browser, *flags, "--window-size=1200,3000", f"--screenshot={screenshot}", url],
+        capture_output=True,
+        timeout=120,
+    )
     from PIL import Image
 
     with Image.open(screenshot) as image:
@@ -166,12 +195,23 @@ def test_only_runs_that_differ_in_seed_are_averaged(report_runs, tmp_path):
     assert tracked.config["track"]["tensorboard"] is True and tracked.config_key() == seeds[-1].config_key()
 
 
-def test_a_grid_of_whole_method_sections_gets_short_names_and_pairs_lora_with_its_linear_probe(random_backbones, tmp_path, capsys):
-    grid = {"method": [{"name": "lora", "rank": 2}, {"name": "linear"}, {"label": "kept", "name": "lora", "rank": 2, "policy": "keep"}]}
+def test_a_grid_of_whole_method_sections_gets_short_names_and_pairs_lora_with_its_linear_probe(
+    random_backbones, tmp_path, capsys
+):
+    grid = {
+        "method": [
+            {"name": "lora", "rank": 2},
+            {"name": "linear"},
+            {"label": "kept", "name": "lora", "rank": 2, "policy": "keep"},
+        ]
+    }
     named = load_sweep(_sweep_file(tmp_path, random_backbones["offline_vit"], grid, name="named"))
     assert [cell.name for cell in named.cells] == ["lora-r2", "linear", "kept"]
-    assert [cell.tree["method"] for cell in named.cells] == [{"name": "lora", "rank": 2}, {"name": "linear"},
-                                                             {"name": "lora", "rank": 2, "policy": "keep"}]  # fmt: skip
+    assert [cell.tree["method"] for cell in named.cells] == [
+        {"name": "lora", "rank": 2},
+        {"name": "linear"},
+        {"name": "lora", "rank": 2, "policy": "keep"},
+    ]
     path = _sweep_file(tmp_path, random_backbones["offline_vit"], {"method": grid["method"][:2]}, name="mixed")
     overrides = ["data.tasks=[digits]", "data.max_test=40"]
     sweep = load_sweep(path, overrides)
@@ -186,36 +226,78 @@ def test_a_grid_of_whole_method_sections_gets_short_names_and_pairs_lora_with_it
     for cell in ("lora-r2", "linear"):
         values = rows[cell]
         upstream = float(values["upstream_change_pp"])
-        line = f"{cell} .*done +{float(values['average_accuracy_pct']):.2f} +n/a +n/a +{re.escape(f'{upstream:+.2f}')} +task 1/1"
+        line = (
+            f"{cell} .*done +{float(values['average_accuracy_pct']):.2f} "
+            f"+n/a +n/a +{re.escape(f'{upstream:+.2f}')} +task 1/1"
+        )
         assert all(re.search(line, text) for text in (finished, status, shown)), (line, finished)
     assert set(rows) == {"lora-r2", "linear"}
     # FWT: the LoRA cell's first accuracy minus its linear probe's (same backbone, sequence and seed)
     expected = float(rows["lora-r2"]["average_accuracy_pct"]) - float(rows["linear"]["average_accuracy_pct"])
-    assert float(rows["lora-r2"]["forward_transfer_pp"]) == pytest.approx(expected) and float(rows["linear"]["forward_transfer_pp"]) == 0
+    assert (
+        float(rows["lora-r2"]["forward_transfer_pp"]) == pytest.approx(expected)
+        and float(rows["linear"]["forward_transfer_pp"]) == 0
+    )
     assert rows["lora-r2"]["forward_transfer_reference"] == rows["linear"]["forward_transfer_reference"] == "linear"
 
 
 def test_named_variants_start_from_their_preset_with_the_base_on_top(tmp_path):
     path = tmp_path / "table.yaml"
-    path.write_text(yaml.safe_dump({"name": "t", "out_dir": str(tmp_path), "base": {"data": {"root": str(tmp_path)}}, "grid": {
-        "variant": [{"label": "lin", "preset": "paper2-linear"}, {"preset": "paper2-lora-r4", "train.lr": 0.01}],
-        "seed": [0, 1]}}, sort_keys=False))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "out_dir": str(tmp_path),
+                "base": {"data": {"root": str(tmp_path)}},
+                "grid": {
+                    "variant": [
+                        {"label": "lin", "preset": "paper2-linear"},
+                        {"preset": "paper2-lora-r4", "train.lr": 0.01},
+                    ],
+                    "seed": [0, 1],
+                },
+            },
+            sort_keys=False,
+        )
+    )
     sweep = load_sweep(path, ["train.max_steps=7"])
-    assert [cell.name for cell in sweep.cells] == ["lin-seed0", "lin-seed1", "paper2-lora-r4-lr0.01-seed0", "paper2-lora-r4-lr0.01-seed1"]
+    assert [cell.name for cell in sweep.cells] == [
+        "lin-seed0",
+        "lin-seed1",
+        "paper2-lora-r4-lr0.01-seed0",
+        "paper2-lora-r4-lr0.01-seed1",
+    ]
     linear, lora = sweep.cells[0].config, sweep.cells[2].config
-    assert (linear.method.name, linear.train.lr, linear.train.warmup_steps, linear.train.max_steps) == ("linear", 0.005, 100, 7)
-    assert (lora.method.rank, lora.method.alpha, lora.train.lr, lora.data.root, lora.seed) == (4, 4.0, 0.01, str(tmp_path), 0)
+    assert (linear.method.name, linear.train.lr, linear.train.warmup_steps, linear.train.max_steps) == (
+        "linear",
+        0.005,
+        100,
+        7,
+    )
+    assert (lora.method.rank, lora.method.alpha, lora.train.lr, lora.data.root, lora.seed) == (
+        4,
+        4.0,
+        0.01,
+        str(tmp_path),
+        0,
+    )
 
 
 def test_a_grid_over_method_names_with_method_keys_names_the_section_form(tmp_path):
     path = tmp_path / "wrong.yaml"
-    path.write_text(yaml.safe_dump({"out_dir": str(tmp_path), "grid": {"method.name": ["lora", "linear"], "method.rank": [1, 8]}}))
+    path.write_text(
+        yaml.safe_dump({"out_dir": str(tmp_path), "grid": {"method.name": ["lora", "linear"], "method.rank": [1, 8]}})
+    )
     with pytest.raises(ConfigError) as error:
         load_sweep(path)
     message = str(error.value)
     assert "unknown config key 'method.rank'" in message and len(message.splitlines()) == 1
     assert "method: [{name: lora, rank: 1}, {name: lora, rank: 8}, {name: linear}]" in message
-    path.write_text(yaml.safe_dump({"out_dir": str(tmp_path), "grid": {"method": [{"name": "lora"}, {"name": "lora", "label": "lora"}]}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"out_dir": str(tmp_path), "grid": {"method": [{"name": "lora"}, {"name": "lora", "label": "lora"}]}}
+        )
+    )
     with pytest.raises(ConfigError, match="folder name 'lora'.*distinct 'label'"):
         load_sweep(path)
 
@@ -224,8 +306,12 @@ def test_an_old_sweep_folder_keeps_its_cell_names_and_a_changed_sweep_says_what_
     from forgetlab.results import atomic_write_text
 
     path = tmp_path / "s.yaml"
-    definition = {"name": "s", "out_dir": str(tmp_path), "base": {"train": {"epochs": 2}},
-                  "grid": {"method": [{"name": "lora", "rank": 4}, {"name": "linear"}]}}  # fmt: skip
+    definition = {
+        "name": "s",
+        "out_dir": str(tmp_path),
+        "base": {"train": {"epochs": 2}},
+        "grid": {"method": [{"name": "lora", "rank": 4}, {"name": "linear"}]},
+    }
     path.write_text(yaml.safe_dump(definition))
     (tmp_path / "s" / "method__name____lora____rank___4_").mkdir(parents=True)  # as forgetlab named it before
     sweep = load_sweep(path)

@@ -53,7 +53,9 @@ def test_tensorboard_events_hold_loss_lr_accuracies_matrix_and_config(random_bac
     for metric in registered_metrics():  # every metric of the final matrix, as sweep.csv names and scales it
         if not metric.reference:
             expected = 100 * metric.function(matrix, trained=None)
-            assert _scalars(accumulator, f"final/{metric.column}") == [(2, pytest.approx(expected, rel=1e-5))], metric.name
+            assert _scalars(accumulator, f"final/{metric.column}") == [(2, pytest.approx(expected, rel=1e-5))], (
+                metric.name
+            )
     hparams = accumulator.PluginTagToContent("hparams")
     assert "_hparams_/experiment" in hparams and b"train.lr" in hparams["_hparams_/session_start_info"]
 
@@ -113,9 +115,16 @@ def test_wandb_offline_run_holds_config_history_and_the_matrix_table(random_back
     (run_record,) = [record.run for record in records if record.WhichOneof("record_type") == "run"]
     assert (run_record.run_group, run_record.display_name, run_record.project) == ("rank-study", "tracked", "forgetlab")
     config = {item.key: json.loads(item.value_json) for item in run_record.config.update}
-    assert config["train.lr"] == 0.001 and config["method.rank"] == 4 and config["data.tasks"] == "['fontfamily', 'digits']"
-    history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
-               for record in records if record.WhichOneof("record_type") == "history"]  # fmt: skip
+    assert (
+        config["train.lr"] == 0.001
+        and config["method.rank"] == 4
+        and config["data.tasks"] == "['fontfamily', 'digits']"
+    )
+    history = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+        for record in records
+        if record.WhichOneof("record_type") == "history"
+    ]
     tasks = json.loads(folder.tasks.read_text())
     losses = [row["train/loss"] for row in history if "train/loss" in row]
     assert len(losses) == sum(record["steps"] for record in tasks)
@@ -136,8 +145,12 @@ def test_tracking_is_not_part_of_a_runs_identity(random_backbones, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     first = _run(random_backbones, tmp_path, name="resumed", **{"train.max_steps": 2})
-    folder = _run(random_backbones, tmp_path, name="resumed", **{"train.max_steps": 2, "track.tensorboard": "true"})  # not refused
-    assert folder.path == first.path and "tensorboard: false" in (folder.path / "config.yaml").read_text()  # stored config untouched
+    folder = _run(
+        random_backbones, tmp_path, name="resumed", **{"train.max_steps": 2, "track.tensorboard": "true"}
+    )  # not refused
+    assert (
+        folder.path == first.path and "tensorboard: false" in (folder.path / "config.yaml").read_text()
+    )  # stored config untouched
     assert not (folder.path / "tensorboard").exists()  # complete: nothing to do, nothing written
     fresh = _run(random_backbones, tmp_path, name="fresh", **{"train.max_steps": 2, "track.tensorboard": "true"})
     accumulator = EventAccumulator(str(fresh.path / "tensorboard"))
@@ -146,9 +159,17 @@ def test_tracking_is_not_part_of_a_runs_identity(random_backbones, tmp_path):
 
 
 @pytest.mark.parametrize("key,module", [("track.tensorboard", "tensorboard"), ("track.wandb", "wandb")])
-def test_a_missing_tracker_package_is_refused_before_anything_is_written(random_backbones, tmp_path, monkeypatch, key, module):
+def test_a_missing_tracker_package_is_refused_before_anything_is_written(
+    random_backbones, tmp_path, monkeypatch, key, module
+):
     monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(ConfigError, match=rf"{key} needs the {module} package: pip install {module} \(or pip install -e '\.\[track\]' in forgetlab's clone\)"):
+    with pytest.raises(
+        ConfigError,
+        match=(
+            rf"{key} needs the {module} package: pip install {module} "
+            rf"\(or pip install -e '\.\[track\]' in forgetlab's clone\)"
+        ),
+    ):
         _run(random_backbones, tmp_path, **{key: "true"})
     assert not (tmp_path / "tracked").exists()
 
@@ -177,7 +198,9 @@ def test_a_resumed_run_continues_the_global_step(random_backbones, tmp_path):
         if message.startswith("task 1/2"):
             raise Stop
 
-    overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="stopped", **{"train.log_every": 1, "track.tensorboard": "true"})
+    overrides = tiny_overrides(
+        random_backbones["offline_vit"], tmp_path, name="stopped", **{"train.log_every": 1, "track.tensorboard": "true"}
+    )
     with pytest.raises(Stop):
         run(config_module.load(None, overrides), log=stop_after_task_1)
     folder = run(config_module.load(None, overrides), log=lambda message: None)

@@ -10,7 +10,12 @@ import yaml
 
 import forgetlab
 from forgetlab.analysis.contextual import class_similarities
-from forgetlab.analysis.drift import lost_misaligned, lost_misaligned_by_group_table, lost_misaligned_table, near_far_classes
+from forgetlab.analysis.drift import (
+    lost_misaligned,
+    lost_misaligned_by_group_table,
+    lost_misaligned_table,
+    near_far_classes,
+)
 
 from forgetlab import config as config_module
 from forgetlab.errors import ConfigError
@@ -40,8 +45,13 @@ def test_each_row_holds_every_evaluator_and_the_matrix_the_first(random_backbone
         assert row["accuracy"] == row["head"] == values[0]
         assert row["knn"] == row["knn_at_k"]["20"] and 0.0 <= row["knn"] <= 1.0
     # the k-NN column equals a run that scores by k-NN alone
-    alone = run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="knn",
-                                                         **{"eval.upstream_evaluator": "knn"})), **QUIET)  # fmt: skip
+    alone = run(
+        config_module.resolve(
+            {},
+            tiny_overrides(random_backbones["offline_vit"], tmp_path, name="knn", **{"eval.upstream_evaluator": "knn"}),
+        ),
+        **QUIET,
+    )
     assert [row["knn"] for row in rows] == [row["accuracy"] for row in alone.read_upstream_eval()]
     # the API's table and the split, from the stored per-evaluator predictions
     table = forgetlab.load_run(folder.path).upstream_evaluators
@@ -60,7 +70,9 @@ def test_each_row_holds_every_evaluator_and_the_matrix_the_first(random_backbone
     similarity = class_similarities(near.domain, synsets=forgetlab.load_run(folder.path).upstream["synsets"])
     chosen = similarity[labels] >= np.percentile(similarity, 75)
     knn_correct = [folder.read_predictions(r)["predictions_knn"][chosen] == labels[chosen] for r in (0, 1)]
-    assert near.images == chosen.sum() and near.lost == pytest.approx(knn_correct[0].mean() - knn_correct[1].mean(), abs=1e-12)
+    assert near.images == chosen.sum() and near.lost == pytest.approx(
+        knn_correct[0].mean() - knn_correct[1].mean(), abs=1e-12
+    )
     # the report's section: the drift heat map, the evaluators figure, and the split's numbers as notes
     page = forgetlab.report([folder.path], out=tmp_path / "report", permutations=50, log=lambda message: None)
     markdown = (page.parent / "report.md").read_text()
@@ -78,10 +90,16 @@ def test_lost_and_misaligned_on_known_predictions():
     head[1, :30] = False
     knn[1, :12] = False
     split = lost_misaligned({"head": head, "knn": knn}, 1, resamples=500)
-    assert split["head_drop"] == pytest.approx(0.5) and split["lost"] == pytest.approx(0.2) and split["misaligned"] == pytest.approx(0.3)
+    assert (
+        split["head_drop"] == pytest.approx(0.5)
+        and split["lost"] == pytest.approx(0.2)
+        and split["misaligned"] == pytest.approx(0.3)
+    )
     low, high = split["misaligned_ci"]
     assert low < 0.3 < high and high - low < 0.3
-    assert lost_misaligned({"head": head, "knn": head}, 1)["misaligned"] == 0.0  # a k-NN that drops as the head does: all lost
+    assert (
+        lost_misaligned({"head": head, "knn": head}, 1)["misaligned"] == 0.0
+    )  # a k-NN that drops as the head does: all lost
 
 
 def test_near_and_far_are_the_outer_quartiles():
@@ -91,7 +109,11 @@ def test_near_and_far_are_the_outer_quartiles():
 
 
 def test_a_frozen_backbone_keeps_its_knn_accuracy_in_every_row(random_backbones, tmp_path):
-    overrides = tiny_overrides(random_backbones["offline_resnet"], tmp_path, **{"method.name": "linear", "eval.upstream_evaluator": "[knn, head]"})
+    overrides = tiny_overrides(
+        random_backbones["offline_resnet"],
+        tmp_path,
+        **{"method.name": "linear", "eval.upstream_evaluator": "[knn, head]"},
+    )
     rows = _rows(run(config_module.resolve({}, overrides), **QUIET))
     assert len({row["knn"] for row in rows}) == 1 and len({row["head"] for row in rows}) == 1
     assert all(row["accuracy"] == row["knn"] for row in rows)  # knn first: it is what the matrix keeps
@@ -99,8 +121,13 @@ def test_a_frozen_backbone_keeps_its_knn_accuracy_in_every_row(random_backbones,
 
 def test_a_stopped_run_resumes_to_the_same_rows(random_backbones, tmp_path):
     extra = {"eval.upstream_evaluator": "[head, knn]", "train.lr": 0.05}
-    clean = run(config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="clean", **extra)), **QUIET)
-    stopped = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="stopped", **extra))
+    clean = run(
+        config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="clean", **extra)),
+        **QUIET,
+    )
+    stopped = config_module.resolve(
+        {}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="stopped", **extra)
+    )
 
     def stop_after_task_1(message: str) -> None:
         if message.startswith("task 1/2"):
@@ -113,19 +140,33 @@ def test_a_stopped_run_resumes_to_the_same_rows(random_backbones, tmp_path):
     assert _rows(resumed) == _rows(clean) and resumed.read_matrix().values == clean.read_matrix().values
 
 
-@pytest.mark.parametrize("value, message", [("[knn, knn]", "twice"), ("[head, probe2]", "must be one of"), ("'head, knn'", "must be one of")])
+@pytest.mark.parametrize(
+    "value, message", [("[knn, knn]", "twice"), ("[head, probe2]", "must be one of"), ("'head, knn'", "must be one of")]
+)
 def test_bad_lists_are_refused(random_backbones, tmp_path, value, message):
     with pytest.raises(ConfigError, match=message):
-        config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"eval.upstream_evaluator": value}))
+        config_module.resolve(
+            {}, tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"eval.upstream_evaluator": value})
+        )
 
 
 def test_a_sweep_over_evaluators(random_backbones, tmp_path):
     backbone = random_backbones["offline_vit"]
     path = tmp_path / "evaluators.yaml"
-    path.write_text(yaml.safe_dump({"name": "evaluators", "out_dir": str(tmp_path / "runs"), "base": {
-        "backbone": {"name": backbone.stem, "weights": str(backbone)},
-        "data": {"tasks": ["digits"], "max_train": 48, "max_test": 40}, "train": {"batch_size": 16, "max_steps": 3}},
-        "grid": {"eval.upstream_evaluator": ["head", ["head", "knn"]]}}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "evaluators",
+                "out_dir": str(tmp_path / "runs"),
+                "base": {
+                    "backbone": {"name": backbone.stem, "weights": str(backbone)},
+                    "data": {"tasks": ["digits"], "max_train": 48, "max_test": 40},
+                    "train": {"batch_size": 16, "max_steps": 3},
+                },
+                "grid": {"eval.upstream_evaluator": ["head", ["head", "knn"]]},
+            }
+        )
+    )
     sweep = load_sweep(path)
     status = run_sweep(sweep, quiet=True, log=lambda message: None)
     assert sorted(status.values()) == ["ran", "ran"]

@@ -37,9 +37,17 @@ def vit64():
 def test_a_vit_file_at_another_size_loads_as_timms_pretrained_path_loads_it(vit64, tmp_path, kind, suffix, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = _save(vit64, tmp_path / f"vit64{suffix}", kind)
-    loaded = load_backbone(BackboneConfig(name="vit_tiny_patch16_224", weights=str(path), image_size=32, kwargs=TINY_VIT)).model
-    reference = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=5, img_size=32, **TINY_VIT,
-                                  pretrained_cfg_overlay={"file": str(path), "num_classes": 5})  # fmt: skip
+    loaded = load_backbone(
+        BackboneConfig(name="vit_tiny_patch16_224", weights=str(path), image_size=32, kwargs=TINY_VIT)
+    ).model
+    reference = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=True,
+        num_classes=5,
+        img_size=32,
+        **TINY_VIT,
+        pretrained_cfg_overlay={"file": str(path), "num_classes": 5},
+    )
     assert loaded.pos_embed.shape == (1, 1 + 4, 192) and vit64.pos_embed.shape == (1, 1 + 16, 192)
     expected = reference.state_dict()
     assert set(loaded.state_dict()) == set(expected)
@@ -64,20 +72,39 @@ def test_a_one_channel_file_feeds_three_channels_as_timm_adapts_them(tmp_path):
 
 def test_the_files_classifier_is_kept_dropped_or_refused_by_num_classes(vit64, tmp_path):
     path = str(_save(vit64, tmp_path / "vit64.safetensors", "safetensors"))
-    kept = load_backbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path, image_size=64, kwargs=TINY_VIT)).model
-    headless = load_backbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path, image_size=64, num_classes=0, kwargs=TINY_VIT)).model
+    kept = load_backbone(
+        BackboneConfig(name="vit_tiny_patch16_224", weights=path, image_size=64, kwargs=TINY_VIT)
+    ).model
+    headless = load_backbone(
+        BackboneConfig(name="vit_tiny_patch16_224", weights=path, image_size=64, num_classes=0, kwargs=TINY_VIT)
+    ).model
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(kept(images), vit64(images), atol=1e-6)
-        assert headless.num_classes == 0 and torch.allclose(headless(images), vit64.forward_head(vit64.forward_features(images), pre_logits=True), atol=1e-6)
-    with pytest.raises(ConfigError, match=r"classifier of 5 classes and backbone.num_classes=7 .*set backbone.num_classes=5"):
+        assert headless.num_classes == 0 and torch.allclose(
+            headless(images), vit64.forward_head(vit64.forward_features(images), pre_logits=True), atol=1e-6
+        )
+    with pytest.raises(
+        ConfigError, match=r"classifier of 5 classes and backbone.num_classes=7 .*set backbone.num_classes=5"
+    ):
         load_backbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path, num_classes=7, kwargs=TINY_VIT))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"depth": 1, "embed_dim": 96}, r"tensor cls_token has shape \(1, 1, 192\) in the file and \(1, 1, 96\) in the model as configured; change backbone.name or backbone.kwargs"),
-    ({"depth": 2}, r"needs tensor blocks.1.norm1.weight \(192,\) \(12 missing in all\), which the file lacks; change backbone.name or backbone.kwargs"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"depth": 1, "embed_dim": 96},
+            r"tensor cls_token has shape \(1, 1, 192\) in the file and \(1, 1, 96\) "
+            r"in the model as configured; change backbone.name or backbone.kwargs",
+        ),
+        (
+            {"depth": 2},
+            r"needs tensor blocks.1.norm1.weight \(192,\) \(12 missing in all\), "
+            r"which the file lacks; change backbone.name or backbone.kwargs",
+        ),
+    ],
+)
 def test_a_file_no_adaptation_fits_is_one_line_naming_the_tensor_shapes_and_key(vit64, tmp_path, kwargs, message):
     path = str(_save(vit64, tmp_path / "vit64.safetensors", "safetensors"))
     with pytest.raises(ConfigError, match=message) as error:

@@ -91,13 +91,26 @@ def test_a_copy_of_debians_folder_needs_no_manual_page(tmp_path, monkeypatch):
     # NLTK's reader reads the same lines (test_setup_from_a_clean_folder), but building it takes 7-17 s
     lexnames = dict(line.split("\t")[:2] for line in (root / "lexnames").read_text().splitlines())
     found = []
-    for pos, offset in (("noun", 2958343), ("verb", 1168486), ("adv", 85811), ("noun", 1632458)):  # car, eat, quickly, spotted salamander
+    for pos, offset in (
+        ("noun", 2958343),
+        ("verb", 1168486),
+        ("adv", 85811),
+        ("noun", 1632458),
+    ):  # car, eat, quickly, spotted salamander
         with open(root / f"data.{pos}", "rb") as data:
             data.seek(offset)
             fields = data.readline().decode().split()
         found.append((fields[4], lexnames[fields[1]]))
-    assert found == [("car", "noun.artifact"), ("eat", "verb.consumption"), ("quickly", "adv.all"), ("spotted_salamander", "noun.animal")]
-    assert wordnet.wnid_names(["n02958343", "n01629819"], str(tmp_path / "nltk_data")) == ["car", "European fire salamander"]
+    assert found == [
+        ("car", "noun.artifact"),
+        ("eat", "verb.consumption"),
+        ("quickly", "adv.all"),
+        ("spotted_salamander", "noun.animal"),
+    ]
+    assert wordnet.wnid_names(["n02958343", "n01629819"], str(tmp_path / "nltk_data")) == [
+        "car",
+        "European fire salamander",
+    ]
 
 
 def test_wordnet_without_debian_packages(tmp_path, monkeypatch):
@@ -142,37 +155,48 @@ def test_wordnet_without_debian_packages(tmp_path, monkeypatch):
 # 2 d / (l1 + l2 + 2 d): d the depth of the deepest common hypernym (root = 1), l1 and l2 the paths to
 # it; each comment gives the best pair, its common hypernym and (d, l1, l2).
 TOKEN_SIMILARITIES = {  # class (its wnid; names as torchvision and WordNet spell them): (vs "car", vs "plane")
-    "n04285008": (["sports car", "sport car"],
-                  # sport(s): mutant.n.01 x car.n.02 at whole.n.02 (4, 3, 5); car: car.n.01 itself (12, 0, 0)
-                  (8 / 16 + 1) / 2,
-                  # sport(s): mutant.n.01 x plane.n.04 at whole.n.02 (4, 3, 6); car: car.n.02 x airplane.n.01 at vehicle.n.01 (8, 2, 4)
-                  (8 / 17 + 16 / 22) / 2),
-    "n02690373": (["airliner"],
-                  16 / 23,  # airliner.n.01 x car.n.02 at vehicle.n.01 (8, 5, 2)
-                  24 / 25),  # airliner.n.01 x airplane.n.01 at airplane.n.01 (12, 1, 0)
-    "n01632458": (["spotted salamander", "Ambystoma maculatum"],
-                  # spotted: spot.v.02 x car.n.02 at the simulated root (1, 1, 9); salamander: poker.n.01 x car.n.02
-                  # at instrumentality.n.03 (6, 3, 3); Ambystoma: ambystoma.n.01 x car.n.02 at entity.n.01 (1, 7, 8);
-                  # maculatum has no sense and is left out
-                  (2 / 12 + 12 / 18 + 2 / 17) / 3,
-                  # spotted: spot.v.04 x plane.v.03 at change_surface.v.01 (2, 1, 2); salamander: poker.n.01 x plane.n.04
-                  # at implement.n.01 (7, 2, 3); Ambystoma: ambystoma.n.01 x plane.n.02 at abstraction.n.06 (2, 6, 3)
-                  (4 / 7 + 14 / 19 + 4 / 13) / 3),
-    "n04037443": (["racer", "race car", "racing car"],
-                  # racer: racer.n.02 x car.n.01 (12, 1, 0); race: raceway.n.01 x car.n.02 at artifact.n.01 (5, 4, 4);
-                  # racing: only a verb counts, rush.v.01 x car.n.02 at the simulated root (1, 2, 9); car twice
-                  (24 / 25 + 10 / 18 + 2 / 13 + 1 + 1) / 5,
-                  # racer: x airplane.n.01 at vehicle.n.01 (8, 5, 4); race: raceway.n.01 x plane.n.04 (5, 4, 5);
-                  # racing: rush.v.01 x flat.s.01 (plane's adjective) at the simulated root (1, 2, 1); car: (8, 2, 4) twice
-                  (16 / 25 + 10 / 19 + 2 / 5 + 2 * 16 / 22) / 5),
-    "n04552348": (["warplane", "military plane"],
-                  # warplane: x car.n.02 at vehicle.n.01 (8, 2, 2); military: only an adjective, military.a.01 x car.n.02
-                  # at the simulated root (1, 1, 9); plane: airplane.n.01 x car.n.02 at vehicle.n.01 (8, 4, 2)
-                  (16 / 20 + 2 / 12 + 16 / 22) / 3,
-                  # warplane: x airplane.n.01 at heavier-than-air_craft.n.01 (11, 1, 1); military.a.01 x flat.s.01 at the
-                  # simulated root (1, 1, 1); plane: airplane.n.01 itself
-                  (22 / 24 + 2 / 4 + 1) / 3),
-}  # fmt: skip
+    "n04285008": (
+        ["sports car", "sport car"],
+        # sport(s): mutant.n.01 x car.n.02 at whole.n.02 (4, 3, 5); car: car.n.01 itself (12, 0, 0)
+        (8 / 16 + 1) / 2,
+        # sport(s): mutant.n.01 x plane.n.04 at whole.n.02 (4, 3, 6);
+        # car: car.n.02 x airplane.n.01 at vehicle.n.01 (8, 2, 4)
+        (8 / 17 + 16 / 22) / 2,
+    ),
+    "n02690373": (
+        ["airliner"],
+        16 / 23,  # airliner.n.01 x car.n.02 at vehicle.n.01 (8, 5, 2)
+        24 / 25,
+    ),  # airliner.n.01 x airplane.n.01 at airplane.n.01 (12, 1, 0)
+    "n01632458": (
+        ["spotted salamander", "Ambystoma maculatum"],
+        # spotted: spot.v.02 x car.n.02 at the simulated root (1, 1, 9); salamander: poker.n.01 x car.n.02
+        # at instrumentality.n.03 (6, 3, 3); Ambystoma: ambystoma.n.01 x car.n.02 at entity.n.01 (1, 7, 8);
+        # maculatum has no sense and is left out
+        (2 / 12 + 12 / 18 + 2 / 17) / 3,
+        # spotted: spot.v.04 x plane.v.03 at change_surface.v.01 (2, 1, 2); salamander: poker.n.01 x plane.n.04
+        # at implement.n.01 (7, 2, 3); Ambystoma: ambystoma.n.01 x plane.n.02 at abstraction.n.06 (2, 6, 3)
+        (4 / 7 + 14 / 19 + 4 / 13) / 3,
+    ),
+    "n04037443": (
+        ["racer", "race car", "racing car"],
+        # racer: racer.n.02 x car.n.01 (12, 1, 0); race: raceway.n.01 x car.n.02 at artifact.n.01 (5, 4, 4);
+        # racing: only a verb counts, rush.v.01 x car.n.02 at the simulated root (1, 2, 9); car twice
+        (24 / 25 + 10 / 18 + 2 / 13 + 1 + 1) / 5,
+        # racer: x airplane.n.01 at vehicle.n.01 (8, 5, 4); race: raceway.n.01 x plane.n.04 (5, 4, 5);
+        # racing: rush.v.01 x flat.s.01 (plane's adjective) at the simulated root (1, 2, 1); car: (8, 2, 4) twice
+        (16 / 25 + 10 / 19 + 2 / 5 + 2 * 16 / 22) / 5,
+    ),
+    "n04552348": (
+        ["warplane", "military plane"],
+        # warplane: x car.n.02 at vehicle.n.01 (8, 2, 2); military: only an adjective, military.a.01 x car.n.02
+        # at the simulated root (1, 1, 9); plane: airplane.n.01 x car.n.02 at vehicle.n.01 (8, 4, 2)
+        (16 / 20 + 2 / 12 + 16 / 22) / 3,
+        # warplane: x airplane.n.01 at heavier-than-air_craft.n.01 (11, 1, 1); military.a.01 x flat.s.01 at the
+        # simulated root (1, 1, 1); plane: airplane.n.01 itself
+        (22 / 24 + 2 / 4 + 1) / 3,
+    ),
+}
 
 
 @pytest.mark.parametrize("wnid", TOKEN_SIMILARITIES)
@@ -184,7 +208,9 @@ def test_token_similarity_of_imagenet_classes_is_paper1s(wnid):
     assert token_similarity(names, "plane") == pytest.approx(to_plane, abs=1e-12)
     # from the wnid: the synset's lemma names are the names paper 1's code read from torchvision
     assert class_similarities("car.n.01", synsets=[wnid], mode="tokens")[0] == pytest.approx(to_car, abs=1e-12)
-    assert class_similarities("airplane.n.01", synsets=[wnid], mode="tokens", domain_word="plane")[0] == pytest.approx(to_plane, abs=1e-12)
+    assert class_similarities("airplane.n.01", synsets=[wnid], mode="tokens", domain_word="plane")[0] == pytest.approx(
+        to_plane, abs=1e-12
+    )
 
 
 def test_tokens_of_other_parts_of_speech_meet_at_the_simulated_root():

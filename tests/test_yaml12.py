@@ -13,13 +13,40 @@ from forgetlab.methods.lora import POLICIES, TARGETS
 
 # text -> value under YAML 1.2's core schema (https://yaml.org/spec/1.2.2/#103-core-schema)
 CORE_SCHEMA = {
-    "true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False,
-    "off": "off", "on": "on", "yes": "yes", "no": "no", "y": "y", "n": "n", "Off": "Off", "tRue": "tRue",
-    "null": None, "~": None, "NULL": None,
-    "1e-3": 0.001, "1e6": 1e6, "1.0e5": 1e5, ".5": 0.5, "-2.": -2.0, "-.inf": float("-inf"),
-    "10": 10, "010": 10, "+7": 7, "0o10": 8, "0x1F": 31,
-    "1_000": "1_000", "1:30": "1:30", "0b101": "0b101", "2024-01-01": "2024-01-01", "._": "._",
-}  # fmt: skip
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+    "off": "off",
+    "on": "on",
+    "yes": "yes",
+    "no": "no",
+    "y": "y",
+    "n": "n",
+    "Off": "Off",
+    "tRue": "tRue",
+    "null": None,
+    "~": None,
+    "NULL": None,
+    "1e-3": 0.001,
+    "1e6": 1e6,
+    "1.0e5": 1e5,
+    ".5": 0.5,
+    "-2.": -2.0,
+    "-.inf": float("-inf"),
+    "10": 10,
+    "010": 10,
+    "+7": 7,
+    "0o10": 8,
+    "0x1F": 31,
+    "1_000": "1_000",
+    "1:30": "1:30",
+    "0b101": "0b101",
+    "2024-01-01": "2024-01-01",
+    "._": "._",
+}
 
 
 @pytest.mark.parametrize("text", CORE_SCHEMA)
@@ -53,9 +80,15 @@ def _help(key):
 def _documented_values():
     """(overrides, key, typed value, expected value): every documented choice of every key, typed
     as its help text shows it (bare words), and every spelling of true/false for boolean keys."""
-    cases = [([], key, choice, choice) for key, choices in config_module.documented_choices().items() for choice in choices]
-    cases += [([], key, text, value) for key, tp, _ in _leaf_types(config_module.RunConfig) if tp is bool
-              for text, value in {"true": True, "True": True, "TRUE": True, "false": False, "False": False}.items()]
+    cases = [
+        ([], key, choice, choice) for key, choices in config_module.documented_choices().items() for choice in choices
+    ]
+    cases += [
+        ([], key, text, value)
+        for key, tp, _ in _leaf_types(config_module.RunConfig)
+        if tp is bool
+        for text, value in {"true": True, "True": True, "TRUE": True, "false": False, "False": False}.items()
+    ]
     # the methods' own keys (their config classes keep the choices as constants)
     cases += [(["method.name=lora"], "method.policy", policy, policy) for policy in POLICIES]
     cases += [(["method.name=lora"], "method.targets", target, target) for target in TARGETS]
@@ -68,10 +101,28 @@ DOCUMENTED = _documented_values()
 
 def test_the_walk_covers_every_key_with_choices():
     keys = {key for _, key, _, _ in DOCUMENTED}
-    assert {"device", "precision", "train.compile", "train.optimizer", "train.schedule", "train.select", "data.pipeline",
-            "eval.upstream_evaluator", "eval.knn_bank_dtype", "eval.knn_features", "eval.knn_cache", "preprocess.eval_crop",
-            "preprocess.train_interpolation", "preprocess.eval_interpolation", "preprocess.upstream_eval", "method.policy",
-            "method.targets", "track.wandb", "lwf.train_earlier_heads", "data.cache_decoded"} <= keys
+    assert {
+        "device",
+        "precision",
+        "train.compile",
+        "train.optimizer",
+        "train.schedule",
+        "train.select",
+        "data.pipeline",
+        "eval.upstream_evaluator",
+        "eval.knn_bank_dtype",
+        "eval.knn_features",
+        "eval.knn_cache",
+        "preprocess.eval_crop",
+        "preprocess.train_interpolation",
+        "preprocess.eval_interpolation",
+        "preprocess.upstream_eval",
+        "method.policy",
+        "method.targets",
+        "track.wandb",
+        "lwf.train_earlier_heads",
+        "data.cache_decoded",
+    } <= keys
     assert len(DOCUMENTED) >= 70
     # the help text (what `forgetlab config --keys` prints) shows each choice, and quotes no other value
     for key, choices in config_module.documented_choices().items():
@@ -85,13 +136,19 @@ def test_every_key_whose_help_quotes_names_declares_them_as_choices():
     """So that the walk below reaches every documented value: a key whose help text quotes names must
     carry them as ``choices`` metadata (checked by validate), unless it takes an open set."""
     open_sets = {"backbone.name": "any timm model name"}
-    undeclared = [key for key, _, help_text in _leaf_types(config_module.RunConfig) if key not in open_sets
-                  and key not in config_module.documented_choices() and len(re.findall(r"(?<![A-Za-z])'([a-z0-9_\-]+)'", help_text)) >= 2]
+    undeclared = [
+        key
+        for key, _, help_text in _leaf_types(config_module.RunConfig)
+        if key not in open_sets
+        and key not in config_module.documented_choices()
+        and len(re.findall(r"(?<![A-Za-z])'([a-z0-9_\-]+)'", help_text)) >= 2
+    ]
     assert undeclared == [], f"give these keys choices=(...) in config.py: {undeclared}"
 
 
-@pytest.mark.parametrize(("overrides", "key", "typed", "expected"), DOCUMENTED,
-                         ids=[f"{key}={typed}" for _, key, typed, _ in DOCUMENTED])
+@pytest.mark.parametrize(
+    ("overrides", "key", "typed", "expected"), DOCUMENTED, ids=[f"{key}={typed}" for _, key, typed, _ in DOCUMENTED]
+)
 def test_every_documented_value_is_accepted_and_round_trips(tmp_path, overrides, key, typed, expected):
     section, _, name = key.rpartition(".")
 
@@ -128,7 +185,12 @@ def test_sweep_files_and_stored_sweeps_read_yaml12(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: s\nout_dir: runs\ngrid:\n  train.compile: [off, on]\n  eval.knn_cache: [true, FALSE]\n")
     sweep = load_sweep(path)
-    assert sorted((cell.config.train.compile, cell.config.eval.knn_cache) for cell in sweep.cells) == [("off", False), ("off", True), ("on", False), ("on", True)]
+    assert sorted((cell.config.train.compile, cell.config.eval.knn_cache) for cell in sweep.cells) == [
+        ("off", False),
+        ("off", True),
+        ("on", False),
+        ("on", True),
+    ]
 
 
 @pytest.mark.parametrize("tagged", ["!!int abc", "!!int 0o", "!!float x", "!!bool maybe", "!!timestamp 2020"])

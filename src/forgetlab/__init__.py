@@ -1,18 +1,36 @@
 """forgetlab: measure what pretrained vision models forget when fine-tuned with parameter-efficient updates.
 
 The library API (:mod:`forgetlab.api`): ``forgetlab.run``, ``forgetlab.load_run``, ``forgetlab.load_sweep``,
-``forgetlab.report``, ``forgetlab.contextual``, ``forgetlab.anatomy``, ``forgetlab.explain``; and ``forgetlab.register_method``,
-the decorator that adds a method. Importing forgetlab imports nothing heavy; each function imports what it needs.
+``forgetlab.report``, ``forgetlab.contextual``, ``forgetlab.anatomy``, ``forgetlab.explain``; and
+``forgetlab.register_method``, the decorator that adds a method. Importing forgetlab imports nothing heavy; each
+function imports what it needs.
 """
 
 from forgetlab.errors import ConfigError, DataError, ForgetlabError
 
-__all__ = ["ConfigError", "DataError", "ForgetlabError", "anatomy", "contextual", "explain", "load_run", "load_sweep", "report", "resolve", "run"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ForgetlabError",
+    "anatomy",
+    "contextual",
+    "explain",
+    "load_run",
+    "load_sweep",
+    "report",
+    "resolve",
+    "run",
+]
 
 
 # The public decorators of extension points, each from the module that holds its registry.
-REGISTRARS = {"register_method": "forgetlab.methods", "register_dataset": "forgetlab.data.registry", "register_metric": "forgetlab.analysis.metrics", "register_evaluator": "forgetlab.evaluators",
-              "register_report_section": "forgetlab.reporting.sections"}  # fmt: skip
+REGISTRARS = {
+    "register_method": "forgetlab.methods",
+    "register_dataset": "forgetlab.data.registry",
+    "register_metric": "forgetlab.analysis.metrics",
+    "register_evaluator": "forgetlab.evaluators",
+    "register_report_section": "forgetlab.reporting.sections",
+}
 __all__ += list(REGISTRARS)
 
 

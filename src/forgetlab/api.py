@@ -32,12 +32,16 @@ from forgetlab.results import RunFolder, read_single_predictions
 
 def keyword_layer(overrides: dict[str, Any]) -> config_module.Layer:
     """``forgetlab.run(**kwargs)``'s overrides as a config layer (``method__rank=16`` is ``method.rank``)."""
-    values = {key.replace("__", "."): os.fspath(value) if isinstance(value, os.PathLike) else value for key, value in overrides.items()}
+    values = {
+        key.replace("__", "."): os.fspath(value) if isinstance(value, os.PathLike) else value
+        for key, value in overrides.items()
+    }
     return config_module.Layer("keyword arguments", values)
 
 
-def resolve(config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None,
-            **overrides) -> config_module.RunConfig:  # fmt: skip
+def resolve(
+    config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None, **overrides
+) -> config_module.RunConfig:
     """A validated config from a :class:`RunConfig`, a YAML file, a dict or a preset, with overrides on
     top (merged as every config layer is: :func:`forgetlab.config.merge`)."""
     if preset is not None:
@@ -55,7 +59,13 @@ def resolve(config: config_module.RunConfig | str | Path | dict | None = None, *
     return config_module.resolve_layers([start, keyword_layer(overrides)])
 
 
-def run(config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None, log=print, **overrides) -> "Run":
+def run(
+    config: config_module.RunConfig | str | Path | dict | None = None,
+    *,
+    preset: str | None = None,
+    log=print,
+    **overrides,
+) -> "Run":
     """Run (or resume) a sequence; returns its :class:`Run`. ``log=None`` silences it."""
     from forgetlab.runner import run as run_sequence
 
@@ -70,7 +80,10 @@ def load_run(path: str | Path) -> "Run":
 
     folder = RunFolder(path)
     if not folder.config.exists() or not folder.progress.exists():
-        raise DataError(f"{folder.path} is not a run folder with a commit (config.yaml and progress.json); give a folder 'forgetlab run' wrote")
+        raise DataError(
+            f"{folder.path} is not a run folder with a commit (config.yaml "
+            f"and progress.json); give a folder 'forgetlab run' wrote"
+        )
     return Run(folder.path)
 
 
@@ -199,8 +212,15 @@ def report(paths: list[str | Path] | str | Path, out: str | Path = "report", **o
     return write_report(paths, out, log=options.pop("log", lambda message: None), **options)
 
 
-def explain(run: "Run | str | Path", *, parts="attribution,spectra", images: int | None = None, unit: str = "block",
-            device: str = "auto", log=print) -> dict:  # fmt: skip
+def explain(
+    run: "Run | str | Path",
+    *,
+    parts="attribution,spectra",
+    images: int | None = None,
+    unit: str = "block",
+    device: str = "auto",
+    log=print,
+) -> dict:
     """Where a LoRA run's forgetting happens in the weights (``forgetlab explain``): writes (or completes)
     ``explain/`` in the run folder and returns its tables as DataFrames, keyed ``attribution``,
     ``spectra``, ``overlap`` and ``singular_values`` (those of ``parts``). docs/explain.md gives the columns."""
@@ -210,7 +230,9 @@ def explain(run: "Run | str | Path", *, parts="attribution,spectra", images: int
     return explain_run(path, parts=parts, images=images, unit=unit, device=device, log=log or (lambda message: None))
 
 
-def anatomy(config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None, **overrides):
+def anatomy(
+    config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None, **overrides
+):
     """What every method would train on the configured backbone (random weights; nothing runs): a
     DataFrame with a row per method (``trainable``, ``fraction``, ``note``) and, in ``.attrs``, the
     backbone's family, size and LoRA targets. ``forgetlab.anatomy(backbone__name="convnext_tiny")``."""
@@ -220,12 +242,19 @@ def anatomy(config: config_module.RunConfig | str | Path | dict | None = None, *
 
     result = build(resolve(config, preset=preset, **overrides))
     table = pd.DataFrame([dataclasses.asdict(row) for row in result.methods]).set_index("method")
-    table.attrs.update(backbone=result.backbone, model_class=result.model_class, family=result.family,
-                       parameters=result.parameters, lora_targets=result.lora_targets)  # fmt: skip
+    table.attrs.update(
+        backbone=result.backbone,
+        model_class=result.model_class,
+        family=result.family,
+        parameters=result.parameters,
+        lora_targets=result.lora_targets,
+    )
     return table
 
 
-def contextual(run: Run, phase: int = 1, *, after: str = "sequence", similarity: str = "synset", permutations: int = 10_000):
+def contextual(
+    run: Run, phase: int = 1, *, after: str = "sequence", similarity: str = "synset", permutations: int = 10_000
+):
     """Paper 1's contextual-forgetting test after ``phase`` of a run (see
     :func:`forgetlab.analysis.contextual.contextual_forgetting`), with the class similarities, the task's
     domain and the class names: printing it gives a summary, ``.to_frame()`` a DataFrame per class."""
@@ -237,8 +266,20 @@ def contextual(run: Run, phase: int = 1, *, after: str = "sequence", similarity:
     before = stored["predictions"] if after == "single" or phase == 1 else run.predictions(phase - 1)["predictions"]
     later = run.predictions(phase, kind=after if after == "single" else "after")["predictions"]
     domain = result.domain(phase)
-    similarity_per_class = class_similarities(domain, synsets=run.upstream.get("synsets"), names=run.upstream.get("classes"),
-                                              mode=similarity, domain_word=result.domain_word(phase))  # fmt: skip
-    test = contextual_forgetting(before, later, stored["labels"], similarity_per_class, permutations=permutations, seed=phase)
-    return dataclasses.replace(test, domain=domain, task=result.matrix.phases[phase - 1], classes=list(run.upstream.get("classes") or []),
-                               synsets=list(run.upstream.get("synsets") or []))  # fmt: skip
+    similarity_per_class = class_similarities(
+        domain,
+        synsets=run.upstream.get("synsets"),
+        names=run.upstream.get("classes"),
+        mode=similarity,
+        domain_word=result.domain_word(phase),
+    )
+    test = contextual_forgetting(
+        before, later, stored["labels"], similarity_per_class, permutations=permutations, seed=phase
+    )
+    return dataclasses.replace(
+        test,
+        domain=domain,
+        task=result.matrix.phases[phase - 1],
+        classes=list(run.upstream.get("classes") or []),
+        synsets=list(run.upstream.get("synsets") or []),
+    )

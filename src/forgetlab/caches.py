@@ -46,56 +46,107 @@ _WEIGHTS = "acts only through the backbone's weights, which the key covers by th
 _TRAINING = "training only: the cache holds evaluation-time content"
 _DOWNSTREAM = "the downstream tasks: the cache holds the upstream task's content"
 _VOTE = "the k-NN vote over the bank, not the bank's features"
-_SAME = "the same values whatever it is: an evaluation in eval mode gives each image the same result in any batch or process"
+_SAME = (
+    "the same values whatever it is: an evaluation in eval mode "
+    "gives each image the same result in any batch or process"
+)
 _FIXED = "fixed by the code (its own seeds and source files): no run setting reaches it"
-_NOT_PREPROCESSING = "not the preprocessing: timm resolves the transform from the architecture's pretrained config alone"
+_NOT_PREPROCESSING = (
+    "not the preprocessing: timm resolves the transform from the architecture's pretrained config alone"
+)
 _BUILT_ONCE = "the pretraining recipe is fixed by the code: a run's settings apply to the runs that use the backbone"
 
 IGNORED: dict[str, dict[str, str]] = {
     "knn-banks": {
-        "name": _WHERE, "out_dir": _WHERE, "track": _WHERE,
+        "name": _WHERE,
+        "out_dir": _WHERE,
+        "track": _WHERE,
         "seed": _WEIGHTS + " (the upstream bank takes no seeded split)",
-        "method": _WEIGHTS, "train": _WEIGHTS, "lwf": _WEIGHTS, "replay.batch_size": _WEIGHTS,
-        "data.tasks": _DOWNSTREAM, "data.split_seed": _DOWNSTREAM, "data.max_test": "the test images (queries), not the bank",
-        "data.workers": _SAME, "data.eval_cache_gb": "a limit on writing crops: crops that are cached change the key through their own key",
-        "preprocess.train_scale": _TRAINING, "preprocess.train_ratio": _TRAINING, "preprocess.train_interpolation": _TRAINING,
-        "preprocess.hflip": _TRAINING, "preprocess.color_jitter": _TRAINING,
-        "eval.batch_size": _SAME, "eval.upstream_subset": "the test images (queries), not the bank",
-        "eval.knn_k": _VOTE, "eval.knn_temperature": _VOTE,
+        "method": _WEIGHTS,
+        "train": _WEIGHTS,
+        "lwf": _WEIGHTS,
+        "replay.batch_size": _WEIGHTS,
+        "data.tasks": _DOWNSTREAM,
+        "data.split_seed": _DOWNSTREAM,
+        "data.max_test": "the test images (queries), not the bank",
+        "data.workers": _SAME,
+        "data.eval_cache_gb": "a limit on writing crops: crops that are cached change the key through their own key",
+        "preprocess.train_scale": _TRAINING,
+        "preprocess.train_ratio": _TRAINING,
+        "preprocess.train_interpolation": _TRAINING,
+        "preprocess.hflip": _TRAINING,
+        "preprocess.color_jitter": _TRAINING,
+        "eval.batch_size": _SAME,
+        "eval.upstream_subset": "the test images (queries), not the bank",
+        "eval.knn_k": _VOTE,
+        "eval.knn_temperature": _VOTE,
         "eval.knn_bank_dtype": "the bank's storage on the device after it is read: the file holds fp32 features",
-        "replay.size": "replay reads the upstream train split through the same encoded dataset as the bank; the buffer's size "
-                       "changes the trained weights (their digest), not the bank's images",
+        "replay.size": (
+            "replay reads the upstream train split through the same encoded dataset as the bank; "
+            "the buffer's size changes the trained weights (their digest), not the bank's images"
+        ),
         "eval.probe_images": "the drift probe is a subset of the upstream test images, not of the bank",
     },
     "eval-crops": {
-        "name": _WHERE, "out_dir": _WHERE, "track": _WHERE,
-        "backbone.weights": _NOT_PREPROCESSING, "backbone.random_init": _NOT_PREPROCESSING,
-        "backbone.num_classes": _NOT_PREPROCESSING, "backbone.kwargs": _NOT_PREPROCESSING,
-        "method": _TRAINING, "train": _TRAINING, "lwf": _TRAINING, "replay.batch_size": _TRAINING,
+        "name": _WHERE,
+        "out_dir": _WHERE,
+        "track": _WHERE,
+        "backbone.weights": _NOT_PREPROCESSING,
+        "backbone.random_init": _NOT_PREPROCESSING,
+        "backbone.num_classes": _NOT_PREPROCESSING,
+        "backbone.kwargs": _NOT_PREPROCESSING,
+        "method": _TRAINING,
+        "train": _TRAINING,
+        "lwf": _TRAINING,
+        "replay.batch_size": _TRAINING,
         "precision": "the crops are uint8 pixels, computed before any autocast",
-        "data.workers": _SAME, "data.eval_cache_gb": "a limit on writing crops, not what they hold",
+        "data.workers": _SAME,
+        "data.eval_cache_gb": "a limit on writing crops, not what they hold",
         "data.split_seed": "splits training samples; the test images are whole",
-        "preprocess.train_scale": _TRAINING, "preprocess.train_ratio": _TRAINING, "preprocess.train_interpolation": _TRAINING,
-        "preprocess.hflip": _TRAINING, "preprocess.color_jitter": _TRAINING,
+        "preprocess.train_scale": _TRAINING,
+        "preprocess.train_ratio": _TRAINING,
+        "preprocess.train_interpolation": _TRAINING,
+        "preprocess.hflip": _TRAINING,
+        "preprocess.color_jitter": _TRAINING,
         "preprocess.mean": "normalisation is applied per batch on the device, after the cached uint8 crop",
         "preprocess.std": "normalisation is applied per batch on the device, after the cached uint8 crop",
-        "eval.batch_size": _SAME, "eval.knn_k": _VOTE, "eval.knn_temperature": _VOTE,
-        "eval.knn_bank_dtype": _VOTE, "eval.knn_features": "what the model computes from the crops, not the crops",
+        "eval.batch_size": _SAME,
+        "eval.knn_k": _VOTE,
+        "eval.knn_temperature": _VOTE,
+        "eval.knn_bank_dtype": _VOTE,
+        "eval.knn_features": "what the model computes from the crops, not the crops",
         "eval.knn_cache": "the k-NN banks' disk cache, not the crops",
         "replay.size": "replay draws training images, which are not cropped for evaluation",
         "eval.probe_images": "the drift probe reads a subset of the upstream test images through their existing crops",
     },
     "decoded": {
-        "name": _WHERE, "out_dir": _WHERE, "track": _WHERE, "seed": "decoding is deterministic and takes no seed",
-        "device": "decoded on the CPU by PIL", "precision": "uint8 pixels", "backbone.kwargs": _NOT_PREPROCESSING,
-        "backbone.random_init": _NOT_PREPROCESSING, "backbone.num_classes": _NOT_PREPROCESSING,
+        "name": _WHERE,
+        "out_dir": _WHERE,
+        "track": _WHERE,
+        "seed": "decoding is deterministic and takes no seed",
+        "device": "decoded on the CPU by PIL",
+        "precision": "uint8 pixels",
+        "backbone.kwargs": _NOT_PREPROCESSING,
+        "backbone.random_init": _NOT_PREPROCESSING,
+        "backbone.num_classes": _NOT_PREPROCESSING,
         "backbone.weights": _NOT_PREPROCESSING,
-        "method": _TRAINING, "train": _TRAINING, "lwf": _TRAINING, "replay": _TRAINING, "eval": "scoring, after decoding",
-        "data.workers": _SAME, "data.pipeline": "both pipelines read the same decoded array", "data.eval_cache": "later crops of it",
-        "data.eval_cache_gb": "later crops of it", "data.split_seed": "splits are positions in the decoded array",
-        "data.max_train": "a subset is positions in the decoded array", "data.max_test": "a subset is positions in the decoded array",
-        "preprocess.train_scale": _TRAINING, "preprocess.train_ratio": _TRAINING, "preprocess.train_interpolation": _TRAINING,
-        "preprocess.hflip": _TRAINING, "preprocess.color_jitter": _TRAINING,
+        "method": _TRAINING,
+        "train": _TRAINING,
+        "lwf": _TRAINING,
+        "replay": _TRAINING,
+        "eval": "scoring, after decoding",
+        "data.workers": _SAME,
+        "data.pipeline": "both pipelines read the same decoded array",
+        "data.eval_cache": "later crops of it",
+        "data.eval_cache_gb": "later crops of it",
+        "data.split_seed": "splits are positions in the decoded array",
+        "data.max_train": "a subset is positions in the decoded array",
+        "data.max_test": "a subset is positions in the decoded array",
+        "preprocess.train_scale": _TRAINING,
+        "preprocess.train_ratio": _TRAINING,
+        "preprocess.train_interpolation": _TRAINING,
+        "preprocess.hflip": _TRAINING,
+        "preprocess.color_jitter": _TRAINING,
         "preprocess.eval_crop": "the transforms run on the decoded image afterwards",
         "preprocess.eval_interpolation": "the transforms run on the decoded image afterwards",
         "preprocess.mean": "the transforms run on the decoded image afterwards",
@@ -103,12 +154,46 @@ IGNORED: dict[str, dict[str, str]] = {
         "preprocess.upstream_eval": "the transforms run on the decoded image afterwards",
         "preprocess.upstream_crop_pct": "the transforms run on the decoded image afterwards",
     },
-    "offline-world": {section: _FIXED for section in (
-        "name", "out_dir", "seed", "device", "precision", "backbone", "data", "preprocess", "method", "train", "lwf",
-        "replay", "eval", "track")},  # fmt: skip
-    "backbones": {section: _BUILT_ONCE for section in (
-        "name", "out_dir", "seed", "device", "precision", "data", "preprocess", "method", "train", "lwf", "replay",
-        "eval", "track", "backbone.image_size", "backbone.kwargs", "backbone.num_classes")},  # fmt: skip
+    "offline-world": {
+        section: _FIXED
+        for section in (
+            "name",
+            "out_dir",
+            "seed",
+            "device",
+            "precision",
+            "backbone",
+            "data",
+            "preprocess",
+            "method",
+            "train",
+            "lwf",
+            "replay",
+            "eval",
+            "track",
+        )
+    },
+    "backbones": {
+        section: _BUILT_ONCE
+        for section in (
+            "name",
+            "out_dir",
+            "seed",
+            "device",
+            "precision",
+            "data",
+            "preprocess",
+            "method",
+            "train",
+            "lwf",
+            "replay",
+            "eval",
+            "track",
+            "backbone.image_size",
+            "backbone.kwargs",
+            "backbone.num_classes",
+        )
+    },
 }
 
 
@@ -156,7 +241,9 @@ def knn_bank_key(*, model_args: dict, model_tree: str, weights: str, bank: str, 
     evaluation transform (``bank``: :func:`forgetlab.data.base.dataset_fingerprint` and its crops' key),
     the feature mode (``eval.knn_features``, with the head it reads) and ``precision`` (device type,
     autocast dtype, TF32)."""
-    return digest("knn-banks", FORMATS["knn-banks"], sorted(model_args.items()), model_tree, weights, bank, features, precision)[:40]
+    return digest(
+        "knn-banks", FORMATS["knn-banks"], sorted(model_args.items()), model_tree, weights, bank, features, precision
+    )[:40]
 
 
 def eval_crops_key(images: str, positions: bytes, recipe: str, size: int) -> str:
@@ -178,7 +265,9 @@ def offline_world_key(sources) -> str:
 
 def offline_backbone_key(name: str, model_args: dict, recipe: dict, seed: int, world_format: int) -> str:
     """A pretrained offline backbone's key (hex, 12 characters)."""
-    return digest("backbones", FORMATS["backbones"], name, sorted(model_args.items()), sorted(recipe.items()), seed, world_format)[:12]
+    return digest(
+        "backbones", FORMATS["backbones"], name, sorted(model_args.items()), sorted(recipe.items()), seed, world_format
+    )[:12]
 
 
 class WeightsDigest:

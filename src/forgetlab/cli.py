@@ -76,7 +76,10 @@ def cmd_presets(args) -> int:
             print(f"{key.ljust(key_width)}  {value.ljust(value_width)}  {source}")
         return 0
     for preset in PRESETS.values():
-        print(f"{preset.name}\n    reproduces: {preset.reproduces}\n    command:    {preset.command}\n    cost:       {preset.expected_time}")
+        print(
+            f"{preset.name}\n    reproduces: {preset.reproduces}\n    command:    "
+            f"{preset.command}\n    cost:       {preset.expected_time}"
+        )
         if preset.notes:
             print(f"    note:       {preset.notes}")
     print("\n'forgetlab presets NAME' lists a preset's settings with the source of each.")
@@ -105,7 +108,10 @@ def cmd_data_check(args) -> int:
         checked_for = f"preset {preset}" if preset else f"config {config_path}" if config_path else "the default config"
         checked_for += f" with {' '.join(items)}" if items else ""
     else:
-        findings, checked_for = check.every_dataset_findings(args.root), "every dataset (no config given: only an invalid one fails)"
+        findings, checked_for = (
+            check.every_dataset_findings(args.root),
+            "every dataset (no config given: only an invalid one fails)",
+        )
     print("\n".join(check.report(findings, root or os.environ.get("FORGETLAB_DATA"), checked_for)))
     return check.exit_code(findings, needed=given or args.strict)
 
@@ -145,8 +151,10 @@ def cmd_show(args) -> int:
     if not folder.progress.exists():
         rows = folder_status(folder.path) if not folder.config.exists() else []
         if not rows and not (folder.path / SWEEP_FILE).exists():
-            raise ForgetlabError(f"{folder.path} holds no committed result (no progress.json) and no sweep's cells; "
-                                 "give a folder that 'forgetlab run' or 'forgetlab sweep' printed")  # fmt: skip
+            raise ForgetlabError(
+                f"{folder.path} holds no committed result (no progress.json) and no sweep's cells; "
+                "give a folder that 'forgetlab run' or 'forgetlab sweep' printed"
+            )
         if rows:
             print(f"{folder.path}: sweep of {len(rows)} cells")
             print(cells_table(folder.path, rows))
@@ -163,23 +171,37 @@ def cmd_show(args) -> int:
             f"  {record['task']}: {record['trainable_backbone_parameters']:,} trainable backbone parameters "
             f"({100 * record['trainable_fraction_of_backbone']:.3f}%), {record['steps']} steps, "
             f"{record['images_per_second']:.0f} img/s"
-            + (f" (steady {record['steady_images_per_second']:.0f} img/s after {record['warmup_seconds']:.1f}s warm-up)"
-               if record.get("steady_images_per_second") is not None else "")  # fmt: skip
+            + (
+                (
+                    f" (steady {record['steady_images_per_second']:.0f} "
+                    f"img/s after {record['warmup_seconds']:.1f}s warm-up)"
+                )
+                if record.get("steady_images_per_second") is not None
+                else ""
+            )
         )
     return 0
 
 
 def cmd_sweep(args) -> int:
     from forgetlab.summary import cells_table
-    from forgetlab.sweep import (different_sweep_message, load_sweep, make_backend, run_sweep, stored_differences,
-                                 sweep_status)
+    from forgetlab.sweep import (
+        different_sweep_message,
+        load_sweep,
+        make_backend,
+        run_sweep,
+        stored_differences,
+        sweep_status,
+    )
 
     sweep = load_sweep(args.sweep_file, args.overrides)
     if args.status:
         differences = stored_differences(sweep)
         if differences:  # the cells below may hold the old sweep's runs: say so before listing them
-            print(f"note: {different_sweep_message(sweep, differences)}; 'forgetlab sweep' refuses that folder, "
-                  f"and these states are of the runs it holds")  # fmt: skip
+            print(
+                f"note: {different_sweep_message(sweep, differences)}; 'forgetlab sweep' refuses that folder, "
+                f"and these states are of the runs it holds"
+            )
         rows = sweep_status(sweep)
         print(cells_table(sweep.folder, rows))
         counts = {state: sum(1 for _, s, _ in rows if s == state) for state in dict.fromkeys(s for _, s, _ in rows)}
@@ -192,7 +214,10 @@ def cmd_sweep(args) -> int:
     status = run_sweep(sweep, backend, quiet=args.quiet, log=lambda message: print(f"forgetlab: {message}", flush=True))
     counts = {state: sum(v == state for v in status.values()) for state in ("ran", "skipped", "failed")}
     print(cells_table(sweep.folder, sweep_status(sweep)))
-    print(f"sweep {sweep.name}: {len(sweep.cells)} cells: {counts['ran']} ran now, {counts['skipped']} already done, {counts['failed']} failed")
+    print(
+        f"sweep {sweep.name}: {len(sweep.cells)} cells: {counts['ran']} ran "
+        f"now, {counts['skipped']} already done, {counts['failed']} failed"
+    )
     if counts["failed"]:
         from forgetlab.sweep import read_status
 
@@ -219,8 +244,15 @@ def cmd_report(args) -> int:
     if args.permutations < 1:
         raise ForgetlabError("--permutations must be at least 1")
     out = Path(args.out) if args.out else (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
-    api.report(args.paths, out, permutations=args.permutations, after=args.after, similarity=args.similarity,
-               figure_runs=args.figure_runs, log=_log(args))  # fmt: skip
+    api.report(
+        args.paths,
+        out,
+        permutations=args.permutations,
+        after=args.after,
+        similarity=args.similarity,
+        figure_runs=args.figure_runs,
+        log=_log(args),
+    )
     return 0
 
 
@@ -228,8 +260,10 @@ def cmd_single_adapter(args) -> int:
     from forgetlab.single_adapter import single_adapter_predictions
 
     written = single_adapter_predictions(args.run_dir, device=args.device, log=_log(args))
-    print(f"{len(written)} single-adapter prediction files written (existing ones kept); "
-          f"'forgetlab report {args.run_dir} --after single' uses them")  # fmt: skip
+    print(
+        f"{len(written)} single-adapter prediction files written (existing ones kept); "
+        f"'forgetlab report {args.run_dir} --after single' uses them"
+    )
     return 0
 
 
@@ -238,8 +272,10 @@ def cmd_explain(args) -> int:
 
     images = None if args.images is None else _positive_int(args.images, "--images")
     tables = explain(args.run_dir, parts=args.parts, images=images, unit=args.unit, device=args.device, log=_log(args))
-    print(f"{', '.join(f'{name}.csv ({len(table)} rows)' for name, table in tables.items())} in {Path(args.run_dir) / 'explain'}; "
-          f"'forgetlab report {args.run_dir}' shows them")  # fmt: skip
+    print(
+        f"{', '.join(f'{name}.csv ({len(table)} rows)' for name, table in tables.items())} "
+        f"in {Path(args.run_dir) / 'explain'}; 'forgetlab report {args.run_dir}' shows them"
+    )
     return 0
 
 
@@ -309,8 +345,12 @@ def _add_setup(commands: argparse._SubParsersAction) -> None:
         "each (FORGETLAB_FONTS_DIR, FORGETLAB_FASHION_MNIST_DIR, FORGETLAB_WORDNET), where it was found, and for a "
         "missing one the apt command and the commands that get it without root. Exits with 1 when one is missing.",
     )
-    setup.add_argument("--target", default="~/forgetlab-offline", metavar="DIR",
-                       help="the folder the printed without-root commands download and unpack into (default: %(default)s)")
+    setup.add_argument(
+        "--target",
+        default="~/forgetlab-offline",
+        metavar="DIR",
+        help="the folder the printed without-root commands download and unpack into (default: %(default)s)",
+    )
     setup.set_defaults(func=cmd_setup)
 
 
@@ -331,8 +371,12 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
 
 def _add_presets(commands: argparse._SubParsersAction) -> None:
     """``forgetlab presets``: list the presets, or print one."""
-    presets = commands.add_parser("presets", help="list the papers' presets", description="List the presets: what each reproduces, its command and cost; "
-                                  "with a NAME, its settings and the source of each (the paper's file and line, or forgetlab's choice and why).")
+    presets = commands.add_parser(
+        "presets",
+        help="list the papers' presets",
+        description="List the presets: what each reproduces, its command and cost; "
+        "with a NAME, its settings and the source of each (the paper's file and line, or forgetlab's choice and why).",
+    )
     presets.add_argument("name", nargs="?", metavar="NAME", help="one preset: print its settings with their sources")
     presets.add_argument("--markdown", action="store_true", help="print every preset as Markdown (docs/PRESETS.md)")
     presets.set_defaults(func=cmd_presets)
@@ -344,17 +388,31 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     check = data_commands.add_parser(
         "check",
-        help="list every input a config, preset or paper needs (or every dataset), what was found, and how to get what is missing",
-        description="List every input a run needs, in one pass: datasets and splits as a run loads them, ImageNet's train/ where "
-                    "the k-NN bank reads it, weights and WordNet; where each belongs and how to get what is missing. Exit code 2 "
-                    "when something the given config, preset or paper needs is missing or invalid; without one, when a "
-                    "dataset is invalid (or, with --strict, missing).",
-    )  # fmt: skip
-    check.add_argument("items", nargs="*", metavar="PRESET | CONFIG.yaml | key=value", help="a preset name or a config file, and/or overrides")
+        help=(
+            "list every input a config, preset or paper needs (or every "
+            "dataset), what was found, and how to get what is missing"
+        ),
+        description=(
+            "List every input a run needs, in one pass: datasets and splits as a run loads them, ImageNet's "
+            "train/ where the k-NN bank reads it, weights and WordNet; where each belongs and how to get "
+            "what is missing. Exit code 2 when something the given config, preset or paper needs is missing "
+            "or invalid; without one, when a dataset is invalid (or, with --strict, missing)."
+        ),
+    )
+    check.add_argument(
+        "items",
+        nargs="*",
+        metavar="PRESET | CONFIG.yaml | key=value",
+        help="a preset name or a config file, and/or overrides",
+    )
     check.add_argument("--preset", help="check what this preset needs ('forgetlab presets' lists them)")
-    check.add_argument("--for", dest="paper", choices=["paper1", "paper2"], help="check what every preset of one paper needs")
+    check.add_argument(
+        "--for", dest="paper", choices=["paper1", "paper2"], help="check what every preset of one paper needs"
+    )
     check.add_argument("--root", help="the real datasets' folder (default: data.root, else $FORGETLAB_DATA)")
-    check.add_argument("--strict", action="store_true", help="without a config: exit with 2 when any dataset is missing too")
+    check.add_argument(
+        "--strict", action="store_true", help="without a config: exit with 2 when any dataset is missing too"
+    )
     check.set_defaults(func=cmd_data_check)
 
 
@@ -374,9 +432,12 @@ def _add_pretrain(commands: argparse._SubParsersAction) -> None:
 
 def _add_show(commands: argparse._SubParsersAction) -> None:
     """``forgetlab show``: a run's matrix and metrics, or a sweep's cells."""
-    show = commands.add_parser("show", help="print a run's accuracy matrix and metrics, or a sweep's cells",
-                               description="Print a run's accuracy matrix with its average accuracy, forgetting, BWT and upstream "
-                               "change; for a sweep's folder, every cell's state and those metrics.")  # fmt: skip
+    show = commands.add_parser(
+        "show",
+        help="print a run's accuracy matrix and metrics, or a sweep's cells",
+        description="Print a run's accuracy matrix with its average accuracy, forgetting, BWT and upstream "
+        "change; for a sweep's folder, every cell's state and those metrics.",
+    )
     show.add_argument("run_dir", metavar="RUN_DIR | SWEEP_DIR")
     show.set_defaults(func=cmd_show)
 
@@ -391,14 +452,31 @@ def _add_sweep(commands: argparse._SubParsersAction) -> None:
     )
     sweep.add_argument("sweep_file", metavar="SWEEP.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the sweep's base config")
-    sweep.add_argument("--jobs", default="1", help="cells run at once: a number of local processes, or 'auto' (one per visible GPU; "
-                       "1 on a CPU machine); default 1, in this process")
-    sweep.add_argument("--gpus-per-cell", type=float, default=None, help="GPUs each cell gets: 1 (default), a whole number, or a "
-                       "fraction such as 0.5 (two small cells per GPU)")
-    sweep.add_argument("--backend", choices=["local", "ray"], default="local", help="where cells run: this machine, or a Ray cluster")
-    sweep.add_argument("--address", help="with --backend ray: the cluster to join ('auto' finds a running one); none starts a local Ray")
-    sweep.add_argument("--retries", type=int, default=2, help="times a cell whose worker died is run again (it resumes); default 2")
-    sweep.add_argument("--status", action="store_true", help="print every cell's state and progress from the folder, run nothing")
+    sweep.add_argument(
+        "--jobs",
+        default="1",
+        help="cells run at once: a number of local processes, or 'auto' (one per visible GPU; "
+        "1 on a CPU machine); default 1, in this process",
+    )
+    sweep.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        default=None,
+        help="GPUs each cell gets: 1 (default), a whole number, or a fraction such as 0.5 (two small cells per GPU)",
+    )
+    sweep.add_argument(
+        "--backend", choices=["local", "ray"], default="local", help="where cells run: this machine, or a Ray cluster"
+    )
+    sweep.add_argument(
+        "--address",
+        help="with --backend ray: the cluster to join ('auto' finds a running one); none starts a local Ray",
+    )
+    sweep.add_argument(
+        "--retries", type=int, default=2, help="times a cell whose worker died is run again (it resumes); default 2"
+    )
+    sweep.add_argument(
+        "--status", action="store_true", help="print every cell's state and progress from the folder, run nothing"
+    )
     sweep.add_argument("--quiet", action="store_true", help="print only the summary")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -415,17 +493,34 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     )
     report.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
     report.add_argument("--out", help="output folder (default: PATH/report for one path, else ./report)")
-    report.add_argument("--permutations", type=int, default=10_000, help="permutations of the contextual-forgetting test")
-    report.add_argument("--after", choices=["sequence", "single"], default="sequence",
-                        help="contextual forgetting after each phase of the sequence, or after the pretrained model plus only that "
-                             "phase's adapter (paper 1's figures 3-5; needs 'forgetlab single-adapter RUN' first)")
-    report.add_argument("--similarity", choices=["synset", "tokens"], default="synset",
-                        help="class-to-domain similarity: the class's WordNet synset (exact), or paper 1's token matching of the class names")
-    report.add_argument("--figure-runs", default=None, metavar="highest-rank|per-method|all|LABEL,...",
-                        help="which runs get the per-run figures (forgotten classes, similarity, accuracy matrix): 'highest-rank' "
-                             "(default: per backbone the highest LoRA rank, as paper 1; matrices: the first 12 runs), 'per-method' "
-                             "(one seed per row of the methods table), 'all', or run labels separated by commas; the report says "
-                             "which runs it drew and why")  # fmt: skip
+    report.add_argument(
+        "--permutations", type=int, default=10_000, help="permutations of the contextual-forgetting test"
+    )
+    report.add_argument(
+        "--after",
+        choices=["sequence", "single"],
+        default="sequence",
+        help="contextual forgetting after each phase of the sequence, or after the pretrained model plus only that "
+        "phase's adapter (paper 1's figures 3-5; needs 'forgetlab single-adapter RUN' first)",
+    )
+    report.add_argument(
+        "--similarity",
+        choices=["synset", "tokens"],
+        default="synset",
+        help=(
+            "class-to-domain similarity: the class's WordNet synset "
+            "(exact), or paper 1's token matching of the class names"
+        ),
+    )
+    report.add_argument(
+        "--figure-runs",
+        default=None,
+        metavar="highest-rank|per-method|all|LABEL,...",
+        help="which runs get the per-run figures (forgotten classes, similarity, accuracy matrix): 'highest-rank' "
+        "(default: per backbone the highest LoRA rank, as paper 1; matrices: the first 12 runs), 'per-method' "
+        "(one seed per row of the methods table), 'all', or run labels separated by commas; the report says "
+        "which runs it drew and why",
+    )
     report.add_argument("--quiet", action="store_true")
     report.set_defaults(func=cmd_report)
 
@@ -434,9 +529,15 @@ def _add_single_adapter(commands: argparse._SubParsersAction) -> None:
     """``forgetlab single-adapter``: score the upstream task with one task's adapter."""
     single = commands.add_parser(
         "single-adapter",
-        help="score the upstream task with the pretrained backbone plus only one task's stored adapter (paper 1, figures 3-5)",
-        description="For every finished phase of a LoRA run: the pretrained backbone plus only that phase's stored adapter, "
-        "merged, scored on the upstream test set; predictions go to predictions/upstream_single_<i>.npz. Nothing is retrained.",
+        help=(
+            "score the upstream task with the pretrained backbone plus "
+            "only one task's stored adapter (paper 1, figures 3-5)"
+        ),
+        description=(
+            "For every finished phase of a LoRA run: the pretrained backbone plus only "
+            "that phase's stored adapter, merged, scored on the upstream test set; "
+            "predictions go to predictions/upstream_single_<i>.npz. Nothing is retrained."
+        ),
     )
     single.add_argument("run_dir", metavar="RUN_DIR")
     single.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -448,16 +549,35 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     """``forgetlab explain``: where in the weights a LoRA run's upstream loss happens."""
     explain = commands.add_parser(
         "explain",
-        help="where forgetting happens in the weights: per-block attribution of the upstream loss and the spectra of every update",
-        description="For every finished phase of a LoRA run, rebuilt from its stored adapters: the upstream accuracy with each unit's "
-        "update reverted and with only that unit's update applied (explain/attribution.csv), and the spectra of every update "
-        "(explain/spectra.csv, overlap.csv, singular_values.csv). Resumable; docs/explain.md gives every column.",
+        help=(
+            "where forgetting happens in the weights: per-block attribution "
+            "of the upstream loss and the spectra of every update"
+        ),
+        description=(
+            "For every finished phase of a LoRA run, rebuilt from its stored adapters: the upstream "
+            "accuracy with each unit's update reverted and with only that unit's update applied "
+            "(explain/attribution.csv), and the spectra of every update (explain/spectra.csv, "
+            "overlap.csv, singular_values.csv). Resumable; docs/explain.md gives every column."
+        ),
     )
     explain.add_argument("run_dir", metavar="RUN_DIR")
-    explain.add_argument("--parts", default="attribution,spectra", help="comma-separated: attribution, spectra, drift (the linear CKA per unit against the pretrained "
-                         "features, rebuilt from the adapters; default: attribution,spectra)")
-    explain.add_argument("--images", default=None, help="score a class-balanced subset of this many upstream test images (default: all the run scored)")
-    explain.add_argument("--unit", default="block", choices=["block", "module"], help="attribute to blocks (default) or to single adapted modules")
+    explain.add_argument(
+        "--parts",
+        default="attribution,spectra",
+        help="comma-separated: attribution, spectra, drift (the linear CKA per unit against the pretrained "
+        "features, rebuilt from the adapters; default: attribution,spectra)",
+    )
+    explain.add_argument(
+        "--images",
+        default=None,
+        help="score a class-balanced subset of this many upstream test images (default: all the run scored)",
+    )
+    explain.add_argument(
+        "--unit",
+        default="block",
+        choices=["block", "module"],
+        help="attribute to blocks (default) or to single adapted modules",
+    )
     explain.add_argument("--device", default="auto", help="auto, cpu or cuda")
     explain.add_argument("--quiet", action="store_true")
     explain.set_defaults(func=cmd_explain)
@@ -466,11 +586,14 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
 def _add_anatomy(commands: argparse._SubParsersAction) -> None:
     """``forgetlab anatomy``: what every method would train."""
     anatomy = commands.add_parser(
-        "anatomy", help="what every method would train on a backbone (random weights; nothing is run)",
-        description="Build the configured backbone with random weights and print its family, LoRA's targets, and for every method the "
-        "trainable backbone parameters and their share, or why the method does not apply, e.g. "
-        "'forgetlab anatomy backbone.name=swin_tiny_patch4_window7_224 method.name=lora method.rank=8'.",
-    )  # fmt: skip
+        "anatomy",
+        help="what every method would train on a backbone (random weights; nothing is run)",
+        description=(
+            "Build the configured backbone with random weights and print its family, LoRA's targets, and for "
+            "every method the trainable backbone parameters and their share, or why the method does not apply, "
+            "e.g. 'forgetlab anatomy backbone.name=swin_tiny_patch4_window7_224 method.name=lora method.rank=8'."
+        ),
+    )
     anatomy.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="a config file and/or overrides")
     anatomy.add_argument("--preset", help="start from a named preset")
     anatomy.set_defaults(func=cmd_anatomy)
@@ -481,7 +604,9 @@ def _add_config(commands: argparse._SubParsersAction) -> None:
     config = commands.add_parser(
         "config",
         help="print the resolved config",
-        description="Print the resolved config (defaults, a config file, overrides) as YAML, or every key with its help.",
+        description=(
+            "Print the resolved config (defaults, a config file, overrides) as YAML, or every key with its help."
+        ),
     )
     config.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value")
     config.add_argument("--keys", action="store_true", help="list every key with its help text")
@@ -523,7 +648,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forgetlab: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ModuleNotFoundError as error:
-        print(f"forgetlab: error: the Python package '{error.name}' is missing; run 'make demo' (or pip install -e .)", file=sys.stderr)
+        print(
+            f"forgetlab: error: the Python package '{error.name}' is missing; run 'make demo' (or pip install -e .)",
+            file=sys.stderr,
+        )
         return EXIT_USER_ERROR
     except BrokenPipeError:  # e.g. 'forgetlab presets | head'
         sys.stdout = open(os.devnull, "w")
@@ -534,7 +662,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forgetlab: error: {DiskFullError.writing(error.filename, error.strerror)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("forgetlab: interrupted; run the same command again to resume after the last finished task", file=sys.stderr)
+        print(
+            "forgetlab: interrupted; run the same command again to resume after the last finished task", file=sys.stderr
+        )
         return 130
 
 

@@ -44,11 +44,23 @@ class BackboneConfig(Checked):
     KEY: ClassVar[str] = "backbone."
 
     name: str = option("offline_vit", "backbone: 'offline_vit', 'offline_resnet', or a timm model name")
-    weights: str | None = option(None, "local weights file (.safetensors or timm/torch checkpoint); default: built-in or Hugging Face")
-    image_size: int | None = option(None, "input size override (smoke runs at reduced size); default: the backbone's pretrained_cfg")
-    random_init: bool = option(False, "random weights instead of pretrained ones (smoke tests of real architectures only)")
-    num_classes: int | None = option(None, "upstream head size with random_init (default 1000; 0 for a headless backbone)")
-    kwargs: dict[str, Any] = option({}, "extra keyword arguments of timm.create_model (e.g. drop_path_rate, or depth and embed_dim of a tiny smoke model)")
+    weights: str | None = option(
+        None, "local weights file (.safetensors or timm/torch checkpoint); default: built-in or Hugging Face"
+    )
+    image_size: int | None = option(
+        None, "input size override (smoke runs at reduced size); default: the backbone's pretrained_cfg"
+    )
+    random_init: bool = option(
+        False, "random weights instead of pretrained ones (smoke tests of real architectures only)"
+    )
+    num_classes: int | None = option(
+        None, "upstream head size with random_init (default 1000; 0 for a headless backbone)"
+    )
+    kwargs: dict[str, Any] = option(
+        {},
+        "extra keyword arguments of timm.create_model (e.g. "
+        "drop_path_rate, or depth and embed_dim of a tiny smoke model)",
+    )
 
     def rules(self) -> list[tuple[bool, str]]:
         return [
@@ -69,31 +81,67 @@ class PreprocessConfig(Checked):
 
     KEY: ClassVar[str] = "preprocess."
 
-    train_scale: list[float] = option([0.08, 1.0], "random-resized-crop area range (timm's default (0.08, 1); both papers' code)")
+    train_scale: list[float] = option(
+        [0.08, 1.0], "random-resized-crop area range (timm's default (0.08, 1); both papers' code)"
+    )
     train_ratio: list[float] = option([0.75, 4 / 3], "random-resized-crop aspect-ratio range (timm's default)")
-    train_interpolation: Interpolation | None = option(None, "training resize interpolation: bilinear, bicubic, nearest (default: the backbone's)")
+    train_interpolation: Interpolation | None = option(
+        None, "training resize interpolation: bilinear, bicubic, nearest (default: the backbone's)"
+    )
     hflip: float = option(0.5, "probability of a horizontal flip in training")
-    color_jitter: float = option(0.4, "brightness/contrast/saturation jitter in training; 0 turns it off (timm's default 0.4)")
+    color_jitter: float = option(
+        0.4, "brightness/contrast/saturation jitter in training; 0 turns it off (timm's default 0.4)"
+    )
     eval_crop: Literal["center", "squash"] = option(
-        "center", "evaluation: 'center' (resize the shorter side to size / crop_pct, centre crop) or 'squash' (resize to size x size)")
-    eval_interpolation: Interpolation | None = option(None, "evaluation resize interpolation: bilinear, bicubic, nearest (default: the backbone's)")
-    crop_pct: float | None = option(None, "evaluation crop fraction (default: the backbone's, e.g. 0.9 for augreg ViTs); 1 with 'squash' is a plain resize")
+        "center",
+        "evaluation: 'center' (resize the shorter side to size / "
+        "crop_pct, centre crop) or 'squash' (resize to size x size)",
+    )
+    eval_interpolation: Interpolation | None = option(
+        None, "evaluation resize interpolation: bilinear, bicubic, nearest (default: the backbone's)"
+    )
+    crop_pct: float | None = option(
+        None,
+        "evaluation crop fraction (default: the backbone's, e.g. "
+        "0.9 for augreg ViTs); 1 with 'squash' is a plain resize",
+    )
     mean: list[float] | None = option(None, "normalisation mean per channel (default: the backbone's)")
     std: list[float] | None = option(None, "normalisation std per channel (default: the backbone's)")
     upstream_eval: Literal["backbone", "task"] = option(
-        "backbone", "upstream test images and the k-NN bank: 'backbone' (timm's eval transform from the pretrained_cfg) or 'task' (the eval transform above)")
-    upstream_crop_pct: float | None = option(None, "crop fraction of the 'backbone' upstream transform (default: the backbone's; DINO's k-NN: 0.875, i.e. 256 -> 224)")
+        "backbone",
+        "upstream test images and the k-NN bank: 'backbone' (timm's eval "
+        "transform from the pretrained_cfg) or 'task' (the eval transform above)",
+    )
+    upstream_crop_pct: float | None = option(
+        None,
+        "crop fraction of the 'backbone' upstream transform (default: "
+        "the backbone's; DINO's k-NN: 0.875, i.e. 256 -> 224)",
+    )
 
     def rules(self) -> list[tuple[bool, str]]:
         scale, ratio = self.train_scale, self.train_ratio
         return [
-            (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "preprocess.train_scale must be [low, high] with 0 < low <= high <= 1"),
-            (len(ratio) == 2 and 0 < ratio[0] <= ratio[1], "preprocess.train_ratio must be [low, high] with 0 < low <= high"),
+            (
+                len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+                "preprocess.train_scale must be [low, high] with 0 < low <= high <= 1",
+            ),
+            (
+                len(ratio) == 2 and 0 < ratio[0] <= ratio[1],
+                "preprocess.train_ratio must be [low, high] with 0 < low <= high",
+            ),
             (0 <= self.hflip <= 1, "preprocess.hflip must be a probability in [0, 1]"),
             (self.color_jitter >= 0, "preprocess.color_jitter must be 0 (off) or positive"),
-            (all(c is None or 0 < c <= 1 for c in (self.crop_pct, self.upstream_crop_pct)), "preprocess.crop_pct and upstream_crop_pct must be in (0, 1]"),
-            (all(v is None or (len(v) == 3 and (k == "mean" or min(v) > 0)) for k, v in (("mean", self.mean), ("std", self.std))),
-             "preprocess.mean and preprocess.std must hold 3 values (std positive)"),
+            (
+                all(c is None or 0 < c <= 1 for c in (self.crop_pct, self.upstream_crop_pct)),
+                "preprocess.crop_pct and upstream_crop_pct must be in (0, 1]",
+            ),
+            (
+                all(
+                    v is None or (len(v) == 3 and (k == "mean" or min(v) > 0))
+                    for k, v in (("mean", self.mean), ("std", self.std))
+                ),
+                "preprocess.mean and preprocess.std must hold 3 values (std positive)",
+            ),
         ]
 
 
@@ -106,22 +154,40 @@ class DataConfig(Checked):
     max_train: int | None = option(None, "use at most this many training images per task (smoke runs)")
     max_test: int | None = option(None, "evaluate at most this many test images per task (seeded subset)")
     workers: int = option(0, "data-loader worker processes (decode real images in parallel; 0: in the main process)")
-    pipeline: Literal["auto", "device", "pil"] = option("auto", "where real images are decoded and preprocessed: 'device' (whole batches on the GPU, or the CPU), "
-                           "'pil' (PIL in the loader workers) or 'auto' (device on CUDA, pil on the CPU, where it measured faster)")
-    cache_decoded: bool = option(False, "decode real images once into a memory-mapped uint8 cache under $FORGETLAB_HOME/decoded")
-    eval_cache: Literal["auto", "on", "off"] = option("auto", "keep the deterministic evaluation crops of each test set (and k-NN bank) in a memory-mapped uint8 "
-                             "cache under $FORGETLAB_HOME/eval-crops, computed once and read by later evaluations, runs and sweep cells: "
-                             "'on', 'off' or 'auto' (image files on CUDA)")
-    eval_cache_gb: float = option(16.0, "largest evaluation-crop cache written, in GB (ImageNet's 50,000 validation crops at 224 px: "
-                                  "7.5 GB; a 1.28 M-image k-NN bank: 193 GB, so opt-in by raising this)")
-    root: str | None = option(None, "folder of the real datasets (default: $FORGETLAB_DATA); see 'forgetlab data check'")
-    split_seed: int | None = option(None, "seed of the random sample splits (NAME:samples_half1 ...); default: the run's seed, as paper 1's code")
+    pipeline: Literal["auto", "device", "pil"] = option(
+        "auto",
+        "where real images are decoded and preprocessed: 'device' (whole batches on the GPU, or the CPU), "
+        "'pil' (PIL in the loader workers) or 'auto' (device on CUDA, pil on the CPU, where it measured faster)",
+    )
+    cache_decoded: bool = option(
+        False, "decode real images once into a memory-mapped uint8 cache under $FORGETLAB_HOME/decoded"
+    )
+    eval_cache: Literal["auto", "on", "off"] = option(
+        "auto",
+        "keep the deterministic evaluation crops of each test set (and k-NN bank) in a memory-mapped uint8 "
+        "cache under $FORGETLAB_HOME/eval-crops, computed once and read by later evaluations, runs and sweep cells: "
+        "'on', 'off' or 'auto' (image files on CUDA)",
+    )
+    eval_cache_gb: float = option(
+        16.0,
+        "largest evaluation-crop cache written, in GB (ImageNet's 50,000 validation crops at 224 px: "
+        "7.5 GB; a 1.28 M-image k-NN bank: 193 GB, so opt-in by raising this)",
+    )
+    root: str | None = option(
+        None, "folder of the real datasets (default: $FORGETLAB_DATA); see 'forgetlab data check'"
+    )
+    split_seed: int | None = option(
+        None, "seed of the random sample splits (NAME:samples_half1 ...); default: the run's seed, as paper 1's code"
+    )
 
     def rules(self) -> list[tuple[bool, str]]:
         # (A run needs at least one task: checked with the run, :func:`validate`; a DataConfig alone may name none.)
         return [
-            (len(set(self.tasks)) == len(self.tasks),
-             "data.tasks must not repeat a name; to train a task twice, give its sample splits (NAME:samples_half1, NAME:samples_half2)"),
+            (
+                len(set(self.tasks)) == len(self.tasks),
+                "data.tasks must not repeat a name; to train a task twice, give "
+                "its sample splits (NAME:samples_half1, NAME:samples_half2)",
+            ),
             (self.max_train is None or self.max_train >= 1, "data.max_train must be at least 1 (or unset for all)"),
             (self.max_test is None or self.max_test >= 1, "data.max_test must be at least 1 (or unset for all)"),
             (self.eval_cache_gb >= 0, "data.eval_cache_gb must be at least 0"),
@@ -135,24 +201,44 @@ class TrainConfig(Checked):
     KEY: ClassVar[str] = "train."
 
     epochs: int = option(8, "epochs per task")
-    task_epochs: dict[str, int] = option({}, "epochs of named tasks, overriding train.epochs (paper 1: Cars 20, Flowers 60, ...)")
+    task_epochs: dict[str, int] = option(
+        {}, "epochs of named tasks, overriding train.epochs (paper 1: Cars 20, Flowers 60, ...)"
+    )
     max_steps: int | None = option(None, "stop a task after this many optimiser steps (smoke runs)")
     batch_size: int = option(64, "training batch size")
     optimizer: Literal["adamw", "sgd"] = option("adamw", "'adamw' or 'sgd' (momentum 0.9)")
     lr: float = option(1e-3, "peak learning rate")
     weight_decay: float = option(1e-2, "weight decay")
     warmup_fraction: float = option(1 / 18, "fraction of a task's steps with linear warm-up (paper 1: 1/18)")
-    warmup_steps: int | None = option(None, "linear warm-up steps, overriding warmup_fraction (paper 2: 500; 100 for linear probing)")
-    schedule: Literal["cosine", "hf_cosine"] = option("cosine", "'cosine' (warm-up from lr/warmup, cosine to 0 at the last step) or 'hf_cosine' (transformers' "
-                           "get_cosine_schedule_with_warmup over (N // batch) x epochs steps, as both papers' code)")
+    warmup_steps: int | None = option(
+        None, "linear warm-up steps, overriding warmup_fraction (paper 2: 500; 100 for linear probing)"
+    )
+    schedule: Literal["cosine", "hf_cosine"] = option(
+        "cosine",
+        "'cosine' (warm-up from lr/warmup, cosine to 0 at the last step) or 'hf_cosine' (transformers' "
+        "get_cosine_schedule_with_warmup over (N // batch) x epochs steps, as both papers' code)",
+    )
     drop_last: bool = option(False, "drop each epoch's last partial batch (paper 2's code)")
     label_smoothing: float = option(0.0, "label smoothing of the task loss")
-    compile: Literal["auto", "on", "off", "reduce-overhead"] = option("auto", "torch.compile the training step: 'auto' (on CUDA: with CUDA graphs at batch <= 32, plain above; eager on the CPU), "
-                          "'on', 'off', or 'reduce-overhead' (with CUDA graphs: small batches); a failed compilation falls back to eager")
-    log_every: int = option(25, "steps between reads of the loss on the host (each read waits for the device; non-finite losses are caught then)")
+    compile: Literal["auto", "on", "off", "reduce-overhead"] = option(
+        "auto",
+        "torch.compile the training step: 'auto' (on CUDA: with CUDA graphs at batch "
+        "<= 32, plain above; eager on the CPU), 'on', 'off', or 'reduce-overhead' "
+        "(with CUDA graphs: small batches); a failed compilation falls back to eager",
+    )
+    log_every: int = option(
+        25,
+        "steps between reads of the loss on the host (each read "
+        "waits for the device; non-finite losses are caught then)",
+    )
     select: Literal["last", "best"] = option(
-        "last", "which weights end a task: 'last' or 'best' (the best task-test accuracy, scored every eval_every steps; paper 2's code)")
-    eval_every: int = option(500, "steps between scorings of the task's test set when select=best (paper 2: 500; 250 for linear probing)")
+        "last",
+        "which weights end a task: 'last' or 'best' (the best task-test "
+        "accuracy, scored every eval_every steps; paper 2's code)",
+    )
+    eval_every: int = option(
+        500, "steps between scorings of the task's test set when select=best (paper 2: 500; 250 for linear probing)"
+    )
 
     def rules(self) -> list[tuple[bool, str]]:
         return [
@@ -167,7 +253,10 @@ class TrainConfig(Checked):
             (self.eval_every >= 1, "train.eval_every must be at least 1"),
             (self.weight_decay >= 0, "train.weight_decay must be 0 or more"),
             (0 <= self.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
-            (self.epochs <= 100_000 and self.batch_size <= 1_000_000, "train.epochs and train.batch_size are implausibly large"),
+            (
+                self.epochs <= 100_000 and self.batch_size <= 1_000_000,
+                "train.epochs and train.batch_size are implausibly large",
+            ),
         ]
 
 
@@ -176,21 +265,43 @@ class EvalConfig(Checked):
     KEY: ClassVar[str] = "eval."
 
     batch_size: int = option(256, "evaluation batch size")
-    upstream_evaluator: str = field(default="head", metadata={  # a list is stored comma-joined (LIST_KEYS)
-        "help": "how the upstream task is scored: 'head' (its original classifier, paper 1) or 'knn' (paper 2); a list such as "
-                "[head, knn] scores with each (upstream_eval.json holds each one's accuracy) and the matrix keeps the first",
-        "choices": evaluator_names, "comma_list": True})
-    upstream_subset: int | None = option(None, "score the upstream task on a fixed, seeded subset of this many test images (reports a 95% CI)")
+    upstream_evaluator: str = field(
+        default="head",
+        metadata={  # a list is stored comma-joined (LIST_KEYS)
+            "help": (
+                "how the upstream task is scored: 'head' (its original classifier, paper 1) "
+                "or 'knn' (paper 2); a list such as [head, knn] scores with each "
+                "(upstream_eval.json holds each one's accuracy) and the matrix keeps the first"
+            ),
+            "choices": evaluator_names,
+            "comma_list": True,
+        },
+    )
+    upstream_subset: int | None = option(
+        None, "score the upstream task on a fixed, seeded subset of this many test images (reports a 95% CI)"
+    )
     knn_k: int = option(20, "k of the k-NN evaluator (accuracies at 10, 20, 100 and 200 are recorded too)")
     knn_temperature: float = option(0.07, "temperature of the k-NN votes, exp(similarity / T) (DINO: 0.07)")
-    knn_bank_dtype: Literal["fp32", "fp16"] = option("fp32", "storage of the k-NN bank on the device: 'fp32', or 'fp16' (half the memory; on random "
-                                 "features it changed 1-3 of 700 votes, so it is not the default)")
-    knn_cache: bool = option(True, "keep k-NN banks on disk ($FORGETLAB_HOME/knn-banks), keyed by backbone weights, bank files and "
-                             "preprocessing, so a later run or sweep cell with the same key reuses them")
-    knn_features: Literal["backbone", "task_logits"] = option("backbone", "what the k-NN compares: 'backbone' features (DINO; correct) or 'task_logits', the last task head's "
-                               "outputs, which reproduces paper 2's published LoRA rows (a bug of its code)")
-    probe_images: int = option(2000, "representation drift: after each phase, the linear CKA of the pretrained and current features at "
-                               "every unit on this many class-balanced upstream test images (all when fewer), into drift.csv; 0 turns it off")
+    knn_bank_dtype: Literal["fp32", "fp16"] = option(
+        "fp32",
+        "storage of the k-NN bank on the device: 'fp32', or 'fp16' (half the memory; on random "
+        "features it changed 1-3 of 700 votes, so it is not the default)",
+    )
+    knn_cache: bool = option(
+        True,
+        "keep k-NN banks on disk ($FORGETLAB_HOME/knn-banks), keyed by backbone weights, bank files and "
+        "preprocessing, so a later run or sweep cell with the same key reuses them",
+    )
+    knn_features: Literal["backbone", "task_logits"] = option(
+        "backbone",
+        "what the k-NN compares: 'backbone' features (DINO; correct) or 'task_logits', the last task head's "
+        "outputs, which reproduces paper 2's published LoRA rows (a bug of its code)",
+    )
+    probe_images: int = option(
+        2000,
+        "representation drift: after each phase, the linear CKA of the pretrained and current features at "
+        "every unit on this many class-balanced upstream test images (all when fewer), into drift.csv; 0 turns it off",
+    )
 
     @property
     def evaluators(self) -> list[str]:
@@ -202,7 +313,10 @@ class EvalConfig(Checked):
         return [
             (self.batch_size >= 1, "eval.batch_size must be at least 1"),
             (self.upstream_subset is None or self.upstream_subset >= 1, "eval.upstream_subset must be at least 1"),
-            (self.knn_k >= 1 and self.knn_temperature > 0, "eval.knn_k must be at least 1 and eval.knn_temperature positive"),
+            (
+                self.knn_k >= 1 and self.knn_temperature > 0,
+                "eval.knn_k must be at least 1 and eval.knn_temperature positive",
+            ),
             (self.knn_k <= 100_000, "eval.knn_k must be at most 100000"),
         ]
 
@@ -213,10 +327,17 @@ class LwFConfig(Checked):
 
     alpha: float = option(0.0, "weight of LwF distillation on every earlier head; 0 turns LwF off (paper 1: 5)")
     temperature: float = option(2.0, "LwF softmax temperature (paper 1: 2)")
-    train_earlier_heads: bool = option(False, "earlier downstream heads train too, through the distillation term (paper 1's code; the upstream head stays frozen)")
+    train_earlier_heads: bool = option(
+        False,
+        "earlier downstream heads train too, through the distillation "
+        "term (paper 1's code; the upstream head stays frozen)",
+    )
 
     def rules(self) -> list[tuple[bool, str]]:
-        return [(self.alpha >= 0, "lwf.alpha must be 0 (off) or positive"), (self.temperature > 0, "lwf.temperature must be positive")]
+        return [
+            (self.alpha >= 0, "lwf.alpha must be 0 (off) or positive"),
+            (self.temperature > 0, "lwf.temperature must be positive"),
+        ]
 
 
 @dataclass
@@ -241,7 +362,9 @@ class TrackConfig(Checked):
 
     KEY: ClassVar[str] = "track."
 
-    tensorboard: bool = option(False, "write TensorBoard event files into the run folder's tensorboard/ (loss, lr, accuracies, matrix, config)")
+    tensorboard: bool = option(
+        False, "write TensorBoard event files into the run folder's tensorboard/ (loss, lr, accuracies, matrix, config)"
+    )
     wandb: bool = option(False, "log to Weights & Biases into the run folder's wandb/ (WANDB_MODE=offline: no network)")
     wandb_project: str = option("forgetlab", "the W&B project")
     wandb_group: str | None = option(None, "the W&B group (default: the sweep's name for sweep cells)")
@@ -262,7 +385,8 @@ class RunConfig(Checked):
     seed: int = option(0, "seed of initialisation, data order and dropout")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto' (cuda when present), 'cpu' or 'cuda'")
     precision: Literal["auto", "fp32", "tf32", "bf16"] = option(
-        "auto", "'auto' (bf16 autocast on cuda, fp32 on cpu), 'fp32', 'tf32' (fp32 with TF32 matmuls on cuda) or 'bf16'")
+        "auto", "'auto' (bf16 autocast on cuda, fp32 on cpu), 'fp32', 'tf32' (fp32 with TF32 matmuls on cuda) or 'bf16'"
+    )
     backbone: BackboneConfig = section(BackboneConfig, "the pretrained backbone")
     data: DataConfig = section(DataConfig, "the upstream task and the downstream sequence")
     preprocess: PreprocessConfig = section(PreprocessConfig, "how real images are preprocessed (timm transforms)")
@@ -279,7 +403,10 @@ class RunConfig(Checked):
 
     def rules(self) -> list[tuple[bool, str]]:
         return [
-            ("/" not in self.name and self.name not in ("", ".", "..") and "\0" not in self.name, "name must be a plain folder name"),
+            (
+                "/" not in self.name and self.name not in ("", ".", "..") and "\0" not in self.name,
+                "name must be a plain folder name",
+            ),
             (self.out_dir != "" and "\0" not in self.out_dir, "out_dir must be a folder path"),
             (0 <= self.seed < 2**32, "seed must be in 0..4294967295"),
         ]
@@ -302,8 +429,12 @@ _CORE_SCHEMA = (
     ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
     ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
     ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
-    ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-                                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", list("-+0123456789.")),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        list("-+0123456789."),
+    ),
 )
 _Loader.yaml_implicit_resolvers = {}
 for _tag, _pattern, _first in _CORE_SCHEMA:
@@ -336,7 +467,9 @@ def _mapping_without_duplicates(loader, node, deep=False):
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, (list, dict, set)):
-            raise ConfigError(f"a key at line {key_node.start_mark.line + 1} is a {type(key).__name__}; keys must be names")
+            raise ConfigError(
+                f"a key at line {key_node.start_mark.line + 1} is a {type(key).__name__}; keys must be names"
+            )
         if key in seen:
             mark = key_node.start_mark
             raise ConfigError(f"key '{key}' appears twice (line {mark.line + 1}); keep one")
@@ -344,8 +477,10 @@ def _mapping_without_duplicates(loader, node, deep=False):
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                        lambda loader, node: dict(_mapping_without_duplicates(loader, node, deep=True)))  # fmt: skip
+_Loader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    lambda loader, node: dict(_mapping_without_duplicates(loader, node, deep=True)),
+)
 
 
 def parse_yaml(text: str):
@@ -354,7 +489,12 @@ def parse_yaml(text: str):
     fit (``!!int abc``) is a ``yaml.YAMLError`` like any other unreadable YAML."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except (ValueError, KeyError, AttributeError, TypeError) as error:  # PyYAML's constructors of !!int, !!bool, !!timestamp
+    except (
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+    ) as error:  # PyYAML's constructors of !!int, !!bool, !!timestamp
         raise yaml.constructor.ConstructorError(None, None, f"a tagged value does not fit its tag ({error})") from error
 
 
@@ -431,11 +571,16 @@ def from_dict(cls, data, prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(fields))}"
-        )
-    data = {name: ",".join(value) if fields[name].metadata.get("comma_list") and isinstance(value, list) and value
-                  and all(isinstance(v, str) for v in value) else value for name, value in data.items()}  # [q, v] is "q,v"
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(fields))}")
+    data = {
+        name: ",".join(value)
+        if fields[name].metadata.get("comma_list")
+        and isinstance(value, list)
+        and value
+        and all(isinstance(v, str) for v in value)
+        else value
+        for name, value in data.items()
+    }  # [q, v] is "q,v"
     values = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
     return cls(**values)
 
@@ -523,12 +668,15 @@ def expand(tree, where: str = "config") -> dict:
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"'{'.'.join(parts[:depth + 1])}' in {where} is a value, not a section; "
-                                  f"'{key}' cannot go under it")  # fmt: skip
+                raise ConfigError(
+                    f"'{'.'.join(parts[: depth + 1])}' in {where} is a value, not a section; '{key}' cannot go under it"
+                )
             node = child
         value = expand(value, where) if isinstance(value, dict) else copy.deepcopy(value)
         leaf = parts[-1]
-        node[leaf] = _merge_keys(node[leaf], value) if isinstance(node.get(leaf), dict) and isinstance(value, dict) else value
+        node[leaf] = (
+            _merge_keys(node[leaf], value) if isinstance(node.get(leaf), dict) and isinstance(value, dict) else value
+        )
     return nested
 
 
@@ -668,9 +816,13 @@ def run_name(config: RunConfig) -> str:
     own = {key: value for key, value in leaves(to_dict(config)).items() if key.split(".")[0] not in NOT_IDENTITY}
     changed = {key: value for key, value in own.items() if key not in defaults or defaults[key] != value}
     names = [name_part(value) for key, value in changed.items() if key.split(".")[-1] == "name"]
-    others = [name_part(Path(value).name if "/" in value else value) if isinstance(value, str)
-              else f"{ABBREVIATIONS.get(key.split('.')[-1], key.split('.')[-1])}{name_part(value)}"
-              for key, value in changed.items() if key.split(".")[-1] != "name"]  # fmt: skip
+    others = [
+        name_part(Path(value).name if "/" in value else value)
+        if isinstance(value, str)
+        else f"{ABBREVIATIONS.get(key.split('.')[-1], key.split('.')[-1])}{name_part(value)}"
+        for key, value in changed.items()
+        if key.split(".")[-1] != "name"
+    ]
     name = "-".join([*names, *others]) or "default"
     if len(name) > MAX_NAME:
         digest = hashlib.sha256(dump_yaml(changed, sort_keys=True).encode()).hexdigest()[:8]
@@ -718,7 +870,10 @@ def validate(config: RunConfig) -> None:
 
     unknown = sorted(key for key in config.train.task_epochs if key.partition(":")[0] not in dataset_names())
     if unknown:
-        raise ConfigError(f"train.task_epochs names '{unknown[0]}', which is no dataset; use task or dataset names ({', '.join(dataset_names())})")
+        raise ConfigError(
+            f"train.task_epochs names '{unknown[0]}', which is no dataset; "
+            f"use task or dataset names ({', '.join(dataset_names())})"
+        )
     from forgetlab.methods import method_class
 
     method = method_class(config.method.name)
@@ -760,12 +915,17 @@ def describe_all(config) -> list[tuple[str, str, object]]:
     rows = []
     for key, help_text, value in describe(config):
         if key == "method.name":
-            help_text = f"the fine-tuning method: {', '.join(method_names())}; the other method.* keys are that method's own"
+            help_text = (
+                f"the fine-tuning method: {', '.join(method_names())}; the other method.* keys are that method's own"
+            )
         rows.append((key, help_text, value))
     for name in method_names():
         if name != config.method.name:
-            rows += [(f"method.{key} (method.name={name})", help_text, value)
-                     for key, help_text, value in describe(method_class(name).Config()) if key != "name"]  # fmt: skip
+            rows += [
+                (f"method.{key} (method.name={name})", help_text, value)
+                for key, help_text, value in describe(method_class(name).Config())
+                if key != "name"
+            ]
     return rows
 
 

@@ -83,7 +83,8 @@ def _root(data_config) -> str | None:
 
 
 def _where(dataset: str, data_config) -> str:
-    """Where a dataset belongs (its registration): its folder under the data root, or where a built-in one comes from."""
+    """Where a dataset belongs (its registration): its folder under the data root, or where a built-in one comes
+    from."""
     info = dataset_info(dataset)
     if info.folder is None:
         return info.where()
@@ -106,7 +107,9 @@ def _load(key, load, memo: dict):
     return memo[key]
 
 
-def dataset_finding(name: str, load, data_config, memo: dict, *, key=None, wordnet_error: str | None = None) -> tuple[Finding, object]:
+def dataset_finding(
+    name: str, load, data_config, memo: dict, *, key=None, wordnet_error: str | None = None
+) -> tuple[Finding, object]:
     """``(finding, task or None)`` of the task ``name``, built by ``load()`` as a run builds it (once
     per ``key`` in ``memo``; default: the name)."""
     dataset = parse_task_name(name)[0]
@@ -143,7 +146,11 @@ def upstream_train_finding(upstream_name: str, task, data_config, needs: list[st
         return None  # not needed, or the dataset's own line says what is wrong
     if task is not None and len(task.train):
         return Finding(label, OK, where, f"{len(task.train):,} images, read by {' and '.join(needs)}")
-    how = IMAGENET_TRAIN_HOW if dataset == "imagenet" else f"use an upstream dataset with a train split, or drop {' and '.join(needs)}"
+    how = (
+        IMAGENET_TRAIN_HOW
+        if dataset == "imagenet"
+        else f"use an upstream dataset with a train split, or drop {' and '.join(needs)}"
+    )
     message = f"{label} is needed by {' and '.join(needs)} and {where} holds none; {how}"
     return Finding(label, MISSING, where, f"absent; {how}", list(needs), error=DataError(message))
 
@@ -175,7 +182,9 @@ def weights_finding(backbone) -> Finding | None:
     if backbone.weights:
         path = Path(backbone.weights).expanduser()
         if path.is_file():
-            return Finding(label, OK, str(path), f"{backbone.name}, {path.stat().st_size / 1e6:,.1f} MB (backbone.weights)")
+            return Finding(
+                label, OK, str(path), f"{backbone.name}, {path.stat().st_size / 1e6:,.1f} MB (backbone.weights)"
+            )
         message = f"weights file {backbone.weights} not found; place it there or correct backbone.weights"
         return Finding(label, MISSING, str(path), message, ["backbone.weights"], error=DataError(message))
     if backbone.name in OFFLINE_BACKBONES:
@@ -183,8 +192,17 @@ def weights_finding(backbone) -> Finding | None:
 
         folder = offline_backbone_dir(backbone.name)
         built = (folder / "model.safetensors").exists()
-        return Finding(label, OK, str(folder), f"{backbone.name}, " + ("built" if built else "not built yet: a run builds it once "
-                       f"(or: forgetlab pretrain --backbone {backbone.name})"))  # fmt: skip
+        return Finding(
+            label,
+            OK,
+            str(folder),
+            f"{backbone.name}, "
+            + (
+                "built"
+                if built
+                else f"not built yet: a run builds it once (or: forgetlab pretrain --backbone {backbone.name})"
+            ),
+        )
     return _hub_weights(backbone.name)
 
 
@@ -198,15 +216,20 @@ def _hub_weights(name: str) -> Finding:
     label, cache = "weights", f"Hugging Face cache ({constants.HF_HUB_CACHE})"
     pretrained_cfg = get_pretrained_cfg(name)
     if pretrained_cfg is None or not pretrained_cfg.hf_hub_id:
-        message = (f"timm has no pretrained weights for {name} on the Hugging Face hub; set backbone.weights=/path/to/model.safetensors "
-                   "(or backbone.random_init=true for a smoke run)")  # fmt: skip
+        message = (
+            f"timm has no pretrained weights for {name} on the Hugging "
+            f"Face hub; set backbone.weights=/path/to/model.safetensors "
+            "(or backbone.random_init=true for a smoke run)"
+        )
         return Finding(label, MISSING, "backbone.weights", message, ["backbone.name"], error=DataError(message))
     cached = cached_hub_file(pretrained_cfg)
     if cached is not None:
         return Finding(label, OK, str(cached), name)
     source = f"https://huggingface.co/{pretrained_cfg.hf_hub_id}"
-    fix = (f"download model.safetensors from {source} and set backbone.weights=/path/to/model.safetensors, "
-           "or run once with network access to fill the cache")  # fmt: skip
+    fix = (
+        f"download model.safetensors from {source} and set backbone.weights=/path/to/model.safetensors, "
+        "or run once with network access to fill the cache"
+    )
     if hub_offline() or not hub_reachable():
         reason = "HF_HUB_OFFLINE=1 forbids the download" if hub_offline() else "the hub is unreachable"
         message = f"the weights of {name} are not in the Hugging Face cache and {reason}; {fix}"
@@ -230,7 +253,11 @@ def config_findings(config, memo: dict | None = None) -> list[Finding]:
     data_key = repr(dataclasses.replace(config.data, upstream="", tasks=[]))  # what loading a dataset reads
     for index, name in enumerate(names):
         upstream = index == 0
-        load = (lambda: load_upstream(config)) if upstream else (lambda name=name: build_task(name, config.data, seed=config.seed))
+        load = (
+            (lambda: load_upstream(config))
+            if upstream
+            else (lambda name=name: build_task(name, config.data, seed=config.seed))
+        )
         key = (name, data_key, config.eval.upstream_subset if upstream else None, config.seed)
         finding, task = dataset_finding(name, load, config.data, memo, key=key, wordnet_error=wordnet_error)
         finding.needed_by.append("data.upstream" if upstream else "data.tasks")
@@ -266,7 +293,10 @@ def require_inputs(config) -> None:
     if len(problems) == 1 and problems[0].error is not None:
         raise problems[0].error
     if problems:
-        lines = [f"{len(problems)} inputs this run needs are missing or invalid (forgetlab data check lists them with the same config):"]
+        lines = [
+            f"{len(problems)} inputs this run needs are missing or invalid "
+            f"(forgetlab data check lists them with the same config):"
+        ]
         raise MissingInputsError("\n".join(lines + [finding.line() for finding in problems]))
 
 
@@ -300,8 +330,9 @@ def every_dataset_findings(root: str | None = None) -> list[Finding]:
     for name in dataset_names():
         finding, task = dataset_finding(name, lambda name=name: build_task(name, data_config), data_config, memo)
         findings.append(finding)
-        if name == "imagenet" and (train := upstream_train_finding(name, task, data_config, ["the k-NN bank (every paper2 preset)",
-                                                                                          "replay"])):  # fmt: skip
+        if name == "imagenet" and (
+            train := upstream_train_finding(name, task, data_config, ["the k-NN bank (every paper2 preset)", "replay"])
+        ):
             findings.append(train)
     findings.append(wordnet_finding())
     return findings
@@ -318,9 +349,16 @@ def exit_code(findings: list[Finding], *, needed: bool) -> int:
 def report(findings: list[Finding], root: str | None, checked_for: str) -> list[str]:
     """The report's lines: the root, what was checked, one line per input, and a summary."""
     problems = [finding for finding in findings if finding.problem]
-    lines = [f"real datasets root: {root or f'(not set: give --root, data.root=... or {DATA_ENV})'}", f"checked for: {checked_for}"]
+    lines = [
+        f"real datasets root: {root or f'(not set: give --root, data.root=... or {DATA_ENV})'}",
+        f"checked for: {checked_for}",
+    ]
     lines += [finding.line() for finding in findings]
-    lines.append(f"{len(problems)} of {len(findings)} inputs missing or invalid" if problems else f"all {len(findings)} inputs found")
+    lines.append(
+        f"{len(problems)} of {len(findings)} inputs missing or invalid"
+        if problems
+        else f"all {len(findings)} inputs found"
+    )
     return lines
 
 
@@ -329,5 +367,7 @@ def check_datasets(root: str | None = None) -> tuple[list[str], list[str]]:
     that are missing or invalid."""
     root = root or os.environ.get(DATA_ENV)
     findings = every_dataset_findings(root)
-    lines = [f"real datasets root: {root or f'(not set: give --root or {DATA_ENV})'}"] + [finding.line() for finding in findings]
+    lines = [f"real datasets root: {root or f'(not set: give --root or {DATA_ENV})'}"] + [
+        finding.line() for finding in findings
+    ]
     return lines, [finding.name for finding in findings if finding.problem]

@@ -40,5 +40,8 @@ class DiskFullError(ForgetlabError):
     @classmethod
     def writing(cls, path, strerror: str | None = None) -> "DiskFullError":
         where = f" writing {path}" if path else ""
-        return cls(f"the disk is full{where} ({strerror or 'No space left on device'}); free space there (or point out_dir "
-                   "or FORGETLAB_HOME at a larger disk) and run the same command again: it resumes after the last finished task")  # fmt: skip
+        return cls(
+            f"the disk is full{where} ({strerror or 'No space left on device'}); free space there (or point out_dir "
+            "or FORGETLAB_HOME at a larger disk) and run the same "
+            "command again: it resumes after the last finished task"
+        )

@@ -105,8 +105,9 @@ def confidence_interval(accuracy_value: float, count: int) -> float:
 
 
 @torch.no_grad()
-def extract_features(model, dataset: Dataset, runtime: Runtime, *, description="features",
-                     head: str | None = None) -> torch.Tensor:
+def extract_features(
+    model, dataset: Dataset, runtime: Runtime, *, description="features", head: str | None = None
+) -> torch.Tensor:
     """L2-normalised pooled backbone features ``[N, D]`` of every example, fp32 on ``runtime.device``
     (they stay there for the k-NN vote; nothing is copied per batch); with ``head``, that head's outputs
     instead (paper 2's LoRA bug, see :class:`KNNEvaluator`)."""
@@ -120,15 +121,33 @@ def extract_features(model, dataset: Dataset, runtime: Runtime, *, description="
     return torch.cat(chunks) if chunks else torch.zeros(0, model.num_features, device=device)
 
 
-def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, *, k: int, temperature: float,
-                num_classes: int, chunk: int = 1024) -> torch.Tensor:  # fmt: skip
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    *,
+    k: int,
+    temperature: float,
+    num_classes: int,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """DINO's weighted k-NN: the ``k`` most cosine-similar bank features vote for their label with
     weight ``exp(similarity / temperature)``; the class with the largest total wins (ties: lowest id)."""
-    return knn_predict_many(bank, bank_labels, queries, ks=(k,), temperature=temperature, num_classes=num_classes, chunk=chunk)[k]
+    return knn_predict_many(
+        bank, bank_labels, queries, ks=(k,), temperature=temperature, num_classes=num_classes, chunk=chunk
+    )[k]
 
 
-def knn_predict_many(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, *, ks, temperature: float,
-                     num_classes: int, chunk: int = 1024) -> dict[int, torch.Tensor]:  # fmt: skip
+def knn_predict_many(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    *,
+    ks,
+    temperature: float,
+    num_classes: int,
+    chunk: int = 1024,
+) -> dict[int, torch.Tensor]:
     """:func:`knn_predict` at every ``k`` of ``ks`` from one similarity and one top-k pass per chunk of
     queries, on the bank's device (a GPU: seconds for ImageNet's 1.28 M x 768 bank and 50,000 queries).
 
@@ -168,11 +187,24 @@ class KNNEvaluator:
     The votes span the bank's labels (``0 .. max label``): a class without a bank example gets no vote,
     so the predictions are those over the upstream task's whole label space."""
 
-    def __init__(self, bank: Dataset, *, k: int = 20, ks=(10, 20, 100, 200), temperature: float = 0.07,
-                 features: str = "backbone", bank_dtype: str = "fp32", cache_dir: Path | None = None, crop_cache=None):
+    def __init__(
+        self,
+        bank: Dataset,
+        *,
+        k: int = 20,
+        ks=(10, 20, 100, 200),
+        temperature: float = 0.07,
+        features: str = "backbone",
+        bank_dtype: str = "fp32",
+        cache_dir: Path | None = None,
+        crop_cache=None,
+    ):
         if len(bank) == 0:
-            raise ConfigError("the k-NN evaluator (eval.upstream_evaluator=knn) needs the upstream task's train split as its bank, and it "
-                              "has none; for ImageNet place train/ as wnid folders under data.root/imagenet (forgetlab data check)")  # fmt: skip
+            raise ConfigError(
+                "the k-NN evaluator (eval.upstream_evaluator=knn) needs the upstream "
+                "task's train split as its bank, and it has none; for ImageNet place "
+                "train/ as wnid folders under data.root/imagenet (forgetlab data check)"
+            )
         from forgetlab.data.base import evaluation_view
 
         self.bank, self.k, self.temperature = evaluation_view(bank), k, temperature
@@ -199,8 +231,14 @@ class KNNEvaluator:
         tree = "\n".join(f"{name}: {module!r}" for name, module in sorted(modules.items()))
         tf32 = runtime.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
         precision = f"{runtime.device.type}|autocast={runtime.amp_dtype}|tf32={tf32}"
-        return caches.knn_bank_key(model_args=caches.model_arguments(model.backbone), model_tree=tree, weights=self._weights(modules),
-                                   bank=self._bank_print, features=self.features, precision=precision)  # fmt: skip
+        return caches.knn_bank_key(
+            model_args=caches.model_arguments(model.backbone),
+            model_tree=tree,
+            weights=self._weights(modules),
+            bank=self._bank_print,
+            features=self.features,
+            precision=precision,
+        )
 
     def __call__(self, model, dataset: Dataset, runtime: Runtime, *, description="upstream k-NN") -> UpstreamResult:
         """The k-NN's result at ``self.k`` (accuracy, predictions), with its accuracy at every k of ``self.ks``."""
@@ -213,7 +251,9 @@ class KNNEvaluator:
         bank = self._cache[key]
         queries = extract_features(model, dataset, runtime, description=description, head=head)
         labels = dataset_labels(dataset)
-        predicted = knn_predict_many(bank, self.bank_labels, queries, ks=self.ks, temperature=self.temperature, num_classes=self.num_classes)
+        predicted = knn_predict_many(
+            bank, self.bank_labels, queries, ks=self.ks, temperature=self.temperature, num_classes=self.num_classes
+        )
         results = {k: p.numpy() for k, p in predicted.items()}
         at_k = {k: accuracy(p, labels) for k, p in results.items()}
         return UpstreamResult("knn", at_k[self.k], results[self.k].astype(np.int64), at_k)
@@ -245,9 +285,15 @@ class KNNEvaluator:
 @register_evaluator("knn")
 def build_knn_evaluator(eval_config, upstream, crop_cache=None) -> KNNEvaluator:
     """Paper 2's k-NN on backbone features against a bank of the upstream train set, set by ``eval.knn_*``."""
-    return KNNEvaluator(upstream.train, k=eval_config.knn_k, temperature=eval_config.knn_temperature,
-                        features=eval_config.knn_features, bank_dtype=eval_config.knn_bank_dtype,
-                        cache_dir=caches.folder("knn-banks") if eval_config.knn_cache else None, crop_cache=crop_cache)  # fmt: skip
+    return KNNEvaluator(
+        upstream.train,
+        k=eval_config.knn_k,
+        temperature=eval_config.knn_temperature,
+        features=eval_config.knn_features,
+        bank_dtype=eval_config.knn_bank_dtype,
+        cache_dir=caches.folder("knn-banks") if eval_config.knn_cache else None,
+        crop_cache=crop_cache,
+    )
 
 
 class UpstreamEvaluators:

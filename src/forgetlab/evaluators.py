@@ -21,12 +21,12 @@ BUILT_IN = ("head", "knn")
 
 
 def register_evaluator(name: str) -> Callable:
-    """Function decorator: enter a factory ``factory(eval_config, upstream, crop_cache) -> evaluator`` as the
-    upstream evaluator ``name`` (the value of ``eval.upstream_evaluator``) and return it unchanged.
-    ``eval_config`` is the run's :class:`forgetlab.config.EvalConfig`, ``upstream`` the upstream task (its
-    ``train``, ``test`` and ``num_classes``), ``crop_cache`` the run's evaluation-crop cache or None. The
-    evaluator is called as ``evaluator(model, dataset, runtime, *, description=...)`` (``runtime``: the
-    run's :class:`~forgetlab.runtime.Runtime`) and returns an :class:`UpstreamResult`. Raises ``ValueError`` for a name registered twice."""
+    """Function decorator: enter a factory ``factory(eval_config, upstream, crop_cache) -> evaluator`` as the upstream
+    evaluator ``name`` (the value of ``eval.upstream_evaluator``) and return it unchanged. ``eval_config`` is the run's
+    :class:`forgetlab.config.EvalConfig`, ``upstream`` the upstream task (its ``train``, ``test`` and ``num_classes``),
+    ``crop_cache`` the run's evaluation-crop cache or None. The evaluator is called as ``evaluator(model, dataset,
+    runtime, *, description=...)`` (``runtime``: the run's :class:`~forgetlab.runtime.Runtime`) and returns an
+    :class:`UpstreamResult`. Raises ``ValueError`` for a name registered twice."""
 
     def register(factory: Callable) -> Callable:
         if name in _EVALUATORS:

@@ -45,17 +45,25 @@ class Anatomy:
 
     def format(self) -> str:
         width = max(len("method"), *(len(row.method) for row in self.methods))
-        lines = [f"{self.backbone}: {self.model_class}, {self.family or 'no named'} family, {self.parameters:,} backbone parameters",
-                 f"LoRA targets: {self.lora_note}", "",
-                 f"| {'method':<{width}} | {'trainable':>12} | {'of backbone':>11} | what trains", f"|{'-' * (width + 2)}|{'-' * 14}|{'-' * 13}|------"]  # fmt: skip
+        lines = [
+            f"{self.backbone}: {self.model_class}, {self.family or 'no named'} "
+            f"family, {self.parameters:,} backbone parameters",
+            f"LoRA targets: {self.lora_note}",
+            "",
+            f"| {'method':<{width}} | {'trainable':>12} | {'of backbone':>11} | what trains",
+            f"|{'-' * (width + 2)}|{'-' * 14}|{'-' * 13}|------",
+        ]
         for row in self.methods:
             trainable = f"{row.trainable:,}" if row.trainable is not None else "-"
             fraction = f"{100 * row.fraction:.3f}%" if row.fraction is not None else "-"
             lines.append(f"| {row.method:<{width}} | {trainable:>12} | {fraction:>11} | {row.note}")
         if self.lora_variants:
             lines += ["", "LoRA's variants (method.scaling, method.dora, method.init), the other options as above:"]
-            lines += [f"| {row.method} | {'-' if row.trainable is None else f'{row.trainable:,}'} | "
-                      f"{'-' if row.fraction is None else f'{100 * row.fraction:.3f}%'} | {row.note}" for row in self.lora_variants]
+            lines += [
+                f"| {row.method} | {'-' if row.trainable is None else f'{row.trainable:,}'} | "
+                f"{'-' if row.fraction is None else f'{100 * row.fraction:.3f}%'} | {row.note}"
+                for row in self.lora_variants
+            ]
         return "\n".join(lines)
 
 
@@ -106,19 +114,31 @@ def anatomy(config) -> Anatomy:
         model.upstream_head.requires_grad_(False)  # as a run does: evaluated, never trained
         trainable, grown = backbone_parameters(model)  # block expansion adds blocks: a run's denominator is after it
         names = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
-        where = f"adapters on {len(targets)} layers" if name == "lora" else _units(names) if names else "the task head only"
+        where = (
+            f"adapters on {len(targets)} layers" if name == "lora" else _units(names) if names else "the task head only"
+        )
         if name == "lora" and method.config.dora:
             where += f" + a magnitude per output row or channel ({_magnitudes(model):,} values)"
         rows.append(MethodAnatomy(method.describe(), trainable, trainable / grown, where))
     variants = _lora_variants(backbone, lora_options, len(targets)) if targets else []
-    return Anatomy(config.backbone.name, type(backbone).__name__, family.name if family else None, size, targets, lora_note, rows,
-                   variants)  # fmt: skip
+    return Anatomy(
+        config.backbone.name,
+        type(backbone).__name__,
+        family.name if family else None,
+        size,
+        targets,
+        lora_note,
+        rows,
+        variants,
+    )
 
 
 VARIANTS = ({"scaling": "rslora"}, {"dora": True}, {"init": "pissa"})
-VARIANT_NOTES = {"scaling": "the same adapters, scaled alpha / sqrt(r) instead of alpha / r",
-                 "dora": "adapters on {layers} layers + a magnitude per output row or channel ({extra:,} values)",
-                 "init": "the same adapters, started from the weights' top-r singular vectors (gaussian and olora count the same)"}  # fmt: skip
+VARIANT_NOTES = {
+    "scaling": "the same adapters, scaled alpha / sqrt(r) instead of alpha / r",
+    "dora": "adapters on {layers} layers + a magnitude per output row or channel ({extra:,} values)",
+    "init": "the same adapters, started from the weights' top-r singular vectors (gaussian and olora count the same)",
+}
 
 
 def _magnitudes(model) -> int:
@@ -131,7 +151,7 @@ def _lora_variants(backbone, options: dict, layers: int) -> list[MethodAnatomy]:
     parameters as :meth:`Method.prepare` leaves them (DoRA adds one magnitude value per adapted output row)."""
     rows = []
     for variant in VARIANTS:
-        (key, value), = variant.items()
+        ((key, value),) = variant.items()
         if options.get(key) == value:
             continue
         method = build_method(method_config_from_dict({**options, **variant}))

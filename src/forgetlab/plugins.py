@@ -49,7 +49,9 @@ def load_plugins() -> list[str]:
         except ForgetlabError:
             raise
         except Exception as error:  # noqa: BLE001 - any failure of foreign code becomes one line
-            raise PluginError(f"the forgetlab plugin {where} failed to load ({type(error).__name__}: {error}); "
-                              f"fix or uninstall that package") from error
+            raise PluginError(
+                f"the forgetlab plugin {where} failed to load ({type(error).__name__}: {error}); "
+                f"fix or uninstall that package"
+            ) from error
         _loaded.append(f"{point.name} = {point.value}")
     return list(_loaded)

@@ -6,10 +6,10 @@ each, and ``forgetlab presets --markdown`` writes ``docs/PRESETS.md`` (a test ke
 this module's output, so the table cannot drift from the code). ``forgetlab run --preset NAME
 [key=value ...]`` runs one, e.g. ``forgetlab run --preset paper1-vit method.rank=32 data.root=/data``.
 
-A source is a file and line of the paper's public code (paper 1: ``AlbinSou/lora_cl_analysis``, paper
-2: ``rezaakb/peft-vit``), a fact of ``docs/PROTOCOL_paper1.md`` or ``docs/PROTOCOL_paper2.md`` (read from that code, with its file and line), or "forgetlab's choice" with
-the reason. Keys a preset does not set keep forgetlab's defaults (``forgetlab config --preset NAME``
-prints the whole resolved config).
+A source is a file and line of the paper's public code (paper 1: ``AlbinSou/lora_cl_analysis``, paper 2:
+``rezaakb/peft-vit``), a fact of ``docs/PROTOCOL_paper1.md`` or ``docs/PROTOCOL_paper2.md`` (read from that code, with
+its file and line), or "forgetlab's choice" with the reason. Keys a preset does not set keep forgetlab's defaults
+(``forgetlab config --preset NAME`` prints the whole resolved config).
 
 Cost is the number of training images a run processes (exact) and its time at an assumed throughput:
 no GPU has been available to this project to measure it, so the hours are arithmetic, not measurements.
@@ -60,11 +60,15 @@ class Preset:
     @property
     def tree(self) -> dict:
         """The preset as a config tree (what ``forgetlab run --preset`` starts from)."""
-        return expand({"name": self.name, **{key: setting.value for key, setting in self.settings.items()}}, f"preset {self.name}")
+        return expand(
+            {"name": self.name, **{key: setting.value for key, setting in self.settings.items()}}, f"preset {self.name}"
+        )
 
     @property
     def command(self) -> str:
-        return f"forgetlab run --preset {self.name} data.root=/path/to/datasets" + "".join(f" {o}" for o in self.options)
+        return f"forgetlab run --preset {self.name} data.root=/path/to/datasets" + "".join(
+            f" {o}" for o in self.options
+        )
 
     def training_images(self) -> int:
         train = self.tree.get("train", {})
@@ -75,7 +79,9 @@ class Preset:
             base, *parts = task.split(":")
             share = {"samples_half1": 0.5, "samples_half2": 0.5, "samples_first80": 0.8, "samples_last20": 0.2}
             fraction = next((share[p] for p in parts if p in share), 1.0)
-            total += round(TRAIN_IMAGES[base] * fraction) * train.get("task_epochs", {}).get(base, train.get("epochs", 1))
+            total += round(TRAIN_IMAGES[base] * fraction) * train.get("task_epochs", {}).get(
+                base, train.get("epochs", 1)
+            )
         return total
 
     def evaluation_images(self) -> dict[str, int]:
@@ -99,14 +105,18 @@ class Preset:
         return {
             "upstream test": IMAGENET_VAL * (len(tasks) + 1),
             "k-NN bank": IMAGENET_TRAIN * banks,
-            "task tests": sum(test(column) for row in range(1, len(tasks) + 1) for column in dict.fromkeys(columns[:row])),
+            "task tests": sum(
+                test(column) for row in range(1, len(tasks) + 1) for column in dict.fromkeys(columns[:row])
+            ),
             "model selection": selection,
         }
 
     def _steps(self, task: str) -> int:
         train = self.tree.get("train", {})
         base = task.split(":")[0]
-        return -(-TRAIN_IMAGES[base] // train.get("batch_size", 64)) * train.get("task_epochs", {}).get(base, train.get("epochs", 1))
+        return -(-TRAIN_IMAGES[base] // train.get("batch_size", 64)) * train.get("task_epochs", {}).get(
+            base, train.get("epochs", 1)
+        )
 
     @property
     def expected_time(self) -> str:
@@ -117,82 +127,155 @@ class Preset:
         parts += [f"k-NN bank {banks} x {IMAGENET_TRAIN:,} (ImageNet train)"] if banks else []
         parts += [f"task tests {evaluated['task tests']:,}"]
         parts += [f"model selection {evaluated['model selection']:,}"] if evaluated["model selection"] else []
-        return (f"{images:,} training and {sum(evaluated.values()):,} evaluated images ({'; '.join(parts)}); about {hours:.1f} h "
-                f"at an assumed {ASSUMED_IMAGES_PER_SECOND:,} training img/s, evaluation {ASSUMED_EVAL_SPEEDUP}x faster (not measured)")  # fmt: skip
+        return (
+            f"{images:,} training and {sum(evaluated.values()):,} evaluated images "
+            f"({'; '.join(parts)}); about {hours:.1f} h at an assumed {ASSUMED_IMAGES_PER_SECOND:,} "
+            f"training img/s, evaluation {ASSUMED_EVAL_SPEEDUP}x faster (not measured)"
+        )
 
     def table(self) -> list[tuple[str, str, str]]:
         """``(key, value, source)`` for every setting."""
-        return [(key, repr(s.value) if not isinstance(s.value, str) else s.value, s.source) for key, s in self.settings.items()]
+        return [
+            (key, repr(s.value) if not isinstance(s.value, str) else s.value, s.source)
+            for key, s in self.settings.items()
+        ]
 
 
 # ---------------------------------------------------------------------------------------------- paper 1
-def _paper1(backbone: str, tasks: list[str], *, order: str, method: str = "lora", lwf: bool = False) -> dict[str, Setting]:
+def _paper1(
+    backbone: str, tasks: list[str], *, order: str, method: str = "lora", lwf: bool = False
+) -> dict[str, Setting]:
     vit = backbone.startswith("vit")
     settings = {
         "backbone.name": Setting(backbone, f"{P1} config/model/{'timvit1k' if vit else 'timresnet501k'}.yaml:1"),
         "precision": Setting("fp32", "docs/PROTOCOL_paper1.md (precision): no mixed precision in the code"),
-        "data.upstream": Setting("imagenet", f"{P1} src/factories/benchmark_factory.py:157 (ImageNet val, scored after every task)"),
+        "data.upstream": Setting(
+            "imagenet", f"{P1} src/factories/benchmark_factory.py:157 (ImageNet val, scored after every task)"
+        ),
         "data.tasks": Setting(tasks, order),
         "data.workers": Setting(8, "forgetlab's choice: decoding workers do not change results"),
-        "preprocess.train_scale": Setting([0.08, 1.0], f"{P1} experiments/lora_forget.py:262 (timm create_transform, default scale)"),
-        "preprocess.color_jitter": Setting(0.4, f"{P1} experiments/lora_forget.py:262 (timm create_transform, default color_jitter)"),
+        "preprocess.train_scale": Setting(
+            [0.08, 1.0], f"{P1} experiments/lora_forget.py:262 (timm create_transform, default scale)"
+        ),
+        "preprocess.color_jitter": Setting(
+            0.4, f"{P1} experiments/lora_forget.py:262 (timm create_transform, default color_jitter)"
+        ),
         "preprocess.hflip": Setting(0.5, f"{P1} experiments/lora_forget.py:262 (timm create_transform, default hflip)"),
-        "preprocess.eval_crop": Setting("center", f"{P1} experiments/lora_forget.py:263 (timm eval transform: resize, centre crop)"),
-        "preprocess.upstream_eval": Setting("backbone", f"{P1} experiments/lora_forget.py:263 (one eval transform for every task)"),
+        "preprocess.eval_crop": Setting(
+            "center", f"{P1} experiments/lora_forget.py:263 (timm eval transform: resize, centre crop)"
+        ),
+        "preprocess.upstream_eval": Setting(
+            "backbone", f"{P1} experiments/lora_forget.py:263 (one eval transform for every task)"
+        ),
         "train.optimizer": Setting("adamw", f"{P1} experiments/lora_forget.py:292"),
         "train.lr": Setting(1e-3, f"{P1} config/optimizer/{'lora' if method == 'lora' else 'lora_full'}.yaml:1"),
-        "train.weight_decay": Setting(1e-2 if method == "lora" else 0.0,
-                                      f"{P1} config/optimizer/{'lora' if method == 'lora' else 'lora_full'}.yaml:2"),
+        "train.weight_decay": Setting(
+            1e-2 if method == "lora" else 0.0,
+            f"{P1} config/optimizer/{'lora' if method == 'lora' else 'lora_full'}.yaml:2",
+        ),
         "train.batch_size": Setting(32, f"{P1} config/strategy/lora.yaml:1"),
         "train.epochs": Setting(20, "unused: every task has its own count (train.task_epochs)"),
-        "train.task_epochs": Setting(dict(PAPER1_EPOCHS), f"{P1} config/strategy/lora.yaml:2 ([0, 20, 60, 40, 40]; a long-setting half "
-                                                          f"gets its dataset's count, benchmark_factory.py:227)"),
-        "train.schedule": Setting("hf_cosine", f"{P1} experiments/lora_forget.py:358-375 (transformers' cosine with warm-up over "
-                                               "(N // 32) x epochs steps, stepped every iteration)"),
+        "train.task_epochs": Setting(
+            dict(PAPER1_EPOCHS),
+            f"{P1} config/strategy/lora.yaml:2 ([0, 20, 60, 40, 40]; a long-setting half "
+            f"gets its dataset's count, benchmark_factory.py:227)",
+        ),
+        "train.schedule": Setting(
+            "hf_cosine",
+            f"{P1} experiments/lora_forget.py:358-375 (transformers' cosine with warm-up over "
+            "(N // 32) x epochs steps, stepped every iteration)",
+        ),
         "train.warmup_fraction": Setting(1 / 18, f"{P1} experiments/lora_forget.py:359 (steps // 18)"),
-        "train.drop_last": Setting(False, "forgetlab's reading of the code: Avalanche's training loader keeps the last partial batch, "
-                                          "so ceil(N / 32) x epochs iterations run against a (N // 32) x epochs schedule"),
-        "train.select": Setting("last", f"{P1} experiments/lora_forget.py:104 (eval_every=-1: no model selection, every number after the last step)"),
-        "eval.upstream_evaluator": Setting("head", f"{P1} experiments/lora_forget.py:130, 204 (the ImageNet head, frozen)"),
-        "eval.batch_size": Setting(256, "forgetlab's choice (the code: 64, config/strategy/lora.yaml:3): batch size does not change predictions"),
+        "train.drop_last": Setting(
+            False,
+            "forgetlab's reading of the code: Avalanche's training loader keeps the last partial batch, "
+            "so ceil(N / 32) x epochs iterations run against a (N // 32) x epochs schedule",
+        ),
+        "train.select": Setting(
+            "last",
+            f"{P1} experiments/lora_forget.py:104 (eval_every=-1: "
+            f"no model selection, every number after the last step)",
+        ),
+        "eval.upstream_evaluator": Setting(
+            "head", f"{P1} experiments/lora_forget.py:130, 204 (the ImageNet head, frozen)"
+        ),
+        "eval.batch_size": Setting(
+            256,
+            "forgetlab's choice (the code: 64, config/strategy/lora.yaml:3): batch size does not change predictions",
+        ),
     }
     if method == "lora":
-        settings.update({
-            "method.name": Setting("lora", f"{P1} config/experiment/lora_experiment.yaml:11 (mode: merge)"),
-            "method.rank": Setting(32 if vit else 1, f"{P1} config/strategy/lora.yaml:6 (32); the sweeps vary it: ViT 1, 2, 4, 6, 8, 16, 32 "
-                                                     f"(scripts/lora_vit_seeds.sh:5), ResNet 1-7 (docs/PROTOCOL_paper1.md)" if vit else
-                                                     "docs/PROTOCOL_paper1.md (ranks): ResNet ranks 1 to 7; figure 5 uses rank 1"),
-            "method.alpha": Setting(None, f"{P1} scripts/lora_vit_seeds.sh:7 (lora_alpha = 2 x rank; None means 2 x rank)"),
-            "method.dropout": Setting(0.1, f"{P1} experiments/lora_forget.py:81"),
-            "method.targets": Setting("default", f"{P1} experiments/lora_forget.py:69 (blocks.*.attn.qkv), :74 (layer*.*.conv3)"),
-            "method.policy": Setting("merge", f"{P1} experiments/lora_forget.py:145, 223 (merge_and_unload after every task)"),
-        })  # fmt: skip
+        settings.update(
+            {
+                "method.name": Setting("lora", f"{P1} config/experiment/lora_experiment.yaml:11 (mode: merge)"),
+                "method.rank": Setting(
+                    32 if vit else 1,
+                    f"{P1} config/strategy/lora.yaml:6 (32); the sweeps vary it: ViT 1, 2, 4, 6, 8, 16, 32 "
+                    f"(scripts/lora_vit_seeds.sh:5), ResNet 1-7 (docs/PROTOCOL_paper1.md)"
+                    if vit
+                    else "docs/PROTOCOL_paper1.md (ranks): ResNet ranks 1 to 7; figure 5 uses rank 1",
+                ),
+                "method.alpha": Setting(
+                    None, f"{P1} scripts/lora_vit_seeds.sh:7 (lora_alpha = 2 x rank; None means 2 x rank)"
+                ),
+                "method.dropout": Setting(0.1, f"{P1} experiments/lora_forget.py:81"),
+                "method.targets": Setting(
+                    "default", f"{P1} experiments/lora_forget.py:69 (blocks.*.attn.qkv), :74 (layer*.*.conv3)"
+                ),
+                "method.policy": Setting(
+                    "merge", f"{P1} experiments/lora_forget.py:145, 223 (merge_and_unload after every task)"
+                ),
+            }
+        )
     else:
-        settings.update({
-            "method.name": Setting("fullrank", f"{P1} config/experiment/lora_full.yaml:11 (mode: full)"),
-            "method.targets": Setting("default", f"{P1} experiments/lora_forget.py:39 (blocks.*.attn.qkv.weight), :44 (layer*.*.conv3.weight)"),
-        })  # fmt: skip
-    settings["lwf.alpha"] = Setting(5.0 if lwf else 0.0, f"{P1} config/strategy/lora.yaml:9" if lwf else f"{P1} config/strategy/lora.yaml:8 (name: finetune, no LwF)")
+        settings.update(
+            {
+                "method.name": Setting("fullrank", f"{P1} config/experiment/lora_full.yaml:11 (mode: full)"),
+                "method.targets": Setting(
+                    "default",
+                    f"{P1} experiments/lora_forget.py:39 (blocks.*.attn.qkv.weight), :44 (layer*.*.conv3.weight)",
+                ),
+            }
+        )
+    settings["lwf.alpha"] = Setting(
+        5.0 if lwf else 0.0,
+        f"{P1} config/strategy/lora.yaml:9" if lwf else f"{P1} config/strategy/lora.yaml:8 (name: finetune, no LwF)",
+    )
     if lwf:
         settings["lwf.temperature"] = Setting(2.0, f"{P1} config/strategy/lora.yaml:10")
-        settings["lwf.train_earlier_heads"] = Setting(True, "docs/PROTOCOL_paper1.md (LwF): earlier heads stay in AdamW and LwF's term trains them")
+        settings["lwf.train_earlier_heads"] = Setting(
+            True, "docs/PROTOCOL_paper1.md (LwF): earlier heads stay in AdamW and LwF's term trains them"
+        )
     return settings
 
 
 ORDER_1 = f"{P1} src/factories/benchmark_factory.py:140-175 (ImageNet -> Cars -> Flowers -> Aircraft -> CUB)"
 ORDER_2 = f"{P1} src/factories/benchmark_factory.py:181-220 (the second order, Aircraft -> CUB -> Flowers -> Cars)"
-ORDER_LONG = (f"{P1} src/factories/benchmark_factory.py:269-291 (each training set split into two seeded random halves of its samples, "
-              "the sequence run twice, the same task and head each time)")  # fmt: skip
-RSLORA = Setting("rslora", "forgetlab's extension: rsLoRA (Kalajdzievski, 2023, arXiv:2312.03732), scale alpha / sqrt(r) "
-                          "with paper 1's alpha = 2r, i.e. 2 sqrt(r) instead of 2; PEFT's use_rslora")
-DORA = Setting(True, "forgetlab's extension: DoRA (Liu et al., 2024, arXiv:2402.09353), a trainable magnitude per output "
-                     "row of qkv, merged with the direction after every task; PEFT's use_dora")
-VARIANT_NOTE = (" The variant is forgetlab's, not paper 1's: every other setting is paper 1's, so the run differs from paper1-vit "
-                "in that one key; sweeps/paper1_fig1_variants.yaml runs figure 1's ranks under each.")
-PAPER1_NOTE = ("Seeds: 0, 1, 2, 3 (seed=N; config/experiment/lora_defaults.yaml:2 and scripts/lora_vit_seeds.sh:3). "
-               "Splits as the code loads them: Flowers102 trnid only (1,020), FGVC-Aircraft 'train' (3,334), CUB cropped to its boxes "
-               "(flowers102:trainval, fgvc_aircraft:trainval and cub200:nocrop name the alternatives). BatchNorm statistics stay frozen "
-               "(lora_forget.py:150; always so in forgetlab).")  # fmt: skip
+ORDER_LONG = (
+    f"{P1} src/factories/benchmark_factory.py:269-291 (each training "
+    f"set split into two seeded random halves of its samples, "
+    "the sequence run twice, the same task and head each time)"
+)
+RSLORA = Setting(
+    "rslora",
+    "forgetlab's extension: rsLoRA (Kalajdzievski, 2023, arXiv:2312.03732), scale alpha / sqrt(r) "
+    "with paper 1's alpha = 2r, i.e. 2 sqrt(r) instead of 2; PEFT's use_rslora",
+)
+DORA = Setting(
+    True,
+    "forgetlab's extension: DoRA (Liu et al., 2024, arXiv:2402.09353), a trainable magnitude per output "
+    "row of qkv, merged with the direction after every task; PEFT's use_dora",
+)
+VARIANT_NOTE = (
+    " The variant is forgetlab's, not paper 1's: every other setting is paper 1's, so the run differs from paper1-vit "
+    "in that one key; sweeps/paper1_fig1_variants.yaml runs figure 1's ranks under each."
+)
+PAPER1_NOTE = (
+    "Seeds: 0, 1, 2, 3 (seed=N; config/experiment/lora_defaults.yaml:2 and scripts/lora_vit_seeds.sh:3). "
+    "Splits as the code loads them: Flowers102 trnid only (1,020), FGVC-Aircraft 'train' (3,334), CUB "
+    "cropped to its boxes (flowers102:trainval, fgvc_aircraft:trainval and cub200:nocrop name the "
+    "alternatives). BatchNorm statistics stay frozen (lora_forget.py:150; always so in forgetlab)."
+)
 
 
 # ---------------------------------------------------------------------------------------------- paper 2
@@ -211,9 +294,13 @@ def _paper2(key: str, method: dict[str, Setting], lr: float, lr_source: str) -> 
     line = _P2_LINES[key.split("/")[0] if key.split("/")[0] in ("block", "lora") else "plain"]
     return {
         "backbone.name": Setting("vit_base_patch16_224.dino", f"{config}:13 (vit-b16-224-dino)"),
-        "backbone.num_classes": Setting(0, "forgetlab's choice: DINO has no ImageNet head; the upstream task is scored by k-NN"),
+        "backbone.num_classes": Setting(
+            0, "forgetlab's choice: DINO has no ImageNet head; the upstream task is scored by k-NN"
+        ),
         "precision": Setting("tf32", "docs/PROTOCOL_paper2.md (precision): fp32, with TF32 matmuls allowed"),
-        "data.upstream": Setting("imagenet", f"{P2} src/eval_knn.py:52-53 (ImageNet-1k: the train set is the k-NN bank, val the queries)"),
+        "data.upstream": Setting(
+            "imagenet", f"{P2} src/eval_knn.py:52-53 (ImageNet-1k: the train set is the k-NN bank, val the queries)"
+        ),
         "data.tasks": Setting(["cifar100"], f"{config}:{line['dataset']}"),
         "data.workers": Setting(8, "forgetlab's choice: decoding workers do not change results"),
         **{f"method.{k}": v for k, v in method.items()},
@@ -237,19 +324,28 @@ def _paper2(key: str, method: dict[str, Setting], lr: float, lr_source: str) -> 
         "train.schedule": Setting("hf_cosine", f"{P2} src/model.py:345-349 (transformers' cosine with warm-up)"),
         "train.warmup_steps": Setting(100 if linear else 500, f"{config}:{line['warmup']}"),
         "train.drop_last": Setting(True, f"{P2} src/data.py:232 (drop_last=True)"),
-        "train.select": Setting("best", f"{config}:{line['checkpoint']} (ModelCheckpoint on val_acc, mode max; the test set is the "
-                                        "validation set)"),
+        "train.select": Setting(
+            "best",
+            f"{config}:{line['checkpoint']} (ModelCheckpoint on val_acc, mode max; the test set is the validation set)",
+        ),
         "train.eval_every": Setting(250 if linear else 500, f"{config}:11 (val_check_interval)"),
         "eval.upstream_evaluator": Setting("knn", f"{P2} src/eval_knn.py:157-158, 219 (DINO's weighted k-NN)"),
-        "eval.knn_k": Setting(20, f"{P2} src/eval_knn.py:270 (k in 10, 20, 100, 200; k = 20 gives DINO ViT-B/16's published 76.1 %)"),
+        "eval.knn_k": Setting(
+            20, f"{P2} src/eval_knn.py:270 (k in 10, 20, 100, 200; k = 20 gives DINO ViT-B/16's published 76.1 %)"
+        ),
         "eval.knn_temperature": Setting(0.07, f"{P2} src/eval_knn.py:272 (votes exp(similarity / 0.07))"),
-        "eval.knn_features": Setting("backbone", "forgetlab's choice: backbone features (correct); task_logits reproduces the published LoRA rows"),
+        "eval.knn_features": Setting(
+            "backbone",
+            "forgetlab's choice: backbone features (correct); task_logits reproduces the published LoRA rows",
+        ),
         "eval.batch_size": Setting(256, "forgetlab's choice: batch size does not change predictions"),
-    }  # fmt: skip
+    }
 
 
-PAPER2_NOTE = ("The published numbers come from the checkpoint with the best CIFAR-100 test accuracy (scored every "
-               "{every} steps): the test set doubles as validation, so they are optimistic (train.select=last for the honest number).")
+PAPER2_NOTE = (
+    "The published numbers come from the checkpoint with the best CIFAR-100 test accuracy (scored every {every} "
+    "steps): the test set doubles as validation, so they are optimistic (train.select=last for the honest number)."
+)
 
 
 def _paper1_presets() -> list[Preset]:
@@ -258,32 +354,97 @@ def _paper1_presets() -> list[Preset]:
     long = [f"{t}:samples_half1" for t in SHORT] + [f"{t}:samples_half2" for t in SHORT]
     long80 = [f"{t}:samples_first80" for t in SHORT] + [f"{t}:samples_last20" for t in SHORT]
     return [
-        Preset("paper1-vit", "paper 1, short setting, ViT-B/16 (figure 1, blue)", _paper1(vit, SHORT, order=ORDER_1), PAPER1_NOTE,
-               ["method.rank=32", "seed=0"]),
-        Preset("paper1-resnet", "paper 1, short setting, ResNet-50 (figure 1, green)", _paper1(resnet, SHORT, order=ORDER_1), PAPER1_NOTE,
-               ["method.rank=1", "seed=0"]),
-        Preset("paper1-vit-order2", "paper 1, second task order, ViT-B/16", _paper1(vit, SECOND_ORDER, order=ORDER_2), PAPER1_NOTE),
-        Preset("paper1-resnet-order2", "paper 1, second task order, ResNet-50", _paper1(resnet, SECOND_ORDER, order=ORDER_2), PAPER1_NOTE),
-        Preset("paper1-vit-long", "paper 1, long setting: every dataset's first half of samples, then the second halves (ViT-B/16)",
-               _paper1(vit, long, order=ORDER_LONG), PAPER1_NOTE + " Rows are the 8 phases, columns the 4 tasks."),
-        Preset("paper1-resnet-long", "paper 1, long setting, ResNet-50", _paper1(resnet, long, order=ORDER_LONG), PAPER1_NOTE),
-        Preset("paper1-vit-long-80-20", "paper 1, long setting's 80/20 variant: 80 % of every dataset's samples, then the other 20 %",
-               _paper1(vit, long80, order=f"{P1} src/factories/benchmark_factory.py:311-316 (the 80/20 variant); the split is forgetlab's, "
-                                          "see forgetlab.data.registry"), PAPER1_NOTE),
-        Preset("paper1-vit-lwf", "paper 1, short setting with LwF (alpha 5, T 2; figure 2), ViT-B/16",
-               _paper1(vit, SHORT, order=ORDER_1, lwf=True), PAPER1_NOTE, ["method.rank=32"]),
-        Preset("paper1-resnet-lwf", "paper 1, short setting with LwF, ResNet-50", _paper1(resnet, SHORT, order=ORDER_1, lwf=True), PAPER1_NOTE),
-        Preset("paper1-vit-fullrank", "paper 1's full-rank comparison: the qkv weights trained directly, ViT-B/16",
-               _paper1(vit, SHORT, order=ORDER_1, method="fullrank"), PAPER1_NOTE),
-        Preset("paper1-resnet-fullrank", "paper 1's full-rank comparison: the conv3 weights trained directly, ResNet-50",
-               _paper1(resnet, SHORT, order=ORDER_1, method="fullrank"), PAPER1_NOTE),
-        Preset("paper1-vit-rslora", "forgetlab's extension of paper 1 (not in the paper): its short setting, ViT-B/16, with rsLoRA's "
-                                    "scaling alpha / sqrt(r)", _paper1(vit, SHORT, order=ORDER_1) | {"method.scaling": RSLORA},
-               PAPER1_NOTE + VARIANT_NOTE, ["method.rank=32", "seed=0"]),
-        Preset("paper1-vit-dora", "forgetlab's extension of paper 1 (not in the paper): its short setting, ViT-B/16, with DoRA's "
-                                  "magnitude and direction", _paper1(vit, SHORT, order=ORDER_1) | {"method.dora": DORA},
-               PAPER1_NOTE + VARIANT_NOTE, ["method.rank=32", "seed=0"]),
-    ]  # fmt: skip
+        Preset(
+            "paper1-vit",
+            "paper 1, short setting, ViT-B/16 (figure 1, blue)",
+            _paper1(vit, SHORT, order=ORDER_1),
+            PAPER1_NOTE,
+            ["method.rank=32", "seed=0"],
+        ),
+        Preset(
+            "paper1-resnet",
+            "paper 1, short setting, ResNet-50 (figure 1, green)",
+            _paper1(resnet, SHORT, order=ORDER_1),
+            PAPER1_NOTE,
+            ["method.rank=1", "seed=0"],
+        ),
+        Preset(
+            "paper1-vit-order2",
+            "paper 1, second task order, ViT-B/16",
+            _paper1(vit, SECOND_ORDER, order=ORDER_2),
+            PAPER1_NOTE,
+        ),
+        Preset(
+            "paper1-resnet-order2",
+            "paper 1, second task order, ResNet-50",
+            _paper1(resnet, SECOND_ORDER, order=ORDER_2),
+            PAPER1_NOTE,
+        ),
+        Preset(
+            "paper1-vit-long",
+            "paper 1, long setting: every dataset's first half of samples, then the second halves (ViT-B/16)",
+            _paper1(vit, long, order=ORDER_LONG),
+            PAPER1_NOTE + " Rows are the 8 phases, columns the 4 tasks.",
+        ),
+        Preset(
+            "paper1-resnet-long",
+            "paper 1, long setting, ResNet-50",
+            _paper1(resnet, long, order=ORDER_LONG),
+            PAPER1_NOTE,
+        ),
+        Preset(
+            "paper1-vit-long-80-20",
+            "paper 1, long setting's 80/20 variant: 80 % of every dataset's samples, then the other 20 %",
+            _paper1(
+                vit,
+                long80,
+                order=f"{P1} src/factories/benchmark_factory.py:311-316 (the 80/20 variant); the split is forgetlab's, "
+                "see forgetlab.data.registry",
+            ),
+            PAPER1_NOTE,
+        ),
+        Preset(
+            "paper1-vit-lwf",
+            "paper 1, short setting with LwF (alpha 5, T 2; figure 2), ViT-B/16",
+            _paper1(vit, SHORT, order=ORDER_1, lwf=True),
+            PAPER1_NOTE,
+            ["method.rank=32"],
+        ),
+        Preset(
+            "paper1-resnet-lwf",
+            "paper 1, short setting with LwF, ResNet-50",
+            _paper1(resnet, SHORT, order=ORDER_1, lwf=True),
+            PAPER1_NOTE,
+        ),
+        Preset(
+            "paper1-vit-fullrank",
+            "paper 1's full-rank comparison: the qkv weights trained directly, ViT-B/16",
+            _paper1(vit, SHORT, order=ORDER_1, method="fullrank"),
+            PAPER1_NOTE,
+        ),
+        Preset(
+            "paper1-resnet-fullrank",
+            "paper 1's full-rank comparison: the conv3 weights trained directly, ResNet-50",
+            _paper1(resnet, SHORT, order=ORDER_1, method="fullrank"),
+            PAPER1_NOTE,
+        ),
+        Preset(
+            "paper1-vit-rslora",
+            "forgetlab's extension of paper 1 (not in the paper): its short setting, ViT-B/16, with rsLoRA's "
+            "scaling alpha / sqrt(r)",
+            _paper1(vit, SHORT, order=ORDER_1) | {"method.scaling": RSLORA},
+            PAPER1_NOTE + VARIANT_NOTE,
+            ["method.rank=32", "seed=0"],
+        ),
+        Preset(
+            "paper1-vit-dora",
+            "forgetlab's extension of paper 1 (not in the paper): its short setting, ViT-B/16, with DoRA's "
+            "magnitude and direction",
+            _paper1(vit, SHORT, order=ORDER_1) | {"method.dora": DORA},
+            PAPER1_NOTE + VARIANT_NOTE,
+            ["method.rank=32", "seed=0"],
+        ),
+    ]
 
 
 def _readme_row(label: str) -> str:
@@ -304,11 +465,14 @@ def _paper2_lora(r: int) -> dict[str, Setting]:
 
 
 def _paper2_block(p: int, split: int, file: str) -> dict[str, Setting]:
-    """Paper 2's Block Expansion with ``p`` copies, one after every ``split`` blocks (config ``configs/block/<file>``)."""
+    """Paper 2's Block Expansion with ``p`` copies, one after every ``split`` blocks (config
+    ``configs/block/<file>``)."""
     return {
         "name": Setting("block_expansion", f"{P2} configs/block/{file}:14 (training_mode: block)"),
         "copies": Setting(p, f"{P2} README.md:{109 + p} (the table's row p={p})"),
-        "split": Setting(split, f"{P2} configs/block/{file}:17 and src/utils.py:12 (a copy after block i when (i + 1) % split == 0)"),
+        "split": Setting(
+            split, f"{P2} configs/block/{file}:17 and src/utils.py:12 (a copy after block i when (i + 1) % split == 0)"
+        ),
     }
 
 
@@ -316,40 +480,122 @@ def _paper2_presets() -> list[Preset]:
     """Paper 2's table, one preset per row: the method's settings, its learning rate and its note."""
     lr_choice = "forgetlab's choice: configs exist at 0.005 and 0.05 and the README does not say which made the row; "
     paper2 = [
-        ("full", "full/cifar100-lr=0.005.yaml", {"name": Setting("full", f"{P2} configs/full/cifar100-lr=0.005.yaml:14")},
-         0.005, _readme_row("All") + ": configs/full/cifar100-lr=0.005.yaml:16", "full fine-tuning (85.9 M)", ""),
-        ("top3", "add_three/cifar100-lr=0.005.yaml",
-         {"name": Setting("topk", "docs/PROTOCOL_paper2.md (top-3): not implemented in the public code; forgetlab trains the last 3 blocks"),
-          "k": Setting(3, f"{P2} README.md:95 (row Top-3: 21.3 M = 3 blocks + the classifier)")},
-         0.005, _readme_row("Top-3") + ": configs/add_three/cifar100-lr=0.005.yaml:16", "top-3 blocks (21.3 M)",
-         " Top-3 is not defined by the public code (its config's training_mode 'add_three' exists nowhere in src/): forgetlab trains "
-         "the last 3 blocks and the final norm."),
-        ("linear", "linear/cifar100-lr=0.005.yaml", {"name": Setting("linear", f"{P2} configs/linear/cifar100-lr=0.005.yaml:14")},
-         0.005, _readme_row("Linear") + ": configs/linear/cifar100-lr=0.005.yaml:16", "linear probing (76.9 K)", ""),
-        ("lora-r4", "lora/cifar100-r4-lr-0.05.yaml", _paper2_lora(4), 0.05, _readme_row("r=4") + ": configs/lora/cifar100-r4-lr-0.05.yaml:16",
-         "LoRA r=4 on q, v", ""),
-        ("lora-r8", "lora/cifar100-r8-lr-0.005.yaml", _paper2_lora(8), 0.005, _readme_row("r=8") + ": configs/lora/cifar100-r8-lr-0.005.yaml:16",
-         "LoRA r=8 on q, v", ""),
-        ("lora-r16", "lora/cifar100-r16-lr-0.05.yaml", _paper2_lora(16), 0.05, _readme_row("r=16") + ": configs/lora/cifar100-r16-lr-0.05.yaml:16",
-         "LoRA r=16 on q, v", ""),
-        ("block-p1", "block/cifar100-lr=0.005-s11.yaml", _paper2_block(1, 11, "cifar100-lr=0.005-s11.yaml"), 0.005, lr_choice + "0.005 as for p=2, the one row whose config is linked",
-         "Block Expansion p=1", " train.lr=0.05 runs the other config (configs/block/cifar100-lr=0.05-s11.yaml)."),
-        ("block-p2", "block/cifar100-lr=0.005-s6.yaml", _paper2_block(2, 6, "cifar100-lr=0.005-s6.yaml"), 0.005, f"{P2} configs/block/cifar100-lr=0.005-s6.yaml:16",
-         "Block Expansion p=2", ""),
-        ("block-p3", "block/cifar100.yaml", _paper2_block(3, 4, "cifar100.yaml"), 0.05,
-         lr_choice + "0.05, the value of configs/block/cifar100.yaml:16, the split-4 config without a suffix",
-         "Block Expansion p=3", " train.lr=0.005 runs the other config (configs/block/cifar100-lr=0.005.yaml)."),
-        ("block-p4", "block/cifar100-lr=0.005-s3.yaml", _paper2_block(4, 3, "cifar100-lr=0.005-s3.yaml"), 0.005, lr_choice + "0.005 as for p=2, the one row whose config is linked",
-         "Block Expansion p=4", " train.lr=0.05 runs the other config (configs/block/cifar100-lr=0.05-s3.yaml)."),
-    ]  # fmt: skip
+        (
+            "full",
+            "full/cifar100-lr=0.005.yaml",
+            {"name": Setting("full", f"{P2} configs/full/cifar100-lr=0.005.yaml:14")},
+            0.005,
+            _readme_row("All") + ": configs/full/cifar100-lr=0.005.yaml:16",
+            "full fine-tuning (85.9 M)",
+            "",
+        ),
+        (
+            "top3",
+            "add_three/cifar100-lr=0.005.yaml",
+            {
+                "name": Setting(
+                    "topk",
+                    "docs/PROTOCOL_paper2.md (top-3): not implemented in "
+                    "the public code; forgetlab trains the last 3 blocks",
+                ),
+                "k": Setting(3, f"{P2} README.md:95 (row Top-3: 21.3 M = 3 blocks + the classifier)"),
+            },
+            0.005,
+            _readme_row("Top-3") + ": configs/add_three/cifar100-lr=0.005.yaml:16",
+            "top-3 blocks (21.3 M)",
+            " Top-3 is not defined by the public code (its config's training_mode 'add_three' "
+            "exists nowhere in src/): forgetlab trains the last 3 blocks and the final norm.",
+        ),
+        (
+            "linear",
+            "linear/cifar100-lr=0.005.yaml",
+            {"name": Setting("linear", f"{P2} configs/linear/cifar100-lr=0.005.yaml:14")},
+            0.005,
+            _readme_row("Linear") + ": configs/linear/cifar100-lr=0.005.yaml:16",
+            "linear probing (76.9 K)",
+            "",
+        ),
+        (
+            "lora-r4",
+            "lora/cifar100-r4-lr-0.05.yaml",
+            _paper2_lora(4),
+            0.05,
+            _readme_row("r=4") + ": configs/lora/cifar100-r4-lr-0.05.yaml:16",
+            "LoRA r=4 on q, v",
+            "",
+        ),
+        (
+            "lora-r8",
+            "lora/cifar100-r8-lr-0.005.yaml",
+            _paper2_lora(8),
+            0.005,
+            _readme_row("r=8") + ": configs/lora/cifar100-r8-lr-0.005.yaml:16",
+            "LoRA r=8 on q, v",
+            "",
+        ),
+        (
+            "lora-r16",
+            "lora/cifar100-r16-lr-0.05.yaml",
+            _paper2_lora(16),
+            0.05,
+            _readme_row("r=16") + ": configs/lora/cifar100-r16-lr-0.05.yaml:16",
+            "LoRA r=16 on q, v",
+            "",
+        ),
+        (
+            "block-p1",
+            "block/cifar100-lr=0.005-s11.yaml",
+            _paper2_block(1, 11, "cifar100-lr=0.005-s11.yaml"),
+            0.005,
+            lr_choice + "0.005 as for p=2, the one row whose config is linked",
+            "Block Expansion p=1",
+            " train.lr=0.05 runs the other config (configs/block/cifar100-lr=0.05-s11.yaml).",
+        ),
+        (
+            "block-p2",
+            "block/cifar100-lr=0.005-s6.yaml",
+            _paper2_block(2, 6, "cifar100-lr=0.005-s6.yaml"),
+            0.005,
+            f"{P2} configs/block/cifar100-lr=0.005-s6.yaml:16",
+            "Block Expansion p=2",
+            "",
+        ),
+        (
+            "block-p3",
+            "block/cifar100.yaml",
+            _paper2_block(3, 4, "cifar100.yaml"),
+            0.05,
+            lr_choice + "0.05, the value of configs/block/cifar100.yaml:16, the split-4 config without a suffix",
+            "Block Expansion p=3",
+            " train.lr=0.005 runs the other config (configs/block/cifar100-lr=0.005.yaml).",
+        ),
+        (
+            "block-p4",
+            "block/cifar100-lr=0.005-s3.yaml",
+            _paper2_block(4, 3, "cifar100-lr=0.005-s3.yaml"),
+            0.005,
+            lr_choice + "0.005 as for p=2, the one row whose config is linked",
+            "Block Expansion p=4",
+            " train.lr=0.05 runs the other config (configs/block/cifar100-lr=0.05-s3.yaml).",
+        ),
+    ]
     presets = []
     for key, config_file, method, lr, lr_source, label, extra_note in paper2:
         settings = _paper2(config_file, method, lr, lr_source)
         note = PAPER2_NOTE.format(every=250 if key == "linear" else 500) + extra_note
         if key.startswith("lora"):
-            note += (" The published LoRA rows scored the k-NN on the 100-d CIFAR classifier outputs (a bug of the code): "
-                     "eval.knn_features=task_logits reproduces them.")
-        presets.append(Preset(f"paper2-{key}", f"paper 2's table, row '{label}': DINO ViT-B/16 on CIFAR-100, ImageNet k-NN", settings, note))
+            note += (
+                " The published LoRA rows scored the k-NN on the 100-d CIFAR classifier outputs (a bug of the code): "
+                "eval.knn_features=task_logits reproduces them."
+            )
+        presets.append(
+            Preset(
+                f"paper2-{key}",
+                f"paper 2's table, row '{label}': DINO ViT-B/16 on CIFAR-100, ImageNet k-NN",
+                settings,
+                note,
+            )
+        )
     return presets
 
 
@@ -378,15 +624,28 @@ def preset_layer(name: str, run_name: bool = True) -> Layer:
 
 def markdown() -> str:
     """``docs/PRESETS.md``: every preset, its command, cost, note and settings with their sources."""
-    lines = ["# Presets", "", "Generated by `forgetlab presets --markdown` from `src/forgetlab/presets.py` (a test keeps them equal).",
-             "Paper 1's code is [AlbinSou/lora_cl_analysis](https://github.com/AlbinSou/lora_cl_analysis/tree/dec7d3a) "
-             "(`lora_cl_analysis` below), paper 2's [rezaakb/peft-vit](https://github.com/rezaakb/peft-vit/tree/5095e75) (`peft-vit`); "
-             "file:line refer to them at those commits, and [PROTOCOL_paper1.md](PROTOCOL_paper1.md) and "
-             "[PROTOCOL_paper2.md](PROTOCOL_paper2.md) hold the protocols as facts with their sources. Keys a preset "
-             "does not set keep forgetlab's defaults (`forgetlab config --preset NAME` prints the whole config).", ""]  # fmt: skip
+    lines = [
+        "# Presets",
+        "",
+        "Generated by `forgetlab presets --markdown` from `src/forgetlab/presets.py` (a test keeps them equal).",
+        "Paper 1's code is [AlbinSou/lora_cl_analysis](https://github.com/AlbinSou/lora_cl_analysis/tree/dec7d3a) "
+        "(`lora_cl_analysis` below), paper 2's [rezaakb/peft-vit](https://github.com/rezaakb/peft-vit/tree/5095e75) "
+        "(`peft-vit`); file:line refer to them at those commits, and [PROTOCOL_paper1.md](PROTOCOL_paper1.md) and "
+        "[PROTOCOL_paper2.md](PROTOCOL_paper2.md) hold the protocols as facts with their sources. Keys a preset "
+        "does not set keep forgetlab's defaults (`forgetlab config --preset NAME` prints the whole config).",
+        "",
+    ]
     for preset in PRESETS.values():
-        lines += [f"## {preset.name}", "", f"Reproduces: {preset.reproduces}.", "", f"    {preset.command}", "",
-                  f"Cost: {preset.expected_time}.", ""]  # fmt: skip
+        lines += [
+            f"## {preset.name}",
+            "",
+            f"Reproduces: {preset.reproduces}.",
+            "",
+            f"    {preset.command}",
+            "",
+            f"Cost: {preset.expected_time}.",
+            "",
+        ]
         if preset.notes:
             lines += [f"Note: {preset.notes}", ""]
         lines += ["| key | value | source |", "|---|---|---|"]

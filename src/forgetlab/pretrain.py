@@ -33,11 +33,18 @@ def ensure_pretrained(backbone_config, *, device=None) -> None:
     The explicit step a caller takes before :func:`forgetlab.models.backbones.load_backbone`, which
     never trains. Deterministic (see :func:`pretrain`); minutes on a CPU."""
     name = backbone_config.name
-    if name not in OFFLINE_BACKBONES or backbone_config.weights is not None or getattr(backbone_config, "random_init", False):
+    if (
+        name not in OFFLINE_BACKBONES
+        or backbone_config.weights is not None
+        or getattr(backbone_config, "random_init", False)
+    ):
         return
     folder = offline_backbone_dir(name)
     if not (folder / "model.safetensors").exists():
-        print(f"forgetlab: {name} is not in {paths.home()} yet (FORGETLAB_HOME); pretraining it once into {folder}", flush=True)
+        print(
+            f"forgetlab: {name} is not in {paths.home()} yet (FORGETLAB_HOME); pretraining it once into {folder}",
+            flush=True,
+        )
         pretrain(name, device=device)
 
 
@@ -50,9 +57,14 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
     if epochs is not None:
         recipe = TrainConfig(**{**recipe.__dict__, "epochs": epochs})
     overrides = {"epochs": epochs} if epochs is not None else {}
-    folder = Path(out_dir) if out_dir else offline_backbone_dir(name, {**PRETRAIN_RECIPES[name], **overrides})  # another recipe: another folder
+    folder = (
+        Path(out_dir) if out_dir else offline_backbone_dir(name, {**PRETRAIN_RECIPES[name], **overrides})
+    )  # another recipe: another folder
     where = "" if out_dir else f" (FORGETLAB_HOME is {paths.home()}: 'export FORGETLAB_HOME=...' to keep it elsewhere)"
-    print(f"forgetlab: pretraining {name} on {UPSTREAM_DATASET} for {recipe.epochs} epochs into {folder}{where}", flush=True)
+    print(
+        f"forgetlab: pretraining {name} on {UPSTREAM_DATASET} for {recipe.epochs} epochs into {folder}{where}",
+        flush=True,
+    )
     upstream = build_task(UPSTREAM_DATASET, None)
 
     seed_everything(PRETRAIN_SEED)
@@ -80,5 +92,9 @@ def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int
     }
     atomic_write_bytes(folder / "model.safetensors", weights)
     atomic_write_text(folder / "recipe.json", json.dumps(recipe_record, indent=2) + "\n")
-    print(f"forgetlab: pretrained {name}: upstream test accuracy {100 * test_accuracy:.2f}% in {stats.seconds:.0f}s -> {folder}", flush=True)
+    print(
+        f"forgetlab: pretrained {name}: upstream test accuracy "
+        f"{100 * test_accuracy:.2f}% in {stats.seconds:.0f}s -> {folder}",
+        flush=True,
+    )
     return folder

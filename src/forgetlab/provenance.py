@@ -86,7 +86,11 @@ def weights_file(backbone_config, model) -> Path | None:
         return Path(pretrained_cfg["file"])
     from forgetlab.models.backbones import cached_hub_file
 
-    return cached_hub_file(SimpleNamespace(hf_hub_id=pretrained_cfg.get("hf_hub_id"), hf_hub_filename=pretrained_cfg.get("hf_hub_filename")))
+    return cached_hub_file(
+        SimpleNamespace(
+            hf_hub_id=pretrained_cfg.get("hf_hub_id"), hf_hub_filename=pretrained_cfg.get("hf_hub_filename")
+        )
+    )
 
 
 def inputs_record(config, backbone, preprocess) -> dict:
@@ -94,7 +98,11 @@ def inputs_record(config, backbone, preprocess) -> dict:
     preprocessing (:func:`forgetlab.data.files.resolved_settings`; the offline world's images bring
     their own) and the weights file with its SHA-256 (hex)."""
     path = weights_file(config.backbone, backbone.model)
-    weights = {"file": str(path), "sha256": file_sha256(path)} if path is not None and path.is_file() else {"file": None, "sha256": None}
+    weights = (
+        {"file": str(path), "sha256": file_sha256(path)}
+        if path is not None and path.is_file()
+        else {"file": None, "sha256": None}
+    )
     if preprocess is None:
         return {"preprocess": {"offline": "the offline world's images, scaled to [-1, 1]"}, "weights": weights}
     return {"preprocess": preprocess.settings, "weights": weights}
@@ -113,7 +121,16 @@ def normalisation_note(config, preprocess) -> str | None:
         named = ".".join(part for part in (cfg.get("architecture"), cfg.get("tag")) if part)
         source = source.replace("pretrained_cfg", f"timm's pretrained_cfg of {named}")
     untagged = ""
-    if config.backbone.weights and "." not in config.backbone.name and "pretrained_cfg" in settings["normalisation_from"]:
-        untagged = f"; backbone.name has no tag, so these are timm's default tag's, which {Path(config.backbone.weights).name} may not share"
-    return (f"normalisation inferred from {source}: mean {settings['mean']}, std {settings['std']} "
-            f"(not in the config: set preprocess.mean and preprocess.std to state it{untagged})")  # fmt: skip
+    if (
+        config.backbone.weights
+        and "." not in config.backbone.name
+        and "pretrained_cfg" in settings["normalisation_from"]
+    ):
+        untagged = (
+            f"; backbone.name has no tag, so these are timm's default tag's, "
+            f"which {Path(config.backbone.weights).name} may not share"
+        )
+    return (
+        f"normalisation inferred from {source}: mean {settings['mean']}, std {settings['std']} "
+        f"(not in the config: set preprocess.mean and preprocess.std to state it{untagged})"
+    )

@@ -114,7 +114,9 @@ def read_json(path: Path):
     try:
         return json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path} is unreadable or not JSON ({type(error).__name__}); restore it or delete its run folder") from error
+        raise DataError(
+            f"{path} is unreadable or not JSON ({type(error).__name__}); restore it or delete its run folder"
+        ) from error
 
 
 def task_metadata(task) -> dict:
@@ -185,13 +187,22 @@ class AccuracyMatrix:
         self.values.append([accuracies.get(column) for column in self.columns])
 
     def to_json(self) -> dict:
-        return {"columns": self.columns, "phases": self.phases, "phase_columns": self.phase_columns,
-                "row_labels": self.row_labels(), "values": self.values}  # fmt: skip
+        return {
+            "columns": self.columns,
+            "phases": self.phases,
+            "phase_columns": self.phase_columns,
+            "row_labels": self.row_labels(),
+            "values": self.values,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "AccuracyMatrix":
-        return cls(columns=list(data["columns"]), values=[list(row) for row in data["values"]],
-                   phases=data["phases"], phase_columns=data["phase_columns"])  # fmt: skip
+        return cls(
+            columns=list(data["columns"]),
+            values=[list(row) for row in data["values"]],
+            phases=data["phases"],
+            phase_columns=data["phase_columns"],
+        )
 
     def to_csv(self) -> str:
         lines = [",".join(["row"] + self.columns)]
@@ -254,14 +265,20 @@ class RunFolder:
         if not self.progress.exists():
             return None
         state = read_json(self.progress)
-        completed, total = (state.get("completed_tasks"), state.get("total_tasks")) if isinstance(state, dict) else (None, None)
+        completed, total = (
+            (state.get("completed_tasks"), state.get("total_tasks")) if isinstance(state, dict) else (None, None)
+        )
         if not (isinstance(completed, int) and isinstance(total, int) and 0 <= completed <= total):
-            raise DataError(f"{self.progress} is not a valid commit record (completed {completed!r} of {total!r} tasks); "
-                            "delete the run folder and run again")  # fmt: skip
+            raise DataError(
+                f"{self.progress} is not a valid commit record (completed {completed!r} of {total!r} tasks); "
+                "delete the run folder and run again"
+            )
         if "matrix" in state:
             matrix = state["matrix"]
             if not isinstance(matrix, dict) or len(matrix.get("values", [])) != completed + 1:
-                raise DataError(f"{self.progress} does not hold {completed + 1} matrix rows; delete the run folder and run again")
+                raise DataError(
+                    f"{self.progress} does not hold {completed + 1} matrix rows; delete the run folder and run again"
+                )
         return migrate(self, state)
 
     def completed_tasks(self) -> int:
@@ -269,21 +286,38 @@ class RunFolder:
         state = self.state()
         return -1 if state is None else state["completed_tasks"]
 
-    def commit(self, index: int, total: int, matrix: "AccuracyMatrix", task_records: list, upstream_records: list,
-               files: list[Path]) -> None:  # fmt: skip
+    def commit(
+        self,
+        index: int,
+        total: int,
+        matrix: "AccuracyMatrix",
+        task_records: list,
+        upstream_records: list,
+        files: list[Path],
+    ) -> None:
         """Commit phase ``index`` (0: the pretrained row): ``files`` (already written) are hashed into
         ``progress.json``, written atomically; then the views are rewritten and what the commit
         superseded is removed."""
-        hashes = {str(Path(f).relative_to(self.path)): file_sha256(f) for f in files}  # config.yaml: checked by meaning on open
+        hashes = {
+            str(Path(f).relative_to(self.path)): file_sha256(f) for f in files
+        }  # config.yaml: checked by meaning on open
         state = self.state() or {}
         kept = {name: digest for name, digest in state.get("files", {}).items() if not name.startswith("checkpoint/")}
         committed = {**kept, **hashes}  # the new checkpoint supersedes the old one
         checkpoint = self.checkpoint_for(index)
-        write_json(self.progress, {
-            "format_version": FORMAT_VERSION, "completed_tasks": index, "total_tasks": total,
-            "checkpoint": str(checkpoint.relative_to(self.path)) if checkpoint.exists() else None,
-            "matrix": matrix.to_json(), "tasks": task_records, "upstream_eval": upstream_records, "files": committed,
-        })  # fmt: skip
+        write_json(
+            self.progress,
+            {
+                "format_version": FORMAT_VERSION,
+                "completed_tasks": index,
+                "total_tasks": total,
+                "checkpoint": str(checkpoint.relative_to(self.path)) if checkpoint.exists() else None,
+                "matrix": matrix.to_json(),
+                "tasks": task_records,
+                "upstream_eval": upstream_records,
+                "files": committed,
+            },
+        )
         self.write_views()
         self.clean()
 
@@ -293,9 +327,12 @@ class RunFolder:
         if not state:
             return
         matrix = AccuracyMatrix.from_json(state["matrix"])
-        views = {self.matrix: json.dumps(matrix.to_json(), indent=2) + "\n", self.matrix_csv: matrix.to_csv(),
-                 self.tasks: json.dumps(state["tasks"], indent=2) + "\n",
-                 self.upstream_eval: json.dumps(state["upstream_eval"], indent=2) + "\n"}  # fmt: skip
+        views = {
+            self.matrix: json.dumps(matrix.to_json(), indent=2) + "\n",
+            self.matrix_csv: matrix.to_csv(),
+            self.tasks: json.dumps(state["tasks"], indent=2) + "\n",
+            self.upstream_eval: json.dumps(state["upstream_eval"], indent=2) + "\n",
+        }
         for path, text in views.items():
             if not path.exists() or path.read_text(errors="replace") != text:
                 atomic_write_text(path, text)
@@ -317,10 +354,14 @@ class RunFolder:
         for relative, digest in (state["files"] if state else {}).items():
             path = self.path / relative
             if not path.exists():
-                raise DataError(f"{path} is missing but the run committed it; delete the run folder {self.path} and run again")
+                raise DataError(
+                    f"{path} is missing but the run committed it; delete the run folder {self.path} and run again"
+                )
             if file_sha256(path) != digest:
-                raise DataError(f"{path} does not match the SHA-256 committed in progress.json (changed or corrupt); "
-                                f"delete the run folder {self.path} and run again")  # fmt: skip
+                raise DataError(
+                    f"{path} does not match the SHA-256 committed in progress.json (changed or corrupt); "
+                    f"delete the run folder {self.path} and run again"
+                )
 
     # ------------------------------------------------------------------------------------ reads
     def read_matrix(self) -> AccuracyMatrix:
@@ -346,7 +387,9 @@ class RunFolder:
             with np.load(path) as data:
                 return {key: data[key] for key in data.files}
         except (OSError, ValueError, EOFError) as error:
-            raise DataError(f"{path} is missing or unreadable ({type(error).__name__}); delete the run folder and run again") from error
+            raise DataError(
+                f"{path} is missing or unreadable ({type(error).__name__}); delete the run folder and run again"
+            ) from error
 
     # ------------------------------------------------------------------------------------ one owner
     @contextlib.contextmanager
@@ -389,8 +432,10 @@ def migrate(folder: RunFolder, state: dict) -> dict:
     if version == FORMAT_VERSION:
         return state
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise DataError(f"{folder.progress} has format_version {version!r}, newer than this forgetlab reads ({FORMAT_VERSION}); "
-                        "update forgetlab")  # fmt: skip
+        raise DataError(
+            f"{folder.progress} has format_version {version!r}, newer than this forgetlab reads ({FORMAT_VERSION}); "
+            "update forgetlab"
+        )
     completed = state["completed_tasks"]
     state = dict(state, format_version=FORMAT_VERSION)
     if "matrix" not in state:
@@ -401,7 +446,9 @@ def migrate(folder: RunFolder, state: dict) -> dict:
         state["tasks"] = read_json(folder.tasks)[: max(0, completed)] if folder.tasks.exists() else []
     state["tasks"] = [{**record, "column": record.get("column", record["task"])} for record in state["tasks"]]
     if "upstream_eval" not in state:
-        state["upstream_eval"] = read_json(folder.upstream_eval)[: completed + 1] if folder.upstream_eval.exists() else []
+        state["upstream_eval"] = (
+            read_json(folder.upstream_eval)[: completed + 1] if folder.upstream_eval.exists() else []
+        )
     if "checkpoint" not in state:
         legacy = folder.path / "checkpoint" / "model.safetensors"
         state["checkpoint"] = str(legacy.relative_to(folder.path)) if legacy.exists() else None
@@ -442,6 +489,8 @@ def read_single_predictions(folder: RunFolder, phase_index: int) -> dict[str, np
     that writes them when they are missing."""
     path = single_prediction_path(folder, phase_index)
     if not path.exists():
-        raise DataError(f"{path} is missing; run 'forgetlab single-adapter {folder.path}' first (it reuses the stored adapters)")
+        raise DataError(
+            f"{path} is missing; run 'forgetlab single-adapter {folder.path}' first (it reuses the stored adapters)"
+        )
     with np.load(path) as data:
         return {key: data[key] for key in data.files}

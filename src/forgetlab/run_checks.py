@@ -1,6 +1,6 @@
-"""The runner's refusals that need no run folder: local inputs and image channels before anything is
-written (:func:`check_local_inputs`, :func:`check_image_channels`, :func:`check_upstream_head`), and weights left non-finite by a
-phase before it is committed (:func:`check_finite`). Each raises a one-line error naming the fix.
+"""The runner's refusals that need no run folder: local inputs and image channels before anything is written
+(:func:`check_local_inputs`, :func:`check_image_channels`, :func:`check_upstream_head`), and weights left non-finite by
+a phase before it is committed (:func:`check_finite`). Each raises a one-line error naming the fix.
 
 Imports data, models and errors (below it); the runner imports it.
 """
@@ -33,10 +33,18 @@ def check_image_channels(config, backbone) -> None:
     for name in [config.data.upstream, *config.data.tasks]:
         if (channels := image_channels(name)) != conv.in_channels:
             offline = "the offline world's 28 x 28 grayscale" if channels == 1 else "RGB"
-            fix = ("set data.upstream and data.tasks to real datasets (e.g. data.upstream=imagenet) or use an offline "
-                   "backbone (offline_vit, offline_resnet)") if channels == 1 else "use a timm backbone for real datasets"  # fmt: skip
-            raise ConfigError(f"backbone {config.backbone.name} reads {conv.in_channels}-channel images but {name} holds "
-                              f"{offline} images ({channels} channel{'s' if channels > 1 else ''}); {fix}")  # fmt: skip
+            fix = (
+                (
+                    "set data.upstream and data.tasks to real datasets (e.g. data.upstream=imagenet) or use an offline "
+                    "backbone (offline_vit, offline_resnet)"
+                )
+                if channels == 1
+                else "use a timm backbone for real datasets"
+            )
+            raise ConfigError(
+                f"backbone {config.backbone.name} reads {conv.in_channels}-channel images but {name} holds "
+                f"{offline} images ({channels} channel{'s' if channels > 1 else ''}); {fix}"
+            )
 
 
 def check_upstream_head(config, backbone, upstream) -> None:
@@ -50,19 +58,28 @@ def check_upstream_head(config, backbone, upstream) -> None:
         return
     if head_classes == 0:
         raise ConfigError(
-            f"eval.upstream_evaluator=head scores {config.data.upstream} with the backbone's classifier, and {config.backbone.name} "
-            f"has none{' (backbone.num_classes=0)' if config.backbone.num_classes == 0 else ''}; use eval.upstream_evaluator=knn "
-            f"(it reads {config.data.upstream}'s train split: forgetlab data check), or a backbone with a {upstream.num_classes}-class head"
-        )  # fmt: skip
+            f"eval.upstream_evaluator=head scores {config.data.upstream} with the backbone's "
+            f"classifier, and {config.backbone.name} has "
+            f"none{' (backbone.num_classes=0)' if config.backbone.num_classes == 0 else ''}; "
+            f"use eval.upstream_evaluator=knn (it reads {config.data.upstream}'s train split: "
+            f"forgetlab data check), or a backbone with a {upstream.num_classes}-class head"
+        )
     fixes = [] if config.backbone.random_init else ["set data.upstream to the dataset the backbone was trained on"]
-    fixes.append(f"set backbone.num_classes={upstream.num_classes}" + ("" if config.backbone.random_init else " with backbone.random_init=true"))
-    raise ConfigError(f"the backbone's head predicts {head_classes} classes but {config.data.upstream} has {upstream.num_classes}; "
-                      f"{', or '.join(fixes)}")  # fmt: skip
+    fixes.append(
+        f"set backbone.num_classes={upstream.num_classes}"
+        + ("" if config.backbone.random_init else " with backbone.random_init=true")
+    )
+    raise ConfigError(
+        f"the backbone's head predicts {head_classes} classes but {config.data.upstream} has {upstream.num_classes}; "
+        f"{', or '.join(fixes)}"
+    )
 
 
 def check_finite(model, task: str, config) -> None:
     """Refuse a task whose training left non-finite weights (any method), before it is committed."""
     for name, parameter in model.named_parameters():
         if not torch.isfinite(parameter).all():
-            raise TrainingError(f"task {task}: training left non-finite weights in {name} (train.lr={config.train.lr:g}); "
-                                "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
+            raise TrainingError(
+                f"task {task}: training left non-finite weights in {name} (train.lr={config.train.lr:g}); "
+                "lower train.lr and run again (earlier tasks are kept)"
+            )

@@ -59,7 +59,10 @@ def format_rows(rows: list[dict]) -> str:
 def read_rows(path: Path) -> list[dict]:
     """The rows of a drift CSV (``phase`` int, ``unit`` str, ``cka`` float)."""
     with open(path, newline="") as handle:
-        return [{"phase": int(row["phase"]), "unit": row["unit"], "cka": float(row["cka"])} for row in csv.DictReader(handle)]
+        return [
+            {"phase": int(row["phase"]), "unit": row["unit"], "cka": float(row["cka"])}
+            for row in csv.DictReader(handle)
+        ]
 
 
 def write_phase(folder: RunFolder, index: int, rows: list[dict]) -> list[Path]:
@@ -74,7 +77,12 @@ def write_phase(folder: RunFolder, index: int, rows: list[dict]) -> list[Path]:
 def write_view(folder: RunFolder, completed: int) -> None:
     """Rewrite ``drift.csv`` from the committed phase files 0..``completed`` (those that exist: a run
     started with drift off has none), where it differs."""
-    rows = [row for index in range(completed + 1) if phase_file(folder, index).exists() for row in read_rows(phase_file(folder, index))]
+    rows = [
+        row
+        for index in range(completed + 1)
+        if phase_file(folder, index).exists()
+        for row in read_rows(phase_file(folder, index))
+    ]
     target = folder.path / DRIFT_FILE
     if not rows:
         return
@@ -114,16 +122,21 @@ class DriftProbe:
             if after is None or after.shape != before.shape:
                 skipped.append(unit)
                 continue
-            rows.append({"phase": index, "unit": unit, "cka": 1.0 if torch.equal(before, after) else linear_cka(before, after)})
+            rows.append(
+                {"phase": index, "unit": unit, "cka": 1.0 if torch.equal(before, after) else linear_cka(before, after)}
+            )
         if skipped and not self._warned:
-            self.log(f"drift: {len(skipped)} units of the pretrained model have no counterpart of the same path and width now "
-                     f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}); they are left out of drift.csv")  # fmt: skip
+            self.log(
+                f"drift: {len(skipped)} units of the pretrained model have no counterpart of the same path and width "
+                f"now ({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}); they are left out of drift.csv"
+            )
             self._warned = True
         return rows
 
 
-def build_drift(config, upstream_test, runtime: Runtime, pretrained_model: Callable[[], MultiHeadModel],
-                log=print) -> DriftProbe | None:
+def build_drift(
+    config, upstream_test, runtime: Runtime, pretrained_model: Callable[[], MultiHeadModel], log=print
+) -> DriftProbe | None:
     """The run's :class:`DriftProbe`, or None when ``eval.probe_images`` is 0. The probe: the first
     ``eval.probe_images`` of a class-balanced order of the upstream test set, seeded by ``seed``."""
     count = config.eval.probe_images
@@ -133,7 +146,9 @@ def build_drift(config, upstream_test, runtime: Runtime, pretrained_model: Calla
         raise ConfigError(f"eval.probe_images must be 0 (off) or positive, got {count}")
     probe = probe_subset(upstream_test, count, seed=config.seed)
     if len(probe) < 2:
-        raise ConfigError(f"eval.probe_images needs at least 2 upstream test images and has {len(probe)}; set eval.probe_images=0")
+        raise ConfigError(
+            f"eval.probe_images needs at least 2 upstream test images and has {len(probe)}; set eval.probe_images=0"
+        )
     return DriftProbe(probe, runtime, pretrained_model, log)
 
 

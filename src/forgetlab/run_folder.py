@@ -31,8 +31,10 @@ def check_folder(folder: RunFolder, config) -> None:
     Raises :class:`DataError` (no config, unreadable config) or :class:`ConfigError` (another config)."""
     resolved = _identity(config_module.to_dict(config))
     if not folder.config.exists() and (folder.progress.exists() or folder.matrix.exists()):
-        raise DataError(f"{folder.path} holds results but no config.yaml, so they cannot be resumed under a known config; "
-                        "restore its config.yaml or delete that folder")  # fmt: skip
+        raise DataError(
+            f"{folder.path} holds results but no config.yaml, so they cannot be resumed under a known config; "
+            "restore its config.yaml or delete that folder"
+        )
     if folder.config.exists():
         import yaml
 
@@ -72,4 +74,6 @@ def read_checkpoint(path: Path) -> dict:
     try:
         return load_file(str(path))
     except Exception as error:  # safetensors raises several types for a damaged file
-        raise DataError(f"{path} is not a readable checkpoint ({type(error).__name__}); delete the run folder and run again") from error
+        raise DataError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}); delete the run folder and run again"
+        ) from error

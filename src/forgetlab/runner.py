@@ -43,8 +43,16 @@ from forgetlab.data.eval_cache import EvalCropCache
 from forgetlab.data.files import preprocess_for
 from forgetlab.data.offline import WORLD_DATASETS, world_dir
 from forgetlab.errors import ConfigError, DataError
-from forgetlab.evaluate import (KNNEvaluator, UpstreamEvaluators, UpstreamResult, accuracy, build_upstream_evaluator,
-                                confidence_interval, dataset_labels, predict)  # fmt: skip
+from forgetlab.evaluate import (
+    KNNEvaluator,
+    UpstreamEvaluators,
+    UpstreamResult,
+    accuracy,
+    build_upstream_evaluator,
+    confidence_interval,
+    dataset_labels,
+    predict,
+)
 from forgetlab.methods import build_method
 from forgetlab.models.backbones import load_backbone, offline_backbone_dir
 from forgetlab.models.offline import OFFLINE_BACKBONES
@@ -154,7 +162,10 @@ def resolve(config, log) -> RunState:
     check_image_channels(config, backbone)
     preprocess, upstream = upstream_task(config, backbone)
     if config.data.max_test is not None:
-        log(f"data.max_test={config.data.max_test} applies to the upstream test set too: {len(upstream.test):,} images (a seeded subset)")
+        log(
+            f"data.max_test={config.data.max_test} applies to the upstream "
+            f"test set too: {len(upstream.test):,} images (a seeded subset)"
+        )
     if note := normalisation_note(config, preprocess):  # inferred, not stated: say which
         log(note)
     tasks, columns = build_phases(config, preprocess)
@@ -163,7 +174,9 @@ def resolve(config, log) -> RunState:
     check_upstream_head(config, backbone, state.upstream)
     method.check_loaded(backbone.model)  # e.g. a LoRA target the forward pass skips (the options: with the config)
     if config.replay.size and len(state.upstream.train) == 0:
-        raise ConfigError(f"replay needs the upstream train split and {config.data.upstream} has none; set replay.size=0")
+        raise ConfigError(
+            f"replay needs the upstream train split and {config.data.upstream} has none; set replay.size=0"
+        )
     return state
 
 
@@ -173,7 +186,9 @@ def upstream_task(config, backbone):
     preprocess = None
     if not backbone.name.startswith("offline_"):
         preprocess = preprocess_for(backbone.model, config.backbone.image_size, config.preprocess)
-    return preprocess, load_upstream(config, preprocess.for_upstream() if preprocess else None)  # as 'forgetlab data check' loads it
+    return preprocess, load_upstream(
+        config, preprocess.for_upstream() if preprocess else None
+    )  # as 'forgetlab data check' loads it
 
 
 def build_phases(config, preprocess) -> tuple[list, dict]:
@@ -186,7 +201,10 @@ def build_phases(config, preprocess) -> tuple[list, dict]:
             raise DataError(f"task {task.name} has no training images; check its dataset (forgetlab data check)")
         first = columns.setdefault(task.column, task)
         if first.num_classes != task.num_classes:
-            raise ConfigError(f"{first.name} and {task.name} train one head but have {first.num_classes} and {task.num_classes} classes")
+            raise ConfigError(
+                f"{first.name} and {task.name} train one head but have "
+                f"{first.num_classes} and {task.num_classes} classes"
+            )
     return tasks, columns
 
 
@@ -195,14 +213,20 @@ def place_data(state: RunState) -> None:
     computed once per machine (``data.eval_cache``); then the upstream evaluator over them."""
     config, preprocess, device = state.config, state.preprocess, state.runtime.device
     if preprocess is not None and state.runtime.pipeline == "device":
-        state.upstream = encoded(state.upstream, preprocess.for_upstream())  # replay reads its train split on the device too
+        state.upstream = encoded(
+            state.upstream, preprocess.for_upstream()
+        )  # replay reads its train split on the device too
         state.tasks = [encoded(task, preprocess) for task in state.tasks]
         state.columns = {column: next(t for t in state.tasks if t.column == column) for column in state.columns}
     crop_cache = EvalCropCache.from_config(config.data, device, state.log) if preprocess is not None else None
     if crop_cache is not None:
-        state.upstream = dataclasses.replace(state.upstream, test=crop_cache(state.upstream.test, what=f"{state.upstream.name} test"))
-        state.columns = {column: dataclasses.replace(task, test=crop_cache(task.test, what=f"{task.name} test"))
-                         for column, task in state.columns.items()}  # fmt: skip
+        state.upstream = dataclasses.replace(
+            state.upstream, test=crop_cache(state.upstream.test, what=f"{state.upstream.name} test")
+        )
+        state.columns = {
+            column: dataclasses.replace(task, test=crop_cache(task.test, what=f"{task.name} test"))
+            for column, task in state.columns.items()
+        }
     state.evaluate_upstream = build_upstream_evaluator(config.eval, state.upstream, crop_cache=crop_cache)
     pretrained = run_drift.fresh_pretrained(config, device)
     state.drift = run_drift.build_drift(config, state.upstream.test, state.runtime, pretrained, state.log)
@@ -213,8 +237,15 @@ def cache_keys(state: RunState) -> dict[str, set[str]]:
     trains (:mod:`forgetlab.caches`): the k-NN bank of the pretrained row, the evaluation crops and
     decoded images of its datasets, the offline world, the offline backbone. Nothing is computed or written."""
     keys: dict[str, set[str]] = {cache: set() for cache in caches.FORMATS}
-    datasets = [state.upstream.train, state.upstream.test, *(t.train for t in state.tasks), *(t.test for t in state.columns.values())]
-    for knn in (evaluator for evaluator in state.evaluate_upstream.evaluators.values() if isinstance(evaluator, KNNEvaluator)):
+    datasets = [
+        state.upstream.train,
+        state.upstream.test,
+        *(t.train for t in state.tasks),
+        *(t.test for t in state.columns.values()),
+    ]
+    for knn in (
+        evaluator for evaluator in state.evaluate_upstream.evaluators.values() if isinstance(evaluator, KNNEvaluator)
+    ):
         datasets.append(knn.bank)
         if knn.cache_dir is not None:
             keys["knn-banks"].add(knn.bank_key(MultiHeadModel(state.backbone.model), None, state.runtime))
@@ -236,7 +267,11 @@ def cache_keys(state: RunState) -> dict[str, set[str]]:
 def offline_backbone_key(backbone_config) -> str | None:
     """The folder name of the pretrained offline backbone ``backbone_config`` loads, or None when it
     loads another one (a timm name, a weights file, random weights)."""
-    if backbone_config.name not in OFFLINE_BACKBONES or backbone_config.weights is not None or backbone_config.random_init:
+    if (
+        backbone_config.name not in OFFLINE_BACKBONES
+        or backbone_config.weights is not None
+        or backbone_config.random_init
+    ):
         return None
     return offline_backbone_dir(backbone_config.name).name
 
@@ -266,20 +301,41 @@ def open_run(state: RunState, stack: contextlib.ExitStack) -> None:
 def score_pretrained(state: RunState) -> None:
     """A new folder: its environment and upstream label space, then row 0 (the pretrained model), committed."""
     config, folder, backbone, upstream, tasks = state.config, state.folder, state.backbone, state.upstream, state.tasks
-    write_json(folder.environment, {**environment_record(state.runtime.device), "backbone_recipe": backbone.recipe,
-                                    "inputs": inputs_record(config, backbone, state.preprocess)})  # fmt: skip
+    write_json(
+        folder.environment,
+        {
+            **environment_record(state.runtime.device),
+            "backbone_recipe": backbone.recipe,
+            "inputs": inputs_record(config, backbone, state.preprocess),
+        },
+    )
     write_json(folder.upstream, task_metadata(upstream))
-    state.matrix = AccuracyMatrix(columns=[UPSTREAM, *state.columns], phases=[t.name for t in tasks], phase_columns=[t.column for t in tasks])
+    state.matrix = AccuracyMatrix(
+        columns=[UPSTREAM, *state.columns], phases=[t.name for t in tasks], phase_columns=[t.column for t in tasks]
+    )
     start = time.perf_counter()
     upstream_accuracy, predictions, upstream_record = score_upstream(state, 0)
     state.upstream_records, state.task_records = [upstream_record], []
     state.matrix.add_row({UPSTREAM: upstream_accuracy})
-    write_npz(folder.predictions(0), predictions=predictions, labels=dataset_labels(upstream.test), **evaluator_predictions(state))
+    write_npz(
+        folder.predictions(0),
+        predictions=predictions,
+        labels=dataset_labels(upstream.test),
+        **evaluator_predictions(state),
+    )
     drift_files = run_drift.write_phase(folder, 0, state.drift.rows(state.model, 0)) if state.drift else []
-    folder.commit(0, len(tasks), state.matrix, state.task_records, state.upstream_records,
-                  [folder.predictions(0), folder.upstream, *drift_files])  # fmt: skip
+    folder.commit(
+        0,
+        len(tasks),
+        state.matrix,
+        state.task_records,
+        state.upstream_records,
+        [folder.predictions(0), folder.upstream, *drift_files],
+    )
     run_drift.write_view(folder, 0)
-    state.log(f"pretrained {backbone.name}: upstream {100 * upstream_accuracy:.2f}% ({time.perf_counter() - start:.1f}s)")
+    state.log(
+        f"pretrained {backbone.name}: upstream {100 * upstream_accuracy:.2f}% ({time.perf_counter() - start:.1f}s)"
+    )
     state.completed = 0
 
 
@@ -289,12 +345,19 @@ def resume(state: RunState, progress: dict) -> None:
     folder, tasks, model = state.folder, state.tasks, state.model
     completed = progress["completed_tasks"]
     if progress["total_tasks"] != len(tasks):
-        raise DataError(f"{folder.progress} records {progress['total_tasks']} tasks but the config has {len(tasks)}; delete the folder")
+        raise DataError(
+            f"{folder.progress} records {progress['total_tasks']} "
+            f"tasks but the config has {len(tasks)}; delete the folder"
+        )
     folder.verify()  # every committed file against its hash, before anything is read from it
     folder.write_views()  # repairs views a kill between commit and views left behind
     run_drift.write_view(folder, completed)
     folder.clean()  # temporary files and checkpoints of an uncommitted phase
-    state.matrix, state.task_records, state.upstream_records = folder.read_matrix(), folder.read_tasks(), folder.read_upstream_eval()
+    state.matrix, state.task_records, state.upstream_records = (
+        folder.read_matrix(),
+        folder.read_tasks(),
+        folder.read_upstream_eval(),
+    )
     for column in dict.fromkeys(task.column for task in tasks[:completed]):
         model.add_head(column, state.columns[column].num_classes)
     if completed:
@@ -384,13 +447,18 @@ def train_phase(state: RunState, phase: Phase) -> None:
     phase.selection = best_checkpoint(state, task.column)
     offset = sum(record["steps"] for record in state.task_records)
     plan = TaskPlan(
-        description=f"task {phase.index}/{len(state.tasks)} {task.name}", task_name=task.name,
-        extra_losses=phase.extra_losses, extra_heads=[h for loss in phase.extra_losses for h in loss.heads],
-        replay=replay_batches(state, phase.seed), replay_head=UPSTREAM, selection=phase.selection,
+        description=f"task {phase.index}/{len(state.tasks)} {task.name}",
+        task_name=task.name,
+        extra_losses=phase.extra_losses,
+        extra_heads=[h for loss in phase.extra_losses for h in loss.heads],
+        replay=replay_batches(state, phase.seed),
+        replay_head=UPSTREAM,
+        selection=phase.selection,
         log_step=lambda step, values: state.tracker.step(offset + step, values),
-    )  # fmt: skip
-    phase.stats = train_task(state.model, task.column, task.train, config.train, state.runtime, seed=phase.seed,
-                             plan=plan)
+    )
+    phase.stats = train_task(
+        state.model, task.column, task.train, config.train, state.runtime, seed=phase.seed, plan=plan
+    )
     phase.extra_losses = []  # the teacher copy
 
 
@@ -446,23 +514,38 @@ def commit_phase(state: RunState, phase: Phase) -> None:
     trackers and the log line."""
     folder, index, task = state.folder, phase.index, phase.task
     state.task_records.append(task_record(phase))
-    write_npz(folder.predictions(index), predictions=phase.predictions, labels=dataset_labels(state.upstream.test), **evaluator_predictions(state))
+    write_npz(
+        folder.predictions(index),
+        predictions=phase.predictions,
+        labels=dataset_labels(state.upstream.test),
+        **evaluator_predictions(state),
+    )
     state.method.save_task(task.column, folder.path, phase=task.name)
     save_safetensors(folder.checkpoint_for(index), state.model.state_dict())
-    adapter_files = sorted((folder.path / "adapters" / task.name).glob("*")) if (folder.path / "adapters" / task.name).is_dir() else []
+    adapter_files = (
+        sorted((folder.path / "adapters" / task.name).glob("*"))
+        if (folder.path / "adapters" / task.name).is_dir()
+        else []
+    )
     drift_files = run_drift.write_phase(folder, index, phase.drift) if phase.drift is not None else []
-    folder.commit(index, len(state.tasks), state.matrix, state.task_records, state.upstream_records,
-                  [folder.predictions(index), folder.checkpoint_for(index), *adapter_files, *drift_files])  # fmt: skip
+    folder.commit(
+        index,
+        len(state.tasks),
+        state.matrix,
+        state.task_records,
+        state.upstream_records,
+        [folder.predictions(index), folder.checkpoint_for(index), *adapter_files, *drift_files],
+    )
     run_drift.write_view(folder, index)
     track_phase(state.tracker, index, phase.row, state.matrix)
     stats = phase.stats
     drop = phase.upstream_accuracy - state.matrix.values[0][0]
     state.log(
-        f"task {index}/{len(state.tasks)} {task.name}: {stats.steps} steps in {stats.seconds:.1f}s "
-        f"(warm-up {stats.warmup_seconds:.1f}s, selection {stats.selection_seconds:.1f}s, "
-        f"steady {_rate(stats.steady_images_per_second)}), "
-        f"{phase.trainable_backbone:,} trainable backbone parameters ({100 * phase.trainable_backbone / phase.backbone_size:.3f}%); "
-        f"upstream {100 * phase.upstream_accuracy:.2f}% ({100 * drop:+.2f}), {task.column} {100 * phase.row[task.column]:.2f}%"
+        f"task {index}/{len(state.tasks)} {task.name}: {stats.steps} steps in {stats.seconds:.1f}s (warm-up "
+        f"{stats.warmup_seconds:.1f}s, selection {stats.selection_seconds:.1f}s, steady "
+        f"{_rate(stats.steady_images_per_second)}), {phase.trainable_backbone:,} trainable backbone parameters "
+        f"({100 * phase.trainable_backbone / phase.backbone_size:.3f}%); upstream "
+        f"{100 * phase.upstream_accuracy:.2f}% ({100 * drop:+.2f}), {task.column} {100 * phase.row[task.column]:.2f}%"
     )
 
 

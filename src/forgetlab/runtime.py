@@ -41,8 +41,10 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 def precision_warning(device: torch.device, precision: str) -> str | None:
     """One line when the precision asked for is slow where the run goes: bf16 autocast on a CPU."""
     if device.type == "cpu" and precision == "bf16":
-        return ("precision=bf16 on a CPU: bf16 autocast trains several times slower than fp32 here (2.5x to 20x measured "
-                "on this project's CPUs); precision=auto uses fp32 on a CPU")  # fmt: skip
+        return (
+            "precision=bf16 on a CPU: bf16 autocast trains several times slower than fp32 here (2.5x to 20x measured "
+            "on this project's CPUs); precision=auto uses fp32 on a CPU"
+        )
     return None
 
 
@@ -218,7 +220,9 @@ class PlainProgress:
         elapsed = max(now - self.start, 1e-9)
         rate = self.n / elapsed
         units = self.unit + ("es" if self.unit.endswith(("ch", "sh", "s", "x")) else "s")
-        done = f"{self.n}/{self.total} {units} ({100 * self.n / self.total:.0f}%)" if self.total else f"{self.n} {units}"
+        done = (
+            f"{self.n}/{self.total} {units} ({100 * self.n / self.total:.0f}%)" if self.total else f"{self.n} {units}"
+        )
         left = f", about {(self.total - self.n) / rate:.0f} s left" if self.total and rate > 0 else ""
         extra = "".join(f", {key}={value}" for key, value in self.postfix.items())
         return f"forgetlab: {self.desc}: {done}, {rate:.1f} {units}/s{left}{extra}"

@@ -49,5 +49,8 @@ class BestCheckpoint:
             parameters[name].copy_(value)
 
     def record(self) -> dict:
-        return {"selected_step": self.best_step, "selected_accuracy": self.best_accuracy,
-                "scored": [{"step": step, "accuracy": accuracy} for step, accuracy in self.history]}  # fmt: skip
+        return {
+            "selected_step": self.best_step,
+            "selected_accuracy": self.best_accuracy,
+            "scored": [{"step": step, "accuracy": accuracy} for step, accuracy in self.history],
+        }

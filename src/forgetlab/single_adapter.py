@@ -29,16 +29,23 @@ from forgetlab.results import RunFolder, single_prediction_path, write_npz
 from forgetlab.runtime import Runtime
 
 
-def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", batch_size: int | None = None, log=print) -> list[Path]:
+def single_adapter_predictions(
+    run_dir: str | Path, *, device: str = "auto", batch_size: int | None = None, log=print
+) -> list[Path]:
     """Write the single-adapter upstream predictions of every finished phase of a LoRA run."""
     folder = RunFolder(run_dir)
     if not folder.config.exists() or not folder.progress.exists():
         raise DataError(f"{folder.path} is not a run folder with finished tasks; give a folder 'forgetlab run' wrote")
     config = config_module.load_stored(folder.config)
     if config.method.name != "lora":
-        raise ConfigError(f"{folder.path} is a {config.method.name} run; single-adapter predictions need a LoRA run (method.name=lora)")
+        raise ConfigError(
+            f"{folder.path} is a {config.method.name} run; single-adapter "
+            f"predictions need a LoRA run (method.name=lora)"
+        )
     if config.eval.evaluators[0] != "head":
-        raise ConfigError("single-adapter predictions score the upstream head; this run scores the upstream task by k-NN")
+        raise ConfigError(
+            "single-adapter predictions score the upstream head; this run scores the upstream task by k-NN"
+        )
     completed = folder.completed_tasks()
     phases = folder.read_matrix().phases[:completed]
     runtime = Runtime.from_config(config, device=device)
@@ -62,5 +69,8 @@ def single_adapter_predictions(run_dir: str | Path, *, device: str = "auto", bat
         predictions = predict(model, UPSTREAM, upstream.test, runtime, description=f"single adapter {phase}")
         write_npz(target, predictions=predictions, labels=labels)
         written.append(target)
-        log(f"{phase}: pretrained + its adapter alone scores {100 * (predictions == labels).mean():.2f}% upstream -> {target}")
+        log(
+            f"{phase}: pretrained + its adapter alone scores "
+            f"{100 * (predictions == labels).mean():.2f}% upstream -> {target}"
+        )
     return written

@@ -36,8 +36,10 @@ def drift_of_run(run_dir: str | Path, *, device: str = "auto", probe_images: int
         raise DataError(f"{folder.path} is not a run folder with finished tasks; give a folder 'forgetlab run' wrote")
     config = config_module.load_stored(folder.config)
     if config.method.name != "lora" or getattr(config.method, "policy", "merge") != "merge":
-        raise ConfigError(f"{folder.path} is a {config.method.name} run; drift from stored adapters needs method.name=lora "
-                          "with method.policy=merge (other runs write drift.csv while they run: eval.probe_images)")  # fmt: skip
+        raise ConfigError(
+            f"{folder.path} is a {config.method.name} run; drift from stored adapters needs method.name=lora "
+            "with method.policy=merge (other runs write drift.csv while they run: eval.probe_images)"
+        )
     count = probe_images if probe_images is not None else (config.eval.probe_images or 2000)
     config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, probe_images=count))
     runtime = Runtime.from_config(config, device=device)

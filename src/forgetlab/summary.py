@@ -85,8 +85,11 @@ def chance_line(folder: RunFolder) -> str:
     firsts = {matrix.columns[j]: value for j, value in first_accuracies(a, matrix.trained()[: len(a) - 1]).items()}
     firsts[matrix.columns[0]] = float(a[0, 0])
     levels = ", ".join(f"{name} {100 * level:.2f}% ({round(1 / level)} classes)" for name, level in chance.items())
-    low = [f"{name} {100 * firsts[name]:.2f}% (chance {100 * level:.2f}%)" for name, level in chance.items()
-           if name in firsts and not math.isnan(firsts[name]) and 100 * (firsts[name] - level) < NEAR_CHANCE_PP]  # fmt: skip
+    low = [
+        f"{name} {100 * firsts[name]:.2f}% (chance {100 * level:.2f}%)"
+        for name, level in chance.items()
+        if name in firsts and not math.isnan(firsts[name]) and 100 * (firsts[name] - level) < NEAR_CHANCE_PP
+    ]
     line = f"chance level: {levels or 'unknown (no class counts stored)'}"
     return line + (f"\nAT CHANCE after training (learned nothing measurable): {'; '.join(low)}" if low else "")
 
@@ -115,6 +118,10 @@ def cells_table(folder: Path, rows: list[tuple[str, str, str]]) -> str:
         cells = [_points(values[m.name], signed=m.unit == "pp") if values else "" for m in shown]
         table.append([name, state, *cells, detail])
     widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header) - 1)]
-    aligned = lambda row: "  ".join(  # noqa: E731
-        str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths))) + f"  {row[-1]}"
+    aligned = lambda row: (
+        "  ".join(  # noqa: E731
+            str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths))
+        )
+        + f"  {row[-1]}"
+    )
     return "\n".join([aligned(header), *map(aligned, table), legend()])

@@ -113,8 +113,10 @@ def _cell_part(key: str, value) -> str:
 def _legacy_cell_name(values: dict) -> str:
     """The folder name forgetlab gave a cell before sections had short names
     (``method__name____lora____rank___4_``), so that sweep folders written then still resume."""
-    return "-".join(f"{key.split('.')[-1]}{_text(value)}" if isinstance(value, dict) else _slug(key, value)
-                    for key, value in values.items())  # fmt: skip
+    return "-".join(
+        f"{key.split('.')[-1]}{_text(value)}" if isinstance(value, dict) else _slug(key, value)
+        for key, value in values.items()
+    )
 
 
 def _grid_layer(key: str, value, path: Path) -> config_module.Layer:
@@ -124,7 +126,9 @@ def _grid_layer(key: str, value, path: Path) -> config_module.Layer:
     return config_module.Layer(f"grid.{key}", {key: value}, str(path))
 
 
-def _variant_layers(variant: dict, start: config_module.Layer, path: Path) -> tuple[config_module.Layer, config_module.Layer]:
+def _variant_layers(
+    variant: dict, start: config_module.Layer, path: Path
+) -> tuple[config_module.Layer, config_module.Layer]:
     """A named variant: its ``preset`` (optional) takes the place of the sweep's starting layer (its
     ``base_preset`` or ``base_config``), and its other keys are a layer above the base."""
     variant = dict(variant)
@@ -143,11 +147,16 @@ def _check_grid(grid, path: Path) -> None:
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{path}: 'grid' must map config keys to non-empty lists of values, {example}")
     if VARIANT in grid and not all(isinstance(v, dict) for v in grid[VARIANT]):
-        raise ConfigError(f"{path}: every item of grid.{VARIANT} must be a mapping, e.g. {{label: r4, preset: paper2-lora-r4}} "
-                          "or {label: lin, method: {name: linear}}")  # fmt: skip
+        raise ConfigError(
+            f"{path}: every item of grid.{VARIANT} must be a mapping, e.g. {{label: r4, preset: paper2-lora-r4}} "
+            "or {label: lin, method: {name: linear}}"
+        )
     for key, values in grid.items():
         if key != VARIANT and any(isinstance(v, dict) and "preset" in v for v in values):
-            raise ConfigError(f"{path}: grid.{key} gives a preset; presets go in named variants: grid.{VARIANT}: [{{label: ..., preset: ...}}]")
+            raise ConfigError(
+                f"{path}: grid.{key} gives a preset; presets go in named "
+                f"variants: grid.{VARIANT}: [{{label: ..., preset: ...}}]"
+            )
 
 
 def _mixed_method_hint(grid: dict) -> str:
@@ -168,8 +177,10 @@ def _mixed_method_hint(grid: dict) -> str:
             if section not in sections:
                 sections.append(section)
     text = yaml.safe_dump(sections, default_flow_style=True, width=10**6).strip()
-    return (f"; a grid over methods with different keys gives whole method sections instead of method.name and "
-            f"{', '.join(keys)}: 'method: {text}' (README, Sweeps)")
+    return (
+        f"; a grid over methods with different keys gives whole method sections instead of method.name and "
+        f"{', '.join(keys)}: 'method: {text}' (README, Sweeps)"
+    )
 
 
 def _starting_layer(data: dict, path: Path) -> config_module.Layer:
@@ -184,8 +195,10 @@ def _starting_layer(data: dict, path: Path) -> config_module.Layer:
     if data.get("base_config"):
         layer = config_module.file_layer(path.parent / str(data["base_config"]), "base_config")
         if "out_dir" in layer.tree:
-            raise ConfigError(f"'out_dir' in base_config {layer.file}: a sweep writes its cells under its own out_dir; "
-                              f"remove it from {layer.file} and set 'out_dir' at the top of {path}")  # fmt: skip
+            raise ConfigError(
+                f"'out_dir' in base_config {layer.file}: a sweep writes its cells under its own out_dir; "
+                f"remove it from {layer.file} and set 'out_dir' at the top of {path}"
+            )
         return config_module.Layer(layer.name, {k: v for k, v in layer.tree.items() if k != "name"}, layer.file)
     return config_module.Layer("defaults", {})
 
@@ -198,7 +211,9 @@ def _cell(name: str, values: dict, layers: list, folder: Path) -> Cell:
     if isinstance(track, dict) and track.get("wandb_group") is None:
         track["wandb_group"] = folder.name  # the sweep's W&B runs share a group
     try:  # every cell is valid before anything runs
-        resolved = config_module.resolve_layers([*layers, config_module.Layer("sweep", {k: tree[k] for k in ("name", "out_dir", "track")})])
+        resolved = config_module.resolve_layers(
+            [*layers, config_module.Layer("sweep", {k: tree[k] for k in ("name", "out_dir", "track")})]
+        )
     except ConfigError as error:
         raise ConfigError(f"sweep cell {name}: {error}") from error
     return Cell(name, values, tree, resolved)
@@ -208,7 +223,8 @@ def bad_cells_message(path: Path, problems: list[str], total: int) -> str:
     """One line naming every bad cell of the sweep file ``path`` with its error (``sweep cell NAME: KEY
     must be ...; got VALUE``)."""
     return f"{len(problems)} of the {total} cells of {path} are invalid, so none runs: " + "; ".join(
-        f"({number}) {problem}" for number, problem in enumerate(problems, start=1))
+        f"({number}) {problem}" for number, problem in enumerate(problems, start=1)
+    )
 
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
@@ -225,7 +241,10 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     data = config_module.load_yaml(path)
     unknown = sorted(set(data) - {"name", "out_dir", "base", "base_config", "base_preset", "grid"})
     if unknown:
-        raise ConfigError(f"unknown sweep key '{unknown[0]}' in {path}; valid keys: name, out_dir, base, base_config, base_preset, grid")
+        raise ConfigError(
+            f"unknown sweep key '{unknown[0]}' in {path}; valid keys: "
+            f"name, out_dir, base, base_config, base_preset, grid"
+        )
     grid = data.get("grid") or {}
     _check_grid(grid, path)
     start = _starting_layer(data, path)
@@ -248,26 +267,41 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         if legacy != cell_name and (folder / legacy).is_dir() and not (folder / cell_name).exists():
             cell_name = legacy  # a folder written by an earlier forgetlab: resume it where it is
         cell_start, variant = _variant_layers(values[VARIANT], start, path) if VARIANT in values else (start, None)
-        layers = [cell_start, base, command_line, *([variant] if variant else []),
-                  *(_grid_layer(key, value, path) for key, value in values.items() if key != VARIANT)]
+        layers = [
+            cell_start,
+            base,
+            command_line,
+            *([variant] if variant else []),
+            *(_grid_layer(key, value, path) for key, value in values.items() if key != VARIANT),
+        ]
         try:
             cells.append(_cell(cell_name, values, layers, folder))
         except ConfigError as error:  # go on: every bad cell is named at once
             bad.append(str(error))
     if bad:
-        hint = _mixed_method_hint(grid) if "method.name" in grid and any("unknown config key 'method." in p for p in bad) else ""
+        hint = (
+            _mixed_method_hint(grid)
+            if "method.name" in grid and any("unknown config key 'method." in p for p in bad)
+            else ""
+        )
         raise ConfigError((bad[0] if len(bad) == 1 else bad_cells_message(path, bad, len(bad) + len(cells))) + hint)
     names = [cell.name for cell in cells]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ConfigError(f"{path}: several grid cells get the folder name '{repeated[0]}'; make the grid values distinct "
-                          f"or give each section or variant a distinct 'label'")  # fmt: skip
+        raise ConfigError(
+            f"{path}: several grid cells get the folder name '{repeated[0]}'; make the grid values distinct "
+            f"or give each section or variant a distinct 'label'"
+        )
     merged_base, _ = config_module.merge_layers([start, base, command_line])
     return Sweep(name=name, folder=folder, grid=grid, base=merged_base, cells=cells)
 
 
 def _show(value) -> str:
-    return "(none)" if value is _ABSENT else yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    return (
+        "(none)"
+        if value is _ABSENT
+        else yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    )
 
 
 _ABSENT = object()
@@ -278,12 +312,18 @@ def definition_differences(stored: dict, current: dict) -> list[str]:
 
     def flat(definition: dict) -> dict:
         definition = definition if isinstance(definition, dict) else {}
-        return {"name": definition.get("name"), **{f"grid.{k}": v for k, v in (definition.get("grid") or {}).items()},
-                **{f"base.{k}": v for k, v in config_module.leaves(definition.get("base") or {}).items()}}  # fmt: skip
+        return {
+            "name": definition.get("name"),
+            **{f"grid.{k}": v for k, v in (definition.get("grid") or {}).items()},
+            **{f"base.{k}": v for k, v in config_module.leaves(definition.get("base") or {}).items()},
+        }
 
     old, new = flat(stored), flat(current)
-    return [f"{key}: {_show(old.get(key, _ABSENT))} -> {_show(new.get(key, _ABSENT))}"
-            for key in dict.fromkeys([*old, *new]) if old.get(key, _ABSENT) != new.get(key, _ABSENT)]  # fmt: skip
+    return [
+        f"{key}: {_show(old.get(key, _ABSENT))} -> {_show(new.get(key, _ABSENT))}"
+        for key in dict.fromkeys([*old, *new])
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+    ]
 
 
 def stored_differences(sweep: Sweep) -> list[str]:
@@ -294,7 +334,9 @@ def stored_differences(sweep: Sweep) -> list[str]:
     try:
         old = config_module.parse_yaml(stored.read_text())
     except (yaml.YAMLError, ConfigError) as error:
-        raise ConfigError(f"{stored} is not readable YAML; delete it (the cells' run folders are checked on their own)") from error
+        raise ConfigError(
+            f"{stored} is not readable YAML; delete it (the cells' run folders are checked on their own)"
+        ) from error
     return definition_differences(old, config_module.parse_yaml(config_module.dump_yaml(sweep.definition())))
 
 
@@ -310,8 +352,14 @@ def cell_done(sweep: Sweep, cell: Cell) -> bool:
         return False
 
 
-def make_backend(sweep: Sweep, jobs: int | str = 1, backend: str = "local", address: str | None = None,
-                 gpus_per_cell: float | None = None, retries: int = 2):  # fmt: skip
+def make_backend(
+    sweep: Sweep,
+    jobs: int | str = 1,
+    backend: str = "local",
+    address: str | None = None,
+    gpus_per_cell: float | None = None,
+    retries: int = 2,
+):
     """The backend that runs ``sweep``'s cells (see :mod:`forgetlab.sweep_backends`)."""
     from forgetlab import sweep_backends as backends
 
@@ -338,8 +386,15 @@ def make_backend(sweep: Sweep, jobs: int | str = 1, backend: str = "local", addr
     return backends.ProcessBackend(slots, sweep.folder, retries=retries)
 
 
-def run_sweep(sweep: Sweep, backend=None, *, quiet: bool = False, log: Callable[[str], None] = print,
-              on_cell_done: Callable[[Cell], None] | None = None, wait: float = 2.0) -> dict[str, str]:  # fmt: skip
+def run_sweep(
+    sweep: Sweep,
+    backend=None,
+    *,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+    on_cell_done: Callable[[Cell], None] | None = None,
+    wait: float = 2.0,
+) -> dict[str, str]:
     """Run every unfinished cell on ``backend`` (:func:`make_backend`'s; default: this process); return
     ``cell name -> 'skipped' | 'ran' | 'failed'``.
 
@@ -353,7 +408,9 @@ def run_sweep(sweep: Sweep, backend=None, *, quiet: bool = False, log: Callable[
     sweep.folder.mkdir(parents=True, exist_ok=True)
     differences = stored_differences(sweep)
     if differences:
-        raise ConfigError(f"{different_sweep_message(sweep, differences)}; give the sweep another name or delete that folder")
+        raise ConfigError(
+            f"{different_sweep_message(sweep, differences)}; give the sweep another name or delete that folder"
+        )
     atomic_write_text(sweep.folder / SWEEP_FILE, config_module.dump_yaml(sweep.definition(), sort_keys=False))
     status = {cell.name: "skipped" for cell in sweep.cells if cell_done(sweep, cell)}
     todo = [cell for cell in sweep.cells if cell.name not in status]
@@ -404,7 +461,12 @@ class _Waiting:
         return lock_holder(RunFolder(self.sweep.folder / cell.name))
 
     def add(self, cell: Cell, message: str = "", holder: str | None = None) -> None:
-        holder = holder or self.holder(cell) or message.partition(" is being run by ")[2].partition(";")[0] or "another process"
+        holder = (
+            holder
+            or self.holder(cell)
+            or message.partition(" is being run by ")[2].partition(";")[0]
+            or "another process"
+        )
         self.log(f"sweep {self.sweep.name}: cell {cell.name} is being run by {holder}; waiting")
         self.cells.append(cell)
 
@@ -426,7 +488,9 @@ class _Book:
         self.running: set[str] = set()
 
     def _postfix(self) -> None:
-        self.bar.set_postfix(running=len(self.running), failed=sum(v == "failed" for v in self.status.values()), refresh=True)
+        self.bar.set_postfix(
+            running=len(self.running), failed=sum(v == "failed" for v in self.status.values()), refresh=True
+        )
 
     def started(self, cell: Cell) -> None:
         self.running.add(cell.name)
@@ -456,7 +520,10 @@ class _Book:
         if outcome.status == "failed":
             self.log(f"sweep {self.sweep.name}: cell {outcome.cell} FAILED: {outcome.message}")
         else:
-            self.log(f"sweep {self.sweep.name}: cell {outcome.cell} done ({sum(v == 'ran' for v in self.status.values())}/{self.total})")
+            self.log(
+                f"sweep {self.sweep.name}: cell {outcome.cell} done "
+                f"({sum(v == 'ran' for v in self.status.values())}/{self.total})"
+            )
 
 
 def read_status(sweep: Sweep) -> dict:
@@ -469,5 +536,10 @@ def read_status(sweep: Sweep) -> dict:
 def sweep_status(sweep: Sweep) -> list[tuple[str, str, str]]:
     """``(cell, state, detail)`` of every cell, read from the folder without running anything."""
     records = read_status(sweep) if sweep.folder.exists() else {}
-    return [(cell.name, *cell_state(RunFolder(sweep.folder / cell.name), len(cell.config.data.tasks), records.get(cell.name, {})))
-            for cell in sweep.cells]  # fmt: skip
+    return [
+        (
+            cell.name,
+            *cell_state(RunFolder(sweep.folder / cell.name), len(cell.config.data.tasks), records.get(cell.name, {})),
+        )
+        for cell in sweep.cells
+    ]

@@ -100,7 +100,9 @@ class InProcessBackend:
 
     name = "this process"
 
-    def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable, done: Callable = _never_done) -> None:
+    def run(
+        self, cells: list, quiet: bool, on_start: Callable, on_done: Callable, done: Callable = _never_done
+    ) -> None:
         from forgetlab.runner import run
 
         for cell in cells:
@@ -109,7 +111,12 @@ class InProcessBackend:
                 continue
             on_start(cell)
             try:  # cell.config: resolved and checked when the sweep was loaded
-                run(cell.config, log=(lambda message: None) if quiet else (lambda message, n=cell.name: print(f"[{n}] {message}", flush=True)))
+                run(
+                    cell.config,
+                    log=(lambda message: None)
+                    if quiet
+                    else (lambda message, n=cell.name: print(f"[{n}] {message}", flush=True)),
+                )
                 on_done(Outcome(cell.name, "ran"))
             except RunLockedError as error:
                 on_done(Outcome(cell.name, LOCKED, str(error)))
@@ -145,12 +152,20 @@ class ProcessBackend:
         # stderr goes to a file, not a pipe: a chatty child can never fill a pipe nobody reads yet
         error_path = self.folder / ".cells" / f"{cell.name}.err"
         with (self.folder / ".cells" / f"{cell.name}.log").open("a") as log, error_path.open("w") as errors:
-            process = subprocess.Popen([sys.executable, "-m", "forgetlab", "run", str(spec), *(["--quiet"] if quiet else [])], env=env,
-                                       stdout=log if quiet else None, stderr=errors, text=True, preexec_fn=_die_with_parent)  # fmt: skip
+            process = subprocess.Popen(
+                [sys.executable, "-m", "forgetlab", "run", str(spec), *(["--quiet"] if quiet else [])],
+                env=env,
+                stdout=log if quiet else None,
+                stderr=errors,
+                text=True,
+                preexec_fn=_die_with_parent,
+            )
         process.error_path = error_path  # the child holds its own copies of both files
         return process
 
-    def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable, done: Callable = _never_done) -> None:
+    def run(
+        self, cells: list, quiet: bool, on_start: Callable, on_done: Callable, done: Callable = _never_done
+    ) -> None:
         queue = list(cells)
         attempts = {cell.name: 0 for cell in cells}
         running: dict[int, tuple] = {}  # slot index -> (cell, process)
@@ -176,8 +191,14 @@ class ProcessBackend:
                     elif process.returncode < 0 and attempts[cell.name] <= self.retries:
                         queue.insert(0, cell)  # the worker died: run it again; it resumes from its last commit
                     elif process.returncode < 0:
-                        on_done(Outcome(cell.name, "failed", f"its worker died {attempts[cell.name]} times "
-                                        f"(signal {-process.returncode})", attempts[cell.name]))  # fmt: skip
+                        on_done(
+                            Outcome(
+                                cell.name,
+                                "failed",
+                                f"its worker died {attempts[cell.name]} times (signal {-process.returncode})",
+                                attempts[cell.name],
+                            )
+                        )
                     elif locked_message(message := cell_error_line(stderr)):
                         on_done(Outcome(cell.name, LOCKED, message, attempts[cell.name]))
                     else:
@@ -199,7 +220,9 @@ def _ray():
     try:
         import ray
     except ImportError as error:
-        raise ConfigError("--backend ray needs Ray: pip install ray (or pip install -e '.[ray]' in forgetlab's clone)") from error
+        raise ConfigError(
+            "--backend ray needs Ray: pip install ray (or pip install -e '.[ray]' in forgetlab's clone)"
+        ) from error
     return ray
 
 
@@ -230,9 +253,21 @@ class RayBackend:
     otherwise. ``address='auto'`` joins a running cluster; None starts a local one. Run folders live
     under the sweep's ``out_dir``, which every node must see (a shared filesystem): checked at start."""
 
-    def __init__(self, folder: Path, address: str | None = None, gpus_per_cell: float | None = None, cpus_per_cell: float = 1,
-                 retries: int = 2, num_cpus: int | None = None):  # fmt: skip
-        self.folder, self.address, self.gpus_per_cell, self.cpus_per_cell = folder, address, gpus_per_cell, cpus_per_cell
+    def __init__(
+        self,
+        folder: Path,
+        address: str | None = None,
+        gpus_per_cell: float | None = None,
+        cpus_per_cell: float = 1,
+        retries: int = 2,
+        num_cpus: int | None = None,
+    ):
+        self.folder, self.address, self.gpus_per_cell, self.cpus_per_cell = (
+            folder,
+            address,
+            gpus_per_cell,
+            cpus_per_cell,
+        )
         self.retries, self.num_cpus = retries, num_cpus
         self.name = f"Ray ({address or 'a local instance'})"
 
@@ -243,8 +278,10 @@ class RayBackend:
             try:
                 ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as error:
-                raise ConfigError(f"cannot reach the Ray cluster at {self.address} ({error}); start it with 'ray start --head' "
-                                  "or pass --address of its head") from error  # fmt: skip
+                raise ConfigError(
+                    f"cannot reach the Ray cluster at {self.address} ({error}); start it with 'ray start --head' "
+                    "or pass --address of its head"
+                ) from error
         return ray
 
     def check_shared_folder(self, ray) -> None:
@@ -256,16 +293,27 @@ class RayBackend:
         try:
             check = ray.remote(num_cpus=0)(_sees_marker)
             nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
-            answers = ray.get([check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(str(marker.resolve()))
-                               for node in nodes])  # fmt: skip
+            answers = ray.get(
+                [
+                    check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+                        str(marker.resolve())
+                    )
+                    for node in nodes
+                ]
+            )
         finally:
             marker.unlink(missing_ok=True)
         blind = [host for host, seen in answers if not seen]
         if blind:
-            raise ConfigError(f"node {blind[0]} cannot see {self.folder.resolve()}; out_dir must be on a filesystem every node mounts "
-                              "(e.g. NFS) at the same path")  # fmt: skip
+            raise ConfigError(
+                f"node {blind[0]} cannot see {self.folder.resolve()}; "
+                f"out_dir must be on a filesystem every node mounts "
+                "(e.g. NFS) at the same path"
+            )
 
-    def run(self, cells: list, quiet: bool, on_start: Callable, on_done: Callable, done: Callable = _never_done) -> None:
+    def run(
+        self, cells: list, quiet: bool, on_start: Callable, on_done: Callable, done: Callable = _never_done
+    ) -> None:
         ray = self._init()
         self.check_shared_folder(ray)
         cluster_gpus = ray.cluster_resources().get("GPU", 0)

@@ -134,11 +134,21 @@ class WandbTracker(Tracker):
         self.wandb = wandb
         run_id = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
         try:
-            self.run = wandb.init(project=project, group=group, name=folder.name, id=run_id, resume="allow", dir=str(folder),
-                                  config=flat_config(config_tree), reinit="create_new")  # fmt: skip
+            self.run = wandb.init(
+                project=project,
+                group=group,
+                name=folder.name,
+                id=run_id,
+                resume="allow",
+                dir=str(folder),
+                config=flat_config(config_tree),
+                reinit="create_new",
+            )
         except Exception as error:  # noqa: BLE001 - no login, no network: say what to do
-            raise ConfigError(f"Weights & Biases did not start ({type(error).__name__}: {str(error)[:120]}); "
-                              "run 'wandb login', or set WANDB_MODE=offline") from error  # fmt: skip
+            raise ConfigError(
+                f"Weights & Biases did not start ({type(error).__name__}: {str(error)[:120]}); "
+                "run 'wandb login', or set WANDB_MODE=offline"
+            ) from error
         self.run.define_metric("train/step")
         self.run.define_metric("train/*", step_metric="train/step")
         self.run.define_metric("phase")
@@ -149,9 +159,16 @@ class WandbTracker(Tracker):
         self.run.log({"train/step": step, **{f"train/{key}": value for key, value in values.items()}})
 
     def phase(self, index, row, matrix, figure=None):
-        table = self.wandb.Table(columns=["phase", *matrix.columns],
-                                 data=[[label, *[None if v != v else v for v in values]] for label, values in zip(matrix.row_labels(), matrix.as_array().tolist())])  # fmt: skip
-        self.run.log({"phase": index, **{f"accuracy/{column}": value for column, value in row.items()}, "accuracy_matrix": table})
+        table = self.wandb.Table(
+            columns=["phase", *matrix.columns],
+            data=[
+                [label, *[None if v != v else v for v in values]]
+                for label, values in zip(matrix.row_labels(), matrix.as_array().tolist())
+            ],
+        )
+        self.run.log(
+            {"phase": index, **{f"accuracy/{column}": value for column, value in row.items()}, "accuracy_matrix": table}
+        )
         self.matrix = matrix
 
     def close(self):
@@ -163,8 +180,10 @@ class WandbTracker(Tracker):
 def missing_package(key: str, package: str) -> ConfigError:
     """The error for ``track.<key>`` without its package: forgetlab is not on PyPI, so the extra installs
     from a clone (``pip install -e '.[track]'``), or the package alone (``pip install <package>``)."""
-    return ConfigError(f"track.{key} needs the {package} package: pip install {package} "
-                       "(or pip install -e '.[track]' in forgetlab's clone)")
+    return ConfigError(
+        f"track.{key} needs the {package} package: pip install {package} "
+        "(or pip install -e '.[track]' in forgetlab's clone)"
+    )
 
 
 def check_trackers(config) -> None:

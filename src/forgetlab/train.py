@@ -60,12 +60,16 @@ class TrainStats:
     @property
     def steady_images_per_second(self) -> float:
         """Images per second after the warm-up, selection excluded (nan when no step came after it)."""
-        return self.steady_examples / self.steady_seconds if self.steady_examples and self.steady_seconds > 0 else float("nan")
+        return (
+            self.steady_examples / self.steady_seconds
+            if self.steady_examples and self.steady_seconds > 0
+            else float("nan")
+        )
 
 
 def timed_warmup_steps(total_steps: int) -> int:
-    """The steps timed as warm-up (not the learning-rate warm-up): the first 50 (as the GPU measurements, which read the rate from
-    the 50th step on), or half of a shorter task."""
+    """The steps timed as warm-up (not the learning-rate warm-up): the first 50 (as the GPU measurements, which read the
+    rate from the 50th step on), or half of a shorter task."""
     return min(50, total_steps // 2)
 
 
@@ -142,7 +146,9 @@ def make_optimizer(parameters, train_config, device: torch.device | None = None)
     """AdamW or SGD (momentum 0.9); on CUDA their fused kernels (one launch for every parameter)."""
     fused = {"fused": True} if device is not None and device.type == "cuda" else {}
     if train_config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=train_config.lr, momentum=0.9, weight_decay=train_config.weight_decay, **fused)
+        return torch.optim.SGD(
+            parameters, lr=train_config.lr, momentum=0.9, weight_decay=train_config.weight_decay, **fused
+        )
     return torch.optim.AdamW(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay, **fused)
 
 
@@ -210,8 +216,9 @@ class TaskPlan:
     log_step: Callable[[int, dict[str, float]], None] | None = None
 
 
-def train_task(model, head: str, dataset: Dataset, train_config, runtime: Runtime, *, seed: int,
-               plan: TaskPlan = TaskPlan()) -> TrainStats:  # fmt: skip
+def train_task(
+    model, head: str, dataset: Dataset, train_config, runtime: Runtime, *, seed: int, plan: TaskPlan = TaskPlan()
+) -> TrainStats:
     """Train ``model``'s trainable parameters on ``dataset`` through head ``head``, with the recipe
     ``train_config`` (a :class:`~forgetlab.config.TrainConfig`: batch size, optimiser, schedule, epochs)
     on ``runtime`` (device, autocast dtype, loader workers, progress), seeded by ``seed`` (the order of
@@ -221,8 +228,15 @@ def train_task(model, head: str, dataset: Dataset, train_config, runtime: Runtim
     update overflows or the loss becomes non-finite.
     """
     device = runtime.device
-    loader = make_loader(dataset, train_config.batch_size, shuffle=True, seed=seed, device=device,
-                         workers=runtime.workers, drop_last=train_config.drop_last)
+    loader = make_loader(
+        dataset,
+        train_config.batch_size,
+        shuffle=True,
+        seed=seed,
+        device=device,
+        workers=runtime.workers,
+        drop_last=train_config.drop_last,
+    )
     task = _set_up(model, head, train_config, runtime, plan, examples=len(dataset), batches_per_epoch=len(loader))
     selection = plan.selection
     _train_mode(model, plan.freeze_batchnorm)
@@ -270,12 +284,15 @@ class _Training:
     plan: TaskPlan
 
 
-def _set_up(model, head: str, train_config, runtime: Runtime, plan: TaskPlan, *, examples: int,
-            batches_per_epoch: int) -> _Training:
+def _set_up(
+    model, head: str, train_config, runtime: Runtime, plan: TaskPlan, *, examples: int, batches_per_epoch: int
+) -> _Training:
     """A task's steps (:func:`schedule_lengths`, with the task's ``train.task_epochs``), its optimiser,
     its learning-rate schedule (stepped after every optimiser step) and its forward (:func:`compiled`)."""
     task_name = plan.task_name or head  # train.task_epochs names a task, or its dataset
-    epochs = train_config.task_epochs.get(task_name, train_config.task_epochs.get(task_name.partition(":")[0], train_config.epochs))
+    epochs = train_config.task_epochs.get(
+        task_name, train_config.task_epochs.get(task_name.partition(":")[0], train_config.epochs)
+    )
     total_steps, span, warmup_steps = schedule_lengths(train_config, examples, batches_per_epoch, epochs)
     parameters = trainable_parameters(model)
     optimizer = make_optimizer(parameters, train_config, runtime.device)
@@ -286,8 +303,19 @@ def _set_up(model, head: str, train_config, runtime: Runtime, plan: TaskPlan, *,
     heads = [head, *[h for h in plan.extra_heads if h != head]]
     if plan.replay is not None and plan.replay_head not in heads:
         heads.append(plan.replay_head)
-    return _Training(model=model, forward=forward, graphs=graphs, optimizer=optimizer, schedule=schedule, total_steps=total_steps,
-                     head=head, heads=heads, train_config=train_config, runtime=runtime, plan=plan)  # fmt: skip
+    return _Training(
+        model=model,
+        forward=forward,
+        graphs=graphs,
+        optimizer=optimizer,
+        schedule=schedule,
+        total_steps=total_steps,
+        head=head,
+        heads=heads,
+        train_config=train_config,
+        runtime=runtime,
+        plan=plan,
+    )
 
 
 def _step(task: _Training, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, int]:
@@ -312,8 +340,10 @@ def _step(task: _Training, images: torch.Tensor, labels: torch.Tensor, step: int
     except RuntimeError as error:  # e.g. "value cannot be converted to type float without overflow"
         if "overflow" not in str(error):
             raise
-        raise TrainingError(f"{task.plan.description}: the update overflowed at step {step + 1} (train.lr={task.train_config.lr:g}); "
-                            "lower train.lr and run again (earlier tasks are kept)") from error  # fmt: skip
+        raise TrainingError(
+            f"{task.plan.description}: the update overflowed at step {step + 1} (train.lr={task.train_config.lr:g}); "
+            "lower train.lr and run again (earlier tasks are kept)"
+        ) from error
     task.schedule.step()
     return loss.detach(), len(images)
 
@@ -326,13 +356,21 @@ def _forward(task: _Training, images: torch.Tensor) -> dict[str, torch.Tensor]:
     except Exception as error:  # noqa: BLE001 - a compiler failure, not the model's
         if task.forward is task.model:
             raise
-        print(f"forgetlab: torch.compile failed ({type(error).__name__}: {str(error)[:120]}); training eagerly", flush=True)
+        print(
+            f"forgetlab: torch.compile failed ({type(error).__name__}: {str(error)[:120]}); training eagerly",
+            flush=True,
+        )
         task.forward, task.graphs = task.model, False
         return task.forward(images, task.heads)
 
 
-def _loss(task: _Training, images: torch.Tensor, outputs: dict[str, torch.Tensor], labels: torch.Tensor,
-          replay_labels: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+def _loss(
+    task: _Training,
+    images: torch.Tensor,
+    outputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    replay_labels: torch.Tensor | None,
+) -> torch.Tensor:
     """The cross-entropy (with ``train.label_smoothing``) of the task's examples through its head and of
     the replayed ones (the last rows of ``images``) through theirs, summed and divided by all images,
     plus every extra loss term (LwF)."""
@@ -353,8 +391,10 @@ def _read_loss(task: _Training, loss: torch.Tensor, step: int, bar) -> float:
     ``train.lr``."""
     value = float(loss)
     if not math.isfinite(value):
-        raise TrainingError(f"{task.plan.description}: the loss became non-finite by step {step} (train.lr={task.train_config.lr:g}); "
-                            "lower train.lr and run again (earlier tasks are kept)")  # fmt: skip
+        raise TrainingError(
+            f"{task.plan.description}: the loss became non-finite by step {step} (train.lr={task.train_config.lr:g}); "
+            "lower train.lr and run again (earlier tasks are kept)"
+        )
     bar.set_postfix(loss=f"{value:.3f}", refresh=False)
     if task.plan.log_step is not None:
         task.plan.log_step(step, {"loss": value, "lr": task.schedule.get_last_lr()[0]})
@@ -396,11 +436,16 @@ class _Clock:
         """The task's :class:`TrainStats`, its clock stopped at ``end`` (after a device synchronisation)."""
         if self.warmup_end is None:  # a one-step task is all warm-up
             self.warmup_end, self.warmup_examples = end, examples
-        return TrainStats(steps=steps, examples=examples, seconds=end - self.start, final_loss=final_loss,
-                          warmup_seconds=self.warmup_end - self.start - self.selection_seconds[0],
-                          selection_seconds=sum(self.selection_seconds),
-                          steady_seconds=end - self.warmup_end - self.selection_seconds[1],
-                          steady_examples=examples - self.warmup_examples)  # fmt: skip
+        return TrainStats(
+            steps=steps,
+            examples=examples,
+            seconds=end - self.start,
+            final_loss=final_loss,
+            warmup_seconds=self.warmup_end - self.start - self.selection_seconds[0],
+            selection_seconds=sum(self.selection_seconds),
+            steady_seconds=end - self.warmup_end - self.selection_seconds[1],
+            steady_examples=examples - self.warmup_examples,
+        )
 
 
 def _synchronize(device: torch.device) -> None:

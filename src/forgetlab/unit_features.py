@@ -82,7 +82,11 @@ def probe_subset(dataset: Dataset, count: int, seed: int) -> Dataset:
 def feature_units(backbone: nn.Module) -> list[str]:
     """Module paths (in ``backbone``) of the units whose outputs are compared, in forward order; the
     pooled ``features`` are not listed (they are always compared)."""
-    stages = [name for name in ("layer1", "layer2", "layer3", "layer4") if isinstance(getattr(backbone, name, None), nn.Sequential)]
+    stages = [
+        name
+        for name in ("layer1", "layer2", "layer3", "layer4")
+        if isinstance(getattr(backbone, name, None), nn.Sequential)
+    ]
     if stages:  # timm's ResNet family: one unit per block (a bottleneck or a basic block)
         return [f"{stage}.{index}" for stage in stages for index in range(len(getattr(backbone, stage)))]
     from forgetlab.models.families import block_sequences
@@ -105,13 +109,18 @@ def _pool(output, backbone: nn.Module) -> torch.Tensor:
             return output[:, 0]
         return output[:, getattr(backbone, "num_prefix_tokens", 0) :].mean(dim=1)
     if output.ndim == 4:
-        return output.mean(dim=(1, 2)) if str(getattr(backbone, "output_fmt", "NCHW")) == "NHWC" else output.mean(dim=(2, 3))
+        return (
+            output.mean(dim=(1, 2))
+            if str(getattr(backbone, "output_fmt", "NCHW")) == "NHWC"
+            else output.mean(dim=(2, 3))
+        )
     raise ValueError(f"cannot pool a unit output of shape {tuple(output.shape)}")
 
 
 @torch.no_grad()
-def unit_features(model, dataset: Dataset, units: list[str], runtime: Runtime, *,
-                  description: str = "drift features") -> dict[str, torch.Tensor]:
+def unit_features(
+    model, dataset: Dataset, units: list[str], runtime: Runtime, *, description: str = "drift features"
+) -> dict[str, torch.Tensor]:
     """``unit -> features [N, D]`` (fp32, on the CPU) of every example of ``dataset`` at every module
     path of ``units`` (in ``model.backbone``) and at ``features`` (``model.features``), from one
     forward pass per batch of ``runtime.eval_batch_size`` on ``runtime.device`` with forward hooks."""
@@ -129,7 +138,9 @@ def unit_features(model, dataset: Dataset, units: list[str], runtime: Runtime, *
         model.eval()
         device = runtime.device
         loader = make_loader(dataset, runtime.eval_batch_size, shuffle=False, device=device, workers=runtime.workers)
-        for images, _ in runtime.progress(batches(loader, dataset, device), total=len(loader), desc=description, unit="batch"):
+        for images, _ in runtime.progress(
+            batches(loader, dataset, device), total=len(loader), desc=description, unit="batch"
+        ):
             with runtime.autocast():
                 captured[FEATURES].append(model.features(images).float().cpu())
     finally:

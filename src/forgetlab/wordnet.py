@@ -26,17 +26,57 @@ _POS_NUMBER = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 # WordNet 3.0's lexicographer files, numbered 00..44: the ``lexnames`` file of Princeton's dict folder,
 # and the table of the lexnames(5WN) manual page (Debian's /usr/share/man/man5/lexnames.5WN.gz).
 LEXNAMES = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
-    "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
-    "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession",
-    "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
-    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption",
-    "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
-    "verb.social", "verb.stative", "verb.weather", "adj.ppl",
-)  # fmt: skip
-_INSTALL_HINT = ("install it with: sudo apt-get install wordnet-base wordnet-sense-index (or run 'make demo'); "
-                 "without apt, set FORGETLAB_WORDNET=/path/to/WordNet-3.0/dict or run python -m nltk.downloader wordnet "
-                 "('forgetlab setup' says more)")
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
+)
+_INSTALL_HINT = (
+    "install it with: sudo apt-get install wordnet-base wordnet-sense-index (or run 'make demo'); "
+    "without apt, set FORGETLAB_WORDNET=/path/to/WordNet-3.0/dict or run python -m nltk.downloader wordnet "
+    "('forgetlab setup' says more)"
+)
 
 
 def lexnames_text() -> str:
@@ -57,7 +97,9 @@ def _extract_zip(archive: Path, folder: Path) -> None:
                 if not member.is_dir() and name and Path(member.filename).parent.name == "wordnet":
                     (folder / name).write_bytes(bundle.read(member))
     except zipfile.BadZipFile as error:
-        raise DataError(f"{archive} is not a readable zip ({error}); download it again or set FORGETLAB_WORDNET") from error
+        raise DataError(
+            f"{archive} is not a readable zip ({error}); download it again or set FORGETLAB_WORDNET"
+        ) from error
 
 
 def find_source() -> Path:
@@ -70,8 +112,10 @@ def find_source() -> Path:
         if path.suffix == ".zip" and path.is_file():  # NLTK's wordnet.zip, as its downloader may leave it
             return path
         if not (path / "data.noun").exists():
-            raise DataError(f"FORGETLAB_WORDNET={configured} has no data.noun; point it at WordNet 3.0's dict folder "
-                            "(or NLTK's corpora/wordnet or wordnet.zip; 'forgetlab setup' says how to get one)")
+            raise DataError(
+                f"FORGETLAB_WORDNET={configured} has no data.noun; point it at WordNet 3.0's dict folder "
+                "(or NLTK's corpora/wordnet or wordnet.zip; 'forgetlab setup' says how to get one)"
+            )
         return path
     if (WORDNET_DIR / "data.noun").exists():
         return WORDNET_DIR
@@ -165,7 +209,9 @@ def wnid_names(wnids: list[str], data_dir: str | None = None) -> list[str]:
             fields = data.readline().decode("utf-8", errors="replace").split()
             # offset, lexicographer file, synset type, word count (hex), then the first word
             if len(fields) < 5 or fields[0] != name[1:] or fields[2] != "n":
-                raise DataError(f"'{name}' is not a WordNet 3.0 noun offset; ImageNet's class folders are named by them")
+                raise DataError(
+                    f"'{name}' is not a WordNet 3.0 noun offset; ImageNet's class folders are named by them"
+                )
             names.append(fields[4].replace("_", " "))
     return names
 

@@ -61,7 +61,11 @@ def unfinished_cells(paths: list[str | Path]) -> list[tuple[str, str, str]]:
     for path in map(Path, paths):
         if not path.is_dir():
             continue
-        sweeps = sorted({p.parent for p in path.rglob(STATUS_FILE)} | ({path} if (path / STATUS_FILE).exists() else set()))
+        sweeps = sorted(
+            {p.parent for p in path.rglob(STATUS_FILE)} | ({path} if (path / STATUS_FILE).exists() else set())
+        )
         for sweep in sweeps:
-            rows += [(str(sweep / name), state, detail) for name, state, detail in folder_status(sweep) if state != "done"]
+            rows += [
+                (str(sweep / name), state, detail) for name, state, detail in folder_status(sweep) if state != "done"
+            ]
     return list(dict.fromkeys(rows))

@@ -113,7 +113,9 @@ def minibatch_cka(x, y, batch_size: int, *, seed: int | None = 0) -> float:
     dropped."""
     x, y = _matrix(x), _matrix(y)
     _check_pair(x, y, 4)
-    order = torch.arange(len(x)) if seed is None else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    order = (
+        torch.arange(len(x)) if seed is None else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    )
     estimate = MinibatchCKA()
     for start in range(0, len(x), batch_size):
         index = order[start : start + batch_size]

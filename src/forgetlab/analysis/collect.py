@@ -152,6 +152,8 @@ def find_runs(paths: list[str | Path]) -> list[RunResult]:
             continue
         found = sorted(p.parent for p in path.rglob("accuracy_matrix.json") if _is_run(p.parent))
         if not found:
-            raise DataError(f"no run folders under {path}; give a folder that 'forgetlab run' or 'forgetlab sweep' wrote")
+            raise DataError(
+                f"no run folders under {path}; give a folder that 'forgetlab run' or 'forgetlab sweep' wrote"
+            )
         runs += [RunResult(RunFolder(p)) for p in found]
     return runs

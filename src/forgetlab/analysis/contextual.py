@@ -62,12 +62,21 @@ def token_similarity(names: str | list[str], domain_word: str) -> float:
     from nltk.tokenize import NLTKWordTokenizer
 
     text = " ".join([names] if isinstance(names, str) else names).replace("_", " ")
-    scores = [score for token in NLTKWordTokenizer().tokenize(text) if (score := _best_token_match(token.lower(), domain_word)) > 0]
+    scores = [
+        score
+        for token in NLTKWordTokenizer().tokenize(text)
+        if (score := _best_token_match(token.lower(), domain_word)) > 0
+    ]
     return float(np.mean(scores)) if scores else 0.0
 
 
-def class_similarities(domain: str, synsets: list[str] | None = None, names: list[str] | None = None, mode: str = "synset",
-                       domain_word: str | None = None) -> np.ndarray:  # fmt: skip
+def class_similarities(
+    domain: str,
+    synsets: list[str] | None = None,
+    names: list[str] | None = None,
+    mode: str = "synset",
+    domain_word: str | None = None,
+) -> np.ndarray:
     """Wu-Palmer similarity of every upstream class to the ``domain`` concept (``mode='synset'``), or
     paper 1's token matching of the class names to ``domain_word`` (``mode='tokens'``; default: the
     domain synset's first lemma). In token mode a class with a synset contributes all its lemma names
@@ -113,10 +122,16 @@ class ContextualTest:
         where = f" after {self.task}" if self.task else ""
         domain = f" to {self.domain}" if self.domain else ""
         if self.forgotten == 0:
-            return f"contextual forgetting{where}: no upstream test image forgotten ({int(self.images_per_class.sum())} images)"
-        return (f"contextual forgetting{where}: {self.forgotten} upstream test images forgotten of {int(self.images_per_class.sum())}; "
-                f"mean similarity{domain} {self.mean_forgotten:.3f} (forgotten) vs {self.mean_all:.3f} (all), difference "
-                f"{self.difference:+.3f}; one-sided permutation p = {self.p_value:.2g} ({self.permutations} permutations)")  # fmt: skip
+            return (
+                f"contextual forgetting{where}: no upstream test image "
+                f"forgotten ({int(self.images_per_class.sum())} images)"
+            )
+        return (
+            f"contextual forgetting{where}: {self.forgotten} upstream test images forgotten of "
+            f"{int(self.images_per_class.sum())}; mean similarity{domain} {self.mean_forgotten:.3f} "
+            f"(forgotten) vs {self.mean_all:.3f} (all), difference {self.difference:+.3f}; "
+            f"one-sided permutation p = {self.p_value:.2g} ({self.permutations} permutations)"
+        )
 
     def __repr__(self) -> str:
         return f"ContextualTest({self.summary()})"
@@ -129,8 +144,15 @@ class ContextualTest:
 
         count = len(self.similarity)
         names = self.classes if self.classes and len(self.classes) == count else [str(c) for c in range(count)]
-        frame = pd.DataFrame({"class": names, "synset": self.synsets if self.synsets and len(self.synsets) == count else [None] * count,
-                              "similarity": self.similarity, "images": self.images_per_class, "forgotten": self.forgotten_per_class})  # fmt: skip
+        frame = pd.DataFrame(
+            {
+                "class": names,
+                "synset": self.synsets if self.synsets and len(self.synsets) == count else [None] * count,
+                "similarity": self.similarity,
+                "images": self.images_per_class,
+                "forgotten": self.forgotten_per_class,
+            }
+        )
         frame["forgotten_pct"] = 100 * frame["forgotten"] / frame["images"].where(frame["images"] > 0)
         return frame.sort_values(["forgotten", "similarity"], ascending=False, kind="stable").reset_index(drop=True)
 
@@ -153,7 +175,13 @@ def permutation_p_value(values: np.ndarray, chosen: np.ndarray, permutations: in
 
 
 def contextual_forgetting(
-    before: np.ndarray, after: np.ndarray, labels: np.ndarray, similarity: np.ndarray, *, permutations: int = 10_000, seed: int = 0
+    before: np.ndarray,
+    after: np.ndarray,
+    labels: np.ndarray,
+    similarity: np.ndarray,
+    *,
+    permutations: int = 10_000,
+    seed: int = 0,
 ) -> ContextualTest:
     before, after, labels = np.asarray(before), np.asarray(after), np.asarray(labels)
     image_similarity = similarity[labels]

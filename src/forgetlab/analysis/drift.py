@@ -99,7 +99,9 @@ def lost_misaligned_table(run_path: str | Path, *, resamples: int = 2000, seed: 
     correct = stored_correctness(run_path)
     if correct is None:
         return pd.DataFrame()
-    return pd.DataFrame([lost_misaligned(correct, phase, resamples=resamples, seed=seed) for phase in range(1, len(correct["head"]))])
+    return pd.DataFrame(
+        [lost_misaligned(correct, phase, resamples=resamples, seed=seed) for phase in range(1, len(correct["head"]))]
+    )
 
 
 def near_far_classes(similarity: np.ndarray) -> dict[str, np.ndarray] | None:
@@ -112,7 +114,9 @@ def near_far_classes(similarity: np.ndarray) -> dict[str, np.ndarray] | None:
     return {"near": similarity >= high, "far": similarity <= low}
 
 
-def lost_misaligned_by_group_table(run_path: str | Path, *, similarity: str = "synset", resamples: int = 2000, seed: int = 0):
+def lost_misaligned_by_group_table(
+    run_path: str | Path, *, similarity: str = "synset", resamples: int = 2000, seed: int = 0
+):
     """:func:`lost_misaligned` per phase for the upstream test images of the classes near to and far from
     that phase's domain (:func:`near_far_classes` of :func:`forgetlab.analysis.contextual.class_similarities`,
     ``similarity`` as the contextual analysis takes it). A DataFrame with ``group``, ``domain``,
@@ -133,11 +137,21 @@ def lost_misaligned_by_group_table(run_path: str | Path, *, similarity: str = "s
     rows = []
     for phase in range(1, len(correct["head"])):
         domain = run.domain(phase)
-        groups = near_far_classes(class_similarities(domain, synsets=synsets, mode=similarity, domain_word=run.domain_word(phase))) if domain else None
+        groups = (
+            near_far_classes(
+                class_similarities(domain, synsets=synsets, mode=similarity, domain_word=run.domain_word(phase))
+            )
+            if domain
+            else None
+        )
         for group, classes in (groups or {}).items():
             images = classes[labels]
             if images.sum() == 0:
                 continue
-            split = lost_misaligned({name: values[:, images] for name, values in correct.items()}, phase, resamples=resamples, seed=seed)
-            rows.append({"group": group, "domain": domain, "classes": int(classes.sum()), "images": int(images.sum()), **split})
+            split = lost_misaligned(
+                {name: values[:, images] for name, values in correct.items()}, phase, resamples=resamples, seed=seed
+            )
+            rows.append(
+                {"group": group, "domain": domain, "classes": int(classes.sum()), "images": int(images.sum()), **split}
+            )
     return pd.DataFrame(rows)

@@ -83,8 +83,15 @@ def spearman_permutation_p(x, y, resamples: int = 9999, seed: int = 0) -> float:
         ranks = ranks - ranks.mean(axis=axis, keepdims=True)
         return (ranks * centred_x).sum(axis=axis) / np.sqrt((ranks**2).sum(axis=axis) * (centred_x**2).sum())
 
-    result = permutation_test((y,), correlation, permutation_type="pairings", vectorized=True, n_resamples=resamples,
-                              alternative="two-sided", random_state=seed)  # fmt: skip
+    result = permutation_test(
+        (y,),
+        correlation,
+        permutation_type="pairings",
+        vectorized=True,
+        n_resamples=resamples,
+        alternative="two-sided",
+        random_state=seed,
+    )
     return float(result.pvalue)
 
 
@@ -107,13 +114,19 @@ def rank_findings(runs) -> list[str]:
         n, per_rank = len(pairs), group.seeds_per_rank()
         counted = f"{n} runs at {len(ranks)} ranks, {_seeds(per_rank)}"
         at = {r: 100 * np.mean([a for rank, a in pairs if rank == r]) for r in (ranks[0], ranks[-1])}
-        endpoints = f"upstream accuracy {at[ranks[0]]:.1f} % at rank {ranks[0]} and {at[ranks[-1]]:.1f} % at rank {ranks[-1]}"
+        endpoints = (
+            f"upstream accuracy {at[ranks[0]]:.1f} % at rank {ranks[0]} and {at[ranks[-1]]:.1f} % at rank {ranks[-1]}"
+        )
         if np.ptp(y) == 0:
-            sentences.append(f"On {group.label}, final upstream accuracy is the same at every LoRA rank ({counted}): {endpoints}.")
+            sentences.append(
+                f"On {group.label}, final upstream accuracy is the same at every LoRA rank ({counted}): {endpoints}."
+            )
             continue
         if n < 3:
-            sentences.append(f"On {group.label}, too few runs to tell how LoRA rank changes forgetting ({counted}: no correlation, "
-                             f"interval or test); {endpoints}.")  # fmt: skip
+            sentences.append(
+                f"On {group.label}, too few runs to tell how LoRA rank changes forgetting ({counted}: no correlation, "
+                f"interval or test); {endpoints}."
+            )
             continue
         rho = spearman(x, y)
         p = spearman_permutation_p(x, y) if n >= MIN_RUNS_FOR_TEST else math.nan
@@ -131,8 +144,10 @@ def rank_findings(runs) -> list[str]:
             claim = "too few runs to tell how LoRA rank changes forgetting"
         else:
             claim = "no trend of forgetting with LoRA rank is established"
-        sentences.append(f"On {group.label}, {claim}: Spearman's correlation of rank and final upstream accuracy is {rho:+.2f} "
-                         f"({evidence}); {endpoints}.")  # fmt: skip
+        sentences.append(
+            f"On {group.label}, {claim}: Spearman's correlation of rank and final upstream accuracy is {rho:+.2f} "
+            f"({evidence}); {endpoints}."
+        )
     return sentences
 
 
@@ -140,7 +155,9 @@ def _contextual_groups(rows) -> list[tuple[str, list]]:
     """First-task rows grouped by run config without the seed and ``method.rank`` (a rank sweep's
     runs are pooled), labelled by backbone and method and what differs from the groups sharing them.
     Rows of runs with a duplicate (same identity and seed) are in no group."""
-    twice = {id(run) for members in duplicates(list({id(row.run): row.run for row in rows}.values())) for run in members}
+    twice = {
+        id(run) for members in duplicates(list({id(row.run): row.run for row in rows}.values())) for run in members
+    }
     groups = defaultdict(list)
     for row in rows:
         if id(row.run) in twice:
@@ -158,14 +175,23 @@ def contextual_findings(rows, mode: str = "") -> list[str]:
         first = members[0]
         tested = [r for r in members if r.test.forgotten >= MIN_FORGOTTEN_IMAGES]
         few = [r for r in members if r.test.forgotten < MIN_FORGOTTEN_IMAGES]
-        where = f"Contextual forgetting on {label} after its first task ({first.task}, domain {first.domain}{'; ' + mode if mode else ''})"
+        where = (
+            f"Contextual forgetting on {label} after its first task "
+            f"({first.task}, domain {first.domain}{'; ' + mode if mode else ''})"
+        )
         if not tested:
             most = max(r.test.forgotten for r in few)
             if most == 0:
-                what = f"no upstream image was forgotten in {'any of its ' + str(len(few)) + ' runs' if len(few) > 1 else 'its one run'}"
+                what = (
+                    f"no upstream image was forgotten in "
+                    f"{'any of its ' + str(len(few)) + ' runs' if len(few) > 1 else 'its one run'}"
+                )
             else:
                 who = f"each of its {len(few)} runs forgot at most" if len(few) > 1 else "its one run forgot"
-                what = f"{who} {most} upstream image{'s' if most != 1 else ''}, fewer than the {MIN_FORGOTTEN_IMAGES} a test needs"
+                what = (
+                    f"{who} {most} upstream image{'s' if most != 1 else ''}, "
+                    f"fewer than the {MIN_FORGOTTEN_IMAGES} a test needs"
+                )
             sentences.append(f"{where}: no test: {what}.")
             continue
         significant = [r for r in tested if r.test.p_value < ALPHA and r.test.difference > 0]
@@ -178,14 +204,16 @@ def contextual_findings(rows, mode: str = "") -> list[str]:
             spread = f"ranges from {min(differences):+.3f} to {max(differences):+.3f}"
         forgotten = sorted(r.test.forgotten for r in tested)
         sentence = (
-            f"{where}: the forgotten upstream images are closer to the domain than the test set (one-sided permutation "
-            f"p < {ALPHA}) in {len(significant)} of {len(tested)} runs ({forgotten[0]}"
-            f"{f' to {forgotten[-1]}' if forgotten[-1] != forgotten[0] else ''} forgotten images each); the mean similarity "
-            f"difference {spread}."
+            f"{where}: the forgotten upstream images are closer to the domain than the test set "
+            f"(one-sided permutation p < {ALPHA}) in {len(significant)} of {len(tested)} runs "
+            f"({forgotten[0]}{f' to {forgotten[-1]}' if forgotten[-1] != forgotten[0] else ''} "
+            f"forgotten images each); the mean similarity difference {spread}."
         )
         if few:
-            sentence += (f" {len(few)} more run{'s' if len(few) > 1 else ''} forgot fewer than {MIN_FORGOTTEN_IMAGES} images: "
-                         "not tested.")  # fmt: skip
+            sentence += (
+                f" {len(few)} more run{'s' if len(few) > 1 else ''} forgot fewer than {MIN_FORGOTTEN_IMAGES} images: "
+                "not tested."
+            )
         sentences.append(sentence)
     return sentences
 
@@ -235,17 +263,26 @@ def method_findings(table: list[dict]) -> list[str]:
         if not tied:
             runner_up = others[0]
             sentences.append(
-                f"{where}, {top['method']} keeps the best balance: mean of final downstream and upstream accuracy "
-                f"{_percent(top['mean'])} (downstream {100 * top['downstream'].mean:.1f} %, upstream {100 * top['upstream'].mean:.1f} %), "
-                f"against {_percent(runner_up['mean'])} for {runner_up['method']}, the next ({reasons[0]})."
+                f"{where}, {top['method']} keeps the best balance: mean of final downstream and upstream "
+                f"accuracy {_percent(top['mean'])} (downstream {100 * top['downstream'].mean:.1f} %, "
+                f"upstream {100 * top['upstream'].mean:.1f} %), against {_percent(runner_up['mean'])} "
+                f"for {runner_up['method']}, the next ({reasons[0]})."
             )
             continue
         one_seed = all(row["mean"].seeds == 1 for row in [top, *tied])
-        why = ("one seed each, no interval" if one_seed else
-               f"the gaps are within the seed spread and no paired test over {MIN_PAIRED_SEEDS}+ shared seeds says otherwise")  # fmt: skip
+        why = (
+            "one seed each, no interval"
+            if one_seed
+            else (
+                f"the gaps are within the seed spread and no paired test "
+                f"over {MIN_PAIRED_SEEDS}+ shared seeds says otherwise"
+            )
+        )
         leaders = ", ".join(f"{row['method']} {_percent(row['mean'])}" for row in [top, *tied])
-        sentences.append(f"{where}, the best balance of final downstream and upstream accuracy is not settled: {leaders} "
-                         f"are indistinguishable ({why}).")  # fmt: skip
+        sentences.append(
+            f"{where}, the best balance of final downstream and upstream accuracy is not settled: {leaders} "
+            f"are indistinguishable ({why})."
+        )
     return sentences
 
 

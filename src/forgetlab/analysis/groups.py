@@ -36,8 +36,11 @@ def identity(run, *ignored: str) -> dict:
     """A run's flattened config without the keys outside its identity (``name``, ``out_dir``,
     ``track``), its ``seed`` and the ``ignored`` keys or sections (``method.rank``, ``method``)."""
     dropped = (*NOT_IDENTITY, "seed", *ignored)
-    return {key: value for key, value in flatten(run.config).items()
-            if not any(key == d or key.startswith(d + ".") for d in dropped)}  # fmt: skip
+    return {
+        key: value
+        for key, value in flatten(run.config).items()
+        if not any(key == d or key.startswith(d + ".") for d in dropped)
+    }
 
 
 def identity_key(run, *ignored: str) -> str:
@@ -55,7 +58,11 @@ def matching(run, candidates, *compared: str, same_seed: bool = True) -> list:
     (``train.max_steps``, ``backbone.weights``, ``preprocess.*``) must be equal; the folder's name and
     its order never matter. Callers that need one reference and get two name both and use neither."""
     key = identity_key(run, *compared)
-    return [other for other in candidates if (not same_seed or other.seed == run.seed) and identity_key(other, *compared) == key]
+    return [
+        other
+        for other in candidates
+        if (not same_seed or other.seed == run.seed) and identity_key(other, *compared) == key
+    ]
 
 
 def duplicates(runs) -> list[list]:
@@ -94,7 +101,9 @@ def what_differs(identities: list[dict], skip: tuple[str, ...] = ()) -> list[str
     """For each of ``identities`` (flattened configs), ``key=value`` of every key whose value is not
     the same in all of them (``skip``: keys or sections shown elsewhere), joined by ``, ``; ``""``
     where all agree."""
-    keys = sorted({key for item in identities for key in item if not any(key == s or key.startswith(s + ".") for s in skip)})
+    keys = sorted(
+        {key for item in identities for key in item if not any(key == s or key.startswith(s + ".") for s in skip)}
+    )
     differing = [key for key in keys if len({format_value(item.get(key, _UNSET)) for item in identities}) > 1]
     return [", ".join(f"{key}={format_value(item.get(key, _UNSET))}" for key in differing) for item in identities]
 
@@ -111,7 +120,15 @@ def group_labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
 
 
 # Keys that a run's short method label (``RunResult.method``: 'lora r=4 keep +lwf') names by itself.
-SHORT_LABEL_KEYS = ("method.name", "method.rank", "method.k", "method.copies", "method.policy", "lwf.alpha", "replay.size")
+SHORT_LABEL_KEYS = (
+    "method.name",
+    "method.rank",
+    "method.k",
+    "method.copies",
+    "method.policy",
+    "lwf.alpha",
+    "replay.size",
+)
 
 
 def method_labels(runs) -> list[str]:
@@ -134,8 +151,12 @@ def method_labels(runs) -> list[str]:
         for name, values in by_name.items():
             if len(values) > 1:
                 shown[name].append(key)
-    return [f"{short} ({', '.join(f'{key}={format_value(flat.get(key, _UNSET))}' for key in shown[name])})" if shown[name] else short
-            for short, name, flat in zip(shorts, names, flats)]  # fmt: skip
+    return [
+        f"{short} ({', '.join(f'{key}={format_value(flat.get(key, _UNSET))}' for key in shown[name])})"
+        if shown[name]
+        else short
+        for short, name, flat in zip(shorts, names, flats)
+    ]
 
 
 def method_family(run) -> str:
@@ -180,6 +201,15 @@ def rank_groups(runs) -> list[RankGroup]:
         if method["name"] != "lora" or method.get("policy") == "keep" or run.completed < run.matrix.num_tasks:
             continue
         by_key.setdefault((run.backbone, _variant(run), identity_key(run, "method.rank")), []).append(run)
-    labels = group_labels([(f"{backbone} {variant}".strip(), identity) for backbone, variant, identity in sorted(by_key)])
-    return [RankGroup(backbone, variant, labels[(f"{backbone} {variant}".strip(), identity)], by_key[(backbone, variant, identity)])
-            for backbone, variant, identity in sorted(by_key)]  # fmt: skip
+    labels = group_labels(
+        [(f"{backbone} {variant}".strip(), identity) for backbone, variant, identity in sorted(by_key)]
+    )
+    return [
+        RankGroup(
+            backbone,
+            variant,
+            labels[(f"{backbone} {variant}".strip(), identity)],
+            by_key[(backbone, variant, identity)],
+        )
+        for backbone, variant, identity in sorted(by_key)
+    ]

@@ -54,7 +54,9 @@ def class_labels(upstream: dict) -> list[str]:
 def run_labels(runs) -> list[str]:
     """One label per run: its folder name, with the folder above it where two runs share a name
     (``rank8-seed0 (sweep-a)``)."""
-    return unique_labels([run.name for run in runs], [run.folder.path.parent.name or str(run.folder.path.parent) for run in runs])
+    return unique_labels(
+        [run.name for run in runs], [run.folder.path.parent.name or str(run.folder.path.parent) for run in runs]
+    )
 
 
 def file_keys(labels: Sequence[str]) -> list[str]:

@@ -110,8 +110,15 @@ class Metric:
 _METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, *, unit: Literal["pct", "pp"], better: Literal["higher", "lower"],
-                    report: Reported | None = None, reference: bool = False, show: Shown | None = None) -> Callable:
+def register_metric(
+    name: str,
+    *,
+    unit: Literal["pct", "pp"],
+    better: Literal["higher", "lower"],
+    report: Reported | None = None,
+    reference: bool = False,
+    show: Shown | None = None,
+) -> Callable:
     """Function decorator: enter the decorated function as the metric ``name`` and return it unchanged.
     ``unit``, ``better``, ``reference`` and ``show`` are the fields of :class:`Metric` of those names;
     ``report`` (:class:`Reported`) gives its header, glossary line, place and name in the report (None:
@@ -123,9 +130,21 @@ def register_metric(name: str, *, unit: Literal["pct", "pp"], better: Literal["h
         if name in _METRICS:
             raise ValueError(f"metric '{name}' registered twice")
         if unit not in ("pct", "pp") or better not in ("higher", "lower"):
-            raise ValueError(f"metric '{name}': unit must be 'pct' or 'pp' and better 'higher' or 'lower', not {unit!r}, {better!r}")
-        _METRICS[name] = Metric(name, function, unit, better, reported.header, reported.glossary, reported.prose,
-                                reported.position, reference, show)
+            raise ValueError(
+                f"metric '{name}': unit must be 'pct' or 'pp' and better 'higher' or 'lower', not {unit!r}, {better!r}"
+            )
+        _METRICS[name] = Metric(
+            name,
+            function,
+            unit,
+            better,
+            reported.header,
+            reported.glossary,
+            reported.prose,
+            reported.position,
+            reference,
+            show,
+        )
         return function
 
     return register
@@ -204,14 +223,34 @@ def upstream_pretrained(a: np.ndarray, trained: Sequence[int] | None = None) -> 
     return float(a[0, 0])
 
 
-@register_metric("average_accuracy", unit="pct", better="higher", report=Reported("avg acc", "mean final accuracy over the downstream tasks; higher is better", position=10), show=Shown("avg acc", "average accuracy", "average accuracy: mean final accuracy over the tasks, in %"))  # fmt: skip
+@register_metric(
+    "average_accuracy",
+    unit="pct",
+    better="higher",
+    report=Reported("avg acc", "mean final accuracy over the downstream tasks; higher is better", position=10),
+    show=Shown("avg acc", "average accuracy", "average accuracy: mean final accuracy over the tasks, in %"),
+)
 def average_accuracy(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     return _mean(a[_final(a), 1:])
 
 
-@register_metric("average_forgetting", unit="pp", better="lower", report=Reported("avg forgetting", "per task trained before the last, its best accuracy since training minus its final accuracy, "
-                          "averaged; positive means accuracy was lost; needs two tasks done", position=20, prose="forgetting"), show=Shown("forgetting", "forgetting", "forgetting: best earlier minus final accuracy, mean over the tasks "
-                                                        "before the last (> 0: forgotten)"))  # fmt: skip
+@register_metric(
+    "average_forgetting",
+    unit="pp",
+    better="lower",
+    report=Reported(
+        "avg forgetting",
+        "per task trained before the last, its best accuracy since training minus its final accuracy, "
+        "averaged; positive means accuracy was lost; needs two tasks done",
+        position=20,
+        prose="forgetting",
+    ),
+    show=Shown(
+        "forgetting",
+        "forgetting",
+        "forgetting: best earlier minus final accuracy, mean over the tasks before the last (> 0: forgotten)",
+    ),
+)
 def average_forgetting(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     last = _final(a)
     first, _ = _first_and_last(a, trained)
@@ -224,36 +263,79 @@ def average_forgetting(a: np.ndarray, trained: Sequence[int] | None = None) -> f
     return _mean(per_task)
 
 
-@register_metric("backward_transfer", unit="pp", better="higher", report=Reported("BWT", "backward transfer: final accuracy minus the accuracy right after the task's (last) training, averaged "
-                          "over the tasks before the last; negative means accuracy was lost; needs two tasks done", position=30), show=Shown("BWT", "BWT", "BWT: final minus right-after-training accuracy (< 0: forgotten)"))  # fmt: skip
+@register_metric(
+    "backward_transfer",
+    unit="pp",
+    better="higher",
+    report=Reported(
+        "BWT",
+        "backward transfer: final accuracy minus the accuracy right after the task's (last) training, averaged "
+        "over the tasks before the last; negative means accuracy was lost; needs two tasks done",
+        position=30,
+    ),
+    show=Shown("BWT", "BWT", "BWT: final minus right-after-training accuracy (< 0: forgotten)"),
+)
 def backward_transfer(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     final = _final(a)
     _, last = _first_and_last(a, trained)
     return _mean(a[final, j] - a[last[j], j] for j in _earlier_columns(a, trained))
 
 
-@register_metric("plasticity", unit="pct", better="higher", report=Reported("plasticity", "mean accuracy right after each task's training", position=60))  # fmt: skip
+@register_metric(
+    "plasticity",
+    unit="pct",
+    better="higher",
+    report=Reported("plasticity", "mean accuracy right after each task's training", position=60),
+)
 def plasticity(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     return _mean(a[phase, column] for phase, column in enumerate(_trained(a, trained), start=1))
 
 
-@register_metric("upstream_change", unit="pp", better="higher", report=Reported("upstream change", "final minus pretrained upstream accuracy (upstream_change; upstream_drop before, same sign); "
-                          "negative means upstream knowledge was forgotten, positive that it was gained", position=80), show=Shown("upstream", "upstream change", "upstream: final minus pretrained accuracy on the upstream task (< 0: lost)"))  # fmt: skip
+@register_metric(
+    "upstream_change",
+    unit="pp",
+    better="higher",
+    report=Reported(
+        "upstream change",
+        "final minus pretrained upstream accuracy (upstream_change; upstream_drop before, same sign); "
+        "negative means upstream knowledge was forgotten, positive that it was gained",
+        position=80,
+    ),
+    show=Shown(
+        "upstream", "upstream change", "upstream: final minus pretrained accuracy on the upstream task (< 0: lost)"
+    ),
+)
 def upstream_change(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     """Final minus pretrained upstream accuracy: negative is forgetting, positive a gain."""
     return float(a[_final(a), 0] - a[0, 0])
 
 
-@register_metric("upstream_final", unit="pct", better="higher", report=Reported("upstream", "final accuracy on the pretraining (upstream) task", position=70))  # fmt: skip
+@register_metric(
+    "upstream_final",
+    unit="pct",
+    better="higher",
+    report=Reported("upstream", "final accuracy on the pretraining (upstream) task", position=70),
+)
 def upstream_final(a: np.ndarray, trained: Sequence[int] | None = None) -> float:
     """The final upstream accuracy, ``a[T, 0]``."""
     return float(a[_final(a), 0])
 
 
-@register_metric("forward_transfer", unit="pp", better="higher", report=Reported("FWT vs linear", "forward transfer: accuracy right after first training a task minus that of the linear probe "
-                          "(method.name=linear, no LwF, no replay) whose config equals the run's in everything but the method's "
-                          "sections (method, lwf, replay), with the same seed; positive means the updated backbone learns new "
-                          "tasks better; empty when no such probe, or more than one, is among the runs given", position=40, prose="FWT"), reference=True)  # fmt: skip
+@register_metric(
+    "forward_transfer",
+    unit="pp",
+    better="higher",
+    report=Reported(
+        "FWT vs linear",
+        "forward transfer: accuracy right after first training a task minus that of the linear probe "
+        "(method.name=linear, no LwF, no replay) whose config equals the run's in everything but the method's "
+        "sections (method, lwf, replay), with the same seed; positive means the updated backbone learns new "
+        "tasks better; empty when no such probe, or more than one, is among the runs given",
+        position=40,
+        prose="FWT",
+    ),
+    reference=True,
+)
 def forward_transfer(a: np.ndarray, reference, trained: Sequence[int] | None = None) -> float:
     """``reference[j]``: the reference accuracy on column ``j`` (NaN or missing: skipped), e.g. the
     linear probe's first accuracy on each column."""
@@ -261,8 +343,12 @@ def forward_transfer(a: np.ndarray, reference, trained: Sequence[int] | None = N
     return _mean(value - reference[j] for j, value in first_accuracies(a, trained).items() if j < len(reference))
 
 
-def summarise(a: np.ndarray, reference: np.ndarray | None = None, trained: Sequence[int] | None = None,
-              reference_trained: Sequence[int] | None = None) -> dict[str, float]:  # fmt: skip
+def summarise(
+    a: np.ndarray,
+    reference: np.ndarray | None = None,
+    trained: Sequence[int] | None = None,
+    reference_trained: Sequence[int] | None = None,
+) -> dict[str, float]:
     """Every registered metric of one matrix (fractions), in registration order; those that need a
     reference (``forward_transfer``) only when a reference matrix (same columns) is given: its first
     accuracy on every column is the reference accuracy."""
@@ -283,7 +369,10 @@ def in_points(values: dict[str, float]) -> dict[str, float]:
     (:attr:`Metric.column`): ``{'average_accuracy': 0.62, 'upstream_change': -0.005}`` ->
     ``{'average_accuracy_pct': 62.0, 'upstream_change_pp': -0.5}``. Keys that are no registered metric
     are kept as they are."""
-    return {_METRICS[key].column if key in _METRICS else key: 100 * value if key in _METRICS else value for key, value in values.items()}
+    return {
+        _METRICS[key].column if key in _METRICS else key: 100 * value if key in _METRICS else value
+        for key, value in values.items()
+    }
 
 
 class SeedStats(NamedTuple):
@@ -302,5 +391,7 @@ def over_seeds(summaries: list[dict[str, float]]) -> dict[str, SeedStats]:
         if len(values) == 0:
             result[key] = SeedStats(math.nan, math.nan, 0)
         else:
-            result[key] = SeedStats(float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values))
+            result[key] = SeedStats(
+                float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values)
+            )
     return result

@@ -16,8 +16,17 @@ from typing import NamedTuple
 import numpy as np
 
 from forgetlab.analysis.collect import RunResult, find_runs
-from forgetlab.analysis.groups import (METHOD_SECTIONS, distinct, flatten, format_value, identity, identity_key, matching,
-                                       method_labels, what_differs)
+from forgetlab.analysis.groups import (
+    METHOD_SECTIONS,
+    distinct,
+    flatten,
+    format_value,
+    identity,
+    identity_key,
+    matching,
+    method_labels,
+    what_differs,
+)
 from forgetlab.analysis.labels import run_labels
 from forgetlab.analysis.metrics import in_points, over_seeds, summarise
 from forgetlab.errors import DataError
@@ -27,7 +36,11 @@ from forgetlab.results import atomic_write_text
 def is_linear_probe(run: RunResult) -> bool:
     """A plain linear probe (``method.name=linear``, no LwF, no replay): FWT's reference."""
     config = run.config
-    return config["method"]["name"] == "linear" and not config["lwf"].get("alpha", 0) and not config["replay"].get("size", 0)
+    return (
+        config["method"]["name"] == "linear"
+        and not config["lwf"].get("alpha", 0)
+        and not config["replay"].get("size", 0)
+    )
 
 
 def fwt_references(run: RunResult, runs: list[RunResult]) -> list[RunResult]:
@@ -47,8 +60,16 @@ def nearest_probes(run: RunResult, runs: list[RunResult]) -> list[tuple[RunResul
             theirs = identity(other, *METHOD_SECTIONS)
             if theirs != mine:
                 keys = sorted(key for key in {*mine, *theirs} if mine.get(key) != theirs.get(key))
-                found.append((len(keys), other, ", ".join(f"{key}={format_value(theirs.get(key))} (here {format_value(mine.get(key))})"
-                                                          for key in keys)))  # fmt: skip
+                found.append(
+                    (
+                        len(keys),
+                        other,
+                        ", ".join(
+                            f"{key}={format_value(theirs.get(key))} (here {format_value(mine.get(key))})"
+                            for key in keys
+                        ),
+                    )
+                )
     return [(other, text) for _, other, text in sorted(found, key=lambda item: item[0])]
 
 
@@ -60,8 +81,13 @@ def run_rows(runs: list[RunResult]) -> list[dict]:
     return [run_row(run, runs, label, names, method) for run, label, method in zip(runs, labels, method_labels(runs))]
 
 
-def run_row(run: RunResult, runs: list[RunResult] = (), label: str | None = None, names: dict[int, str] | None = None,
-            method: str | None = None) -> dict:  # fmt: skip
+def run_row(
+    run: RunResult,
+    runs: list[RunResult] = (),
+    label: str | None = None,
+    names: dict[int, str] | None = None,
+    method: str | None = None,
+) -> dict:
     """One run's config and metrics, accuracies in percent (``_pct``) and their differences in percentage
     points (``_pp``); ``label``: its unique label among ``runs`` (default: its folder name; see
     :func:`forgetlab.analysis.labels.run_labels`), ``names``: every run's label by ``id``, ``method``:
@@ -84,12 +110,22 @@ def run_row(run: RunResult, runs: list[RunResult] = (), label: str | None = None
     }
     references = fwt_references(run, list(runs))
     reference = references[0] if len(references) == 1 else None
-    row.update(in_points(summarise(matrix, reference.matrix.as_array() if reference else None, run.matrix.trained(),
-                                   reference.matrix.trained() if reference else None)))  # fmt: skip
+    row.update(
+        in_points(
+            summarise(
+                matrix,
+                reference.matrix.as_array() if reference else None,
+                run.matrix.trained(),
+                reference.matrix.trained() if reference else None,
+            )
+        )
+    )
     if reference is not None:
         row["forward_transfer_reference"] = names.get(id(reference), reference.name)
     elif references:
-        row["forward_transfer_reference"] = "none: ambiguous between " + ", ".join(names.get(id(r), r.name) for r in references)
+        row["forward_transfer_reference"] = "none: ambiguous between " + ", ".join(
+            names.get(id(r), r.name) for r in references
+        )
     else:
         row["forward_transfer_reference"] = ""
     row.update({f"config.{k}": v for k, v in flatten(run.config).items()})
@@ -134,7 +170,9 @@ def seed_groups(runs: list[RunResult]) -> dict[SeedGroup, list[RunResult]]:
     with a duplicate (same identity and seed) are in no group."""
     groups = defaultdict(list)
     for run in distinct(runs):
-        groups[SeedGroup(run.backbone, run.method, tuple(run.config["data"]["tasks"]), identity_key(run), run.completed)].append(run)
+        groups[
+            SeedGroup(run.backbone, run.method, tuple(run.config["data"]["tasks"]), identity_key(run), run.completed)
+        ].append(run)
     return dict(sorted(groups.items(), key=lambda item: _natural(item[0][:2])))
 
 
@@ -159,7 +197,9 @@ def paper2_table(runs: list[RunResult]) -> list[dict]:
     groups = seed_groups(runs)
     contexts = [identity_key(members[0], *METHOD_SECTIONS) for members in groups.values()]
     unique_contexts = list(dict.fromkeys(contexts))
-    settings = dict(zip(unique_contexts, what_differs([json.loads(c) for c in unique_contexts], skip=("backbone.name",))))
+    settings = dict(
+        zip(unique_contexts, what_differs([json.loads(c) for c in unique_contexts], skip=("backbone.name",)))
+    )
     methods = method_labels([members[0] for members in groups.values()])
     table = []
     for (group, members), context, method in zip(groups.items(), contexts, methods):
@@ -167,7 +207,9 @@ def paper2_table(runs: list[RunResult]) -> list[dict]:
         for run in members:
             a = run.matrix.as_array()
             downstream = float(np.nanmean(a[-1, 1:])) if a.shape[0] > 1 else math.nan
-            summaries.append({"downstream": downstream, "upstream": float(a[-1, 0]), "mean": (downstream + float(a[-1, 0])) / 2})
+            summaries.append(
+                {"downstream": downstream, "upstream": float(a[-1, 0]), "mean": (downstream + float(a[-1, 0])) / 2}
+            )
         table.append(
             {
                 "backbone": group.backbone,

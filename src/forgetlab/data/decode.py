@@ -55,14 +55,18 @@ def rgb_image(image, name: str):
         gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
         return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1), "RGB")
     if image.mode in ("I", "F"):
-        raise DataError(f"{name} holds 32-bit {'integer' if image.mode == 'I' else 'float'} pixels, which have no defined "
-                        "8-bit scale; convert it to an 8- or 16-bit PNG or JPEG")  # fmt: skip
+        raise DataError(
+            f"{name} holds 32-bit {'integer' if image.mode == 'I' else 'float'} pixels, which have no defined "
+            "8-bit scale; convert it to an 8- or 16-bit PNG or JPEG"
+        )
     if image.mode in ("P", "PA"):
         image.info.pop("transparency", None)  # alpha is dropped: PIL would only warn that it is
     try:
         return image.convert("RGB")
     except ValueError as error:  # a mode with no RGB conversion (e.g. LAB TIFF)
-        raise DataError(f"cannot convert {name} (PIL mode {image.mode}) to RGB ({error}); save it as an RGB PNG or JPEG") from error
+        raise DataError(
+            f"cannot convert {name} (PIL mode {image.mode}) to RGB ({error}); save it as an RGB PNG or JPEG"
+        ) from error
 
 
 def open_rgb(source, name: str | None = None):
@@ -125,7 +129,9 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     raise DataError(f"unexpected decoded pixel type {image.dtype}")
 
 
-def box_pixels(box, width: int | None, height: int | None, name: str, box_file: str | Path | None = None) -> tuple[int, int, int, int]:
+def box_pixels(
+    box, width: int | None, height: int | None, name: str, box_file: str | Path | None = None
+) -> tuple[int, int, int, int]:
     """``(left, top, right, bottom)`` in whole pixels of ``box`` (``x, y, box width, box height``) clipped
     to a ``width`` x ``height`` image: edges are truncated to integers (``int(x)``, ``int(x + w)``, as
     paper 1's code cropped with PIL) and then clipped to the image (``None``: size unknown, only the
@@ -135,10 +141,15 @@ def box_pixels(box, width: int | None, height: int | None, name: str, box_file: 
     x, y, box_width, box_height = (float(v) for v in box)
     if all(math.isfinite(v) for v in (x, y, box_width, box_height)):
         left, top, right, bottom = max(0, int(x)), max(0, int(y)), int(x + box_width), int(y + box_height)
-        right, bottom = min(width, right) if width is not None else right, min(height, bottom) if height is not None else bottom
+        right, bottom = (
+            min(width, right) if width is not None else right,
+            min(height, bottom) if height is not None else bottom,
+        )
         if right > left and bottom > top:
             return left, top, right, bottom
     box_file = box_file or "bounding_boxes.txt"
     image = f"the {width} x {height} image" if width is not None and height is not None else "any image"
-    raise InvalidDataError(f"{name}: its box (x={x:g}, y={y:g}, w={box_width:g}, h={box_height:g}) in {box_file} has no pixel inside "
-                           f"{image}; correct that line of {box_file} (or use cub200:nocrop)")  # fmt: skip
+    raise InvalidDataError(
+        f"{name}: its box (x={x:g}, y={y:g}, w={box_width:g}, h={box_height:g}) in {box_file} has no pixel inside "
+        f"{image}; correct that line of {box_file} (or use cub200:nocrop)"
+    )

@@ -150,8 +150,12 @@ class BatchTransform:
         shape = torch.tensor(sizes, dtype=torch.float64).reshape(count, 2)
         heights, widths = shape[:, :1], shape[:, 1:]
         options = {"dtype": torch.float64, "generator": generator}
-        fraction = torch.empty(count, 10, dtype=torch.float64).uniform_(self.scale[0], self.scale[1], generator=generator)
-        log_ratio = torch.empty(count, 10, dtype=torch.float64).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]), generator=generator)
+        fraction = torch.empty(count, 10, dtype=torch.float64).uniform_(
+            self.scale[0], self.scale[1], generator=generator
+        )
+        log_ratio = torch.empty(count, 10, dtype=torch.float64).uniform_(
+            math.log(self.ratio[0]), math.log(self.ratio[1]), generator=generator
+        )
         target, aspect = heights * widths * fraction, log_ratio.exp()
         w, h = (target * aspect).sqrt().round(), (target / aspect).sqrt().round()  # round half to even, as Python
         fits = (w > 0) & (w <= widths) & (h > 0) & (h <= heights)
@@ -167,8 +171,13 @@ class BatchTransform:
         left = torch.where(found, (position[:, 1:] * (widths - w + 1)).floor(), ((widths - w) / 2).floor())
         flip = torch.rand(count, **options) < self.hflip
         low_factor, high_factor = max(0.0, 1 - self.color_jitter), 1 + self.color_jitter
-        factors = torch.cat([torch.empty(count, 3, dtype=torch.float64).uniform_(low_factor, high_factor, generator=generator),
-                             torch.empty(count, 1, dtype=torch.float64).uniform_(-self.hue, self.hue, generator=generator)], 1)  # fmt: skip
+        factors = torch.cat(
+            [
+                torch.empty(count, 3, dtype=torch.float64).uniform_(low_factor, high_factor, generator=generator),
+                torch.empty(count, 1, dtype=torch.float64).uniform_(-self.hue, self.hue, generator=generator),
+            ],
+            1,
+        )
         order = torch.rand(count, 4, **options).argsort(dim=1)
         return {"box": torch.cat([top, left, h, w], 1).long(), "flip": flip, "factors": factors.float(), "order": order}
 
@@ -182,8 +191,23 @@ class BatchTransform:
         Every per-image parameter goes to the device in one copy (:func:`_pack`)."""
         box = params["box"].double()
         size, zero = torch.full_like(box[:, 0], self.size), torch.zeros_like(box[:, 0])
-        packed = _pack([box[:, 0], box[:, 2], size, zero, box[:, 1], box[:, 3], size, zero, params["flip"].double(),
-                        *params["factors"].double().unbind(1), *params["order"].double().unbind(1)], images, device)  # fmt: skip
+        packed = _pack(
+            [
+                box[:, 0],
+                box[:, 2],
+                size,
+                zero,
+                box[:, 1],
+                box[:, 3],
+                size,
+                zero,
+                params["flip"].double(),
+                *params["factors"].double().unbind(1),
+                *params["order"].double().unbind(1),
+            ],
+            images,
+            device,
+        )
         batch = self._resample(images, packed, device) / 255.0
         if self.color_jitter or self.hue:  # in the size order of the rows: images and parameters alike
             batch = self.jitter(batch, _sorted(packed)[:, FACTORS].float(), _sorted(packed)[:, ORDER].long())
@@ -203,8 +227,11 @@ class BatchTransform:
             operation = order[:, step]
             factor = torch.where(operation == 3, 1.0, factors.gather(1, operation[:, None])[:, 0]).view(view)
             gray = (0.2989 * batch[:, 0] + 0.587 * batch[:, 1] + 0.114 * batch[:, 2]).unsqueeze(1)
-            target = torch.where((operation == 1).view(view), gray.mean(dim=(-3, -2, -1), keepdim=True),
-                                 torch.where((operation == 2).view(view), gray, 0.0))  # fmt: skip
+            target = torch.where(
+                (operation == 1).view(view),
+                gray.mean(dim=(-3, -2, -1), keepdim=True),
+                torch.where((operation == 2).view(view), gray, 0.0),
+            )
             batch = (factor * batch + (1 - factor) * target).clamp(0, 1)
             if self.hue:
                 hsv = _rgb2hsv(batch)
@@ -232,7 +259,9 @@ class BatchTransform:
             stack = _padded_stack(group, device).float()
             spec = params[start:stop]
             row_weights = _resample_weights(*spec[:, ROWS].unbind(1), self.size, stack.shape[-2], self.interpolation)
-            column_weights = _resample_weights(*spec[:, COLUMNS].unbind(1), self.size, stack.shape[-1], self.interpolation)
+            column_weights = _resample_weights(
+                *spec[:, COLUMNS].unbind(1), self.size, stack.shape[-1], self.interpolation
+            )
             column_weights = torch.where(spec[:, FLIP].view(-1, 1, 1) > 0, column_weights.flip(1), column_weights)
             across = _to_levels(stack @ column_weights.transpose(1, 2).unsqueeze(1))  # PIL's horizontal pass, then
             parts.append(_to_levels(row_weights.unsqueeze(1) @ across))  # its vertical one, each to uint8 levels
@@ -252,7 +281,9 @@ def _groups(heights: np.ndarray, widths: np.ndarray, max_elements: int) -> list[
     bounds, start, count = [], 0, len(heights)
     while start < count:
         tallest, widest = np.maximum.accumulate(heights[start:]), np.maximum.accumulate(widths[start:])
-        cost = np.arange(1, count - start + 1) * 3 * tallest * widest  # non-decreasing: the first that passes ends the group
+        cost = (
+            np.arange(1, count - start + 1) * 3 * tallest * widest
+        )  # non-decreasing: the first that passes ends the group
         stop = start + max(1, int(np.searchsorted(cost, max_elements, side="right")))
         bounds.append((start, stop))
         start = stop
@@ -301,7 +332,9 @@ def _padded_stack(images, device: torch.device) -> torch.Tensor:
     if len({tuple(image.shape) for image in images}) == 1:  # arrays, or files of one size: stacked where they are
         return torch.stack(images).to(device, non_blocking=True)
     device = images[0].device  # padded where they are (the CPU for arrays), then moved in one copy
-    heights, widths = (torch.tensor([image.shape[d] for image in images], device=device).view(-1, 1, 1, 1) for d in (-2, -1))
+    heights, widths = (
+        torch.tensor([image.shape[d] for image in images], device=device).view(-1, 1, 1, 1) for d in (-2, -1)
+    )
     sizes = [image.numel() for image in images]
     starts = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0).view(-1, 1, 1, 1)
     flat = torch.cat([image.reshape(-1) for image in images])
@@ -353,11 +386,15 @@ def _resample_weights(start, length, virtual, offset, out_size: int, extent: int
     inside the input; ``nearest`` takes PIL's pixel (:func:`_nearest_sources`)."""
     kernels = {"bicubic": _cubic, "bilinear": lambda x: (1 - x.abs()).clamp(min=0)}
     if interpolation not in (*kernels, "nearest"):
-        raise ValueError(f"the device pipeline cannot resample with '{interpolation}'; use bicubic, bilinear or nearest")
+        raise ValueError(
+            f"the device pipeline cannot resample with '{interpolation}'; use bicubic, bilinear or nearest"
+        )
     dtype = torch.float64 if start.device.type == "cpu" else torch.float32
     start, length, virtual, offset = (part.to(dtype).view(-1, 1, 1) for part in (start, length, virtual, offset))
     scale = length / virtual
-    centre = (torch.arange(out_size, device=start.device, dtype=dtype).view(1, -1, 1) + offset + 0.5) * scale  # [N, out, 1]
+    centre = (
+        torch.arange(out_size, device=start.device, dtype=dtype).view(1, -1, 1) + offset + 0.5
+    ) * scale  # [N, out, 1]
     x = torch.arange(extent, device=start.device, dtype=dtype).view(1, 1, -1) - start  # crop coordinates [N, 1, extent]
     inside = (x >= 0) & (x < length)
     if interpolation == "nearest":
@@ -373,16 +410,22 @@ _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")  # the filters of _resample
 
 
 def _unsupported(role: str, step, why: str) -> ConfigError:
-    inner = [type(part).__name__ for part in getattr(step, "transforms", [])]  # RandomApply([GaussianBlur]): name what it applies
+    inner = [
+        type(part).__name__ for part in getattr(step, "transforms", [])
+    ]  # RandomApply([GaussianBlur]): name what it applies
     name = f"{type(step).__name__}({', '.join(inner)})" if inner else type(step).__name__
-    return ConfigError(f"the device pipeline cannot reproduce the {role} transform's {name} step ({why}); set data.pipeline=pil")
+    return ConfigError(
+        f"the device pipeline cannot reproduce the {role} transform's {name} step ({why}); set data.pipeline=pil"
+    )
 
 
 def _interpolation(role: str, step) -> str:
     name = getattr(step.interpolation, "value", step.interpolation)
     name = name if isinstance(name, str) else "random"  # timm's RandomResizedCropAndInterpolation draws from a tuple
     if name not in _INTERPOLATIONS:
-        raise _unsupported(role, step, f"interpolation {name}; the device pipeline resamples with {', '.join(_INTERPOLATIONS)}")
+        raise _unsupported(
+            role, step, f"interpolation {name}; the device pipeline resamples with {', '.join(_INTERPOLATIONS)}"
+        )
     return name
 
 
@@ -402,20 +445,30 @@ def _transform_parts(role: str, transform) -> dict:
     for step in getattr(transform, "transforms", [transform]):
         kind = type(step).__name__
         if kind == "RandomResizedCropAndInterpolation":
-            found.update(size=_square(role, step, step.size), scale=tuple(step.scale), ratio=tuple(step.ratio), training=True,
-                         interpolation=_interpolation(role, step))  # fmt: skip
+            found.update(
+                size=_square(role, step, step.size),
+                scale=tuple(step.scale),
+                ratio=tuple(step.ratio),
+                training=True,
+                interpolation=_interpolation(role, step),
+            )
         elif kind == "RandomHorizontalFlip":
             found["hflip"] = float(step.p)
         elif kind == "ColorJitter":
             if not step.brightness or step.contrast != step.brightness or step.saturation != step.brightness:
-                raise _unsupported(role, step, "brightness, contrast and saturation differ; the device pipeline jitters them alike")
+                raise _unsupported(
+                    role, step, "brightness, contrast and saturation differ; the device pipeline jitters them alike"
+                )
             found["color_jitter"] = float(step.brightness[1] - 1)
             found["hue"] = float(step.hue[1]) if step.hue else 0.0
         elif kind == "Resize":
             if step.max_size is not None:
                 raise _unsupported(role, step, f"max_size {step.max_size}")
-            found.update(interpolation=_interpolation(role, step), scale_size=_square(role, step, step.size),
-                         crop_mode="squash" if isinstance(step.size, (list, tuple)) and len(step.size) == 2 else "center")  # fmt: skip
+            found.update(
+                interpolation=_interpolation(role, step),
+                scale_size=_square(role, step, step.size),
+                crop_mode="squash" if isinstance(step.size, (list, tuple)) and len(step.size) == 2 else "center",
+            )
         elif kind == "CenterCrop":
             found["size"] = _square(role, step, step.size)
         elif kind == "Normalize":
@@ -424,8 +477,10 @@ def _transform_parts(role: str, transform) -> dict:
             raise _unsupported(role, step, "it has no tensor form here")
     needed = ("size", "mean") if found.get("training") else ("size", "scale_size", "mean")
     if any(key not in found for key in needed):
-        raise ConfigError(f"the device pipeline cannot reproduce the {role} transform {transform} (it needs a resize, a crop and "
-                          f"a Normalize step); set data.pipeline=pil")  # fmt: skip
+        raise ConfigError(
+            f"the device pipeline cannot reproduce the {role} transform {transform} (it needs a resize, a crop and "
+            f"a Normalize step); set data.pipeline=pil"
+        )
     if "scale_size" in found:
         found["crop_pct"] = found["size"] / found["scale_size"]
     return found
@@ -436,8 +491,11 @@ def batch_transforms(preprocess) -> dict[str, BatchTransform]:
     :class:`forgetlab.data.files.Preprocess` (read off its timm transforms, so they cannot drift).
     Raises :class:`~forgetlab.errors.ConfigError` (one line, naming the step and ``data.pipeline=pil``)
     for a step the device pipeline cannot reproduce; the runner builds these before any data is read."""
-    return {role: BatchTransform(**_transform_parts(role, getattr(preprocess, role)))
-            for role in ("train", "eval", "upstream_eval") if getattr(preprocess, role) is not None}  # fmt: skip
+    return {
+        role: BatchTransform(**_transform_parts(role, getattr(preprocess, role)))
+        for role in ("train", "eval", "upstream_eval")
+        if getattr(preprocess, role) is not None
+    }
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -458,7 +516,9 @@ def _decode_one(data: torch.Tensor, name: str, device: torch.device) -> torch.Te
     return decode_bytes(data, name).to(device)
 
 
-def decode_batch(payloads: list[torch.Tensor] | EncodedBatch, names: list[str], device: torch.device) -> list[torch.Tensor]:
+def decode_batch(
+    payloads: list[torch.Tensor] | EncodedBatch, names: list[str], device: torch.device
+) -> list[torch.Tensor]:
     """uint8 RGB ``[3, H, W]`` images from encoded bytes (a list of payloads, or a worker's
     :class:`EncodedBatch`; see :mod:`forgetlab.data.decode` for the rule): grey and YCbCr JPEGs in one
     batched ``decode_jpeg`` call on ``device`` (nvJPEG on CUDA); if that call refuses the batch, each of
@@ -481,7 +541,9 @@ def decode_batch(payloads: list[torch.Tensor] | EncodedBatch, names: list[str], 
                     images[i] = decode_jpeg(payloads[i], mode=ImageReadMode.RGB, device=device)
                 except (RuntimeError, ValueError):
                     pass
-    return [image if image is not None else _decode_one(payloads[i], names[i], device) for i, image in enumerate(images)]
+    return [
+        image if image is not None else _decode_one(payloads[i], names[i], device) for i, image in enumerate(images)
+    ]
 
 
 class EncodedDataset(Dataset):
@@ -517,8 +579,9 @@ class EncodedDataset(Dataset):
 
     def _crop(self, image: torch.Tensor, position: int) -> torch.Tensor:
         """``image`` ``[3, H, W]`` cropped to its box by :func:`forgetlab.data.decode.box_pixels`."""
-        left, top, right, bottom = box_pixels(self.dataset.boxes[position], image.shape[-1], image.shape[-2], self.name(position),
-                                              self.dataset.box_file)  # fmt: skip
+        left, top, right, bottom = box_pixels(
+            self.dataset.boxes[position], image.shape[-1], image.shape[-2], self.name(position), self.dataset.box_file
+        )
         return image[:, top:bottom, left:right]
 
     def name(self, position: int) -> str:
@@ -585,5 +648,7 @@ def encoded(task, preprocess, train: bool = True):
     import dataclasses
 
     transforms = batch_transforms(preprocess)
-    train_split = EncodedDataset(task.train, transforms["train"], transforms["eval"]) if train and len(task.train) else task.train
+    train_split = (
+        EncodedDataset(task.train, transforms["train"], transforms["eval"]) if train and len(task.train) else task.train
+    )
     return dataclasses.replace(task, train=train_split, test=EncodedDataset(task.test, transforms["eval"]))

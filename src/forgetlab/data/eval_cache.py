@@ -3,14 +3,13 @@ k-NN bank, computed once per machine and key into a memory-mapped uint8 array, t
 later evaluation, run and sweep cell instead of decoding and resizing the files again.
 
 ``$FORGETLAB_HOME/eval-crops/<key>/crops.npy`` holds uint8 ``[N, 3, S, S]`` (S: the crop size). The key
-(:func:`forgetlab.caches.eval_crops_key`) covers the images (files by path, size and modification time,
-their boxes; in-memory images by their bytes), which of them (a split's or subset's positions), the
-preprocessing up to the crop (timm's PIL transforms, or the device pipeline's
-:class:`~forgetlab.data.device_pipeline.BatchTransform` and the device type it runs on) and the code's
-format version, so a changed dataset or recipe gets another folder. The array is written under a temporary name and renamed
-when complete (:func:`write_memmap_atomically`, which :func:`forgetlab.data.files.decoded_cache` uses
-too), so an interrupted write leaves no cache, and concurrent writers of one key each rename a complete
-file. Normalisation (mean, std) is applied on the device per batch.
+(:func:`forgetlab.caches.eval_crops_key`) covers the images (files by path, size and modification time, their boxes;
+in-memory images by their bytes), which of them (a split's or subset's positions), the preprocessing up to the crop
+(timm's PIL transforms, or the device pipeline's :class:`~forgetlab.data.device_pipeline.BatchTransform` and the device
+type it runs on) and the code's format version, so a changed dataset or recipe gets another folder. The array is written
+under a temporary name and renamed when complete (:func:`write_memmap_atomically`, which
+:func:`forgetlab.data.files.decoded_cache` uses too), so an interrupted write leaves no cache, and concurrent writers of
+one key each rename a complete file. Normalisation (mean, std) is applied on the device per batch.
 
 ``data.eval_cache``: ``auto`` caches datasets of image files on CUDA (CPU runs stay as they were), ``on``
 also in-memory arrays and on any device, ``off`` nothing; ``data.eval_cache_gb`` bounds one cache (a
@@ -104,8 +103,17 @@ class EvalCrops(Dataset):
     the memory map in one slice (``__getitems__``), normalised on the device by :meth:`to_batch`, as the
     device pipeline's datasets are (:func:`forgetlab.data.loader.batches`)."""
 
-    def __init__(self, path: Path, source: Dataset, size: int, mean, std, build: Callable[[np.ndarray], None], key: str,
-                 produce: Callable | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        source: Dataset,
+        size: int,
+        mean,
+        std,
+        build: Callable[[np.ndarray], None],
+        key: str,
+        produce: Callable | None = None,
+    ):
         self.path, self.source, self.size, self.key = Path(path), source, size, key
         self.mean, self.std, self._build = tuple(mean), tuple(std), build
         self._produce = produce  # (batch_size, workers) -> uint8 crops [B, 3, S, S] on the device, batch by batch
@@ -137,7 +145,11 @@ class EvalCrops(Dataset):
     def __getitems__(self, indices):
         self.open()
         order = np.asarray(indices)
-        return torch.from_numpy(np.ascontiguousarray(self._array[order])), torch.as_tensor(self.labels[order]), list(indices)
+        return (
+            torch.from_numpy(np.ascontiguousarray(self._array[order])),
+            torch.as_tensor(self.labels[order]),
+            list(indices),
+        )
 
     def __getitem__(self, index: int):
         crops, labels, _ = self.__getitems__([index])
@@ -196,7 +208,13 @@ class EvalCropCache:
 
     @classmethod
     def from_config(cls, data_config, device: torch.device, log: Callable[[str], None] = print) -> "EvalCropCache":
-        return cls(mode=data_config.eval_cache, limit_gb=data_config.eval_cache_gb, device=device, log=log, workers=data_config.workers)
+        return cls(
+            mode=data_config.eval_cache,
+            limit_gb=data_config.eval_cache_gb,
+            device=device,
+            log=log,
+            workers=data_config.workers,
+        )
 
     def __call__(self, dataset: Dataset, what: str = "evaluation") -> Dataset:
         """``dataset`` read from its cached crops, or ``dataset`` itself when the cache is off, the
@@ -231,8 +249,10 @@ class EvalCropCache:
         bytes_needed = len(dataset) * 3 * size * size
         folder = Path(self.folder) if self.folder is not None else caches.folder("eval-crops")
         if bytes_needed > self.limit_gb * 1e9:
-            self.log(f"forgetlab: {what} crops not cached: {len(dataset):,} images at {size} px need {bytes_needed / 1e9:.3g} GB, "
-                     f"over data.eval_cache_gb={self.limit_gb:g}; raise it to cache them")  # fmt: skip
+            self.log(
+                f"forgetlab: {what} crops not cached: {len(dataset):,} images at {size} px need "
+                f"{bytes_needed / 1e9:.3g} GB, over data.eval_cache_gb={self.limit_gb:g}; raise it to cache them"
+            )
             return dataset
         key = _key(images_of, positions, recipe, size)
         target = folder / key / CROPS_FILE
@@ -240,8 +260,10 @@ class EvalCropCache:
             folder.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(folder).free
             if bytes_needed > 0.9 * free:
-                self.log(f"forgetlab: {what} crops not cached: they need {bytes_needed / 1e9:.3g} GB and {folder} has "
-                         f"{free / 1e9:.1f} GB free")  # fmt: skip
+                self.log(
+                    f"forgetlab: {what} crops not cached: they need {bytes_needed / 1e9:.3g} GB and {folder} has "
+                    f"{free / 1e9:.1f} GB free"
+                )
                 return dataset
         return EvalCrops(folder / key, dataset, size, mean, std, build, key, produce)
 
@@ -266,7 +288,9 @@ class EvalCropCache:
                 array[row] = np.asarray(picture.convert("RGB")).transpose(2, 0, 1)
 
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                for _ in progress(pool.map(crop, range(len(positions))), total=len(positions), desc="evaluation crops", unit="img"):
+                for _ in progress(
+                    pool.map(crop, range(len(positions))), total=len(positions), desc="evaluation crops", unit="img"
+                ):
                     pass
 
         return fill
@@ -330,7 +354,9 @@ def _key(images_of: Dataset, positions: np.ndarray, recipe: str, size: int) -> s
     """:func:`forgetlab.caches.eval_crops_key` of the images ``images_of`` holds (files or an array)."""
     if hasattr(images_of, "paths"):
         boxes = getattr(images_of, "boxes", None)
-        images = caches.digest(caches.files_digest(images_of.paths), None if boxes is None else np.asarray(boxes).tobytes())
+        images = caches.digest(
+            caches.files_digest(images_of.paths), None if boxes is None else np.asarray(boxes).tobytes()
+        )
     else:
         images = hashlib.sha256(np.ascontiguousarray(np.asarray(images_of.images)).tobytes()).hexdigest()
     return caches.eval_crops_key(images, np.asarray(positions, dtype=np.int64).tobytes(), recipe, size)

@@ -22,7 +22,6 @@ from forgetlab.errors import ConfigError, DataError
 DATA_ENV = "FORGETLAB_DATA"
 
 
-
 @dataclass
 class Preprocess:
     """The transforms of one backbone and preprocessing config (PIL image -> normalised tensor):
@@ -58,16 +57,31 @@ def preprocess_for(model: torch.nn.Module, image_size: int | None, config) -> Pr
     std = tuple(config.std) if config.std is not None else data["std"]
     crop_pct = config.crop_pct if config.crop_pct is not None else (data.get("crop_pct") or 1.0)
     train = timm.data.create_transform(
-        data["input_size"], is_training=True, scale=tuple(config.train_scale), ratio=tuple(config.train_ratio),
-        hflip=config.hflip, color_jitter=config.color_jitter or None, interpolation=config.train_interpolation or data["interpolation"],
-        mean=mean, std=std, re_prob=0.0, auto_augment=None,
-    )  # fmt: skip
+        data["input_size"],
+        is_training=True,
+        scale=tuple(config.train_scale),
+        ratio=tuple(config.train_ratio),
+        hflip=config.hflip,
+        color_jitter=config.color_jitter or None,
+        interpolation=config.train_interpolation or data["interpolation"],
+        mean=mean,
+        std=std,
+        re_prob=0.0,
+        auto_augment=None,
+    )
     evaluation = timm.data.create_transform(
-        data["input_size"], is_training=False, interpolation=config.eval_interpolation or data["interpolation"],
-        mean=mean, std=std, crop_pct=crop_pct, crop_mode=config.eval_crop,
-    )  # fmt: skip
+        data["input_size"],
+        is_training=False,
+        interpolation=config.eval_interpolation or data["interpolation"],
+        mean=mean,
+        std=std,
+        crop_pct=crop_pct,
+        crop_mode=config.eval_crop,
+    )
     upstream = backbone_eval if config.upstream_eval == "backbone" else evaluation
-    preprocess = Preprocess(train=train, eval=evaluation, input_size=tuple(data["input_size"]), crop_pct=crop_pct, upstream_eval=upstream)
+    preprocess = Preprocess(
+        train=train, eval=evaluation, input_size=tuple(data["input_size"]), crop_pct=crop_pct, upstream_eval=upstream
+    )
     preprocess.settings = resolved_settings(preprocess, model, data, config, mean=mean, std=std)
     return preprocess
 
@@ -78,24 +92,50 @@ def resolved_settings(preprocess: Preprocess, model: torch.nn.Module, data: dict
     model's timm ``pretrained_cfg`` has them, 'timm default' otherwise), each transform's steps read off
     the timm transforms themselves (sizes in pixels, interpolations, crop fraction), timm's data config
     and the model's ``pretrained_cfg`` (its ``architecture`` and ``tag`` name the weights it describes)."""
-    pretrained_cfg = {key: value for key, value in dict(getattr(model, "pretrained_cfg", None) or {}).items()
-                      if isinstance(value, (str, int, float, bool, tuple, list, type(None)))}  # fmt: skip
+    pretrained_cfg = {
+        key: value
+        for key, value in dict(getattr(model, "pretrained_cfg", None) or {}).items()
+        if isinstance(value, (str, int, float, bool, tuple, list, type(None)))
+    }
     inferred = "pretrained_cfg" if "mean" in pretrained_cfg and "std" in pretrained_cfg else "timm default"
     stated = [key for key in ("mean", "std") if getattr(config, key) is not None]
-    return _json({
-        "input_size": data["input_size"],
-        "mean": mean,
-        "std": std,
-        "normalisation_from": "config" if len(stated) == 2 else f"config ({stated[0]}) and {inferred}" if stated else inferred,
-        "train": _steps(preprocess.train),
-        "eval": {"crop_mode": config.eval_crop, "crop_pct": preprocess.crop_pct, "steps": _steps(preprocess.eval)},
-        "upstream_eval": {"transform": config.upstream_eval, "steps": _steps(preprocess.upstream_eval or preprocess.eval)},
-        "data_config": data,
-        "pretrained_cfg": pretrained_cfg,
-    })
+    return _json(
+        {
+            "input_size": data["input_size"],
+            "mean": mean,
+            "std": std,
+            "normalisation_from": "config"
+            if len(stated) == 2
+            else f"config ({stated[0]}) and {inferred}"
+            if stated
+            else inferred,
+            "train": _steps(preprocess.train),
+            "eval": {"crop_mode": config.eval_crop, "crop_pct": preprocess.crop_pct, "steps": _steps(preprocess.eval)},
+            "upstream_eval": {
+                "transform": config.upstream_eval,
+                "steps": _steps(preprocess.upstream_eval or preprocess.eval),
+            },
+            "data_config": data,
+            "pretrained_cfg": pretrained_cfg,
+        }
+    )
 
 
-_STEP_FIELDS = ("size", "max_size", "interpolation", "antialias", "scale", "ratio", "p", "brightness", "contrast", "saturation", "hue", "mean", "std")
+_STEP_FIELDS = (
+    "size",
+    "max_size",
+    "interpolation",
+    "antialias",
+    "scale",
+    "ratio",
+    "p",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "mean",
+    "std",
+)
 
 
 def _steps(transform) -> list[dict]:
@@ -128,10 +168,18 @@ class FileDataset(Dataset):
     finite, ending left of or above the origin) is a one-line DataError here; one that misses its
     image, when the image is decoded."""
 
-    def __init__(self, paths: list[Path], labels: list[int], transform: Callable | None = None, boxes=None,
-                 box_file: Path | str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        paths: list[Path],
+        labels: list[int],
+        transform: Callable | None = None,
+        boxes=None,
+        box_file: Path | str | None = None,
+    ):
         if len(paths) != len(labels) or (boxes is not None and len(boxes) != len(paths)):
-            raise ValueError(f"{len(paths)} files but {len(labels)} labels" + ("" if boxes is None else f" and {len(boxes)} boxes"))
+            raise ValueError(
+                f"{len(paths)} files but {len(labels)} labels" + ("" if boxes is None else f" and {len(boxes)} boxes")
+            )
         self.paths = [Path(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.boxes = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(len(self.paths), 4)
@@ -150,7 +198,9 @@ class FileDataset(Dataset):
         has no pixel inside it."""
         image = open_rgb(self.paths[index])
         if self.boxes is not None:
-            image = image.crop(box_pixels(self.boxes[index], image.width, image.height, str(self.paths[index]), self.box_file))
+            image = image.crop(
+                box_pixels(self.boxes[index], image.width, image.height, str(self.paths[index]), self.box_file)
+            )
         return image
 
     def __getitem__(self, index: int):
@@ -159,8 +209,13 @@ class FileDataset(Dataset):
 
     def select(self, order) -> "FileDataset":
         """The examples at ``order``, in that order, with the same transforms."""
-        selected = FileDataset([self.paths[i] for i in order], self.labels[order].tolist(), self.transform,
-                               None if self.boxes is None else self.boxes[order], self.box_file)  # fmt: skip
+        selected = FileDataset(
+            [self.paths[i] for i in order],
+            self.labels[order].tolist(),
+            self.transform,
+            None if self.boxes is None else self.boxes[order],
+            self.box_file,
+        )
         selected.eval_transform = self.eval_transform
         return selected
 
@@ -223,7 +278,9 @@ class ArrayImageDataset(Dataset):
         """See :class:`~forgetlab.data.base.TaskDataset`: the image bytes, labels and transform
         (``with_transform=False``: the images alone, as the device pipeline reads them)."""
         images = self.images.numpy() if isinstance(self.images, torch.Tensor) else np.asarray(self.images)
-        return content_fingerprint(self, [np.ascontiguousarray(images).tobytes()], self.transform if with_transform else None)
+        return content_fingerprint(
+            self, [np.ascontiguousarray(images).tobytes()], self.transform if with_transform else None
+        )
 
 
 def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDataset:
@@ -242,7 +299,9 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
 
     from forgetlab import caches
 
-    key = caches.decoded_key(caches.files_digest(dataset.paths), None if dataset.boxes is None else dataset.boxes.tobytes(), size)
+    key = caches.decoded_key(
+        caches.files_digest(dataset.paths), None if dataset.boxes is None else dataset.boxes.tobytes(), size
+    )
     target = folder / f"{key}-{size}px.npy"
     if not target.exists():
         from forgetlab.data.eval_cache import write_memmap_atomically
@@ -257,7 +316,9 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
                     array[index] = np.asarray(image.crop((left, top, left + size, top + size)))
 
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                for _ in progress(pool.map(decode, range(len(dataset))), total=len(dataset), desc="decoding once", unit="img"):
+                for _ in progress(
+                    pool.map(decode, range(len(dataset))), total=len(dataset), desc="decoding once", unit="img"
+                ):
                     pass
 
         write_memmap_atomically(target, (len(dataset), size, size, 3), fill)  # the evaluation-crop cache's writer
@@ -271,7 +332,9 @@ def data_root(data_config) -> Path:
     ``$FORGETLAB_DATA``; a one-line error naming both when neither is set."""
     root = (data_config.root if data_config is not None else None) or os.environ.get(DATA_ENV)
     if not root:
-        raise ConfigError(f"the real datasets need a folder: set data.root=/path/to/datasets or {DATA_ENV}=/path/to/datasets")
+        raise ConfigError(
+            f"the real datasets need a folder: set data.root=/path/to/datasets or {DATA_ENV}=/path/to/datasets"
+        )
     return Path(root).expanduser()
 
 

@@ -28,26 +28,74 @@ _URW = "/usr/share/fonts/opentype/urw-base35"
 
 # family -> files for STYLES, in order; and the Debian package that ships them.
 CATALOGUE: dict[str, tuple[str, tuple[str, str, str, str]]] = {
-    "DejaVu Sans": ("fonts-dejavu-core", tuple(f"{_DEJAVU}/DejaVuSans{s}.ttf" for s in ("", "-Bold", "-Oblique", "-BoldOblique"))),
-    "DejaVu Serif": ("fonts-dejavu-core", tuple(f"{_DEJAVU}/DejaVuSerif{s}.ttf" for s in ("", "-Bold", "-Italic", "-BoldItalic"))),
-    "DejaVu Sans Mono": ("fonts-dejavu-core", tuple(f"{_DEJAVU}/DejaVuSansMono{s}.ttf" for s in ("", "-Bold", "-Oblique", "-BoldOblique"))),
-    "DejaVu Sans Condensed": ("fonts-dejavu-extra", tuple(f"{_DEJAVU}/DejaVuSansCondensed{s}.ttf" for s in ("", "-Bold", "-Oblique", "-BoldOblique"))),
-    "DejaVu Serif Condensed": ("fonts-dejavu-extra", tuple(f"{_DEJAVU}/DejaVuSerifCondensed{s}.ttf" for s in ("", "-Bold", "-Italic", "-BoldItalic"))),
+    "DejaVu Sans": (
+        "fonts-dejavu-core",
+        tuple(f"{_DEJAVU}/DejaVuSans{s}.ttf" for s in ("", "-Bold", "-Oblique", "-BoldOblique")),
+    ),
+    "DejaVu Serif": (
+        "fonts-dejavu-core",
+        tuple(f"{_DEJAVU}/DejaVuSerif{s}.ttf" for s in ("", "-Bold", "-Italic", "-BoldItalic")),
+    ),
+    "DejaVu Sans Mono": (
+        "fonts-dejavu-core",
+        tuple(f"{_DEJAVU}/DejaVuSansMono{s}.ttf" for s in ("", "-Bold", "-Oblique", "-BoldOblique")),
+    ),
+    "DejaVu Sans Condensed": (
+        "fonts-dejavu-extra",
+        tuple(f"{_DEJAVU}/DejaVuSansCondensed{s}.ttf" for s in ("", "-Bold", "-Oblique", "-BoldOblique")),
+    ),
+    "DejaVu Serif Condensed": (
+        "fonts-dejavu-extra",
+        tuple(f"{_DEJAVU}/DejaVuSerifCondensed{s}.ttf" for s in ("", "-Bold", "-Italic", "-BoldItalic")),
+    ),
     **{
-        f"Liberation {name}": ("fonts-liberation", tuple(f"{_LIBERATION}/Liberation{name.replace(' ', '')}-{s}.ttf" for s in ("Regular", "Bold", "Italic", "BoldItalic")))
+        f"Liberation {name}": (
+            "fonts-liberation",
+            tuple(
+                f"{_LIBERATION}/Liberation{name.replace(' ', '')}-{s}.ttf"
+                for s in ("Regular", "Bold", "Italic", "BoldItalic")
+            ),
+        )
         for name in ("Sans", "Serif", "Mono", "Sans Narrow")
     },
-    "FreeSans": ("fonts-freefont-ttf", tuple(f"{_FREE}/FreeSans{s}.ttf" for s in ("", "Bold", "Oblique", "BoldOblique"))),
-    "FreeSerif": ("fonts-freefont-ttf", tuple(f"{_FREE}/FreeSerif{s}.ttf" for s in ("", "Bold", "Italic", "BoldItalic"))),
-    "FreeMono": ("fonts-freefont-ttf", tuple(f"{_FREE}/FreeMono{s}.ttf" for s in ("", "Bold", "Oblique", "BoldOblique"))),
-    "Nimbus Sans": ("fonts-urw-base35", tuple(f"{_URW}/NimbusSans-{s}.otf" for s in ("Regular", "Bold", "Italic", "BoldItalic"))),
-    "Nimbus Roman": ("fonts-urw-base35", tuple(f"{_URW}/NimbusRoman-{s}.otf" for s in ("Regular", "Bold", "Italic", "BoldItalic"))),
-    "Nimbus Mono PS": ("fonts-urw-base35", tuple(f"{_URW}/NimbusMonoPS-{s}.otf" for s in ("Regular", "Bold", "Italic", "BoldItalic"))),
-    "Nimbus Sans Narrow": ("fonts-urw-base35", tuple(f"{_URW}/NimbusSansNarrow-{s}.otf" for s in ("Regular", "Bold", "Oblique", "BoldOblique"))),
+    "FreeSans": (
+        "fonts-freefont-ttf",
+        tuple(f"{_FREE}/FreeSans{s}.ttf" for s in ("", "Bold", "Oblique", "BoldOblique")),
+    ),
+    "FreeSerif": (
+        "fonts-freefont-ttf",
+        tuple(f"{_FREE}/FreeSerif{s}.ttf" for s in ("", "Bold", "Italic", "BoldItalic")),
+    ),
+    "FreeMono": (
+        "fonts-freefont-ttf",
+        tuple(f"{_FREE}/FreeMono{s}.ttf" for s in ("", "Bold", "Oblique", "BoldOblique")),
+    ),
+    "Nimbus Sans": (
+        "fonts-urw-base35",
+        tuple(f"{_URW}/NimbusSans-{s}.otf" for s in ("Regular", "Bold", "Italic", "BoldItalic")),
+    ),
+    "Nimbus Roman": (
+        "fonts-urw-base35",
+        tuple(f"{_URW}/NimbusRoman-{s}.otf" for s in ("Regular", "Bold", "Italic", "BoldItalic")),
+    ),
+    "Nimbus Mono PS": (
+        "fonts-urw-base35",
+        tuple(f"{_URW}/NimbusMonoPS-{s}.otf" for s in ("Regular", "Bold", "Italic", "BoldItalic")),
+    ),
+    "Nimbus Sans Narrow": (
+        "fonts-urw-base35",
+        tuple(f"{_URW}/NimbusSansNarrow-{s}.otf" for s in ("Regular", "Bold", "Oblique", "BoldOblique")),
+    ),
     "C059": ("fonts-urw-base35", tuple(f"{_URW}/C059-{s}.otf" for s in ("Roman", "Bold", "Italic", "BdIta"))),
     "P052": ("fonts-urw-base35", tuple(f"{_URW}/P052-{s}.otf" for s in ("Roman", "Bold", "Italic", "BoldItalic"))),
-    "URW Bookman": ("fonts-urw-base35", tuple(f"{_URW}/URWBookman-{s}.otf" for s in ("Light", "Demi", "LightItalic", "DemiItalic"))),
-    "URW Gothic": ("fonts-urw-base35", tuple(f"{_URW}/URWGothic-{s}.otf" for s in ("Book", "Demi", "BookOblique", "DemiOblique"))),
+    "URW Bookman": (
+        "fonts-urw-base35",
+        tuple(f"{_URW}/URWBookman-{s}.otf" for s in ("Light", "Demi", "LightItalic", "DemiItalic")),
+    ),
+    "URW Gothic": (
+        "fonts-urw-base35",
+        tuple(f"{_URW}/URWGothic-{s}.otf" for s in ("Book", "Demi", "BookOblique", "DemiOblique")),
+    ),
 }
 
 
@@ -102,8 +150,9 @@ def font_files(families) -> list[tuple[str, str, str]]:
         packages = " ".join(sorted(missing_packages))
         if fonts_dir() is not None:
             raise DataError(
-                f"{len(missing_files)} font files missing in {FONTS_DIR_SETTING}={fonts_dir()} (e.g. {missing_files[0]}, "
-                f"from the Debian packages {packages}); 'forgetlab setup' says how to get them without root"
+                f"{len(missing_files)} font files missing in "
+                f"{FONTS_DIR_SETTING}={fonts_dir()} (e.g. {missing_files[0]}, from the Debian "
+                f"packages {packages}); 'forgetlab setup' says how to get them without root"
             )
         raise DataError(
             f"font files missing; install them with: sudo apt-get install {packages} (or run 'make demo'); "

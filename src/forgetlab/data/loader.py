@@ -28,7 +28,16 @@ def device_constant(values: tuple[float, ...], device: torch.device) -> torch.Te
     return _CONSTANTS[key]
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0, device=None, drop_last: bool = False):
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int = 0,
+    device=None,
+    drop_last: bool = False,
+):
     """A ``DataLoader`` over ``dataset``: shuffled by a generator seeded with ``seed`` (unshuffled: in
     order), batches collated by the dataset's own ``collate`` when it has one, memory pinned for CUDA.
     ``drop_last`` drops a last partial batch only when there is a full one."""
@@ -83,6 +92,7 @@ def prefetched(produced, side_stream, hand_over):
     """Yield from ``produced`` one item ahead: item ``i + 1`` is made inside ``side_stream()`` (a context)
     before item ``i`` is handed over; ``hand_over()`` orders the streams and returns a function that
     marks each tensor of an item as used by the consumer's stream."""
+
     def make():
         with side_stream():
             return next(produced, None)

@@ -58,14 +58,43 @@ FASHION_CLASSES = [
 ]
 # 'the Nth letter of the Roman alphabet' in WordNet 3.0.
 LETTER_SYNSETS = [
-    "a.n.06", "b.n.06", "c.n.11", "d.n.03", "e.n.05", "f.n.04", "g.n.09", "h.n.04", "i.n.03",
-    "j.n.02", "k.n.06", "l.n.04", "m.n.06", "n.n.05", "o.n.02", "p.n.02", "q.n.01", "r.n.03",
-    "s.n.05", "t.n.04", "u.n.03", "v.n.04", "w.n.04", "x.n.02", "y.n.02", "z.n.02",
-]  # fmt: skip
+    "a.n.06",
+    "b.n.06",
+    "c.n.11",
+    "d.n.03",
+    "e.n.05",
+    "f.n.04",
+    "g.n.09",
+    "h.n.04",
+    "i.n.03",
+    "j.n.02",
+    "k.n.06",
+    "l.n.04",
+    "m.n.06",
+    "n.n.05",
+    "o.n.02",
+    "p.n.02",
+    "q.n.01",
+    "r.n.03",
+    "s.n.05",
+    "t.n.04",
+    "u.n.03",
+    "v.n.04",
+    "w.n.04",
+    "x.n.02",
+    "y.n.02",
+    "z.n.02",
+]
 FAMILY_TASK_FAMILIES = [
-    "DejaVu Sans", "DejaVu Serif", "DejaVu Sans Mono", "Liberation Serif",
-    "C059", "P052", "URW Bookman", "URW Gothic",
-]  # fmt: skip
+    "DejaVu Sans",
+    "DejaVu Serif",
+    "DejaVu Sans Mono",
+    "Liberation Serif",
+    "C059",
+    "P052",
+    "URW Bookman",
+    "URW Gothic",
+]
 STYLE_TASK_FAMILIES = [family for family in CATALOGUE if family not in FAMILY_TASK_FAMILIES]
 
 # Images per class (Fashion-MNIST) and renders per (glyph, font file) for each split.
@@ -78,7 +107,12 @@ DIGITS_TEST_FRACTION = 0.3
 
 FASHION_MNIST_SETTING = "FORGETLAB_FASHION_MNIST_DIR"
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 
 def fashion_mnist_dir() -> Path:
@@ -94,7 +128,11 @@ def world_sources() -> list[Path]:
     import importlib.util
 
     folder = fashion_mnist_dir()
-    fashion = [folder / f"{prefix}-{kind}-idx{rank}-ubyte.gz" for prefix in ("train", "t10k") for kind, rank in (("images", 3), ("labels", 1))]
+    fashion = [
+        folder / f"{prefix}-{kind}-idx{rank}-ubyte.gz"
+        for prefix in ("train", "t10k")
+        for kind, rank in (("images", 3), ("labels", 1))
+    ]
     fonts = [Path(path) for _, files in CATALOGUE.values() for path in files]
     spec = importlib.util.find_spec("sklearn")
     digits = [Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"] if spec and spec.origin else []
@@ -179,16 +217,26 @@ def _build_digits() -> dict[str, np.ndarray]:
     images, labels = np.stack(images), digits.target.astype(np.int64)
     rng = _seed(3, 0)
     test = np.concatenate(
-        [rng.permutation(np.flatnonzero(labels == c))[: round(DIGITS_TEST_FRACTION * (labels == c).sum())] for c in range(10)]
+        [
+            rng.permutation(np.flatnonzero(labels == c))[: round(DIGITS_TEST_FRACTION * (labels == c).sum())]
+            for c in range(10)
+        ]
     )
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test] = True
-    return {"x_train": images[~is_test], "y_train": labels[~is_test], "x_test": images[is_test], "y_test": labels[is_test]}
+    return {
+        "x_train": images[~is_test],
+        "y_train": labels[~is_test],
+        "x_test": images[is_test],
+        "y_test": labels[is_test],
+    }
 
 
 _BUILDERS = {
     "upstream": _build_upstream,
-    "fontfamily": lambda: _build_fonts(2, FAMILY_TASK_FAMILIES, FAMILY_RENDERS, lambda f, s, g: FAMILY_TASK_FAMILIES.index(f)),
+    "fontfamily": lambda: _build_fonts(
+        2, FAMILY_TASK_FAMILIES, FAMILY_RENDERS, lambda f, s, g: FAMILY_TASK_FAMILIES.index(f)
+    ),
     "fontstyle": lambda: _build_fonts(4, STYLE_TASK_FAMILIES, STYLE_RENDERS, lambda f, s, g: STYLES.index(s)),
     "digits": _build_digits,
 }
@@ -226,8 +274,12 @@ def _task(name: str, data_config, classes: list[str], **metadata) -> TaskData:
     # The cached file is outside forgetlab's control once written (copied, edited, from another version).
     cached, fix = world_dir() / f"{name}.npz", "delete that file; forgetlab rebuilds it on first use"
     require_fields(arrays, ["x_train", "y_train", "x_test", "y_test"], cached, fix)
-    train = ArrayDataset(arrays["x_train"], check_labels(arrays["y_train"], len(classes), cached, fix, what="y_train label"))
-    test = ArrayDataset(arrays["x_test"], check_labels(arrays["y_test"], len(classes), cached, fix, what="y_test label"))
+    train = ArrayDataset(
+        arrays["x_train"], check_labels(arrays["y_train"], len(classes), cached, fix, what="y_train label")
+    )
+    test = ArrayDataset(
+        arrays["x_test"], check_labels(arrays["y_test"], len(classes), cached, fix, what="y_test label")
+    )
     if data_config is not None and data_config.max_train is not None:
         train = train.subset(data_config.max_train, seed=0)
     if data_config is not None and data_config.max_test is not None:

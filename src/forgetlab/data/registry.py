@@ -71,23 +71,36 @@ class DatasetInfo:
 _DATASETS: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, variants: dict[str, str] | None = None, *, folder: str | None = None, how: str = "",
-                     builtin: str = "", channels: int = 3, splits: str = "",
-                     domain: tuple[str, str] | None = None) -> Callable:
-    """Decorator registering a dataset's loader under ``name`` with the facts of :class:`DatasetInfo`.
-    Give ``folder`` (and ``how``) for a dataset read from the data root, or ``builtin`` for one that
-    brings its own images; ``domain`` is the pair ``(domain_synset, domain_word)``; ``ValueError`` for a name registered twice, for neither or both of them,
-    and for a folder without ``how``."""
+def register_dataset(
+    name: str,
+    variants: dict[str, str] | None = None,
+    *,
+    folder: str | None = None,
+    how: str = "",
+    builtin: str = "",
+    channels: int = 3,
+    splits: str = "",
+    domain: tuple[str, str] | None = None,
+) -> Callable:
+    """Decorator registering a dataset's loader under ``name`` with the facts of :class:`DatasetInfo`. Give ``folder``
+    (and ``how``) for a dataset read from the data root, or ``builtin`` for one that brings its own images; ``domain``
+    is the pair ``(domain_synset, domain_word)``; ``ValueError`` for a name registered twice, for neither or both of
+    them, and for a folder without ``how``."""
 
     def decorator(loader: Callable) -> Callable:
         if name in _DATASETS:
             raise ValueError(f"dataset '{name}' registered twice")
         if (folder is None) == (not builtin):
-            raise ValueError(f"dataset '{name}': give folder= (its folder under the data root) or builtin= (where it comes from), one of them")
+            raise ValueError(
+                f"dataset '{name}': give folder= (its folder under the "
+                f"data root) or builtin= (where it comes from), one of them"
+            )
         if folder is not None and not how:
             raise ValueError(f"dataset '{name}': give how= (how to get the files of its folder '{folder}')")
         synset, word = domain or (None, None)
-        _DATASETS[name] = DatasetInfo(name, loader, folder, how, builtin, dict(variants or {}), channels, splits, synset, word)
+        _DATASETS[name] = DatasetInfo(
+            name, loader, folder, how, builtin, dict(variants or {}), channels, splits, synset, word
+        )
         return loader
 
     return decorator
@@ -123,13 +136,22 @@ def parse_task_name(name: str) -> tuple[str, str | None, str | None, str | None]
         raise ConfigError(f"unknown dataset '{base}' in task '{name}'; choose one of: {', '.join(sorted(_DATASETS))}")
     kinds = {"variant": None, "class split": None, "sample split": None}
     for part in parts:
-        kind = ("variant" if part in _DATASETS[base].variants else "class split" if part in CLASS_PARTS
-                else "sample split" if part in SAMPLE_PARTS else None)  # fmt: skip
+        kind = (
+            "variant"
+            if part in _DATASETS[base].variants
+            else "class split"
+            if part in CLASS_PARTS
+            else "sample split"
+            if part in SAMPLE_PARTS
+            else None
+        )
         if kind is None:
             options = [*_DATASETS[base].variants, *CLASS_PARTS, *SAMPLE_PARTS]
             raise ConfigError(f"unknown part '{part}' in task '{name}'; {base} takes: {', '.join(options)}")
         if kinds[kind] is not None:
-            raise ConfigError(f"task '{name}' has two parts of one kind ({kind}: '{kinds[kind]}' and '{part}'); keep one")
+            raise ConfigError(
+                f"task '{name}' has two parts of one kind ({kind}: '{kinds[kind]}' and '{part}'); keep one"
+            )
         kinds[kind] = part
     return base, kinds["variant"], kinds["class split"], kinds["sample split"]
 
@@ -143,7 +165,12 @@ def sample_split_indices(count: int, part: str, seed: int) -> np.ndarray:
     """Sorted indices of the training samples a sample split keeps (see the module docstring)."""
     perm = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).numpy()
     cut = {"samples_half1": count // 2, "samples_half2": count // 2}.get(part, int(0.8 * count))
-    chosen = {"samples_half1": perm[cut:], "samples_half2": perm[:cut], "samples_first80": perm[:cut], "samples_last20": perm[cut:]}[part]
+    chosen = {
+        "samples_half1": perm[cut:],
+        "samples_half2": perm[:cut],
+        "samples_first80": perm[:cut],
+        "samples_last20": perm[cut:],
+    }[part]
     return np.sort(chosen)
 
 
@@ -181,5 +208,9 @@ def class_split(task, name: str, start: float, end: float):
         test=LabelSubset(task.test, relabel),
         class_synsets=[task.class_synsets[i] for i in kept] if task.class_synsets else None,
         class_groups=[task.class_groups[i] for i in kept] if task.class_groups else None,
-        extra={**task.extra, "class_split": [kept[0], kept[-1] + 1] if kept else [], "labels_kept": np.asarray(kept).tolist()},
+        extra={
+            **task.extra,
+            "class_split": [kept[0], kept[-1] + 1] if kept else [],
+            "labels_kept": np.asarray(kept).tolist(),
+        },
     )

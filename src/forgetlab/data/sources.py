@@ -48,7 +48,8 @@ class Source:
 def _unpack_lines(packages: list[str], target: str) -> list[str]:
     return [
         f"mkdir -p {target}/debs && cd {target}/debs",
-        f"apt-get download {' '.join(packages)}    # no root needed; without apt: the same .deb files from packages.debian.org",
+        f"apt-get download {' '.join(packages)}    # no root needed; "
+        f"without apt: the same .deb files from packages.debian.org",
         f'for deb in *.deb; do dpkg -x "$deb" {target}; done'
         f'    # without dpkg: ar x "$deb" && tar -xf data.tar.* -C {target}',
     ]
@@ -63,9 +64,14 @@ def fonts_source(target: str = DEFAULT_TARGET) -> Source:
     folder = fonts.fonts_dir()
     where = str(folder) if folder is not None else "Debian's /usr/share/fonts"
     missing = sorted(Path(path).name for path, found in zip(wanted, located) if found is None)
-    detail = f"{count} of {len(wanted)} font files in {where}" + (f" (missing: {', '.join(missing[:3])}, ...)" if missing else "")
+    detail = f"{count} of {len(wanted)} font files in {where}" + (
+        f" (missing: {', '.join(missing[:3])}, ...)" if missing else ""
+    )
     return Source(
-        "fonts", fonts.FONTS_DIR_SETTING, where if count == len(wanted) else None, detail,
+        "fonts",
+        fonts.FONTS_DIR_SETTING,
+        where if count == len(wanted) else None,
+        detail,
         f"sudo apt-get install {' '.join(packages)}",
         (*_unpack_lines(packages, target), f"export {fonts.FONTS_DIR_SETTING}={target}/usr/share/fonts"),
     )
@@ -77,11 +83,14 @@ def fashion_mnist_source(target: str = DEFAULT_TARGET) -> Source:
     present = [name for name in offline.FASHION_MNIST_FILES if (folder / name).is_file()]
     complete = len(present) == len(offline.FASHION_MNIST_FILES)
     return Source(
-        "Fashion-MNIST", offline.FASHION_MNIST_SETTING, str(folder) if complete else None,
+        "Fashion-MNIST",
+        offline.FASHION_MNIST_SETTING,
+        str(folder) if complete else None,
         f"{len(present)} of {len(offline.FASHION_MNIST_FILES)} files in {folder}",
         "sudo apt-get install dataset-fashion-mnist",
         (
-            f"python -c \"import torchvision; torchvision.datasets.FashionMNIST('{target}/fashion-mnist', download=True)\"",
+            f'python -c "import torchvision; '
+            f"torchvision.datasets.FashionMNIST('{target}/fashion-mnist', download=True)\"",
             f"export {offline.FASHION_MNIST_SETTING}={target}/fashion-mnist/FashionMNIST/raw"
             f"    # or the Debian package unpacked as above: {target}{offline.FASHION_MNIST_DEBIAN_DIR}",
         ),
@@ -97,11 +106,15 @@ def wordnet_source(target: str = DEFAULT_TARGET) -> Source:
     except DataError as error:  # a FORGETLAB_WORDNET that holds no WordNet
         found, detail = None, str(error)
     return Source(
-        "WordNet", "FORGETLAB_WORDNET", str(found) if found else None, detail,
+        "WordNet",
+        "FORGETLAB_WORDNET",
+        str(found) if found else None,
+        detail,
         "sudo apt-get install wordnet-base wordnet-sense-index",
         (
             f"python -m nltk.downloader -d {target}/nltk_data wordnet",
-            f"export FORGETLAB_WORDNET={target}/nltk_data/corpora/wordnet    # or .../wordnet.zip where NLTK left it zipped",
+            f"export FORGETLAB_WORDNET={target}/nltk_data/corpora/wordnet    "
+            f"# or .../wordnet.zip where NLTK left it zipped",
         ),
     )
 
@@ -127,7 +140,9 @@ def setup_report(target: str = DEFAULT_TARGET) -> tuple[list[str], list[str]]:
         lines.append(f"{source.name}: without root:")
         lines.extend(f"    {line}" for line in source.without_root)
     if missing:
-        lines.append("\nPut the export lines in your shell profile (or the job script), then run 'forgetlab setup' again.")
+        lines.append(
+            "\nPut the export lines in your shell profile (or the job script), then run 'forgetlab setup' again."
+        )
     else:
         lines.append("\nEverything the offline world needs is here: 'forgetlab pretrain', then 'forgetlab run'.")
     return lines, [source.name for source in missing]

@@ -53,12 +53,15 @@ def require_fields(record, fields: Sequence[str], file, how_to_fix: str, *, hint
     if missing:
         shown = ", ".join(have[:8]) + (f" and {len(have) - 8} more" if len(have) > 8 else "") if have else "none"
         which = ", ".join(f"'{name}'" for name in missing)
-        raise InvalidDataError(f"{file} lacks the field{'s' if len(missing) > 1 else ''} {which} (it has: {shown})"
-                               f"{': ' + hint if hint else ''}; {how_to_fix}")  # fmt: skip
+        raise InvalidDataError(
+            f"{file} lacks the field{'s' if len(missing) > 1 else ''} {which} (it has: {shown})"
+            f"{': ' + hint if hint else ''}; {how_to_fix}"
+        )
 
 
-def check_labels(labels, num_classes: int, file, how_to_fix: str, *, first: int = 0, what: str = "label",
-                 range_of: str = "classes") -> np.ndarray:  # fmt: skip
+def check_labels(
+    labels, num_classes: int, file, how_to_fix: str, *, first: int = 0, what: str = "label", range_of: str = "classes"
+) -> np.ndarray:
     """``labels`` as ``file`` numbers them, from ``first`` (0, or 1 for MATLAB and CUB files), checked
     and returned as int64 class indices in ``0..num_classes - 1`` (shape ``[N]``). ``what`` names one
     label and ``range_of`` what the range counts in the message (an index into another list, e.g.
@@ -80,7 +83,11 @@ def check_labels(labels, num_classes: int, file, how_to_fix: str, *, first: int 
         where = np.flatnonzero(bad)
         example = values[where[0]]
         shown = f"{int(example)}" if whole[where[0]] else f"{example:g}"
-        kind = "is not a whole number" if not whole[where[0]] else f"lies outside {first}..{last} ({num_classes} {range_of})"
+        kind = (
+            "is not a whole number"
+            if not whole[where[0]]
+            else f"lies outside {first}..{last} ({num_classes} {range_of})"
+        )
         more = f" (and {len(where) - 1} more of {len(values)})" if len(where) > 1 else ""
         raise InvalidDataError(f"{file}: {what} {shown} at entry {where[0] + 1} {kind}{more}; {how_to_fix}")
     return values.astype(np.int64) - first
@@ -100,8 +107,9 @@ def check_classes(names: Sequence[str], file, how_to_fix: str, *, unique: bool =
     return names
 
 
-def labels_by_name(names: Sequence[str], classes: Sequence[str], file, how_to_fix: str, *, classes_file=None,
-                   what: str = "class") -> np.ndarray:  # fmt: skip
+def labels_by_name(
+    names: Sequence[str], classes: Sequence[str], file, how_to_fix: str, *, classes_file=None, what: str = "class"
+) -> np.ndarray:
     """The int64 index in ``classes`` of each name in ``names`` (shape ``[N]``), for files that give
     labels by name (FGVC-Aircraft's variants, ImageNet's wnids).
 
@@ -111,10 +119,15 @@ def labels_by_name(names: Sequence[str], classes: Sequence[str], file, how_to_fi
     unknown = sorted({name for name in names if name not in index})
     if unknown:
         listed = f"in {Path(classes_file).name}" if classes_file is not None else f"among the {len(classes)} classes"
-        shown = ", ".join(f"'{name}'" for name in unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        shown = ", ".join(f"'{name}'" for name in unknown[:3]) + (
+            f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        )
         plural = what + ("es" if what.endswith("s") else "s")
-        raise InvalidDataError(f"{file}: {plural} {shown} are not {listed}; {how_to_fix}" if len(unknown) > 1
-                               else f"{file}: {what} {shown} is not {listed}; {how_to_fix}")  # fmt: skip
+        raise InvalidDataError(
+            f"{file}: {plural} {shown} are not {listed}; {how_to_fix}"
+            if len(unknown) > 1
+            else f"{file}: {what} {shown} is not {listed}; {how_to_fix}"
+        )
     return np.asarray([index[name] for name in names], dtype=np.int64)
 
 
@@ -134,8 +147,10 @@ def read_rows(path: Path, columns: Sequence[str], how_to_fix: str) -> list[list[
             continue
         parts = line.split(None, len(columns) - 1)
         if len(parts) < len(columns):
-            missing = ", ".join(columns[len(parts):])
-            raise InvalidDataError(f"{path}, line {number} ('{line.strip()[:60]}') lacks the field(s) {missing} "
-                                   f"(each line is: {' '.join(columns)}); {how_to_fix}")  # fmt: skip
+            missing = ", ".join(columns[len(parts) :])
+            raise InvalidDataError(
+                f"{path}, line {number} ('{line.strip()[:60]}') lacks the field(s) {missing} "
+                f"(each line is: {' '.join(columns)}); {how_to_fix}"
+            )
         rows.append([part.strip() for part in parts])
     return rows

@@ -50,14 +50,22 @@ def parse_parts(parts) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def explain(run_dir: str | Path, *, parts=DEFAULT_PARTS, images: int | None = None, unit: str = "block", device: str = "auto",
-            batch_size: int | None = None, log=print) -> dict:  # fmt: skip
-    """Write (or complete) ``explain/`` of a LoRA run and return its tables as DataFrames:
-    ``{"attribution": ..., "spectra": ..., "overlap": ..., "singular_values": ..., "drift": ...}`` (those of
-    the parts asked for; ``drift`` is :func:`forgetlab.stored_drift.drift_of_run`'s ``explain/drift.csv``,
-    the linear CKA per unit and phase against the pretrained features). ``images``: a class-balanced subset of the upstream test images the run scored (default:
-    all of them, so the ``all`` rows reproduce the matrix). Errors: :class:`ConfigError` for bad options
-    or a method whose updates the folder does not hold, :class:`DataError` for an incomplete folder."""
+def explain(
+    run_dir: str | Path,
+    *,
+    parts=DEFAULT_PARTS,
+    images: int | None = None,
+    unit: str = "block",
+    device: str = "auto",
+    batch_size: int | None = None,
+    log=print,
+) -> dict:
+    """Write (or complete) ``explain/`` of a LoRA run and return its tables as DataFrames: ``{"attribution": ...,
+    "spectra": ..., "overlap": ..., "singular_values": ..., "drift": ...}`` (those of the parts asked for; ``drift`` is
+    :func:`forgetlab.stored_drift.drift_of_run`'s ``explain/drift.csv``, the linear CKA per unit and phase against the
+    pretrained features). ``images``: a class-balanced subset of the upstream test images the run scored (default: all
+    of them, so the ``all`` rows reproduce the matrix). Errors: :class:`ConfigError` for bad options or a method whose
+    updates the folder does not hold, :class:`DataError` for an incomplete folder."""
     parts = parse_parts(parts)
     if unit not in UNITS:
         raise ConfigError(f"--unit {unit}: choose {' or '.join(UNITS)}")
@@ -65,11 +73,17 @@ def explain(run_dir: str | Path, *, parts=DEFAULT_PARTS, images: int | None = No
         raise ConfigError(f"--images {images}: give a positive number of upstream test images")
     folder = RunFolder(run_dir)
     if not folder.config.exists() or not folder.progress.exists():
-        raise DataError(f"{folder.path} is not a run folder with a commit (config.yaml and progress.json); give a folder 'forgetlab run' wrote")
+        raise DataError(
+            f"{folder.path} is not a run folder with a commit (config.yaml "
+            f"and progress.json); give a folder 'forgetlab run' wrote"
+        )
     config = config_module.load_stored(folder.config)
     check_explainable(config, folder.path)
     if "attribution" in parts and config.eval.evaluators[0] != "head":
-        raise ConfigError(f"{folder.path} scores the upstream task by k-NN; attribution scores the upstream head (eval.upstream_evaluator=head)")
+        raise ConfigError(
+            f"{folder.path} scores the upstream task by k-NN; attribution "
+            f"scores the upstream head (eval.upstream_evaluator=head)"
+        )
     phases = folder.read_matrix().phases[: max(folder.completed_tasks(), 0)]
     if not phases:
         raise DataError(f"{folder.path} has no finished phase yet; explain it after 'forgetlab run' has finished one")
@@ -83,7 +97,9 @@ def explain(run_dir: str | Path, *, parts=DEFAULT_PARTS, images: int | None = No
             write_json(out / "settings.json", settings)
         tables = {}
         if weight_parts:
-            _explain_phases(folder, config, phases, weight_parts, settings, device=device, batch_size=batch_size, log=log)
+            _explain_phases(
+                folder, config, phases, weight_parts, settings, device=device, batch_size=batch_size, log=log
+            )
             tables = combine(out, weight_parts)
         if "drift" in parts:
             import pandas as pd
@@ -100,15 +116,19 @@ def check_settings(out: Path, settings: dict) -> None:
     if path.exists() and any((out / "phases").glob("attribution_*.csv")):
         stored = read_json(path)
         if stored != settings:
-            raise ConfigError(f"{out} holds attribution with --images {stored.get('images')} --unit {stored.get('unit')}; "
-                              f"pass the same options or delete {out / 'phases'}/attribution_*.csv")  # fmt: skip
+            raise ConfigError(
+                f"{out} holds attribution with --images {stored.get('images')} --unit {stored.get('unit')}; "
+                f"pass the same options or delete {out / 'phases'}/attribution_*.csv"
+            )
 
 
 def part_path(out: Path, name: str, phase: int) -> Path:
     return out / "phases" / f"{name}_{phase}.csv"
 
 
-def _explain_phases(folder: RunFolder, config, phases: list[str], parts, settings: dict, *, device, batch_size, log) -> None:
+def _explain_phases(
+    folder: RunFolder, config, phases: list[str], parts, settings: dict, *, device, batch_size, log
+) -> None:
     """Rebuild every phase's update in order and write each missing part of each phase."""
     import torch
 
@@ -117,7 +137,10 @@ def _explain_phases(folder: RunFolder, config, phases: list[str], parts, setting
     from forgetlab.runtime import Runtime, configure_threads
 
     out = folder.path / "explain"
-    pending = {part: [t for t in range(1, len(phases) + 1) if not part_path(out, FILES[part][-1], t).exists()] for part in parts}
+    pending = {
+        part: [t for t in range(1, len(phases) + 1) if not part_path(out, FILES[part][-1], t).exists()]
+        for part in parts
+    }
     if not any(pending.values()):
         log(f"{out} is complete for {', '.join(parts)}; nothing to do")
         return
@@ -134,7 +157,10 @@ def _explain_phases(folder: RunFolder, config, phases: list[str], parts, setting
             if update.index in pending["spectra"]:
                 for name in FILES["spectra"]:
                     atomic_write_text(part_path(out, name, update.index), _csv(tables[name]))
-                log(f"phase {update.index} {update.name}: spectra of {len(update.update)} matrices -> {part_path(out, 'spectra', update.index)}")
+                log(
+                    f"phase {update.index} {update.name}: spectra of {len(update.update)} "
+                    f"matrices -> {part_path(out, 'spectra', update.index)}"
+                )
         if scoring is not None and update.index in pending["attribution"]:
             rows = _attribute(scoring, update, folder, config, settings)
             atomic_write_text(part_path(out, "attribution", update.index), _csv(rows))
@@ -166,18 +192,35 @@ def _attribute(scoring: dict, update: PhaseUpdate, folder: RunFolder, config, se
     elif single_prediction_path(folder, update.index).exists():  # keep: the phase model is pretrained + its adapter
         with np.load(single_prediction_path(folder, update.index)) as data:
             stored["after"] = data["predictions"][indices]
-    return attribution_rows(scoring["scorer"], scoring["labels"], update.pretrained, update.weights, phase=update.index,
-                            unit=settings["unit"], stored=stored)  # fmt: skip
+    return attribution_rows(
+        scoring["scorer"],
+        scoring["labels"],
+        update.pretrained,
+        update.weights,
+        phase=update.index,
+        unit=settings["unit"],
+        stored=stored,
+    )
 
 
 def _attribution_line(update: PhaseUpdate, rows: list[dict], path: Path) -> str:
     first = rows[0]
     worst = max(rows[1:], key=lambda row: row["recovered_points"], default=None)
-    line = (f"phase {update.index} {update.name}: upstream {first['pretrained_accuracy']:.2f}% -> {first['phase_accuracy']:.2f}%; "
-            f"reverting {worst['unit']} recovers {worst['recovered_points']:+.2f} points" if worst else "")  # fmt: skip
+    line = (
+        (
+            f"phase {update.index} {update.name}: upstream "
+            f"{first['pretrained_accuracy']:.2f}% -> {first['phase_accuracy']:.2f}%; "
+            f"reverting {worst['unit']} recovers {worst['recovered_points']:+.2f} points"
+        )
+        if worst
+        else ""
+    )
     if not math.isnan(first["agreement"]) and first["agreement"] < 1:
-        line += (f"; WARNING: the rebuilt models predict what the run stored on only {100 * first['agreement']:.2f}% of the images "
-                 "(another device or precision than the run's?)")  # fmt: skip
+        line += (
+            f"; WARNING: the rebuilt models predict what the run stored "
+            f"on only {100 * first['agreement']:.2f}% of the images "
+            "(another device or precision than the run's?)"
+        )
     return f"{line} -> {path}"
 
 
@@ -204,16 +247,36 @@ class SpectraTracker:
             for scope, matrix in (("phase", delta), ("cumulative", self.cumulative[name])):
                 described = spectra.describe_update(matrix, pretrained, base)
                 values = described.pop("singular_values")
-                tables["spectra"].append({"phase": update.index, "layer": name, "unit": unit_of(name), "scope": scope,
-                                          "rows": matrix.shape[0], "cols": matrix.shape[1], "adapter_rank": update.ranks[name], **described})  # fmt: skip
-                tables["singular_values"] += [{"phase": update.index, "layer": name, "scope": scope, "index": i + 1, "value": float(v)}
-                                              for i, v in enumerate(values[:TOP_SINGULAR_VALUES])]  # fmt: skip
+                tables["spectra"].append(
+                    {
+                        "phase": update.index,
+                        "layer": name,
+                        "unit": unit_of(name),
+                        "scope": scope,
+                        "rows": matrix.shape[0],
+                        "cols": matrix.shape[1],
+                        "adapter_rank": update.ranks[name],
+                        **described,
+                    }
+                )
+                tables["singular_values"] += [
+                    {"phase": update.index, "layer": name, "scope": scope, "index": i + 1, "value": float(v)}
+                    for i, v in enumerate(values[:TOP_SINGULAR_VALUES])
+                ]
                 if scope == "phase":
                     rank = min(described["numerical_rank"], update.ranks[name])
                     top = spectra.top_left_vectors(matrix, rank)
             for earlier, vectors in self.tops.get(name, []):
-                tables["overlap"].append({"phase": update.index, "other_phase": earlier, "layer": name, "rank": top.shape[1],
-                                          "other_rank": vectors.shape[1], "overlap": spectra.subspace_overlap(top, vectors)})  # fmt: skip
+                tables["overlap"].append(
+                    {
+                        "phase": update.index,
+                        "other_phase": earlier,
+                        "layer": name,
+                        "rank": top.shape[1],
+                        "other_rank": vectors.shape[1],
+                        "overlap": spectra.subspace_overlap(top, vectors),
+                    }
+                )
             self.tops.setdefault(name, []).append((update.index, top))
         return tables
 

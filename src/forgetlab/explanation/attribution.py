@@ -75,7 +75,9 @@ def paired(first: np.ndarray, second: np.ndarray, *, seed: int = 0) -> dict:
     n = len(first)
     both, only_second = int(np.sum(first & second)), int(np.sum(~first & second))
     only_first, neither = int(np.sum(first & ~second)), int(np.sum(~first & ~second))
-    counts = np.random.default_rng(seed).multinomial(n, np.array([both, only_second, only_first, neither]) / n, size=RESAMPLES)
+    counts = np.random.default_rng(seed).multinomial(
+        n, np.array([both, only_second, only_first, neither]) / n, size=RESAMPLES
+    )
     accuracy = 100 * (counts[:, 0] + counts[:, 1]) / n
     difference = 100 * (counts[:, 1] - counts[:, 2]) / n
     tails = [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]
@@ -103,8 +105,16 @@ class Scorer:
         return predict(self.model, UPSTREAM, self.dataset, self.runtime, description=description)
 
 
-def attribution_rows(scorer: Scorer, labels: np.ndarray, pretrained: dict, after: dict, *, phase: int, unit: str,
-                     stored: dict[str, np.ndarray | None]) -> list[dict]:  # fmt: skip
+def attribution_rows(
+    scorer: Scorer,
+    labels: np.ndarray,
+    pretrained: dict,
+    after: dict,
+    *,
+    phase: int,
+    unit: str,
+    stored: dict[str, np.ndarray | None],
+) -> list[dict]:
     """The rows of ``explain/attribution.csv`` for one phase: ``all`` first, then every unit.
     ``pretrained`` / ``after``: module -> weight before any update / after the phase; ``stored``: the run's
     own predictions of the pretrained (``"pretrained"``) and phase model (``"after"``), or None.
@@ -114,12 +124,21 @@ def attribution_rows(scorer: Scorer, labels: np.ndarray, pretrained: dict, after
     before, now = before_predicted == labels, now_predicted == labels
     forgotten = before & ~now
     rows = [_row(phase, "all", before, now, before, now, forgotten)]
-    shares = [float(np.mean(stored[key] == predicted)) for key, predicted in (("pretrained", before_predicted), ("after", now_predicted))
-              if stored.get(key) is not None]  # fmt: skip
+    shares = [
+        float(np.mean(stored[key] == predicted))
+        for key, predicted in (("pretrained", before_predicted), ("after", now_predicted))
+        if stored.get(key) is not None
+    ]
     rows[0]["agreement"] = min(shares) if shares else math.nan
     for name, modules in units(after, unit).items():
-        reverted = scorer.predictions({**after, **{m: pretrained[m] for m in modules}}, f"phase {phase}: revert {name}") == labels
-        applied = scorer.predictions({**pretrained, **{m: after[m] for m in modules}}, f"phase {phase}: apply {name}") == labels
+        reverted = (
+            scorer.predictions({**after, **{m: pretrained[m] for m in modules}}, f"phase {phase}: revert {name}")
+            == labels
+        )
+        applied = (
+            scorer.predictions({**pretrained, **{m: after[m] for m in modules}}, f"phase {phase}: apply {name}")
+            == labels
+        )
         rows.append(_row(phase, name, before, now, reverted, applied, forgotten))
     with torch.no_grad():
         for name, weight in after.items():
@@ -131,15 +150,26 @@ def _row(phase: int, unit: str, before, now, reverted, applied, forgotten) -> di
     out = paired(now, reverted)  # reverted against the phase model: the points the unit recovers
     inn = paired(before, applied)  # applied against the pretrained model: the points the unit costs
     return {
-        "phase": phase, "unit": unit, "images": len(before),
-        "pretrained_accuracy": 100 * float(np.mean(before)), "phase_accuracy": 100 * float(np.mean(now)),
-        "reverted_accuracy": out["accuracy"], "reverted_low": out["accuracy_interval"][0], "reverted_high": out["accuracy_interval"][1],
-        "recovered_points": out["difference"], "recovered_low": out["difference_interval"][0],
-        "recovered_high": out["difference_interval"][1], "recovered_p": out["p"],
-        "applied_accuracy": inn["accuracy"], "applied_low": inn["accuracy_interval"][0], "applied_high": inn["accuracy_interval"][1],
-        "damage_points": inn["difference"], "damage_low": inn["difference_interval"][0], "damage_high": inn["difference_interval"][1],
+        "phase": phase,
+        "unit": unit,
+        "images": len(before),
+        "pretrained_accuracy": 100 * float(np.mean(before)),
+        "phase_accuracy": 100 * float(np.mean(now)),
+        "reverted_accuracy": out["accuracy"],
+        "reverted_low": out["accuracy_interval"][0],
+        "reverted_high": out["accuracy_interval"][1],
+        "recovered_points": out["difference"],
+        "recovered_low": out["difference_interval"][0],
+        "recovered_high": out["difference_interval"][1],
+        "recovered_p": out["p"],
+        "applied_accuracy": inn["accuracy"],
+        "applied_low": inn["accuracy_interval"][0],
+        "applied_high": inn["accuracy_interval"][1],
+        "damage_points": inn["difference"],
+        "damage_low": inn["difference_interval"][0],
+        "damage_high": inn["difference_interval"][1],
         "damage_p": inn["p"],
         "forgotten_images": int(np.sum(forgotten)),
         "recovered_share": float(np.mean(reverted[forgotten])) if forgotten.any() else math.nan,
         "agreement": math.nan,
-    }  # fmt: skip
+    }

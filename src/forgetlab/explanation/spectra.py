@@ -96,8 +96,14 @@ def subspace_overlap(first: np.ndarray, second: np.ndarray) -> float:
     return float(np.linalg.norm(first.T @ second) ** 2 / smaller)
 
 
-def intruder_count(pretrained: np.ndarray, updated: np.ndarray, *, top_k: int = INTRUDER_TOP_K,
-                   epsilon: float = INTRUDER_EPSILON, base: np.ndarray | None = None) -> int:  # fmt: skip
+def intruder_count(
+    pretrained: np.ndarray,
+    updated: np.ndarray,
+    *,
+    top_k: int = INTRUDER_TOP_K,
+    epsilon: float = INTRUDER_EPSILON,
+    base: np.ndarray | None = None,
+) -> int:
     """Shuttleworth et al. (2024): how many of the top ``top_k`` left singular vectors of ``updated``
     (``W0 + dW``) have ``max_j |cos(u_i, u0_j)| < epsilon`` over every left singular vector ``u0_j`` of
     ``pretrained`` (``W0``); PEFT's ``reduce_intruder_dimension`` counts the same. ``base``: the left

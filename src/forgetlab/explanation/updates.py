@@ -48,8 +48,10 @@ class PhaseUpdate:
 def check_explainable(config, folder: Path) -> None:
     """Refuse a run whose updates cannot be rebuilt: one line naming what is needed."""
     if config.method.name != "lora":
-        raise ConfigError(f"{folder} is a {config.method.name} run; 'forgetlab explain' rebuilds each phase's update from the "
-                          "stored LoRA adapters, so it needs a LoRA run (method.name=lora)")  # fmt: skip
+        raise ConfigError(
+            f"{folder} is a {config.method.name} run; 'forgetlab explain' rebuilds each phase's update from the "
+            "stored LoRA adapters, so it needs a LoRA run (method.name=lora)"
+        )
 
 
 def exact_update(layer: lora_layers.LoRALayer) -> np.ndarray:
@@ -59,7 +61,9 @@ def exact_update(layer: lora_layers.LoRALayer) -> np.ndarray:
     base = layer.base_layer.weight.detach().double().flatten(1)
     delta = torch.zeros_like(base)
     for name, (start, end) in layer.out_slices.items():
-        product = layer.lora_B[name].weight.detach().double().flatten(1) @ layer.lora_A[name].weight.detach().double().flatten(1)
+        product = layer.lora_B[name].weight.detach().double().flatten(1) @ layer.lora_A[
+            name
+        ].weight.detach().double().flatten(1)
         initial = layer.initial_factors(name)
         if initial is not None:
             product = product - initial[1].double().flatten(1) @ initial[0].double().flatten(1)
@@ -69,7 +73,9 @@ def exact_update(layer: lora_layers.LoRALayer) -> np.ndarray:
         merged = base + delta
         for name, (start, end) in layer.out_slices.items():
             rows = merged[start:end]
-            merged[start:end] = rows * (layer.lora_magnitude[name].detach().double().flatten() / rows.norm(dim=1)).unsqueeze(1)
+            merged[start:end] = rows * (
+                layer.lora_magnitude[name].detach().double().flatten() / rows.norm(dim=1)
+            ).unsqueeze(1)
         delta = merged - base
     return delta.numpy()
 
@@ -87,7 +93,10 @@ def phase_updates(model: torch.nn.Module, folder: Path, phases: list[str], *, po
     for index, phase in enumerate(phases, start=1):
         adapter = Path(folder) / "adapters" / phase
         if not adapter.is_dir():
-            raise DataError(f"{adapter} is missing but phase {index} committed; the run folder is incomplete: rerun 'forgetlab run' on it")
+            raise DataError(
+                f"{adapter} is missing but phase {index} committed; the "
+                f"run folder is incomplete: rerun 'forgetlab run' on it"
+            )
         layers = load_adapter(adapter, model)
         for name in layers:
             pretrained.setdefault(name, model.get_submodule(name).weight.detach().clone())

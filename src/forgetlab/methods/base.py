@@ -18,9 +18,9 @@ A method decides what happens to the backbone (the task heads are the runner's b
 * :meth:`Method.save_task` / :meth:`Method.restore` - what a method keeps outside the backbone's
   weights (stored adapters) and the structure it added (expanded blocks), so that runs resume.
 
-What the analysis and the report say about a run comes from its method's class too: :meth:`Method.label`
-(``lora r=4``, ``top-3``: how tables, figures and the report name its runs) and :meth:`Method.focus_rank`, so a new method
-needs no edit outside its own file.
+What the analysis and the report say about a run comes from its method's class too: :meth:`Method.label` (``lora r=4``,
+``top-3``: how tables, figures and the report name its runs) and :meth:`Method.focus_rank`, so a new method needs no
+edit outside its own file.
 
 Everything else (the loop, the losses, evaluation) is shared, so LwF or replay combine with any
 method through the config alone.
@@ -56,8 +56,10 @@ def choices_of(cls: type) -> dict[str, tuple[tuple[str, ...], bool]]:
     names: typed ``Literal[...]``, or a string holding a comma-joined list of them (metadata
     ``comma_list`` and ``choices``, e.g. ``eval.upstream_evaluator: head,knn``). Choices given as a
     function (a registry's names) are read at every call, so a name registered later counts."""
-    return {name: (tuple(choices() if callable(choices) else choices), comma_list)
-            for name, (choices, comma_list) in _declared_choices(cls).items()}
+    return {
+        name: (tuple(choices() if callable(choices) else choices), comma_list)
+        for name, (choices, comma_list) in _declared_choices(cls).items()
+    }
 
 
 @functools.cache
@@ -87,7 +89,9 @@ class Checked:
         for name, (choices, comma_list) in choices_of(type(self)).items():
             value, key = getattr(self, name), f"{self.KEY}{name}"
             items = value.split(",") if comma_list and isinstance(value, str) else [value]  # [head, knn] is "head,knn"
-            if value is not None and any(item not in choices for item in items):  # None: the key's default is None (typed Optional)
+            if value is not None and any(
+                item not in choices for item in items
+            ):  # None: the key's default is None (typed Optional)
                 raise ConfigError(f"{key} must be one of: {', '.join(choices)}; got {value!r}")
             if len(set(items)) < len(items):
                 raise ConfigError(f"{key} names one of its choices twice ({value}); give each once")
@@ -112,6 +116,7 @@ class Method:
     # True when learning a task cannot change what earlier tasks' heads see (per-task adapters):
     # then only the upstream head has anything to distil.
     isolates_tasks: ClassVar[bool] = False
+
     def __init__(self, config):
         self.config = config
 

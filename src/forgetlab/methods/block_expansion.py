@@ -27,14 +27,23 @@ class BlockExpansionConfig(Checked):
     KEY = "method."
     name: str = field(default="block_expansion", metadata={"help": "the method"})
     copies: int = field(default=1, metadata={"help": "p: identity blocks inserted per task (paper 2: 1..4)"})
-    split: int | None = field(default=None, metadata={"help": "copy block i after itself for every i with (i + 1) % split == 0 (paper 2's code: 11, 6, 4, 3 "
-                                                             "for p = 1..4); default: after each of p equal groups"})
-    positions: list[int] | None = field(default=None, metadata={"help": "the blocks (0-based) to copy, each right after itself; overrides split"})
+    split: int | None = field(
+        default=None,
+        metadata={
+            "help": "copy block i after itself for every i with (i + 1) % split == 0 (paper 2's code: 11, 6, 4, 3 "
+            "for p = 1..4); default: after each of p equal groups"
+        },
+    )
+    positions: list[int] | None = field(
+        default=None, metadata={"help": "the blocks (0-based) to copy, each right after itself; overrides split"}
+    )
 
     def rules(self) -> list[tuple[bool, str]]:
         # where the copies go, within the backbone's blocks: check_backbone
-        return [(self.copies >= 1, f"method.copies must be at least 1, got {self.copies}"),
-                (self.split is None or self.split >= 1, f"method.split must be at least 1, got {self.split}")]
+        return [
+            (self.copies >= 1, f"method.copies must be at least 1, got {self.copies}"),
+            (self.split is None or self.split >= 1, f"method.split must be at least 1, got {self.split}"),
+        ]
 
 
 @register_method

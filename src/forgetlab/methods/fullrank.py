@@ -22,13 +22,22 @@ from forgetlab.methods.lora import TARGETS, target_modules
 class FullRankConfig(Checked):
     KEY = "method."
     name: str = field(default="fullrank", metadata={"help": "the method"})
-    targets: str = field(default="default", metadata={"help": "the weights that train, as LoRA's targets (all but q,v): "
-                                                                    f"{', '.join(t for t in TARGETS if t != 'q,v')}, suffixes or re:REGEX"})
+    targets: str = field(
+        default="default",
+        metadata={
+            "help": "the weights that train, as LoRA's targets (all but q,v): "
+            f"{', '.join(t for t in TARGETS if t != 'q,v')}, suffixes or re:REGEX"
+        },
+    )
 
     def rules(self) -> list[tuple[bool, str]]:
         available = ", ".join(t for t in TARGETS if t != "q,v")
-        return [(bool(self.targets.strip()) and self.targets != "q,v",
-                 f"method.targets '{self.targets}' is not available at full rank; choose one of: {available}")]
+        return [
+            (
+                bool(self.targets.strip()) and self.targets != "q,v",
+                f"method.targets '{self.targets}' is not available at full rank; choose one of: {available}",
+            )
+        ]
 
 
 @register_method

@@ -63,7 +63,10 @@ from forgetlab.models import lora_layers
 from forgetlab.models.adapter_files import load_adapter, save_adapter
 
 POLICIES = ("merge", "keep")
-SCALINGS, INITS = lora_layers.SCALINGS, lora_layers.INITS  # the Literal types below name the same (a test keeps them equal)
+SCALINGS, INITS = (
+    lora_layers.SCALINGS,
+    lora_layers.INITS,
+)  # the Literal types below name the same (a test keeps them equal)
 TARGETS = ("default", "qkv", "q,v", "attn", "all_linear", "conv3", "all_conv")  # named sets; patterns too
 
 
@@ -74,24 +77,52 @@ class LoRAConfig(Checked):
     rank: int = field(default=4, metadata={"help": "rank r of every adapter"})
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; default 2 x rank (paper 1)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter's input (paper 1: 0.1)"})
-    targets: str = field(default="default", metadata={"help": f"modules to adapt: {', '.join(TARGETS)}, "
-                                                                    "module-name suffixes (a.b,c, or PEFT's list form [q, v]) or re:REGEX",
-                                                            "comma_list": True})
-    policy: Literal["merge", "keep"] = field(default="merge", metadata={"help": "end of a task: 'merge' into the weights (paper 1) or 'keep' per-task adapters"})
-    scaling: Literal["standard", "rslora"] = field(default="standard", metadata={
-        "help": "adapter scale: 'standard' alpha / r (paper 1) or 'rslora' alpha / sqrt(r)"})
-    dora: bool = field(default=False, metadata={"help": "DoRA: a trainable magnitude per output row on top of the low-rank update"})
-    init: Literal["kaiming", "gaussian", "pissa", "olora"] = field(default="kaiming", metadata={
-        "help": "adapter init: 'kaiming' (paper 1, PEFT's default), 'gaussian', 'pissa' or 'olora' (from the weight's principal part)"})
+    targets: str = field(
+        default="default",
+        metadata={
+            "help": f"modules to adapt: {', '.join(TARGETS)}, "
+            "module-name suffixes (a.b,c, or PEFT's list form [q, v]) or re:REGEX",
+            "comma_list": True,
+        },
+    )
+    policy: Literal["merge", "keep"] = field(
+        default="merge",
+        metadata={"help": "end of a task: 'merge' into the weights (paper 1) or 'keep' per-task adapters"},
+    )
+    scaling: Literal["standard", "rslora"] = field(
+        default="standard",
+        metadata={"help": "adapter scale: 'standard' alpha / r (paper 1) or 'rslora' alpha / sqrt(r)"},
+    )
+    dora: bool = field(
+        default=False, metadata={"help": "DoRA: a trainable magnitude per output row on top of the low-rank update"}
+    )
+    init: Literal["kaiming", "gaussian", "pissa", "olora"] = field(
+        default="kaiming",
+        metadata={
+            "help": (
+                "adapter init: 'kaiming' (paper 1, PEFT's default), 'gaussian', "
+                "'pissa' or 'olora' (from the weight's principal part)"
+            )
+        },
+    )
 
     def rules(self) -> list[tuple[bool, str]]:
         return [
             (self.rank >= 1, f"method.rank must be at least 1, got {self.rank}"),
             (0 <= self.dropout < 1, f"method.dropout must be in [0, 1), got {self.dropout}"),
             # alpha 0 scales every update to nothing: a run that trains only its heads, reported as LoRA's
-            (self.alpha is None or self.alpha > 0, f"method.alpha must be positive, got {self.alpha}; leave it unset for 2 x method.rank"),
-            (bool(self.targets.strip()), f"method.targets is empty; choose one of: {', '.join(TARGETS)}, suffixes or re:REGEX"),
-            (not self.targets.strip() or bool(families.target_matcher(self.targets)), ""),  # a bad pattern raises its own message
+            (
+                self.alpha is None or self.alpha > 0,
+                f"method.alpha must be positive, got {self.alpha}; leave it unset for 2 x method.rank",
+            ),
+            (
+                bool(self.targets.strip()),
+                f"method.targets is empty; choose one of: {', '.join(TARGETS)}, suffixes or re:REGEX",
+            ),
+            (
+                not self.targets.strip() or bool(families.target_matcher(self.targets)),
+                "",
+            ),  # a bad pattern raises its own message
             (isinstance(self.dora, bool), f"method.dora must be true or false, got {self.dora!r}"),
         ]
 
@@ -130,7 +161,9 @@ class LoRA(Method):
 
     def check_loaded(self, backbone: nn.Module) -> None:
         chosen = self.target_modules(backbone)
-        wrap = lambda name, module: lora_layers.wrap(module, self.config.rank, self.alpha, 0.0, chosen[name], name=name, **self.variant)  # noqa: E731
+        wrap = lambda name, module: lora_layers.wrap(
+            module, self.config.rank, self.alpha, 0.0, chosen[name], name=name, **self.variant
+        )  # noqa: E731
         families.check_adaptable(backbone, list(chosen), wrap)
 
     def prepare(self, model, task: str) -> None:
@@ -138,7 +171,9 @@ class LoRA(Method):
         self._base_model = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("architecture", "")
         for name, out_slices in self.target_modules(model.backbone).items():
             module = model.backbone.get_submodule(name)
-            adapter = lora_layers.wrap(module, self.config.rank, self.alpha, self.config.dropout, out_slices, name=name, **self.variant)
+            adapter = lora_layers.wrap(
+                module, self.config.rank, self.alpha, self.config.dropout, out_slices, name=name, **self.variant
+            )
             model.backbone.set_submodule(name, adapter)
 
     def finish(self, model, task: str) -> None:
@@ -166,7 +201,13 @@ class LoRA(Method):
             lora_layers.unwrap_lora(model.backbone)
 
     def save_task(self, task: str, folder: Path, phase: str | None = None) -> None:
-        save_adapter(folder / "adapters" / (phase or task), self.adapters[task], task=task, base_model=getattr(self, "_base_model", ""), dropout=self.config.dropout)
+        save_adapter(
+            folder / "adapters" / (phase or task),
+            self.adapters[task],
+            task=task,
+            base_model=getattr(self, "_base_model", ""),
+            dropout=self.config.dropout,
+        )
         if self.config.policy == "merge":
             self.adapters.clear()
 
@@ -179,7 +220,10 @@ class LoRA(Method):
 def target_modules(backbone: nn.Module, targets: str) -> dict[str, dict | None]:
     """``module name -> out_slices`` (None: the whole layer) of the layers ``targets`` names."""
     if targets == "q,v":
-        return {name: _qv_slices(backbone.get_submodule(name)) for name in families.select_modules(backbone, "qkv", kinds=(nn.Linear,))}
+        return {
+            name: _qv_slices(backbone.get_submodule(name))
+            for name in families.select_modules(backbone, "qkv", kinds=(nn.Linear,))
+        }
     return dict.fromkeys(families.select_modules(backbone, targets))
 
 

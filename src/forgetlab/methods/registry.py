@@ -23,6 +23,8 @@ from forgetlab.plugins import load_plugins
 
 # A method's ``name`` -> its class (a subclass of forgetlab.methods.base.Method); filled by register_method.
 _METHODS: dict[str, type] = {}
+
+
 def register_method(cls: type) -> type:
     """Class decorator: enter ``cls`` in the table under ``cls.name`` and return it unchanged.
 

@@ -21,10 +21,19 @@ from forgetlab.models.families import top_groups
 class TopKConfig(Checked):
     KEY = "method."
     name: str = field(default="topk", metadata={"help": "the method"})
-    k: int = field(default=3, metadata={"help": "number of last blocks (ResNet: stages) that train, as timm's group_matcher groups them (paper 2: 3)"})
+    k: int = field(
+        default=3,
+        metadata={
+            "help": (
+                "number of last blocks (ResNet: stages) that train, as timm's group_matcher groups them (paper 2: 3)"
+            )
+        },
+    )
 
     def rules(self) -> list[tuple[bool, str]]:
-        return [(self.k >= 1, f"method.k must be at least 1, got {self.k}")]  # its upper limit is the backbone's: check_backbone
+        return [
+            (self.k >= 1, f"method.k must be at least 1, got {self.k}")
+        ]  # its upper limit is the backbone's: check_backbone
 
 
 def trainable_parameters_of(backbone: nn.Module, k: int) -> list[nn.Parameter]:

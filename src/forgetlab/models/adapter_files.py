@@ -133,7 +133,9 @@ def load_adapter(folder: Path, model: nn.Module, dropout: float = 0.0) -> dict[s
 
     folder = Path(folder)
     if not (folder / WEIGHTS).exists() or not (folder / OWN_CONFIG).exists():
-        raise DataError(f"{folder} holds no forgetlab adapter ({WEIGHTS} and {OWN_CONFIG}); give a task's adapter folder")
+        raise DataError(
+            f"{folder} holds no forgetlab adapter ({WEIGHTS} and {OWN_CONFIG}); give a task's adapter folder"
+        )
     tensors = load_file(str(folder / WEIGHTS))
     layers = {}
     for name, spec in json.loads((folder / OWN_CONFIG).read_text())["layers"].items():
@@ -141,12 +143,18 @@ def load_adapter(folder: Path, model: nn.Module, dropout: float = 0.0) -> dict[s
         base = base.base_layer if isinstance(base, LoRALayer) else base
         a, b = tensors[f"{PREFIX}{name}.lora_A.weight"], tensors[f"{PREFIX}{name}.lora_B.weight"]
         # Files written before the variants existed hold plain LoRA.
-        variant = {"scaling": spec.get("scaling", "standard"), "dora": spec.get("dora", False), "init": spec.get("init", "kaiming")}
+        variant = {
+            "scaling": spec.get("scaling", "standard"),
+            "dora": spec.get("dora", False),
+            "init": spec.get("init", "kaiming"),
+        }
         rank, width = spec["rank"], spec["rank"] * (2 if variant["init"] in PRINCIPAL_INITS else 1)
         if spec["kind"] == "conv":
             layer = LoRAConv2d(base, rank, spec["alpha"], dropout, **variant)
         else:
-            layer = LoRALinear(base, rank, spec["alpha"], dropout, {k: tuple(v) for k, v in spec["out_slices"].items()}, **variant)
+            layer = LoRALinear(
+                base, rank, spec["alpha"], dropout, {k: tuple(v) for k, v in spec["out_slices"].items()}, **variant
+            )
         with torch.no_grad():
             for i, (slice_name, (start, end)) in enumerate(sorted(layer.out_slices.items(), key=lambda item: item[1])):
                 slice_a, slice_b = a[i * width : (i + 1) * width], b[start:end, i * width : (i + 1) * width]

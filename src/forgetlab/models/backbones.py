@@ -63,7 +63,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise DataError(f"{path} is not a readable checkpoint ({type(error).__name__}); give .safetensors or a state dict") from error
+        raise DataError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}); give .safetensors or a state dict"
+        ) from error
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -86,7 +88,9 @@ def _timm_model(name: str, **kwargs) -> nn.Module:
     except TypeError as error:
         if "img_size" in str(error) and "img_size" in kwargs:
             return _timm_model(name, **{k: v for k, v in kwargs.items() if k != "img_size"})
-        raise ConfigError(f"timm's {name} refuses its arguments ({error}); check backbone.kwargs and backbone.image_size") from error
+        raise ConfigError(
+            f"timm's {name} refuses its arguments ({error}); check backbone.kwargs and backbone.image_size"
+        ) from error
 
 
 def closest_names(typed: str, names: list[str], n: int = 3) -> list[str]:
@@ -118,14 +122,25 @@ def check_backbone_name(name: str) -> None:
     if not timm.is_model(architecture):
         closest = closest_names(architecture, timm.list_models())
         if closest:
-            raise ConfigError(f"unknown backbone '{name}'; closest timm names: {', '.join(closest)} (or offline_vit, offline_resnet)")
-        raise ConfigError(f"unknown backbone '{name}'; use offline_vit, offline_resnet or a timm model name (timm.list_models() lists them)")
+            raise ConfigError(
+                f"unknown backbone '{name}'; closest timm names: {', '.join(closest)} (or offline_vit, offline_resnet)"
+            )
+        raise ConfigError(
+            f"unknown backbone '{name}'; use offline_vit, offline_resnet "
+            f"or a timm model name (timm.list_models() lists them)"
+        )
     if tag:
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{architecture}.*")]
         if tag not in tags:
             closest = difflib.get_close_matches(tag, tags, n=3, cutoff=0.4) or tags[:3]
-            hint = f"closest of its {len(tags)} tags: {', '.join(f'{architecture}.{t}' for t in closest)}" if tags else "it has none"
-            raise ConfigError(f"unknown backbone '{name}': timm has no pretrained tag '{tag}' for {architecture}; {hint}")
+            hint = (
+                f"closest of its {len(tags)} tags: {', '.join(f'{architecture}.{t}' for t in closest)}"
+                if tags
+                else "it has none"
+            )
+            raise ConfigError(
+                f"unknown backbone '{name}': timm has no pretrained tag '{tag}' for {architecture}; {hint}"
+            )
 
 
 def create(name: str, num_classes: int, **kwargs) -> nn.Module:
@@ -137,8 +152,10 @@ def create(name: str, num_classes: int, **kwargs) -> nn.Module:
     except Exception as error:  # noqa: BLE001 - a value the architecture cannot be built with (sizes, depths)
         if not kwargs:
             raise
-        raise ConfigError(f"timm cannot build {name} with {kwargs} ({type(error).__name__}: {str(error)[:100]}); "
-                          "check backbone.kwargs and backbone.image_size") from error  # fmt: skip
+        raise ConfigError(
+            f"timm cannot build {name} with {kwargs} ({type(error).__name__}: {str(error)[:100]}); "
+            "check backbone.kwargs and backbone.image_size"
+        ) from error
 
 
 def _create_kwargs(config) -> dict:
@@ -163,7 +180,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+        with socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+        ):
             return True
     except OSError:
         return False
@@ -177,7 +196,11 @@ def cached_hub_file(pretrained_cfg) -> Path | None:
     repo = pretrained_cfg.hf_hub_id
     if not repo:
         return None
-    for filename in [pretrained_cfg.hf_hub_filename] if pretrained_cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]:
+    for filename in (
+        [pretrained_cfg.hf_hub_filename]
+        if pretrained_cfg.hf_hub_filename
+        else ["model.safetensors", "pytorch_model.bin"]
+    ):
         found = try_to_load_from_cache(repo, filename, cache_dir=constants.HF_HUB_CACHE)
         if isinstance(found, str):
             return Path(found)
@@ -193,21 +216,30 @@ def _from_hub(config) -> Backbone:
     architecture, _, tag = config.name.partition(".")
     pretrained_cfg = get_pretrained_cfg(config.name)
     if pretrained_cfg is None:
-        raise DataError(f"timm has no pretrained weights for {config.name}; set backbone.weights=/path/to/model.safetensors "
-                        "(or backbone.random_init=true for a smoke run)")  # fmt: skip
+        raise DataError(
+            f"timm has no pretrained weights for {config.name}; set backbone.weights=/path/to/model.safetensors "
+            "(or backbone.random_init=true for a smoke run)"
+        )
     full_name = f"{architecture}.{pretrained_cfg.tag}" if pretrained_cfg.tag else architecture
     named = config.name if tag else f"{config.name} (timm's default tag: {full_name})"
     cached = cached_hub_file(pretrained_cfg)
     overlay = {"pretrained_cfg_overlay": {"file": str(cached)}} if cached else {}
     if cached is None and pretrained_cfg.hf_hub_id:
         where = f"https://huggingface.co/{pretrained_cfg.hf_hub_id}"
-        fix = (f"download model.safetensors from {where} and set backbone.weights=/path/to/model.safetensors, "
-               "or run once with network access to fill the cache")  # fmt: skip
+        fix = (
+            f"download model.safetensors from {where} and set backbone.weights=/path/to/model.safetensors, "
+            "or run once with network access to fill the cache"
+        )
         if hub_offline():
-            raise DataError(f"the weights of {named} are not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids the download; {fix}")
+            raise DataError(
+                f"the weights of {named} are not in the Hugging Face "
+                f"cache and HF_HUB_OFFLINE=1 forbids the download; {fix}"
+            )
         if not hub_reachable():
-            raise DataError(f"the weights of {named} are not in the Hugging Face cache and the hub is unreachable "
-                            f"(set HF_HUB_OFFLINE=1 on a machine without network to skip this check); {fix}")  # fmt: skip
+            raise DataError(
+                f"the weights of {named} are not in the Hugging Face cache and the hub is unreachable "
+                f"(set HF_HUB_OFFLINE=1 on a machine without network to skip this check); {fix}"
+            )
         print(f"forgetlab: downloading {full_name} from {where} into the Hugging Face cache", flush=True)
     try:
         model = _timm_model(full_name, pretrained=True, **overlay, **_create_kwargs(config))
@@ -215,9 +247,13 @@ def _from_hub(config) -> Backbone:
         raise
     except Exception as error:  # a failed download, or a damaged cached file
         source = str(cached) if cached else f"https://huggingface.co/{pretrained_cfg.hf_hub_id or 'timm/' + full_name}"
-        raise DataError(f"could not load the weights of {named} from {source} ({type(error).__name__}: {str(error)[:120]}); "
-                        "download model.safetensors there and set backbone.weights=/path/to/model.safetensors") from error  # fmt: skip
-    return Backbone(model=model.eval(), name=config.name, recipe={"source": "timm pretrained", "tag": pretrained_cfg.tag or ""})
+        raise DataError(
+            f"could not load the weights of {named} from {source} ({type(error).__name__}: {str(error)[:120]}); "
+            "download model.safetensors there and set backbone.weights=/path/to/model.safetensors"
+        ) from error
+    return Backbone(
+        model=model.eval(), name=config.name, recipe={"source": "timm pretrained", "tag": pretrained_cfg.tag or ""}
+    )
 
 
 def load_backbone(config) -> Backbone:
@@ -255,8 +291,10 @@ def _from_file(config, weights: Path, recipe: dict) -> Backbone:
     file_classes = classifier_size(config.name, state)
     num_classes = file_classes if config.num_classes is None else config.num_classes
     if num_classes not in (0, file_classes):
-        raise ConfigError(f"{weights} holds a classifier of {file_classes} classes and backbone.num_classes={num_classes} would "
-                          f"replace it with a random one; set backbone.num_classes={file_classes} to keep it, or 0 for no head")  # fmt: skip
+        raise ConfigError(
+            f"{weights} holds a classifier of {file_classes} classes and backbone.num_classes={num_classes} would "
+            f"replace it with a random one; set backbone.num_classes={file_classes} to keep it, or 0 for no head"
+        )
     model = create(config.name, num_classes=num_classes, **_create_kwargs(config))
     load_adapted(model, config.name, state, str(weights))
     classes = recipe.get("classes", []) if num_classes else []

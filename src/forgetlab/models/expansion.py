@@ -1,13 +1,12 @@
 """Block Expansion (LLaMA Pro, Wu et al., 2024), as paper 2 applies it to a ViT: weight surgery that
 adds depth without changing the function.
 
-Where copies go: by default the ``N`` blocks are split into ``p`` equal groups and a copy of each
-group's last block follows it; with ``split`` (LLaMA Pro's and paper 2's code) a copy of block ``i``
-(0-based) follows block ``i`` for every ``i`` with ``(i + 1) % split == 0`` (paper 2's configs: split
-11, 6, 4, 3 for p = 1, 2, 3, 4, so p=1 copies block 10 *between* blocks 10 and 11); ``positions``
-lists the blocks explicitly. Each copy is inserted with its two output projections (``attn.proj`` and ``mlp.fc2``, weights and biases)
-zeroed. A pre-norm residual block then computes ``x + 0 + 0 = x``: the expanded network is the
-original one at initialisation, and only the inserted blocks need to learn.
+Where copies go: by default the ``N`` blocks are split into ``p`` equal groups and a copy of each group's last block
+follows it; with ``split`` (LLaMA Pro's and paper 2's code) a copy of block ``i`` (0-based) follows block ``i`` for
+every ``i`` with ``(i + 1) % split == 0`` (paper 2's configs: split 11, 6, 4, 3 for p = 1, 2, 3, 4, so p=1 copies block
+10 *between* blocks 10 and 11); ``positions`` lists the blocks explicitly. Each copy is inserted with its two output
+projections (``attn.proj`` and ``mlp.fc2``, weights and biases) zeroed. A pre-norm residual block then computes ``x + 0
++ 0 = x``: the expanded network is the original one at initialisation, and only the inserted blocks need to learn.
 
 The result is still a plain timm ``VisionTransformer`` whose ``blocks`` is longer, so its state dict
 loads into ``timm.create_model(name, depth=N + p)`` (:func:`expanded_architecture`).
@@ -24,7 +23,9 @@ from forgetlab.errors import ConfigError
 from forgetlab.models.families import block_sequences, example_forward
 
 
-def expansion_positions(depth: int, copies: int, split: int | None = None, positions: list[int] | None = None) -> list[int]:
+def expansion_positions(
+    depth: int, copies: int, split: int | None = None, positions: list[int] | None = None
+) -> list[int]:
     """Indices (in the blocks before this expansion) after which a copy is inserted."""
     if copies < 1:
         raise ConfigError("method.copies must be at least 1")
@@ -38,11 +39,17 @@ def expansion_positions(depth: int, copies: int, split: int | None = None, posit
         chosen = [i for i in range(depth) if (i + 1) % split == 0]
     else:
         if depth % copies:
-            raise ConfigError(f"block expansion needs the {depth} blocks to split into equal groups; pick method.copies dividing {depth}")
+            raise ConfigError(
+                f"block expansion needs the {depth} blocks to split "
+                f"into equal groups; pick method.copies dividing {depth}"
+            )
         group = depth // copies
         chosen = [group * (i + 1) - 1 for i in range(copies)]
     if len(chosen) != copies:
-        raise ConfigError(f"method.copies={copies} but the positions give {len(chosen)} copies ({chosen}) of {depth} blocks; make them agree")
+        raise ConfigError(
+            f"method.copies={copies} but the positions give {len(chosen)} "
+            f"copies ({chosen}) of {depth} blocks; make them agree"
+        )
     return chosen
 
 
@@ -66,8 +73,10 @@ def identity_copy(block: nn.Module) -> nn.Module:
             if getattr(layer, "bias", None) is not None:
                 layer.bias.zero_()
     if not found:
-        raise ConfigError(f"block expansion zeroes a block's output projections ({' / '.join(OUTPUT_PROJECTIONS)}) and "
-                          f"{type(block).__name__} has neither; it does not apply to this backbone")  # fmt: skip
+        raise ConfigError(
+            f"block expansion zeroes a block's output projections ({' / '.join(OUTPUT_PROJECTIONS)}) and "
+            f"{type(block).__name__} has neither; it does not apply to this backbone"
+        )
     return new
 
 
@@ -78,8 +87,11 @@ def _block_inputs(model: nn.Module, blocks: list[nn.Module]) -> dict[int, tuple[
     embedding, are called as the model calls them)."""
     captured, hooks = {}, []
     for block in blocks:
-        hooks.append(block.register_forward_pre_hook(
-            lambda module, args, kwargs: captured.setdefault(id(module), (args, kwargs)), with_kwargs=True))  # fmt: skip
+        hooks.append(
+            block.register_forward_pre_hook(
+                lambda module, args, kwargs: captured.setdefault(id(module), (args, kwargs)), with_kwargs=True
+            )
+        )
     try:
         example_forward(model)
     finally:
@@ -92,10 +104,14 @@ def _block_inputs(model: nn.Module, blocks: list[nn.Module]) -> dict[int, tuple[
 def _check_identity(copy_: nn.Module, args: tuple, kwargs: dict) -> None:
     output = copy_.eval()(*args, **kwargs)
     if not torch.equal(output, args[0]):
-        raise ConfigError(f"{type(copy_).__name__} is not the identity with zeroed output projections; block expansion does not apply")
+        raise ConfigError(
+            f"{type(copy_).__name__} is not the identity with zeroed output projections; block expansion does not apply"
+        )
 
 
-def expand_blocks(model: nn.Module, copies: int, split: int | None = None, positions: list[int] | None = None) -> list[int]:
+def expand_blocks(
+    model: nn.Module, copies: int, split: int | None = None, positions: list[int] | None = None
+) -> list[int]:
     """Insert ``copies`` identity blocks into ``model``'s block sequences in place; return the indices of
     the new blocks in :func:`all_blocks` order.
 
@@ -114,13 +130,18 @@ def expand_blocks(model: nn.Module, copies: int, split: int | None = None, posit
         if position in chosen:
             new = identity_copy(block)
             if id(block) not in inputs:
-                raise ConfigError(f"block {position} of {type(model).__name__} is not called in a forward pass; block expansion does not apply")
+                raise ConfigError(
+                    f"block {position} of {type(model).__name__} is not "
+                    f"called in a forward pass; block expansion does not apply"
+                )
             _check_identity(new, *inputs[id(block)])
             new.train(block.training)
             rebuilt[s].append(new)
             inserted.append(position + len(inserted) + 1)  # after its original and the copies before it
     for (name, sequence), blocks in zip(sequences, rebuilt):
-        model.set_submodule(name, nn.Sequential(*blocks) if isinstance(sequence, nn.Sequential) else nn.ModuleList(blocks))
+        model.set_submodule(
+            name, nn.Sequential(*blocks) if isinstance(sequence, nn.Sequential) else nn.ModuleList(blocks)
+        )
     return inserted
 
 

@@ -37,15 +37,31 @@ class Family:
 
 
 FAMILIES = (
-    Family("vit", ("VisionTransformer", "Eva", "Beit"), ("attn.qkv",),
-           "paper 1 (ViT-B/16) and paper 2 (DINO ViT-B/16): the fused query-key-value projection of every block", "block"),
-    Family("swin", ("SwinTransformer", "SwinTransformerV2"), ("attn.qkv",),
-           "common practice (LoRA on attention), as for the ViT family", "block"),
-    Family("convnext", ("ConvNeXt",), ("mlp.fc1", "mlp.fc2"),
-           "common practice: ConvNeXt has no attention, and its blocks' MLP linears hold most of its weights", "block"),
-    Family("resnet", ("ResNet",), ("conv3",),
-           "paper 1 (ResNet-50): the last 1x1 convolution of every bottleneck", "stage"),
-)  # fmt: skip
+    Family(
+        "vit",
+        ("VisionTransformer", "Eva", "Beit"),
+        ("attn.qkv",),
+        "paper 1 (ViT-B/16) and paper 2 (DINO ViT-B/16): the fused query-key-value projection of every block",
+        "block",
+    ),
+    Family(
+        "swin",
+        ("SwinTransformer", "SwinTransformerV2"),
+        ("attn.qkv",),
+        "common practice (LoRA on attention), as for the ViT family",
+        "block",
+    ),
+    Family(
+        "convnext",
+        ("ConvNeXt",),
+        ("mlp.fc1", "mlp.fc2"),
+        "common practice: ConvNeXt has no attention, and its blocks' MLP linears hold most of its weights",
+        "block",
+    ),
+    Family(
+        "resnet", ("ResNet",), ("conv3",), "paper 1 (ResNet-50): the last 1x1 convolution of every bottleneck", "stage"
+    ),
+)
 
 # Named target sets, kept from before patterns existed (and the config files that use them).
 NAMED_TARGETS = {
@@ -93,8 +109,10 @@ def default_targets(model: nn.Module) -> tuple[str, ...]:
     family = family_of(model)
     if family is None:
         linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][:3]
-        raise ConfigError(f"{type(model).__name__} has no default LoRA targets; set method.targets to module-name suffixes "
-                          f"or re:REGEX (its linear layers include: {', '.join(linear) or 'none'})")  # fmt: skip
+        raise ConfigError(
+            f"{type(model).__name__} has no default LoRA targets; set method.targets to module-name suffixes "
+            f"or re:REGEX (its linear layers include: {', '.join(linear) or 'none'})"
+        )
     return family.lora_targets
 
 
@@ -110,20 +128,31 @@ def select_modules(model: nn.Module, targets: str, *, kinds: tuple[type, ...] = 
         # no layer with its own forward (timm's StdConv2d, Conv2dSame), hooks or parametrisations
 
         kind = nn.Linear if targets == "all_linear" else nn.Conv2d
-        chosen = [name for name, module in model.named_modules()
-                  if isinstance(module, kind) and refusal(module) is None and not _inside(name, head)]  # fmt: skip
+        chosen = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, kind) and refusal(module) is None and not _inside(name, head)
+        ]
     else:
-        spec = ",".join(default_targets(model)) if targets == "default" else ",".join(NAMED_TARGETS.get(targets, (targets,)))
+        spec = (
+            ",".join(default_targets(model))
+            if targets == "default"
+            else ",".join(NAMED_TARGETS.get(targets, (targets,)))
+        )
         matches = target_matcher(spec)
         chosen = [name for name, module in model.named_modules() if name and matches(name) and not _inside(name, head)]
         for name in chosen:
             module = model.get_submodule(name)
             if not isinstance(module, kinds) or (isinstance(module, nn.Conv2d) and module.groups != 1):
-                raise ConfigError(f"method.targets '{targets}' matches {name} ({type(module).__name__}); only "
-                                  f"{' and '.join(k.__name__ for k in kinds)} layers (ungrouped) can be targets: narrow the pattern")  # fmt: skip
+                raise ConfigError(
+                    f"method.targets '{targets}' matches {name} ({type(module).__name__}); only "
+                    f"{' and '.join(k.__name__ for k in kinds)} layers (ungrouped) can be targets: narrow the pattern"
+                )
     if not chosen:
-        raise ConfigError(f"method.targets '{targets}' matches no layer of {describe(model)}; "
-                          f"its default is {','.join(default_targets(model)) if family_of(model) else 'none'}")  # fmt: skip
+        raise ConfigError(
+            f"method.targets '{targets}' matches no layer of {describe(model)}; "
+            f"its default is {','.join(default_targets(model)) if family_of(model) else 'none'}"
+        )
     return chosen
 
 
@@ -135,7 +164,9 @@ def example_input(model: nn.Module) -> torch.Tensor:
     _, height, width = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     channels = first_conv.in_channels if first_conv is not None else 3
-    size = next((m.img_size for m in model.modules() if m is not model and getattr(m, "img_size", None) is not None), None)
+    size = next(
+        (m.img_size for m in model.modules() if m is not model and getattr(m, "img_size", None) is not None), None
+    )
     if size is not None:
         height, width = (size, size) if isinstance(size, int) else size
     generator = torch.Generator().manual_seed(0)
@@ -170,12 +201,16 @@ def check_adaptable(model: nn.Module, names: list[str], wrap) -> None:
         try:
             example_forward(model)
         except Exception as error:  # noqa: BLE001 - any failure here is the wrapper's
-            raise ConfigError(f"LoRA on {names[0]}... breaks the forward pass of {describe(model)} ({type(error).__name__}: "
-                              f"{str(error)[:100]}); choose other method.targets") from error  # fmt: skip
+            raise ConfigError(
+                f"LoRA on {names[0]}... breaks the forward pass of {describe(model)} ({type(error).__name__}: "
+                f"{str(error)[:100]}); choose other method.targets"
+            ) from error
         unused = [name for name, layer in wrappers.items() if not layer.used]
         if unused:
-            raise ConfigError(f"{describe(model)} never uses {unused[0]} through the module (it reads other weights or "
-                              f"skips it); LoRA cannot adapt it: choose other method.targets")  # fmt: skip
+            raise ConfigError(
+                f"{describe(model)} never uses {unused[0]} through the module (it reads other weights or "
+                f"skips it); LoRA cannot adapt it: choose other method.targets"
+            )
     finally:
         unwrap_lora(model)
 
@@ -187,12 +222,19 @@ def top_groups(model: nn.Module, k: int) -> list[str]:
     from timm.models import group_parameters
 
     if not hasattr(model, "group_matcher"):
-        raise ConfigError(f"top-k needs timm's group_matcher and {type(model).__name__} has none; use method.name=lora, full or linear")
+        raise ConfigError(
+            f"top-k needs timm's group_matcher and {type(model).__name__} "
+            f"has none; use method.name=lora, full or linear"
+        )
     family = family_of(model)
     matcher = model.group_matcher(coarse=family is not None and family.topk_unit == "stage")
     groups = [names for _, names in sorted(group_parameters(model, matcher).items())]
     stem = matcher.get("stem")
-    stem = re.compile(stem if isinstance(stem, str) else "|".join(s if isinstance(s, str) else s[0] for s in stem)) if stem else None
+    stem = (
+        re.compile(stem if isinstance(stem, str) else "|".join(s if isinstance(s, str) else s[0] for s in stem))
+        if stem
+        else None
+    )
     head = _classifier_names(model)
     if stem is not None and groups and all(stem.match(name) for name in groups[0]):
         groups = groups[1:]
@@ -201,7 +243,10 @@ def top_groups(model: nn.Module, k: int) -> list[str]:
         tail = [name for name in groups.pop() if not _inside(name, head)]
     unit = "stages" if family is not None and family.topk_unit == "stage" else "blocks"
     if not 1 <= k <= len(groups):
-        raise ConfigError(f"method.k={k} but {describe(model)} has {len(groups)} {unit} (timm's group_matcher); pick k in 1..{len(groups)}")
+        raise ConfigError(
+            f"method.k={k} but {describe(model)} has {len(groups)} "
+            f"{unit} (timm's group_matcher); pick k in 1..{len(groups)}"
+        )
     return [name for group in groups[len(groups) - k :] for name in group] + tail
 
 
@@ -211,9 +256,14 @@ def block_sequences(model: nn.Module) -> list[tuple[str, nn.Module]]:
     containers = (nn.Sequential, nn.ModuleList)
     if isinstance(getattr(model, "blocks", None), containers):
         return [("blocks", model.blocks)]
-    found = [(name, module) for name, module in model.named_modules()
-             if name.endswith(".blocks") and isinstance(module, containers) and len(module)]  # fmt: skip
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name.endswith(".blocks") and isinstance(module, containers) and len(module)
+    ]
     if not found:
-        raise ConfigError(f"block_expansion needs a sequence of blocks ('blocks', or one per stage) and {describe(model)} "
-                          "has none; use method.name=topk, lora or full")  # fmt: skip
+        raise ConfigError(
+            f"block_expansion needs a sequence of blocks ('blocks', or one per stage) and {describe(model)} "
+            "has none; use method.name=topk, lora or full"
+        )
     return found

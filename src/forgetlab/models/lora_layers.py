@@ -80,15 +80,19 @@ def refusal(module: nn.Module) -> str | None:
     if type(module).forward not in _plain_forwards() or (
         isinstance(module, nn.Conv2d) and type(module)._conv_forward is not nn.Conv2d._conv_forward
     ):
-        return (f"{kind} computes its own forward (e.g. standardised weights or dynamic padding), so a merged update "
-                "would not equal the live one")
+        return (
+            f"{kind} computes its own forward (e.g. standardised weights or dynamic padding), so a merged update "
+            "would not equal the live one"
+        )
     if parametrize.is_parametrized(module):
         return f"its weight is parametrised ({kind}); remove the parametrisation first"
     if module._forward_hooks or module._forward_pre_hooks:
         return f"the {kind} has forward hooks (e.g. torch.nn.utils.weight_norm) that change its output"
     if isinstance(module, nn.Conv2d) and module.groups != 1:
-        return (f"it is a grouped convolution (groups={module.groups}); LoRA adapts ungrouped ones "
-                "(PEFT cannot merge grouped ones either)")
+        return (
+            f"it is a grouped convolution (groups={module.groups}); LoRA adapts ungrouped ones "
+            "(PEFT cannot merge grouped ones either)"
+        )
     return None
 
 
@@ -107,8 +111,10 @@ def principal_factors(weight: torch.Tensor, rank: int, scaling: float, init: str
     OLoRA (``B0 A0 = Q_r R_r`` of ``W = Q R``) for a 2-D fp32 ``weight`` (``out x in``), as PEFT's
     ``LoraLayer.pissa_init`` / ``olora_init`` (``peft/tuners/lora/layer.py``) compute them."""
     if rank > min(weight.shape):
-        raise ConfigError(f"method.init={init} needs rank <= min(out, in) = {min(weight.shape)} of every adapted matrix; "
-                          f"got rank {rank}: lower method.rank")  # fmt: skip
+        raise ConfigError(
+            f"method.init={init} needs rank <= min(out, in) = {min(weight.shape)} of every adapted matrix; "
+            f"got rank {rank}: lower method.rank"
+        )
     if init == "pissa":
         u, singular, vh = torch.linalg.svd(weight, full_matrices=False)
         root = torch.sqrt(singular[:rank] / scaling)
@@ -134,8 +140,17 @@ class LoRALayer(nn.Module, abc.ABC):
     base_layer: nn.Module
     out_slices: dict[str, tuple[int, int]]
 
-    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float, *, scaling: str = "standard",
-                 dora: bool = False, init: str = "kaiming"):  # fmt: skip
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        rank: int,
+        alpha: float,
+        dropout: float,
+        *,
+        scaling: str = "standard",
+        dora: bool = False,
+        init: str = "kaiming",
+    ):
         reason = refusal(base_layer)
         if reason:
             raise ConfigError(f"LoRA cannot adapt this layer: {reason}; choose other method.targets")
@@ -332,8 +347,11 @@ class LoRALinear(LoRALayer):
         if not self.dora and self.init not in PRINCIPAL_INITS:  # plain LoRA: the arithmetic of before, bit for bit
             delta = torch.zeros_like(weight)
             for name, (start, end) in self.out_slices.items():
-                delta = delta.index_add(0, torch.arange(start, end, device=delta.device),
-                                        (self.lora_B[name].weight @ self.lora_A[name].weight).to(delta.dtype))  # fmt: skip
+                delta = delta.index_add(
+                    0,
+                    torch.arange(start, end, device=delta.device),
+                    (self.lora_B[name].weight @ self.lora_A[name].weight).to(delta.dtype),
+                )
             return weight + delta * self.scaling
         pieces, cursor = [], 0
         for name, (start, end) in sorted(self.out_slices.items(), key=lambda item: item[1]):
@@ -357,9 +375,16 @@ class LoRAConv2d(LoRALayer):
         # Everything that decides which input pixels meet which kernel tap is copied, the padding mode
         # included: with 'reflect' the adapter must see the same reflected border as the base layer.
         self.lora_A["all"] = nn.Conv2d(
-            base_layer.in_channels, rank, base_layer.kernel_size, base_layer.stride,
-            base_layer.padding, base_layer.dilation, bias=False, padding_mode=base_layer.padding_mode, device=device,
-        )  # fmt: skip
+            base_layer.in_channels,
+            rank,
+            base_layer.kernel_size,
+            base_layer.stride,
+            base_layer.padding,
+            base_layer.dilation,
+            bias=False,
+            padding_mode=base_layer.padding_mode,
+            device=device,
+        )
         self.lora_B["all"] = nn.Conv2d(rank, base_layer.out_channels, 1, bias=False, device=device)
         self.reset_lora_parameters()
 
@@ -384,8 +409,9 @@ class LoRAConv2d(LoRALayer):
         return result + self._adapted("all", result, self.lora_dropout(x))
 
 
-def wrap(module: nn.Module, rank: int, alpha: float, dropout: float, out_slices=None, name: str = "",
-         **variant) -> LoRALayer:
+def wrap(
+    module: nn.Module, rank: int, alpha: float, dropout: float, out_slices=None, name: str = "", **variant
+) -> LoRALayer:
     """``module`` wrapped in its LoRA layer (``variant``: ``scaling``, ``dora``, ``init``, see
     :class:`LoRALayer`). Raises :class:`ConfigError` naming ``name`` when LoRA cannot adapt it exactly
     (:func:`refusal`) or the variant does not fit it (PiSSA/OLoRA with a rank above the matrix's)."""

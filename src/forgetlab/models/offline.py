@@ -23,7 +23,9 @@ def _model_kwargs(kwargs: dict) -> dict:
 # The constructor arguments of each: part of the pretrained backbone's cache key.
 OFFLINE_ARGS = {
     "offline_vit": dict(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0),
-    "offline_resnet": dict(block=Bottleneck, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, in_chans=1),
+    "offline_resnet": dict(
+        block=Bottleneck, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, in_chans=1
+    ),
 }
 
 

@@ -62,9 +62,9 @@ def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
 
 
 def load_adapted(model: nn.Module, name: str, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` (a file's tensors) into ``model`` (timm model ``name``) through timm's ``load_pretrained``: the family's
-    checkpoint filter, input-channel adaptation, then a strict load. The model's classifier must already
-    have the file's size or none (``num_classes=0``): a file's classifier is dropped only then.
+    """Load ``state`` (a file's tensors) into ``model`` (timm model ``name``) through timm's ``load_pretrained``: the
+    family's checkpoint filter, input-channel adaptation, then a strict load. The model's classifier must already have
+    the file's size or none (``num_classes=0``): a file's classifier is dropped only then.
 
     Raises ConfigError naming the first tensor that does not fit, with both shapes and the key to change."""
     from timm.models import load_pretrained
@@ -84,10 +84,22 @@ def load_adapted(model: nn.Module, name: str, state: dict[str, torch.Tensor], so
         adapted.update(family_filter(checkpoint, target) if family_filter else checkpoint)
         return adapted  # timm adapts the input convolution in this dict
 
-    cfg = {"state_dict": state, "num_classes": getattr(model, "num_classes", 0), "classifier": None,
-           "first_conv": first[0] if first else None, "input_size": (file_chans, 224, 224)}  # fmt: skip
+    cfg = {
+        "state_dict": state,
+        "num_classes": getattr(model, "num_classes", 0),
+        "classifier": None,
+        "first_conv": first[0] if first else None,
+        "input_size": (file_chans, 224, 224),
+    }
     try:
-        load_pretrained(model, pretrained_cfg=cfg, num_classes=cfg["num_classes"], in_chans=model_chans, filter_fn=filter_fn, strict=True)
+        load_pretrained(
+            model,
+            pretrained_cfg=cfg,
+            num_classes=cfg["num_classes"],
+            in_chans=model_chans,
+            filter_fn=filter_fn,
+            strict=True,
+        )
     except RuntimeError as error:
         raise ConfigError(misfit(model, adapted or state, source, first[0] if first else None)) from error
 
@@ -98,15 +110,26 @@ def misfit(model: nn.Module, state: dict[str, torch.Tensor], source: str, first_
     for key in expected:
         value = state.get(key)
         if value is not None and tuple(value.shape) != tuple(expected[key].shape):
-            fix = ("backbone.kwargs.in_chans" if first_conv and key.startswith(f"{first_conv}.")
-                   else "backbone.name or backbone.kwargs (to the architecture the file was saved from)")  # fmt: skip
-            return (f"{source}: tensor {key} has shape {tuple(value.shape)} in the file and {tuple(expected[key].shape)} in "
-                    f"the model as configured; change {fix}")  # fmt: skip
+            fix = (
+                "backbone.kwargs.in_chans"
+                if first_conv and key.startswith(f"{first_conv}.")
+                else "backbone.name or backbone.kwargs (to the architecture the file was saved from)"
+            )
+            return (
+                f"{source}: tensor {key} has shape {tuple(value.shape)} in the file and "
+                f"{tuple(expected[key].shape)} in the model as configured; change {fix}"
+            )
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     if missing:
-        return (f"{source}: the model as configured needs tensor {missing[0]} {tuple(expected[missing[0]].shape)} "
-                f"({len(missing)} missing in all), which the file lacks; change backbone.name or backbone.kwargs (e.g. depth)")  # fmt: skip
+        return (
+            f"{source}: the model as configured needs tensor {missing[0]} "
+            f"{tuple(expected[missing[0]].shape)} ({len(missing)} missing in all), "
+            f"which the file lacks; change backbone.name or backbone.kwargs (e.g. depth)"
+        )
     first = unexpected[0] if unexpected else "?"
-    return (f"{source}: the file holds tensor {first} {tuple(state[first].shape) if first in state else ''} that the model as "
-            f"configured has no place for ({len(unexpected)} in all); change backbone.name or backbone.kwargs (e.g. depth)")  # fmt: skip
+    return (
+        f"{source}: the file holds tensor {first} "
+        f"{tuple(state[first].shape) if first in state else ''} that the model as configured has no "
+        f"place for ({len(unexpected)} in all); change backbone.name or backbone.kwargs (e.g. depth)"
+    )

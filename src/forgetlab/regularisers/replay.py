@@ -55,4 +55,7 @@ class ReplayBuffer:
                     payloads, labels, positions = self.dataset.collate(items)
                     yield to_batch(payloads, positions, device, augment), labels.to(device, non_blocking=True)
                 else:
-                    yield torch.stack([image for image, _ in items]), torch.as_tensor([int(label) for _, label in items])
+                    yield (
+                        torch.stack([image for image, _ in items]),
+                        torch.as_tensor([int(label) for _, label in items]),
+                    )

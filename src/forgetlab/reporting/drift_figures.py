@@ -18,8 +18,13 @@ def drift_heatmap(table, title: str):
     units = list(dict.fromkeys(table["unit"]))
     grid = table.pivot(index="unit", columns="phase", values="cka").reindex(units)
     figure, axis = plt.subplots(figsize=(1.2 + 0.7 * grid.shape[1], 0.9 + 0.32 * len(units)))
-    image = axis.imshow(grid.to_numpy(dtype=float), vmin=min(0.0, float(np.nanmin(grid.to_numpy(dtype=float)))), vmax=1.0,
-                        cmap="viridis", aspect="auto")  # fmt: skip
+    image = axis.imshow(
+        grid.to_numpy(dtype=float),
+        vmin=min(0.0, float(np.nanmin(grid.to_numpy(dtype=float)))),
+        vmax=1.0,
+        cmap="viridis",
+        aspect="auto",
+    )
     axis.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
     axis.set_yticks(range(len(units)), units)
     axis.set_xlabel("phase (0: pretrained)")
@@ -45,7 +50,9 @@ def evaluators_figure(table, split, title: str):
         right = axes[0][1]
         phases = split["phase"].to_numpy()
         lost, misaligned = 100 * split["lost"].to_numpy(), 100 * split["misaligned"].to_numpy()
-        for offset, (name, values, key) in enumerate((("lost", lost, "lost_ci"), ("misaligned", misaligned, "misaligned_ci"))):
+        for offset, (name, values, key) in enumerate(
+            (("lost", lost, "lost_ci"), ("misaligned", misaligned, "misaligned_ci"))
+        ):
             low = np.array([100 * ci[0] for ci in split[key]])
             high = np.array([100 * ci[1] for ci in split[key]])
             positions = phases + (offset - 0.5) * 0.35

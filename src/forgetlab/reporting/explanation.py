@@ -44,32 +44,53 @@ def where_forgetting_happens(runs, labels: dict[int, str], keys: dict[int, str])
     for run, tables in explained:
         label, key = labels[id(run)], keys[id(run)]
         if "attribution" in tables:
-            drawn.append((attribution_figure(tables["attribution"], label), f"explain_attribution_{key}",
-                          f"{label}: upstream points each unit's update costs, in context (left: accuracy with the unit's update of "
-                          "phases 1..t reverted minus the phase-t accuracy) and alone (right: pretrained plus only that update, "
-                          "minus the pretrained accuracy); percentage points, paired over the same images."))  # fmt: skip
+            drawn.append(
+                (
+                    attribution_figure(tables["attribution"], label),
+                    f"explain_attribution_{key}",
+                    f"{label}: upstream points each unit's update costs, "
+                    f"in context (left: accuracy with the unit's update of "
+                    "phases 1..t reverted minus the phase-t accuracy) "
+                    "and alone (right: pretrained plus only that update, "
+                    "minus the pretrained accuracy); percentage points, paired over the same images.",
+                )
+            )
             notes.append(attribution_note(tables["attribution"], label))
         if "spectra" in tables:
-            drawn.append((spectra_figure(tables["spectra"], label), f"explain_spectra_{key}",
-                          f"{label}: intruder dimensions (Shuttleworth et al., 2024; top 10, epsilon 0.5) of the cumulative update, "
-                          "summed over the adapted matrices, and its mean ||dW||_F / ||W0||_F, against phase."))  # fmt: skip
+            drawn.append(
+                (
+                    spectra_figure(tables["spectra"], label),
+                    f"explain_spectra_{key}",
+                    f"{label}: intruder dimensions (Shuttleworth et al., "
+                    f"2024; top 10, epsilon 0.5) of the cumulative update, "
+                    "summed over the adapted matrices, and its mean ||dW||_F / ||W0||_F, against phase.",
+                )
+            )
     return [("Where forgetting happens (forgetlab explain)", drawn, notes)]
 
 
 def _grid(attribution, column: str):
     units = [u for u in dict.fromkeys(attribution.unit) if u != "all"]
     phases = sorted(attribution.phase.unique())
-    table = attribution[attribution.unit != "all"].pivot_table(index="unit", columns="phase", values=column).reindex(index=units, columns=phases)
+    table = (
+        attribution[attribution.unit != "all"]
+        .pivot_table(index="unit", columns="phase", values=column)
+        .reindex(index=units, columns=phases)
+    )
     return units, phases, table.to_numpy(dtype=float)
 
 
 def attribution_figure(attribution, label: str):
     """Two heat maps, unit x phase: recovered points (leave-one-out) and damage points (leave-one-in)."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 1.2 + 0.35 * attribution.unit.nunique()))
-    for axis, column, title in zip(axes, ("recovered_points", "damage_points"), ("reverted: points recovered", "applied alone: points")):
+    for axis, column, title in zip(
+        axes, ("recovered_points", "damage_points"), ("reverted: points recovered", "applied alone: points")
+    ):
         units, phases, values = _grid(attribution, column)
         limit = max(float(np.nanmax(np.abs(values))) if values.size else 0.0, 1e-9)
-        image = axis.imshow(values, cmap="RdBu_r" if column == "recovered_points" else "RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        image = axis.imshow(
+            values, cmap="RdBu_r" if column == "recovered_points" else "RdBu", vmin=-limit, vmax=limit, aspect="auto"
+        )
         for (i, j), value in np.ndenumerate(values):
             if not math.isnan(value):
                 axis.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=7)
@@ -102,13 +123,26 @@ def attribution_note(attribution, label: str) -> str:
     last = attribution[attribution.phase == attribution.phase.max()]
     total = last[last.unit == "all"].iloc[0]
     units = last[last.unit != "all"]
-    clear = units[(units.recovered_low > 0) | (units.recovered_high < 0)].sort_values("recovered_points", ascending=False)
-    named = ", ".join(f"{row.unit} {row.recovered_points:+.2f} [{row.recovered_low:+.2f}, {row.recovered_high:+.2f}]"
-                      for row in clear.itertuples()) or "none"  # fmt: skip
+    clear = units[(units.recovered_low > 0) | (units.recovered_high < 0)].sort_values(
+        "recovered_points", ascending=False
+    )
+    named = (
+        ", ".join(
+            f"{row.unit} {row.recovered_points:+.2f} [{row.recovered_low:+.2f}, {row.recovered_high:+.2f}]"
+            for row in clear.itertuples()
+        )
+        or "none"
+    )
     agreement = total.agreement
-    check = ("the rebuilt models reproduce the run's predictions on every image" if agreement == 1 else
-             "no stored predictions to check the rebuilt models against" if math.isnan(agreement) else
-             f"WARNING: the rebuilt models reproduce the run's predictions on only {100 * agreement:.2f}% of the images")  # fmt: skip
-    return (f"{label}, phase {int(total.phase)} (n = {int(total.images)} upstream images, {total.pretrained_accuracy:.2f}% -> "
-            f"{total.phase_accuracy:.2f}%): units whose update costs points with a 95 % paired interval excluding 0 "
-            f"(points recovered by reverting it): {named}; {check}.")  # fmt: skip
+    check = (
+        "the rebuilt models reproduce the run's predictions on every image"
+        if agreement == 1
+        else "no stored predictions to check the rebuilt models against"
+        if math.isnan(agreement)
+        else f"WARNING: the rebuilt models reproduce the run's predictions on only {100 * agreement:.2f}% of the images"
+    )
+    return (
+        f"{label}, phase {int(total.phase)} (n = {int(total.images)} upstream images, "
+        f"{total.pretrained_accuracy:.2f}% -> {total.phase_accuracy:.2f}%): units whose update costs points "
+        f"with a 95 % paired interval excluding 0 (points recovered by reverting it): {named}; {check}."
+    )

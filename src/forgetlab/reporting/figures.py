@@ -35,7 +35,9 @@ def matrix_figure(matrix, title: str):
     image = axis.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for (i, j), value in np.ndenumerate(values):
         if not math.isnan(value):
-            axis.text(j, i, f"{value:.1f}", ha="center", va="center", color="white" if value < 60 else "black", fontsize=8)
+            axis.text(
+                j, i, f"{value:.1f}", ha="center", va="center", color="white" if value < 60 else "black", fontsize=8
+            )
     axis.set_xticks(range(values.shape[1]), matrix.columns, rotation=30, ha="right")
     axis.set_yticks(range(values.shape[0]), labels)
     axis.set_title(title, fontsize=9)
@@ -62,8 +64,16 @@ def rank_curves(groups: list[RankGroup]):
             values = [np.array([a for rank, a in points if rank == r]) * 100 for r in ranks]
             means = [v.mean() for v in values]
             stds = [v.std(ddof=1) if len(v) > 1 else 0.0 for v in values]
-            axis.errorbar(ranks, means, yerr=stds, marker="o", capsize=3, color=palette[index % len(palette)],
-                          linestyle=styles[(index // len(palette)) % len(styles)], label=group.label)  # fmt: skip
+            axis.errorbar(
+                ranks,
+                means,
+                yerr=stds,
+                marker="o",
+                capsize=3,
+                color=palette[index % len(palette)],
+                linestyle=styles[(index // len(palette)) % len(styles)],
+                label=group.label,
+            )
     all_ranks = sorted({rank for group in drawn for rank in group.ranks})
     first_tasks = {group.runs[0].matrix.columns[1] for group in drawn}
     first_task = f"{first_tasks.pop()} (first task)" if len(first_tasks) == 1 else "first task"
@@ -99,7 +109,9 @@ def most_forgotten_figure(changes: ClassChanges, class_labels: list[str], title:
     return figure
 
 
-def similarity_figure(test: ContextualTest, domain: str, title: str, *, min_forgotten: int = 1, similarity: str = "synset"):
+def similarity_figure(
+    test: ContextualTest, domain: str, title: str, *, min_forgotten: int = 1, similarity: str = "synset"
+):
     """Paper 1, figure 4: similarity to the task's domain of the forgotten images and of all upstream
     test images (classes weighted by image counts), with the permutation test; below
     ``min_forgotten`` forgotten images the title says there is no test instead of a p-value.
@@ -123,8 +135,11 @@ def similarity_figure(test: ContextualTest, domain: str, title: str, *, min_forg
     measure = "class synset" if similarity == "synset" else "class-name tokens"
     axis.set_xlabel(f"Wu-Palmer similarity to {domain} ({measure})")
     axis.set_ylabel("density")
-    tested = (f"permutation p = {test.p_value:.2g}" if test.forgotten >= min_forgotten
-              else f"no test: {test.forgotten} forgotten, fewer than {min_forgotten}")  # fmt: skip
+    tested = (
+        f"permutation p = {test.p_value:.2g}"
+        if test.forgotten >= min_forgotten
+        else f"no test: {test.forgotten} forgotten, fewer than {min_forgotten}"
+    )
     axis.set_title(
         f"{title}\nmean forgotten {test.mean_forgotten:.3f} vs all {test.mean_all:.3f} "
         f"(difference {test.difference:+.3f}, {tested})",

@@ -31,8 +31,15 @@ from forgetlab.analysis.tables import nearest_probes, paper2_table, rows_to_csv,
 from forgetlab.errors import ForgetlabError
 from forgetlab.reporting import figures
 from forgetlab.reporting.explanation import where_forgetting_happens
-from forgetlab.reporting.sections import (Figure, FigureSection, ReportInputs, TableSection, glossary, register_report_section,
-                                          report_sections)  # fmt: skip
+from forgetlab.reporting.sections import (
+    Figure,
+    FigureSection,
+    ReportInputs,
+    TableSection,
+    glossary,
+    register_report_section,
+    report_sections,
+)
 from forgetlab.results import atomic_write_bytes, atomic_write_text, read_single_predictions
 from forgetlab.runtime import progress
 
@@ -63,13 +70,13 @@ def _save(figure, key: str, caption: str, folder: Path) -> Figure:
 AFTER_MODES = {
     "sequence": "each task's upstream predictions are compared with those of the model right before it in the sequence",
     "single": "each task's upstream predictions are those of the pretrained backbone plus only that task's adapter, "
-              "compared with the pretrained model's (paper 1's figures 3-5)",
-}  # fmt: skip
+    "compared with the pretrained model's (paper 1's figures 3-5)",
+}
 SIMILARITY_MODES = {
     "synset": "Wu-Palmer similarity of each class's WordNet synset to the task's domain concept",
     "tokens": "paper 1's token matching: every word of every class name against every sense of the domain word "
-              "(best Wu-Palmer match per word, averaged)",
-}  # fmt: skip
+    "(best Wu-Palmer match per word, averaged)",
+}
 
 
 def mode_line(after: str, similarity: str) -> str:
@@ -79,19 +86,38 @@ def mode_line(after: str, similarity: str) -> str:
 
 # The report's own terms, by glossary position (every metric's entry comes from the metric registry,
 # at positions 10-80): each registered with the section that shows it.
-FWT_REFERENCE_TERM = (41, "FWT reference", "the linear-probe run FWT vs linear was computed against; 'none: ambiguous "
-                                           "between A, B' when two probes match (neither is used)")  # fmt: skip
-CHANCE_TERM = (50, "chance", "the accuracy of uniform guessing on a task, 100 / its number of classes, in percent; a task "
-                             "learned to within 5 points of it was not learned")  # fmt: skip
-DOWNSTREAM_TERM = (90, "downstream (mean of tasks)", "methods table: mean final accuracy over the downstream tasks; mean: "
-                                                     "the average of downstream and upstream")  # fmt: skip
+FWT_REFERENCE_TERM = (
+    41,
+    "FWT reference",
+    "the linear-probe run FWT vs linear was computed against; 'none: ambiguous "
+    "between A, B' when two probes match (neither is used)",
+)
+CHANCE_TERM = (
+    50,
+    "chance",
+    "the accuracy of uniform guessing on a task, 100 / its number of classes, in percent; a task "
+    "learned to within 5 points of it was not learned",
+)
+DOWNSTREAM_TERM = (
+    90,
+    "downstream (mean of tasks)",
+    "methods table: mean final accuracy over the downstream tasks; mean: the average of downstream and upstream",
+)
 CONTEXTUAL_TERMS = (
-    (100, "mean sim. forgotten / all, difference", "mean similarity to the task's domain of the forgotten upstream test images "
-                                                   "(right before the task, wrong after) and of all of them; difference = "
-                                                   "forgotten minus all, positive means forgetting is closer to the task's domain"),
-    (110, "p (permutation)", "one-sided: how often a random set of as many images, drawn from those right before the task, is at "
-                             "least as similar; only with at least 20 forgotten images"),
-)  # fmt: skip
+    (
+        100,
+        "mean sim. forgotten / all, difference",
+        "mean similarity to the task's domain of the forgotten upstream test images "
+        "(right before the task, wrong after) and of all of them; difference = "
+        "forgotten minus all, positive means forgetting is closer to the task's domain",
+    ),
+    (
+        110,
+        "p (permutation)",
+        "one-sided: how often a random set of as many images, drawn from those right before the task, is at "
+        "least as similar; only with at least 20 forgotten images",
+    ),
+)
 OTHER_ACCURACIES = ["chance", "downstream"]  # accuracies of the report that are no metric of a run
 
 
@@ -102,12 +128,17 @@ def units_note() -> str:
     percent = [m.prose or m.header for m in metrics if m.unit == "pct"] + OTHER_ACCURACIES
     points = [m.prose or m.header for m in metrics if m.unit == "pp"]
     listed = ", ".join(points[:-1]) + f" and {points[-1]}" if len(points) > 1 else "".join(points)
-    return (f"Units: accuracies ({', '.join(percent)}) are in percent; {listed} are differences of accuracies in percentage "
-            "points. The same numbers, with the same units, are in sweep.csv and forgetlab.load_sweep (columns ending _pct "
-            "and _pp) and in 'forgetlab show'.")  # fmt: skip
+    return (
+        f"Units: accuracies ({', '.join(percent)}) are in percent; "
+        f"{listed} are differences of accuracies in percentage "
+        "points. The same numbers, with the same units, are in sweep.csv and forgetlab.load_sweep (columns ending _pct "
+        "and _pp) and in 'forgetlab show'."
+    )
 
 
-def contextual_rows(runs: list[RunResult], permutations: int, after: str = "sequence", similarity: str = "synset") -> list[ContextualRow]:
+def contextual_rows(
+    runs: list[RunResult], permutations: int, after: str = "sequence", similarity: str = "synset"
+) -> list[ContextualRow]:
     """The contextual-forgetting test after every finished phase of every run with WordNet metadata.
 
     ``after='sequence'`` compares the model before and after each phase of the sequence;
@@ -133,8 +164,12 @@ def contextual_rows(runs: list[RunResult], permutations: int, after: str = "sequ
                 continue
             key = (domain, tuple(synsets), similarity)
             if key not in similarities:
-                similarities[key] = class_similarities(domain, synsets=synsets, mode=similarity, domain_word=run.domain_word(index))
-            test = contextual_forgetting(before, after_predictions, labels, similarities[key], permutations=permutations, seed=index)
+                similarities[key] = class_similarities(
+                    domain, synsets=synsets, mode=similarity, domain_word=run.domain_word(index)
+                )
+            test = contextual_forgetting(
+                before, after_predictions, labels, similarities[key], permutations=permutations, seed=index
+            )
             rows.append(ContextualRow(run, run.matrix.phases[index - 1], domain, test))
     return rows
 
@@ -155,13 +190,15 @@ def focus_runs(runs: list[RunResult]) -> list[RunResult]:
 
 FIGURE_RUNS = {
     "highest-rank": "per backbone, the LoRA run of the highest rank (lowest seed), as paper 1 drew its largest rank; "
-                    "without LoRA runs, the run whose upstream accuracy fell most in its first task",
+    "without LoRA runs, the run whose upstream accuracy fell most in its first task",
     "per-method": "per row of the methods table (backbone, method and setting), its lowest seed",
     "all": "every run",
-}  # fmt: skip
+}
 
 
-def choose_figure_runs(runs: list[RunResult], names: RunNames, choice: str | list[str] | None) -> tuple[list[RunResult], str]:
+def choose_figure_runs(
+    runs: list[RunResult], names: RunNames, choice: str | list[str] | None
+) -> tuple[list[RunResult], str]:
     """The runs whose per-run figures (forgotten classes, similarity, accuracy matrix) are drawn, and why:
     ``choice`` is a key of :data:`FIGURE_RUNS` or run labels (a list, or one string separated by commas).
     Raises :class:`~forgetlab.errors.ForgetlabError` for a label that is not among the runs."""
@@ -176,8 +213,10 @@ def choose_figure_runs(runs: list[RunResult], names: RunNames, choice: str | lis
     by_label.update({run.name: run for run in runs if [r.name for r in runs].count(run.name) == 1})
     unknown = [label for label in wanted if label not in by_label]
     if unknown or not wanted:
-        raise ForgetlabError(f"--figure-runs: no run labelled {', '.join(map(repr, unknown)) or 'at all'}; give "
-                             f"{', '.join(FIGURE_RUNS)} or run labels separated by commas: {_names(list(names.label.values()))}")  # fmt: skip
+        raise ForgetlabError(
+            f"--figure-runs: no run labelled {', '.join(map(repr, unknown)) or 'at all'}; give "
+            f"{', '.join(FIGURE_RUNS)} or run labels separated by commas: {_names(list(names.label.values()))}"
+        )
     chosen = {id(by_label[label]): by_label[label] for label in wanted}
     return list(chosen.values()), "the runs chosen with --figure-runs"
 
@@ -185,7 +224,10 @@ def choose_figure_runs(runs: list[RunResult], names: RunNames, choice: str | lis
 def _drawn_note(drawn: list[RunResult], runs: list[RunResult], names: RunNames, why: str, figures_of: str) -> str:
     """Which runs a per-run figure section shows, why, and which it leaves out."""
     left_out = [names.label[id(run)] for run in runs if all(run is not other for other in drawn)]
-    note = f"{figures_of} drawn for {len(drawn)} of {len(runs)} runs ({_names([names.label[id(run)] for run in drawn]) or 'none'}): {why}."
+    note = (
+        f"{figures_of} drawn for {len(drawn)} of {len(runs)} runs "
+        f"({_names([names.label[id(run)] for run in drawn]) or 'none'}): {why}."
+    )
     if left_out:
         note += f" Not drawn: {_names(left_out)}. Choose with --figure-runs {'|'.join(FIGURE_RUNS)}|LABEL,LABEL..."
     return note
@@ -216,8 +258,10 @@ def forgotten_classes_rows(changes: ClassChanges, labels: list[str], upstream: d
     forgotten, right before, test images."""
     ids = upstream.get("synsets") or [str(c) for c in range(len(labels))]
     right_before = changes.forgotten + changes.retained
-    return [[labels[c], str(ids[c]), str(count), str(int(right_before[c])), str(int(changes.total[c]))]
-            for c, count in most_forgotten(changes, k)]  # fmt: skip
+    return [
+        [labels[c], str(ids[c]), str(count), str(int(right_before[c])), str(int(changes.total[c]))]
+        for c, count in most_forgotten(changes, k)
+    ]
 
 
 FORGOTTEN_HEADER = ["class", "id", "forgotten", "right before", "test images"]
@@ -240,13 +284,18 @@ def _without_empty(header: list[str], rows: list[list[str]], column: str) -> tup
 
 def _dropped_groups(groups) -> str:
     """The caption's note on groups with a single rank, which have no curve."""
-    single = [f"{group.label} (rank {group.ranks[0]}, {len(group.runs)} run{'s' if len(group.runs) > 1 else ''})"
-              for group in groups if len(group.ranks) < 2]  # fmt: skip
+    single = [
+        f"{group.label} (rank {group.ranks[0]}, {len(group.runs)} run{'s' if len(group.runs) > 1 else ''})"
+        for group in groups
+        if len(group.ranks) < 2
+    ]
     return f" Not drawn, one rank only: {'; '.join(single)}." if single else ""
 
 
 # ------------------------------------------------------------------------------------ the tables
-METHODS_HEADING = "Methods (paper 2's table: final accuracies, mean ± std over seeds; rows of different settings are not comparable)"
+METHODS_HEADING = (
+    "Methods (paper 2's table: final accuracies, mean ± std over seeds; rows of different settings are not comparable)"
+)
 METRICS_HEADING = "Forgetting metrics per run (accuracies in percent, differences in percentage points)"
 
 
@@ -254,10 +303,35 @@ METRICS_HEADING = "Forgetting metrics per run (accuracies in percent, difference
 def methods_table(inputs: ReportInputs) -> list[TableSection]:
     """Paper 2's table (:func:`~forgetlab.analysis.tables.paper2_table`): a row per backbone, setting and method."""
     header, rows = _without_empty(
-        ["backbone", "setting", "method", "trainable params", "tasks", "seeds", "downstream (mean of tasks)", "upstream", "mean", "runs"],
-        [[r["backbone"], r["setting"], r["method"], f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else "",
-          f"{r['completed']}/{r['total']}", str(len(r["runs"])), _mean_std(r["downstream"]), _mean_std(r["upstream"]),
-          _mean_std(r["mean"]), _names(r["runs"])] for r in inputs.paper2], "setting")  # fmt: skip
+        [
+            "backbone",
+            "setting",
+            "method",
+            "trainable params",
+            "tasks",
+            "seeds",
+            "downstream (mean of tasks)",
+            "upstream",
+            "mean",
+            "runs",
+        ],
+        [
+            [
+                r["backbone"],
+                r["setting"],
+                r["method"],
+                f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else "",
+                f"{r['completed']}/{r['total']}",
+                str(len(r["runs"])),
+                _mean_std(r["downstream"]),
+                _mean_std(r["upstream"]),
+                _mean_std(r["mean"]),
+                _names(r["runs"]),
+            ]
+            for r in inputs.paper2
+        ],
+        "setting",
+    )
     return [TableSection(METHODS_HEADING, header, rows, [])]
 
 
@@ -267,27 +341,63 @@ def metrics_table(inputs: ReportInputs) -> list[TableSection]:
     each under its header), then FWT's reference; notes say why a metric column is empty."""
     rows, metrics = run_rows(inputs.runs), report_metrics()
     header = ["run", "backbone", "method", "seed", "tasks", *(m.header for m in metrics), "FWT reference"]
-    cells = [[r["run"], r["backbone"], r["method"], str(r["seed"]), f"{r['completed_tasks']}/{r['total_tasks']}",
-              *(_points(r.get(m.column)) for m in metrics), r["forward_transfer_reference"]] for r in rows]  # fmt: skip
+    cells = [
+        [
+            r["run"],
+            r["backbone"],
+            r["method"],
+            str(r["seed"]),
+            f"{r['completed_tasks']}/{r['total_tasks']}",
+            *(_points(r.get(m.column)) for m in metrics),
+            r["forward_transfer_reference"],
+        ]
+        for r in rows
+    ]
     return [TableSection(METRICS_HEADING, header, cells, _empty_metric_notes(rows, inputs.runs))]
 
 
 @register_report_section("chance levels", position=80, glossary=(CHANCE_TERM,))
 def chance_section(inputs: ReportInputs) -> list[TableSection]:
     """:func:`chance_table` of the runs."""
-    return [TableSection("Chance level per task (percent: 100 / classes)", *chance_table(inputs.runs, inputs.names.label))]
+    return [
+        TableSection("Chance level per task (percent: 100 / classes)", *chance_table(inputs.runs, inputs.names.label))
+    ]
 
 
 @register_report_section("contextual forgetting", position=90, glossary=CONTEXTUAL_TERMS)
 def contextual_table(inputs: ReportInputs) -> list[TableSection]:
     """The contextual-forgetting test of every run after every phase (:func:`contextual_rows`), with its mode."""
     after, similarity, label = inputs.after, inputs.similarity, inputs.names.label
-    rows = [[label[id(c.run)], c.task, c.domain, str(c.test.forgotten), _number(c.test.mean_forgotten, "{:.3f}"),
-             _number(c.test.mean_all, "{:.3f}"), _number(c.test.difference, "{:+.3f}"), _contextual_p(c.test)]
-            for c in inputs.contextual]  # fmt: skip
-    return [TableSection(f"Contextual forgetting (--after {after}, --similarity {similarity})",
-                         ["run", "after task", "domain", "forgotten images", "mean sim. forgotten", "mean sim. all", "difference",
-                          "p (permutation)"], rows, [f"Mode: {mode_line(after, similarity)}."] if inputs.contextual else [])]  # fmt: skip
+    rows = [
+        [
+            label[id(c.run)],
+            c.task,
+            c.domain,
+            str(c.test.forgotten),
+            _number(c.test.mean_forgotten, "{:.3f}"),
+            _number(c.test.mean_all, "{:.3f}"),
+            _number(c.test.difference, "{:+.3f}"),
+            _contextual_p(c.test),
+        ]
+        for c in inputs.contextual
+    ]
+    return [
+        TableSection(
+            f"Contextual forgetting (--after {after}, --similarity {similarity})",
+            [
+                "run",
+                "after task",
+                "domain",
+                "forgotten images",
+                "mean sim. forgotten",
+                "mean sim. all",
+                "difference",
+                "p (permutation)",
+            ],
+            rows,
+            [f"Mode: {mode_line(after, similarity)}."] if inputs.contextual else [],
+        )
+    ]
 
 
 def chance_table(runs: list[RunResult], label: dict[int, str]) -> tuple[list[str], list[list[str]], list[str]]:
@@ -305,11 +415,25 @@ def chance_table(runs: list[RunResult], label: dict[int, str]) -> tuple[list[str
                 flagged = levels.setdefault((name, chance[name]), [])
                 if 100 * (accuracy - chance[name]) < NEAR_CHANCE_PP:
                     flagged.append(f"{label[id(run)]} ({100 * accuracy:.2f})")
-    rows = [[name, str(round(1 / level)), f"{100 * level:.2f}", _names(flagged) if flagged else ""] for (name, level), flagged in levels.items()]
-    notes = ([f"Runs at chance on a task (within {NEAR_CHANCE_PP:g} points of it, or below, right after training it; upstream: "
-              "the pretrained model) learned nothing measurable there: their forgetting and transfer on it are not results."]
-             if any(row[-1] for row in rows) else [])  # fmt: skip
-    return ["task", "classes", "chance", "runs at chance (accuracy right after training; upstream: pretrained)"], rows, notes
+    rows = [
+        [name, str(round(1 / level)), f"{100 * level:.2f}", _names(flagged) if flagged else ""]
+        for (name, level), flagged in levels.items()
+    ]
+    notes = (
+        [
+            f"Runs at chance on a task (within {NEAR_CHANCE_PP:g} points "
+            f"of it, or below, right after training it; upstream: "
+            "the pretrained model) learned nothing measurable there: "
+            "their forgetting and transfer on it are not results."
+        ]
+        if any(row[-1] for row in rows)
+        else []
+    )
+    return (
+        ["task", "classes", "chance", "runs at chance (accuracy right after training; upstream: pretrained)"],
+        rows,
+        notes,
+    )
 
 
 NEAR_CHANCE_PP = 5.0
@@ -321,8 +445,11 @@ def _empty_metric_notes(rows: list[dict], runs: list[RunResult]) -> list[str]:
     notes = []
     ambiguous = [r for r in rows if r["forward_transfer_reference"].startswith("none:")]
     for row in ambiguous:
-        notes.append(f"FWT vs linear is empty for {row['run']}: {row['forward_transfer_reference'].removeprefix('none: ambiguous between ')} "
-                     "match it equally (same config but for the method, same seed); neither is used. Report one of them.")  # fmt: skip
+        notes.append(
+            f"FWT vs linear is empty for {row['run']}: "
+            f"{row['forward_transfer_reference'].removeprefix('none: ambiguous between ')} "
+            "match it equally (same config but for the method, same seed); neither is used. Report one of them."
+        )
     label = {id(run): row["run"] for run, row in zip(runs, rows)}
     missing = []
     for run, row in zip(runs, rows):
@@ -331,17 +458,22 @@ def _empty_metric_notes(rows: list[dict], runs: list[RunResult]) -> list[str]:
         nearest = nearest_probes(run, runs)
         if nearest:
             other, differs = nearest[0]
-            notes.append(f"FWT vs linear is empty for {row['run']}: the nearest linear probe of its backbone and seed, "
-                         f"{label[id(other)]}, differs in {differs}; it is not used.")  # fmt: skip
+            notes.append(
+                f"FWT vs linear is empty for {row['run']}: the nearest linear probe of its backbone and seed, "
+                f"{label[id(other)]}, differs in {differs}; it is not used."
+            )
         else:
             missing.append(row)
     if missing:
         example = missing[0]
         tasks = ", ".join(example["config.data.tasks"])
-        notes.append(f"FWT vs linear is empty for {_names([r['run'] for r in missing])}: no linear-probe run (method.name=linear) "
-                     f"of the same backbone and seed is among the runs given; e.g. for {example['run']}: 'forgetlab run "
-                     f"method.name=linear backbone.name={example['backbone']} data.tasks=[{tasks}] seed={example['seed']}' "
-                     "with all its other settings, then report both.")  # fmt: skip
+        notes.append(
+            f"FWT vs linear is empty for {_names([r['run'] for r in missing])}: "
+            f"no linear-probe run (method.name=linear) "
+            f"of the same backbone and seed is among the runs given; e.g. for {example['run']}: 'forgetlab run "
+            f"method.name=linear backbone.name={example['backbone']} data.tasks=[{tasks}] seed={example['seed']}' "
+            "with all its other settings, then report both."
+        )
     single = [r["run"] for r in rows if _points(r["average_forgetting_pp"]) == "" and r["completed_tasks"] < 2]
     if single:
         notes.append(f"avg forgetting and BWT are empty for {_names(single)}: they need two tasks done.")
@@ -388,8 +520,16 @@ window.addEventListener('load', function () {
 """
 
 
-def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: int = 10_000, after: str = "sequence",
-                 similarity: str = "synset", figure_runs: str | list[str] | None = None, log=print) -> Path:  # fmt: skip
+def write_report(
+    paths: list[str | Path],
+    out_dir: str | Path,
+    *,
+    permutations: int = 10_000,
+    after: str = "sequence",
+    similarity: str = "synset",
+    figure_runs: str | list[str] | None = None,
+    log=print,
+) -> Path:
     """Write ``report.html``, ``report.md`` and ``figures/*.png|svg`` for the runs under ``paths``
     (``after`` and ``similarity``: see :func:`contextual_rows`; the report names them where they
     change a number; ``figure_runs``: which runs get per-run figures, see :func:`choose_figure_runs`).
@@ -400,8 +540,10 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
     order (:mod:`forgetlab.reporting.sections`: the figures, then the tables), derive the findings, write
     the pages."""
     if after not in AFTER_MODES or similarity not in SIMILARITY_MODES:
-        raise ForgetlabError(f"unknown report mode --after {after} --similarity {similarity}; use --after "
-                             f"{'|'.join(AFTER_MODES)} and --similarity {'|'.join(SIMILARITY_MODES)}")  # fmt: skip
+        raise ForgetlabError(
+            f"unknown report mode --after {after} --similarity {similarity}; use --after "
+            f"{'|'.join(AFTER_MODES)} and --similarity {'|'.join(SIMILARITY_MODES)}"
+        )
     runs = find_runs(paths)
     names = RunNames.of(runs)
     drawn = choose_figure_runs(runs, names, figure_runs)  # (runs, why); refuses a bad choice before writing
@@ -414,26 +556,39 @@ def write_report(paths: list[str | Path], out_dir: str | Path, *, permutations: 
     inputs = ReportInputs(runs, names, drawn, figure_runs, contextual, paper2, after, similarity, figure_dir)
     parts = [part for section in report_sections() for part in section.build(inputs)]  # figures and tables, in order
     unfinished = unfinished_cells(paths)
-    page = ReportPage(title=f"forgetlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}", sources=", ".join(map(str, paths)),
-                      mode=mode_line(after, similarity), parts=parts,
-                      findings=findings(runs, contextual, paper2, mode=f"--after {after}, --similarity {similarity}"),
-                      coverage=coverage_notes(runs, names, unfinished))  # fmt: skip
+    page = ReportPage(
+        title=f"forgetlab report: {len(runs)} run{'s' if len(runs) != 1 else ''}",
+        sources=", ".join(map(str, paths)),
+        mode=mode_line(after, similarity),
+        parts=parts,
+        findings=findings(runs, contextual, paper2, mode=f"--after {after}, --similarity {similarity}"),
+        coverage=coverage_notes(runs, names, unfinished),
+    )
     atomic_write_text(out_dir / "report.html", _html_page(page))
     atomic_write_text(out_dir / "report.md", _markdown_page(page))
-    missing = f"; {len(unfinished)} cell{'s' if len(unfinished) != 1 else ''} not done, listed in it" if unfinished else ""
-    log(f"report of {len(runs)} run{'s' if len(runs) != 1 else ''}{missing}: {out_dir / 'report.html'} and {out_dir / 'report.md'}, "
-        f"figures in {figure_dir}")
+    missing = (
+        f"; {len(unfinished)} cell{'s' if len(unfinished) != 1 else ''} not done, listed in it" if unfinished else ""
+    )
+    log(
+        f"report of {len(runs)} run{'s' if len(runs) != 1 else ''}{missing}: "
+        f"{out_dir / 'report.html'} and {out_dir / 'report.md'}, figures in {figure_dir}"
+    )
     return out_dir / "report.html"
 
 
 def coverage_notes(runs: list[RunResult], names: RunNames, unfinished: list[tuple[str, str, str]]) -> list[str]:
     """What the report leaves out of its comparisons and why: copies of one run (same config and seed;
     none of them is pooled, paired or ranked) and every sweep cell that is not done, with its state and reason."""
-    notes = [f"Same config and seed, so no comparison uses them (they are listed per run only): "
-             f"{', '.join(names.label[id(run)] for run in members)}. Keep one of them in the folders reported."
-             for members in duplicates(runs)]  # fmt: skip
+    notes = [
+        f"Same config and seed, so no comparison uses them (they are listed per run only): "
+        f"{', '.join(names.label[id(run)] for run in members)}. Keep one of them in the folders reported."
+        for members in duplicates(runs)
+    ]
     for cell, state, detail in unfinished:
-        notes.append(f"Cell {cell}: {state} ({detail})" + (": its finished tasks are reported, in rows of their own." if state == "partial" else "."))
+        notes.append(
+            f"Cell {cell}: {state} ({detail})"
+            + (": its finished tasks are reported, in rows of their own." if state == "partial" else ".")
+        )
     return notes
 
 
@@ -458,10 +613,22 @@ def rank_section(inputs: ReportInputs) -> list[FigureSection]:
     curves = figures.rank_curves(groups)
     if curves is None:
         return []
-    return [FigureSection("Accuracy against LoRA rank (paper 1, figures 1-2)", [
-        _save(curves, "rank_curves", "Final upstream accuracy (left) and first-task accuracy (right) against LoRA rank, "
-              "one curve per group of runs that differ only in rank and seed, labelled by what else differs; "
-              "bars: standard deviation over seeds." + _dropped_groups(groups), figure_dir)], [])]  # fmt: skip
+    return [
+        FigureSection(
+            "Accuracy against LoRA rank (paper 1, figures 1-2)",
+            [
+                _save(
+                    curves,
+                    "rank_curves",
+                    "Final upstream accuracy (left) and first-task accuracy (right) against LoRA rank, "
+                    "one curve per group of runs that differ only in rank and seed, labelled by what else differs; "
+                    "bars: standard deviation over seeds." + _dropped_groups(groups),
+                    figure_dir,
+                )
+            ],
+            [],
+        )
+    ]
 
 
 def _upstream_after_first_phase(run: RunResult, after: str) -> np.ndarray:
@@ -476,7 +643,9 @@ def _first_phase_changes(run: RunResult, after: str) -> tuple[list[str], ClassCh
     """The run's unique upstream class labels, each class's changes over its first phase and that phase's task."""
     classes = class_labels(run.upstream)  # unique: ImageNet's two cranes are two rows
     before = run.predictions(0)
-    changes = class_changes(before["predictions"], _upstream_after_first_phase(run, after), before["labels"], len(classes))
+    changes = class_changes(
+        before["predictions"], _upstream_after_first_phase(run, after), before["labels"], len(classes)
+    )
     return classes, changes, run.matrix.phases[0]
 
 
@@ -498,23 +667,44 @@ def forgotten_classes_section(inputs: ReportInputs) -> list[FigureSection]:
         classes, changes, task = _first_phase_changes(run, after)
         if changes.forgotten.sum() == 0:  # a figure of nothing, titled 'nan', misleads: say it instead
             right = int((changes.forgotten + changes.retained).sum())
-            empty.append(f"{label} forgot no upstream test image after {task} (0 of the {right} right before; "
-                         f"{mode}): no forgotten-classes or similarity figure is drawn for it.")  # fmt: skip
+            empty.append(
+                f"{label} forgot no upstream test image after {task} (0 of the {right} right before; "
+                f"{mode}): no forgotten-classes or similarity figure is drawn for it."
+            )
             continue
-        per_class.append(_save(figures.most_forgotten_figure(changes, classes, f"{label}: most forgotten after {task}"),
-                               f"forgotten_{key}", f"The 20 upstream classes with most test images forgotten by "
-                               f"{label} after {task} (right before, wrong after; --after {after}).", figure_dir))  # fmt: skip
+        per_class.append(
+            _save(
+                figures.most_forgotten_figure(changes, classes, f"{label}: most forgotten after {task}"),
+                f"forgotten_{key}",
+                f"The 20 upstream classes with most test images forgotten by "
+                f"{label} after {task} (right before, wrong after; --after {after}).",
+                figure_dir,
+            )
+        )
         for row in inputs.contextual:
             if row.run is run and row.task == task:
-                per_class.append(_save(figures.similarity_figure(row.test, row.domain, f"{label} after {task} ({mode})",
-                                                                 min_forgotten=MIN_FORGOTTEN_IMAGES, similarity=similarity),
-                                       f"similarity_{key}", f"Similarity to the task's domain of forgotten vs all "
-                                       f"upstream test images; one-sided permutation test of the forgotten images' mean. "
-                                       f"Mode: {mode_line(after, similarity)}.", figure_dir))  # fmt: skip
+                per_class.append(
+                    _save(
+                        figures.similarity_figure(
+                            row.test,
+                            row.domain,
+                            f"{label} after {task} ({mode})",
+                            min_forgotten=MIN_FORGOTTEN_IMAGES,
+                            similarity=similarity,
+                        ),
+                        f"similarity_{key}",
+                        f"Similarity to the task's domain of forgotten vs all "
+                        f"upstream test images; one-sided permutation test of the forgotten images' mean. "
+                        f"Mode: {mode_line(after, similarity)}.",
+                        figure_dir,
+                    )
+                )
     if not (per_class or empty):
         return []
     note = _drawn_note(chosen, inputs.runs, names, why, "Forgotten classes and similarity are")
-    return [FigureSection(f"Which upstream classes are forgotten (paper 1, figures 3-4; {mode})", per_class, [note, *empty])]
+    return [
+        FigureSection(f"Which upstream classes are forgotten (paper 1, figures 3-4; {mode})", per_class, [note, *empty])
+    ]
 
 
 @register_report_section("forgotten classes tables", position=100)
@@ -530,23 +720,41 @@ def forgotten_classes_tables(inputs: ReportInputs) -> list[TableSection]:
             continue
         class_rows = forgotten_classes_rows(changes, classes, run.upstream)
         label, key = inputs.names.label[id(run)], inputs.names.key[id(run)]
-        tables.append(TableSection(f"Most forgotten upstream classes: {label} after {task} (--after {inputs.after})", FORGOTTEN_HEADER,
-                                   class_rows, []))  # fmt: skip
-        atomic_write_text(inputs.figure_dir / f"forgotten_{key}.csv", rows_to_csv([dict(zip(FORGOTTEN_HEADER, r)) for r in class_rows]))
+        tables.append(
+            TableSection(
+                f"Most forgotten upstream classes: {label} after {task} (--after {inputs.after})",
+                FORGOTTEN_HEADER,
+                class_rows,
+                [],
+            )
+        )
+        atomic_write_text(
+            inputs.figure_dir / f"forgotten_{key}.csv",
+            rows_to_csv([dict(zip(FORGOTTEN_HEADER, r)) for r in class_rows]),
+        )
     return tables
 
 
 @register_report_section("accuracy matrices", position=30)
 def heatmap_section(inputs: ReportInputs) -> list[FigureSection]:
     """:func:`_heatmap_section` of the runs chosen with ``--figure-runs``, by default of the first ones."""
-    return [_heatmap_section(inputs.runs, None if inputs.figure_runs is None else inputs.drawn, inputs.names, inputs.figure_dir)]
+    return [
+        _heatmap_section(
+            inputs.runs, None if inputs.figure_runs is None else inputs.drawn, inputs.names, inputs.figure_dir
+        )
+    ]
 
 
 @register_report_section("explanations", position=40)
 def explanation_section(inputs: ReportInputs) -> list[FigureSection]:
-    """Where forgetting happens, for the runs with ``explain/`` (:func:`~forgetlab.reporting.explanation.where_forgetting_happens`)."""
-    return [FigureSection(heading, [_save(figure, key, caption, inputs.figure_dir) for figure, key, caption in explained], notes)
-            for heading, explained, notes in where_forgetting_happens(inputs.runs, inputs.names.label, inputs.names.key)]  # fmt: skip
+    """Where forgetting happens, for the runs with ``explain/``
+    (:func:`~forgetlab.reporting.explanation.where_forgetting_happens`)."""
+    return [
+        FigureSection(
+            heading, [_save(figure, key, caption, inputs.figure_dir) for figure, key, caption in explained], notes
+        )
+        for heading, explained, notes in where_forgetting_happens(inputs.runs, inputs.names.label, inputs.names.key)
+    ]
 
 
 @register_report_section("drift", position=50)
@@ -555,13 +763,24 @@ def drift_section(inputs: ReportInputs) -> list[FigureSection]:
     return _drift_section(inputs.runs, inputs.names, inputs.figure_dir)
 
 
-def _heatmap_section(runs: list[RunResult], drawn: tuple[list[RunResult], str] | None, names: RunNames, figure_dir: Path) -> FigureSection:
+def _heatmap_section(
+    runs: list[RunResult], drawn: tuple[list[RunResult], str] | None, names: RunNames, figure_dir: Path
+) -> FigureSection:
     """The accuracy matrices of the ``drawn`` runs (:func:`choose_figure_runs`), by default of the first
     :data:`MAX_HEATMAPS` runs in the order given; a note says which and why when that is not every run."""
-    chosen, why = drawn or (runs[:MAX_HEATMAPS], f"by default the first {MAX_HEATMAPS} runs in the order of the paths given "
-                                                 "and their folders' names")  # fmt: skip
-    heatmaps = [_save(figures.matrix_heatmap(run, names.label[id(run)]), f"matrix_{names.key[id(run)]}",
-                      f"Accuracy matrix of {names.label[id(run)]}.", figure_dir) for run in chosen]  # fmt: skip
+    chosen, why = drawn or (
+        runs[:MAX_HEATMAPS],
+        f"by default the first {MAX_HEATMAPS} runs in the order of the paths given and their folders' names",
+    )
+    heatmaps = [
+        _save(
+            figures.matrix_heatmap(run, names.label[id(run)]),
+            f"matrix_{names.key[id(run)]}",
+            f"Accuracy matrix of {names.label[id(run)]}.",
+            figure_dir,
+        )
+        for run in chosen
+    ]
     notes = [] if len(chosen) == len(runs) else [_drawn_note(chosen, runs, names, why, "Accuracy matrices are")]
     return FigureSection(f"Accuracy matrices ({len(heatmaps)} of {len(runs)} runs)", heatmaps, notes)
 
@@ -571,7 +790,12 @@ def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> 
     ``drift.csv`` or several upstream evaluators: the drift heat map, each evaluator per phase, and the
     head's drop split into lost (k-NN's drop) and misaligned (the rest), 95 % bootstrap intervals, overall
     and for the classes near to and far from each phase's domain (the outer quartiles of similarity)."""
-    from forgetlab.analysis.drift import drift_table, lost_misaligned_by_group_table, lost_misaligned_table, upstream_evaluators_table
+    from forgetlab.analysis.drift import (
+        drift_table,
+        lost_misaligned_by_group_table,
+        lost_misaligned_table,
+        upstream_evaluators_table,
+    )
     from forgetlab.reporting.drift_figures import drift_heatmap, evaluators_figure
 
     items, notes = [], []
@@ -579,22 +803,49 @@ def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> 
         label, key, path = names.label[id(run)], names.key[id(run)], run.folder.path
         drift = drift_table(path)
         if len(drift):
-            items.append(_save(drift_heatmap(drift, f"{label}: drift per unit"), f"drift_{key}", f"Linear CKA between the pretrained and "
-                               f"the current features of {label} at every unit after every phase (1: unchanged).", figure_dir))  # fmt: skip
+            items.append(
+                _save(
+                    drift_heatmap(drift, f"{label}: drift per unit"),
+                    f"drift_{key}",
+                    f"Linear CKA between the pretrained and "
+                    f"the current features of {label} at every unit after every phase (1: unchanged).",
+                    figure_dir,
+                )
+            )
         evaluators = str(run.config.get("eval", {}).get("upstream_evaluator", "head")).split(",")
         if len(evaluators) > 1:
             split = lost_misaligned_table(path)
-            items.append(_save(evaluators_figure(upstream_evaluators_table(path, evaluators), split, f"{label}: upstream evaluators"),
-                               f"evaluators_{key}", f"Upstream accuracy of each evaluator of {label} per phase; the head's drop "
-                               "split into lost (the k-NN's drop) and misaligned (the rest), 95 % paired bootstrap intervals.", figure_dir))  # fmt: skip
-            notes += [f"{label} after phase {r.phase}: head drop {100 * r.head_drop:.1f} points = lost {100 * r.lost:.1f} "
-                      f"[{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] + misaligned {100 * r.misaligned:.1f} "
-                      f"[{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]." for r in split.itertuples()]  # fmt: skip
-            notes += [f"{label} after phase {r.phase}, the {r.classes} classes {r.group} {r.domain} (similarity quartile, {r.images} images): "
-                      f"head drop {100 * r.head_drop:.1f} = lost {100 * r.lost:.1f} [{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] "
-                      f"+ misaligned {100 * r.misaligned:.1f} [{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]."
-                      for r in lost_misaligned_by_group_table(path).itertuples()]  # fmt: skip
-    return [FigureSection("Where forgetting happens in the features: drift, lost and misaligned", items, notes)] if items else []
+            items.append(
+                _save(
+                    evaluators_figure(
+                        upstream_evaluators_table(path, evaluators), split, f"{label}: upstream evaluators"
+                    ),
+                    f"evaluators_{key}",
+                    f"Upstream accuracy of each evaluator of {label} per phase; the head's drop "
+                    "split into lost (the k-NN's drop) and misaligned (the rest), 95 % paired bootstrap intervals.",
+                    figure_dir,
+                )
+            )
+            notes += [
+                f"{label} after phase {r.phase}: head drop {100 * r.head_drop:.1f} points = lost {100 * r.lost:.1f} "
+                f"[{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] + misaligned {100 * r.misaligned:.1f} "
+                f"[{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]."
+                for r in split.itertuples()
+            ]
+            notes += [
+                (
+                    f"{label} after phase {r.phase}, the {r.classes} classes {r.group} {r.domain} (similarity "
+                    f"quartile, {r.images} images): head drop {100 * r.head_drop:.1f} = lost {100 * r.lost:.1f} "
+                    f"[{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] + misaligned "
+                    f"{100 * r.misaligned:.1f} [{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]."
+                )
+                for r in lost_misaligned_by_group_table(path).itertuples()
+            ]
+    return (
+        [FigureSection("Where forgetting happens in the features: drift, lost and misaligned", items, notes)]
+        if items
+        else []
+    )
 
 
 # ------------------------------------------------------------------------------------ the pages
@@ -613,25 +864,47 @@ class ReportPage:
 
 def _html_page(page: ReportPage) -> str:
     """The self-contained ``report.html``: figures embedded as PNG data URIs."""
-    body = [f"<h1>{html.escape(page.title)}</h1>", f"<p>From: {html.escape(page.sources)}</p>",
-            f"<p>Contextual forgetting: {html.escape(page.mode)}.</p>"]  # fmt: skip
+    body = [
+        f"<h1>{html.escape(page.title)}</h1>",
+        f"<p>From: {html.escape(page.sources)}</p>",
+        f"<p>Contextual forgetting: {html.escape(page.mode)}.</p>",
+    ]
     if page.coverage:
-        body += ["<h2>Left out of the comparisons</h2>", "<ul>", *[f"<li>{html.escape(note)}</li>" for note in page.coverage], "</ul>"]
+        body += [
+            "<h2>Left out of the comparisons</h2>",
+            "<ul>",
+            *[f"<li>{html.escape(note)}</li>" for note in page.coverage],
+            "</ul>",
+        ]
     if page.findings:  # the first screen: what the runs show, then the figures, then the tables
-        body += ["<h2>Findings</h2>", "<ul class='findings'>", *[f"<li>{html.escape(s)}</li>" for s in page.findings], "</ul>"]
+        body += [
+            "<h2>Findings</h2>",
+            "<ul class='findings'>",
+            *[f"<li>{html.escape(s)}</li>" for s in page.findings],
+            "</ul>",
+        ]
     for part in page.parts:
         body.append(f"<h2>{html.escape(part.heading)}</h2>")
         if isinstance(part, TableSection):
-            body += [_html_table(part.header, part.rows), *[f"<p class='note'>{html.escape(n)}</p>" for n in part.notes]]
+            body += [
+                _html_table(part.header, part.rows),
+                *[f"<p class='note'>{html.escape(n)}</p>" for n in part.notes],
+            ]
             continue
         body += [f"<p class='note'>{html.escape(note)}</p>" for note in part.notes]
         for item in part.figures:
             data = base64.b64encode(item.png).decode()
-            body.append(f'<figure><img alt="{html.escape(item.key)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(item.caption)}</figcaption></figure>")  # fmt: skip
-    body += ["<h2>Glossary</h2>", "<dl class='glossary'>",
-             *[f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in glossary()], "</dl>",
-             f"<p class='note'>{html.escape(units_note())}</p>"]  # fmt: skip
+            body.append(
+                f'<figure><img alt="{html.escape(item.key)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(item.caption)}</figcaption></figure>"
+            )
+    body += [
+        "<h2>Glossary</h2>",
+        "<dl class='glossary'>",
+        *[f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in glossary()],
+        "</dl>",
+        f"<p class='note'>{html.escape(units_note())}</p>",
+    ]
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(page.title)}</title>"
         f"<style>{_STYLE}</style><script>{_CHECK_SCRIPT}</script></head><body>{''.join(body)}</body></html>"
@@ -647,8 +920,13 @@ def _markdown_page(page: ReportPage) -> str:
         markdown += ["## Findings", "", *[f"- {s}" for s in page.findings], ""]
     for part in page.parts:
         if isinstance(part, TableSection):
-            markdown += [f"## {part.heading}", "", _markdown_table(part.header, part.rows), "",
-                         *[line for note in part.notes for line in (note, "")]]  # fmt: skip
+            markdown += [
+                f"## {part.heading}",
+                "",
+                _markdown_table(part.header, part.rows),
+                "",
+                *[line for note in part.notes for line in (note, "")],
+            ]
             continue
         markdown += [f"## {part.heading}", ""]
         for note in part.notes:
