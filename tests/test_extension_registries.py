@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,3 +223,33 @@ def test_a_registered_evaluator_is_built_by_name_and_its_result_reaches_the_reco
         assert alone.record() == {"always_zero": {"1": 0.5, "2": 0.25}} and alone.predictions_by_evaluator() == {}
     finally:
         unregister_evaluator("always_zero")
+
+
+def test_the_guides_evaluator_is_chosen_by_the_config_and_scores_every_row(random_backbones, tmp_path):
+    """docs/extending.md's evaluator, loaded as a user's file, is a valid eval.upstream_evaluator and its
+    accuracy reaches every row of upstream_eval.json, next to the head's."""
+    import importlib.util
+    import json
+    import re
+
+    from forgetlab import config as config_module
+    from forgetlab.evaluators import unregister_evaluator
+    from forgetlab.runner import run
+
+    from .conftest import tiny_overrides
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    code = re.search(r"```python\n(.*?)```", guide.split("## Adding an upstream evaluator", 1)[1], re.S).group(1)
+    (tmp_path / "centroid.py").write_text(code)
+    spec = importlib.util.spec_from_file_location("centroid_evaluator", tmp_path / "centroid.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    try:
+        overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, "centroid")
+        config = config_module.load(None, [*overrides, "eval.upstream_evaluator=[head, centroid]"])
+        folder = run(config, log=lambda message: None)
+        rows = json.loads((folder.path / "upstream_eval.json").read_text())
+        assert len(rows) == 3 and all(0.0 <= row["centroid"] <= 1.0 for row in rows)
+        matrix = json.loads((folder.path / "accuracy_matrix.json").read_text())
+        assert [row["head"] for row in rows] == [row["accuracy"] for row in rows] == [r[0] for r in matrix["values"]]
+    finally:
+        unregister_evaluator("centroid")
