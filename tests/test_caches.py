@@ -158,10 +158,21 @@ CHANGED = {
 RESOLVED_THE_SAME_HERE = {"device"}
 
 
+def _documented_choices() -> dict[str, tuple[str, ...]]:
+    from forgetlab.config import RunConfig, documented_choices
+
+    return documented_choices(RunConfig)  # Literal types and registry-backed choices alike
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {}
+
+
 def _changed(key, field, value, files):
+    if not _CHOICES:
+        _CHOICES.update(_documented_choices())
     if key in CHANGED:
         return CHANGED[key](value, files) if callable(CHANGED[key]) else CHANGED[key]
-    choices = field.metadata.get("choices")
+    choices = _CHOICES.get(key) or ()
     if choices:
         return next(choice for choice in choices if choice != value)
     if isinstance(value, bool):
@@ -276,7 +287,7 @@ def built_once(monkeypatch):
 
     def unchecked(config):
         method = build_method(config)
-        method.check = lambda backbone: None
+        method.check = method.check_loaded = lambda backbone: None
         return method
 
     def arrays_once(name):
