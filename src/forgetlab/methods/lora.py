@@ -136,6 +136,7 @@ class LoRA(Method):
         super().__init__(config)  # its options were checked when the config was built (LoRAConfig.rules)
         self.isolates_tasks = config.policy == "keep"
         self.adapters: dict[str, dict[str, lora_layers.LoRALayer]] = {}  # task -> module name -> its adapter
+        self._base_model = ""  # the backbone's timm architecture, once prepared: PEFT's base_model_name_or_path
 
     @classmethod
     def label(cls, options: dict) -> str:
@@ -205,7 +206,7 @@ class LoRA(Method):
             folder / "adapters" / (phase or task),
             self.adapters[task],
             task=task,
-            base_model=getattr(self, "_base_model", ""),
+            base_model=self._base_model,
             dropout=self.config.dropout,
         )
         if self.config.policy == "merge":
