@@ -192,13 +192,13 @@ def test_preprocessing_is_typed_config_with_timm_transforms():
     from forgetlab.models.backbones import create
 
     vit = preprocess_for(
-        create("vit_base_patch16_224.augreg_in1k", num_classes=0), config=_resolve("paper1-vit").preprocess
+        create("vit_base_patch16_224.augreg_in1k", num_classes=0), None, _resolve("paper1-vit").preprocess
     )
     crop = vit.train.transforms[0]
     assert crop.scale == (0.08, 1.0) and str(vit.train.transforms[2]).startswith("ColorJitter")
     assert vit.eval.transforms[0].size == 248 and vit.eval.transforms[1].size == (224, 224)  # 224 / 0.9, bicubic
     dino = preprocess_for(
-        create("vit_base_patch16_224.dino", num_classes=0), config=_resolve("paper2-linear").preprocess
+        create("vit_base_patch16_224.dino", num_classes=0), None, _resolve("paper2-linear").preprocess
     )
     assert (
         dino.train.transforms[0].scale == (0.08, 1.0) and len(dino.train.transforms) == 4
