@@ -1,7 +1,7 @@
 """The house's shape, read from the code itself: every import between forgetlab's modules (at module
 level or inside a function) goes to a module on the same floor or a lower one, the imports form no
-cycle, and no function in ``src/`` is longer than 50 statements or takes more than 8 parameters. The floors
-are the table in docs/architecture.md."""
+cycle, and no function in ``src/`` is longer than 80 lines or 50 statements or takes more than 8
+parameters. The floors are the table in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("orchestration", ["sweep", "sweep_backends", "method_anatomy", "summary"]),
     ("entry points", ["", "__main__", "api", "cli"]),
 ]
+MAX_FUNCTION_LINES = 80
 MAX_FUNCTION_STATEMENTS = 50  # lines on which a statement starts (statement_lines)
 MAX_PARAMETERS = 8  # settings travel as one object (runtime.Runtime, train.TaskPlan), not as a dozen parameters
 
@@ -179,6 +180,17 @@ def test_no_import_climbs_to_a_higher_floor():
         if floor_of(target) > floor_of(source)
     ]
     assert climbing == []
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"forgetlab.{name}.{node.name}: {lines} lines")
+    assert long == []
 
 
 def statement_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:

@@ -145,8 +145,15 @@ class Preset:
 def _paper1(
     backbone: str, tasks: list[str], *, order: str, method: str = "lora", lwf: bool = False
 ) -> dict[str, Setting]:
+    """Paper 1's settings for ``backbone`` on ``tasks`` (in ``order``, the order's source): the shared
+    protocol, then the method's (``lora`` or ``fullrank``) and LwF's keys."""
+    return {**_paper1_protocol(backbone, tasks, order, method), **_paper1_method(backbone, method), **_paper1_lwf(lwf)}
+
+
+def _paper1_protocol(backbone: str, tasks: list[str], order: str, method: str) -> dict[str, Setting]:
+    """What every paper-1 run shares: backbone, data, preprocessing, training recipe and evaluation."""
     vit = backbone.startswith("vit")
-    settings = {
+    return {
         "backbone.name": Setting(backbone, f"{P1} config/model/{'timvit1k' if vit else 'timresnet501k'}.yaml:1"),
         "precision": Setting("fp32", "docs/PROTOCOL_paper1.md (precision): no mixed precision in the code"),
         "data.upstream": Setting(
@@ -204,43 +211,51 @@ def _paper1(
             "forgetlab's choice (the code: 64, config/strategy/lora.yaml:3): batch size does not change predictions",
         ),
     }
+
+
+def _paper1_method(backbone: str, method: str) -> dict[str, Setting]:
+    """The ``method.*`` keys: paper 1's merged LoRA, or its full-rank comparison."""
+    vit = backbone.startswith("vit")
     if method == "lora":
-        settings.update(
-            {
-                "method.name": Setting("lora", f"{P1} config/experiment/lora_experiment.yaml:11 (mode: merge)"),
-                "method.rank": Setting(
-                    32 if vit else 1,
-                    f"{P1} config/strategy/lora.yaml:6 (32); the sweeps vary it: ViT 1, 2, 4, 6, 8, 16, 32 "
-                    f"(scripts/lora_vit_seeds.sh:5), ResNet 1-7 (docs/PROTOCOL_paper1.md)"
-                    if vit
-                    else "docs/PROTOCOL_paper1.md (ranks): ResNet ranks 1 to 7; figure 5 uses rank 1",
-                ),
-                "method.alpha": Setting(
-                    None, f"{P1} scripts/lora_vit_seeds.sh:7 (lora_alpha = 2 x rank; None means 2 x rank)"
-                ),
-                "method.dropout": Setting(0.1, f"{P1} experiments/lora_forget.py:81"),
-                "method.targets": Setting(
-                    "default", f"{P1} experiments/lora_forget.py:69 (blocks.*.attn.qkv), :74 (layer*.*.conv3)"
-                ),
-                "method.policy": Setting(
-                    "merge", f"{P1} experiments/lora_forget.py:145, 223 (merge_and_unload after every task)"
-                ),
-            }
+        return {
+            "method.name": Setting("lora", f"{P1} config/experiment/lora_experiment.yaml:11 (mode: merge)"),
+            "method.rank": Setting(
+                32 if vit else 1,
+                f"{P1} config/strategy/lora.yaml:6 (32); the sweeps vary it: ViT 1, 2, 4, 6, 8, 16, 32 "
+                f"(scripts/lora_vit_seeds.sh:5), ResNet 1-7 (docs/PROTOCOL_paper1.md)"
+                if vit
+                else "docs/PROTOCOL_paper1.md (ranks): ResNet ranks 1 to 7; figure 5 uses rank 1",
+            ),
+            "method.alpha": Setting(
+                None, f"{P1} scripts/lora_vit_seeds.sh:7 (lora_alpha = 2 x rank; None means 2 x rank)"
+            ),
+            "method.dropout": Setting(0.1, f"{P1} experiments/lora_forget.py:81"),
+            "method.targets": Setting(
+                "default", f"{P1} experiments/lora_forget.py:69 (blocks.*.attn.qkv), :74 (layer*.*.conv3)"
+            ),
+            "method.policy": Setting(
+                "merge", f"{P1} experiments/lora_forget.py:145, 223 (merge_and_unload after every task)"
+            ),
+        }
+    return {
+        "method.name": Setting("fullrank", f"{P1} config/experiment/lora_full.yaml:11 (mode: full)"),
+        "method.targets": Setting(
+            "default",
+            f"{P1} experiments/lora_forget.py:39 (blocks.*.attn.qkv.weight), :44 (layer*.*.conv3.weight)",
+        ),
+    }
+
+
+def _paper1_lwf(lwf: bool) -> dict[str, Setting]:
+    """The ``lwf.*`` keys: off, or paper 1's LwF (alpha 5, T 2, earlier heads trained through it)."""
+    settings = {
+        "lwf.alpha": Setting(
+            5.0 if lwf else 0.0,
+            f"{P1} config/strategy/lora.yaml:9"
+            if lwf
+            else f"{P1} config/strategy/lora.yaml:8 (name: finetune, no LwF)",
         )
-    else:
-        settings.update(
-            {
-                "method.name": Setting("fullrank", f"{P1} config/experiment/lora_full.yaml:11 (mode: full)"),
-                "method.targets": Setting(
-                    "default",
-                    f"{P1} experiments/lora_forget.py:39 (blocks.*.attn.qkv.weight), :44 (layer*.*.conv3.weight)",
-                ),
-            }
-        )
-    settings["lwf.alpha"] = Setting(
-        5.0 if lwf else 0.0,
-        f"{P1} config/strategy/lora.yaml:9" if lwf else f"{P1} config/strategy/lora.yaml:8 (name: finetune, no LwF)",
-    )
+    }
     if lwf:
         settings["lwf.temperature"] = Setting(2.0, f"{P1} config/strategy/lora.yaml:10")
         settings["lwf.train_earlier_heads"] = Setting(
@@ -348,11 +363,22 @@ PAPER2_NOTE = (
 )
 
 
+P1_VIT, P1_RESNET = "vit_base_patch16_224.augreg_in1k", "resnet50.a1_in1k"  # paper 1's backbones
+
+
 def _paper1_presets() -> list[Preset]:
     """Paper 1's presets (two backbones, two orders, the long settings, LwF, full rank), then its LoRA variants."""
-    vit, resnet = "vit_base_patch16_224.augreg_in1k", "resnet50.a1_in1k"
-    long = [f"{t}:samples_half1" for t in SHORT] + [f"{t}:samples_half2" for t in SHORT]
-    long80 = [f"{t}:samples_first80" for t in SHORT] + [f"{t}:samples_last20" for t in SHORT]
+    return [
+        *_paper1_order_presets(),
+        *_paper1_long_presets(),
+        *_paper1_comparison_presets(),
+        *_paper1_variant_presets(),
+    ]
+
+
+def _paper1_order_presets() -> list[Preset]:
+    """The short setting in paper 1's two task orders, both backbones (figure 1)."""
+    vit, resnet = P1_VIT, P1_RESNET
     return [
         Preset(
             "paper1-vit",
@@ -380,6 +406,15 @@ def _paper1_presets() -> list[Preset]:
             _paper1(resnet, SECOND_ORDER, order=ORDER_2),
             PAPER1_NOTE,
         ),
+    ]
+
+
+def _paper1_long_presets() -> list[Preset]:
+    """Paper 1's long setting (each dataset in two halves, the sequence run twice) and its 80/20 variant."""
+    vit, resnet = P1_VIT, P1_RESNET
+    long = [f"{t}:samples_half1" for t in SHORT] + [f"{t}:samples_half2" for t in SHORT]
+    long80 = [f"{t}:samples_first80" for t in SHORT] + [f"{t}:samples_last20" for t in SHORT]
+    return [
         Preset(
             "paper1-vit-long",
             "paper 1, long setting: every dataset's first half of samples, then the second halves (ViT-B/16)",
@@ -403,6 +438,13 @@ def _paper1_presets() -> list[Preset]:
             ),
             PAPER1_NOTE,
         ),
+    ]
+
+
+def _paper1_comparison_presets() -> list[Preset]:
+    """Paper 1's comparisons on the short setting: LwF (figure 2) and full-rank training of LoRA's targets."""
+    vit, resnet = P1_VIT, P1_RESNET
+    return [
         Preset(
             "paper1-vit-lwf",
             "paper 1, short setting with LwF (alpha 5, T 2; figure 2), ViT-B/16",
@@ -428,6 +470,13 @@ def _paper1_presets() -> list[Preset]:
             _paper1(resnet, SHORT, order=ORDER_1, method="fullrank"),
             PAPER1_NOTE,
         ),
+    ]
+
+
+def _paper1_variant_presets() -> list[Preset]:
+    """forgetlab's LoRA variants on paper 1's short setting (not in the paper): rsLoRA and DoRA."""
+    vit = P1_VIT
+    return [
         Preset(
             "paper1-vit-rslora",
             "forgetlab's extension of paper 1 (not in the paper): its short setting, ViT-B/16, with rsLoRA's "
@@ -476,111 +525,114 @@ def _paper2_block(p: int, split: int, file: str) -> dict[str, Setting]:
     }
 
 
+# Paper 2's table, one row per preset (README.md's table; configs/<method>/cifar100*.yaml).
+_LR_CHOICE = "forgetlab's choice: configs exist at 0.005 and 0.05 and the README does not say which made the row; "
+PAPER2_ROWS = [  # key, config file, method settings, lr, lr source, the table's label, extra note
+    (
+        "full",
+        "full/cifar100-lr=0.005.yaml",
+        {"name": Setting("full", f"{P2} configs/full/cifar100-lr=0.005.yaml:14")},
+        0.005,
+        _readme_row("All") + ": configs/full/cifar100-lr=0.005.yaml:16",
+        "full fine-tuning (85.9 M)",
+        "",
+    ),
+    (
+        "top3",
+        "add_three/cifar100-lr=0.005.yaml",
+        {
+            "name": Setting(
+                "topk",
+                "docs/PROTOCOL_paper2.md (top-3): not implemented in "
+                "the public code; forgetlab trains the last 3 blocks",
+            ),
+            "k": Setting(3, f"{P2} README.md:95 (row Top-3: 21.3 M = 3 blocks + the classifier)"),
+        },
+        0.005,
+        _readme_row("Top-3") + ": configs/add_three/cifar100-lr=0.005.yaml:16",
+        "top-3 blocks (21.3 M)",
+        " Top-3 is not defined by the public code (its config's training_mode 'add_three' "
+        "exists nowhere in src/): forgetlab trains the last 3 blocks and the final norm.",
+    ),
+    (
+        "linear",
+        "linear/cifar100-lr=0.005.yaml",
+        {"name": Setting("linear", f"{P2} configs/linear/cifar100-lr=0.005.yaml:14")},
+        0.005,
+        _readme_row("Linear") + ": configs/linear/cifar100-lr=0.005.yaml:16",
+        "linear probing (76.9 K)",
+        "",
+    ),
+    (
+        "lora-r4",
+        "lora/cifar100-r4-lr-0.05.yaml",
+        _paper2_lora(4),
+        0.05,
+        _readme_row("r=4") + ": configs/lora/cifar100-r4-lr-0.05.yaml:16",
+        "LoRA r=4 on q, v",
+        "",
+    ),
+    (
+        "lora-r8",
+        "lora/cifar100-r8-lr-0.005.yaml",
+        _paper2_lora(8),
+        0.005,
+        _readme_row("r=8") + ": configs/lora/cifar100-r8-lr-0.005.yaml:16",
+        "LoRA r=8 on q, v",
+        "",
+    ),
+    (
+        "lora-r16",
+        "lora/cifar100-r16-lr-0.05.yaml",
+        _paper2_lora(16),
+        0.05,
+        _readme_row("r=16") + ": configs/lora/cifar100-r16-lr-0.05.yaml:16",
+        "LoRA r=16 on q, v",
+        "",
+    ),
+    (
+        "block-p1",
+        "block/cifar100-lr=0.005-s11.yaml",
+        _paper2_block(1, 11, "cifar100-lr=0.005-s11.yaml"),
+        0.005,
+        _LR_CHOICE + "0.005 as for p=2, the one row whose config is linked",
+        "Block Expansion p=1",
+        " train.lr=0.05 runs the other config (configs/block/cifar100-lr=0.05-s11.yaml).",
+    ),
+    (
+        "block-p2",
+        "block/cifar100-lr=0.005-s6.yaml",
+        _paper2_block(2, 6, "cifar100-lr=0.005-s6.yaml"),
+        0.005,
+        f"{P2} configs/block/cifar100-lr=0.005-s6.yaml:16",
+        "Block Expansion p=2",
+        "",
+    ),
+    (
+        "block-p3",
+        "block/cifar100.yaml",
+        _paper2_block(3, 4, "cifar100.yaml"),
+        0.05,
+        _LR_CHOICE + "0.05, the value of configs/block/cifar100.yaml:16, the split-4 config without a suffix",
+        "Block Expansion p=3",
+        " train.lr=0.005 runs the other config (configs/block/cifar100-lr=0.005.yaml).",
+    ),
+    (
+        "block-p4",
+        "block/cifar100-lr=0.005-s3.yaml",
+        _paper2_block(4, 3, "cifar100-lr=0.005-s3.yaml"),
+        0.005,
+        _LR_CHOICE + "0.005 as for p=2, the one row whose config is linked",
+        "Block Expansion p=4",
+        " train.lr=0.05 runs the other config (configs/block/cifar100-lr=0.05-s3.yaml).",
+    ),
+]
+
+
 def _paper2_presets() -> list[Preset]:
     """Paper 2's table, one preset per row: the method's settings, its learning rate and its note."""
-    lr_choice = "forgetlab's choice: configs exist at 0.005 and 0.05 and the README does not say which made the row; "
-    paper2 = [
-        (
-            "full",
-            "full/cifar100-lr=0.005.yaml",
-            {"name": Setting("full", f"{P2} configs/full/cifar100-lr=0.005.yaml:14")},
-            0.005,
-            _readme_row("All") + ": configs/full/cifar100-lr=0.005.yaml:16",
-            "full fine-tuning (85.9 M)",
-            "",
-        ),
-        (
-            "top3",
-            "add_three/cifar100-lr=0.005.yaml",
-            {
-                "name": Setting(
-                    "topk",
-                    "docs/PROTOCOL_paper2.md (top-3): not implemented in "
-                    "the public code; forgetlab trains the last 3 blocks",
-                ),
-                "k": Setting(3, f"{P2} README.md:95 (row Top-3: 21.3 M = 3 blocks + the classifier)"),
-            },
-            0.005,
-            _readme_row("Top-3") + ": configs/add_three/cifar100-lr=0.005.yaml:16",
-            "top-3 blocks (21.3 M)",
-            " Top-3 is not defined by the public code (its config's training_mode 'add_three' "
-            "exists nowhere in src/): forgetlab trains the last 3 blocks and the final norm.",
-        ),
-        (
-            "linear",
-            "linear/cifar100-lr=0.005.yaml",
-            {"name": Setting("linear", f"{P2} configs/linear/cifar100-lr=0.005.yaml:14")},
-            0.005,
-            _readme_row("Linear") + ": configs/linear/cifar100-lr=0.005.yaml:16",
-            "linear probing (76.9 K)",
-            "",
-        ),
-        (
-            "lora-r4",
-            "lora/cifar100-r4-lr-0.05.yaml",
-            _paper2_lora(4),
-            0.05,
-            _readme_row("r=4") + ": configs/lora/cifar100-r4-lr-0.05.yaml:16",
-            "LoRA r=4 on q, v",
-            "",
-        ),
-        (
-            "lora-r8",
-            "lora/cifar100-r8-lr-0.005.yaml",
-            _paper2_lora(8),
-            0.005,
-            _readme_row("r=8") + ": configs/lora/cifar100-r8-lr-0.005.yaml:16",
-            "LoRA r=8 on q, v",
-            "",
-        ),
-        (
-            "lora-r16",
-            "lora/cifar100-r16-lr-0.05.yaml",
-            _paper2_lora(16),
-            0.05,
-            _readme_row("r=16") + ": configs/lora/cifar100-r16-lr-0.05.yaml:16",
-            "LoRA r=16 on q, v",
-            "",
-        ),
-        (
-            "block-p1",
-            "block/cifar100-lr=0.005-s11.yaml",
-            _paper2_block(1, 11, "cifar100-lr=0.005-s11.yaml"),
-            0.005,
-            lr_choice + "0.005 as for p=2, the one row whose config is linked",
-            "Block Expansion p=1",
-            " train.lr=0.05 runs the other config (configs/block/cifar100-lr=0.05-s11.yaml).",
-        ),
-        (
-            "block-p2",
-            "block/cifar100-lr=0.005-s6.yaml",
-            _paper2_block(2, 6, "cifar100-lr=0.005-s6.yaml"),
-            0.005,
-            f"{P2} configs/block/cifar100-lr=0.005-s6.yaml:16",
-            "Block Expansion p=2",
-            "",
-        ),
-        (
-            "block-p3",
-            "block/cifar100.yaml",
-            _paper2_block(3, 4, "cifar100.yaml"),
-            0.05,
-            lr_choice + "0.05, the value of configs/block/cifar100.yaml:16, the split-4 config without a suffix",
-            "Block Expansion p=3",
-            " train.lr=0.005 runs the other config (configs/block/cifar100-lr=0.005.yaml).",
-        ),
-        (
-            "block-p4",
-            "block/cifar100-lr=0.005-s3.yaml",
-            _paper2_block(4, 3, "cifar100-lr=0.005-s3.yaml"),
-            0.005,
-            lr_choice + "0.005 as for p=2, the one row whose config is linked",
-            "Block Expansion p=4",
-            " train.lr=0.05 runs the other config (configs/block/cifar100-lr=0.05-s3.yaml).",
-        ),
-    ]
     presets = []
-    for key, config_file, method, lr, lr_source, label, extra_note in paper2:
+    for key, config_file, method, lr, lr_source, label, extra_note in PAPER2_ROWS:
         settings = _paper2(config_file, method, lr, lr_source)
         note = PAPER2_NOTE.format(every=250 if key == "linear" else 500) + extra_note
         if key.startswith("lora"):
