@@ -5,6 +5,8 @@ its reason), and the weights' digest is computed from what changed."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -158,21 +160,17 @@ CHANGED = {
 RESOLVED_THE_SAME_HERE = {"device"}
 
 
+@functools.cache
 def _documented_choices() -> dict[str, tuple[str, ...]]:
     from forgetlab.config import RunConfig, documented_choices
 
     return documented_choices(RunConfig)  # Literal types and registry-backed choices alike
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {}
-
-
 def _changed(key, field, value, files):
-    if not _CHOICES:
-        _CHOICES.update(_documented_choices())
     if key in CHANGED:
         return CHANGED[key](value, files) if callable(CHANGED[key]) else CHANGED[key]
-    choices = _CHOICES.get(key) or ()
+    choices = _documented_choices().get(key) or ()
     if choices:
         return next(choice for choice in choices if choice != value)
     if isinstance(value, bool):

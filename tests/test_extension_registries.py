@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import forgetlab
 from forgetlab.analysis import metrics
@@ -179,7 +178,8 @@ def test_a_registered_evaluator_is_built_by_name_and_its_result_reaches_the_reco
     from forgetlab import config as config_module
     from forgetlab.data import build_task
     from forgetlab.data.base import dataset_labels
-    from forgetlab.evaluate import UpstreamResult, build_upstream_evaluator, head_evaluator, unregister_evaluator
+    from forgetlab.evaluate import UpstreamResult, build_upstream_evaluator, head_evaluator
+    from forgetlab.evaluators import unregister_evaluator
     from forgetlab.models.backbones import load_backbone
     from forgetlab.models.multihead import MultiHeadModel
     from forgetlab.runtime import Runtime

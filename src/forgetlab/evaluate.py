@@ -27,7 +27,7 @@ from forgetlab import caches
 from forgetlab.data.base import dataset_fingerprint, dataset_labels
 from forgetlab.data.eval_cache import EvalCrops, evaluation_batches
 from forgetlab.errors import ConfigError
-from forgetlab.evaluators import evaluator_factory, evaluator_names, register_evaluator, unregister_evaluator  # noqa: F401 (public here too)
+from forgetlab.evaluators import evaluator_factory, register_evaluator
 from forgetlab.models.multihead import UPSTREAM
 from forgetlab.runtime import Runtime
 

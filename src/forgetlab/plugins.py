@@ -24,7 +24,6 @@ from importlib.metadata import entry_points
 from forgetlab.errors import ForgetlabError
 
 GROUP = "forgetlab.plugins"
-_loaded: list[str] = []  # "name = value" of every entry point imported, in order
 _state = {"done": False}
 
 
@@ -32,13 +31,13 @@ class PluginError(ForgetlabError):
     """An installed forgetlab plugin failed to load."""
 
 
-def load_plugins() -> list[str]:
-    """Import every ``forgetlab.plugins`` entry point once; returns their ``name = value`` lines.
+def load_plugins() -> None:
+    """Import every ``forgetlab.plugins`` entry point once (in the order of their names).
 
     Re-entrant: a plugin whose import triggers a registry lookup does not load the group twice.
     """
     if _state["done"]:
-        return list(_loaded)
+        return
     _state["done"] = True
     for point in sorted(entry_points(group=GROUP), key=lambda point: point.name):
         where = f"'{point.name} = {point.value}'" + (f" of the package {point.dist.name}" if point.dist else "")
@@ -53,5 +52,3 @@ def load_plugins() -> list[str]:
                 f"the forgetlab plugin {where} failed to load ({type(error).__name__}: {error}); "
                 f"fix or uninstall that package"
             ) from error
-        _loaded.append(f"{point.name} = {point.value}")
-    return list(_loaded)
