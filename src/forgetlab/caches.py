@@ -28,13 +28,18 @@ Imports: :mod:`forgetlab.paths` only (every floor above uses this module).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import weakref
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 from forgetlab import paths
+from forgetlab.errors import FULL_DISK, DiskFullError
 
 # The code's own format version of each cache: bump it when the code that fills a cache changes what it
 # writes (eval-crops 2: the device path's crops are rounded and clamped as PIL does).
@@ -307,3 +312,33 @@ class WeightsDigest:
             forget = weakref.ref(tensor, lambda _, key=id(tensor), known=self._known: known.pop(key, None))
             self._known[id(tensor)] = (forget, mark, value)
         return value
+
+
+def write_memmap_atomically(target: Path, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]) -> None:
+    """Create the uint8 ``.npy`` ``target`` of ``shape``: ``fill(array)`` writes a memory-mapped array under
+    a temporary name in the same folder, which is renamed to ``target`` only when ``fill`` returned. On
+    any error (an interrupt included) the temporary file is removed; a full disk is a
+    :class:`~forgetlab.errors.DiskFullError`."""
+    with atomic_memmap(target, shape) as array:
+        fill(array)
+
+
+@contextlib.contextmanager
+def atomic_memmap(target: Path, shape: tuple[int, ...]):
+    """The memory-mapped uint8 array of :func:`write_memmap_atomically`, for a writer that is not one call
+    (a generator): renamed to ``target`` when the block ends normally, removed on any error or when the
+    generator holding it is closed early."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+        yield array
+        array.flush()
+        del array
+        os.replace(partial, target)
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in FULL_DISK:
+            raise DiskFullError.writing(target, error.strerror) from error
+        raise

@@ -908,16 +908,27 @@ def dump(config: RunConfig) -> str:
 
 
 def describe_all(config) -> list[tuple[str, str, object]]:
-    """:func:`describe`, with the choices of ``method.name``, then every other method's own keys at
-    their defaults, keyed ``method.KEY (method.name=NAME)`` (``forgetlab config --keys``)."""
+    """:func:`describe`, with the registered names a key takes (methods, datasets, upstream evaluators,
+    plugins' included), then every other method's own keys at their defaults, keyed
+    ``method.KEY (method.name=NAME)`` (``forgetlab config --keys``)."""
+    from forgetlab.data.registry import dataset_names
+    from forgetlab.evaluators import evaluator_names
     from forgetlab.methods import method_class, method_names
 
+    registered = {  # keys whose values name registered extensions: their names as registered now
+        "data.upstream": ("datasets", dataset_names),
+        "data.tasks": ("datasets", dataset_names),
+        "eval.upstream_evaluator": ("upstream evaluators", evaluator_names),
+    }
     rows = []
     for key, help_text, value in describe(config):
         if key == "method.name":
             help_text = (
                 f"the fine-tuning method: {', '.join(method_names())}; the other method.* keys are that method's own"
             )
+        elif key in registered:
+            what, names = registered[key]
+            help_text = f"{help_text}; {what}: {', '.join(names())}"
         rows.append((key, help_text, value))
     for name in method_names():
         if name != config.method.name:

@@ -33,11 +33,7 @@ def ensure_pretrained(backbone_config, *, device=None) -> None:
     The explicit step a caller takes before :func:`forgetlab.models.backbones.load_backbone`, which
     never trains. Deterministic (see :func:`pretrain`); minutes on a CPU."""
     name = backbone_config.name
-    if (
-        name not in OFFLINE_BACKBONES
-        or backbone_config.weights is not None
-        or getattr(backbone_config, "random_init", False)
-    ):
+    if name not in OFFLINE_BACKBONES or backbone_config.weights is not None or backbone_config.random_init:
         return
     folder = offline_backbone_dir(name)
     if not (folder / "model.safetensors").exists():

@@ -39,7 +39,7 @@ from forgetlab import config as config_module
 from forgetlab.data import build_task
 from forgetlab.data_check import load_upstream
 from forgetlab.data.device_pipeline import encoded
-from forgetlab.data.eval_cache import EvalCropCache
+from forgetlab.data.eval_cache import EvalCropCache, cache_keys_under
 from forgetlab.data.files import preprocess_for
 from forgetlab.data.offline import WORLD_DATASETS, world_dir
 from forgetlab.errors import ConfigError, DataError
@@ -249,13 +249,8 @@ def cache_keys(state: RunState) -> dict[str, set[str]]:
         datasets.append(knn.bank)
         if knn.cache_dir is not None:
             keys["knn-banks"].add(knn.bank_key(MultiHeadModel(state.backbone.model), None, state.runtime))
-    for dataset in datasets:
-        while dataset is not None:
-            if getattr(dataset, "key", None) and hasattr(dataset, "to_batch"):  # EvalCrops
-                keys["eval-crops"].add(dataset.key)
-            if getattr(dataset, "cache_key", None):  # decoded images
-                keys["decoded"].add(dataset.cache_key)
-            dataset = getattr(dataset, "source", None) or getattr(dataset, "dataset", None)
+    for cache, key in (found for dataset in datasets for found in cache_keys_under(dataset)):
+        keys[cache].add(key)
     names = [state.config.data.upstream, *state.config.data.tasks]
     if any(name.split(":")[0] in WORLD_DATASETS for name in names):
         keys["offline-world"].add(world_dir().name)

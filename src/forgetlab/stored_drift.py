@@ -35,7 +35,7 @@ def drift_of_run(run_dir: str | Path, *, device: str = "auto", probe_images: int
     if not folder.config.exists() or not folder.progress.exists():
         raise DataError(f"{folder.path} is not a run folder with finished tasks; give a folder 'forgetlab run' wrote")
     config = config_module.load_stored(folder.config)
-    if config.method.name != "lora" or getattr(config.method, "policy", "merge") != "merge":
+    if config.method.name != "lora" or config.method.policy != "merge":
         raise ConfigError(
             f"{folder.path} is a {config.method.name} run; drift from stored adapters needs method.name=lora "
             "with method.policy=merge (other runs write drift.csv while they run: eval.probe_images)"

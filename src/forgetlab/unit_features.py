@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from forgetlab.data.base import dataset_labels
+from forgetlab.data.base import DeviceBatched, IndexView, dataset_labels
 from forgetlab.data.eval_cache import open_crops
 from forgetlab.data.loader import batches, make_loader
 from forgetlab.errors import ConfigError
@@ -52,31 +52,38 @@ def balanced_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
-class ProbeSubset(Dataset):
-    """The examples of ``dataset`` at ``indices``, batched as ``dataset`` batches them (its ``collate``
-    and ``to_batch``: the device pipeline's datasets keep working)."""
+class ProbeSubset(IndexView):
+    """The examples of ``dataset`` at ``indices``; cached evaluation crops are mapped on first use, not
+    when the run is resolved."""
 
     def __init__(self, dataset: Dataset, indices: np.ndarray):
         self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
         self._opened = False
         self.labels = dataset_labels(dataset)[self.indices]
-        for name in ("collate", "to_batch"):
-            if hasattr(self.dataset, name):
-                setattr(self, name, getattr(self.dataset, name))
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
     def __getitem__(self, index: int):
-        if not self._opened:  # cached evaluation crops are mapped on first use, not when the run is resolved
+        if not self._opened:
             self.dataset, self._opened = open_crops(self.dataset), True
         return self.dataset[int(self.indices[index])]
+
+
+class DeviceBatchedProbe(ProbeSubset):
+    """A :class:`ProbeSubset` of a :class:`~forgetlab.data.base.DeviceBatched` dataset, batched as that
+    dataset batches (the device pipeline's datasets keep working)."""
+
+    def collate(self, items):
+        return self.dataset.collate(items)
+
+    def to_batch(self, payloads, positions, device: torch.device, generator=None) -> torch.Tensor:
+        return self.dataset.to_batch(payloads, positions, device, generator)
 
 
 def probe_subset(dataset: Dataset, count: int, seed: int) -> Dataset:
     """A fixed, class-balanced subset of ``count`` examples of ``dataset`` (all when fewer), seeded."""
     indices = balanced_indices(dataset_labels(dataset), count, seed)
-    return dataset if len(indices) == len(dataset) else ProbeSubset(dataset, indices)
+    if len(indices) == len(dataset):
+        return dataset
+    return (DeviceBatchedProbe if isinstance(dataset, DeviceBatched) else ProbeSubset)(dataset, indices)
 
 
 def feature_units(backbone: nn.Module) -> list[str]:

@@ -48,6 +48,49 @@ class TaskDataset(Protocol):
     def fingerprint(self) -> str | None: ...
 
 
+@runtime_checkable
+class DeviceBatched(Protocol):
+    """A dataset whose batches are finished on the device (the device pipeline's ``EncodedDataset``, the
+    evaluation crops' ``EvalCrops``): its loader collates with ``collate`` (in a loader worker), and
+    :func:`forgetlab.data.loader.batches` turns each ``(payloads, labels, positions)`` batch into float
+    images ``[B, 3, H, W]`` on the device with ``to_batch``. Datasets without it are collated by torch
+    and copied."""
+
+    def collate(self, items): ...
+
+    def to_batch(self, payloads, positions, device: torch.device, generator=None) -> torch.Tensor: ...
+
+
+class IndexView(Dataset):
+    """A dataset that reads the examples of another, ``dataset``, at ``indices`` (int64 ``[N]``): the
+    class and sample splits (:class:`LabelSubset`, :class:`SampleSubset`) and the drift probe. Caches
+    and the device pipeline read through it to the dataset that holds the images
+    (:func:`base_positions`)."""
+
+    dataset: Dataset
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def evaluation_view(self) -> "IndexView":
+        view = copy.copy(self)
+        view.dataset = evaluation_view(self.dataset)
+        return view
+
+    def fingerprint(self) -> str | None:
+        return index_fingerprint(self, dataset_fingerprint(self.dataset), self.indices)
+
+
+def base_positions(dataset: Dataset) -> tuple[Dataset, np.ndarray]:
+    """``(the dataset under every :class:`IndexView` of dataset, the positions there of dataset's examples)``
+    (int64 ``[N]``, in dataset's order); ``(dataset, 0..N-1)`` for a dataset that is no view."""
+    positions = np.arange(len(dataset))
+    while isinstance(dataset, IndexView):
+        positions, dataset = np.asarray(dataset.indices)[positions], dataset.dataset
+    return dataset, positions
+
+
 def dataset_labels(dataset: Dataset) -> np.ndarray:
     """Every example's label ``[N]``: a :class:`TaskDataset`'s ``labels`` (no image is loaded), any other
     dataset's read item by item."""
@@ -158,7 +201,7 @@ class TaskData:
         return len(self.classes)
 
 
-class LabelSubset(Dataset):
+class LabelSubset(IndexView):
     """The examples of ``dataset`` whose label is a key of ``relabel``, with labels mapped through it."""
 
     def __init__(self, dataset: Dataset, relabel: dict[int, int]):
@@ -170,42 +213,20 @@ class LabelSubset(Dataset):
             mapping[old] = new
         self.labels = mapping[labels[self.indices]]
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
     def __getitem__(self, index: int):
         image, _ = self.dataset[int(self.indices[index])]
         return image, int(self.labels[index])
 
-    def evaluation_view(self) -> "LabelSubset":
-        view = copy.copy(self)
-        view.dataset = evaluation_view(self.dataset)
-        return view
 
-    def fingerprint(self) -> str | None:
-        return index_fingerprint(self, dataset_fingerprint(self.dataset), self.indices)
-
-
-class SampleSubset(Dataset):
+class SampleSubset(IndexView):
     """The examples of ``dataset`` at ``indices`` (a sample split: paper 1's long setting)."""
 
     def __init__(self, dataset: Dataset, indices):
         self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
         self.labels = dataset_labels(dataset)[self.indices]
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
     def __getitem__(self, index: int):
         return self.dataset[int(self.indices[index])]
-
-    def evaluation_view(self) -> "SampleSubset":
-        view = copy.copy(self)
-        view.dataset = evaluation_view(self.dataset)
-        return view
-
-    def fingerprint(self) -> str | None:
-        return index_fingerprint(self, dataset_fingerprint(self.dataset), self.indices)
 
 
 def evaluation_view(dataset: Dataset) -> Dataset:

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from forgetlab.data.base import ArrayDataset, LabelSubset, SampleSubset, dataset_labels
+from forgetlab.data.base import ArrayDataset, base_positions, dataset_labels
 from forgetlab.data.decode import JPEG_MAGIC, PNG_MAGIC, box_pixels, decode_bytes, jpeg_components, to_uint8
 from forgetlab.data.files import ArrayImageDataset, FileDataset
 from forgetlab.data.loader import device_constant
@@ -555,11 +555,9 @@ class EncodedDataset(Dataset):
         self.batch_transform, self.eval_batch_transform = transform, eval_transform or transform
         self.labels = dataset_labels(dataset)  # class splits relabel: the outer labels are the task's
         # Class and sample splits are index maps over a file or array dataset: read through them.
-        positions = np.arange(len(dataset))
-        while not isinstance(dataset, (FileDataset, ArrayImageDataset, ArrayDataset)):
-            if not isinstance(dataset, (LabelSubset, SampleSubset)):
-                raise ValueError(f"the device pipeline cannot read a {type(dataset).__name__}")
-            positions, dataset = np.asarray(dataset.indices)[positions], dataset.dataset
+        dataset, positions = base_positions(dataset)
+        if not isinstance(dataset, (FileDataset, ArrayImageDataset, ArrayDataset)):
+            raise ValueError(f"the device pipeline cannot read a {type(dataset).__name__}")
         self.dataset, self.positions = dataset, positions
 
     def __len__(self) -> int:

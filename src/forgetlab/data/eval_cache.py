@@ -7,7 +7,7 @@ later evaluation, run and sweep cell instead of decoding and resizing the files 
 in-memory images by their bytes), which of them (a split's or subset's positions), the preprocessing up to the crop
 (timm's PIL transforms, or the device pipeline's :class:`~forgetlab.data.device_pipeline.BatchTransform` and the device
 type it runs on) and the code's format version, so a changed dataset or recipe gets another folder. The array is written
-under a temporary name and renamed when complete (:func:`write_memmap_atomically`, which
+under a temporary name and renamed when complete (:func:`forgetlab.caches.write_memmap_atomically`, which
 :func:`forgetlab.data.files.decoded_cache` uses too), so an interrupted write leaves no cache, and concurrent writers of
 one key each rename a complete file. Normalisation (mean, std) is applied on the device per batch.
 
@@ -18,13 +18,13 @@ is not written (one log line says so). On the PIL path the cached crops are the 
 uint8 pixels, so predictions are unchanged; on the device path they are its float crops rounded to
 uint8 (at most half a level of 255).
 
-Imports: ``data.base`` and ``data.loader`` (the device path computes its crops through the batches
-training and evaluation read); ``evaluate``, the runner and ``data.files`` import this.
+Imports: ``data.base``, ``data.files``, ``data.device_pipeline`` (the kinds of dataset it caches) and
+``data.loader`` (the device path computes its crops through the batches training and evaluation read);
+``evaluate``, ``unit_features`` and the runner import this.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -38,51 +38,21 @@ import torch
 from torch.utils.data import Dataset
 
 from forgetlab import caches
-from forgetlab.data.base import dataset_labels
+from forgetlab.data.base import ArrayDataset, IndexView, base_positions, dataset_labels
+from forgetlab.data.device_pipeline import EncodedDataset
+from forgetlab.data.files import ArrayImageDataset, FileDataset
 from forgetlab.data.loader import batches, device_constant, make_loader
-from forgetlab.errors import FULL_DISK, DiskFullError
 
 CROPS_FILE = "crops.npy"
 
 
-def write_memmap_atomically(target: Path, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]) -> None:
-    """Create the uint8 ``.npy`` ``target`` of ``shape``: ``fill(array)`` writes a memory-mapped array under
-    a temporary name in the same folder, which is renamed to ``target`` only when ``fill`` returned. On
-    any error (an interrupt included) the temporary file is removed; a full disk is a
-    :class:`~forgetlab.errors.DiskFullError`."""
-    with atomic_memmap(target, shape) as array:
-        fill(array)
-
-
-@contextlib.contextmanager
-def atomic_memmap(target: Path, shape: tuple[int, ...]):
-    """The memory-mapped uint8 array of :func:`write_memmap_atomically`, for a writer that is not one call
-    (a generator): renamed to ``target`` when the block ends normally, removed on any error or when the
-    generator holding it is closed early."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
-        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
-        yield array
-        array.flush()
-        del array
-        os.replace(partial, target)
-    except BaseException as error:
-        partial.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in FULL_DISK:
-            raise DiskFullError.writing(target, error.strerror) from error
-        raise
-
-
 def _source(dataset: Dataset):
-    """``(base dataset, positions)`` under class and sample splits (index maps), or None."""
-    positions = np.arange(len(dataset))
-    while not (hasattr(dataset, "paths") or hasattr(dataset, "images") or hasattr(dataset, "batch_transform")):
-        if not (hasattr(dataset, "dataset") and hasattr(dataset, "indices")):
-            return None
-        positions, dataset = np.asarray(dataset.indices)[positions], dataset.dataset
-    return dataset, positions
+    """``(the dataset holding the images, positions)`` under class and sample splits (index views): a file or
+    array dataset, or the device pipeline's :class:`EncodedDataset`; None for another kind (not cached)."""
+    base, positions = base_positions(dataset)
+    if isinstance(base, (FileDataset, ArrayImageDataset, ArrayDataset, EncodedDataset)):
+        return base, positions
+    return None
 
 
 def _pil_recipe(transform):
@@ -129,7 +99,7 @@ class EvalCrops(Dataset):
         if self._array is None:
             target = self.path / CROPS_FILE
             if not target.exists():
-                write_memmap_atomically(target, (len(self), 3, self.size, self.size), self._build)
+                caches.write_memmap_atomically(target, (len(self), 3, self.size, self.size), self._build)
                 self.computed = True
             array = np.load(target, mmap_mode="r")
             if array.shape != (len(self), 3, self.size, self.size):  # never trust a file of another shape
@@ -181,7 +151,7 @@ class EvalCrops(Dataset):
         each batch's uint8 crops (what later passes read) are evaluated and copied to the memory map; on
         CUDA through a pinned buffer, written one batch later, so the copy overlaps the next batch."""
         pending = None
-        with atomic_memmap(self.path / CROPS_FILE, (len(self), 3, self.size, self.size)) as array:
+        with caches.atomic_memmap(self.path / CROPS_FILE, (len(self), 3, self.size, self.size)) as array:
             row = 0
             for crops, labels in self._produce(batch_size, workers):
                 if pending is not None:
@@ -225,13 +195,13 @@ class EvalCropCache:
         if found is None:
             return dataset
         base, positions = found
-        if hasattr(base, "batch_transform"):  # an EncodedDataset: its own index map into the files or arrays
+        if isinstance(base, EncodedDataset):  # its own index map into the files or arrays
             positions = np.asarray(base.positions)[positions]
-        on_files = hasattr(base, "paths") or hasattr(getattr(base, "dataset", None), "paths")
+        on_files = isinstance(base.dataset if isinstance(base, EncodedDataset) else base, FileDataset)
         if self.mode == "auto" and not (on_files and self.device.type == "cuda"):
             return dataset
-        if hasattr(base, "batch_transform"):  # the device pipeline (EncodedDataset)
-            transform = dataset.batch_transform if hasattr(dataset, "batch_transform") else base.batch_transform
+        if isinstance(base, EncodedDataset):  # the device pipeline
+            transform = (dataset if isinstance(dataset, EncodedDataset) else base).batch_transform
             if transform.training:
                 return dataset
             size, mean, std = transform.size, transform.mean, transform.std
@@ -240,7 +210,7 @@ class EvalCropCache:
             produce = self._device_crops(dataset, transform)
             build = self._device_builder(produce)
         else:
-            pil = _pil_recipe(getattr(base, "transform", None))
+            pil = _pil_recipe(base.transform if isinstance(base, (FileDataset, ArrayImageDataset)) else None)
             if pil is None:
                 return dataset
             steps, size, mean, std = pil
@@ -274,11 +244,7 @@ class EvalCropCache:
         from forgetlab.runtime import progress
 
         def image(position: int):
-            if hasattr(base, "open_image"):
-                return base.open_image(position)
-            from PIL import Image
-
-            return Image.fromarray(np.asarray(base.images[position]))
+            return base.open_image(position)
 
         def fill(array: np.ndarray) -> None:
             def crop(row: int) -> None:
@@ -352,8 +318,8 @@ def evaluation_batches(dataset: Dataset, batch_size: int, device: torch.device, 
 
 def _key(images_of: Dataset, positions: np.ndarray, recipe: str, size: int) -> str:
     """:func:`forgetlab.caches.eval_crops_key` of the images ``images_of`` holds (files or an array)."""
-    if hasattr(images_of, "paths"):
-        boxes = getattr(images_of, "boxes", None)
+    if isinstance(images_of, FileDataset):
+        boxes = images_of.boxes
         images = caches.digest(
             caches.files_digest(images_of.paths), None if boxes is None else np.asarray(boxes).tobytes()
         )
@@ -365,3 +331,21 @@ def _key(images_of: Dataset, positions: np.ndarray, recipe: str, size: int) -> s
 def open_crops(dataset: Dataset) -> Dataset:
     """Compute or map an :class:`EvalCrops` before its loader starts (others: unchanged)."""
     return dataset.open() if isinstance(dataset, EvalCrops) else dataset
+
+
+def cache_keys_under(dataset: Dataset) -> list[tuple[str, str]]:
+    """``(cache, key)`` of every cache under ``$FORGETLAB_HOME`` that ``dataset`` reads
+    (:mod:`forgetlab.caches`): its evaluation crops and the decoded images under its views. Nothing is
+    computed or written."""
+    found = []
+    while dataset is not None:
+        if isinstance(dataset, EvalCrops):
+            found.append(("eval-crops", dataset.key))
+            dataset = dataset.source
+        elif isinstance(dataset, (IndexView, EncodedDataset)):
+            dataset = dataset.dataset
+        else:
+            if isinstance(dataset, ArrayImageDataset) and dataset.cache_key:
+                found.append(("decoded", dataset.cache_key))
+            dataset = None
+    return found

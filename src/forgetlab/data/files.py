@@ -254,10 +254,14 @@ class ArrayImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int):
+    def open_image(self, index: int):
+        """The ``index``-th image as an RGB PIL image."""
         from PIL import Image
 
-        image = Image.fromarray(np.asarray(self.images[index]))
+        return Image.fromarray(np.asarray(self.images[index]))
+
+    def __getitem__(self, index: int):
+        image = self.open_image(index)
         return (self.transform(image) if self.transform else image), int(self.labels[index])
 
     def select(self, order) -> "ArrayImageDataset":
@@ -304,7 +308,6 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
     )
     target = folder / f"{key}-{size}px.npy"
     if not target.exists():
-        from forgetlab.data.eval_cache import write_memmap_atomically
 
         def fill(array: np.ndarray) -> None:
             def decode(index: int) -> None:
@@ -321,7 +324,9 @@ def decoded_cache(dataset: FileDataset, size: int, folder: Path) -> ArrayImageDa
                 ):
                     pass
 
-        write_memmap_atomically(target, (len(dataset), size, size, 3), fill)  # the evaluation-crop cache's writer
+        caches.write_memmap_atomically(
+            target, (len(dataset), size, size, 3), fill
+        )  # the evaluation-crop cache's writer
     cached = ArrayImageDataset(np.load(target, mmap_mode="r"), dataset.labels, dataset.transform, cache_key=key)
     cached.eval_transform = dataset.eval_transform
     return cached

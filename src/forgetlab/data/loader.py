@@ -7,13 +7,15 @@ are decoded and preprocessed there by their ``to_batch`` (:mod:`forgetlab.data.d
 while the current one trains (:func:`prefetched`).
 
 Imports run one way: ``train``, ``evaluate`` and ``data.eval_cache`` import this module; it imports
-only torch.
+only torch and ``data.base`` (the :class:`~forgetlab.data.base.DeviceBatched` protocol).
 """
 
 from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from forgetlab.data.base import DeviceBatched
 
 
 _CONSTANTS: dict[tuple, torch.Tensor] = {}
@@ -47,7 +49,7 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle,
         drop_last=drop_last and len(dataset) >= batch_size,
-        collate_fn=getattr(dataset, "collate", None),  # the device pipeline's datasets yield encoded images
+        collate_fn=dataset.collate if isinstance(dataset, DeviceBatched) else None,  # encoded images
         generator=generator if shuffle else None,
         num_workers=workers,
         pin_memory=device is not None and device.type == "cuda",
@@ -71,7 +73,7 @@ def batches(loader, dataset, device: torch.device, generator: torch.Generator | 
 
 
 def _on_device(loader, dataset, device: torch.device, generator: torch.Generator | None):
-    to_batch = getattr(dataset, "to_batch", None)
+    to_batch = dataset.to_batch if isinstance(dataset, DeviceBatched) else None
     for batch in loader:
         if to_batch is not None:
             payloads, labels, positions = batch

@@ -161,8 +161,8 @@ def create(name: str, num_classes: int, **kwargs) -> nn.Module:
 def _create_kwargs(config) -> dict:
     """``backbone.kwargs``, and ``img_size`` when ``backbone.image_size`` is set (:func:`create` drops it
     for architectures that take any size and no such argument, as convolutional networks)."""
-    kwargs = dict(getattr(config, "kwargs", None) or {})
-    if getattr(config, "image_size", None):
+    kwargs = dict(config.kwargs or {})
+    if config.image_size:
         kwargs.setdefault("img_size", config.image_size)
     return kwargs
 
@@ -265,7 +265,7 @@ def load_backbone(config) -> Backbone:
     backbone not built yet is a DataError too: building it is the caller's explicit step
     (:func:`forgetlab.pretrain.ensure_pretrained`), never a side effect of loading."""
     check_backbone_name(config.name)
-    if getattr(config, "random_init", False):
+    if config.random_init:
         num_classes = 1000 if config.num_classes is None else config.num_classes
         with torch.random.fork_rng(devices=[]):  # the same random weights every time: smoke runs resume and caches hit
             torch.manual_seed(0)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from forgetlab.data.base import dataset_labels
+from forgetlab.data.base import DeviceBatched, dataset_labels
 from forgetlab.errors import ConfigError
 
 
@@ -39,13 +39,13 @@ class ReplayBuffer:
 
     def batches(self, batch_size: int, seed: int, device: torch.device | None = None):
         """Endless random batches ``(images, labels)`` of the buffer, in a seeded order. A dataset of the
-        device pipeline (:class:`forgetlab.data.device_pipeline.EncodedDataset`: it has ``to_batch``)
+        device pipeline (:class:`~forgetlab.data.base.DeviceBatched`)
         gives its batches as training batches are made: collated as a loader worker would, decoded and
         augmented on ``device`` (its random parameters from a generator seeded with ``seed + 1``)."""
         generator = torch.Generator().manual_seed(seed)
         augment = torch.Generator().manual_seed(seed + 1)
         batch_size = min(batch_size, len(self.indices))
-        to_batch = getattr(self.dataset, "to_batch", None) if device is not None else None
+        to_batch = self.dataset.to_batch if device is not None and isinstance(self.dataset, DeviceBatched) else None
         while True:
             order = torch.randperm(len(self.indices), generator=generator)
             for start in range(0, len(order) - batch_size + 1, batch_size):
