@@ -148,7 +148,7 @@ class Run:
         ``selected_accuracy_pct`` and ``selection_scores_pct`` (step -> accuracy on the selection set)."""
         import pandas as pd
 
-        return pd.DataFrame([task_row(record) for record in self.folder.read_tasks()])
+        return pd.DataFrame([_task_row(record) for record in self.folder.read_tasks()])
 
     @property
     def upstream(self) -> dict:
@@ -196,7 +196,7 @@ class Run:
         return f"Run({str(self.path)!r}, {max(self.completed, 0)}/{self.accuracy_matrix.num_tasks} phases)"
 
 
-def task_row(record: dict) -> dict:
+def _task_row(record: dict) -> dict:
     """One ``tasks.json`` record as :attr:`Run.tasks` shows it: its fractions (the stored form) in percent,
     named ``*_pct``; the model-selection record flattened into ``selected_step``, ``selected_accuracy_pct``
     and ``selection_scores_pct`` (step -> percent)."""
