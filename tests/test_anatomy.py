@@ -79,5 +79,5 @@ def test_from_python_as_a_dataframe():
     lora = table.loc[[m for m in table.index if m.startswith("lora(")][0]]
     assert lora["trainable"] == 6 * 8 * (128 + 384)  # rank x (in + out) on each block's qkv
     assert (
-        table.loc["linear()", "trainable"] == 0 and table.loc["full()", "fraction"] == 1
+        table.loc["linear()", "trainable"] == 0 and table.loc["full()", "trainable_pct"] == 100
     )  # the upstream head is not counted

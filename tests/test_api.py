@@ -31,9 +31,9 @@ def test_run_and_load_run_give_the_matrix_metrics_predictions_and_adapters(rando
     assert run.metrics == in_points(summarise(run.accuracy_matrix.as_array()))  # percent and points, named
     predictions = run.predictions(2)
     assert predictions["predictions"].shape == predictions["labels"].shape == (40,)
-    assert (predictions["predictions"] == predictions["labels"]).mean() == pytest.approx(
+    assert 100 * (predictions["predictions"] == predictions["labels"]).mean() == pytest.approx(
         matrix.loc["after digits", "upstream"]
-    )
+    )  # the matrix in percent
     assert (
         sorted(run.adapters) == ["digits", "fontfamily"] and (run.adapters["digits"] / "adapter_config.json").exists()
     )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from forgetlab.cli import main
@@ -69,7 +70,9 @@ def test_run_writes_every_documented_file(random_backbones, tmp_path, capsys):
     matrix = json.loads((folder / "accuracy_matrix.json").read_text())
     assert matrix["row_labels"] == ["pretrained", "after fontfamily", "after digits"]
     assert matrix["values"][0][1:] == [None, None] and all(0 <= v <= 1 for v in matrix["values"][2])
-    assert (folder / "accuracy_matrix.csv").read_text().splitlines()[0] == "row,upstream,fontfamily,digits"
+    csv_lines = (folder / "accuracy_matrix.csv").read_text().splitlines()
+    assert csv_lines[0] == "row (accuracy %),upstream,fontfamily,digits"  # cells in percent, the JSON's x 100
+    assert [float(v) for v in csv_lines[3].split(",")[1:]] == pytest.approx([100 * v for v in matrix["values"][2]])
     for task in range(3):
         assert (folder / "predictions" / f"upstream_after_{task}.npz").exists()
     progress = json.loads((folder / "progress.json").read_text())

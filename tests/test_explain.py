@@ -175,15 +175,17 @@ def test_reverting_every_unit_is_the_pretrained_model_and_applying_every_unit_th
     totals = attribution[attribution.unit == "all"].set_index("phase")
     assert list(totals.index) == [1, 2]
     for phase, row in totals.iterrows():
-        assert row.reverted_accuracy == pytest.approx(100 * matrix[0][0], abs=1e-9)
+        assert row.reverted_accuracy_pct == pytest.approx(100 * matrix[0][0], abs=1e-9)
         stored = np.load(
             folder.path / "predictions" / (f"upstream_single_{phase}.npz" if keep else f"upstream_after_{phase}.npz")
         )
-        assert row.applied_accuracy == pytest.approx(100 * np.mean(stored["predictions"] == stored["labels"]), abs=1e-9)
-        assert row.agreement == 1.0  # image for image
+        applied = 100 * np.mean(stored["predictions"] == stored["labels"])
+        assert row.applied_accuracy_pct == pytest.approx(applied, abs=1e-9)
+        assert row.agreement_pct == 100.0  # image for image
     units = attribution[attribution.unit != "all"]
     assert len(units) == 2 * (4 if backbone == "offline_resnet" else 6)
-    assert ((units.reverted_low <= units.reverted_accuracy) & (units.reverted_accuracy <= units.reverted_high)).all()
+    reverted = units.reverted_accuracy_pct
+    assert ((units.reverted_low_pct <= reverted) & (reverted <= units.reverted_high_pct)).all()
     spectra_table = tables["spectra"]
     rank = int(extra.get("method.rank", 4)) * (2 if extra.get("method.targets") == "q,v" else 1)
     if not extra.get("method.dora"):  # DoRA rescales whole rows: its update is not low-rank

@@ -42,12 +42,12 @@ def test_tensorboard_events_hold_loss_lr_accuracies_matrix_and_config(random_bac
     assert len(lr) == total and max(lr) <= 1e-3 * (1 + 1e-6) and lr[-1] == pytest.approx(0.0, abs=1e-9)  # cosine to 0
     matrix = folder.read_matrix().as_array()
     for j, column in enumerate(folder.read_matrix().columns):
-        logged = _scalars(accumulator, f"accuracy/{column}")
-        expected = [(i, matrix[i, j]) for i in range(1, matrix.shape[0]) if not np.isnan(matrix[i, j])]
+        logged = _scalars(accumulator, f"accuracy_pct/{column}")  # percent: 100 x the stored fraction
+        expected = [(i, 100 * matrix[i, j]) for i in range(1, matrix.shape[0]) if not np.isnan(matrix[i, j])]
         assert [step for step, _ in logged] == [i for i, _ in expected]
         assert [value for _, value in logged] == pytest.approx([value for _, value in expected], rel=1e-6)
     assert [image.step for image in accumulator.Images("accuracy_matrix")] == [1, 2]
-    assert _scalars(accumulator, "final/upstream") == [(2, pytest.approx(matrix[-1, 0], rel=1e-6))]
+    assert _scalars(accumulator, "final/upstream_final_pct") == [(2, pytest.approx(100 * matrix[-1, 0], rel=1e-6))]
     from forgetlab.analysis.metrics import registered_metrics
 
     for metric in registered_metrics():  # every metric of the final matrix, as sweep.csv names and scales it
@@ -132,11 +132,11 @@ def test_wandb_offline_run_holds_config_history_and_the_matrix_table(random_back
     phases = [row for row in history if "phase" in row]
     matrix = folder.read_matrix().as_array()
     assert [row["phase"] for row in phases] == [1, 2]
-    assert phases[-1]["accuracy/upstream"] == pytest.approx(matrix[-1, 0])
+    assert phases[-1]["accuracy_pct/upstream"] == pytest.approx(100 * matrix[-1, 0])
     (table_file,) = sorted(folder.path.glob("wandb/offline-run-*/files/media/table/accuracy_matrix_*.table.json"))[-1:]
     table = json.loads(table_file.read_text())
     assert table["columns"] == ["phase", *folder.read_matrix().columns]
-    assert [row[1] for row in table["data"]] == pytest.approx(matrix[:, 0].tolist())
+    assert [row[1] for row in table["data"]] == pytest.approx((100 * matrix[:, 0]).tolist())
     assert "exit" in kinds  # the run was finished
 
 
@@ -209,4 +209,4 @@ def test_a_resumed_run_continues_the_global_step(random_backbones, tmp_path):
     steps = [event.step for event in accumulator.Scalars("train/loss")]
     tasks = json.loads(folder.tasks.read_text())
     assert steps == list(range(1, sum(record["steps"] for record in tasks) + 1))
-    assert [event.step for event in accumulator.Scalars("accuracy/upstream")] == [1, 2]
+    assert [event.step for event in accumulator.Scalars("accuracy_pct/upstream")] == [1, 2]

@@ -55,13 +55,16 @@ def test_each_row_holds_every_evaluator_and_the_matrix_the_first(random_backbone
     assert [row["knn"] for row in rows] == [row["accuracy"] for row in alone.read_upstream_eval()]
     # the API's table and the split, from the stored per-evaluator predictions
     table = forgetlab.load_run(folder.path).upstream_evaluators
-    assert table.shape == (6, 3) and table[table.evaluator == "knn"].accuracy.tolist() == [row["knn"] for row in rows]
+    knn_pct = table[table.evaluator == "knn"].accuracy_pct.tolist()
+    assert table.shape == (6, 3) and knn_pct == pytest.approx([100 * row["knn"] for row in rows], abs=1e-9)
     split = lost_misaligned_table(folder.path, resamples=200)
     assert split.phase.tolist() == [1, 2]
     for phase, record in zip((1, 2), split.itertuples()):
-        assert record.lost == pytest.approx(rows[0]["knn"] - rows[phase]["knn"], abs=1e-12)
-        assert record.lost + record.misaligned == pytest.approx(rows[0]["head"] - rows[phase]["head"], abs=1e-12)
-        assert record.lost_ci[0] <= record.lost <= record.lost_ci[1]
+        assert record.lost_pp == pytest.approx(100 * (rows[0]["knn"] - rows[phase]["knn"]), abs=1e-9)
+        head_drop_pp = 100 * (rows[0]["head"] - rows[phase]["head"])
+        assert record.head_drop_pp == pytest.approx(head_drop_pp, abs=1e-9)
+        assert record.lost_pp + record.misaligned_pp == pytest.approx(head_drop_pp, abs=1e-9)
+        assert record.lost_ci_pp[0] <= record.lost_pp <= record.lost_ci_pp[1]
     # by group: the top and bottom quartile of the classes' similarity to each phase's domain
     groups = lost_misaligned_by_group_table(folder.path, resamples=100)
     assert set(groups.group) == {"near", "far"} and groups.phase.tolist().count(1) == 2
@@ -70,8 +73,8 @@ def test_each_row_holds_every_evaluator_and_the_matrix_the_first(random_backbone
     similarity = class_similarities(near.domain, synsets=forgetlab.load_run(folder.path).upstream["synsets"])
     chosen = similarity[labels] >= np.percentile(similarity, 75)
     knn_correct = [folder.read_predictions(r)["predictions_knn"][chosen] == labels[chosen] for r in (0, 1)]
-    assert near.images == chosen.sum() and near.lost == pytest.approx(
-        knn_correct[0].mean() - knn_correct[1].mean(), abs=1e-12
+    assert near.images == chosen.sum() and near.lost_pp == pytest.approx(
+        100 * (knn_correct[0].mean() - knn_correct[1].mean()), abs=1e-9
     )
     # the report's section: the drift heat map, the evaluators figure, and the split's numbers as notes
     page = forgetlab.report([folder.path], out=tmp_path / "report", permutations=50, log=lambda message: None)
@@ -80,25 +83,25 @@ def test_each_row_holds_every_evaluator_and_the_matrix_the_first(random_backbone
     assert any((page.parent / "figures").glob("drift_*.png"))
     assert any((page.parent / "figures").glob("evaluators_*.png"))
     first = split.iloc[0]
-    assert f"head drop {100 * first.head_drop:.1f} points = lost {100 * first.lost:.1f}" in markdown
+    assert f"head drop {first.head_drop_pp:.1f} points = lost {first.lost_pp:.1f}" in markdown
 
 
 def test_lost_and_misaligned_on_known_predictions():
-    """60 images: the head loses 30 after phase 1, the k-NN 12 of those; so 20 % lost, 30 % misaligned."""
+    """60 images: the head loses 30 after phase 1, the k-NN 12 of those; so 20 points lost, 30 misaligned."""
     head = np.ones((2, 60), bool)
     knn = np.ones((2, 60), bool)
     head[1, :30] = False
     knn[1, :12] = False
     split = lost_misaligned({"head": head, "knn": knn}, 1, resamples=500)
     assert (
-        split["head_drop"] == pytest.approx(0.5)
-        and split["lost"] == pytest.approx(0.2)
-        and split["misaligned"] == pytest.approx(0.3)
+        split["head_drop_pp"] == pytest.approx(50)
+        and split["lost_pp"] == pytest.approx(20)
+        and split["misaligned_pp"] == pytest.approx(30)
     )
-    low, high = split["misaligned_ci"]
-    assert low < 0.3 < high and high - low < 0.3
+    low, high = split["misaligned_ci_pp"]
+    assert low < 30 < high and high - low < 30
     assert (
-        lost_misaligned({"head": head, "knn": head}, 1)["misaligned"] == 0.0
+        lost_misaligned({"head": head, "knn": head}, 1)["misaligned_pp"] == 0.0
     )  # a k-NN that drops as the head does: all lost
 
 

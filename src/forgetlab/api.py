@@ -5,7 +5,7 @@
     run = forgetlab.run(method__rank=16, name="r16")            # or a RunConfig, a YAML path, a dict
     run = forgetlab.run("my.yaml", train__epochs=2)
     run = forgetlab.run(preset="paper1-vit", data__root="/data")
-    run.matrix                 # DataFrame: rows = training phases, columns = tasks (upstream first)
+    run.matrix                 # DataFrame: rows = training phases, columns = tasks (upstream first), percent
     run.metrics                # every registered metric: average accuracy, forgetting, BWT, ... (percent / points)
     run.predictions(1)         # upstream predictions and labels after phase 1
     table = forgetlab.load_sweep("runs/demo-rank-sweep")    # a row per cell: grid values, config, metrics
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from forgetlab import config as config_module
+from forgetlab.analysis.units import PERCENT, percent
 from forgetlab.results import RunFolder, read_single_predictions
 
 
@@ -110,12 +111,15 @@ class Run:
     @property
     def matrix(self):
         """The accuracy matrix as a DataFrame: a row per training phase ('pretrained', 'after TASK'),
-        a column per task (the upstream task first), accuracies as fractions (0.88 for 88 %, as stored;
-        :attr:`metrics` are in percent); NaN where a task was not yet seen."""
+        a column per task (the upstream task first), accuracies in **percent** (88.36, as ``forgetlab show``,
+        ``accuracy_matrix.csv`` and the report give them; ``attrs["unit"] == "percent"``; the JSON stores
+        fractions: :attr:`accuracy_matrix`); NaN where a task was not yet seen."""
         import pandas as pd
 
         matrix = self.accuracy_matrix
-        return pd.DataFrame(matrix.as_array(), index=matrix.row_labels(), columns=matrix.columns)
+        table = pd.DataFrame(matrix.as_percent(), index=matrix.row_labels(), columns=matrix.columns)
+        table.attrs["unit"] = PERCENT
+        return table
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -138,10 +142,13 @@ class Run:
 
     @property
     def tasks(self):
-        """Per phase: trainable parameters, steps, speed, loss, domain (a DataFrame)."""
+        """Per phase (a DataFrame, a row per phase): ``tasks.json``'s records (task, column, trainable
+        parameters, steps, speed, loss, domain) with every share in percent: ``trainable_backbone_pct``
+        (of the backbone's parameters) and, with ``train.select=best``, ``selected_step``,
+        ``selected_accuracy_pct`` and ``selection_scores_pct`` (step -> accuracy on the selection set)."""
         import pandas as pd
 
-        return pd.DataFrame(self.folder.read_tasks())
+        return pd.DataFrame([_task_row(record) for record in self.folder.read_tasks()])
 
     @property
     def upstream(self) -> dict:
@@ -161,8 +168,8 @@ class Run:
 
     @property
     def upstream_evaluators(self):
-        """Each upstream evaluator's accuracy per matrix row (columns ``row``, ``evaluator``, ``accuracy``;
-        ``eval.upstream_evaluator=[head, knn]`` gives both)."""
+        """Each upstream evaluator's accuracy per matrix row (columns ``row``, ``evaluator``, ``accuracy_pct``
+        in percent; ``eval.upstream_evaluator=[head, knn]`` gives both)."""
         from forgetlab.analysis.drift import upstream_evaluators_table
 
         return upstream_evaluators_table(self.path, self.config.eval.evaluators)
@@ -187,6 +194,21 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, {max(self.completed, 0)}/{self.accuracy_matrix.num_tasks} phases)"
+
+
+def _task_row(record: dict) -> dict:
+    """One ``tasks.json`` record as :attr:`Run.tasks` shows it: its fractions (the stored form) in percent,
+    named ``*_pct``; the model-selection record flattened into ``selected_step``, ``selected_accuracy_pct``
+    and ``selection_scores_pct`` (step -> percent)."""
+    row = {key: value for key, value in record.items() if key not in ("trainable_fraction_of_backbone", "selection")}
+    if "trainable_fraction_of_backbone" in record:
+        row["trainable_backbone_pct"] = percent(record["trainable_fraction_of_backbone"])
+    selection = record.get("selection")
+    if selection:
+        row["selected_step"] = selection.get("selected_step")
+        row["selected_accuracy_pct"] = percent(selection.get("selected_accuracy"))
+        row["selection_scores_pct"] = {score["step"]: 100 * score["accuracy"] for score in selection.get("scored", [])}
+    return row
 
 
 def load_sweep(path: str | Path):
@@ -234,14 +256,19 @@ def anatomy(
     config: config_module.RunConfig | str | Path | dict | None = None, *, preset: str | None = None, **overrides
 ):
     """What every method would train on the configured backbone (random weights; nothing runs): a
-    DataFrame with a row per method (``trainable``, ``fraction``, ``note``) and, in ``.attrs``, the
-    backbone's family, size and LoRA targets. ``forgetlab.anatomy(backbone__name="convnext_tiny")``."""
+    DataFrame with a row per method (``trainable``, ``trainable_pct``: percent of the backbone's parameters,
+    ``note``) and, in ``.attrs``, the backbone's family, size and LoRA targets.
+    ``forgetlab.anatomy(backbone__name="convnext_tiny")``."""
     import pandas as pd
 
     from forgetlab.method_anatomy import anatomy as build
 
     result = build(resolve(config, preset=preset, **overrides))
-    table = pd.DataFrame([dataclasses.asdict(row) for row in result.methods]).set_index("method")
+    rows = [
+        {"method": row.method, "trainable": row.trainable, "trainable_pct": percent(row.fraction), "note": row.note}
+        for row in result.methods
+    ]
+    table = pd.DataFrame(rows).set_index("method")
     table.attrs.update(
         backbone=result.backbone,
         model_class=result.model_class,

@@ -6,7 +6,8 @@ run killed at any point leaves only whole files behind.
 ``environment.json``            package versions, git commit, device, threads, and ``inputs``: the resolved
                                 preprocessing and the weights file's SHA-256 (not part of the run's identity)
 ``accuracy_matrix.json``/.csv   ``R[i][j]``: row 0 before any update, row i after phase i; column 0
-                                the upstream task, then the distinct tasks; cells not yet seen are empty
+                                the upstream task, then the distinct tasks; cells not yet seen are empty;
+                                fractions in the JSON (the storage), percent in the CSV (for people)
 ``predictions/upstream_after_<i>.npz``  per-example upstream predictions (and labels) after phase i
 ``tasks.json``                  per phase: trainable parameters, fraction of the backbone, training stats
 ``checkpoint/model-<i>.safetensors`` the model after the last committed phase i (the resume point)
@@ -49,6 +50,7 @@ import numpy as np
 from forgetlab.errors import FULL_DISK, DataError, DiskFullError, RunLockedError
 
 MATRIX_FILE = "accuracy_matrix.json"
+CSV_UNIT_HEADER = "row (accuracy %)"  # accuracy_matrix.csv's first header cell: its cells are percent
 FORMAT_VERSION = 1  # of a run folder, in its progress.json; a progress.json without one is format 0
 PARTIAL_SUFFIX = ".partial"
 _crash_points = 0
@@ -205,21 +207,29 @@ class AccuracyMatrix:
         )
 
     def to_csv(self) -> str:
-        lines = [",".join(["row"] + self.columns)]
+        """``accuracy_matrix.csv``: the matrix in **percent** (``88.3600``), its first header cell
+        :data:`CSV_UNIT_HEADER` naming the unit (``row,upstream,...`` with fractions: a folder written
+        before the CSV was in percent); empty cells blank. The JSON keeps fractions."""
+        lines = [",".join([CSV_UNIT_HEADER] + self.columns)]
         for label, row in zip(self.row_labels(), self.values):
-            lines.append(",".join([label] + ["" if v is None else f"{v:.6f}" for v in row]))
+            lines.append(",".join([label] + ["" if v is None else f"{100 * v:.4f}" for v in row]))
         return "\n".join(lines) + "\n"
 
     def as_array(self) -> np.ndarray:
         """A float array with NaN for empty cells."""
         return np.array([[math.nan if v is None else v for v in row] for row in self.values], dtype=float)
 
+    def as_percent(self) -> np.ndarray:
+        """:meth:`as_array` in percent (``100 x`` the stored fraction), as every table a person reads shows it."""
+        return 100 * self.as_array()
+
     def format_table(self) -> str:
-        """The matrix as a fixed-width table of percentages (empty cells blank)."""
+        """The matrix as a fixed-width table of percentages (empty cells blank), its first header cell
+        naming the unit as ``accuracy_matrix.csv``'s does (:data:`CSV_UNIT_HEADER`)."""
         labels = self.row_labels()
-        first = max(len("row"), *(len(label) for label in labels))
+        first = max(len(CSV_UNIT_HEADER), *(len(label) for label in labels))
         widths = [max(7, len(column)) for column in self.columns]
-        header = "row".ljust(first) + "  " + "  ".join(c.rjust(w) for c, w in zip(self.columns, widths))
+        header = CSV_UNIT_HEADER.ljust(first) + "  " + "  ".join(c.rjust(w) for c, w in zip(self.columns, widths))
         lines = [header, "-" * len(header)]
         for label, row in zip(labels, self.values):
             cells = ["" if v is None else f"{100 * v:.2f}" for v in row]

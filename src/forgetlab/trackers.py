@@ -9,14 +9,16 @@ on one: they are outside the run's identity (a run may be resumed with tracking 
 outside its commit (a kill loses at most the tracker's unflushed tail).
 
 Trackers receive what they log: this module imports nothing of forgetlab but its errors and the metric
-registry (the runner draws the figure with :func:`forgetlab.reporting.figures.matrix_figure`). At the end
-both log every registered metric of the final matrix (:func:`forgetlab.analysis.metrics.registered_metrics`)
-as ``final/<name>_<unit>`` (``final/average_forgetting_pp``), next to ``final/upstream`` and
-``final/average_task`` (fractions).
+registry (the runner draws the figure with :func:`forgetlab.reporting.figures.matrix_figure`). Accuracies
+are logged in percent, named so: ``accuracy_pct/<task>`` by phase (the row it receives holds the stored
+fractions). At the end both log every registered metric of the final matrix
+(:func:`forgetlab.analysis.metrics.registered_metrics`) as ``final/<name>_<unit>`` (``final/upstream_final_pct``,
+``final/average_forgetting_pp``), as ``sweep.csv`` names and scales them.
 
 * **TensorBoard** writes event files into ``<run>/tensorboard``: ``train/loss`` and ``train/lr`` by
-  global step (counted across tasks), ``accuracy/<task>`` by phase, the matrix as an image per phase,
-  and the resolved config as hyper-parameters (HParams tab, with the final accuracies as metrics).
+  global step (counted across tasks), ``accuracy_pct/<task>`` by phase, the matrix as an image per phase,
+  and the resolved config as hyper-parameters (HParams tab, with the final accuracies as metrics:
+  :data:`HPARAM_METRICS`).
 * **Weights & Biases** logs the same into a W&B run in ``<run>/wandb``; ``WANDB_MODE=offline`` needs no
   network (``wandb sync`` uploads later). Runs of a sweep share a group (the sweep's name), and the
   matrix is a ``wandb.Table``. The W&B run id is derived from the run folder, so a resumed run
@@ -78,17 +80,22 @@ def flat_config(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+HPARAM_METRICS = ("final/upstream_final_pct", "final/average_accuracy_pct")  # TensorBoard's HParams metrics
+
+
 def _final_metrics(matrix) -> dict[str, float]:
-    """The final upstream and mean task accuracy (fractions), then every registered metric that is defined
-    (:func:`forgetlab.analysis.metrics.summarise`, in percent or points, named with its unit)."""
+    """Every registered metric that is defined (:func:`forgetlab.analysis.metrics.summarise`), in percent or
+    points and named with its unit: ``final/upstream_final_pct``, ``final/average_forgetting_pp``."""
     from forgetlab.analysis.metrics import in_points, summarise
 
     values = matrix.as_array()
-    last = values[-1]
-    tasks = [v for v in last[1:] if v == v]
-    final = {"final/upstream": float(last[0]), "final/average_task": float(sum(tasks) / len(tasks)) if tasks else 0.0}
     registered = in_points(summarise(values, trained=matrix.trained()[: len(values) - 1]))
-    return final | {f"final/{column}": value for column, value in registered.items() if value == value}
+    return {f"final/{column}": value for column, value in registered.items() if value == value}
+
+
+def _percent_row(row: dict[str, float]) -> dict[str, float]:
+    """``accuracy_pct/<task>`` -> percent, from a phase's row of stored fractions."""
+    return {f"accuracy_pct/{column}": 100 * value for column, value in row.items()}
 
 
 class TensorBoardTracker(Tracker):
@@ -102,7 +109,7 @@ class TensorBoardTracker(Tracker):
             raise missing_package("tensorboard", "tensorboard") from error
         self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
         # The HParams tab: the config, with the final accuracies as its metrics (written by close()).
-        for summary in hparams(flat_config(config_tree), {"final/upstream": 0.0, "final/average_task": 0.0}):
+        for summary in hparams(flat_config(config_tree), dict.fromkeys(HPARAM_METRICS, 0.0)):
             self.writer.file_writer.add_summary(summary)
         self.matrix = None
 
@@ -111,8 +118,8 @@ class TensorBoardTracker(Tracker):
             self.writer.add_scalar(f"train/{key}", value, step)
 
     def phase(self, index, row, matrix, figure=None):
-        for column, value in row.items():
-            self.writer.add_scalar(f"accuracy/{column}", value, index)
+        for tag, value in _percent_row(row).items():
+            self.writer.add_scalar(tag, value, index)
         if figure is not None:
             self.writer.add_figure("accuracy_matrix", figure, index)  # closes the figure
         self.matrix = matrix
@@ -152,7 +159,7 @@ class WandbTracker(Tracker):
         self.run.define_metric("train/step")
         self.run.define_metric("train/*", step_metric="train/step")
         self.run.define_metric("phase")
-        self.run.define_metric("accuracy/*", step_metric="phase")
+        self.run.define_metric("accuracy_pct/*", step_metric="phase")
         self.matrix = None
 
     def step(self, step, values):
@@ -162,13 +169,11 @@ class WandbTracker(Tracker):
         table = self.wandb.Table(
             columns=["phase", *matrix.columns],
             data=[
-                [label, *[None if v != v else v for v in values]]
-                for label, values in zip(matrix.row_labels(), matrix.as_array().tolist())
+                [label, *[None if v != v else v for v in values]]  # percent, as every table a person reads
+                for label, values in zip(matrix.row_labels(), matrix.as_percent().tolist())
             ],
         )
-        self.run.log(
-            {"phase": index, **{f"accuracy/{column}": value for column, value in row.items()}, "accuracy_matrix": table}
-        )
+        self.run.log({"phase": index, **_percent_row(row), "accuracy_matrix": table})
         self.matrix = matrix
 
     def close(self):

@@ -40,9 +40,9 @@ def drift_table(run_path: str | Path):
 
 
 def upstream_evaluators_table(run_path: str | Path, evaluators: list[str]):
-    """One row per matrix row and evaluator (``row``, ``evaluator``, ``accuracy``) from ``upstream_eval.json``'s
-    committed records; ``evaluators`` are the run's (``eval.upstream_evaluator``, in order). A run with one
-    evaluator has its ``accuracy`` under that name."""
+    """One row per matrix row and evaluator (``row``, ``evaluator``, ``accuracy_pct``: percent) from
+    ``upstream_eval.json``'s committed records (stored as fractions); ``evaluators`` are the run's
+    (``eval.upstream_evaluator``, in order). A run with one evaluator has its ``accuracy`` under that name."""
     import pandas as pd
 
     from forgetlab.results import RunFolder
@@ -51,27 +51,30 @@ def upstream_evaluators_table(run_path: str | Path, evaluators: list[str]):
     for record in RunFolder(run_path).read_upstream_eval():
         for name in evaluators:
             value = record.get(name) if len(evaluators) > 1 else record.get("accuracy")
-            rows.append({"row": record["row"], "evaluator": name, "accuracy": value})
-    return pd.DataFrame(rows, columns=["row", "evaluator", "accuracy"])
+            rows.append(
+                {"row": record["row"], "evaluator": name, "accuracy_pct": None if value is None else 100 * value}
+            )
+    return pd.DataFrame(rows, columns=["row", "evaluator", "accuracy_pct"])
 
 
 def lost_misaligned(correct: dict[str, np.ndarray], phase: int, *, resamples: int = 2000, seed: int = 0) -> dict:
     """The head's upstream drop after ``phase`` split into ``lost`` and ``misaligned``, with 95 %
     percentile bootstrap intervals over images. ``correct``: ``{"head": bool [rows, images],
-    "knn": bool [rows, images]}``, row 0 the pretrained model. Returns ``{"phase", "head_drop", "lost",
-    "misaligned", "<each>_ci": (low, high)}`` (drops as accuracy fractions, positive = worse)."""
+    "knn": bool [rows, images]}``, row 0 the pretrained model. Returns ``{"phase", "head_drop_pp",
+    "lost_pp", "misaligned_pp", "<each>_ci_pp": (low, high)}``: drops in percentage points of accuracy,
+    positive = worse."""
     head, knn = np.asarray(correct["head"], bool), np.asarray(correct["knn"], bool)
-    per_image_head = head[0].astype(float) - head[phase]
-    per_image_knn = knn[0].astype(float) - knn[phase]
+    per_image_head = 100 * (head[0].astype(float) - head[phase])  # points: a drop of one image of n is 100 / n
+    per_image_knn = 100 * (knn[0].astype(float) - knn[phase])
     count = per_image_head.shape[0]
     draws = np.random.default_rng(seed).integers(0, count, size=(resamples, count))
     boot_head, boot_knn = per_image_head[draws].mean(1), per_image_knn[draws].mean(1)
     estimate = {"head_drop": per_image_head.mean(), "lost": per_image_knn.mean()}
     estimate["misaligned"] = estimate["head_drop"] - estimate["lost"]
     boots = {"head_drop": boot_head, "lost": boot_knn, "misaligned": boot_head - boot_knn}
-    result: dict = {"phase": phase, **{key: float(value) for key, value in estimate.items()}}
+    result: dict = {"phase": phase, **{f"{key}_pp": float(value) for key, value in estimate.items()}}
     for key, values in boots.items():
-        result[f"{key}_ci"] = tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
+        result[f"{key}_ci_pp"] = tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
     return result
 
 

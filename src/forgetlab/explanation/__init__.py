@@ -30,6 +30,7 @@ import numpy as np
 from forgetlab import config as config_module
 from forgetlab.errors import ConfigError, DataError
 from forgetlab.explanation import spectra
+from forgetlab.analysis.units import upgrade_attribution_columns
 from forgetlab.explanation.attribution import Scorer, attribution_rows, class_balanced, unit_of
 from forgetlab.explanation.updates import PhaseUpdate, check_explainable, phase_updates
 from forgetlab.results import RunFolder, atomic_write_text, read_json, single_prediction_path, write_json
@@ -205,20 +206,20 @@ def _attribute(scoring: dict, update: PhaseUpdate, folder: RunFolder, config, se
 
 def _attribution_line(update: PhaseUpdate, rows: list[dict], path: Path) -> str:
     first = rows[0]
-    worst = max(rows[1:], key=lambda row: row["recovered_points"], default=None)
+    worst = max(rows[1:], key=lambda row: row["recovered_pp"], default=None)
     line = (
         (
             f"phase {update.index} {update.name}: upstream "
-            f"{first['pretrained_accuracy']:.2f}% -> {first['phase_accuracy']:.2f}%; "
-            f"reverting {worst['unit']} recovers {worst['recovered_points']:+.2f} points"
+            f"{first['pretrained_accuracy_pct']:.2f}% -> {first['phase_accuracy_pct']:.2f}%; "
+            f"reverting {worst['unit']} recovers {worst['recovered_pp']:+.2f} points"
         )
         if worst
         else ""
     )
-    if not math.isnan(first["agreement"]) and first["agreement"] < 1:
+    if not math.isnan(first["agreement_pct"]) and first["agreement_pct"] < 100:
         line += (
             f"; WARNING: the rebuilt models predict what the run stored "
-            f"on only {100 * first['agreement']:.2f}% of the images "
+            f"on only {first['agreement_pct']:.2f}% of the images "
             "(another device or precision than the run's?)"
         )
     return f"{line} -> {path}"
@@ -293,7 +294,9 @@ def _csv(rows: list[dict]) -> str:
 
 
 def combine(out: Path, parts) -> dict:
-    """The combined CSVs of ``out`` rebuilt from its phase files (atomically), as DataFrames."""
+    """The combined CSVs of ``out`` rebuilt from its phase files (atomically), as DataFrames; attribution
+    files of an earlier version are read in today's columns and units
+    (:func:`forgetlab.analysis.units.upgrade_attribution_columns`)."""
     import pandas as pd
 
     tables = {}
@@ -301,6 +304,7 @@ def combine(out: Path, parts) -> dict:
         for name in FILES[part]:
             files = sorted((out / "phases").glob(f"{name}_*.csv"), key=lambda path: int(path.stem.rsplit("_", 1)[1]))
             frames = [pd.read_csv(path) for path in files if path.read_text().strip()]
+            frames = [upgrade_attribution_columns(frame) for frame in frames] if name == "attribution" else frames
             table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
             atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
             tables[name] = table

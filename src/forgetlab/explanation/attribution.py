@@ -4,22 +4,23 @@ For phase ``t`` and unit ``l`` (a block: ``blocks.3``, ``layer2.0``, ``stages.1.
 module with ``unit=module``), with ``W0`` the pretrained weights and ``W_t`` the weights after phase ``t``:
 
 * **leave-one-out** (``reverted_*``): ``W_t`` everywhere but ``W0`` in unit ``l``: the upstream
-  accuracy with unit ``l``'s update of phases ``1..t`` reverted; ``recovered_points`` is that minus the
+  accuracy with unit ``l``'s update of phases ``1..t`` reverted; ``recovered_pp`` is that minus the
   phase-``t`` accuracy (positive: the unit's update costs that many points in context);
 * **leave-one-in** (``applied_*``): ``W0`` everywhere but ``W_t`` in unit ``l``: the pretrained model
-  with only unit ``l``'s update; ``damage_points`` is that minus the pretrained accuracy (negative:
+  with only unit ``l``'s update; ``damage_pp`` is that minus the pretrained accuracy (negative:
   the update alone costs points);
 * the row ``all`` reverts / applies every unit: exactly the pretrained and the phase-``t`` model, so
-  its accuracies must equal the run's (``agreement``: the share of images whose prediction equals the
-  run's stored one; 1 when the updates were rebuilt right).
+  its accuracies must equal the run's (``agreement_pct``: the percent of images whose prediction equals
+  the run's stored one; 100 when the updates were rebuilt right).
 
 On the images forgotten at ``t`` (right before any update, wrong after phase ``t``),
-``recovered_share`` is the share the leave-one-out model gets right again.
+``recovered_share_pct`` is the percent of them the leave-one-out model gets right again.
 
 Intervals are paired over the same images: a bootstrap over images (the image-level outcomes of the two
 models being compared resampled together, which depends only on the counts of the four agreement cells,
 so it is drawn from their multinomial exactly), percentile 95 %; ``*_p`` is McNemar's exact test of the
-difference (two-sided binomial on the discordant images). Accuracies and points are in percent.
+difference (two-sided binomial on the discordant images). Accuracies and shares are in percent (columns
+``*_pct``), their differences in percentage points (``*_pp``).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def attribution_rows(
         for key, predicted in (("pretrained", before_predicted), ("after", now_predicted))
         if stored.get(key) is not None
     ]
-    rows[0]["agreement"] = min(shares) if shares else math.nan
+    rows[0]["agreement_pct"] = 100 * min(shares) if shares else math.nan
     for name, modules in units(after, unit).items():
         reverted = (
             scorer.predictions({**after, **{m: pretrained[m] for m in modules}}, f"phase {phase}: revert {name}")
@@ -153,23 +154,23 @@ def _row(phase: int, unit: str, before, now, reverted, applied, forgotten) -> di
         "phase": phase,
         "unit": unit,
         "images": len(before),
-        "pretrained_accuracy": 100 * float(np.mean(before)),
-        "phase_accuracy": 100 * float(np.mean(now)),
-        "reverted_accuracy": out["accuracy"],
-        "reverted_low": out["accuracy_interval"][0],
-        "reverted_high": out["accuracy_interval"][1],
-        "recovered_points": out["difference"],
-        "recovered_low": out["difference_interval"][0],
-        "recovered_high": out["difference_interval"][1],
+        "pretrained_accuracy_pct": 100 * float(np.mean(before)),
+        "phase_accuracy_pct": 100 * float(np.mean(now)),
+        "reverted_accuracy_pct": out["accuracy"],
+        "reverted_low_pct": out["accuracy_interval"][0],
+        "reverted_high_pct": out["accuracy_interval"][1],
+        "recovered_pp": out["difference"],
+        "recovered_low_pp": out["difference_interval"][0],
+        "recovered_high_pp": out["difference_interval"][1],
         "recovered_p": out["p"],
-        "applied_accuracy": inn["accuracy"],
-        "applied_low": inn["accuracy_interval"][0],
-        "applied_high": inn["accuracy_interval"][1],
-        "damage_points": inn["difference"],
-        "damage_low": inn["difference_interval"][0],
-        "damage_high": inn["difference_interval"][1],
+        "applied_accuracy_pct": inn["accuracy"],
+        "applied_low_pct": inn["accuracy_interval"][0],
+        "applied_high_pct": inn["accuracy_interval"][1],
+        "damage_pp": inn["difference"],
+        "damage_low_pp": inn["difference_interval"][0],
+        "damage_high_pp": inn["difference_interval"][1],
         "damage_p": inn["p"],
         "forgotten_images": int(np.sum(forgotten)),
-        "recovered_share": float(np.mean(reverted[forgotten])) if forgotten.any() else math.nan,
-        "agreement": math.nan,
+        "recovered_share_pct": 100 * float(np.mean(reverted[forgotten])) if forgotten.any() else math.nan,
+        "agreement_pct": math.nan,
     }

@@ -35,26 +35,26 @@ def drift_heatmap(table, title: str):
 
 
 def evaluators_figure(table, split, title: str):
-    """Left: each evaluator's upstream accuracy per matrix row (``table``: row, evaluator, accuracy).
+    """Left: each evaluator's upstream accuracy per matrix row (``table``: row, evaluator, accuracy_pct).
     Right (when ``split`` has rows): the head's drop per phase, stacked as lost and misaligned, with
     the 95 % bootstrap interval of each part."""
     columns = 2 if len(split) else 1
     figure, axes = plt.subplots(1, columns, figsize=(4.2 * columns, 3.2), squeeze=False)
     left = axes[0][0]
     for name, rows in table.groupby("evaluator", sort=False):
-        left.plot(rows["row"], 100 * rows["accuracy"].astype(float), marker="o", label=name)
+        left.plot(rows["row"], rows["accuracy_pct"].astype(float), marker="o", label=name)
     left.set_xlabel("matrix row (0: pretrained)")
     left.set_ylabel("upstream accuracy (%)")
     left.legend(fontsize=8)
     if len(split):
         right = axes[0][1]
         phases = split["phase"].to_numpy()
-        lost, misaligned = 100 * split["lost"].to_numpy(), 100 * split["misaligned"].to_numpy()
+        lost, misaligned = split["lost_pp"].to_numpy(), split["misaligned_pp"].to_numpy()
         for offset, (name, values, key) in enumerate(
-            (("lost", lost, "lost_ci"), ("misaligned", misaligned, "misaligned_ci"))
+            (("lost", lost, "lost_ci_pp"), ("misaligned", misaligned, "misaligned_ci_pp"))
         ):
-            low = np.array([100 * ci[0] for ci in split[key]])
-            high = np.array([100 * ci[1] for ci in split[key]])
+            low = np.array([ci[0] for ci in split[key]])
+            high = np.array([ci[1] for ci in split[key]])
             positions = phases + (offset - 0.5) * 0.35
             right.bar(positions, values, width=0.35, label=name, yerr=[values - low, high - values], capsize=3)
         right.axhline(0, color="grey", linewidth=0.8)

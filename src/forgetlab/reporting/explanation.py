@@ -3,8 +3,8 @@
 runs a model.
 
 Per run with ``explain/attribution.csv`` or ``explain/spectra.csv`` (at most :data:`MAX_RUNS`): a unit x
-phase heat map of the points each unit's update costs in context (leave-one-out: ``recovered_points``)
-beside the points it costs alone (leave-one-in: ``damage_points``), and the intruder dimensions and the
+phase heat map of the points each unit's update costs in context (leave-one-out: ``recovered_pp``)
+beside the points it costs alone (leave-one-in: ``damage_pp``), and the intruder dimensions and the
 relative norm of the cumulative update against phase. The notes give ``n`` (images), the units whose
 95 % interval of recovered points excludes 0 in the last phase, and whether the ``all`` rows
 reproduced the run's predictions (they must)."""
@@ -24,14 +24,19 @@ MAX_RUNS = 6
 
 
 def read_tables(folder: Path) -> dict:
-    """``{"attribution": DataFrame, "spectra": DataFrame}`` of the files in ``folder / "explain"`` that exist."""
+    """``{"attribution": DataFrame, "spectra": DataFrame}`` of the files in ``folder / "explain"`` that exist
+    (an attribution file of an earlier version read in today's columns and units)."""
+    from forgetlab.analysis.units import upgrade_attribution_columns
+
     import pandas as pd
 
     tables = {}
     for name in ("attribution", "spectra"):
         path = Path(folder) / "explain" / f"{name}.csv"
         if path.exists() and path.read_text().strip():
-            tables[name] = pd.read_csv(path)
+            tables[name] = (
+                upgrade_attribution_columns(pd.read_csv(path)) if name == "attribution" else pd.read_csv(path)
+            )
     return tables
 
 
@@ -84,12 +89,12 @@ def attribution_figure(attribution, label: str):
     """Two heat maps, unit x phase: recovered points (leave-one-out) and damage points (leave-one-in)."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 1.2 + 0.35 * attribution.unit.nunique()))
     for axis, column, title in zip(
-        axes, ("recovered_points", "damage_points"), ("reverted: points recovered", "applied alone: points")
+        axes, ("recovered_pp", "damage_pp"), ("reverted: points recovered", "applied alone: points")
     ):
         units, phases, values = _grid(attribution, column)
         limit = max(float(np.nanmax(np.abs(values))) if values.size else 0.0, 1e-9)
         image = axis.imshow(
-            values, cmap="RdBu_r" if column == "recovered_points" else "RdBu", vmin=-limit, vmax=limit, aspect="auto"
+            values, cmap="RdBu_r" if column == "recovered_pp" else "RdBu", vmin=-limit, vmax=limit, aspect="auto"
         )
         for (i, j), value in np.ndenumerate(values):
             if not math.isnan(value):
@@ -123,26 +128,26 @@ def attribution_note(attribution, label: str) -> str:
     last = attribution[attribution.phase == attribution.phase.max()]
     total = last[last.unit == "all"].iloc[0]
     units = last[last.unit != "all"]
-    clear = units[(units.recovered_low > 0) | (units.recovered_high < 0)].sort_values(
-        "recovered_points", ascending=False
+    clear = units[(units.recovered_low_pp > 0) | (units.recovered_high_pp < 0)].sort_values(
+        "recovered_pp", ascending=False
     )
     named = (
         ", ".join(
-            f"{row.unit} {row.recovered_points:+.2f} [{row.recovered_low:+.2f}, {row.recovered_high:+.2f}]"
+            f"{row.unit} {row.recovered_pp:+.2f} [{row.recovered_low_pp:+.2f}, {row.recovered_high_pp:+.2f}]"
             for row in clear.itertuples()
         )
         or "none"
     )
-    agreement = total.agreement
+    agreement = total.agreement_pct
     check = (
         "the rebuilt models reproduce the run's predictions on every image"
-        if agreement == 1
+        if agreement == 100
         else "no stored predictions to check the rebuilt models against"
         if math.isnan(agreement)
-        else f"WARNING: the rebuilt models reproduce the run's predictions on only {100 * agreement:.2f}% of the images"
+        else f"WARNING: the rebuilt models reproduce the run's predictions on only {agreement:.2f}% of the images"
     )
     return (
         f"{label}, phase {int(total.phase)} (n = {int(total.images)} upstream images, "
-        f"{total.pretrained_accuracy:.2f}% -> {total.phase_accuracy:.2f}%): units whose update costs points "
+        f"{total.pretrained_accuracy_pct:.2f}% -> {total.phase_accuracy_pct:.2f}%): units whose update costs points "
         f"with a 95 % paired interval excluding 0 (points recovered by reverting it): {named}; {check}."
     )

@@ -827,17 +827,17 @@ def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> 
                 )
             )
             notes += [
-                f"{label} after phase {r.phase}: head drop {100 * r.head_drop:.1f} points = lost {100 * r.lost:.1f} "
-                f"[{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] + misaligned {100 * r.misaligned:.1f} "
-                f"[{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]."
+                f"{label} after phase {r.phase}: head drop {r.head_drop_pp:.1f} points = lost {r.lost_pp:.1f} "
+                f"[{r.lost_ci_pp[0]:.1f}, {r.lost_ci_pp[1]:.1f}] + misaligned {r.misaligned_pp:.1f} "
+                f"[{r.misaligned_ci_pp[0]:.1f}, {r.misaligned_ci_pp[1]:.1f}]."
                 for r in split.itertuples()
             ]
             notes += [
                 (
                     f"{label} after phase {r.phase}, the {r.classes} classes {r.group} {r.domain} (similarity "
-                    f"quartile, {r.images} images): head drop {100 * r.head_drop:.1f} = lost {100 * r.lost:.1f} "
-                    f"[{100 * r.lost_ci[0]:.1f}, {100 * r.lost_ci[1]:.1f}] + misaligned "
-                    f"{100 * r.misaligned:.1f} [{100 * r.misaligned_ci[0]:.1f}, {100 * r.misaligned_ci[1]:.1f}]."
+                    f"quartile, {r.images} images): head drop {r.head_drop_pp:.1f} = lost {r.lost_pp:.1f} "
+                    f"[{r.lost_ci_pp[0]:.1f}, {r.lost_ci_pp[1]:.1f}] + misaligned "
+                    f"{r.misaligned_pp:.1f} [{r.misaligned_ci_pp[0]:.1f}, {r.misaligned_ci_pp[1]:.1f}]."
                 )
                 for r in lost_misaligned_by_group_table(path).itertuples()
             ]
