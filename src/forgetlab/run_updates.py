@@ -60,7 +60,9 @@ def write(folder: RunFolder, phase: str, before: dict[str, torch.Tensor], backbo
             tensors[name + EXACT_INDEX] = wrong.to(torch.int64)
             tensors[name + EXACT_VALUE] = end.flatten()[wrong].clone()
     path = updates_path(folder, phase)
-    save_safetensors(path, tensors, metadata={"phase": phase, "content": "fp32 W_after - W_before per tensor"})
+    # one metadata key: safetensors writes its metadata map in no fixed order, and a resumed phase must
+    # rewrite the same bytes
+    save_safetensors(path, tensors, metadata={"content": f"phase {phase}: fp32 W_after - W_before per tensor"})
     return path
 
 
