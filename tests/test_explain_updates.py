@@ -151,7 +151,7 @@ def test_reverting_a_unit_whose_update_is_zero_changes_nothing(runs):
         assert zero["recovered_points"] == 0 and zero["damage_points"] == 0 and zero["recovered_p"] == 1.0
 
 
-def test_linear_trains_no_backbone_tensor_so_there_is_nothing_to_attribute(runs):
+def test_linear_trains_no_backbone_tensor_so_there_is_nothing_to_attribute(runs, tmp_path):
     folder = runs["linear"]
     assert all(not run_updates.read(path) for path in (folder.path / "updates").iterdir())  # empty files
     lines = []
@@ -162,6 +162,12 @@ def test_linear_trains_no_backbone_tensor_so_there_is_nothing_to_attribute(runs)
     assert (attribution.reverted_accuracy == attribution.applied_accuracy).all()
     assert tables["spectra"].empty
     assert sum("nothing to attribute" in line for line in lines) == 2
+    from forgetlab.reporting.page import write_report
+
+    write_report([folder.path], tmp_path / "report", permutations=20, log=lambda message: None)
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "the run trained no backbone tensor, so there is nothing to attribute" in page
+    assert not any(p.name.startswith("explain_") for p in (tmp_path / "report" / "figures").iterdir())
 
 
 def test_block_expansion_attributes_to_its_inserted_blocks(runs, random_backbones):
