@@ -240,3 +240,22 @@ def test_a_run_without_stored_updates_is_refused_in_one_line(tmp_path, capsys):
     assert len(error.splitlines()) == 1 and "save.updates=true" in error and "topk run" in error
     with pytest.raises(config_module.ConfigError, match="save.updates' must be true or false"):
         config_module.resolve({}, ["save.updates=sometimes"])
+
+
+def test_a_resnets_convolutions_are_read_as_out_by_in_kh_kw_matrices(random_backbones, tmp_path):
+    folder = _run(
+        random_backbones["offline_resnet"], tmp_path, "resnet", **{"method.name": "full", "data.tasks": "[digits]"}
+    )
+    tables = explain(folder.path, **QUIET)
+    totals = tables["attribution"].set_index("unit").loc["all"]
+    assert totals.agreement == 1.0 and totals.applied_accuracy == pytest.approx(
+        100 * folder.read_matrix().values[1][0], abs=1e-9
+    )
+    backbone = load_backbone(folder_config(folder).backbone).model
+    rows = tables["spectra"][tables["spectra"].scope == "phase"].set_index("layer")
+    convolutions = {name: m for name, m in backbone.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert set(rows.index) == set(convolutions)  # every convolution trained (the upstream fc never does)
+    for name, module in convolutions.items():
+        out_channels, in_channels, kh, kw = module.weight.shape
+        assert (rows.loc[name, "rows"], rows.loc[name, "cols"]) == (out_channels, in_channels * kh * kw)
+        assert rows.loc[name, "numerical_rank"] <= min(out_channels, in_channels * kh * kw)
