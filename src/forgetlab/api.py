@@ -243,7 +243,8 @@ def explain(
     device: str = "auto",
     log=print,
 ) -> dict:
-    """Where a LoRA run's forgetting happens in the weights (``forgetlab explain``): writes (or completes)
+    """Where a run's forgetting happens in the weights (``forgetlab explain``; a LoRA run, or a run of another
+    method with ``save.updates=true``): writes (or completes)
     ``explain/`` in the run folder and returns its tables as DataFrames, keyed ``attribution``,
     ``spectra``, ``overlap`` and ``singular_values`` (those of ``parts``). docs/explain.md gives the columns."""
     from forgetlab.explanation import explain as explain_run

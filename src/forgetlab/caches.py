@@ -47,6 +47,7 @@ FORMATS = {"knn-banks": 2, "eval-crops": 2, "decoded": 2, "offline-world": 1, "b
 
 # Reasons shared by several caches.
 _WHERE = "where results go and which trackers watch: not what is computed"
+_STORED = "which weight updates a run also writes into its folder: not what is computed"
 _WEIGHTS = "acts only through the backbone's weights, which the key covers by their digest"
 _TRAINING = "training only: the cache holds evaluation-time content"
 _DOWNSTREAM = "the downstream tasks: the cache holds the upstream task's content"
@@ -66,6 +67,7 @@ IGNORED: dict[str, dict[str, str]] = {
         "name": _WHERE,
         "out_dir": _WHERE,
         "track": _WHERE,
+        "save": _STORED,
         "seed": _WEIGHTS + " (the upstream bank takes no seeded split)",
         "method": _WEIGHTS,
         "train": _WEIGHTS,
@@ -96,6 +98,7 @@ IGNORED: dict[str, dict[str, str]] = {
         "name": _WHERE,
         "out_dir": _WHERE,
         "track": _WHERE,
+        "save": _STORED,
         "backbone.weights": _NOT_PREPROCESSING,
         "backbone.random_init": _NOT_PREPROCESSING,
         "backbone.num_classes": _NOT_PREPROCESSING,
@@ -128,6 +131,7 @@ IGNORED: dict[str, dict[str, str]] = {
         "name": _WHERE,
         "out_dir": _WHERE,
         "track": _WHERE,
+        "save": _STORED,
         "seed": "decoding is deterministic and takes no seed",
         "device": "decoded on the CPU by PIL",
         "precision": "uint8 pixels",
@@ -176,6 +180,7 @@ IGNORED: dict[str, dict[str, str]] = {
             "replay",
             "eval",
             "track",
+            "save",
         )
     },
     "backbones": {
@@ -194,6 +199,7 @@ IGNORED: dict[str, dict[str, str]] = {
             "replay",
             "eval",
             "track",
+            "save",
             "backbone.image_size",
             "backbone.kwargs",
             "backbone.num_classes",

@@ -546,7 +546,7 @@ def _add_single_adapter(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_explain(commands: argparse._SubParsersAction) -> None:
-    """``forgetlab explain``: where in the weights a LoRA run's upstream loss happens."""
+    """``forgetlab explain``: where in the weights a run's upstream loss happens."""
     explain = commands.add_parser(
         "explain",
         help=(
@@ -554,7 +554,8 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
             "of the upstream loss and the spectra of every update"
         ),
         description=(
-            "For every finished phase of a LoRA run, rebuilt from its stored adapters: the upstream "
+            "For every finished phase of a LoRA run, rebuilt from its stored adapters, or of a run of another "
+            "method that stored its updates (save.updates=true): the upstream "
             "accuracy with each unit's update reverted and with only that unit's update applied "
             "(explain/attribution.csv), and the spectra of every update (explain/spectra.csv, "
             "overlap.csv, singular_values.csv). Resumable; docs/explain.md gives every column."

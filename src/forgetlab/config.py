@@ -370,6 +370,23 @@ class TrackConfig(Checked):
     wandb_group: str | None = option(None, "the W&B group (default: the sweep's name for sweep cells)")
 
 
+@dataclass
+class SaveConfig(Checked):
+    """What a run stores beyond its results (:mod:`forgetlab.run_updates`)."""
+
+    KEY: ClassVar[str] = "save."
+
+    updates: bool = option(
+        False,
+        "store each phase's update of the trainable backbone tensors (updates/<phase>.safetensors: fp32 "
+        "W_after - W_before), which 'forgetlab explain' needs for methods other than LoRA (whose adapters "
+        "hold it already: ignored there); costs a phase's trainable tensors in fp32 (ViT-B/16 full: 343 MB)",
+    )
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [(isinstance(self.updates, bool), f"save.updates must be true or false, got {self.updates!r}")]
+
+
 # Keys that take a list of their choices, stored as one comma-joined string (so a single name stays as it was).
 LIST_KEYS = ("eval.upstream_evaluator",)
 
@@ -396,6 +413,7 @@ class RunConfig(Checked):
     replay: ReplayConfig = section(ReplayConfig, "replay of upstream training examples, with any method")
     eval: EvalConfig = section(EvalConfig, "evaluation after each task")
     track: TrackConfig = section(TrackConfig, "experiment trackers: TensorBoard, Weights & Biases (off by default)")
+    save: SaveConfig = section(SaveConfig, "what a run stores beyond its results (per-phase weight updates)")
 
     @property
     def run_dir(self) -> Path:

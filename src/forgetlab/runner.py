@@ -61,7 +61,7 @@ from forgetlab.pretrain import ensure_pretrained
 from forgetlab.provenance import environment_record, inputs_record, normalisation_note
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, save_safetensors, task_metadata, write_json, write_npz
-from forgetlab import run_drift
+from forgetlab import run_drift, run_updates
 from forgetlab.run_checks import check_finite, check_image_channels, check_local_inputs, check_upstream_head
 from forgetlab.run_folder import check_folder, open_folder, read_checkpoint
 from forgetlab.runtime import Runtime, configure_matmul_precision, configure_threads, precision_warning, seed_everything
@@ -125,6 +125,7 @@ class Phase:
     row: dict[str, float] = field(default_factory=dict)
     eval_seconds: float = 0.0
     drift: list[dict] | None = None  # drift.csv's rows of this phase (None: drift off)
+    updates_from: dict | None = None  # the trainable backbone tensors as the phase began (save.updates)
 
 
 def run(config, *, log=print) -> RunFolder:
@@ -393,7 +394,10 @@ def prepare_phase(state: RunState, index: int) -> Phase:
     model.to(state.runtime.device)
     trainable = count_parameters(trainable_parameters(model))
     trainable_backbone, backbone_size = backbone_parameters(model)
-    return Phase(index, task, seed, extra_losses, trainable, trainable_backbone, backbone_size)
+    phase = Phase(index, task, seed, extra_losses, trainable, trainable_backbone, backbone_size)
+    if config.save.updates and not state.method.keeps_updates:
+        phase.updates_from = run_updates.snapshot(model.backbone)
+    return phase
 
 
 def lwf_terms(state: RunState, task, seen_columns: list[str]) -> tuple[list, list[str]]:
@@ -523,13 +527,18 @@ def commit_phase(state: RunState, phase: Phase) -> None:
         else []
     )
     drift_files = run_drift.write_phase(folder, index, phase.drift) if phase.drift is not None else []
+    update_files = (
+        [run_updates.write(folder, task.name, phase.updates_from, state.model.backbone)]
+        if phase.updates_from is not None
+        else []
+    )
     folder.commit(
         index,
         len(state.tasks),
         state.matrix,
         state.task_records,
         state.upstream_records,
-        [folder.predictions(index), folder.checkpoint_for(index), *adapter_files, *drift_files],
+        [folder.predictions(index), folder.checkpoint_for(index), *adapter_files, *drift_files, *update_files],
     )
     run_drift.write_view(folder, index)
     track_phase(state.tracker, index, phase.row, state.matrix)

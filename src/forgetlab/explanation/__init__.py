@@ -32,13 +32,16 @@ from forgetlab.errors import ConfigError, DataError
 from forgetlab.explanation import spectra
 from forgetlab.analysis.units import upgrade_attribution_columns
 from forgetlab.explanation.attribution import Scorer, attribution_rows, class_balanced, unit_of
-from forgetlab.explanation.updates import PhaseUpdate, check_explainable, phase_updates
+from forgetlab.explanation.updates import PhaseUpdate, check_explainable, rebuild
 from forgetlab.results import RunFolder, atomic_write_text, read_json, single_prediction_path, write_json
 
 PARTS = ("attribution", "spectra", "drift")
 DEFAULT_PARTS = ("attribution", "spectra")  # drift needs a forward pass per phase over the probe: asked for by name
 UNITS = ("block", "module")
 TOP_SINGULAR_VALUES = 32  # kept per matrix, phase and scope in singular_values.csv
+# Overlap of updates without an adapter rank (stored updates, full rank): the top 8 left singular vectors at
+# most, the dimensions Hu et al. (2021, section 7.2) compare; a full-rank basis would always overlap fully.
+OVERLAP_RANK = 8
 FILES = {"attribution": ["attribution"], "spectra": ["singular_values", "overlap", "spectra"]}  # the last one commits
 
 
@@ -61,7 +64,8 @@ def explain(
     batch_size: int | None = None,
     log=print,
 ) -> dict:
-    """Write (or complete) ``explain/`` of a LoRA run and return its tables as DataFrames: ``{"attribution": ...,
+    """Write (or complete) ``explain/`` of a LoRA run, or of a run that stored its updates (``save.updates=true``),
+    and return its tables as DataFrames: ``{"attribution": ...,
     "spectra": ..., "overlap": ..., "singular_values": ..., "drift": ...}`` (those of the parts asked for; ``drift`` is
     :func:`forgetlab.stored_drift.drift_of_run`'s ``explain/drift.csv``, the linear CKA per unit and phase against the
     pretrained features). ``images``: a class-balanced subset of the upstream test images the run scored (default: all
@@ -151,8 +155,10 @@ def _explain_phases(
     ensure_pretrained(config.backbone, device=runtime.device)
     backbone = load_backbone(config.backbone)
     scoring = _scoring(folder, config, backbone, settings, runtime) if pending.get("attribution") else None
-    tracker = SpectraTracker(config.method.policy)
-    for update in phase_updates(backbone.model, folder.path, phases, policy=config.method.policy):
+    tracker = SpectraTracker(getattr(config.method, "policy", "merge"))
+    for update in rebuild(config, backbone.model, folder.path, phases):
+        if scoring is not None and update.structure is not None:  # inserted blocks: score the phase's architecture
+            scoring["scorer"].model = _upstream_model(update.structure, runtime)
         if "spectra" in parts:
             tables = tracker.add(update, unit_of)
             if update.index in pending["spectra"]:
@@ -181,14 +187,14 @@ def _scoring(folder: RunFolder, config, backbone, settings: dict, runtime) -> di
     indices = class_balanced(labels, settings["images"], config.seed) if settings["images"] else np.arange(len(labels))
     dataset = upstream.test if len(indices) == len(labels) else SampleSubset(upstream.test, indices)
     model = MultiHeadModel(copy.deepcopy(backbone.model)).to(runtime.device)
-    scorer = Scorer(model, dataset, runtime)
+    scorer = Scorer(model, dataset, runtime, by_parameter=config.method.name != "lora")
     return {"scorer": scorer, "labels": labels[indices], "indices": indices, "pretrained": None}
 
 
 def _attribute(scoring: dict, update: PhaseUpdate, folder: RunFolder, config, settings: dict) -> list[dict]:
     indices = scoring["indices"]
     stored = {"pretrained": folder.read_predictions(0)["predictions"][indices]}
-    if config.method.policy == "merge":
+    if getattr(config.method, "policy", "merge") == "merge":  # every method but LoRA's keep accumulates
         stored["after"] = folder.read_predictions(update.index)["predictions"][indices]
     elif single_prediction_path(folder, update.index).exists():  # keep: the phase model is pretrained + its adapter
         with np.load(single_prediction_path(folder, update.index)) as data:
@@ -204,8 +210,22 @@ def _attribute(scoring: dict, update: PhaseUpdate, folder: RunFolder, config, se
     )
 
 
+def _upstream_model(backbone, runtime):
+    """A device copy of ``backbone`` (a phase's architecture) with its upstream head, to score."""
+    import copy
+
+    from forgetlab.models.multihead import MultiHeadModel
+
+    return MultiHeadModel(copy.deepcopy(backbone)).to(runtime.device)
+
+
 def _attribution_line(update: PhaseUpdate, rows: list[dict], path: Path) -> str:
     first = rows[0]
+    if len(rows) == 1:  # a method that trains no backbone tensor (linear): only the rows 'all'
+        return (
+            f"phase {update.index} {update.name}: the run trained no backbone tensor, so there is nothing to "
+            f"attribute (upstream {first['pretrained_accuracy_pct']:.2f}% -> {first['phase_accuracy_pct']:.2f}%) -> {path}"
+        )
     worst = max(rows[1:], key=lambda row: row["recovered_pp"], default=None)
     line = (
         (
@@ -238,9 +258,11 @@ class SpectraTracker:
     def add(self, update: PhaseUpdate, unit_of) -> dict[str, list[dict]]:
         """The phase's rows of ``spectra``, ``singular_values`` and ``overlap``."""
         tables: dict[str, list[dict]] = {"spectra": [], "singular_values": [], "overlap": []}
+        if update.fresh:  # new matrices under names an earlier phase's may have had: nothing carries over
+            self.base, self.cumulative, self.tops = {}, {}, {}
         for name, delta in update.update.items():
             if name not in self.base:
-                pretrained = spectra.as_matrix(update.pretrained[name].cpu().numpy())
+                pretrained = spectra.as_matrix(update.reference(name).cpu().numpy())
                 self.base[name] = (pretrained, spectra.left_vectors(pretrained))
             pretrained, base = self.base[name]
             # keep: the backbone never accumulates, so the phase's own update is the whole of it
@@ -256,7 +278,7 @@ class SpectraTracker:
                         "scope": scope,
                         "rows": matrix.shape[0],
                         "cols": matrix.shape[1],
-                        "adapter_rank": update.ranks[name],
+                        "adapter_rank": update.ranks.get(name),
                         **described,
                     }
                 )
@@ -265,7 +287,7 @@ class SpectraTracker:
                     for i, v in enumerate(values[:TOP_SINGULAR_VALUES])
                 ]
                 if scope == "phase":
-                    rank = min(described["numerical_rank"], update.ranks[name])
+                    rank = min(described["numerical_rank"], update.ranks.get(name, OVERLAP_RANK))
                     top = spectra.top_left_vectors(matrix, rank)
             for earlier, vectors in self.tops.get(name, []):
                 tables["overlap"].append(

@@ -50,11 +50,19 @@ def unit_of(module: str, unit: str = "block") -> str:
     return match.group(1) if match else module
 
 
-def units(modules, unit: str = "block") -> dict[str, list[str]]:
-    """``unit -> its modules``, in the order the modules come."""
+def tensor_unit(parameter: str, unit: str = "block") -> str:
+    """The unit a backbone parameter belongs to (stored updates are per parameter): its module's block
+    (``blocks.3`` of ``blocks.3.attn.qkv.weight``), a module outside the blocks (``norm`` of ``norm.weight``,
+    ``pos_embed`` itself), or its module with ``unit="module"`` (``blocks.3.attn.qkv``)."""
+    module = parameter.rpartition(".")[0] or parameter
+    return unit_of(module, unit)
+
+
+def units(modules, unit: str = "block", grouping=unit_of) -> dict[str, list[str]]:
+    """``unit -> its modules`` (or parameters, with ``grouping=tensor_unit``), in the order they come."""
     grouped: dict[str, list[str]] = {}
     for module in modules:
-        grouped.setdefault(unit_of(module, unit), []).append(module)
+        grouped.setdefault(grouping(module, unit), []).append(module)
     return grouped
 
 
@@ -93,16 +101,21 @@ def paired(first: np.ndarray, second: np.ndarray, *, seed: int = 0) -> dict:
 
 
 class Scorer:
-    """Upstream predictions of ``model`` (a :class:`MultiHeadModel`) with some adapted matrices swapped."""
+    """Upstream predictions of ``model`` (a :class:`MultiHeadModel`) with some adapted matrices swapped
+    (``by_parameter``: the names are backbone parameters, ``pos_embed``, ``blocks.0.norm1.bias``, not modules)."""
 
-    def __init__(self, model, dataset, runtime: Runtime):
-        self.model, self.dataset, self.runtime = model, dataset, runtime
+    def __init__(self, model, dataset, runtime: Runtime, by_parameter: bool = False):
+        self.model, self.dataset, self.runtime, self.by_parameter = model, dataset, runtime, by_parameter
+
+    def tensor(self, name: str) -> torch.Tensor:
+        backbone = self.model.backbone
+        return backbone.get_parameter(name) if self.by_parameter else backbone.get_submodule(name).weight
 
     def predictions(self, weights: dict[str, torch.Tensor], description: str) -> np.ndarray:
         """Predicted labels with every module of ``weights`` holding that weight (kept after the call)."""
         with torch.no_grad():
             for name, weight in weights.items():
-                self.model.backbone.get_submodule(name).weight.copy_(weight)
+                self.tensor(name).copy_(weight)
         return predict(self.model, UPSTREAM, self.dataset, self.runtime, description=description)
 
 
@@ -131,7 +144,7 @@ def attribution_rows(
         if stored.get(key) is not None
     ]
     rows[0]["agreement_pct"] = 100 * min(shares) if shares else math.nan
-    for name, modules in units(after, unit).items():
+    for name, modules in units(after, unit, tensor_unit if scorer.by_parameter else unit_of).items():
         reverted = (
             scorer.predictions({**after, **{m: pretrained[m] for m in modules}}, f"phase {phase}: revert {name}")
             == labels
@@ -143,7 +156,7 @@ def attribution_rows(
         rows.append(_row(phase, name, before, now, reverted, applied, forgotten))
     with torch.no_grad():
         for name, weight in after.items():
-            scorer.model.backbone.get_submodule(name).weight.copy_(weight)
+            scorer.tensor(name).copy_(weight)
     return rows
 
 

@@ -118,14 +118,16 @@ def intruder_count(
 def describe_update(update: np.ndarray, pretrained: np.ndarray, base: np.ndarray | None = None) -> dict:
     """One row of ``explain/spectra.csv`` for an update ``dW`` (float64 matrices): its ranks, its size
     relative to the pretrained ``W0``, and the intruders of ``W0 + dW`` against ``W0`` (``base``: the left
-    singular vectors of ``W0`` when already computed)."""
+    singular vectors of ``W0`` when already computed). A zero ``W0`` (an output projection block expansion
+    inserted as zero) has no size to compare with and no singular vectors: NaN for both."""
     values = singular_values(update)
+    zero = not np.any(pretrained)
     return {
         "numerical_rank": numerical_rank(values, update.shape),
         "effective_rank": effective_rank(values),
         "stable_rank": stable_rank(values),
-        "relative_norm": relative_norm(update, pretrained),
+        "relative_norm": math.nan if zero else relative_norm(update, pretrained),
         "top_singular_value": float(values[0]) if len(values) else 0.0,
-        "intruders": intruder_count(pretrained, pretrained + update, base=base),
+        "intruders": math.nan if zero else intruder_count(pretrained, pretrained + update, base=base),
         "singular_values": values,
     }

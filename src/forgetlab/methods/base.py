@@ -116,6 +116,9 @@ class Method:
     # True when learning a task cannot change what earlier tasks' heads see (per-task adapters):
     # then only the upstream head has anything to distil.
     isolates_tasks: ClassVar[bool] = False
+    # True when the folder already holds every phase's update in a form of the method's own (LoRA's
+    # adapters, which ``forgetlab explain`` rebuilds exactly): ``save.updates`` then writes nothing more.
+    keeps_updates: ClassVar[bool] = False
 
     def __init__(self, config):
         self.config = config

@@ -131,6 +131,7 @@ class LoRAConfig(Checked):
 class LoRA(Method):
     name = "lora"
     Config = LoRAConfig
+    keeps_updates = True  # adapters/<phase>/ hold every phase's update (save.updates adds nothing)
 
     def __init__(self, config: LoRAConfig):
         super().__init__(config)  # its options were checked when the config was built (LoRAConfig.rules)

@@ -48,7 +48,7 @@ def where_forgetting_happens(runs, labels: dict[int, str], keys: dict[int, str])
     drawn, notes = [], []
     for run, tables in explained:
         label, key = labels[id(run)], keys[id(run)]
-        if "attribution" in tables:
+        if "attribution" in tables and (tables["attribution"].unit != "all").any():  # linear: no unit to draw
             drawn.append(
                 (
                     attribution_figure(tables["attribution"], label),
@@ -60,6 +60,7 @@ def where_forgetting_happens(runs, labels: dict[int, str], keys: dict[int, str])
                     "minus the pretrained accuracy); percentage points, paired over the same images.",
                 )
             )
+        if "attribution" in tables:
             notes.append(attribution_note(tables["attribution"], label))
         if "spectra" in tables:
             drawn.append(
@@ -138,6 +139,8 @@ def attribution_note(attribution, label: str) -> str:
         )
         or "none"
     )
+    if units.empty:  # a method that trains no backbone tensor (linear)
+        named = "none: the run trained no backbone tensor, so there is nothing to attribute"
     agreement = total.agreement_pct
     check = (
         "the rebuilt models reproduce the run's predictions on every image"
