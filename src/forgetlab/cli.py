@@ -313,9 +313,19 @@ def _version() -> str:
         return "(not installed)"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are the house's one line naming the problem and where help
+    is (``forgetlab run: unrecognized arguments: --nope (see forgetlab run --help)``), exit code 2,
+    instead of the usage block and the error. Subcommands' parsers are of the same class
+    (``add_subparsers`` makes them with the parser's own class)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``forgetlab`` parser: one subcommand per ``_add_*`` function below, in the order ``--help`` lists them."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="forgetlab",
         description="Measure what pretrained vision models forget under incremental (low-rank) fine-tuning.",
     )
@@ -621,8 +631,20 @@ def _parse(parser: argparse.ArgumentParser, argv):
     if extra and listed and all("=" in item and not item.startswith("-") for item in extra):
         setattr(args, listed, [*getattr(args, listed), *extra])
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)command's own parser (``forgetlab data check``'s for ``data check``), so that an error
+    names the command it is about and the ``--help`` that lists its options."""
+    for dest in ("command", "data_command"):
+        chosen = getattr(args, dest, None)
+        actions = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        if chosen is None or not actions or chosen not in actions[0].choices:
+            break
+        parser = actions[0].choices[chosen]
+    return parser
 
 
 def _stop_on_sigterm() -> None:
