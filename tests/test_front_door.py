@@ -45,3 +45,101 @@ def test_help_still_prints_the_usage_and_exits_0(argv, capsys):
     code, out, err = _exit(argv, capsys)
     assert code == 0 and err == "" and out.startswith(f"usage: forgetlab {' '.join(argv[:-1])}".rstrip())
     assert len(out.splitlines()) > 3
+
+
+# ------------------------------------------------------------------------------------------- run names
+NAME_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.+")
+
+
+def _changed_value(field, choices: dict):
+    """Values to try for one method option: another of its choices, the other boolean, a larger number, or
+    a small value for an option left unset."""
+    default = field.default
+    if isinstance(default, bool):
+        return [not default]
+    if isinstance(default, (int, float)):
+        return [default * 2 or 2, default + 1]
+    if default is None:
+        return [2, 1, [1], 0.5, "q"]
+    return [choice for choice in choices.get(field.name, ()) if choice != default]
+
+
+def _readable(name: str) -> bool:
+    return set(name) <= NAME_CHARACTERS and not any(word in name for word in ("None", "True", "False", "[]"))
+
+
+def test_every_methods_default_run_is_named_by_the_method_alone_and_one_changed_option_by_its_value():
+    import dataclasses
+
+    from forgetlab import config as config_module
+    from forgetlab.errors import ConfigError
+    from forgetlab.methods import method_class, method_names
+
+    default_method = config_module.resolve({}, []).method.name
+    named_options = 0
+    for method in method_names():
+        base = config_module.resolve({}, [f"method.name={method}"])
+        assert base.name == ("default" if method == default_method else method), (method, base.name)
+        choices = config_module.documented_choices(base.method)
+        for field in dataclasses.fields(method_class(method).Config):
+            if field.name == "name" or not field.init:
+                continue
+            for value in _changed_value(field, choices):
+                text = f"[{', '.join(map(str, value))}]" if isinstance(value, list) else str(value).lower()
+                try:
+                    config = config_module.resolve({}, [f"method.name={method}", f"method.{field.name}={text}"])
+                except ConfigError:
+                    continue  # not a value this option takes with the others at their defaults
+                if getattr(config.method, field.name) == field.default:
+                    continue
+                assert _readable(config.name) and config.name != base.name, (method, field.name, config.name)
+                assert config.name.startswith(method if method != default_method else "")
+                named_options += 1
+                break
+    assert named_options >= 10
+
+
+def test_a_run_name_says_none_booleans_lists_and_comma_lists_in_words():
+    from forgetlab import config as config_module
+
+    def name(*overrides):
+        return config_module.resolve({}, list(overrides)).name
+
+    assert name("method.name=block_expansion") == "block_expansion"
+    assert name("method.name=block_expansion", "method.copies=2", "method.positions=[2, 4]") == (
+        "block_expansion-p2-positions2+4"
+    )
+    assert name("method.name=block_expansion", "method.copies=2", "method.split=3") == "block_expansion-p2-split3"
+    assert name("method.targets=[q, v]") == "q+v"
+    assert name("backbone.random_init=true") == "random_init"
+    assert name("data.max_train=48", "method.rank=16") == "r16-max_train48"
+    assert config_module.flag_token("data.max_train", None) == "no_max_train"
+    assert config_module.flag_token("lwf.train_earlier_heads", False) == "no_train_earlier_heads"
+    assert config_module.flag_token("method.positions", []) == "no_positions"
+    assert config_module.flag_token("method.rank", 4) is None
+
+
+def test_sweep_cells_name_none_and_booleans_in_words_and_an_earlier_folder_keeps_its_name(tmp_path):
+    import yaml
+
+    from forgetlab.sweep import load_sweep
+
+    path = tmp_path / "s.yaml"
+    definition = {
+        "name": "s",
+        "out_dir": str(tmp_path),
+        "grid": {
+            "data.max_train": [None, 48],
+            "method": [{"name": "block_expansion", "split": None}, {"name": "block_expansion", "split": 3}],
+        },
+    }
+    path.write_text(yaml.safe_dump(definition))
+    names = [cell.name for cell in load_sweep(path).cells]
+    assert names == [
+        "no_max_train-block_expansion-no_split",
+        "no_max_train-block_expansion-split3",
+        "max_train48-block_expansion-no_split",
+        "max_train48-block_expansion-split3",
+    ]
+    (tmp_path / "s" / "max_trainNone-block_expansion-splitNone").mkdir(parents=True)  # as forgetlab named it before
+    assert [cell.name for cell in load_sweep(path).cells][0] == "max_trainNone-block_expansion-splitNone"
