@@ -143,3 +143,78 @@ def test_sweep_cells_name_none_and_booleans_in_words_and_an_earlier_folder_keeps
     ]
     (tmp_path / "s" / "max_trainNone-block_expansion-splitNone").mkdir(parents=True)  # as forgetlab named it before
     assert [cell.name for cell in load_sweep(path).cells][0] == "max_trainNone-block_expansion-splitNone"
+
+
+# ------------------------------------------------------------------------------- environment history
+class _Stopped(Exception):
+    pass
+
+
+def test_a_run_resumed_under_another_commit_records_both_with_the_phase_each_began(
+    random_backbones, tmp_path, monkeypatch, capsys
+):
+    import json
+
+    from forgetlab import config as config_module
+    from forgetlab import provenance
+    from forgetlab.runner import run
+    from tests.conftest import tiny_overrides
+
+    tiny = {"data.max_train": 16, "data.max_test": 16, "train.max_steps": 1, "train.batch_size": 8}
+    config = config_module.load(None, tiny_overrides(random_backbones["offline_vit"], tmp_path, **tiny))
+
+    def stop_after_first_task(message: str) -> None:
+        if message.startswith("task 1/2"):
+            raise _Stopped
+
+    monkeypatch.setattr(provenance, "git_commit", lambda: "1111111111111111111111111111111111111111")
+    with pytest.raises(_Stopped):
+        run(config, log=stop_after_first_task)
+    monkeypatch.setattr(provenance, "git_commit", lambda: "2222222222222222222222222222222222222222-dirty")
+    folder = run(config, log=lambda message: None)
+    environment = json.loads(folder.environment.read_text())
+    history = environment["history"]
+    assert [(entry["started_at_phase"], entry["git_commit"], entry["dirty"]) for entry in history] == [
+        (0, "1111111111111111111111111111111111111111", False),
+        (2, "2222222222222222222222222222222222222222-dirty", True),
+    ]
+    assert all(entry["date"] and entry["packages"]["torch"] for entry in history)
+    assert history[0]["weights_sha256"] == history[1]["weights_sha256"] == environment["inputs"]["weights"]["sha256"]
+    assert environment["git_commit"].startswith("2222")  # the top-level fields: the latest start, as before
+    run(config, log=lambda message: None)  # a finished run resumed writes nothing
+    assert json.loads(folder.environment.read_text()) == environment
+    assert main(["show", str(folder.path)]) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ran in parts")]
+    assert len(shown) == 1 and shown[0].startswith("ran in parts that differ: phases 0-1 under commit 11111111 (torch ")
+    assert "phase 2 under commit 22222222-dirty (torch " in shown[0]
+
+
+def test_an_environment_file_from_before_the_history_reads_as_one_start():
+    from forgetlab.provenance import environment_history, history_line, with_start
+
+    old = {"python": "3.11.2", "packages": {"torch": "2.5.1"}, "git_commit": "abcdef0123-dirty", "inputs": {}}
+    assert environment_history(old) == [
+        {
+            "date": None,
+            "started_at_phase": 0,
+            "dirty": True,
+            "python": "3.11.2",
+            "platform": None,
+            "packages": {"torch": "2.5.1"},
+            "git_commit": "abcdef0123-dirty",
+            "device": None,
+            "device_name": None,
+            "torch_threads": None,
+            "weights_sha256": None,
+        }
+    ]
+    current = {"python": "3.12.1", "packages": {"torch": "2.6.0"}, "git_commit": "0123456789", "inputs": {}}
+    resumed = with_start(old, current, 3)
+    assert [entry["started_at_phase"] for entry in resumed["history"]] == [0, 3]
+    assert resumed["python"] == "3.12.1" and "history_before" not in resumed
+    assert history_line(resumed, 4) == (
+        "ran in parts that differ: phases 0-2 under commit abcdef01-dirty (torch 2.5.1, Python 3.11.2), "
+        "phases 3-4 under commit 01234567 (torch 2.6.0, Python 3.12.1) (environment.json's history)"
+    )
+    assert history_line(with_start(None, current, 0), 4) is None
+    assert "history_before" in with_start(None, current, 2)  # a missing file: earlier starts unknown

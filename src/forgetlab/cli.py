@@ -140,6 +140,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from forgetlab.provenance import history_line, read_environment
     from forgetlab.results import RunFolder
 
     from forgetlab.summary import cells_table, chance_line, metrics_line
@@ -166,6 +167,9 @@ def cmd_show(args) -> int:
     print(matrix.format_table())
     print(metrics_line(matrix))
     print(chance_line(folder))
+    parts = history_line(read_environment(folder.environment), len(matrix.values) - 1)
+    if parts:  # phases ran under different code or packages
+        print(parts)
     for record in folder.read_tasks():
         print(
             f"  {record['task']}: {record['trainable_backbone_parameters']:,} trainable backbone parameters "
