@@ -218,3 +218,101 @@ def test_an_environment_file_from_before_the_history_reads_as_one_start():
     )
     assert history_line(with_start(None, current, 0), 4) is None
     assert "history_before" in with_start(None, current, 2)  # a missing file: earlier starts unknown
+
+
+# ----------------------------------------------------------------------------------- caches built once
+def _twice_at_once(build, started, results: list) -> None:
+    """``build`` in two threads, the second started once the first is building."""
+    import threading
+
+    first = threading.Thread(target=lambda: results.append(build()))
+    second = threading.Thread(target=lambda: results.append(build()))
+    first.start()
+    assert started.wait(30)
+    second.start()
+    first.join(60)
+    second.join(60)
+
+
+def test_an_offline_backbone_asked_for_twice_at_once_is_pretrained_once(tmp_path, monkeypatch, capsys):
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from forgetlab import pretrain as pretrain_module
+    from forgetlab.models.backbones import offline_backbone_dir
+
+    monkeypatch.setenv("FORGETLAB_HOME", str(tmp_path))
+    builds, started = [], threading.Event()
+
+    def fake_pretrain(name, *, device=None):
+        builds.append(name)
+        started.set()
+        time.sleep(1.0)  # the second caller reaches the lock meanwhile
+        folder = offline_backbone_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_bytes(f"weights {len(builds)}".encode())
+
+    monkeypatch.setattr(pretrain_module, "pretrain", fake_pretrain)
+    config = SimpleNamespace(name="offline_vit", weights=None, random_init=False)
+    results = []
+
+    def ensure():
+        pretrain_module.ensure_pretrained(config)
+        return (offline_backbone_dir("offline_vit") / "model.safetensors").read_bytes()
+
+    _twice_at_once(ensure, started, results)
+    assert builds == ["offline_vit"] and results == [b"weights 1", b"weights 1"]
+    waited = [line for line in capsys.readouterr().err.splitlines() if "waiting for" in line]
+    assert len(waited) == 1 and waited[0].startswith("forgetlab: waiting for pid ")
+    assert waited[0].endswith(f"which is pretraining offline_vit into {offline_backbone_dir('offline_vit')}")
+
+
+def test_an_offline_world_dataset_asked_for_twice_at_once_is_built_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import numpy as np
+
+    from forgetlab.data import offline
+
+    monkeypatch.setattr(offline, "world_dir", lambda: tmp_path / "world")
+    builds, started = [], threading.Event()
+
+    def fake_upstream():
+        builds.append("upstream")
+        started.set()
+        time.sleep(1.0)
+        return {"x_test": np.full((2, 3), len(builds))}
+
+    monkeypatch.setitem(offline._BUILDERS, "upstream", fake_upstream)
+    results = []
+    _twice_at_once(lambda: offline.load_arrays("upstream")["x_test"].tolist(), started, results)
+    assert builds == ["upstream"] and results == [[[1, 1, 1]] * 2] * 2
+    assert sorted(path.name for path in (tmp_path / "world").iterdir()) == [".upstream.lock", "upstream.npz"]
+
+
+def test_wordnet_copied_for_two_at_once_is_copied_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from forgetlab import wordnet
+
+    source = tmp_path / "dict"
+    source.mkdir()
+    (source / "data.noun").write_text("noun data\n")
+    copies, started = [], threading.Event()
+    copy = wordnet._copy_wordnet
+
+    def slow_copy(target, source):
+        copies.append(target)
+        started.set()
+        time.sleep(1.0)
+        return copy(target, source)
+
+    monkeypatch.setattr(wordnet, "_copy_wordnet", slow_copy)
+    results = []
+    _twice_at_once(lambda: wordnet.setup(tmp_path / "nltk_data", source), started, results)
+    target = tmp_path / "nltk_data" / "corpora" / "wordnet"
+    assert copies == [target] and results == [target, target]
+    assert (target / "data.noun").read_text() == "noun data\n" and (target / "lexnames").exists()

@@ -127,15 +127,17 @@ def cmd_setup(args) -> int:
 def cmd_pretrain(args) -> int:
     from forgetlab.models.offline import OFFLINE_BACKBONES
     from forgetlab.models.backbones import offline_backbone_dir
-    from forgetlab.pretrain import pretrain
+    from forgetlab.pretrain import pretrain, pretrain_once
 
     names = OFFLINE_BACKBONES if args.backbone == "all" else (args.backbone,)
     for name in names:
         folder = offline_backbone_dir(name)
         if (folder / "model.safetensors").exists() and not args.force:
             print(f"{name}: already built in {folder} (use --force to rebuild)")
-            continue
-        pretrain(name, out_dir=Path(args.out) / name if args.out else None)
+        elif args.out:
+            pretrain(name, out_dir=Path(args.out) / name)
+        elif not pretrain_once(name, force=args.force):  # another process built it while this one waited
+            print(f"{name}: built in {folder} by the process this one waited for")
     return 0
 
 

@@ -39,6 +39,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -408,13 +409,48 @@ class RunFolder:
             handle.close()
             raise RunLockedError(f"{self.path} is being run by {holder}; wait for it to finish or stop it") from None
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            handle.flush()
+            _write_holder(handle)
             yield
         finally:
             handle.close()  # releases the lock
+
+
+def _write_holder(handle) -> None:
+    """Name the lock's holder in its file, for whoever meets the lock taken."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+
+
+@contextlib.contextmanager
+def build_lock(lock_file: Path, what: str, log=None):
+    """Hold ``lock_file``'s lock while building a cache shared by runs (an offline backbone, the
+    offline world, a k-NN bank): the same kernel lock as :meth:`RunFolder.lock` (``fcntl.flock``, so
+    it dies with its process), but a second process or thread waits for it instead of failing, after
+    one line naming the holder and ``what`` it builds (``forgetlab: waiting for pid 123 on node1 since
+    2026-01-05 10:00:00, which is pretraining offline_vit``; ``log``, default stderr). The caller looks
+    for the result again once it holds the lock, and builds only if the first holder left none."""
+    import fcntl
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_file, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            message = f"forgetlab: waiting for {holder}, which is {what}"
+            if log is None:
+                print(message, file=sys.stderr, flush=True)
+            else:
+                log(message)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        _write_holder(handle)
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def migrate(folder: RunFolder, state: dict) -> dict:

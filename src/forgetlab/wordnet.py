@@ -20,6 +20,7 @@ from pathlib import Path
 
 from forgetlab import paths
 from forgetlab.errors import DataError
+from forgetlab.results import build_lock
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 _POS_NUMBER = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
@@ -139,7 +140,14 @@ def setup(data_dir: Path | None = None, source: Path | None = None) -> Path:
     target = (data_dir or paths.home() / "nltk_data") / "corpora" / "wordnet"
     if (target / "lexnames").exists() and (target / "data.noun").exists():
         return target
-    source = find_source() if source is None else source
+    # one copier at a time: two processes staging into the same folder would remove each other's files
+    with build_lock(target.with_name(".wordnet.lock"), f"copying WordNet 3.0 into {target}"):
+        if (target / "lexnames").exists() and (target / "data.noun").exists():
+            return target  # copied while this process waited
+        return _copy_wordnet(target, find_source() if source is None else source)
+
+
+def _copy_wordnet(target: Path, source: Path) -> Path:
     staging = target.with_name("wordnet.partial")
     shutil.rmtree(staging, ignore_errors=True)
     if source.suffix == ".zip" and source.is_file():
