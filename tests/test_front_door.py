@@ -316,3 +316,72 @@ def test_wordnet_copied_for_two_at_once_is_copied_once(tmp_path, monkeypatch):
     target = tmp_path / "nltk_data" / "corpora" / "wordnet"
     assert copies == [target] and results == [target, target]
     assert (target / "data.noun").read_text() == "noun data\n" and (target / "lexnames").exists()
+
+
+# ------------------------------------------------------------------------------- where WordNet is
+def _wordnet_folder(folder):
+    folder.mkdir(parents=True)
+    (folder / "data.noun").write_text("  1 This is WordNet's noun data\n")
+    return folder
+
+
+def _provide(way: str, tmp_path, monkeypatch):
+    """WordNet provided one way (the others absent); the folder it is expected at (None: nowhere)."""
+    import zipfile
+
+    import nltk
+
+    from forgetlab import wordnet
+
+    monkeypatch.delenv("FORGETLAB_WORDNET", raising=False)
+    monkeypatch.setattr(wordnet, "WORDNET_DIR", tmp_path / "usr-share-wordnet")  # Debian's place, empty
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "nltk-data")])
+    if way == "setting: a dict folder":
+        monkeypatch.setenv("FORGETLAB_WORDNET", str(_wordnet_folder(tmp_path / "WordNet-3.0" / "dict")))
+        return tmp_path / "WordNet-3.0" / "dict"
+    if way == "setting: NLTK's wordnet.zip":
+        bundle = tmp_path / "wordnet.zip"
+        with zipfile.ZipFile(bundle, "w") as archive:
+            archive.writestr("wordnet/data.noun", "  1 noun data\n")
+        monkeypatch.setenv("FORGETLAB_WORDNET", str(bundle))
+        return bundle
+    if way == "setting: a folder without WordNet":
+        monkeypatch.setenv("FORGETLAB_WORDNET", str(tmp_path))
+        return None
+    if way == "Debian's wordnet-base":
+        return _wordnet_folder(tmp_path / "usr-share-wordnet")
+    if way == "NLTK's data folder":
+        return _wordnet_folder(tmp_path / "nltk-data" / "corpora" / "wordnet")
+    if way == "forgetlab's copy only":
+        copy = _wordnet_folder(tmp_path / "home" / "nltk_data" / "corpora" / "wordnet")
+        (copy / "lexnames").write_text(wordnet.lexnames_text())
+        return copy
+    return None
+
+
+@pytest.mark.parametrize(
+    "way",
+    [
+        "setting: a dict folder",
+        "setting: NLTK's wordnet.zip",
+        "setting: a folder without WordNet",
+        "Debian's wordnet-base",
+        "NLTK's data folder",
+        "forgetlab's copy only",
+        "nowhere",
+    ],
+)
+def test_setup_and_data_check_report_wordnet_at_the_same_place(way, tmp_path, monkeypatch):
+    from forgetlab.data.sources import wordnet_source
+    from forgetlab.data_check import MISSING, OK, wordnet_finding
+
+    monkeypatch.setenv("FORGETLAB_HOME", str(tmp_path / "home"))
+    expected = _provide(way, tmp_path, monkeypatch)
+    setup_says = wordnet_source()
+    check_says = wordnet_finding()
+    if expected is None:
+        assert setup_says.found is None and check_says.status == MISSING
+        assert setup_says.detail in str(check_says.error)
+    else:
+        assert setup_says.found == check_says.where == str(expected) and check_says.status == OK
+        assert wordnet_source().found == str(expected)  # the same after data check made forgetlab's copy

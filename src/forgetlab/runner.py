@@ -300,7 +300,7 @@ def open_run(state: RunState, stack: contextlib.ExitStack) -> None:
 
 def score_pretrained(state: RunState) -> None:
     """A new folder: its environment and upstream label space, then row 0 (the pretrained model), committed."""
-    config, folder, backbone, upstream, tasks = state.config, state.folder, state.backbone, state.upstream, state.tasks
+    folder, backbone, upstream, tasks = state.folder, state.backbone, state.upstream, state.tasks
     record_start(state, 0)
     write_json(folder.upstream, task_metadata(upstream))
     state.matrix = AccuracyMatrix(

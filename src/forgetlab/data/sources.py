@@ -27,7 +27,6 @@ from pathlib import Path
 
 from forgetlab import wordnet
 from forgetlab.data import fonts, offline
-from forgetlab.errors import DataError
 
 DEFAULT_TARGET = "~/forgetlab-offline"
 
@@ -98,13 +97,9 @@ def fashion_mnist_source(target: str = DEFAULT_TARGET) -> Source:
 
 
 def wordnet_source(target: str = DEFAULT_TARGET) -> Source:
-    """WordNet 3.0's database (:func:`forgetlab.wordnet.find_source`)."""
-    try:
-        source = wordnet.find_source()
-        found = source if (source / "data.noun").exists() or (source.suffix == ".zip" and source.is_file()) else None
-        detail = f"WordNet 3.0 in {source}" if found else f"no data.noun in {source} or NLTK's data folders"
-    except DataError as error:  # a FORGETLAB_WORDNET that holds no WordNet
-        found, detail = None, str(error)
+    """WordNet 3.0's database, where :func:`forgetlab.wordnet.locate` finds it (as ``forgetlab data
+    check`` reports it)."""
+    found, detail = wordnet.locate()
     return Source(
         "WordNet",
         "FORGETLAB_WORDNET",
