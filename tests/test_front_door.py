@@ -385,3 +385,65 @@ def test_setup_and_data_check_report_wordnet_at_the_same_place(way, tmp_path, mo
     else:
         assert setup_says.found == check_says.where == str(expected) and check_says.status == OK
         assert wordnet_source().found == str(expected)  # the same after data check made forgetlab's copy
+
+
+# --------------------------------------------------------------------------- commands that paste
+AWKWARD = ["runs/my run", "data.tasks=[fontfamily, digits]", "it's", "a;b", "$HOME", ""]
+
+
+def test_a_printed_command_splits_back_into_its_arguments():
+    import shlex
+
+    from forgetlab.errors import command
+    from forgetlab.presets import PRESETS
+    from forgetlab.reporting.page import probe_command
+
+    assert shlex.split(command("report", *AWKWARD)) == ["forgetlab", "report", *AWKWARD]
+    row = {"config.data.tasks": ["stanford_cars:samples_half1", "flowers"], "backbone": "vit b/16", "seed": 0}
+    assert shlex.split(probe_command(row)) == [
+        "forgetlab",
+        "run",
+        "method.name=linear",
+        "backbone.name=vit b/16",
+        "data.tasks=[stanford_cars:samples_half1, flowers]",
+        "seed=0",
+    ]
+    for preset in PRESETS.values():
+        assert shlex.split(preset.command)[:4] == ["forgetlab", "run", "--preset", preset.name]
+
+
+def test_the_setup_lines_paste_into_a_shell_with_any_target_folder():
+    import shlex
+
+    from forgetlab.data.sources import offline_sources
+
+    target = "/tmp/my data [x]"
+    words = []
+    for source in offline_sources(target):
+        for line in source.without_root:
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=True)  # ';' and '&&' apart, as a shell has them
+            lexer.whitespace_split = True
+            words += list(lexer)
+    assert "FORGETLAB_FONTS_DIR=/tmp/my data [x]/usr/share/fonts" in words
+    assert "FORGETLAB_WORDNET=/tmp/my data [x]/nltk_data/corpora/wordnet" in words
+    assert "FORGETLAB_FASHION_MNIST_DIR=/tmp/my data [x]/fashion-mnist/FashionMNIST/raw" in words
+    assert words[words.index("-d") + 1] == "/tmp/my data [x]/nltk_data"
+    assert words.count("/tmp/my data [x]/debs") == 2  # mkdir and cd, before the fonts' packages are unpacked
+    assert words[words.index("$deb") + 1] == "/tmp/my data [x]"  # dpkg -x "$deb" TARGET
+    code = words[words.index("-c") + 1]
+    assert (
+        code == "import torchvision; torchvision.datasets.FashionMNIST('/tmp/my data [x]/fashion-mnist', download=True)"
+    )
+
+
+def test_the_messages_naming_a_command_quote_the_folder(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    from forgetlab.errors import DataError
+    from forgetlab.results import RunFolder, read_single_predictions
+
+    folder = RunFolder(tmp_path / "my run")
+    with pytest.raises(DataError) as error:
+        read_single_predictions(folder, 1)
+    pasted = str(error.value).split("; run ", 1)[1].split(" first", 1)[0]
+    assert shlex.split(pasted) == ["forgetlab", "single-adapter", str(folder.path)]

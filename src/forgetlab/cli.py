@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from forgetlab.errors import FULL_DISK, DiskFullError, ForgetlabError
+from forgetlab.errors import FULL_DISK, DiskFullError, ForgetlabError, command
 
 EXIT_USER_ERROR = 2
 
@@ -268,7 +268,7 @@ def cmd_single_adapter(args) -> int:
     written = single_adapter_predictions(args.run_dir, device=args.device, log=_log(args))
     print(
         f"{len(written)} single-adapter prediction files written (existing ones kept); "
-        f"'forgetlab report {args.run_dir} --after single' uses them"
+        f"{command('report', args.run_dir, '--after', 'single')} uses them"
     )
     return 0
 
@@ -280,7 +280,7 @@ def cmd_explain(args) -> int:
     tables = explain(args.run_dir, parts=args.parts, images=images, unit=args.unit, device=args.device, log=_log(args))
     print(
         f"{', '.join(f'{name}.csv ({len(table)} rows)' for name, table in tables.items())} "
-        f"in {Path(args.run_dir) / 'explain'}; 'forgetlab report {args.run_dir}' shows them"
+        f"in {Path(args.run_dir) / 'explain'}; {command('report', args.run_dir)} shows them"
     )
     return 0
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forgetlab.errors import FULL_DISK, DataError, DiskFullError, RunLockedError
+from forgetlab.errors import FULL_DISK, DataError, DiskFullError, RunLockedError, command
 
 MATRIX_FILE = "accuracy_matrix.json"
 FORMAT_VERSION = 1  # of a run folder, in its progress.json; a progress.json without one is format 0
@@ -526,7 +526,7 @@ def read_single_predictions(folder: RunFolder, phase_index: int) -> dict[str, np
     path = single_prediction_path(folder, phase_index)
     if not path.exists():
         raise DataError(
-            f"{path} is missing; run 'forgetlab single-adapter {folder.path}' first (it reuses the stored adapters)"
+            f"{path} is missing; run {command('single-adapter', folder.path)} first (it reuses the stored adapters)"
         )
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
