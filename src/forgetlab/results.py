@@ -4,7 +4,8 @@ run killed at any point leaves only whole files behind.
 =============================== ===============================================================
 ``config.yaml``                 the resolved config
 ``environment.json``            package versions, git commit, device, threads, and ``inputs``: the resolved
-                                preprocessing and the weights file's SHA-256 (not part of the run's identity)
+                                preprocessing and the weights file's SHA-256 (not part of the run's identity),
+                                and a ``history`` of every start and resume (:mod:`forgetlab.provenance`)
 ``accuracy_matrix.json``/.csv   ``R[i][j]``: row 0 before any update, row i after phase i; column 0
                                 the upstream task, then the distinct tasks; cells not yet seen are empty
 ``predictions/upstream_after_<i>.npz``  per-example upstream predictions (and labels) after phase i
