@@ -447,3 +447,15 @@ def test_the_messages_naming_a_command_quote_the_folder(tmp_path, capsys, monkey
         read_single_predictions(folder, 1)
     pasted = str(error.value).split("; run ", 1)[1].split(" first", 1)[0]
     assert shlex.split(pasted) == ["forgetlab", "single-adapter", str(folder.path)]
+
+
+def test_data_check_reports_the_data_root_a_run_reads(tmp_path, monkeypatch):
+    from forgetlab.cli import _data_root
+    from forgetlab.data.files import data_root
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("FORGETLAB_DATA", "~/datasets")
+    assert _data_root(None) == str(data_root(None)) == str(tmp_path / "datasets")  # data check's first line
+    assert _data_root("~/other") == str(tmp_path / "other")
+    monkeypatch.delenv("FORGETLAB_DATA")
+    assert _data_root(None) is None

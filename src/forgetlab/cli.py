@@ -112,8 +112,21 @@ def cmd_data_check(args) -> int:
             check.every_dataset_findings(args.root),
             "every dataset (no config given: only an invalid one fails)",
         )
-    print("\n".join(check.report(findings, root or os.environ.get("FORGETLAB_DATA"), checked_for)))
+    print("\n".join(check.report(findings, _data_root(root), checked_for)))
     return check.exit_code(findings, needed=given or args.strict)
+
+
+def _data_root(root: str | None) -> str | None:
+    """The real datasets' root as a run reads it (:func:`forgetlab.data.files.data_root`: ``root``, else
+    ``$FORGETLAB_DATA``, ``~`` expanded); None when neither is set."""
+    from types import SimpleNamespace
+
+    from forgetlab.data.files import data_root
+
+    try:
+        return str(data_root(SimpleNamespace(root=root)))
+    except ForgetlabError:
+        return None
 
 
 def cmd_setup(args) -> int:
