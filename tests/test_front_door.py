@@ -417,22 +417,22 @@ def test_the_setup_lines_paste_into_a_shell_with_any_target_folder():
 
     from forgetlab.data.sources import offline_sources
 
-    target = "/tmp/my data [x]"
+    target = "/data/my data [x]"
     words = []
     for source in offline_sources(target):
         for line in source.without_root:
             lexer = shlex.shlex(line, posix=True, punctuation_chars=True)  # ';' and '&&' apart, as a shell has them
             lexer.whitespace_split = True
             words += list(lexer)
-    assert "FORGETLAB_FONTS_DIR=/tmp/my data [x]/usr/share/fonts" in words
-    assert "FORGETLAB_WORDNET=/tmp/my data [x]/nltk_data/corpora/wordnet" in words
-    assert "FORGETLAB_FASHION_MNIST_DIR=/tmp/my data [x]/fashion-mnist/FashionMNIST/raw" in words
-    assert words[words.index("-d") + 1] == "/tmp/my data [x]/nltk_data"
-    assert words.count("/tmp/my data [x]/debs") == 2  # mkdir and cd, before the fonts' packages are unpacked
-    assert words[words.index("$deb") + 1] == "/tmp/my data [x]"  # dpkg -x "$deb" TARGET
+    assert "FORGETLAB_FONTS_DIR=/data/my data [x]/usr/share/fonts" in words
+    assert "FORGETLAB_WORDNET=/data/my data [x]/nltk_data/corpora/wordnet" in words
+    assert "FORGETLAB_FASHION_MNIST_DIR=/data/my data [x]/fashion-mnist/FashionMNIST/raw" in words
+    assert words[words.index("-d") + 1] == "/data/my data [x]/nltk_data"
+    assert words.count("/data/my data [x]/debs") == 2  # mkdir and cd, before the fonts' packages are unpacked
+    assert words[words.index("$deb") + 1] == "/data/my data [x]"  # dpkg -x "$deb" TARGET
     code = words[words.index("-c") + 1]
     assert (
-        code == "import torchvision; torchvision.datasets.FashionMNIST('/tmp/my data [x]/fashion-mnist', download=True)"
+        code == "import torchvision; torchvision.datasets.FashionMNIST('/data/my data [x]/fashion-mnist', download=True)"
     )
 
 
