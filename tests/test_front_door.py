@@ -432,7 +432,8 @@ def test_the_setup_lines_paste_into_a_shell_with_any_target_folder():
     assert words[words.index("$deb") + 1] == "/data/my data [x]"  # dpkg -x "$deb" TARGET
     code = words[words.index("-c") + 1]
     assert (
-        code == "import torchvision; torchvision.datasets.FashionMNIST('/data/my data [x]/fashion-mnist', download=True)"
+        code
+        == "import torchvision; torchvision.datasets.FashionMNIST('/data/my data [x]/fashion-mnist', download=True)"
     )
 
 
@@ -459,3 +460,31 @@ def test_data_check_reports_the_data_root_a_run_reads(tmp_path, monkeypatch):
     assert _data_root("~/other") == str(tmp_path / "other")
     monkeypatch.delenv("FORGETLAB_DATA")
     assert _data_root(None) is None
+
+
+def test_a_knn_bank_two_runs_need_at_once_is_computed_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import numpy as np
+    import torch
+
+    from forgetlab import evaluate
+    from forgetlab.data.base import ArrayDataset
+
+    bank = ArrayDataset(np.zeros((6, 4, 4), dtype=np.uint8), np.arange(6) % 3)
+    calls, started = [], threading.Event()
+
+    def slow_features(model, dataset, runtime, *, description, head=None):
+        calls.append(description)
+        started.set()
+        time.sleep(1.0)
+        return torch.arange(len(dataset) * 2, dtype=torch.float32).reshape(len(dataset), 2) + len(calls)
+
+    monkeypatch.setattr(evaluate, "extract_features", slow_features)
+    runs = [evaluate.KNNEvaluator(bank, k=1, ks=(1,), cache_dir=tmp_path) for _ in range(2)]
+    results = []
+    turn = iter(runs)
+    _twice_at_once(lambda: next(turn)._bank(None, "samekey", None, None), started, results)
+    assert calls == ["k-NN bank"] and sum(run.computed for run in runs) == 1
+    assert torch.equal(results[0], results[1]) and results[0][0, 0].item() == 1.0
