@@ -95,8 +95,12 @@ def environment_history(environment: dict | None) -> list[dict]:
     unknown (None) date; a missing one as no entry."""
     if not isinstance(environment, dict):
         return []
-    if isinstance(environment.get("history"), list):
-        return environment["history"]
+    if isinstance(environment.get("history"), list):  # entries edited into another shape are left out
+        return [
+            entry
+            for entry in environment["history"]
+            if isinstance(entry, dict) and isinstance(entry.get("started_at_phase"), int)
+        ]
     return [
         {
             "date": None,
@@ -132,7 +136,9 @@ def with_start(previous: dict | None, current: dict, phase: int) -> dict:
 def history_line(environment: dict | None, completed: int) -> str | None:
     """For ``forgetlab show``: which phases ran under which code and packages, when the starts of a run
     differ in commit, dirty flag, Python, package versions or weights (None when they do not), e.g.
-    ``phases 0-1 under commit 1a2b3c4d (torch 2.5.1), phases 2-3 under commit 5e6f7a8b-dirty (torch 2.6.0)``."""
+    ``ran in parts that differ: phases 0-1 under commit 1a2b3c4d (torch 2.5.1, Python 3.11.2), phases 2-3
+    under commit 5e6f7a8b-dirty (torch 2.6.0, Python 3.11.2) (environment.json's history)``; ``completed``:
+    the phases committed."""
     history = environment_history(environment)
     keys = ("git_commit", "python", "packages", "weights_sha256")
     spans, last = [], None
