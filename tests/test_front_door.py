@@ -112,7 +112,7 @@ def test_a_run_name_says_none_booleans_lists_and_comma_lists_in_words():
     assert name("method.name=block_expansion", "method.copies=2", "method.split=3") == "block_expansion-p2-split3"
     assert name("method.targets=[q, v]") == "q+v"
     assert name("backbone.random_init=true") == "random_init"
-    assert name("data.max_train=48", "method.rank=16") == "r16-max_train48"
+    assert name("data.max_train=48", "method.rank=16") == "max_train48-r16"  # in the config's key order
     assert config_module.flag_token("data.max_train", None) == "no_max_train"
     assert config_module.flag_token("lwf.train_earlier_heads", False) == "no_train_earlier_heads"
     assert config_module.flag_token("method.positions", []) == "no_positions"
@@ -130,16 +130,19 @@ def test_sweep_cells_name_none_and_booleans_in_words_and_an_earlier_folder_keeps
         "out_dir": str(tmp_path),
         "grid": {
             "data.max_train": [None, 48],
-            "method": [{"name": "block_expansion", "split": None}, {"name": "block_expansion", "split": 3}],
+            "method": [
+                {"name": "block_expansion", "split": None},
+                {"name": "block_expansion", "copies": 2, "split": 3},
+            ],
         },
     }
     path.write_text(yaml.safe_dump(definition))
     names = [cell.name for cell in load_sweep(path).cells]
     assert names == [
         "no_max_train-block_expansion-no_split",
-        "no_max_train-block_expansion-split3",
+        "no_max_train-block_expansion-p2-split3",
         "max_train48-block_expansion-no_split",
-        "max_train48-block_expansion-split3",
+        "max_train48-block_expansion-p2-split3",
     ]
     (tmp_path / "s" / "max_trainNone-block_expansion-splitNone").mkdir(parents=True)  # as forgetlab named it before
     assert [cell.name for cell in load_sweep(path).cells][0] == "max_trainNone-block_expansion-splitNone"
