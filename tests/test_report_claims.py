@@ -329,8 +329,9 @@ def test_the_report_names_its_mode_defines_its_metrics_and_draws_nothing_of_noth
     # Why FWT is empty, and the run that would fill it.
     assert (
         "FWT vs linear is empty for rank1, rank16: no linear-probe run (method.name=linear) of "
-        "the same backbone and seed is among the runs given; e.g. for rank1: 'forgetlab run "
-        "method.name=linear backbone.name=offline_vit data.tasks=[fontfamily, digits] seed=0'"
+        "the same backbone and seed is among the runs given; run one with all its other settings and report "
+        "both, e.g. for rank1: forgetlab run method.name=linear backbone.name=offline_vit "
+        "'data.tasks=[fontfamily, digits]' seed=0\n"
     ) in markdown
     with pytest.raises(ForgetlabError, match="unknown report mode --after both"):
         write_report([tmp_path / "sweep"], tmp_path / "other", after="both")

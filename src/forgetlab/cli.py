@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from forgetlab.errors import FULL_DISK, DiskFullError, ForgetlabError
+from forgetlab.errors import FULL_DISK, DiskFullError, ForgetlabError, command
 
 EXIT_USER_ERROR = 2
 
@@ -112,8 +112,21 @@ def cmd_data_check(args) -> int:
             check.every_dataset_findings(args.root),
             "every dataset (no config given: only an invalid one fails)",
         )
-    print("\n".join(check.report(findings, root or os.environ.get("FORGETLAB_DATA"), checked_for)))
+    print("\n".join(check.report(findings, _data_root(root), checked_for)))
     return check.exit_code(findings, needed=given or args.strict)
+
+
+def _data_root(root: str | None) -> str | None:
+    """The real datasets' root as a run reads it (:func:`forgetlab.data.files.data_root`: ``root``, else
+    ``$FORGETLAB_DATA``, ``~`` expanded); None when neither is set."""
+    from types import SimpleNamespace
+
+    from forgetlab.data.files import data_root
+
+    try:
+        return str(data_root(SimpleNamespace(root=root)))
+    except ForgetlabError:
+        return None
 
 
 def cmd_setup(args) -> int:
@@ -127,19 +140,22 @@ def cmd_setup(args) -> int:
 def cmd_pretrain(args) -> int:
     from forgetlab.models.offline import OFFLINE_BACKBONES
     from forgetlab.models.backbones import offline_backbone_dir
-    from forgetlab.pretrain import pretrain
+    from forgetlab.pretrain import pretrain, pretrain_once
 
     names = OFFLINE_BACKBONES if args.backbone == "all" else (args.backbone,)
     for name in names:
         folder = offline_backbone_dir(name)
         if (folder / "model.safetensors").exists() and not args.force:
             print(f"{name}: already built in {folder} (use --force to rebuild)")
-            continue
-        pretrain(name, out_dir=Path(args.out) / name if args.out else None)
+        elif args.out:
+            pretrain(name, out_dir=Path(args.out) / name)
+        elif not pretrain_once(name, force=args.force):  # another process built it while this one waited
+            print(f"{name}: built in {folder} by the process this one waited for")
     return 0
 
 
 def cmd_show(args) -> int:
+    from forgetlab.provenance import history_line, read_environment
     from forgetlab.results import RunFolder
 
     from forgetlab.summary import cells_table, chance_line, metrics_line
@@ -166,6 +182,9 @@ def cmd_show(args) -> int:
     print(matrix.format_table())
     print(metrics_line(matrix))
     print(chance_line(folder))
+    parts = history_line(read_environment(folder.environment), len(matrix.values) - 1)
+    if parts:  # phases ran under different code or packages
+        print(parts)
     for record in folder.read_tasks():
         print(
             f"  {record['task']}: {record['trainable_backbone_parameters']:,} trainable backbone parameters "
@@ -262,7 +281,7 @@ def cmd_single_adapter(args) -> int:
     written = single_adapter_predictions(args.run_dir, device=args.device, log=_log(args))
     print(
         f"{len(written)} single-adapter prediction files written (existing ones kept); "
-        f"'forgetlab report {args.run_dir} --after single' uses them"
+        f"{command('report', args.run_dir, '--after', 'single')} uses them"
     )
     return 0
 
@@ -274,7 +293,7 @@ def cmd_explain(args) -> int:
     tables = explain(args.run_dir, parts=args.parts, images=images, unit=args.unit, device=args.device, log=_log(args))
     print(
         f"{', '.join(f'{name}.csv ({len(table)} rows)' for name, table in tables.items())} "
-        f"in {Path(args.run_dir) / 'explain'}; 'forgetlab report {args.run_dir}' shows them"
+        f"in {Path(args.run_dir) / 'explain'}; {command('report', args.run_dir)} shows them"
     )
     return 0
 
@@ -313,9 +332,19 @@ def _version() -> str:
         return "(not installed)"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are the house's one line naming the problem and where help
+    is (``forgetlab run: unrecognized arguments: --nope (see forgetlab run --help)``), exit code 2,
+    instead of the usage block and the error. Subcommands' parsers are of the same class
+    (``add_subparsers`` makes them with the parser's own class)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``forgetlab`` parser: one subcommand per ``_add_*`` function below, in the order ``--help`` lists them."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="forgetlab",
         description="Measure what pretrained vision models forget under incremental (low-rank) fine-tuning.",
     )
@@ -622,8 +651,20 @@ def _parse(parser: argparse.ArgumentParser, argv):
     if extra and listed and all("=" in item and not item.startswith("-") for item in extra):
         setattr(args, listed, [*getattr(args, listed), *extra])
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)command's own parser (``forgetlab data check``'s for ``data check``), so that an error
+    names the command it is about and the ``--help`` that lists its options."""
+    for dest in ("command", "data_command"):
+        chosen = getattr(args, dest, None)
+        actions = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        if chosen is None or not actions or chosen not in actions[0].choices:
+            break
+        parser = actions[0].choices[chosen]
+    return parser
 
 
 def _stop_on_sigterm() -> None:

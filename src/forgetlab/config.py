@@ -823,24 +823,50 @@ def name_part(text) -> str:
     return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
 
 
+def flag_token(key: str, value) -> str | None:
+    """A value that is no quantity, as a run's or a sweep cell's name part: ``no_positions`` for
+    None, False or an empty list, mapping or string; the key's last word (``random_init``) for True;
+    None for any other value (it is named with its key: ``r4``, ``epochs2``)."""
+    last = key.split(".")[-1]
+    if value is None or value is False or (isinstance(value, (list, dict, str)) and not value):
+        return f"no_{last}"
+    return last if value is True else None
+
+
+def name_token(key: str, value) -> str:
+    """One changed key of a run without ``name``, as part of its folder name: a ``*.name`` value as it
+    is; a string as it is (a path by its file name, a comma list joined by ``+``: ``q+v``); None,
+    booleans and empty values by :func:`flag_token`; anything else by its key's last word (short:
+    :data:`ABBREVIATIONS`) and the value (``r16``, ``epochs2``, ``positions3+7``)."""
+    last = key.split(".")[-1]
+    if last == "name":
+        return name_part(value)
+    flag = flag_token(key, value)
+    if flag is not None:
+        return flag
+    if isinstance(value, str):
+        text = Path(value).name if "/" in value else value
+        return name_part("+".join(part.strip() for part in text.split(",")))
+    return f"{ABBREVIATIONS.get(last, last)}{name_part(value)}"
+
+
 def run_name(config: RunConfig) -> str:
-    """The folder name of a run given no ``name``: what differs from forgetlab's defaults, named as a
-    sweep's cells are (``lora-r16-epochs2``: a ``*.name`` value as it is, a string as it is (a path
-    by its file name), anything else by its key's last word and the value); ``default`` for the
-    default config. A name over 80 characters keeps its start and ends with a hash of the whole."""
+    """The folder name of a run given no ``name``: what differs from forgetlab's defaults
+    (:func:`name_token` each, ``*.name`` values first), named as a sweep's cells are
+    (``lora-r16-epochs2``, ``block_expansion-p2``); ``default`` for the default config. The method's
+    options are compared with the defaults of the method the config names, so an option it leaves
+    at its default never appears. A name over 80 characters keeps its start and ends with a hash of
+    the whole."""
     import hashlib
 
     defaults = leaves(to_dict(resolve_layers([Layer("name", {"name": "default"})])))
+    # the method's own options against its own defaults; its name against forgetlab's default method
+    method_defaults = leaves({"method": to_dict(method_config_from_dict({"name": config.method.name}))})
+    defaults.update({key: value for key, value in method_defaults.items() if key != "method.name"})
     own = {key: value for key, value in leaves(to_dict(config)).items() if key.split(".")[0] not in NOT_IDENTITY}
     changed = {key: value for key, value in own.items() if key not in defaults or defaults[key] != value}
-    names = [name_part(value) for key, value in changed.items() if key.split(".")[-1] == "name"]
-    others = [
-        name_part(Path(value).name if "/" in value else value)
-        if isinstance(value, str)
-        else f"{ABBREVIATIONS.get(key.split('.')[-1], key.split('.')[-1])}{name_part(value)}"
-        for key, value in changed.items()
-        if key.split(".")[-1] != "name"
-    ]
+    names = [name_token(key, value) for key, value in changed.items() if key.split(".")[-1] == "name"]
+    others = [name_token(key, value) for key, value in changed.items() if key.split(".")[-1] != "name"]
     name = "-".join([*names, *others]) or "default"
     if len(name) > MAX_NAME:
         digest = hashlib.sha256(dump_yaml(changed, sort_keys=True).encode()).hexdigest()[:8]

@@ -156,11 +156,16 @@ def upstream_train_finding(upstream_name: str, task, data_config, needs: list[st
 
 
 def wordnet_finding() -> Finding:
-    """WordNet 3.0: ImageNet's class names and the contextual-forgetting analysis read it."""
+    """WordNet 3.0: ImageNet's class names and the contextual-forgetting analysis read it. Where it is
+    comes from :func:`forgetlab.wordnet.locate`, as ``forgetlab setup`` reports it; found, forgetlab's
+    copy is made (:func:`forgetlab.wordnet.setup`), so that a source it cannot read is a problem here."""
+    where, detail = wordnet.locate()
     try:
-        where = wordnet.setup()
+        if where is None:
+            raise DataError(f"WordNet 3.0 not found: {detail}; {wordnet.INSTALL_HINT}")
+        wordnet.setup()
     except ForgetlabError as error:
-        return Finding("wordnet", MISSING, "$FORGETLAB_WORDNET or NLTK's data", str(error), error=error)
+        return Finding("wordnet", MISSING, str(where or "$FORGETLAB_WORDNET or NLTK's data"), str(error), error=error)
     return Finding("wordnet", OK, str(where), "WordNet 3.0 (ImageNet's class names, contextual forgetting)")
 
 

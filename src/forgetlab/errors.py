@@ -6,8 +6,16 @@ traceback.
 """
 
 import errno
+import shlex
 
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def command(*args) -> str:
+    """A ``forgetlab`` command line for the user to paste into a shell: ``forgetlab`` and ``args``, each
+    quoted by :func:`shlex.quote` where a shell would split or expand it (``forgetlab run
+    'data.tasks=[a, b]'``), so that ``shlex.split`` of it gives back ``["forgetlab", *args]``."""
+    return shlex.join(["forgetlab", *map(str, args)])
 
 
 class ForgetlabError(Exception):

@@ -260,19 +260,35 @@ class KNNEvaluator:
 
     def _bank(self, model, key: str, runtime: Runtime, head: str | None) -> torch.Tensor:
         """The bank's features: read from the disk cache when this backbone state, bank, preprocessing
-        and precision were seen before (by any run), else computed and written there atomically."""
-        path = None
-        if self.cache_dir is not None and self._bank_print is not None:
-            path = Path(self.cache_dir) / f"{key}.safetensors"
-            if path.exists():
-                from safetensors.torch import load_file
+        and precision were seen before (by any run), else computed and written there atomically, under
+        the bank's lock (:func:`forgetlab.results.build_lock`): runs that need the same bank at once
+        (a sweep's cells scoring the same pretrained backbone) compute it once, the others wait for it."""
+        if self.cache_dir is None or self._bank_print is None:
+            return self._computed_bank(model, runtime, head, None)
+        path = Path(self.cache_dir) / f"{key}.safetensors"
+        features = self._cached_bank(path)
+        if features is not None:
+            return features
+        from forgetlab.results import build_lock
 
-                try:
-                    features = load_file(str(path))["features"]
-                    if len(features) == len(self.bank):
-                        return features
-                except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
-                    pass
+        with build_lock(path.with_name(f".{key}.lock"), f"computing the k-NN bank {path}"):
+            features = self._cached_bank(path)  # written while this process waited
+            return features if features is not None else self._computed_bank(model, runtime, head, path)
+
+    def _cached_bank(self, path: Path) -> torch.Tensor | None:
+        if not path.exists():
+            return None
+        from safetensors.torch import load_file
+
+        try:
+            features = load_file(str(path))["features"]
+            if len(features) == len(self.bank):
+                return features
+        except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+            pass
+        return None
+
+    def _computed_bank(self, model, runtime: Runtime, head: str | None, path: Path | None) -> torch.Tensor:
         features = extract_features(model, self.bank, runtime, description="k-NN bank", head=head)
         self.computed += 1
         if path is not None:

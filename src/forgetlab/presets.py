@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forgetlab.config import Layer, expand
-from forgetlab.errors import ConfigError
+from forgetlab.errors import ConfigError, command
 
 P1 = "lora_cl_analysis"  # paper 1's code
 P2 = "peft-vit"  # paper 2's code
@@ -66,9 +66,7 @@ class Preset:
 
     @property
     def command(self) -> str:
-        return f"forgetlab run --preset {self.name} data.root=/path/to/datasets" + "".join(
-            f" {o}" for o in self.options
-        )
+        return command("run", "--preset", self.name, "data.root=/path/to/datasets", *self.options)
 
     def training_images(self) -> int:
         train = self.tree.get("train", {})

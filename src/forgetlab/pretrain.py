@@ -18,7 +18,7 @@ from forgetlab.evaluate import head_evaluator
 from forgetlab.models.backbones import create, offline_backbone_dir
 from forgetlab.models.offline import OFFLINE_BACKBONES, PRETRAIN_RECIPES, PRETRAIN_SEED
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
-from forgetlab.results import atomic_write_bytes, atomic_write_text
+from forgetlab.results import atomic_write_bytes, atomic_write_text, build_lock
 from forgetlab.runtime import Runtime, autocast_dtype, configure_threads, resolve_device, seed_everything
 from forgetlab.train import TaskPlan, train_task
 
@@ -37,11 +37,25 @@ def ensure_pretrained(backbone_config, *, device=None) -> None:
         return
     folder = offline_backbone_dir(name)
     if not (folder / "model.safetensors").exists():
-        print(
-            f"forgetlab: {name} is not in {paths.home()} yet (FORGETLAB_HOME); pretraining it once into {folder}",
-            flush=True,
-        )
+        pretrain_once(name, device=device)
+
+
+def pretrain_once(name: str, *, device=None, force: bool = False) -> bool:
+    """Pretrain ``name`` into ``FORGETLAB_HOME`` unless it is there (or ``force``), holding the
+    backbone's lock (:func:`forgetlab.results.build_lock`): a second process asking for the same
+    backbone meanwhile waits, says for whom, and then uses the first one's weights. True when this call
+    pretrained it."""
+    folder = offline_backbone_dir(name)
+    with build_lock(folder.with_name(f".{folder.name}.lock"), f"pretraining {name} into {folder}"):
+        if (folder / "model.safetensors").exists() and not force:
+            return False  # built while this process waited
+        if not force:
+            print(
+                f"forgetlab: {name} is not in {paths.home()} yet (FORGETLAB_HOME); pretraining it once into {folder}",
+                flush=True,
+            )
         pretrain(name, device=device)
+        return True
 
 
 def pretrain(name: str, *, out_dir: Path | None = None, device=None, epochs: int | None = None) -> Path:

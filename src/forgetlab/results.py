@@ -4,7 +4,8 @@ run killed at any point leaves only whole files behind.
 =============================== ===============================================================
 ``config.yaml``                 the resolved config
 ``environment.json``            package versions, git commit, device, threads, and ``inputs``: the resolved
-                                preprocessing and the weights file's SHA-256 (not part of the run's identity)
+                                preprocessing and the weights file's SHA-256 (not part of the run's identity),
+                                and a ``history`` of every start and resume (:mod:`forgetlab.provenance`)
 ``accuracy_matrix.json``/.csv   ``R[i][j]``: row 0 before any update, row i after phase i; column 0
                                 the upstream task, then the distinct tasks; cells not yet seen are empty;
                                 fractions in the JSON (the storage), percent in the CSV (for people)
@@ -40,6 +41,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -47,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forgetlab.errors import FULL_DISK, DataError, DiskFullError, RunLockedError
+from forgetlab.errors import FULL_DISK, DataError, DiskFullError, RunLockedError, command
 
 MATRIX_FILE = "accuracy_matrix.json"
 CSV_UNIT_HEADER = "row (accuracy %)"  # accuracy_matrix.csv's first header cell: its cells are percent
@@ -418,13 +420,48 @@ class RunFolder:
             handle.close()
             raise RunLockedError(f"{self.path} is being run by {holder}; wait for it to finish or stop it") from None
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            handle.flush()
+            _write_holder(handle)
             yield
         finally:
             handle.close()  # releases the lock
+
+
+def _write_holder(handle) -> None:
+    """Name the lock's holder in its file, for whoever meets the lock taken."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+
+
+@contextlib.contextmanager
+def build_lock(lock_file: Path, what: str, log=None):
+    """Hold ``lock_file``'s lock while building a cache shared by runs (an offline backbone, the
+    offline world, a k-NN bank): the same kernel lock as :meth:`RunFolder.lock` (``fcntl.flock``, so
+    it dies with its process), but a second process or thread waits for it instead of failing, after
+    one line naming the holder and ``what`` it builds (``forgetlab: waiting for pid 123 on node1 since
+    2026-01-05 10:00:00, which is pretraining offline_vit``; ``log``, default stderr). The caller looks
+    for the result again once it holds the lock, and builds only if the first holder left none."""
+    import fcntl
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_file, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            message = f"forgetlab: waiting for {holder}, which is {what}"
+            if log is None:
+                print(message, file=sys.stderr, flush=True)
+            else:
+                log(message)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        _write_holder(handle)
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def migrate(folder: RunFolder, state: dict) -> dict:
@@ -500,7 +537,7 @@ def read_single_predictions(folder: RunFolder, phase_index: int) -> dict[str, np
     path = single_prediction_path(folder, phase_index)
     if not path.exists():
         raise DataError(
-            f"{path} is missing; run 'forgetlab single-adapter {folder.path}' first (it reuses the stored adapters)"
+            f"{path} is missing; run {command('single-adapter', folder.path)} first (it reuses the stored adapters)"
         )
     with np.load(path) as data:
         return {key: data[key] for key in data.files}

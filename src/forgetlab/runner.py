@@ -58,7 +58,7 @@ from forgetlab.models.backbones import load_backbone, offline_backbone_dir
 from forgetlab.models.offline import OFFLINE_BACKBONES
 from forgetlab.models.multihead import UPSTREAM, MultiHeadModel
 from forgetlab.pretrain import ensure_pretrained
-from forgetlab.provenance import environment_record, inputs_record, normalisation_note
+from forgetlab.provenance import environment_record, inputs_record, normalisation_note, read_environment, with_start
 from forgetlab.regularisers import DistillationLoss, ReplayBuffer
 from forgetlab.results import AccuracyMatrix, RunFolder, save_safetensors, task_metadata, write_json, write_npz
 from forgetlab import run_drift, run_updates
@@ -296,15 +296,8 @@ def open_run(state: RunState, stack: contextlib.ExitStack) -> None:
 
 def score_pretrained(state: RunState) -> None:
     """A new folder: its environment and upstream label space, then row 0 (the pretrained model), committed."""
-    config, folder, backbone, upstream, tasks = state.config, state.folder, state.backbone, state.upstream, state.tasks
-    write_json(
-        folder.environment,
-        {
-            **environment_record(state.runtime.device),
-            "backbone_recipe": backbone.recipe,
-            "inputs": inputs_record(config, backbone, state.preprocess),
-        },
-    )
+    folder, backbone, upstream, tasks = state.folder, state.backbone, state.upstream, state.tasks
+    record_start(state, 0)
     write_json(folder.upstream, task_metadata(upstream))
     state.matrix = AccuracyMatrix(
         columns=[UPSTREAM, *state.columns], phases=[t.name for t in tasks], phase_columns=[t.column for t in tasks]
@@ -363,8 +356,22 @@ def resume(state: RunState, progress: dict) -> None:
     if completed == len(tasks):
         state.log(f"{folder.path} is complete ({completed} tasks); nothing to do")
     else:
+        record_start(state, completed + 1)
         state.log(f"resuming {folder.path} after task {completed}/{len(tasks)}")
     state.completed = completed
+
+
+def record_start(state: RunState, phase: int) -> None:
+    """Append this start (a new folder: ``phase`` 0; a resume: the first phase it runs) to
+    ``environment.json``'s history, its machine, packages and inputs as the file's top-level fields
+    (:func:`forgetlab.provenance.with_start`). A finished run resumed writes nothing."""
+    current = {
+        **environment_record(state.runtime.device),
+        "backbone_recipe": state.backbone.recipe,
+        "inputs": inputs_record(state.config, state.backbone, state.preprocess),
+    }
+    previous = read_environment(state.folder.environment) if phase > 0 else None
+    write_json(state.folder.environment, with_start(previous, current, phase))
 
 
 def open_tracker(state: RunState) -> Tracker:

@@ -81,42 +81,51 @@ ABBREVIATIONS = config_module.ABBREVIATIONS  # in cell names: lora-r4, block_exp
 _text = config_module.name_part
 
 
-def _slug(key: str, value) -> str:
-    """A plain grid value's part of a cell name: ``rank4``, ``seed0``, ``offline_vit`` (for ``*.name``)."""
+def _slug(key: str, value, flags: bool = True) -> str:
+    """A plain grid value's part of a cell name: ``rank4``, ``seed0``, ``offline_vit`` (for ``*.name``);
+    None, booleans and empty values by :func:`forgetlab.config.flag_token` (``no_split``,
+    ``random_init``; ``flags=False``: as forgetlab named them before, ``splitNone``)."""
     text = _text(value)
     last = key.split(".")[-1]
-    return text if last == "name" else f"{last}{text}"
+    flag = config_module.flag_token(key, value) if flags and last != "name" else None
+    return text if last == "name" else flag or f"{last}{text}"
 
 
-def _mapping_slug(mapping: dict) -> str:
+def _mapping_slug(mapping: dict, flags: bool = True) -> str:
     """A section's or variant's part of a cell name: its ``name`` first, then each other value, short
-    (``{name: lora, rank: 4}`` -> ``lora-r4``; ``{epochs: 2}`` -> ``epochs2``; strings as they are)."""
+    (``{name: lora, rank: 4}`` -> ``lora-r4``; ``{epochs: 2}`` -> ``epochs2``; strings as they are;
+    ``{split: null}`` -> ``no_split``)."""
     flat = config_module.leaves(mapping)
     parts = [_text(flat.pop(key)) for key in [k for k in flat if k.split(".")[-1] == "name"]]
     for key, value in flat.items():
         last = key.split(".")[-1]
-        parts.append(_text(value) if isinstance(value, str) else f"{ABBREVIATIONS.get(last, last)}{_text(value)}")
+        flag = config_module.flag_token(key, value) if flags else None
+        short = f"{ABBREVIATIONS.get(last, last)}{_text(value)}"
+        parts.append(flag or (_text(value) if isinstance(value, str) else short))
     return "-".join(parts) or "base"
 
 
-def _cell_part(key: str, value) -> str:
+def _cell_part(key: str, value, flags: bool = True) -> str:
     if isinstance(value, dict):
         if value.get("label") is not None:
             return _text(value["label"])
         rest = {k: v for k, v in value.items() if k != "label"}
         if key == VARIANT and "preset" in rest and len(rest) == 1:
             return _text(rest["preset"])
-        return _mapping_slug(rest)
-    return _slug(key, value)
+        return _mapping_slug(rest, flags)
+    return _slug(key, value, flags)
 
 
-def _legacy_cell_name(values: dict) -> str:
-    """The folder name forgetlab gave a cell before sections had short names
-    (``method__name____lora____rank___4_``), so that sweep folders written then still resume."""
-    return "-".join(
-        f"{key.split('.')[-1]}{_text(value)}" if isinstance(value, dict) else _slug(key, value)
-        for key, value in values.items()
-    )
+def _earlier_cell_names(values: dict) -> list[str]:
+    """The folder names earlier forgetlabs gave a cell: before sections had short names
+    (``method__name____lora____rank___4_``), and before None and booleans had words (``splitNone``)."""
+    return [
+        "-".join(
+            f"{key.split('.')[-1]}{_text(value)}" if isinstance(value, dict) else _slug(key, value, flags=False)
+            for key, value in values.items()
+        ),
+        "-".join(_cell_part(key, value, flags=False) for key, value in values.items()),
+    ]
 
 
 def _grid_layer(key: str, value, path: Path) -> config_module.Layer:
@@ -263,9 +272,10 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     for combination in itertools.product(*grid.values()):
         values = dict(zip(grid, combination))
         cell_name = "-".join(_cell_part(key, value) for key, value in values.items())
-        legacy = _legacy_cell_name(values)
-        if legacy != cell_name and (folder / legacy).is_dir() and not (folder / cell_name).exists():
-            cell_name = legacy  # a folder written by an earlier forgetlab: resume it where it is
+        for earlier in _earlier_cell_names(values):
+            if earlier != cell_name and (folder / earlier).is_dir() and not (folder / cell_name).exists():
+                cell_name = earlier  # a folder written by an earlier forgetlab: resume it where it is
+                break
         cell_start, variant = _variant_layers(values[VARIANT], start, path) if VARIANT in values else (start, None)
         layers = [
             cell_start,

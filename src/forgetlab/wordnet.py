@@ -20,6 +20,7 @@ from pathlib import Path
 
 from forgetlab import paths
 from forgetlab.errors import DataError
+from forgetlab.results import build_lock
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 _POS_NUMBER = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
@@ -72,7 +73,7 @@ LEXNAMES = (
     "verb.weather",
     "adj.ppl",
 )
-_INSTALL_HINT = (
+INSTALL_HINT = (
     "install it with: sudo apt-get install wordnet-base wordnet-sense-index (or run 'make demo'); "
     "without apt, set FORGETLAB_WORDNET=/path/to/WordNet-3.0/dict or run python -m nltk.downloader wordnet "
     "('forgetlab setup' says more)"
@@ -133,20 +134,52 @@ def find_source() -> Path:
     return WORDNET_DIR  # missing: setup() says how to install it
 
 
+def _holds_wordnet(path: Path) -> bool:
+    return (path / "data.noun").exists() or (path.suffix == ".zip" and path.is_file())
+
+
+def locate() -> tuple[Path | None, str]:
+    """Where WordNet 3.0 is, as ``forgetlab setup`` and ``forgetlab data check`` both report it:
+    ``(path, detail)``, the source :func:`find_source` finds (``$FORGETLAB_WORDNET``, Debian's
+    ``wordnet-base``, NLTK's data folders), else forgetlab's own copy under ``FORGETLAB_HOME`` (which
+    :func:`reader` reads, made by :func:`setup`) when its source is gone; ``(None, what was seen)``
+    when there is neither, or when ``$FORGETLAB_WORDNET`` names a folder without WordNet."""
+    try:
+        source = find_source()
+    except DataError as error:  # a FORGETLAB_WORDNET that holds no WordNet: said, even if a copy exists
+        return None, str(error)
+    copy = paths.home() / "nltk_data" / "corpora" / "wordnet"
+    copied = (copy / "lexnames").exists() and (copy / "data.noun").exists()
+    if _holds_wordnet(source):
+        how = "FORGETLAB_WORDNET" if os.environ.get("FORGETLAB_WORDNET") else "found without a setting"
+        read = f"; read from forgetlab's copy in {copy}" if copied else ""
+        return source, f"WordNet 3.0 in {source} ({how}){read}"
+    if copied:
+        return copy, f"WordNet 3.0 in forgetlab's copy {copy} (its source is no longer found)"
+    return None, f"no data.noun in {source} or NLTK's data folders, and no FORGETLAB_WORDNET"
+
+
 def setup(data_dir: Path | None = None, source: Path | None = None) -> Path:
     """Build ``<data_dir>/corpora/wordnet`` from WordNet 3.0's files (:func:`find_source`); return that
     folder. A folder without ``lexnames`` (Debian's, or a copy of it) gets :data:`LEXNAMES`. Idempotent."""
     target = (data_dir or paths.home() / "nltk_data") / "corpora" / "wordnet"
     if (target / "lexnames").exists() and (target / "data.noun").exists():
         return target
-    source = find_source() if source is None else source
+    # one copier at a time: two processes staging into the same folder would remove each other's files
+    with build_lock(target.with_name(".wordnet.lock"), f"copying WordNet 3.0 into {target}"):
+        if (target / "lexnames").exists() and (target / "data.noun").exists():
+            return target  # copied while this process waited
+        return _copy_wordnet(target, find_source() if source is None else source)
+
+
+def _copy_wordnet(target: Path, source: Path) -> Path:
     staging = target.with_name("wordnet.partial")
     shutil.rmtree(staging, ignore_errors=True)
     if source.suffix == ".zip" and source.is_file():
         _extract_zip(source, staging)
         source = staging
     if not (source / "data.noun").exists():
-        raise DataError(f"WordNet 3.0 not found in {source}; {_INSTALL_HINT}")
+        raise DataError(f"WordNet 3.0 not found in {source}; {INSTALL_HINT}")
     staging.mkdir(parents=True, exist_ok=True)
     if source != staging:
         for file in source.iterdir():

@@ -39,6 +39,7 @@ from forgetlab.data.idx import read_idx
 from forgetlab.data.registry import register_dataset
 from forgetlab.data.validate import check_labels, require_fields
 from forgetlab.errors import DataError
+from forgetlab.results import build_lock
 
 WORLD_VERSION = caches.FORMATS["offline-world"]
 WORLD_DATASETS = ("offline_upstream", "fontfamily", "digits", "fontstyle")  # the registered names built from the world
@@ -258,15 +259,24 @@ def load_arrays(name: str) -> dict[str, np.ndarray]:
     """The arrays of one offline dataset, built and cached on first use (atomically)."""
     path = world_dir() / f"{name}.npz"
     if not path.exists():
-        arrays = _BUILDERS[name]()
-        if name != "upstream":
-            arrays = _drop_upstream_test_duplicates(arrays, load_arrays("upstream")["x_test"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{name}.{os.getpid()}.npz")
-        np.savez(partial, **arrays)
-        os.replace(partial, path)
+        # one builder per dataset: another process (or thread) asking meanwhile waits, then reads its file
+        with build_lock(
+            path.with_name(f".{name}.lock"), f"building the offline world's {name} images in {path.parent}"
+        ):
+            if not path.exists():
+                _build_arrays(name, path)
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
+
+
+def _build_arrays(name: str, path: Path) -> None:
+    arrays = _BUILDERS[name]()
+    if name != "upstream":
+        arrays = _drop_upstream_test_duplicates(arrays, load_arrays("upstream")["x_test"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{name}.{os.getpid()}.npz")
+    np.savez(partial, **arrays)
+    os.replace(partial, path)
 
 
 def _task(name: str, data_config, classes: list[str], **metadata) -> TaskData:

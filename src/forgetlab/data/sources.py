@@ -22,12 +22,12 @@ same wherever its files come from; fonts of other versions than Debian 12's rend
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from forgetlab import wordnet
 from forgetlab.data import fonts, offline
-from forgetlab.errors import DataError
 
 DEFAULT_TARGET = "~/forgetlab-offline"
 
@@ -45,13 +45,19 @@ class Source:
     without_root: tuple[str, ...]
 
 
+def _in(target: str, *parts: str) -> str:
+    """A path below the without-root folder, quoted for the shell (:func:`shlex.quote`): a folder name
+    with spaces or brackets pastes as one word."""
+    return shlex.quote("/".join([target, *parts]))
+
+
 def _unpack_lines(packages: list[str], target: str) -> list[str]:
     return [
-        f"mkdir -p {target}/debs && cd {target}/debs",
+        f"mkdir -p {_in(target, 'debs')} && cd {_in(target, 'debs')}",
         f"apt-get download {' '.join(packages)}    # no root needed; "
         f"without apt: the same .deb files from packages.debian.org",
-        f'for deb in *.deb; do dpkg -x "$deb" {target}; done'
-        f'    # without dpkg: ar x "$deb" && tar -xf data.tar.* -C {target}',
+        f'for deb in *.deb; do dpkg -x "$deb" {_in(target)}; done'
+        f'    # without dpkg: ar x "$deb" && tar -xf data.tar.* -C {_in(target)}',
     ]
 
 
@@ -73,7 +79,7 @@ def fonts_source(target: str = DEFAULT_TARGET) -> Source:
         where if count == len(wanted) else None,
         detail,
         f"sudo apt-get install {' '.join(packages)}",
-        (*_unpack_lines(packages, target), f"export {fonts.FONTS_DIR_SETTING}={target}/usr/share/fonts"),
+        (*_unpack_lines(packages, target), f"export {fonts.FONTS_DIR_SETTING}={_in(target, 'usr/share/fonts')}"),
     )
 
 
@@ -89,22 +95,20 @@ def fashion_mnist_source(target: str = DEFAULT_TARGET) -> Source:
         f"{len(present)} of {len(offline.FASHION_MNIST_FILES)} files in {folder}",
         "sudo apt-get install dataset-fashion-mnist",
         (
-            f'python -c "import torchvision; '
-            f"torchvision.datasets.FashionMNIST('{target}/fashion-mnist', download=True)\"",
-            f"export {offline.FASHION_MNIST_SETTING}={target}/fashion-mnist/FashionMNIST/raw"
-            f"    # or the Debian package unpacked as above: {target}{offline.FASHION_MNIST_DEBIAN_DIR}",
+            "python -c "
+            + shlex.quote(
+                f"import torchvision; torchvision.datasets.FashionMNIST({target + '/fashion-mnist'!r}, download=True)"
+            ),
+            f"export {offline.FASHION_MNIST_SETTING}={_in(target, 'fashion-mnist/FashionMNIST/raw')}"
+            f"    # or the Debian package unpacked as above: {_in(target + str(offline.FASHION_MNIST_DEBIAN_DIR))}",
         ),
     )
 
 
 def wordnet_source(target: str = DEFAULT_TARGET) -> Source:
-    """WordNet 3.0's database (:func:`forgetlab.wordnet.find_source`)."""
-    try:
-        source = wordnet.find_source()
-        found = source if (source / "data.noun").exists() or (source.suffix == ".zip" and source.is_file()) else None
-        detail = f"WordNet 3.0 in {source}" if found else f"no data.noun in {source} or NLTK's data folders"
-    except DataError as error:  # a FORGETLAB_WORDNET that holds no WordNet
-        found, detail = None, str(error)
+    """WordNet 3.0's database, where :func:`forgetlab.wordnet.locate` finds it (as ``forgetlab data
+    check`` reports it)."""
+    found, detail = wordnet.locate()
     return Source(
         "WordNet",
         "FORGETLAB_WORDNET",
@@ -112,8 +116,8 @@ def wordnet_source(target: str = DEFAULT_TARGET) -> Source:
         detail,
         "sudo apt-get install wordnet-base wordnet-sense-index",
         (
-            f"python -m nltk.downloader -d {target}/nltk_data wordnet",
-            f"export FORGETLAB_WORDNET={target}/nltk_data/corpora/wordnet    "
+            f"python -m nltk.downloader -d {_in(target, 'nltk_data')} wordnet",
+            f"export FORGETLAB_WORDNET={_in(target, 'nltk_data/corpora/wordnet')}    "
             f"# or .../wordnet.zip where NLTK left it zipped",
         ),
     )

@@ -28,7 +28,7 @@ from forgetlab.analysis.labels import class_labels, file_keys, run_labels
 from forgetlab.analysis.metrics import first_accuracies, report_metrics
 from forgetlab.analysis.perclass import ClassChanges, class_changes, most_forgotten
 from forgetlab.analysis.tables import nearest_probes, paper2_table, rows_to_csv, run_rows, seed_groups
-from forgetlab.errors import ForgetlabError
+from forgetlab.errors import ForgetlabError, command
 from forgetlab.reporting import figures
 from forgetlab.reporting.explanation import where_forgetting_happens
 from forgetlab.reporting.sections import (
@@ -465,19 +465,25 @@ def _empty_metric_notes(rows: list[dict], runs: list[RunResult]) -> list[str]:
         else:
             missing.append(row)
     if missing:
-        example = missing[0]
-        tasks = ", ".join(example["config.data.tasks"])
         notes.append(
             f"FWT vs linear is empty for {_names([r['run'] for r in missing])}: "
             f"no linear-probe run (method.name=linear) "
-            f"of the same backbone and seed is among the runs given; e.g. for {example['run']}: 'forgetlab run "
-            f"method.name=linear backbone.name={example['backbone']} data.tasks=[{tasks}] seed={example['seed']}' "
-            "with all its other settings, then report both."
+            f"of the same backbone and seed is among the runs given; run one with all its other settings "
+            f"and report both, e.g. for {missing[0]['run']}: {probe_command(missing[0])}"
         )
     single = [r["run"] for r in rows if _points(r["average_forgetting_pp"]) == "" and r["completed_tasks"] < 2]
     if single:
         notes.append(f"avg forgetting and BWT are empty for {_names(single)}: they need two tasks done.")
     return notes
+
+
+def probe_command(row: dict) -> str:
+    """The command of the linear probe a run's forward transfer needs (its backbone, tasks and seed),
+    quoted to paste into a shell (:func:`forgetlab.errors.command`)."""
+    tasks = ", ".join(row["config.data.tasks"])
+    return command(
+        "run", "method.name=linear", f"backbone.name={row['backbone']}", f"data.tasks=[{tasks}]", f"seed={row['seed']}"
+    )
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
