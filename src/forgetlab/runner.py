@@ -45,6 +45,7 @@ from forgetlab.data.offline import WORLD_DATASETS, world_dir
 from forgetlab.errors import ConfigError, DataError
 from forgetlab.evaluate import (
     KNNEvaluator,
+    ProbeEvaluator,
     UpstreamEvaluators,
     UpstreamResult,
     accuracy,
@@ -249,6 +250,9 @@ def cache_keys(state: RunState) -> dict[str, set[str]]:
         datasets.append(knn.bank)
         if knn.cache_dir is not None:
             keys["knn-banks"].add(knn.bank_key(MultiHeadModel(state.backbone.model), None, state.runtime))
+    for probe in (e for e in state.evaluate_upstream.evaluators.values() if isinstance(e, ProbeEvaluator)):
+        datasets.append(probe.images)
+        keys["probe-features"].add(probe.features_key(MultiHeadModel(state.backbone.model), state.runtime))
     for dataset in datasets:
         while dataset is not None:
             if getattr(dataset, "key", None) and hasattr(dataset, "to_batch"):  # EvalCrops
