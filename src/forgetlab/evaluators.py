@@ -2,8 +2,9 @@
 ``_registry.py`` pattern; it imports none of its members).
 
 :mod:`forgetlab.evaluate` registers the built-in ``head`` (paper 1's frozen head), ``knn`` (paper 2's
-k-NN) and ``probe`` (a linear probe refit on the current features) with :func:`register_evaluator`, as a module of one's own does (``forgetlab.register_evaluator``,
-docs/extending.md); the config checks a name against :func:`evaluator_names` when it is loaded.
+k-NN) and ``probe`` (a linear probe refit on the current features) with :func:`register_evaluator`, as a
+module of one's own does (``forgetlab.register_evaluator``, docs/extending.md); the config checks a name
+against :func:`evaluator_names` when it is loaded.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def unregister_evaluator(name: str) -> None:
 
 
 def evaluator_names() -> tuple[str, ...]:
-    """Every upstream evaluator's name: the built-in ``head``, ``knn`` and ``probe``, then those registered, in order."""
+    """Every upstream evaluator's name: the built-in ``head``, ``knn`` and ``probe``, then those registered."""
     load_plugins()
     return (*BUILT_IN, *(name for name in _EVALUATORS if name not in BUILT_IN))
 

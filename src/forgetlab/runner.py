@@ -230,7 +230,9 @@ def place_data(state: RunState) -> None:
         }
     state.evaluate_upstream = build_upstream_evaluator(config.eval, state.upstream, crop_cache=crop_cache)
     pretrained = run_drift.fresh_pretrained(config, device)
-    state.drift = run_drift.build_drift(config, state.upstream.test, state.runtime, pretrained, state.log)
+    state.drift = run_drift.build_drift(
+        config, state.upstream.test, state.runtime, pretrained, state.log, state.upstream.class_synsets
+    )
 
 
 def cache_keys(state: RunState) -> dict[str, set[str]]:
@@ -508,7 +510,7 @@ def score_phase(state: RunState, phase: Phase) -> None:
             seen_predictions = predict(state.model, column, seen.test, state.runtime, description=f"eval {column}")
         phase.row[column] = accuracy(seen_predictions, dataset_labels(seen.test))
     if state.drift:
-        phase.drift = state.drift.rows(state.model, phase.index, state.method)
+        phase.drift = state.drift.rows(state.model, phase.index, state.method, domain=phase.task.domain_synset)
     state.matrix.add_row(phase.row)
     phase.eval_seconds = time.perf_counter() - start
 
