@@ -107,3 +107,10 @@ def test_a_frozen_backbone_keeps_its_probe_accuracy_and_reads_its_features_back(
     assert len(rows) == 3 and len({row["probe"] for row in rows}) == 1
     assert all(row["accuracy"] == row["probe"] for row in rows)  # probe first: the matrix keeps it
     assert len(cached() - before) == 1  # one backbone state in three rows: its fit features written once
+
+
+def test_data_check_names_the_probe_as_a_reader_of_the_upstream_train_split():
+    from forgetlab.data_check import _upstream_train_needs
+
+    config = config_module.resolve({}, ["eval.upstream_evaluator=[head, probe]"])
+    assert _upstream_train_needs(config) == ["eval.upstream_evaluator=probe (the linear probe's fit images)"]

@@ -237,8 +237,9 @@ def place_data(state: RunState) -> None:
 
 def cache_keys(state: RunState) -> dict[str, set[str]]:
     """The keys of the caches under ``$FORGETLAB_HOME`` that the resolved run reads or writes before it
-    trains (:mod:`forgetlab.caches`): the k-NN bank of the pretrained row, the evaluation crops and
-    decoded images of its datasets, the offline world, the offline backbone. Nothing is computed or written."""
+    trains (:mod:`forgetlab.caches`): the k-NN bank and the linear probe's fit features of the pretrained
+    row, the evaluation crops and decoded images of its datasets, the offline world, the offline backbone.
+    Nothing is computed or written."""
     keys: dict[str, set[str]] = {cache: set() for cache in caches.FORMATS}
     datasets = [
         state.upstream.train,
