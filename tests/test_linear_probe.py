@@ -21,6 +21,7 @@ from forgetlab.runner import run
 from forgetlab.unit_features import balanced_indices
 
 from .conftest import tiny_overrides
+from .test_real_data import root  # noqa: F401
 
 QUIET = {"log": lambda message: None}
 
@@ -114,3 +115,33 @@ def test_data_check_names_the_probe_as_a_reader_of_the_upstream_train_split():
 
     config = config_module.resolve({}, ["eval.upstream_evaluator=[head, probe]"])
     assert _upstream_train_needs(config) == ["eval.upstream_evaluator=probe (the linear probe's fit images)"]
+
+
+@pytest.mark.parametrize("eval_cache", ["off", "on"])
+def test_the_probe_reads_the_device_pipelines_encoded_images_and_their_crops(root, tmp_path, eval_cache):  # noqa: F811
+    """ImageNet's 4 train images (labels 0, 0, 1, 2) through the device pipeline: the fit images are 3 of them,
+    batched as the train split batches (encoded JPEG bytes, or their cached crops)."""
+    overrides = [
+        f"data.root={root}",
+        "backbone.name=test_vit",
+        "backbone.random_init=true",
+        "backbone.image_size=32",
+        "backbone.num_classes=3",
+        "data.upstream=imagenet",
+        "data.tasks=[cifar100]",
+        "data.max_train=4",
+        "data.max_test=4",
+        "data.pipeline=device",
+        f"data.eval_cache={eval_cache}",
+        "device=cpu",
+        "eval.upstream_evaluator=probe",
+        "eval.linear_probe_images=3",
+        f"out_dir={tmp_path}",
+    ]
+    state = runner.resolve(config_module.resolve({}, overrides), log=lambda message: None)
+    probe, model = state.evaluate_upstream.evaluators["probe"], MultiHeadModel(state.backbone.model)
+    assert (type(probe.images).__name__ == "EvalCrops") == (eval_cache == "on")
+    result = probe(model, state.upstream.test, state.runtime)
+    assert len(result.predictions) == len(state.upstream.test) == 4
+    assert result.accuracy == accuracy(result.predictions, dataset_labels(state.upstream.test))
+    assert sorted(probe.labels.tolist()) == [0, 1, 2]  # one image of each class

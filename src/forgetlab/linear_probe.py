@@ -35,11 +35,11 @@ import torch
 from torch.utils.data import Dataset
 
 from forgetlab import caches
-from forgetlab.data.base import SampleSubset, dataset_fingerprint, dataset_labels, evaluation_view
+from forgetlab.data.base import dataset_fingerprint, dataset_labels, evaluation_view, index_fingerprint
 from forgetlab.data.eval_cache import EvalCrops, evaluation_batches
 from forgetlab.errors import ConfigError
 from forgetlab.runtime import Runtime
-from forgetlab.unit_features import balanced_indices
+from forgetlab.unit_features import ProbeSubset, balanced_indices
 
 
 @torch.no_grad()
@@ -101,9 +101,11 @@ class LinearProbe:
         labels = dataset_labels(train)
         indices = balanced_indices(labels, images, seed)
         self.labels = labels[indices]
-        self.images: Dataset = SampleSubset(evaluation_view(train), indices)
+        # a subset batched as the train split batches (the device pipeline's encoded images too)
+        self.images: Dataset = ProbeSubset(evaluation_view(train), indices)
         self.c, self.max_iter, self.cache_dir = c, max_iter, cache_dir
-        self._print = dataset_fingerprint(self.images)  # None: a kind of dataset without one (never read from disk)
+        # None: a kind of dataset without a fingerprint (its features are never read from disk)
+        self._print = index_fingerprint(self.images, dataset_fingerprint(self.images.dataset), indices)
         if crop_cache is not None:
             self.images = crop_cache(self.images, what="linear probe")
             if self._print is not None and isinstance(self.images, EvalCrops) and self.images.key:
