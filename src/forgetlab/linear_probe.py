@@ -18,7 +18,7 @@ classes; a linear probe refit on the current features tells the two apart (Davar
    eval.linear_probe_c``, default 0.316, and ``max_iter = eval.linear_probe_max_iter``, default 1000: the
    values of CLIP's linear-probe example, Radford et al., 2021, github.com/openai/CLIP README). It is the
    standard probe on frozen features (CLIP, Kornblith et al., CVPR 2019), convex, so it has one optimum
-   and no seed, and it takes seconds on a few thousand images on a CPU;
+   and no seed, and it needs no training loop;
 4. the **score**: the probe's predicted labels on the upstream test images (their features from the same
    model).
 
