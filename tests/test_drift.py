@@ -117,7 +117,8 @@ def test_drift_off_and_refused_values(random_backbones, tmp_path):
 
 def test_a_stopped_run_resumes_to_the_same_drift(random_backbones, tmp_path):
     overrides = tiny_overrides(random_backbones["offline_vit"], tmp_path, name="clean", **{"train.lr": 0.05})
-    clean = (run(config_module.resolve({}, overrides), **QUIET).path / "drift.csv").read_bytes()
+    clean_folder = run(config_module.resolve({}, overrides), **QUIET).path
+    clean, clean_groups = (clean_folder / "drift.csv").read_bytes(), (clean_folder / "drift_groups.csv").read_bytes()
     stopped = config_module.resolve(
         {}, tiny_overrides(random_backbones["offline_vit"], tmp_path, name="stopped", **{"train.lr": 0.05})
     )
@@ -129,6 +130,54 @@ def test_a_stopped_run_resumes_to_the_same_drift(random_backbones, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(stopped, log=stop_after_task_1)
     assert {row["phase"] for row in read_rows(stopped.run_dir / "drift.csv")} == {0, 1}
-    assert (
-        run(stopped, **QUIET).path / "drift.csv"
-    ).read_bytes() == clean  # the pretrained features rebuilt, the same numbers
+    resumed = run(stopped, **QUIET).path
+    assert (resumed / "drift.csv").read_bytes() == clean  # the pretrained features rebuilt, the same numbers
+    assert (resumed / "drift_groups.csv").read_bytes() == clean_groups
+
+
+def test_drift_by_group_is_the_cka_on_the_groups_rows_and_a_group_under_two_images_is_missing():
+    """Letters are the classes near the letter domain (the top quartile of Wu-Palmer similarity); the far
+    quartile are clothes. The probe: 6 letter images and 1 of a far class, so 'far' has no CKA."""
+    from forgetlab.analysis.cka import linear_cka
+    from forgetlab.analysis.contextual import class_similarities
+    from forgetlab.analysis.drift import near_far_classes
+    from forgetlab.data.offline import FASHION_CLASSES, LETTER_SYNSETS
+    from forgetlab.run_drift import TOO_FEW, DriftProbe
+
+    synsets = [synset for _, synset in FASHION_CLASSES] + LETTER_SYNSETS
+    groups = near_far_classes(class_similarities("letter.n.02", synsets=synsets))
+    far_class = int(np.flatnonzero(groups["far"])[0])
+    labels = torch.tensor([10, 11, 12, 13, 20, 35, far_class])
+    assert groups["near"][labels[:6]].all() and groups["far"][far_class]
+    torch.manual_seed(0)
+    probe = torch.utils.data.TensorDataset(torch.randn(7, 1, 28, 28), labels)
+    before, after = MultiHeadModel(random_backbone("offline_vit")), MultiHeadModel(random_backbone("offline_vit"))
+    drift = DriftProbe(probe, Runtime(eval_batch_size=3), lambda: before, log=lambda m: None, class_synsets=synsets)
+    drift.rows(before, 0)
+    rows = drift.rows(after, 1, domain="letter.n.02")
+    grouped = [row for row in rows if "group" in row]
+    assert len(grouped) == 2 * 7 and {row["domain"] for row in grouped} == {"letter.n.02"}
+    units = feature_units(before.backbone)
+    direct = {
+        name: unit_features(model, probe, units, Runtime(eval_batch_size=8))
+        for name, model in (("0", before), ("1", after))
+    }
+    near = groups["near"][labels.numpy()]
+    for row in grouped:
+        if row["group"] == "near":
+            expected = linear_cka(direct["0"][row["unit"]][near], direct["1"][row["unit"]][near])
+            assert row["images"] == 6 and row["missing"] == "" and row["cka"] == pytest.approx(expected, abs=1e-9)
+        else:
+            assert row["images"] == 1 and row["missing"] == TOO_FEW and np.isnan(row["cka"])
+    # the same model: every group at exactly 1 where it has images
+    assert {row["cka"] for row in drift.rows(before, 1, domain="letter.n.02") if row.get("group") == "near"} == {1.0}
+
+
+def test_a_run_writes_drift_by_group_for_every_phase(random_backbones, tmp_path):
+    config = config_module.resolve({}, tiny_overrides(random_backbones["offline_vit"], tmp_path, **{"train.lr": 0.05}))
+    folder = run(config, **QUIET)
+    table = forgetlab.load_run(folder.path).drift_groups
+    assert set(table.phase) == {1, 2} and set(table.group) == {"near", "far"}
+    assert table.domain.tolist()[0] == "letter.n.02" and set(table[table.phase == 2].domain) == {"digit.n.01"}
+    assert len(table) == 2 * 2 * 7 and table.cka.between(0, 1).all() and (table.missing == "").all()
+    assert table[table.unit == "features"].cka.tolist() != [1.0] * 4  # training moved the features

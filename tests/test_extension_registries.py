@@ -201,7 +201,7 @@ def test_a_registered_evaluator_is_built_by_name_and_its_result_reaches_the_reco
         upstream = build_task(config.data.upstream, config.data)
         with_eval = lambda names: dataclasses.replace(config.eval, upstream_evaluator=names)  # noqa: E731
         with pytest.raises(
-            ConfigError, match="eval.upstream_evaluator must be one of: head, knn, always_zero; got 'nope'"
+            ConfigError, match="eval.upstream_evaluator must be one of: head, knn, probe, always_zero; got 'nope'"
         ):
             build_upstream_evaluator(with_eval("nope"), upstream)
         evaluators = build_upstream_evaluator(with_eval("head,always_zero"), upstream)

@@ -22,7 +22,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("methods", ["methods", "methods.*"]),
     ("data", ["data", "data.*"]),
     ("config", ["config", "presets"]),
-    ("learning", ["train", "evaluate", "regularisers", "regularisers.*", "unit_features"]),
+    ("learning", ["train", "evaluate", "linear_probe", "regularisers", "regularisers.*", "unit_features"]),
     ("analysis", ["analysis", "analysis.*", "reporting", "reporting.*", "explanation.spectra"]),
     (
         "run",

@@ -164,7 +164,7 @@ def test_the_toys_are_listed_and_checked_like_the_built_in_ones(toys, random_bac
     listed = capsys.readouterr().out
     assert "method.which (method.name=normtune) = 'all'" in listed
     assert "datasets: cifar100, cub200, digits" in listed and ", squares, stanford_cars" in listed
-    assert "upstream evaluators: head, knn, majority" in listed
+    assert "upstream evaluators: head, knn, probe, majority" in listed
     bad = sweep_file(
         tmp_path,
         random_backbones["offline_vit"],

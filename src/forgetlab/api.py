@@ -167,9 +167,19 @@ class Run:
         return drift_table(self.path)
 
     @property
+    def drift_groups(self):
+        """Representation drift by group of upstream classes (``drift_groups.csv``): per phase, group
+        (``near``, ``far``: the outer quartiles of the classes' similarity to the phase's domain) and unit,
+        the linear CKA on that group's probe images; columns ``phase``, ``group``, ``domain``, ``unit``,
+        ``classes``, ``images``, ``cka``, ``missing`` (``cka`` NaN where ``missing`` gives why)."""
+        from forgetlab.analysis.drift import drift_groups_table
+
+        return drift_groups_table(self.path)
+
+    @property
     def upstream_evaluators(self):
         """Each upstream evaluator's accuracy per matrix row (columns ``row``, ``evaluator``, ``accuracy_pct``
-        in percent; ``eval.upstream_evaluator=[head, knn]`` gives both)."""
+        in percent; ``eval.upstream_evaluator=[head, knn, probe]`` gives all three)."""
         from forgetlab.analysis.drift import upstream_evaluators_table
 
         return upstream_evaluators_table(self.path, self.config.eval.evaluators)

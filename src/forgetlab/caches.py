@@ -11,6 +11,9 @@ knn-banks      ``knn-banks/``         the backbone's constructor arguments and m
                                       (:class:`WeightsDigest`), the bank's images, positions, labels and
                                       evaluation transform, its evaluation crops' key, the feature mode,
                                       the device type and precision
+probe-features ``probe-features/``   the backbone's constructor arguments and module tree, its weights, the
+                                      linear probe's fit images (data, positions, evaluation transform,
+                                      crops' key), the device type and precision
 eval-crops     ``eval-crops/``        the images (files by path, size and modification time; arrays by
                                       their bytes), which of them, the crop steps and the crop size
 decoded        ``decoded/``           the files (path, size, modification time), their boxes, the size
@@ -43,7 +46,7 @@ from forgetlab.errors import FULL_DISK, DiskFullError
 
 # The code's own format version of each cache: bump it when the code that fills a cache changes what it
 # writes (eval-crops 2: the device path's crops are rounded and clamped as PIL does).
-FORMATS = {"knn-banks": 2, "eval-crops": 2, "decoded": 2, "offline-world": 1, "backbones": 1}
+FORMATS = {"knn-banks": 2, "probe-features": 1, "eval-crops": 2, "decoded": 2, "offline-world": 1, "backbones": 1}
 
 # Reasons shared by several caches.
 _WHERE = "where results go and which trackers watch: not what is computed"
@@ -60,6 +63,9 @@ _FIXED = "fixed by the code (its own seeds and source files): no run setting rea
 _NOT_PREPROCESSING = (
     "not the preprocessing: timm resolves the transform from the architecture's pretrained config alone"
 )
+_PROBE_ONLY = "the linear probe's fit images and fit, not the k-NN bank"
+_PROBE_FIT = "the linear probe's fit on the features, not the features or the images"
+_KNN_ONLY = "the k-NN evaluator's setting, not the linear probe's"
 _BUILT_ONCE = "the pretraining recipe is fixed by the code: a run's settings apply to the runs that use the backbone"
 
 IGNORED: dict[str, dict[str, str]] = {
@@ -93,6 +99,40 @@ IGNORED: dict[str, dict[str, str]] = {
             "the buffer's size changes the trained weights (their digest), not the bank's images"
         ),
         "eval.probe_images": "the drift probe is a subset of the upstream test images, not of the bank",
+        "eval.linear_probe_images": _PROBE_ONLY,
+        "eval.linear_probe_seed": _PROBE_ONLY,
+        "eval.linear_probe_c": _PROBE_ONLY,
+        "eval.linear_probe_max_iter": _PROBE_ONLY,
+    },
+    "probe-features": {
+        "name": _WHERE,
+        "out_dir": _WHERE,
+        "track": _WHERE,
+        "seed": _WEIGHTS + " (the fit images are drawn with eval.linear_probe_seed)",
+        "method": _WEIGHTS,
+        "train": _WEIGHTS,
+        "lwf": _WEIGHTS,
+        "replay": _WEIGHTS,
+        "data.tasks": _DOWNSTREAM,
+        "data.split_seed": _DOWNSTREAM,
+        "data.max_test": "the test images, not the fit images",
+        "data.workers": _SAME,
+        "data.eval_cache_gb": "a limit on writing crops: crops that are cached change the key through their own key",
+        "preprocess.train_scale": _TRAINING,
+        "preprocess.train_ratio": _TRAINING,
+        "preprocess.train_interpolation": _TRAINING,
+        "preprocess.hflip": _TRAINING,
+        "preprocess.color_jitter": _TRAINING,
+        "eval.batch_size": _SAME,
+        "eval.upstream_subset": "the test images, not the fit images",
+        "eval.knn_k": _KNN_ONLY,
+        "eval.knn_temperature": _KNN_ONLY,
+        "eval.knn_bank_dtype": _KNN_ONLY,
+        "eval.knn_cache": _KNN_ONLY,
+        "eval.knn_features": _KNN_ONLY + " (the probe always reads the pooled backbone features)",
+        "eval.probe_images": "the drift probe is a subset of the upstream test images, not of the fit images",
+        "eval.linear_probe_c": _PROBE_FIT,
+        "eval.linear_probe_max_iter": _PROBE_FIT,
     },
     "eval-crops": {
         "name": _WHERE,
@@ -126,6 +166,8 @@ IGNORED: dict[str, dict[str, str]] = {
         "eval.knn_cache": "the k-NN banks' disk cache, not the crops",
         "replay.size": "replay draws training images, which are not cropped for evaluation",
         "eval.probe_images": "the drift probe reads a subset of the upstream test images through their existing crops",
+        "eval.linear_probe_c": _PROBE_FIT,
+        "eval.linear_probe_max_iter": _PROBE_FIT,
     },
     "decoded": {
         "name": _WHERE,
@@ -254,6 +296,16 @@ def knn_bank_key(*, model_args: dict, model_tree: str, weights: str, bank: str, 
     autocast dtype, TF32)."""
     return digest(
         "knn-banks", FORMATS["knn-banks"], sorted(model_args.items()), model_tree, weights, bank, features, precision
+    )[:40]
+
+
+def probe_features_key(*, model_args: dict, model_tree: str, weights: str, images: str, precision: str) -> str:
+    """The linear probe's fit features' key (hex, 40 characters): the backbone as built (``model_args``,
+    ``model_tree``), its weights (a :class:`WeightsDigest`), the fit images (``images``: their
+    :func:`forgetlab.data.base.dataset_fingerprint`, positions included, and their crops' key) and
+    ``precision`` (device type, autocast dtype, TF32)."""
+    return digest(
+        "probe-features", FORMATS["probe-features"], sorted(model_args.items()), model_tree, weights, images, precision
     )[:40]
 
 

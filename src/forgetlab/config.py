@@ -269,9 +269,10 @@ class EvalConfig(Checked):
         default="head",
         metadata={  # a list is stored comma-joined (LIST_KEYS)
             "help": (
-                "how the upstream task is scored: 'head' (its original classifier, paper 1) "
-                "or 'knn' (paper 2); a list such as [head, knn] scores with each "
-                "(upstream_eval.json holds each one's accuracy) and the matrix keeps the first"
+                "how the upstream task is scored: 'head' (its original classifier, paper 1), 'knn' (paper 2) "
+                "or 'probe' (a linear probe refit on the current features, eval.linear_probe_*); a list such as "
+                "[head, knn, probe] scores with each (upstream_eval.json holds each one's accuracy) and the matrix "
+                "keeps the first"
             ),
             "choices": evaluator_names,
             "comma_list": True,
@@ -302,6 +303,18 @@ class EvalConfig(Checked):
         "representation drift: after each phase, the linear CKA of the pretrained and current features at "
         "every unit on this many class-balanced upstream test images (all when fewer), into drift.csv; 0 turns it off",
     )
+    linear_probe_images: int = option(
+        2000,
+        "the 'probe' evaluator fits on the current features of this many class-balanced upstream train images "
+        "(all when fewer; for ImageNet's 1,000 classes raise it, e.g. to 10000)",
+    )
+    linear_probe_seed: int = option(0, "seed of the 'probe' evaluator's choice of fit images (fixed across run seeds)")
+    linear_probe_c: float = option(
+        0.316,
+        "inverse L2 strength of the 'probe' evaluator's logistic regression on standardised features "
+        "(scikit-learn's C; CLIP's linear-probe example: 0.316)",
+    )
+    linear_probe_max_iter: int = option(1000, "L-BFGS iterations of the 'probe' evaluator's fit at most (CLIP: 1000)")
 
     @property
     def evaluators(self) -> list[str]:
@@ -318,6 +331,11 @@ class EvalConfig(Checked):
                 "eval.knn_k must be at least 1 and eval.knn_temperature positive",
             ),
             (self.knn_k <= 100_000, "eval.knn_k must be at most 100000"),
+            (self.linear_probe_images >= 2, "eval.linear_probe_images must be at least 2 (images of 2 classes)"),
+            (
+                self.linear_probe_c > 0 and self.linear_probe_max_iter >= 1,
+                "eval.linear_probe_c must be positive and eval.linear_probe_max_iter at least 1",
+            ),
         ]
 
 

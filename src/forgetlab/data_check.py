@@ -131,6 +131,8 @@ def _upstream_train_needs(config) -> list[str]:
     needs = []
     if "knn" in config.eval.evaluators:
         needs.append("eval.upstream_evaluator=knn (the k-NN bank)")
+    if "probe" in config.eval.evaluators:
+        needs.append("eval.upstream_evaluator=probe (the linear probe's fit images)")
     if config.replay.size:
         needs.append(f"replay.size={config.replay.size}")
     return needs

@@ -1,7 +1,7 @@
 """Evaluation: per-example predictions through a head, and named upstream evaluators.
 
 An upstream evaluator is a small named unit (big_vision's style): registered by name with
-:func:`register_evaluator` (``head``, ``knn``), it takes the model, a dataset and the run's
+:func:`register_evaluator` (``head``, ``knn``, ``probe``), it takes the model, a dataset and the run's
 :class:`~forgetlab.runtime.Runtime` (device, autocast dtype, evaluation batch size, loader workers,
 progress) and returns an :class:`UpstreamResult`: the accuracy, the per-example predicted labels kept for
 the per-class forgetting analysis, and any further accuracies by name (the k-NN's at every k). Nothing
@@ -28,6 +28,7 @@ from forgetlab.data.base import dataset_fingerprint, dataset_labels
 from forgetlab.data.eval_cache import EvalCrops, evaluation_batches
 from forgetlab.errors import ConfigError
 from forgetlab.evaluators import evaluator_factory, register_evaluator
+from forgetlab.linear_probe import LinearProbe
 from forgetlab.models.multihead import UPSTREAM
 from forgetlab.runtime import Runtime
 
@@ -312,6 +313,31 @@ def build_knn_evaluator(eval_config, upstream, crop_cache=None) -> KNNEvaluator:
     )
 
 
+class ProbeEvaluator(LinearProbe):
+    """The upstream task scored by a linear probe refit on the current model's features of a fixed subset of
+    the upstream train images (:class:`forgetlab.linear_probe.LinearProbe`; Davari et al., CVPR 2022): it
+    drops where the features no longer hold the upstream classes, not where only the head is misaligned."""
+
+    def __call__(self, model, dataset: Dataset, runtime: Runtime, *, description="upstream probe") -> UpstreamResult:
+        predictions = self.predict(model, dataset, runtime, description=description)
+        return UpstreamResult("probe", accuracy(predictions, dataset_labels(dataset)), predictions)
+
+
+@register_evaluator("probe")
+def build_probe_evaluator(eval_config, upstream, crop_cache=None) -> ProbeEvaluator:
+    """The linear probe, set by ``eval.linear_probe_*``; its fit features cached under
+    ``$FORGETLAB_HOME/probe-features`` (docs/caches.md)."""
+    return ProbeEvaluator(
+        upstream.train,
+        images=eval_config.linear_probe_images,
+        seed=eval_config.linear_probe_seed,
+        c=eval_config.linear_probe_c,
+        max_iter=eval_config.linear_probe_max_iter,
+        cache_dir=caches.folder("probe-features"),
+        crop_cache=crop_cache,
+    )
+
+
 class UpstreamEvaluators:
     """The run's named upstream evaluators on one model, ``evaluators`` by name in the config's order.
     With one, a call returns its result; with several (Davari et al., CVPR 2022, "Probing Representation
@@ -331,7 +357,7 @@ class UpstreamEvaluators:
 
 def build_upstream_evaluator(eval_config, upstream, crop_cache=None) -> UpstreamEvaluators:
     """The upstream evaluators ``eval_config.evaluators`` names (:func:`register_evaluator`: ``head``, paper
-    1, or ``knn``, paper 2), each built by its factory; ``crop_cache`` (a
+    1, ``knn``, paper 2, or ``probe``, a linear probe), each built by its factory; ``crop_cache`` (a
     :class:`forgetlab.data.eval_cache.EvalCropCache`) serves the k-NN bank's crops. Raises
     :class:`~forgetlab.errors.ConfigError` for a name no evaluator is registered under."""
     evaluators = {}

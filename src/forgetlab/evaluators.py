@@ -1,9 +1,10 @@
 """The upstream evaluators' name table: ``eval.upstream_evaluator`` names -> factories (timm's
 ``_registry.py`` pattern; it imports none of its members).
 
-:mod:`forgetlab.evaluate` registers the built-in ``head`` (paper 1's frozen head) and ``knn`` (paper 2's
-k-NN) with :func:`register_evaluator`, as a module of one's own does (``forgetlab.register_evaluator``,
-docs/extending.md); the config checks a name against :func:`evaluator_names` when it is loaded.
+:mod:`forgetlab.evaluate` registers the built-in ``head`` (paper 1's frozen head), ``knn`` (paper 2's
+k-NN) and ``probe`` (a linear probe refit on the current features) with :func:`register_evaluator`, as a
+module of one's own does (``forgetlab.register_evaluator``, docs/extending.md); the config checks a name
+against :func:`evaluator_names` when it is loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from forgetlab.plugins import load_plugins
 _EVALUATORS: dict[str, Callable] = {}
 # The built-in evaluators, registered by forgetlab.evaluate (on a floor above the config, which checks
 # names against this table without importing it): their names are known before their factories.
-BUILT_IN = ("head", "knn")
+BUILT_IN = ("head", "knn", "probe")
 
 
 def register_evaluator(name: str) -> Callable:
@@ -43,7 +44,7 @@ def unregister_evaluator(name: str) -> None:
 
 
 def evaluator_names() -> tuple[str, ...]:
-    """Every upstream evaluator's name: the built-in ``head`` and ``knn``, then those registered, in order."""
+    """Every upstream evaluator's name: the built-in ``head``, ``knn`` and ``probe``, then those registered."""
     load_plugins()
     return (*BUILT_IN, *(name for name in _EVALUATORS if name not in BUILT_IN))
 

@@ -45,6 +45,7 @@ from forgetlab.data.offline import WORLD_DATASETS, world_dir
 from forgetlab.errors import ConfigError, DataError
 from forgetlab.evaluate import (
     KNNEvaluator,
+    ProbeEvaluator,
     UpstreamEvaluators,
     UpstreamResult,
     accuracy,
@@ -230,13 +231,16 @@ def place_data(state: RunState) -> None:
         }
     state.evaluate_upstream = build_upstream_evaluator(config.eval, state.upstream, crop_cache=crop_cache)
     pretrained = run_drift.fresh_pretrained(config, device)
-    state.drift = run_drift.build_drift(config, state.upstream.test, state.runtime, pretrained, state.log)
+    state.drift = run_drift.build_drift(
+        config, state.upstream.test, state.runtime, pretrained, state.log, state.upstream.class_synsets
+    )
 
 
 def cache_keys(state: RunState) -> dict[str, set[str]]:
     """The keys of the caches under ``$FORGETLAB_HOME`` that the resolved run reads or writes before it
-    trains (:mod:`forgetlab.caches`): the k-NN bank of the pretrained row, the evaluation crops and
-    decoded images of its datasets, the offline world, the offline backbone. Nothing is computed or written."""
+    trains (:mod:`forgetlab.caches`): the k-NN bank and the linear probe's fit features of the pretrained
+    row, the evaluation crops and decoded images of its datasets, the offline world, the offline backbone.
+    Nothing is computed or written."""
     keys: dict[str, set[str]] = {cache: set() for cache in caches.FORMATS}
     datasets = [
         state.upstream.train,
@@ -250,6 +254,9 @@ def cache_keys(state: RunState) -> dict[str, set[str]]:
         datasets.append(knn.bank)
         if knn.cache_dir is not None:
             keys["knn-banks"].add(knn.bank_key(MultiHeadModel(state.backbone.model), None, state.runtime))
+    for probe in (e for e in state.evaluate_upstream.evaluators.values() if isinstance(e, ProbeEvaluator)):
+        datasets.append(probe.images)
+        keys["probe-features"].add(probe.features_key(MultiHeadModel(state.backbone.model), state.runtime))
     for cache, key in (found for dataset in datasets for found in cache_keys_under(dataset)):
         keys[cache].add(key)
     names = [state.config.data.upstream, *state.config.data.tasks]
@@ -510,7 +517,7 @@ def score_phase(state: RunState, phase: Phase) -> None:
             seen_predictions = predict(state.model, column, seen.test, state.runtime, description=f"eval {column}")
         phase.row[column] = accuracy(seen_predictions, dataset_labels(seen.test))
     if state.drift:
-        phase.drift = state.drift.rows(state.model, phase.index, state.method)
+        phase.drift = state.drift.rows(state.model, phase.index, state.method, domain=phase.task.domain_synset)
     state.matrix.add_row(phase.row)
     phase.eval_seconds = time.perf_counter() - start
 

@@ -78,12 +78,15 @@ class DeviceBatchedProbe(ProbeSubset):
         return self.dataset.to_batch(payloads, positions, device, generator)
 
 
+def probe_view(dataset: Dataset, indices: np.ndarray) -> ProbeSubset:
+    """The examples of ``dataset`` at ``indices``, batched as ``dataset`` batches."""
+    return (DeviceBatchedProbe if isinstance(dataset, DeviceBatched) else ProbeSubset)(dataset, indices)
+
+
 def probe_subset(dataset: Dataset, count: int, seed: int) -> Dataset:
     """A fixed, class-balanced subset of ``count`` examples of ``dataset`` (all when fewer), seeded."""
     indices = balanced_indices(dataset_labels(dataset), count, seed)
-    if len(indices) == len(dataset):
-        return dataset
-    return (DeviceBatchedProbe if isinstance(dataset, DeviceBatched) else ProbeSubset)(dataset, indices)
+    return dataset if len(indices) == len(dataset) else probe_view(dataset, indices)
 
 
 def feature_units(backbone: nn.Module) -> list[str]:

@@ -1,13 +1,16 @@
 """Where forgetting happens in the features, read from a run folder: the representation drift per unit
-and phase (``drift.csv``), each upstream evaluator's accuracy per phase (``upstream_eval.json``), and the
-split of the frozen head's upstream drop into knowledge **lost** (the k-NN's drop: the features no longer
-hold the classes) and a head **misaligned** (the rest: the features still hold them, the old head no
-longer reads them), after Davari et al. (CVPR 2022, "Probing Representation Forgetting").
+and phase (``drift.csv``, and by group of upstream classes ``drift_groups.csv``), each upstream evaluator's
+accuracy per phase (``upstream_eval.json``), and the split of the frozen head's upstream drop into
+knowledge **lost** (the drop of a linear probe refit on the features where the run scored with ``probe``,
+else the k-NN's: the features no longer hold the classes) and a head **misaligned** (the rest: the
+features still hold them, the old head no longer reads them), after Davari et al. (CVPR 2022, "Probing
+Representation Forgetting").
 
 The split's intervals are paired bootstrap intervals over the upstream test images: each resample
 draws images with replacement and recomputes both evaluators' accuracies before and after the phase
 from the per-example predictions stored in ``predictions/upstream_after_<i>.npz``
-(``predictions_head``, ``predictions_knn``: written when ``eval.upstream_evaluator`` lists both).
+(``predictions_head``, ``predictions_probe``, ``predictions_knn``: written when ``eval.upstream_evaluator``
+lists several).
 
 Reads files only (pandas, numpy); the report and the API import this.
 """
@@ -39,6 +42,24 @@ def drift_table(run_path: str | Path):
     return table[table["phase"] <= _committed(Path(run_path))].reset_index(drop=True)
 
 
+DRIFT_GROUP_COLUMNS = ["phase", "group", "domain", "unit", "classes", "images", "cka", "missing"]
+
+
+def drift_groups_table(run_path: str | Path):
+    """``drift_groups.csv`` of a run as a DataFrame (:data:`DRIFT_GROUP_COLUMNS`): per phase, group of upstream
+    classes (``near``, ``far``: the outer quartiles of their similarity to the phase's domain) and unit, the
+    linear CKA on that group's probe images; committed phases only. ``cka`` is NaN exactly where ``missing``
+    gives the reason (a group with fewer than 2 probe images). Empty when the run wrote none (drift off, or
+    no WordNet synsets or domains)."""
+    import pandas as pd
+
+    path = Path(run_path) / "drift_groups.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=DRIFT_GROUP_COLUMNS)
+    table = pd.read_csv(path, keep_default_na=False, na_values={"cka": [""]})
+    return table[table["phase"] <= _committed(Path(run_path))].reset_index(drop=True)
+
+
 def upstream_evaluators_table(run_path: str | Path, evaluators: list[str]):
     """One row per matrix row and evaluator (``row``, ``evaluator``, ``accuracy_pct``: percent) from
     ``upstream_eval.json``'s committed records (stored as fractions); ``evaluators`` are the run's
@@ -59,11 +80,13 @@ def upstream_evaluators_table(run_path: str | Path, evaluators: list[str]):
 
 def lost_misaligned(correct: dict[str, np.ndarray], phase: int, *, resamples: int = 2000, seed: int = 0) -> dict:
     """The head's upstream drop after ``phase`` split into ``lost`` and ``misaligned``, with 95 %
-    percentile bootstrap intervals over images. ``correct``: ``{"head": bool [rows, images],
-    "knn": bool [rows, images]}``, row 0 the pretrained model. Returns ``{"phase", "head_drop_pp",
-    "lost_pp", "misaligned_pp", "<each>_ci_pp": (low, high)}``: drops in percentage points of accuracy,
-    positive = worse."""
-    head, knn = np.asarray(correct["head"], bool), np.asarray(correct["knn"], bool)
+    percentile bootstrap intervals over images. ``correct``: ``{"head": bool [rows, images], measure:
+    bool [rows, images]}``, row 0 the pretrained model, ``measure`` the evaluator whose drop is the knowledge
+    lost: ``"probe"`` (a linear probe refit on the features) where given, else ``"knn"``. Returns
+    ``{"phase", "lost_by", "head_drop_pp", "lost_pp", "misaligned_pp", "<each>_ci_pp": (low, high)}``: drops
+    in percentage points of accuracy, positive = worse; ``lost_by``: the measure's name."""
+    lost_by = lost_measure(correct)
+    head, knn = np.asarray(correct["head"], bool), np.asarray(correct[lost_by], bool)
     per_image_head = 100 * (head[0].astype(float) - head[phase])  # points: a drop of one image of n is 100 / n
     per_image_knn = 100 * (knn[0].astype(float) - knn[phase])
     count = per_image_head.shape[0]
@@ -72,31 +95,51 @@ def lost_misaligned(correct: dict[str, np.ndarray], phase: int, *, resamples: in
     estimate = {"head_drop": per_image_head.mean(), "lost": per_image_knn.mean()}
     estimate["misaligned"] = estimate["head_drop"] - estimate["lost"]
     boots = {"head_drop": boot_head, "lost": boot_knn, "misaligned": boot_head - boot_knn}
-    result: dict = {"phase": phase, **{f"{key}_pp": float(value) for key, value in estimate.items()}}
+    result: dict = {
+        "phase": phase,
+        "lost_by": lost_by,
+        **{f"{key}_pp": float(value) for key, value in estimate.items()},
+    }
     for key, values in boots.items():
         result[f"{key}_ci_pp"] = tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
     return result
 
 
+# The evaluators whose drop measures knowledge lost, preferred first: a linear probe refit on the current
+# features (Davari et al., 2022: the probe's accuracy is their measure of what the features hold), else the
+# k-NN on the same features.
+LOST_MEASURES = ("probe", "knn")
+
+
+def lost_measure(correct: dict) -> str:
+    """The evaluator of ``correct`` (names -> per-image correctness) whose drop is the knowledge lost: the
+    first of :data:`LOST_MEASURES` present. Raises ``KeyError`` when neither is."""
+    for name in LOST_MEASURES:
+        if name in correct:
+            return name
+    raise KeyError(f"the lost/misaligned split needs the predictions of one of {', '.join(LOST_MEASURES)}")
+
+
 def stored_correctness(run_path: str | Path) -> dict[str, np.ndarray] | None:
-    """``{"head", "knn"}`` -> bool ``[rows, images]`` from the stored per-evaluator predictions; None when
-    the run did not store both (it scored with one evaluator)."""
+    """``{"head", measure}`` -> bool ``[rows, images]`` from the stored per-evaluator predictions, ``measure``
+    the first of :data:`LOST_MEASURES` stored in every committed row (``probe``, else ``knn``); None when the
+    run did not store the head's and one of them (it scored with one evaluator, or without either)."""
     from forgetlab.results import RunFolder
 
     folder = RunFolder(run_path)
-    found: dict[str, list[np.ndarray]] = {"head": [], "knn": []}
-    for row in range(folder.completed_tasks() + 1):
-        arrays = folder.read_predictions(row)
-        if not all(f"predictions_{name}" in arrays for name in found):
-            return None
-        for name in found:
-            found[name].append(arrays[f"predictions_{name}"] == arrays["labels"])
-    return {name: np.stack(rows) for name, rows in found.items()}
+    rows = [folder.read_predictions(row) for row in range(folder.completed_tasks() + 1)]
+    for measure in LOST_MEASURES:
+        if all(f"predictions_{name}" in arrays for arrays in rows for name in ("head", measure)):
+            return {
+                name: np.stack([arrays[f"predictions_{name}"] == arrays["labels"] for arrays in rows])
+                for name in ("head", measure)
+            }
+    return None
 
 
 def lost_misaligned_table(run_path: str | Path, *, resamples: int = 2000, seed: int = 0):
-    """:func:`lost_misaligned` for every phase of a run that stored head and k-NN predictions (a
-    DataFrame, one row per phase; empty otherwise)."""
+    """:func:`lost_misaligned` for every phase of a run that stored the head's and the probe's or k-NN's
+    predictions (a DataFrame, one row per phase, ``lost_by`` naming the measure; empty otherwise)."""
     import pandas as pd
 
     correct = stored_correctness(run_path)
@@ -123,8 +166,8 @@ def lost_misaligned_by_group_table(
     """:func:`lost_misaligned` per phase for the upstream test images of the classes near to and far from
     that phase's domain (:func:`near_far_classes` of :func:`forgetlab.analysis.contextual.class_similarities`,
     ``similarity`` as the contextual analysis takes it). A DataFrame with ``group``, ``domain``,
-    ``classes``, ``images`` and the split's columns; empty for a run without WordNet synsets, domains or
-    stored head and k-NN predictions."""
+    ``classes``, ``images`` and the split's columns (``lost_by``: ``probe`` or ``knn``); empty for a run
+    without WordNet synsets, domains or stored head and probe or k-NN predictions."""
     import pandas as pd
 
     from forgetlab.analysis.collect import RunResult

@@ -793,16 +793,13 @@ def _heatmap_section(
 
 def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> list[FigureSection]:
     """Where forgetting happens in the features, for the first :data:`MAX_HEATMAPS` runs with
-    ``drift.csv`` or several upstream evaluators: the drift heat map, each evaluator per phase, and the
-    head's drop split into lost (k-NN's drop) and misaligned (the rest), 95 % bootstrap intervals, overall
-    and for the classes near to and far from each phase's domain (the outer quartiles of similarity)."""
-    from forgetlab.analysis.drift import (
-        drift_table,
-        lost_misaligned_by_group_table,
-        lost_misaligned_table,
-        upstream_evaluators_table,
-    )
-    from forgetlab.reporting.drift_figures import drift_heatmap, evaluators_figure
+    ``drift.csv`` or several upstream evaluators: the drift heat map and the final features' CKA on the
+    classes near to and far from each phase's domain (the outer quartiles of similarity), each evaluator per
+    phase, and the head's drop split into lost (the probe's drop where the run scored with it, else the
+    k-NN's) and misaligned (the rest), 95 % bootstrap intervals, overall and for the near and far classes."""
+    from forgetlab.analysis.drift import drift_table
+
+    from forgetlab.reporting.drift_figures import drift_heatmap
 
     items, notes = [], []
     for run in runs[:MAX_HEATMAPS]:
@@ -818,40 +815,70 @@ def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> 
                     figure_dir,
                 )
             )
+            notes += _drift_group_notes(label, path)
         evaluators = str(run.config.get("eval", {}).get("upstream_evaluator", "head")).split(",")
         if len(evaluators) > 1:
-            split = lost_misaligned_table(path)
-            items.append(
-                _save(
-                    evaluators_figure(
-                        upstream_evaluators_table(path, evaluators), split, f"{label}: upstream evaluators"
-                    ),
-                    f"evaluators_{key}",
-                    f"Upstream accuracy of each evaluator of {label} per phase; the head's drop "
-                    "split into lost (the k-NN's drop) and misaligned (the rest), 95 % paired bootstrap intervals.",
-                    figure_dir,
-                )
-            )
-            notes += [
-                f"{label} after phase {r.phase}: head drop {r.head_drop_pp:.1f} points = lost {r.lost_pp:.1f} "
-                f"[{r.lost_ci_pp[0]:.1f}, {r.lost_ci_pp[1]:.1f}] + misaligned {r.misaligned_pp:.1f} "
-                f"[{r.misaligned_ci_pp[0]:.1f}, {r.misaligned_ci_pp[1]:.1f}]."
-                for r in split.itertuples()
-            ]
-            notes += [
-                (
-                    f"{label} after phase {r.phase}, the {r.classes} classes {r.group} {r.domain} (similarity "
-                    f"quartile, {r.images} images): head drop {r.head_drop_pp:.1f} = lost {r.lost_pp:.1f} "
-                    f"[{r.lost_ci_pp[0]:.1f}, {r.lost_ci_pp[1]:.1f}] + misaligned "
-                    f"{r.misaligned_pp:.1f} [{r.misaligned_ci_pp[0]:.1f}, {r.misaligned_ci_pp[1]:.1f}]."
-                )
-                for r in lost_misaligned_by_group_table(path).itertuples()
-            ]
+            item, split_notes = _evaluators_part(label, key, path, evaluators, figure_dir)
+            items.append(item)
+            notes += split_notes
     return (
         [FigureSection("Where forgetting happens in the features: drift, lost and misaligned", items, notes)]
         if items
         else []
     )
+
+
+def _drift_group_notes(label: str, path: Path) -> list[str]:
+    """One note per phase and group of classes: the final features' CKA on that group's probe images, or
+    why there is none (``drift_groups.csv``)."""
+    from forgetlab.analysis.drift import drift_groups_table
+
+    table = drift_groups_table(path)
+    rows = table[table["unit"] == "features"]
+    return [
+        f"{label} after phase {r.phase}, the {r.classes} classes {r.group} {r.domain} (similarity quartile, "
+        f"{r.images} probe images): final features' CKA "
+        + (f"{r.cka:.3f}." if not r.missing else f"missing ({r.missing}).")
+        for r in rows.itertuples()
+    ]
+
+
+def _evaluators_part(label: str, key: str, path: Path, evaluators: list[str], figure_dir: Path):
+    """The evaluators figure of one run and the notes of its lost/misaligned split, overall and by group."""
+    from forgetlab.analysis.drift import (
+        lost_misaligned_by_group_table,
+        lost_misaligned_table,
+        upstream_evaluators_table,
+    )
+    from forgetlab.reporting.drift_figures import evaluators_figure
+
+    split = lost_misaligned_table(path)
+    by = {"probe": "the linear probe's drop", "knn": "the k-NN's drop"}
+    measure = by[split["lost_by"].iloc[0]] if len(split) else "the probe's or the k-NN's drop"
+    item = _save(
+        evaluators_figure(upstream_evaluators_table(path, evaluators), split, f"{label}: upstream evaluators"),
+        f"evaluators_{key}",
+        f"Upstream accuracy of each evaluator of {label} per phase; the head's drop "
+        f"split into lost ({measure}) and misaligned (the rest), 95 % paired bootstrap intervals.",
+        figure_dir,
+    )
+    notes = [
+        f"{label} after phase {r.phase}: head drop {r.head_drop_pp:.1f} points = lost {r.lost_pp:.1f} "
+        f"[{r.lost_ci_pp[0]:.1f}, {r.lost_ci_pp[1]:.1f}] + misaligned {r.misaligned_pp:.1f} "
+        f"[{r.misaligned_ci_pp[0]:.1f}, {r.misaligned_ci_pp[1]:.1f}] (lost: {by[r.lost_by]})."
+        for r in split.itertuples()
+    ]
+    notes += [
+        (
+            f"{label} after phase {r.phase}, the {r.classes} classes {r.group} {r.domain} (similarity "
+            f"quartile, {r.images} images): head drop {r.head_drop_pp:.1f} = lost {r.lost_pp:.1f} "
+            f"[{r.lost_ci_pp[0]:.1f}, {r.lost_ci_pp[1]:.1f}] + misaligned "
+            f"{r.misaligned_pp:.1f} [{r.misaligned_ci_pp[0]:.1f}, {r.misaligned_ci_pp[1]:.1f}] "
+            f"(lost: {by[r.lost_by]})."
+        )
+        for r in lost_misaligned_by_group_table(path).itertuples()
+    ]
+    return item, notes
 
 
 # ------------------------------------------------------------------------------------ the pages
