@@ -224,7 +224,8 @@ def _attribution_line(update: PhaseUpdate, rows: list[dict], path: Path) -> str:
     if len(rows) == 1:  # a method that trains no backbone tensor (linear): only the rows 'all'
         return (
             f"phase {update.index} {update.name}: the run trained no backbone tensor, so there is nothing to "
-            f"attribute (upstream {first['pretrained_accuracy_pct']:.2f}% -> {first['phase_accuracy_pct']:.2f}%) -> {path}"
+            f"attribute (upstream {first['pretrained_accuracy_pct']:.2f}% -> "
+            f"{first['phase_accuracy_pct']:.2f}%) -> {path}"
         )
     worst = max(rows[1:], key=lambda row: row["recovered_pp"], default=None)
     line = (
