@@ -47,6 +47,8 @@ def _assert_units_named(table: pd.DataFrame, where: str) -> None:
     for column in table.columns:
         if column.startswith("config."):  # the config's own keys, in the config's units (train.warmup_fraction)
             continue
+        if table[column].map(lambda value: isinstance(value, str)).all():  # a name (lost_by: 'probe'), no quantity
+            continue
         if set(re.split(r"[_.]", column)) & set(SHARE_WORDS):
             assert column.endswith(("_pct", "_pp")), f"{where}: column {column!r} names no unit"
 

@@ -108,6 +108,7 @@ IGNORED: dict[str, dict[str, str]] = {
         "name": _WHERE,
         "out_dir": _WHERE,
         "track": _WHERE,
+        "save": _STORED,
         "seed": _WEIGHTS + " (the fit images are drawn with eval.linear_probe_seed)",
         "method": _WEIGHTS,
         "train": _WEIGHTS,
@@ -400,3 +401,18 @@ def atomic_memmap(target: Path, shape: tuple[int, ...]):
         if isinstance(error, OSError) and error.errno in FULL_DISK:
             raise DiskFullError.writing(target, error.strerror) from error
         raise
+
+
+def read_features(path: Path, count: int) -> torch.Tensor | None:
+    """The ``features`` tensor ``[count, D]`` of the cached safetensors file ``path`` (a k-NN bank, a
+    probe's fit features); None when there is none, it holds another number of rows, or it cannot be
+    read: a damaged cache file is recomputed, never trusted."""
+    if not Path(path).exists():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        features = load_file(str(path))["features"]
+    except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+        return None
+    return features if len(features) == count else None

@@ -277,17 +277,7 @@ class KNNEvaluator:
             return features if features is not None else self._computed_bank(model, runtime, head, path)
 
     def _cached_bank(self, path: Path) -> torch.Tensor | None:
-        if not path.exists():
-            return None
-        from safetensors.torch import load_file
-
-        try:
-            features = load_file(str(path))["features"]
-            if len(features) == len(self.bank):
-                return features
-        except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
-            pass
-        return None
+        return caches.read_features(path, len(self.bank))
 
     def _computed_bank(self, model, runtime: Runtime, head: str | None, path: Path | None) -> torch.Tensor:
         features = extract_features(model, self.bank, runtime, description="k-NN bank", head=head)

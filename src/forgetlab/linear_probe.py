@@ -131,15 +131,9 @@ class LinearProbe:
         path = None
         if self.cache_dir is not None and self._print is not None:
             path = Path(self.cache_dir) / f"{self.features_key(model, runtime)}.safetensors"
-            if path.exists():
-                from safetensors.torch import load_file
-
-                try:
-                    features = load_file(str(path))["features"]
-                    if len(features) == len(self.labels):
-                        return features
-                except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
-                    pass
+            features = caches.read_features(path, len(self.labels))
+            if features is not None:
+                return features
         features = pooled_features(model, self.images, runtime, description="linear probe: fit features")
         self.computed += 1
         if path is not None:
