@@ -63,7 +63,7 @@ def test_every_section_and_method_config_is_checked_and_its_choices_are_literal_
     assert (
         choices["preprocess.train_interpolation"] == config_module.INTERPOLATIONS == ("bilinear", "bicubic", "nearest")
     )
-    assert choices["eval.upstream_evaluator"] == ("head", "knn")  # a comma list of its choices
+    assert choices["eval.upstream_evaluator"] == ("head", "knn", "probe")  # a comma list of its choices
     assert len(choices) == 15
     hints = typing.get_type_hints(LoRAConfig)
     assert (typing.get_args(hints["policy"]), typing.get_args(hints["scaling"]), typing.get_args(hints["init"])) == (
