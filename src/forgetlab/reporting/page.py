@@ -881,6 +881,115 @@ def _evaluators_part(label: str, key: str, path: Path, evaluators: list[str], fi
     return item, notes
 
 
+@register_report_section("where across runs", position=55)
+def where_across_section(inputs: ReportInputs) -> list[FigureSection]:
+    """Where forgetting happens across runs, per group of merged-LoRA runs that differ only in rank and
+    seed (:mod:`forgetlab.reporting.where_figures`): the last phase's intruder dimensions and relative norm
+    against the rank, and the drift per unit at the last phase, one curve per rank. Nothing without a
+    group of two ranks or more that was explained or scored drift."""
+    from forgetlab.analysis.where import drift_table_across, settings
+    from forgetlab.reporting.where_figures import drift_rank_figure, rank_points, rank_spectra_figure
+
+    items, notes = [], []
+    groups = rank_groups(inputs.runs)
+    spectra = [(group.label, rank_points(group)) for group in groups]
+    spectra = [(label, points) for label, points in spectra if len({point[0] for point in points}) > 1]
+    if spectra:
+        items.append(
+            _save(
+                rank_spectra_figure(spectra),
+                "where_rank_spectra",
+                "Intruder dimensions (sum over adapted matrices) and mean ||dW||_F / ||W0||_F of the cumulative "
+                "update after the last phase, against the LoRA rank; mean and standard deviation over seeds.",
+                inputs.figure_dir,
+            )
+        )
+        notes += [f"{label}: {len(points)} explained runs." for label, points in spectra]
+    for group in groups:
+        drift = drift_table_across(group.runs)
+        if drift.empty:
+            continue
+        ranks = {label: int(members[0].config["method"]["rank"]) for label, members in settings(group.runs)}
+        curves = [
+            (ranks[label], list(rows["unit"]), rows["cka"].to_numpy(float), int(rows["runs"].iloc[0]))
+            for label, rows in drift.groupby("setting", sort=False)
+        ]
+        if len(curves) < 2:
+            continue
+        curves.sort(key=lambda curve: curve[0])
+        items.append(
+            _save(
+                drift_rank_figure(group.label, curves),
+                f"where_drift_{file_keys([group.label])[0]}",
+                f"{group.label}: linear CKA between the pretrained and the final features at every unit after "
+                "the last phase, one curve per LoRA rank (mean over seeds; n runs in the legend).",
+                inputs.figure_dir,
+            )
+        )
+    return [FigureSection("Where forgetting happens, across runs", items, notes)] if items else []
+
+
+@register_report_section("where across runs tables", position=105)
+def where_across_tables(inputs: ReportInputs) -> list[TableSection]:
+    """Across explained runs (:mod:`forgetlab.analysis.where`): the upstream drop against the last phase's
+    intruder count and relative norm (Spearman, permutation p), per backbone and method family; the units
+    whose update costs points, per setting; with two runs or more."""
+    from forgetlab.analysis.where import predictors_table, unit_loss_table
+
+    parts = []
+    predictors = predictors_table(inputs.runs)
+    predictors = predictors[predictors["runs"] >= 3]
+    if len(predictors):
+        rows = [
+            [r.backbone, r.family, r.predictor, str(r.runs), _points(r.spearman), _p_value(r.p)]
+            for r in predictors.itertuples()
+        ]
+        notes = [
+            "Upstream drop: the pretrained row's upstream accuracy minus the last row's (points). Spearman's rho "
+            "across the runs of one backbone and method family; p: two-sided permutation test. A direction is "
+            "a finding only where p < 0.05."
+        ]
+        parts.append(
+            TableSection(
+                "Does the update predict the upstream drop? (across runs)",
+                ["backbone", "method family", "predictor (last phase)", "runs", "Spearman rho", "p"],
+                rows,
+                notes,
+            )
+        )
+    units = unit_loss_table(inputs.runs)
+    if int(units.groupby("setting")["runs"].max().sum()) >= 2 if len(units) else False:
+        rows = [
+            [
+                r.setting,
+                r.unit,
+                str(r.runs),
+                _points(r.recovered_pp),
+                _points(r.recovered_sd_pp),
+                f"{r.costs_runs}/{r.runs}",
+                _points(r.damage_pp),
+            ]
+            for r in units.itertuples()
+        ]
+        parts.append(
+            TableSection(
+                "Which units carry the upstream loss (last phase, across runs)",
+                ["setting", "unit", "runs", "recovered (points)", "sd", "interval above 0", "alone (points)"],
+                rows,
+                [
+                    "recovered: upstream points that reverting the unit's update recovers (leave-one-out), mean "
+                    "over the setting's runs; interval above 0: runs whose paired 95 % interval excludes 0; "
+                    "alone: points the update alone costs the pretrained model (leave-one-in)."
+                ],
+            )
+        )
+    return parts
+
+
+def _p_value(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+
+
 # ------------------------------------------------------------------------------------ the pages
 @dataclass
 class ReportPage:
