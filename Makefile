@@ -29,7 +29,7 @@ docs: $(VENV)/.installed-test
 
 benchmark: setup $(VENV)/.installed-test
 	$(BIN)/python benchmarks/budgets.py
-	$(BIN)/python -m pytest -q -s -m benchmark tests/test_gpu_proxies.py
+	$(BIN)/python -m pytest -q -s -m benchmark tests/test_gpu_proxies.py tests/test_reliability.py
 
 setup: system-data $(VENV)/.installed
 

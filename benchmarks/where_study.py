@@ -1,10 +1,10 @@
 """The study of where forgetting happens on the offline world: runs (or resumes) the two sweeps
 ``sweeps/explain_offline.yaml`` (both offline backbones x LoRA ranks 1, 4, 16, 64 x standard and rsLoRA x
 3 seeds) and ``sweeps/drift_offline.yaml`` (full fine-tuning on both, block expansion on the ViT, 3 seeds),
-explains every finished cell (``forgetlab explain --images N``: attribution and spectra), then writes
+explains every finished LoRA cell (``forgetlab explain --images N``: attribution and spectra), then writes
 ``OUT/where.md``, the Markdown tables of ``docs/results/where-forgetting-happens.md``:
 
-    FORGETLAB_HOME=.cache/forgetlab .venv/bin/python benchmarks/where_study.py [--images 1000]
+    FORGETLAB_HOME=.cache/forgetlab .venv/bin/python benchmarks/where_study.py [--images 500]
         [--jobs 2] [--tables-only]
 
 Every cell is an ordinary run folder and every explanation resumes, so an interrupted study goes on where
@@ -34,13 +34,15 @@ def run_sweeps(jobs: int) -> float:
 
 
 def explain_all(out: Path, images: int) -> float:
-    """``forgetlab explain`` on every finished cell of both sweeps (a cell whose explanation is complete
-    costs only its loading); returns the wall-clock seconds."""
+    """``forgetlab explain`` on every finished cell of the LoRA sweep (a cell whose explanation is complete
+    costs only its loading); returns the wall-clock seconds. The other methods' cells store their updates
+    (``save.updates``), so ``forgetlab explain`` runs on them too, one by one; the study leaves them out
+    to fit its time."""
     from forgetlab import explain
     from forgetlab.analysis.collect import find_runs
 
     start = time.perf_counter()
-    for run in find_runs([out / folder for folder in FOLDERS]):
+    for run in find_runs([out / FOLDERS[0]]):
         if run.completed == run.matrix.num_tasks:
             explain(run.folder.path, parts="attribution,spectra", images=images, device="cpu", log=None)
     return time.perf_counter() - start
@@ -55,6 +57,30 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _order(run) -> tuple:
+    """Backbone, method, scaling, rank, seed: the tables' row order."""
+    method = run.config["method"]
+    return (run.backbone, method["name"], str(method.get("scaling", "")), method.get("rank") or 0, run.seed)
+
+
+def _units_markdown(units) -> str:
+    return _markdown(
+        ["setting", "unit", "runs", "recovered (points)", "sd", "interval above 0", "alone (points)"],
+        [
+            [
+                r.setting,
+                r.unit,
+                str(r.runs),
+                _f(r.recovered_pp),
+                _f(r.recovered_sd_pp),
+                f"{r.costs_runs}/{r.runs}",
+                _f(r.damage_pp),
+            ]
+            for r in units.itertuples()
+        ],
+    )
+
+
 def tables(out: Path) -> str:
     """The study's tables as Markdown, from the run folders under ``out``."""
     from forgetlab.analysis.collect import find_runs
@@ -66,27 +92,17 @@ def tables(out: Path) -> str:
         unit_loss_table,
     )
 
-    runs = [run for run in find_runs([out / folder for folder in FOLDERS]) if run.completed == run.matrix.num_tasks]
+    folders = [out / folder for folder in FOLDERS if (out / folder).exists()]
+    runs = [run for run in find_runs(folders) if run.completed == run.matrix.num_tasks]
+    runs.sort(key=_order)
     parts = [f"{len(runs)} finished runs.\n"]
-    units = unit_loss_table(runs)
-    parts.append("### Which units carry the upstream loss (last phase)\n")
-    parts.append(
-        _markdown(
-            ["setting", "unit", "runs", "recovered (points)", "sd", "interval above 0", "alone (points)"],
-            [
-                [
-                    r.setting,
-                    r.unit,
-                    str(r.runs),
-                    _f(r.recovered_pp),
-                    _f(r.recovered_sd_pp),
-                    f"{r.costs_runs}/{r.runs}",
-                    _f(r.damage_pp),
-                ]
-                for r in units.itertuples()
-            ],
-        )
-    )
+    units = unit_loss_table(runs, by="family")
+    parts.append("### Which units carry the upstream loss (last phase, every setting of a method together)\n")
+    parts.append(_units_markdown(units))
+    by_setting = unit_loss_table(runs)
+    parts.append("\n### The unit whose update costs most, per setting (last phase)\n")
+    top = by_setting.loc[by_setting.groupby("setting", sort=False)["recovered_pp"].idxmax()]
+    parts.append(_units_markdown(top))
     spectra = spectra_table(runs)
     parts.append("\n### Intruder dimensions and relative norm of the cumulative update, per phase\n")
     parts.append(
@@ -156,13 +172,17 @@ def tables(out: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs", help="the sweeps' out_dir (runs), where where.md goes")
-    parser.add_argument("--images", type=int, default=1000, help="upstream test images per explanation (--images)")
+    parser.add_argument("--images", type=int, default=500, help="upstream test images per explanation (--images)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes of each sweep")
+    parser.add_argument(
+        "--explain-only", action="store_true", help="run no sweep: explain what exists, then the tables"
+    )
     parser.add_argument("--tables-only", action="store_true", help="write where.md from what exists, run nothing")
     args = parser.parse_args()
     out = Path(args.out)
-    if not args.tables_only:
+    if not args.tables_only and not args.explain_only:
         print(f"sweeps: {run_sweeps(args.jobs):.0f} s", flush=True)
+    if not args.tables_only:
         print(f"explanations: {explain_all(out, args.images):.0f} s", flush=True)
     text = tables(out)
     (out / "where.md").write_text(text)

@@ -25,6 +25,8 @@ import re
 import sys
 from pathlib import Path
 
+# forgetlab.results.TIMING_KEYS and the figures earlier versions wrote: the tool reads folders of the commit
+# compared against, so it keeps its own list rather than import today's.
 TIMING = {
     "train_seconds",
     "images_per_second",

@@ -256,7 +256,7 @@ def test_a_headless_backbone_with_the_head_evaluator_is_told_the_fix_that_works(
     with pytest.raises(ConfigError) as caught:
         run(config_module.resolve({}, [*base, "eval.upstream_evaluator=head"]), log=lambda message: None)
     message = str(caught.value)
-    assert "data.upstream=imagenet" not in message and "eval.upstream_evaluator=knn" in message
+    assert "data.upstream=imagenet" not in message and "eval.upstream_evaluator=knn or probe" in message
     folder = run(
         config_module.resolve({}, [*base, "eval.upstream_evaluator=knn", "eval.knn_k=2", "name=knn"]),
         log=lambda message: None,

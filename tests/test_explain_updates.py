@@ -11,6 +11,7 @@ import hashlib
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -259,3 +260,16 @@ def test_a_resnets_convolutions_are_read_as_out_by_in_kh_kw_matrices(random_back
         out_channels, in_channels, kh, kw = module.weight.shape
         assert (rows.loc[name, "rows"], rows.loc[name, "cols"]) == (out_channels, in_channels * kh * kw)
         assert rows.loc[name, "numerical_rank"] <= min(out_channels, in_channels * kh * kw)
+
+
+@pytest.mark.parametrize("method", ["full", "block_expansion"])
+def test_explain_drift_rebuilds_the_runs_own_drift_from_its_stored_updates(runs, method):
+    """``--parts drift`` of a run of another method replays its stored updates (block expansion: its
+    inserted blocks too) and gives the CKA per unit and phase the run wrote while it ran."""
+    folder = runs[method]
+    rebuilt = explain(folder.path, parts="drift", **QUIET)["drift"]
+    during = pd.read_csv(folder.path / "drift.csv")
+    assert list(rebuilt.phase) == list(during.phase) and list(rebuilt.unit) == list(during.unit)
+    assert sorted(set(rebuilt.phase)) == [0, 1, 2] and (rebuilt[rebuilt.phase == 0].cka == 1.0).all()
+    assert (rebuilt[rebuilt.phase > 0].cka < 1.0).any()  # the updates changed the features
+    assert np.abs(rebuilt.cka.to_numpy() - during.cka.to_numpy()).max() < 1e-6

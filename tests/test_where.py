@@ -143,6 +143,11 @@ def test_unit_loss_is_the_mean_over_seeds_at_the_last_phase(study):
             assert row.costs_runs == sum(value > 1 for value in values)
             assert row.damage_pp == pytest.approx(-np.mean(values) / 2)
     assert "all" not in table.index.get_level_values("unit")
+    family = unit_loss_table(runs, by="family").set_index(["setting", "unit"])
+    for unit in UNITS:
+        values = [_recovered(rank, seed, unit) * 2 for rank, seed, *_ in RUNS]
+        row = family.loc[("offline_vit lora", unit)]
+        assert row.runs == 4 and row.recovered_pp == pytest.approx(np.mean(values))
 
 
 def test_spectra_sum_intruders_over_matrices_and_average_the_norm(study):

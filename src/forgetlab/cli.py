@@ -595,7 +595,7 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         "--parts",
         default="attribution,spectra",
         help="comma-separated: attribution, spectra, drift (the linear CKA per unit against the pretrained "
-        "features, rebuilt from the adapters; default: attribution,spectra)",
+        "features, rebuilt from the adapters or the stored updates; default: attribution,spectra)",
     )
     explain.add_argument(
         "--images",

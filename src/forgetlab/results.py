@@ -55,6 +55,20 @@ MATRIX_FILE = "accuracy_matrix.json"
 CSV_UNIT_HEADER = "row (accuracy %)"  # accuracy_matrix.csv's first header cell: its cells are percent
 FORMAT_VERSION = 1  # of a run folder, in its progress.json; a progress.json without one is format 0
 PARTIAL_SUFFIX = ".partial"
+# The wall-clock figures a run writes (task and upstream-evaluation records): never equal across two runs
+# of one config, so comparisons of run folders (resumes, kill trials) leave them out.
+TIMING_KEYS = frozenset(
+    {
+        "train_seconds",
+        "images_per_second",
+        "eval_seconds",
+        "seconds",
+        "warmup_seconds",
+        "selection_seconds",
+        "steady_seconds",
+        "steady_images_per_second",
+    }
+)
 _crash_points = 0
 
 

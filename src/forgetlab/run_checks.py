@@ -61,7 +61,7 @@ def check_upstream_head(config, backbone, upstream) -> None:
             f"eval.upstream_evaluator=head scores {config.data.upstream} with the backbone's "
             f"classifier, and {config.backbone.name} has "
             f"none{' (backbone.num_classes=0)' if config.backbone.num_classes == 0 else ''}; "
-            f"use eval.upstream_evaluator=knn (it reads {config.data.upstream}'s train split: "
+            f"use eval.upstream_evaluator=knn or probe (both read {config.data.upstream}'s train split: "
             f"forgetlab data check), or a backbone with a {upstream.num_classes}-class head"
         )
     fixes = [] if config.backbone.random_init else ["set data.upstream to the dataset the backbone was trained on"]

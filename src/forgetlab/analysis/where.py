@@ -42,6 +42,15 @@ def settings(runs) -> list[tuple[str, list]]:
     return [(names[key], members) for key, members in by_key.items()]
 
 
+def families(runs) -> list[tuple[str, list]]:
+    """``[(label, runs)]``: the runs grouped by backbone and method family (``offline_vit lora``: every rank
+    and variant of LoRA together), in the order first seen."""
+    by_key: dict[str, list] = {}
+    for run in runs:
+        by_key.setdefault(f"{run.backbone} {method_family(run)}", []).append(run)
+    return list(by_key.items())
+
+
 def upstream_drop_pp(run) -> float:
     """The run's upstream drop in percentage points: the pretrained row's upstream accuracy minus the last
     committed row's (positive: forgotten)."""
@@ -64,8 +73,10 @@ def _mean_sd(values) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
-def unit_loss_table(runs):
-    """Per setting and unit (``all`` left out), at each run's last explained phase: ``runs`` (n),
+def unit_loss_table(runs, *, by: str = "setting"):
+    """Per setting (``by="setting"``: :func:`settings`; ``by="family"``: :func:`families`, every rank and
+    variant of one method on one backbone together) and unit (``all`` left out), at each run's last
+    explained phase: ``runs`` (n),
     ``recovered_pp`` and ``recovered_sd_pp`` (mean and standard deviation over the runs of the points that
     reverting the unit's update recovers; positive: the update costs that many points in context),
     ``costs_runs`` (runs whose paired 95 % interval of ``recovered_pp`` lies above 0) and ``damage_pp``
@@ -74,7 +85,7 @@ def unit_loss_table(runs):
     import pandas as pd
 
     rows = []
-    for label, members in settings(runs):
+    for label, members in families(runs) if by == "family" else settings(runs):
         tables = [
             table[table["unit"] != "all"]
             for run in members
