@@ -933,7 +933,7 @@ def where_across_section(inputs: ReportInputs) -> list[FigureSection]:
 def where_across_tables(inputs: ReportInputs) -> list[TableSection]:
     """Across explained runs (:mod:`forgetlab.analysis.where`): the upstream drop against the last phase's
     intruder count and relative norm (Spearman, permutation p), per backbone and method family; the units
-    whose update costs points, per setting; with two runs or more."""
+    whose update costs points, per backbone and method family; with two runs or more."""
     from forgetlab.analysis.where import predictors_table, unit_loss_table
 
     parts = []
@@ -957,8 +957,8 @@ def where_across_tables(inputs: ReportInputs) -> list[TableSection]:
                 notes,
             )
         )
-    units = unit_loss_table(inputs.runs)
-    if int(units.groupby("setting")["runs"].max().sum()) >= 2 if len(units) else False:
+    units = unit_loss_table(inputs.runs, by="family")
+    if len(units) and int(units["runs"].max()) >= 2:
         rows = [
             [
                 r.setting,
@@ -974,11 +974,21 @@ def where_across_tables(inputs: ReportInputs) -> list[TableSection]:
         parts.append(
             TableSection(
                 "Which units carry the upstream loss (last phase, across runs)",
-                ["setting", "unit", "runs", "recovered (points)", "sd", "interval above 0", "alone (points)"],
+                [
+                    "backbone and method",
+                    "unit",
+                    "runs",
+                    "recovered (points)",
+                    "sd",
+                    "interval above 0",
+                    "alone (points)",
+                ],
                 rows,
                 [
                     "recovered: upstream points that reverting the unit's update recovers (leave-one-out), mean "
-                    "over the setting's runs; interval above 0: runs whose paired 95 % interval excludes 0; "
+                    "over the runs of the method on the backbone (every rank and variant; "
+                    "forgetlab.analysis.where.unit_loss_table gives them per setting); "
+                    "interval above 0: runs whose paired 95 % interval excludes 0; "
                     "alone: points the update alone costs the pretrained model (leave-one-in)."
                 ],
             )
