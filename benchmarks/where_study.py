@@ -1,11 +1,12 @@
 """The study of where forgetting happens on the offline world: runs (or resumes) the two sweeps
 ``sweeps/explain_offline.yaml`` (both offline backbones x LoRA ranks 1, 4, 16, 64 x standard and rsLoRA x
 3 seeds) and ``sweeps/drift_offline.yaml`` (full fine-tuning on both, block expansion on the ViT, 3 seeds),
-explains every finished LoRA cell (``forgetlab explain --images N``: attribution and spectra), then writes
-``OUT/where.md``, the Markdown tables of ``docs/results/where-forgetting-happens.md``:
+explains every finished cell (``forgetlab explain --images N``: attribution and spectra), then writes
+``OUT/where.md`` (``OUT``: the sweeps' ``out_dir``, ``runs``), the Markdown tables that
+``docs/results/where-forgetting-happens.md`` includes from ``benchmarks/results/where-offline.md``:
 
     FORGETLAB_HOME=.cache/forgetlab .venv/bin/python benchmarks/where_study.py [--images 500]
-        [--jobs 2] [--tables-only]
+        [--jobs 2] [--explain-only | --tables-only]
 
 Every cell is an ordinary run folder and every explanation resumes, so an interrupted study goes on where
 it stopped. The tables come from :mod:`forgetlab.analysis.where` (means over the seeds; every row says
@@ -34,15 +35,14 @@ def run_sweeps(jobs: int) -> float:
 
 
 def explain_all(out: Path, images: int) -> float:
-    """``forgetlab explain`` on every finished cell of the LoRA sweep (a cell whose explanation is complete
-    costs only its loading); returns the wall-clock seconds. The other methods' cells store their updates
-    (``save.updates``), so ``forgetlab explain`` runs on them too, one by one; the study leaves them out
-    to fit its time."""
+    """``forgetlab explain`` on every finished cell of both sweeps (the other methods' cells stored their
+    updates, ``save.updates``; a cell whose explanation is complete costs only its loading); returns the
+    wall-clock seconds."""
     from forgetlab import explain
     from forgetlab.analysis.collect import find_runs
 
     start = time.perf_counter()
-    for run in find_runs([out / FOLDERS[0]]):
+    for run in find_runs([out / folder for folder in FOLDERS]):
         if run.completed == run.matrix.num_tasks:
             explain(run.folder.path, parts="attribution,spectra", images=images, device="cpu", log=None)
     return time.perf_counter() - start

@@ -14,7 +14,7 @@ from forgetlab.models.multihead import MultiHeadModel
 from forgetlab.run_drift import read_rows
 from forgetlab.runner import run
 from forgetlab.runtime import Runtime
-from forgetlab.stored_drift import drift_of_run
+from forgetlab.explanation.drift import drift_of_run
 from forgetlab.unit_features import balanced_indices, feature_units, unit_features
 
 from .conftest import random_backbone, tiny_overrides

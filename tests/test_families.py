@@ -5,6 +5,8 @@ group_matcher, block expansion is the identity at insertion; what does not apply
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -272,6 +274,7 @@ def test_a_whole_run_on_other_families(root, tmp_path, arch, method):  # noqa: F
             "method": method,
             "train": {"max_steps": 2, "batch_size": 2},
             "eval": {"batch_size": 8},
+            "save": {"updates": True},
             "out_dir": str(tmp_path),
             "name": arch,
         }
@@ -283,6 +286,25 @@ def test_a_whole_run_on_other_families(root, tmp_path, arch, method):  # noqa: F
     np.testing.assert_array_equal(
         run(config, log=lambda message: None).read_matrix().as_array(), matrix
     )  # resumes: nothing to do
+    # forgetlab explain on the family's own units: the rows 'all' reproduce the matrix, image for image
+    from forgetlab.explanation import explain
+
+    attribution = explain(folder.path, parts="attribution", device="cpu", log=lambda message: None)["attribution"]
+    totals = attribution[attribution.unit == "all"].set_index("phase")
+    for phase, row in totals.iterrows():
+        assert row.reverted_accuracy_pct == pytest.approx(100 * matrix[0][0], abs=1e-9)
+        assert row.applied_accuracy_pct == pytest.approx(100 * matrix[phase][0], abs=1e-9)
+        assert row.agreement_pct == 100.0
+    units = set(attribution.unit) - {"all"}
+    expected = {
+        "convnext": r"stages\.\d\.blocks\.\d",
+        "swin": r"layers\.\d\.blocks\.\d",
+        "eva02": r"blocks\.\d|fc_norm",
+    }
+    assert units and all(re.fullmatch(expected[arch], unit) for unit in units), units
+    # top-k trains timm's last parameter group: the last block and the final norm
+    if arch == "swin":  # block expansion: the units are the inserted blocks, one per phase
+        assert len(units) == 2
 
 
 @pytest.mark.parametrize("arch", ["swin", "convnext", "eva02"])

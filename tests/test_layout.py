@@ -34,7 +34,6 @@ FLOORS: list[tuple[str, list[str]]] = [
             "run_*",
             "data_check",
             "single_adapter",
-            "stored_drift",
             "explanation",
             "explanation.*",
         ],

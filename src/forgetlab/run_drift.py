@@ -21,7 +21,7 @@ current model does not share with the pretrained one by path and width (block ex
 blocks, so ``blocks.i`` names another block) are left out, and said once in the log.
 
 Imports the learning floor (:mod:`forgetlab.unit_features`), analysis (CKA), models and results; the
-runner imports this; :mod:`forgetlab.stored_drift` computes the same rows afterwards.
+runner imports this; :mod:`forgetlab.explanation.drift` computes the same rows afterwards.
 """
 
 from __future__ import annotations

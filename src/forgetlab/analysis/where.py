@@ -24,10 +24,11 @@ pages import it. Sources: ``docs/explain.md`` and ``docs/drift.md`` give the per
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
-from forgetlab.analysis.findings import spearman, spearman_permutation_p
+from forgetlab.analysis.findings import MIN_RUNS_FOR_TEST, spearman, spearman_permutation_p
 from forgetlab.analysis.groups import group_labels, identity_key, method_family, method_labels
 
 
@@ -58,10 +59,24 @@ def upstream_drop_pp(run) -> float:
     return 100 * float(matrix[0, 0] - matrix[run.completed, 0])
 
 
-def _explain_tables(run) -> dict:
-    from forgetlab.reporting.explanation import read_tables
+def explain_tables(folder: str | Path) -> dict:
+    """``{"attribution": DataFrame, "spectra": DataFrame}`` of the files in ``folder / "explain"`` that exist
+    (an attribution file of an earlier version read in today's columns and units)."""
+    import pandas as pd
 
-    return read_tables(run.folder.path)
+    from forgetlab.analysis.units import upgrade_attribution_columns
+
+    tables = {}
+    for name in ("attribution", "spectra"):
+        path = Path(folder) / "explain" / f"{name}.csv"
+        if path.exists() and path.read_text().strip():
+            table = pd.read_csv(path)
+            tables[name] = upgrade_attribution_columns(table) if name == "attribution" else table
+    return tables
+
+
+def _explain_tables(run) -> dict:
+    return explain_tables(run.folder.path)
 
 
 def _last(table):
@@ -158,7 +173,8 @@ def predictors_table(runs, *, resamples: int = 9999):
     per backbone, method family (:func:`forgetlab.analysis.groups.method_family`) and predictor of
     :data:`PREDICTORS`, ``runs`` (n: the finished runs with ``explain/spectra.csv`` whose last explained
     phase is their last row), ``spearman`` (rho between the predictor and :func:`upstream_drop_pp`) and
-    ``p`` (two-sided permutation p; NaN, as rho, with fewer than 3 runs or a constant side)."""
+    ``p`` (two-sided permutation p, from :data:`~forgetlab.analysis.findings.MIN_RUNS_FOR_TEST` runs on, as
+    the report's findings; rho is NaN with fewer than 3 runs or a constant side, p then too)."""
     import pandas as pd
 
     points: dict[tuple[str, str], list[tuple[dict, float]]] = {}
@@ -179,7 +195,8 @@ def predictors_table(runs, *, resamples: int = 9999):
         for name in PREDICTORS:
             values = [properties[name] for properties, _ in cells]
             rho = spearman(values, drops)
-            p = math.nan if math.isnan(rho) else spearman_permutation_p(values, drops, resamples=resamples)
+            testable = not math.isnan(rho) and len(cells) >= MIN_RUNS_FOR_TEST
+            p = spearman_permutation_p(values, drops, resamples=resamples) if testable else math.nan
             rows.append(
                 {"backbone": backbone, "family": family, "predictor": name, "runs": len(cells), "spearman": rho, "p": p}
             )

@@ -67,10 +67,10 @@ def explain(
     """Write (or complete) ``explain/`` of a LoRA run, or of a run that stored its updates (``save.updates=true``),
     and return its tables as DataFrames: ``{"attribution": ...,
     "spectra": ..., "overlap": ..., "singular_values": ..., "drift": ...}`` (those of the parts asked for; ``drift`` is
-    :func:`forgetlab.stored_drift.drift_of_run`'s ``explain/drift.csv``, the linear CKA per unit and phase against the
-    pretrained features). ``images``: a class-balanced subset of the upstream test images the run scored (default: all
-    of them, so the ``all`` rows reproduce the matrix). Errors: :class:`ConfigError` for bad options or a method whose
-    updates the folder does not hold, :class:`DataError` for an incomplete folder."""
+    :func:`forgetlab.explanation.drift.drift_of_run`'s ``explain/drift.csv``, the linear CKA per unit and phase
+    against the pretrained features). ``images``: a class-balanced subset of the upstream test images the run
+    scored (default: all of them, so the ``all`` rows reproduce the matrix). Errors: :class:`ConfigError` for
+    bad options or a method whose updates the folder does not hold, :class:`DataError` for an incomplete folder."""
     parts = parse_parts(parts)
     if unit not in UNITS:
         raise ConfigError(f"--unit {unit}: choose {' or '.join(UNITS)}")
@@ -109,7 +109,7 @@ def explain(
         if "drift" in parts:
             import pandas as pd
 
-            from forgetlab.stored_drift import drift_of_run
+            from forgetlab.explanation.drift import drift_of_run
 
             tables["drift"] = pd.read_csv(drift_of_run(folder.path, device=device, log=log))
         return tables
@@ -135,8 +135,6 @@ def _explain_phases(
     folder: RunFolder, config, phases: list[str], parts, settings: dict, *, device, batch_size, log
 ) -> None:
     """Rebuild every phase's update in order and write each missing part of each phase."""
-    import torch
-
     from forgetlab.models.backbones import load_backbone
     from forgetlab.pretrain import ensure_pretrained
     from forgetlab.runtime import Runtime, configure_threads

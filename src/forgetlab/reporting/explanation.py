@@ -12,7 +12,6 @@ reproduced the run's predictions (they must)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib
 
@@ -23,26 +22,11 @@ import numpy as np  # noqa: E402
 MAX_RUNS = 6
 
 
-def read_tables(folder: Path) -> dict:
-    """``{"attribution": DataFrame, "spectra": DataFrame}`` of the files in ``folder / "explain"`` that exist
-    (an attribution file of an earlier version read in today's columns and units)."""
-    from forgetlab.analysis.units import upgrade_attribution_columns
-
-    import pandas as pd
-
-    tables = {}
-    for name in ("attribution", "spectra"):
-        path = Path(folder) / "explain" / f"{name}.csv"
-        if path.exists() and path.read_text().strip():
-            tables[name] = (
-                upgrade_attribution_columns(pd.read_csv(path)) if name == "attribution" else pd.read_csv(path)
-            )
-    return tables
-
-
 def where_forgetting_happens(runs, labels: dict[int, str], keys: dict[int, str]) -> list[tuple[str, list, list[str]]]:
     """The section: ``[(heading, [(figure, key, caption)], notes)]``, empty when no run has ``explain/``."""
-    explained = [(run, tables) for run in runs if (tables := read_tables(run.folder.path))][:MAX_RUNS]
+    from forgetlab.analysis.where import explain_tables
+
+    explained = [(run, tables) for run in runs if (tables := explain_tables(run.folder.path))][:MAX_RUNS]
     if not explained:
         return []
     drawn, notes = [], []

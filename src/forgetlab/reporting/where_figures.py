@@ -17,11 +17,11 @@ import numpy as np  # noqa: E402
 def rank_points(group) -> list[tuple[int, float, float]]:
     """``(rank, intruders, relative_norm)`` of the last explained phase of each run of a rank ``group``
     whose ``explain/spectra.csv`` reaches its last row (:func:`forgetlab.analysis.where.update_summary`)."""
-    from forgetlab.analysis.where import _explain_tables, update_summary
+    from forgetlab.analysis.where import explain_tables, update_summary
 
     points = []
     for run in group.runs:
-        tables = _explain_tables(run)
+        tables = explain_tables(run.folder.path)
         if "spectra" not in tables:
             continue
         summary = update_summary(tables["spectra"])

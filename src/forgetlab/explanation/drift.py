@@ -1,7 +1,7 @@
 """Drift of a finished run, afterwards: the rows :mod:`forgetlab.run_drift` writes while a run runs,
 rebuilt from the run's stored adapters (LoRA, ``method.policy=merge``) or its stored per-phase updates
 (any other method with ``save.updates=true``) into ``explain/drift.csv``. :func:`drift_of_run` is the
-function ``forgetlab explain`` calls for its drift part.
+function ``forgetlab explain`` calls for its drift part (``--parts drift``).
 
 Imports the run floor's :mod:`forgetlab.run_drift` and :mod:`forgetlab.runner` (the upstream test set
 exactly as the run scored it), and models below them.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from forgetlab import config as config_module
 from forgetlab.errors import ConfigError, DataError
+from forgetlab.explanation.updates import check_explainable, rebuild
 from forgetlab.models.backbones import load_backbone
 from forgetlab.models.multihead import MultiHeadModel
 from forgetlab.pretrain import ensure_pretrained
@@ -32,8 +33,6 @@ def drift_of_run(run_dir: str | Path, *, device: str = "auto", probe_images: int
     ``eval.probe_images`` (2,000 when that is 0). Raises :class:`DataError` for a folder without finished
     phases and :class:`ConfigError` for a run whose phases cannot be rebuilt (LoRA kept apart,
     ``method.policy=keep``; another method without ``save.updates=true``)."""
-    from forgetlab.explanation.updates import check_explainable, rebuild
-
     folder = RunFolder(run_dir)
     if not folder.config.exists() or not folder.progress.exists():
         raise DataError(f"{folder.path} is not a run folder with finished tasks; give a folder 'forgetlab run' wrote")
