@@ -988,7 +988,7 @@ def where_across_tables(inputs: ReportInputs) -> list[TableSection]:
                     "recovered: upstream points that reverting the unit's update recovers (leave-one-out), mean "
                     "over the runs of the method on the backbone (every rank and variant; "
                     "forgetlab.analysis.where.unit_loss_table gives them per setting); "
-                    "interval above 0: runs whose paired 95 % interval excludes 0; "
+                    "interval above 0: runs whose paired 95 % interval lies above 0 (the update costs points); "
                     "alone: points the update alone costs the pretrained model (leave-one-in)."
                 ],
             )
