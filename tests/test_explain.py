@@ -17,11 +17,12 @@ from forgetlab import config as config_module
 from forgetlab.cli import main
 from forgetlab.errors import ConfigError
 from forgetlab.explanation import explain, spectra
-from forgetlab.explanation.attribution import class_balanced, paired, unit_of
+from forgetlab.explanation.attribution import paired, unit_of
 from forgetlab.explanation.updates import exact_update
 from forgetlab.models import lora_layers
 from forgetlab.results import write_json
 from forgetlab.runner import run
+from forgetlab.unit_features import balanced_indices
 from tests.conftest import tiny_overrides
 
 QUIET = {"device": "cpu", "log": lambda message: None}
@@ -123,11 +124,11 @@ def test_units_are_timm_blocks_or_modules():
 
 def test_class_balanced_subset():
     labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
-    chosen = class_balanced(labels, 9, seed=0)
+    chosen = balanced_indices(labels, 9, seed=0)
     assert len(chosen) == 9 and len(set(chosen)) == 9 and list(chosen) == sorted(chosen)
     assert np.bincount(labels[chosen]).tolist() == [3, 3, 3]
-    assert np.bincount(labels[class_balanced(labels, 15, seed=0)]).tolist() == [6, 3, 6]  # class 1 runs out
-    assert len(class_balanced(labels, 50, seed=0)) == 20
+    assert np.bincount(labels[balanced_indices(labels, 15, seed=0)]).tolist() == [6, 3, 6]  # class 1 runs out
+    assert len(balanced_indices(labels, 50, seed=0)) == 20
 
 
 def test_paired_intervals_and_mcnemar():

@@ -36,7 +36,12 @@ FEATURES = "features"  # the unit name of the pooled features every head reads
 
 def balanced_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
     """Sorted indices of ``count`` examples drawn round-robin over the classes, each class in a seeded
-    order (so class counts differ by at most one while a class has examples left); all when fewer."""
+    order (so class counts differ by at most one while a class has examples left); all when fewer.
+
+    The classes are visited in label order, so the remainder of ``count`` over the number of classes goes
+    to the lowest labels (and, below one example per class, only the lowest labels are drawn). The drift
+    probe (``eval.probe_images``), the linear probe's fit images and ``forgetlab explain --images`` all draw
+    their subsets here: the same dataset, ``count`` and ``seed`` give the same images in each."""
     labels = np.asarray(labels)
     if count >= len(labels):
         return np.arange(len(labels))

@@ -31,7 +31,7 @@ from forgetlab import config as config_module
 from forgetlab.errors import ConfigError, DataError
 from forgetlab.explanation import spectra
 from forgetlab.analysis.units import upgrade_attribution_columns
-from forgetlab.explanation.attribution import Scorer, attribution_rows, class_balanced, unit_of
+from forgetlab.explanation.attribution import Scorer, attribution_rows, unit_of
 from forgetlab.explanation.updates import PhaseUpdate, check_explainable, rebuild
 from forgetlab.results import RunFolder, atomic_write_text, read_json, single_prediction_path, write_json
 
@@ -179,10 +179,13 @@ def _scoring(folder: RunFolder, config, backbone, settings: dict, runtime) -> di
     from forgetlab.data.base import SampleSubset, dataset_labels
     from forgetlab.models.multihead import MultiHeadModel
     from forgetlab.runner import upstream_task
+    from forgetlab.unit_features import balanced_indices
 
     _, upstream = upstream_task(config, backbone)  # the upstream test set exactly as the run scored it
     labels = dataset_labels(upstream.test)
-    indices = class_balanced(labels, settings["images"], config.seed) if settings["images"] else np.arange(len(labels))
+    indices = (
+        balanced_indices(labels, settings["images"], config.seed) if settings["images"] else np.arange(len(labels))
+    )
     dataset = upstream.test if len(indices) == len(labels) else SampleSubset(upstream.test, indices)
     model = MultiHeadModel(copy.deepcopy(backbone.model)).to(runtime.device)
     scorer = Scorer(model, dataset, runtime, by_parameter=config.method.name != "lora")

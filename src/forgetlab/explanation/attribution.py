@@ -66,18 +66,6 @@ def units(modules, unit: str = "block", grouping=unit_of) -> dict[str, list[str]
     return grouped
 
 
-def class_balanced(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``count`` images with the classes as even as they can be (each class's images
-    drawn in a seeded order; the first classes take the remainder); all of them if ``count`` covers it."""
-    if count >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    pools = [rng.permutation(np.flatnonzero(labels == label)) for label in np.unique(labels)]
-    rounds = max(len(pool) for pool in pools)
-    interleaved = [pool[i] for i in range(rounds) for pool in pools if i < len(pool)]  # one of each class per round
-    return np.sort(np.asarray(interleaved[:count], dtype=np.int64))
-
-
 def paired(first: np.ndarray, second: np.ndarray, *, seed: int = 0) -> dict:
     """Accuracy of ``second`` and its difference from ``first`` (boolean per-image outcomes, same images),
     in percent, with paired 95 % bootstrap intervals and McNemar's exact p of the difference."""
