@@ -95,6 +95,12 @@ def test_every_section_and_method_config_is_checked_and_its_choices_are_literal_
         ),
         (["method.name=block_expansion", "backbone.name=offline_resnet"], "block_expansion needs a sequence of blocks"),
         (["method.name=fullrank", "method.targets=q,v"], "not available at full rank"),
+        (
+            ["eval.upstream_evaluator=[head, nonsense]"],
+            r"^eval.upstream_evaluator must be one of: head, knn, probe; got 'nonsense' \(in 'head,nonsense'\)$",
+        ),
+        (["eval.upstream_evaluator=[]"], r"^eval.upstream_evaluator lists nothing; .* e.g. \[head\]$"),
+        (["eval.probe_images=1"], "^eval.probe_images must be 0 \\(drift off\\) or at least 2 .*got 1$"),
     ],
 )
 def test_loading_a_config_checks_the_methods_options_and_its_limits_on_the_backbone(overrides, message):

@@ -13,14 +13,15 @@ import pytest
 import torch
 from torch import nn
 
+import forgetlab
 from forgetlab import config as config_module
 from forgetlab.cli import main
-from forgetlab.errors import ConfigError
+from forgetlab.errors import ConfigError, DataError
 from forgetlab.explanation import explain, spectra
 from forgetlab.explanation.attribution import paired, unit_of
 from forgetlab.explanation.updates import exact_update
 from forgetlab.models import lora_layers
-from forgetlab.results import write_json
+from forgetlab.results import read_json, write_json
 from forgetlab.runner import run
 from forgetlab.unit_features import balanced_indices
 from tests.conftest import tiny_overrides
@@ -228,6 +229,24 @@ def test_files_resume_and_refusals(lora_run, tmp_path):
     (out / "attribution.csv").unlink()
     again = explain(lora_run.path, parts="attribution", images=12, **QUIET)["attribution"]
     pd.testing.assert_frame_equal(first, again)
+    # a damaged part file (cut short, random bytes, emptied) is found by its digest and computed again
+    spectra_before = pd.read_csv(out / "spectra.csv")
+    (out / "phases" / "attribution_2.csv").write_text((out / "phases" / "attribution_2.csv").read_text()[:300])
+    (out / "phases" / "spectra_1.csv").write_bytes(bytes(range(256)) * 4)
+    (out / "phases" / "overlap_2.csv").write_text("")
+    messages = []
+    tables = explain(lora_run.path, images=12, device="cpu", log=messages.append)
+    pd.testing.assert_frame_equal(first, tables["attribution"])
+    pd.testing.assert_frame_equal(spectra_before, tables["spectra"])
+    assert len(tables["overlap"]) == 6
+    assert any(
+        "attribution_2.csv, spectra_1.csv, overlap_2.csv" in m and "computing them again" in m for m in messages
+    ), messages
+    settings = (out / "settings.json").read_text()
+    (out / "settings.json").write_text("{bad")
+    with pytest.raises(DataError, match=r"settings.json is unreadable or not JSON; delete .*explain and explain again"):
+        explain(lora_run.path, parts="attribution", images=12, **QUIET)
+    (out / "settings.json").write_text(settings)
     with pytest.raises(ConfigError, match="--images 12 --unit block"):
         explain(lora_run.path, parts="attribution", images=20, **QUIET)
     with pytest.raises(ConfigError, match="choose from attribution, spectra"):
@@ -259,6 +278,42 @@ def test_the_report_shows_where_forgetting_happens(lora_run, tmp_path):
     assert {"explain_attribution_lora.png", "explain_spectra_lora.png"} <= {
         p.name for p in (tmp_path / "report" / "figures").iterdir()
     }
+
+
+def test_damaged_views_are_refused_or_rebuilt_from_the_committed_files(lora_run, tmp_path):
+    """A damaged explain/*.csv is a one-line error naming the file and the command that rebuilds it; a
+    damaged drift.csv does not change the drift read back (it comes from the committed phase files)."""
+    import shutil
+
+    from forgetlab.analysis.where import explain_tables
+
+    copy = tmp_path / "copy"
+    shutil.copytree(lora_run.path, copy)
+    explain(copy, parts="attribution,spectra", images=12, **QUIET)
+    drift = forgetlab.load_run(copy).drift
+    assert len(drift) and set(drift.phase) == {0, 1, 2}
+    (copy / "drift.csv").write_text((copy / "drift.csv").read_text()[:60])
+    pd.testing.assert_frame_equal(forgetlab.load_run(copy).drift, drift)
+    (copy / "explain" / "attribution.csv").write_text("garbage,,,\n")
+    with pytest.raises(
+        DataError, match=r"attribution.csv lacks the column phase; run 'forgetlab explain .*' to rebuild"
+    ):
+        explain_tables(copy)
+    (copy / "explain" / "spectra.csv").write_bytes(b"\xa9\xff" * 100)
+    assert main(["report", str(copy), "--out", str(tmp_path / "report")]) == 2
+    explain(copy, parts="attribution,spectra", images=12, **QUIET)  # rebuilds both views from explain/phases
+    assert set(explain_tables(copy)) == {"attribution", "spectra"}
+    # --images at or above the images the run scored is every image: the same settings as the default
+    shutil.rmtree(copy / "explain")
+    every = explain(copy, parts="attribution", **QUIET)["attribution"]
+    messages = []
+    again = explain(copy, parts="attribution", images=10**6, device="cpu", log=messages.append)["attribution"]
+    pd.testing.assert_frame_equal(every, again)
+    assert (
+        any("nothing to do" in m for m in messages) and read_json(copy / "explain" / "settings.json")["images"] is None
+    )
+    with pytest.raises(ConfigError, match="holds attribution with --images all --unit block"):
+        explain(copy, parts="attribution", images=5, **QUIET)
 
 
 def test_explain_drift_rebuilds_the_runs_own_drift_from_its_adapters(lora_run):

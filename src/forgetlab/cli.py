@@ -226,7 +226,7 @@ def cmd_sweep(args) -> int:
         counts = {state: sum(1 for _, s, _ in rows if s == state) for state in dict.fromkeys(s for _, s, _ in rows)}
         print(f"sweep {sweep.name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
         return 0
-    jobs = args.jobs if args.jobs == "auto" else _positive_int(args.jobs, "--jobs")
+    jobs = args.jobs if args.jobs == "auto" else _positive_int(args.jobs, "--jobs", auto=True)
     # --quiet silences the cells' own logs; the sweep still says which cell finished.
     # the backend refuses bad options before the sweep writes anything
     backend = make_backend(sweep, jobs, args.backend, args.address, args.gpus_per_cell, args.retries)
@@ -247,13 +247,16 @@ def cmd_sweep(args) -> int:
     return 1 if counts["failed"] else 0
 
 
-def _positive_int(value: str, option: str) -> int:
+def _positive_int(value: str, option: str, *, auto: bool = False) -> int:
+    """``value`` as a whole number of at least 1; a one-line error naming ``option`` otherwise (which
+    mentions ``auto`` only where the option takes it)."""
     try:
         number = int(value)
     except ValueError:
         number = 0
     if number < 1:
-        raise ForgetlabError(f"{option} must be a whole number of at least 1 (or auto), got {value!r}")
+        also = " (or auto)" if auto else ""
+        raise ForgetlabError(f"{option} must be a whole number of at least 1{also}, got {value!r}")
     return number
 
 
@@ -667,12 +670,17 @@ def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentP
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, stopping like Ctrl-C (exit 143, 128 + SIGTERM's number, as a shell reports it)."""
+
+
 def _stop_on_sigterm() -> None:
-    """SIGTERM stops like Ctrl-C: finished tasks stay committed, the same command resumes."""
+    """SIGTERM stops like Ctrl-C: what finished (a run's tasks, explain's phases, a sweep's cells) stays
+    committed, and the same command resumes."""
     import signal
 
     def stop(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         signal.signal(signal.SIGTERM, stop)
@@ -703,11 +711,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"forgetlab: error: {DiskFullError.writing(error.filename, error.strerror)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(
-            "forgetlab: interrupted; run the same command again to resume after the last finished task", file=sys.stderr
-        )
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print("forgetlab: interrupted; what finished is kept: run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -331,6 +331,11 @@ class EvalConfig(Checked):
                 "eval.knn_k must be at least 1 and eval.knn_temperature positive",
             ),
             (self.knn_k <= 100_000, "eval.knn_k must be at most 100000"),
+            (
+                self.probe_images == 0 or self.probe_images >= 2,
+                f"eval.probe_images must be 0 (drift off) or at least 2 (CKA compares 2 or more images), "
+                f"got {self.probe_images}",
+            ),
             (self.linear_probe_images >= 2, "eval.linear_probe_images must be at least 2 (images of 2 classes)"),
             (
                 self.linear_probe_c > 0 and self.linear_probe_max_iter >= 1,
@@ -608,6 +613,11 @@ def from_dict(cls, data, prefix: str = ""):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(fields))}")
+    for name, value in data.items():
+        if fields[name].metadata.get("comma_list") and value == []:
+            raise ConfigError(
+                f"{prefix}{name} lists nothing; give one name or a list of them, e.g. [{fields[name].default}]"
+            )
     data = {
         name: ",".join(value)
         if fields[name].metadata.get("comma_list")

@@ -246,7 +246,8 @@ def build_drift(
     probe = probe_subset(upstream_test, count, seed=config.seed)
     if len(probe) < 2:
         raise ConfigError(
-            f"eval.probe_images needs at least 2 upstream test images and has {len(probe)}; set eval.probe_images=0"
+            f"eval.probe_images: the upstream test set has {len(probe)} image, and CKA compares at least 2; "
+            f"use more upstream test images or set eval.probe_images=0"
         )
     return DriftProbe(probe, runtime, pretrained_model, log, class_synsets)
 

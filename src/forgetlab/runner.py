@@ -164,9 +164,15 @@ def resolve(config, log) -> RunState:
     check_image_channels(config, backbone)
     preprocess, upstream = upstream_task(config, backbone)
     if config.data.max_test is not None:
+        subset = config.eval.upstream_subset
         log(
             f"data.max_test={config.data.max_test} applies to the upstream "
             f"test set too: {len(upstream.test):,} images (a seeded subset)"
+            + (
+                f"; eval.upstream_subset={subset} asks for more, so all {len(upstream.test):,} are scored"
+                if subset is not None and subset > len(upstream.test)
+                else ""
+            )
         )
     if note := normalisation_note(config, preprocess):  # inferred, not stated: say which
         log(note)

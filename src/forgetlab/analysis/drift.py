@@ -30,16 +30,29 @@ def _committed(path: Path) -> int:
     return RunFolder(path).completed_tasks()
 
 
-def drift_table(run_path: str | Path):
-    """``drift.csv`` of a run as a DataFrame (``phase``, ``unit``, ``cka``), committed phases only, in
-    the file's order (units in forward order); empty when the run wrote none (``eval.probe_images=0``)."""
+def _committed_table(run_path: Path, view: str, part: str, columns: list[str], **read):
+    """The rows of the committed phases 0..k, read from the per-phase files the commit hashed
+    (``drift/<part>-<i>.csv``), so a damaged or stale view (``view``, rewritten after each commit) cannot
+    change them; the view itself for a folder without per-phase files. Empty when there is neither."""
     import pandas as pd
 
-    path = Path(run_path) / "drift.csv"
-    if not path.exists():
-        return pd.DataFrame(columns=DRIFT_COLUMNS)
-    table = pd.read_csv(path)
-    return table[table["phase"] <= _committed(Path(run_path))].reset_index(drop=True)
+    committed = _committed(run_path)
+    files = [run_path / "drift" / f"{part}-{index}.csv" for index in range(committed + 1)]
+    files = [path for path in files if path.exists()]
+    if files:
+        table = pd.concat([pd.read_csv(path, **read) for path in files], ignore_index=True)
+    elif (run_path / view).exists():
+        table = pd.read_csv(run_path / view, **read)
+    else:
+        return pd.DataFrame(columns=columns)
+    return table[table["phase"] <= committed].reset_index(drop=True)
+
+
+def drift_table(run_path: str | Path):
+    """``drift.csv`` of a run as a DataFrame (``phase``, ``unit``, ``cka``), committed phases only, in
+    the file's order (units in forward order); empty when the run wrote none (``eval.probe_images=0``).
+    Read from the committed ``drift/phase-<i>.csv`` files that ``drift.csv`` is the view of."""
+    return _committed_table(Path(run_path), "drift.csv", "phase", DRIFT_COLUMNS)
 
 
 DRIFT_GROUP_COLUMNS = ["phase", "group", "domain", "unit", "classes", "images", "cka", "missing"]
@@ -51,13 +64,14 @@ def drift_groups_table(run_path: str | Path):
     linear CKA on that group's probe images; committed phases only. ``cka`` is NaN exactly where ``missing``
     gives the reason (a group with fewer than 2 probe images). Empty when the run wrote none (drift off, or
     no WordNet synsets or domains)."""
-    import pandas as pd
-
-    path = Path(run_path) / "drift_groups.csv"
-    if not path.exists():
-        return pd.DataFrame(columns=DRIFT_GROUP_COLUMNS)
-    table = pd.read_csv(path, keep_default_na=False, na_values={"cka": [""]})
-    return table[table["phase"] <= _committed(Path(run_path))].reset_index(drop=True)
+    return _committed_table(
+        Path(run_path),
+        "drift_groups.csv",
+        "groups",
+        DRIFT_GROUP_COLUMNS,
+        keep_default_na=False,
+        na_values={"cka": [""]},
+    )
 
 
 def upstream_evaluators_table(run_path: str | Path, evaluators: list[str]):

@@ -30,6 +30,7 @@ import numpy as np
 
 from forgetlab.analysis.findings import MIN_RUNS_FOR_TEST, spearman, spearman_permutation_p
 from forgetlab.analysis.groups import group_labels, identity_key, method_family, method_labels
+from forgetlab.errors import DataError
 
 
 def settings(runs) -> list[tuple[str, list]]:
@@ -67,12 +68,28 @@ def explain_tables(folder: str | Path) -> dict:
     from forgetlab.analysis.units import upgrade_attribution_columns
 
     tables = {}
-    for name in ("attribution", "spectra"):
+    for name, required in EXPLAIN_COLUMNS.items():
         path = Path(folder) / "explain" / f"{name}.csv"
-        if path.exists() and path.read_text().strip():
+        try:
+            if not path.exists() or not path.read_text().strip():
+                continue
             table = pd.read_csv(path)
-            tables[name] = upgrade_attribution_columns(table) if name == "attribution" else table
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
+            raise DataError(f"{path} is unreadable ({type(error).__name__}); {_REBUILD.format(run=folder)}") from error
+        table = upgrade_attribution_columns(table) if name == "attribution" else table
+        missing = [column for column in required if column not in table.columns]
+        if missing:
+            raise DataError(f"{path} lacks the column {missing[0]}; {_REBUILD.format(run=folder)}")
+        tables[name] = table
     return tables
+
+
+# The columns the report and the tables read from explain/ (a file without them is damaged, not a run's).
+EXPLAIN_COLUMNS = {
+    "attribution": ("phase", "unit", "images", "recovered_pp", "recovered_low_pp", "damage_pp"),
+    "spectra": ("phase", "layer", "scope", "relative_norm", "intruders"),
+}
+_REBUILD = "run 'forgetlab explain {run}' to rebuild it from explain/phases"
 
 
 def _explain_tables(run) -> dict:

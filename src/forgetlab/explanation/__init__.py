@@ -9,8 +9,11 @@ Two parts, each a set of files under the run folder's ``explain/`` (docs/explain
   with the unit's update reverted and with only the unit's update applied (``attribution.csv``).
 
 Resumable and atomic like a run: each phase's part is written to ``explain/phases/`` (the spectra's
-three files, the spectra file last; the attribution file), each file atomically, and a phase whose file
-exists is not computed again; the combined CSVs are rebuilt from the phase files at the end. The
+three files, the spectra file last; the attribution file), each file atomically, then its SHA-256 to
+``explain/phases/digests.json``; a phase whose files match their digests is not computed again, and one
+whose file is missing, damaged or unrecorded (a kill between the two writes) is computed again. The
+combined CSVs are rebuilt from the phase files at the end. (A folder of an earlier version, without
+``digests.json``, counts a phase as done when its files exist.) The
 attribution's options (``images``, ``unit``) are kept in ``explain/settings.json``; other options on an
 existing folder are refused in one line. The run folder's lock is held throughout, so a run and an
 explanation never write one folder at once.
@@ -33,7 +36,14 @@ from forgetlab.explanation import spectra
 from forgetlab.analysis.units import upgrade_attribution_columns
 from forgetlab.explanation.attribution import Scorer, attribution_rows, unit_of
 from forgetlab.explanation.updates import PhaseUpdate, check_explainable, rebuild
-from forgetlab.results import RunFolder, atomic_write_text, read_json, single_prediction_path, write_json
+from forgetlab.results import (
+    RunFolder,
+    atomic_write_text,
+    file_sha256,
+    read_json,
+    single_prediction_path,
+    write_json,
+)
 
 PARTS = ("attribution", "spectra", "drift")
 DEFAULT_PARTS = ("attribution", "spectra")  # drift needs a forward pass per phase over the probe: asked for by name
@@ -93,9 +103,10 @@ def explain(
     if not phases:
         raise DataError(f"{folder.path} has no finished phase yet; explain it after 'forgetlab run' has finished one")
     out = folder.path / "explain"
-    settings = {"images": images, "unit": unit}
+    scored = next((record["images"] for record in folder.read_upstream_eval() if record.get("images")), None)
+    settings = {"images": _as_subset(images, scored), "unit": unit}
     if "attribution" in parts:
-        check_settings(out, settings)
+        check_settings(out, settings, scored)
     weight_parts = tuple(part for part in parts if part in FILES)
     with folder.lock():
         if "attribution" in parts:
@@ -115,20 +126,69 @@ def explain(
         return tables
 
 
-def check_settings(out: Path, settings: dict) -> None:
-    """Refuse attribution options other than those of the attribution files already in ``out``."""
+def _as_subset(images: int | None, scored: int | None) -> int | None:
+    """``--images`` as stored: None (every image the run scored) also when it asks for all of them or more."""
+    return None if images is not None and scored is not None and images >= scored else images
+
+
+def check_settings(out: Path, settings: dict, scored: int | None = None) -> None:
+    """Refuse attribution options other than those of the attribution files already in ``out`` (``scored``:
+    the number of upstream test images the run scored, so that ``--images`` at or above it equals all)."""
     path = out / "settings.json"
     if path.exists() and any((out / "phases").glob("attribution_*.csv")):
-        stored = read_json(path)
+        try:
+            stored = read_json(path)
+        except DataError as error:
+            raise DataError(
+                f"{path} is unreadable or not JSON; delete {out} and explain again (the run itself is untouched)"
+            ) from error
+        if isinstance(stored, dict) and "images" in stored:
+            stored = {**stored, "images": _as_subset(stored["images"], scored)}
         if stored != settings:
+            images = stored.get("images") if isinstance(stored, dict) else None
             raise ConfigError(
-                f"{out} holds attribution with --images {stored.get('images')} --unit {stored.get('unit')}; "
+                f"{out} holds attribution with --images {images or 'all'} "
+                f"--unit {stored.get('unit') if isinstance(stored, dict) else None}; "
                 f"pass the same options or delete {out / 'phases'}/attribution_*.csv"
             )
 
 
 def part_path(out: Path, name: str, phase: int) -> Path:
     return out / "phases" / f"{name}_{phase}.csv"
+
+
+DIGESTS = "digests.json"  # in explain/phases/: the SHA-256 of every part file written, by file name
+
+
+def _digests(out: Path) -> dict | None:
+    """The recorded digests of ``out``'s part files; None for a folder of an earlier version (none kept)
+    and for an unreadable file (every part is then computed again)."""
+    path = out / "phases" / DIGESTS
+    if not path.exists():
+        return None
+    try:
+        stored = read_json(path)
+    except DataError:
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def write_part(out: Path, name: str, phase: int, text: str) -> Path:
+    """Write one part file atomically, then record its SHA-256 (so a damaged file is found and redone)."""
+    path = part_path(out, name, phase)
+    atomic_write_text(path, text)
+    digests = _digests(out) or {}
+    write_json(out / "phases" / DIGESTS, {**digests, path.name: file_sha256(path)})
+    return path
+
+
+def part_done(out: Path, part: str, phase: int, digests: dict | None) -> bool:
+    """Whether every file of ``part`` for ``phase`` exists and matches its recorded digest (``digests``
+    None: a folder of an earlier version, whose existing files count as done)."""
+    paths = [part_path(out, name, phase) for name in FILES[part]]
+    if digests is None:
+        return paths[-1].exists()
+    return all(path.exists() and digests.get(path.name) == file_sha256(path) for path in paths)
 
 
 def _explain_phases(
@@ -140,13 +200,20 @@ def _explain_phases(
     from forgetlab.runtime import Runtime, configure_threads
 
     out = folder.path / "explain"
-    pending = {
-        part: [t for t in range(1, len(phases) + 1) if not part_path(out, FILES[part][-1], t).exists()]
-        for part in parts
-    }
+    digests = _digests(out)
+    pending = {part: [t for t in range(1, len(phases) + 1) if not part_done(out, part, t, digests)] for part in parts}
     if not any(pending.values()):
         log(f"{out} is complete for {', '.join(parts)}; nothing to do")
         return
+    damaged = [
+        path.name
+        for part in parts
+        for t in pending[part]
+        for path in (part_path(out, name, t) for name in FILES[part])
+        if digests is not None and path.exists() and digests.get(path.name) != file_sha256(path)
+    ]
+    if damaged:
+        log(f"{out / 'phases'}: {', '.join(damaged)} do not match their recorded digests; computing them again")
     configure_threads()
     runtime = Runtime.from_config(config, device=device)
     runtime = dataclasses.replace(runtime, eval_batch_size=batch_size or runtime.eval_batch_size)
@@ -161,14 +228,14 @@ def _explain_phases(
             tables = tracker.add(update, unit_of)
             if update.index in pending["spectra"]:
                 for name in FILES["spectra"]:
-                    atomic_write_text(part_path(out, name, update.index), _csv(tables[name]))
+                    write_part(out, name, update.index, _csv(tables[name]))
                 log(
                     f"phase {update.index} {update.name}: spectra of {len(update.update)} "
                     f"matrices -> {part_path(out, 'spectra', update.index)}"
                 )
         if scoring is not None and update.index in pending["attribution"]:
             rows = _attribute(scoring, update, folder, config, settings)
-            atomic_write_text(part_path(out, "attribution", update.index), _csv(rows))
+            write_part(out, "attribution", update.index, _csv(rows))
             log(_attribution_line(update, rows, part_path(out, "attribution", update.index)))
 
 
@@ -233,7 +300,11 @@ def _attribution_line(update: PhaseUpdate, rows: list[dict], path: Path) -> str:
         (
             f"phase {update.index} {update.name}: upstream "
             f"{first['pretrained_accuracy_pct']:.2f}% -> {first['phase_accuracy_pct']:.2f}%; "
-            f"reverting {worst['unit']} recovers {worst['recovered_pp']:+.2f} points"
+            + (
+                f"reverting {worst['unit']} recovers {worst['recovered_pp']:+.2f} points"
+                if worst["recovered_pp"] > 0
+                else "reverting no single unit recovers points"
+            )
         )
         if worst
         else ""

@@ -89,10 +89,10 @@ class Checked:
         for name, (choices, comma_list) in choices_of(type(self)).items():
             value, key = getattr(self, name), f"{self.KEY}{name}"
             items = value.split(",") if comma_list and isinstance(value, str) else [value]  # [head, knn] is "head,knn"
-            if value is not None and any(
-                item not in choices for item in items
-            ):  # None: the key's default is None (typed Optional)
-                raise ConfigError(f"{key} must be one of: {', '.join(choices)}; got {value!r}")
+            bad = [item for item in items if item not in choices] if value is not None else []  # None: Optional
+            if bad:
+                within = f" (in {value!r})" if len(items) > 1 else ""
+                raise ConfigError(f"{key} must be one of: {', '.join(choices)}; got {bad[0]!r}{within}")
             if len(set(items)) < len(items):
                 raise ConfigError(f"{key} names one of its choices twice ({value}); give each once")
         for ok, message in self.rules():

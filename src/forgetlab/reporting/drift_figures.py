@@ -43,6 +43,7 @@ def evaluators_figure(table, split, title: str):
     left = axes[0][0]
     for name, rows in table.groupby("evaluator", sort=False):
         left.plot(rows["row"], rows["accuracy_pct"].astype(float), marker="o", label=name)
+    left.set_xticks(sorted(set(int(row) for row in table["row"])))  # whole rows, not 0.5 steps
     left.set_xlabel("matrix row (0: pretrained)")
     left.set_ylabel("upstream accuracy (%)")
     left.legend(fontsize=8)

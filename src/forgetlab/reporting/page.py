@@ -828,6 +828,12 @@ def _drift_section(runs: list[RunResult], names: RunNames, figure_dir: Path) -> 
     )
 
 
+def _group_phrase(group: str, domain: str) -> str:
+    """``near to DOMAIN (top similarity quartile, ties included)``, or the same for ``far``."""
+    where, quartile = ("near to", "top") if group == "near" else ("far from", "bottom")
+    return f"{where} {domain} ({quartile} similarity quartile, ties included)"
+
+
 def _drift_group_notes(label: str, path: Path) -> list[str]:
     """One note per phase and group of classes: the final features' CKA on that group's probe images, or
     why there is none (``drift_groups.csv``)."""
@@ -836,8 +842,8 @@ def _drift_group_notes(label: str, path: Path) -> list[str]:
     table = drift_groups_table(path)
     rows = table[table["unit"] == "features"]
     return [
-        f"{label} after phase {r.phase}, the {r.classes} classes {r.group} {r.domain} (similarity quartile, "
-        f"{r.images} probe images): final features' CKA "
+        f"{label} after phase {r.phase}, the {r.classes} classes {_group_phrase(r.group, r.domain)} "
+        f"({r.images} probe images): final features' CKA "
         + (f"{r.cka:.3f}." if not r.missing else f"missing ({r.missing}).")
         for r in rows.itertuples()
     ]
@@ -870,8 +876,8 @@ def _evaluators_part(label: str, key: str, path: Path, evaluators: list[str], fi
     ]
     notes += [
         (
-            f"{label} after phase {r.phase}, the {r.classes} classes {r.group} {r.domain} (similarity "
-            f"quartile, {r.images} images): head drop {r.head_drop_pp:.1f} = lost {r.lost_pp:.1f} "
+            f"{label} after phase {r.phase}, the {r.classes} classes {_group_phrase(r.group, r.domain)} "
+            f"({r.images} images): head drop {r.head_drop_pp:.1f} = lost {r.lost_pp:.1f} "
             f"[{r.lost_ci_pp[0]:.1f}, {r.lost_ci_pp[1]:.1f}] + misaligned "
             f"{r.misaligned_pp:.1f} [{r.misaligned_ci_pp[0]:.1f}, {r.misaligned_ci_pp[1]:.1f}] "
             f"(lost: {by[r.lost_by]})."
