@@ -22,7 +22,7 @@ from forgetlab.analysis.where import (
     spectra_table,
     unit_loss_table,
 )
-from forgetlab.results import FORMAT_VERSION, AccuracyMatrix, write_json
+from forgetlab.results import FORMAT_VERSION, AccuracyMatrix, read_json, write_json
 
 # rank, seed, intruders per matrix at the last phase, relative norm per matrix, upstream accuracy after
 # phases 1 and 2 (pretrained: 0.80)
@@ -45,10 +45,10 @@ def _cka(rank: int, seed: int, unit: str, phase: int) -> float:
     return 1.0 - phase * rank * (0.01 if unit == "blocks.0" else 0.03) - 0.001 * seed
 
 
-def _write_run(folder, rank: int, seed: int, intruders, norms, upstream, rng) -> None:
+def _write_run(folder, rank: int, seed: int, intruders, norms, upstream, rng, extra=()) -> None:
     folder.mkdir(parents=True)
     config = config_module.resolve(
-        {}, ["method.name=lora", f"method.rank={rank}", f"seed={seed}", "data.tasks=[fontfamily, digits]"]
+        {}, ["method.name=lora", f"method.rank={rank}", f"seed={seed}", "data.tasks=[fontfamily, digits]", *extra]
     )
     (folder / "config.yaml").write_text(config_module.dump(config))
     matrix = AccuracyMatrix(["upstream", "fontfamily", "digits"])
@@ -131,6 +131,57 @@ def test_settings_group_the_seeds_of_one_config(study):
     grouped = settings(runs)
     assert [label for label, _ in grouped] == ["offline_vit lora r=1", "offline_vit lora r=4"]
     assert [sorted(run.seed for run in members) for _, members in grouped] == [[0, 1], [0, 1, 2]]
+
+
+def test_only_finished_runs_count_once_and_runs_trained_otherwise_are_apart(study, tmp_path):
+    """A run given twice (both copies left out, as everywhere in the report), an unfinished run, a run
+    explained short of its last row and a run trained with another learning rate never enter a family's n;
+    runs explained on other numbers of images are rows of their own; paths and load_run runs are taken."""
+    import shutil
+
+    import forgetlab
+    from forgetlab.analysis.where import families
+
+    root, runs = study
+    assert [(label, len(members)) for label, members in families(runs)] == [("offline_vit lora", len(RUNS))]
+    extra = tmp_path / "extra"
+    shutil.copytree(root / "r4-seed2", extra / "copy-of-r4-seed2")  # a duplicate of r4-seed2
+    rng = np.random.default_rng(1)
+    _write_run(extra / "partial", 4, 7, (1, 1), (0.02, 0.02), (0.70, 0.60), rng)
+    progress = read_json(extra / "partial" / "progress.json")
+    matrix = {**progress["matrix"], "values": progress["matrix"]["values"][:2]}  # stopped after task 1 of 2
+    write_json(extra / "partial" / "progress.json", {**progress, "completed_tasks": 1, "matrix": matrix})
+    write_json(extra / "partial" / "accuracy_matrix.json", matrix)
+    _write_run(extra / "short", 4, 8, (1, 1), (0.02, 0.02), (0.70, 0.60), rng)
+    attribution = pd.read_csv(extra / "short" / "explain" / "attribution.csv")
+    attribution[attribution.phase == 1].to_csv(extra / "short" / "explain" / "attribution.csv", index=False)
+    _write_run(extra / "lr", 4, 9, (1, 1), (0.02, 0.02), (0.70, 0.60), rng, extra=["train.lr=0.01"])
+    together = find_runs([root, extra])
+    grouped = dict(families(together))
+    assert set(grouped) == {"offline_vit lora (train.lr=0.001)", "offline_vit lora (train.lr=0.01)"}
+    kept = grouped["offline_vit lora (train.lr=0.001)"]
+    assert sorted((run.method, run.seed) for run in kept) == [
+        ("lora r=1", 0),
+        ("lora r=1", 1),
+        ("lora r=4", 0),
+        ("lora r=4", 1),
+        ("lora r=4", 8),
+    ]  # r4-seed2 and its copy left out; the partial run left out
+    predictors = predictors_table(together).set_index(["family", "predictor"])
+    assert predictors.loc[("lora (train.lr=0.001)", "intruders"), "runs"] == 5  # the short run's spectra are whole
+    assert predictors.loc[("lora (train.lr=0.01)", "intruders"), "runs"] == 1
+    units = unit_loss_table(together, by="family").set_index(["setting", "unit"])
+    assert units.loc[("offline_vit lora (train.lr=0.001)", "blocks.0"), "runs"] == 4  # the short one left out
+    mixed = pd.read_csv(root / "r1-seed0" / "explain" / "attribution.csv").assign(images=20)
+    moved = tmp_path / "mixed"
+    shutil.copytree(root, moved)
+    mixed.to_csv(moved / "r1-seed0" / "explain" / "attribution.csv", index=False)
+    labels = set(unit_loss_table(find_runs([moved]), by="family")["setting"])
+    assert labels == {"offline_vit lora (explained on 40 images)", "offline_vit lora (explained on 20 images)"}
+    by_path = unit_loss_table(sorted(root.iterdir()))
+    by_run = unit_loss_table([forgetlab.load_run(path) for path in sorted(root.iterdir())])
+    pd.testing.assert_frame_equal(by_path, unit_loss_table(find_runs(sorted(root.iterdir()))))
+    pd.testing.assert_frame_equal(by_run, by_path)
 
 
 def test_unit_loss_is_the_mean_over_seeds_at_the_last_phase(study):
@@ -233,3 +284,17 @@ def test_the_report_draws_the_study_across_runs(study, tmp_path):
     figures = {path.name for path in (tmp_path / "report" / "figures").iterdir()}
     assert "where_rank_spectra.png" in figures
     assert any(name.startswith("where_drift_") and name.endswith(".png") for name in figures)
+
+
+def test_report_out_that_is_a_file_is_refused_in_one_line(study, tmp_path, capsys):
+    from forgetlab.cli import main
+
+    root, _ = study
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a folder")
+    assert main(["report", str(root), "--out", str(taken)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        f"forgetlab: error: --out {taken} is a file; give a folder for the report (it is created if missing)"
+    ]
+    assert taken.read_text() == "not a folder"

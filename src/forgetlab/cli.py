@@ -266,6 +266,8 @@ def cmd_report(args) -> int:
     if args.permutations < 1:
         raise ForgetlabError("--permutations must be at least 1")
     out = Path(args.out) if args.out else (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
+    if out.exists() and not out.is_dir():
+        raise ForgetlabError(f"--out {out} is a file; give a folder for the report (it is created if missing)")
     api.report(
         args.paths,
         out,

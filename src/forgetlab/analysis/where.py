@@ -29,14 +29,26 @@ from pathlib import Path
 import numpy as np
 
 from forgetlab.analysis.findings import MIN_RUNS_FOR_TEST, spearman, spearman_permutation_p
-from forgetlab.analysis.groups import group_labels, identity_key, method_family, method_labels
+from forgetlab.analysis.groups import distinct, group_labels, identity_key, method_family, method_labels
 from forgetlab.errors import DataError
 
 
+def comparable(runs) -> list:
+    """The runs an across-runs table compares: finished (every task of the sequence committed, so their
+    last row is the sequence's end) and without a duplicate (:func:`forgetlab.analysis.groups.distinct`: a
+    run given twice, or copied into two sweeps, would count twice), in their order. ``runs``: run folders
+    (paths), :func:`forgetlab.load_run` runs or :func:`forgetlab.analysis.collect.find_runs` results."""
+    from forgetlab.analysis.collect import RunResult, find_runs
+
+    results = [run if isinstance(run, RunResult) else find_runs([getattr(run, "path", run)])[0] for run in runs]
+    return [run for run in distinct(results) if run.completed >= run.matrix.num_tasks]
+
+
 def settings(runs) -> list[tuple[str, list]]:
-    """``[(label, runs)]``: the runs grouped by their config without the seed, in the order first seen, each
-    labelled ``<backbone> <method label>`` (:func:`forgetlab.analysis.groups.method_labels`: ``offline_vit
-    lora r=4 (method.scaling=rslora)``) and, where two groups share that, what else differs."""
+    """``[(label, runs)]``: the :func:`comparable` runs grouped by their config without the seed, in the order
+    first seen, each labelled ``<backbone> <method label>`` (:func:`forgetlab.analysis.groups.method_labels`:
+    ``offline_vit lora r=4 (method.scaling=rslora)``) and, where two groups share that, what else differs."""
+    runs = comparable(runs)
     by_key: dict[tuple[str, str], list] = {}
     for run, label in zip(runs, method_labels(runs)):
         by_key.setdefault((f"{run.backbone} {label}", identity_key(run)), []).append(run)
@@ -45,12 +57,15 @@ def settings(runs) -> list[tuple[str, list]]:
 
 
 def families(runs) -> list[tuple[str, list]]:
-    """``[(label, runs)]``: the runs grouped by backbone and method family (``offline_vit lora``: every rank
-    and variant of LoRA together), in the order first seen."""
-    by_key: dict[str, list] = {}
-    for run in runs:
-        by_key.setdefault(f"{run.backbone} {method_family(run)}", []).append(run)
-    return list(by_key.items())
+    """``[(label, runs)]``: the :func:`comparable` runs grouped by backbone and method family (``offline_vit
+    lora``: every rank and variant of LoRA together) and by everything outside the method section, in the
+    order first seen; where two groups share a backbone and family, the label says what else differs
+    (``offline_vit lora (train.lr=0.01)``), so runs trained otherwise are never pooled."""
+    by_key: dict[tuple[str, str], list] = {}
+    for run in comparable(runs):
+        by_key.setdefault((f"{run.backbone} {method_family(run)}", identity_key(run, "method")), []).append(run)
+    names = group_labels(list(by_key))
+    return [(names[key], members) for key, members in by_key.items()]
 
 
 def upstream_drop_pp(run) -> float:
@@ -107,8 +122,9 @@ def _mean_sd(values) -> tuple[float, float]:
 
 def unit_loss_table(runs, *, by: str = "setting"):
     """Per setting (``by="setting"``: :func:`settings`; ``by="family"``: :func:`families`, every rank and
-    variant of one method on one backbone together) and unit (``all`` left out), at each run's last
-    explained phase: ``runs`` (n),
+    variant of one method on one backbone together) and unit (``all`` left out), at each run's last row
+    (a run whose explanation stops before it is left out; runs explained on other numbers of images are
+    rows of their own, labelled ``(explained on N images)``): ``runs`` (n),
     ``recovered_pp`` and ``recovered_sd_pp`` (mean and standard deviation over the runs of the points that
     reverting the unit's update recovers; positive: the update costs that many points in context),
     ``costs_runs`` (runs whose paired 95 % interval of ``recovered_pp`` lies above 0) and ``damage_pp``
@@ -117,34 +133,45 @@ def unit_loss_table(runs, *, by: str = "setting"):
     import pandas as pd
 
     rows = []
-    for label, members in families(runs) if by == "family" else settings(runs):
+    for family, members in families(runs) if by == "family" else settings(runs):
         tables = [
             table[table["unit"] != "all"]
             for run in members
             if "attribution" in (t := _explain_tables(run))
             for table in [_last(t["attribution"])]
+            if int(table["phase"].max()) == run.completed  # explained to the run's last row
         ]
         tables = [table for table in tables if len(table)]
-        if not tables:
-            continue
-        joined = pd.concat(tables)
-        for unit in dict.fromkeys(joined["unit"]):
-            cells = joined[joined["unit"] == unit]
-            mean, sd = _mean_sd(cells["recovered_pp"])
-            rows.append(
-                {
-                    "setting": label,
-                    "unit": unit,
-                    "runs": len(cells),
-                    "recovered_pp": mean,
-                    "recovered_sd_pp": sd,
-                    "costs_runs": int((cells["recovered_low_pp"] > 0).sum()),
-                    "damage_pp": float(cells["damage_pp"].mean()),
-                }
-            )
-    return pd.DataFrame(
-        rows, columns=["setting", "unit", "runs", "recovered_pp", "recovered_sd_pp", "costs_runs", "damage_pp"]
-    )
+        by_images: dict[int, list] = {}  # explained on other image sets: other quantities, never pooled
+        for table in tables:
+            by_images.setdefault(int(table["images"].iloc[0]), []).append(table)
+        for images, same in by_images.items():
+            label = family if len(by_images) == 1 else f"{family} (explained on {images} images)"
+            rows += _unit_rows(label, pd.concat(same))
+    return pd.DataFrame(rows, columns=UNIT_COLUMNS)
+
+
+UNIT_COLUMNS = ["setting", "unit", "runs", "recovered_pp", "recovered_sd_pp", "costs_runs", "damage_pp"]
+
+
+def _unit_rows(label: str, joined) -> list[dict]:
+    """The rows of :func:`unit_loss_table` for one group's last-phase attribution rows."""
+    rows = []
+    for unit in dict.fromkeys(joined["unit"]):
+        cells = joined[joined["unit"] == unit]
+        mean, sd = _mean_sd(cells["recovered_pp"])
+        rows.append(
+            {
+                "setting": label,
+                "unit": unit,
+                "runs": len(cells),
+                "recovered_pp": mean,
+                "recovered_sd_pp": sd,
+                "costs_runs": int((cells["recovered_low_pp"] > 0).sum()),
+                "damage_pp": float(cells["damage_pp"].mean()),
+            }
+        )
+    return rows
 
 
 def update_summary(spectra):
@@ -187,25 +214,27 @@ PREDICTORS = ("intruders", "relative_norm")
 
 def predictors_table(runs, *, resamples: int = 9999):
     """How well a property of the last phase's cumulative update predicts the upstream drop across runs:
-    per backbone, method family (:func:`forgetlab.analysis.groups.method_family`) and predictor of
-    :data:`PREDICTORS`, ``runs`` (n: the finished runs with ``explain/spectra.csv`` whose last explained
-    phase is their last row), ``spearman`` (rho between the predictor and :func:`upstream_drop_pp`) and
-    ``p`` (two-sided permutation p, from :data:`~forgetlab.analysis.findings.MIN_RUNS_FOR_TEST` runs on, as
-    the report's findings; rho is NaN with fewer than 3 runs or a constant side, p then too)."""
+    per backbone, method family (:func:`families`: ``lora``, or ``lora (train.lr=0.01)`` where runs trained
+    otherwise are beside it) and predictor of :data:`PREDICTORS`, ``runs`` (n: the :func:`comparable` runs
+    with ``explain/spectra.csv`` whose last explained phase is their last row), ``spearman`` (rho between
+    the predictor and :func:`upstream_drop_pp`) and ``p`` (two-sided permutation p, from
+    :data:`~forgetlab.analysis.findings.MIN_RUNS_FOR_TEST` runs on, as the report's findings; rho is NaN
+    with fewer than 3 runs or a constant side, p then too)."""
     import pandas as pd
 
     points: dict[tuple[str, str], list[tuple[dict, float]]] = {}
-    for run in runs:
-        tables = _explain_tables(run)
-        if "spectra" not in tables:
-            continue
-        summary = update_summary(tables["spectra"])
-        if summary.empty or int(summary.index.max()) != run.completed:
-            continue
-        last = summary.loc[run.completed]
-        points.setdefault((run.backbone, method_family(run)), []).append(
-            ({name: float(last[name]) for name in PREDICTORS}, upstream_drop_pp(run))
-        )
+    for label, members in families(runs):
+        for run in members:
+            tables = _explain_tables(run)
+            if "spectra" not in tables:
+                continue
+            summary = update_summary(tables["spectra"])
+            if summary.empty or int(summary.index.max()) != run.completed:
+                continue
+            last = summary.loc[run.completed]
+            points.setdefault((run.backbone, label[len(run.backbone) + 1 :]), []).append(
+                ({name: float(last[name]) for name in PREDICTORS}, upstream_drop_pp(run))
+            )
     rows = []
     for (backbone, family), cells in points.items():
         drops = [drop for _, drop in cells]

@@ -937,9 +937,11 @@ def where_across_section(inputs: ReportInputs) -> list[FigureSection]:
 
 @register_report_section("where across runs tables", position=105)
 def where_across_tables(inputs: ReportInputs) -> list[TableSection]:
-    """Across explained runs (:mod:`forgetlab.analysis.where`): the upstream drop against the last phase's
-    intruder count and relative norm (Spearman, permutation p), per backbone and method family; the units
-    whose update costs points, per backbone and method family; with two runs or more."""
+    """Across explained runs (:mod:`forgetlab.analysis.where`; finished runs, each once): the upstream drop
+    against the last phase's intruder count and relative norm (Spearman, permutation p), per backbone and
+    method family, with three runs or more; the units whose update costs points, per backbone and method
+    family, in rows of two runs or more."""
+    from forgetlab.analysis.findings import MIN_RUNS_FOR_TEST
     from forgetlab.analysis.where import predictors_table, unit_loss_table
 
     parts = []
@@ -953,7 +955,9 @@ def where_across_tables(inputs: ReportInputs) -> list[TableSection]:
         notes = [
             "Upstream drop: the pretrained row's upstream accuracy minus the last row's (points). Spearman's rho "
             "across the runs of one backbone and method family; p: two-sided permutation test. A direction is "
-            "a finding only where p < 0.05."
+            "a finding only where p < 0.05. rho is left blank with fewer than 3 runs or a predictor equal in "
+            f"every run, p with fewer than {MIN_RUNS_FOR_TEST} runs. Only finished runs count, each once, "
+            "explained to their last phase; runs trained otherwise are a family of their own (in parentheses)."
         ]
         parts.append(
             TableSection(
@@ -964,7 +968,8 @@ def where_across_tables(inputs: ReportInputs) -> list[TableSection]:
             )
         )
     units = unit_loss_table(inputs.runs, by="family")
-    if len(units) and int(units["runs"].max()) >= 2:
+    units = units[units["runs"] >= 2]
+    if len(units):
         rows = [
             [
                 r.setting,
