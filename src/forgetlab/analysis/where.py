@@ -212,6 +212,18 @@ def spectra_table(runs):
 PREDICTORS = ("intruders", "relative_norm")
 
 
+def last_update(run):
+    """:func:`update_summary`'s row (``intruders``, ``relative_norm``) of ``run``'s last row, or None when
+    the run has no ``explain/spectra.csv`` or its spectra stop before its last row."""
+    tables = _explain_tables(run)
+    if "spectra" not in tables:
+        return None
+    summary = update_summary(tables["spectra"])
+    if summary.empty or int(summary.index.max()) != run.completed:
+        return None
+    return summary.loc[run.completed]
+
+
 def predictors_table(runs, *, resamples: int = 9999):
     """How well a property of the last phase's cumulative update predicts the upstream drop across runs:
     per backbone, method family (:func:`families`: ``lora``, or ``lora (train.lr=0.01)`` where runs trained
@@ -225,13 +237,8 @@ def predictors_table(runs, *, resamples: int = 9999):
     points: dict[tuple[str, str], list[tuple[dict, float]]] = {}
     for label, members in families(runs):
         for run in members:
-            tables = _explain_tables(run)
-            if "spectra" not in tables:
+            if (last := last_update(run)) is None:
                 continue
-            summary = update_summary(tables["spectra"])
-            if summary.empty or int(summary.index.max()) != run.completed:
-                continue
-            last = summary.loc[run.completed]
             points.setdefault((run.backbone, label[len(run.backbone) + 1 :]), []).append(
                 ({name: float(last[name]) for name in PREDICTORS}, upstream_drop_pp(run))
             )

@@ -182,13 +182,14 @@ def write_part(out: Path, name: str, phase: int, text: str) -> Path:
     return path
 
 
-def part_done(out: Path, part: str, phase: int, digests: dict | None) -> bool:
-    """Whether every file of ``part`` for ``phase`` exists and matches its recorded digest (``digests``
-    None: a folder of an earlier version, whose existing files count as done)."""
+def part_undone(out: Path, part: str, phase: int, digests: dict | None) -> list[Path]:
+    """The files of ``part`` for ``phase`` that are missing or do not match their recorded digest (each file
+    hashed once); empty when the phase's part is done. ``digests`` None: a folder of an earlier version,
+    whose part counts as done when its last file exists."""
     paths = [part_path(out, name, phase) for name in FILES[part]]
     if digests is None:
-        return paths[-1].exists()
-    return all(path.exists() and digests.get(path.name) == file_sha256(path) for path in paths)
+        return [] if paths[-1].exists() else [paths[-1]]
+    return [path for path in paths if not path.exists() or digests.get(path.name) != file_sha256(path)]
 
 
 def _explain_phases(
@@ -201,17 +202,12 @@ def _explain_phases(
 
     out = folder.path / "explain"
     digests = _digests(out)
-    pending = {part: [t for t in range(1, len(phases) + 1) if not part_done(out, part, t, digests)] for part in parts}
+    undone = {(part, t): part_undone(out, part, t, digests) for part in parts for t in range(1, len(phases) + 1)}
+    pending = {part: [t for t in range(1, len(phases) + 1) if undone[part, t]] for part in parts}
     if not any(pending.values()):
         log(f"{out} is complete for {', '.join(parts)}; nothing to do")
         return
-    damaged = [
-        path.name
-        for part in parts
-        for t in pending[part]
-        for path in (part_path(out, name, t) for name in FILES[part])
-        if digests is not None and path.exists() and digests.get(path.name) != file_sha256(path)
-    ]
+    damaged = [path.name for paths in undone.values() for path in paths if path.exists()]  # a missing file is not
     if damaged:
         log(f"{out / 'phases'}: {', '.join(damaged)} do not match their recorded digests; computing them again")
     configure_threads()

@@ -16,19 +16,14 @@ import numpy as np  # noqa: E402
 
 def rank_points(group) -> list[tuple[int, float, float]]:
     """``(rank, intruders, relative_norm)`` of the last explained phase of each run of a rank ``group``
-    whose ``explain/spectra.csv`` reaches its last row (:func:`forgetlab.analysis.where.update_summary`)."""
-    from forgetlab.analysis.where import explain_tables, update_summary
+    whose ``explain/spectra.csv`` reaches its last row (:func:`forgetlab.analysis.where.last_update`)."""
+    from forgetlab.analysis.where import last_update
 
-    points = []
-    for run in group.runs:
-        tables = explain_tables(run.folder.path)
-        if "spectra" not in tables:
-            continue
-        summary = update_summary(tables["spectra"])
-        if len(summary) and int(summary.index.max()) == run.completed:
-            last = summary.loc[run.completed]
-            points.append((int(run.config["method"]["rank"]), float(last["intruders"]), float(last["relative_norm"])))
-    return points
+    return [
+        (int(run.config["method"]["rank"]), float(last["intruders"]), float(last["relative_norm"]))
+        for run in group.runs
+        if (last := last_update(run)) is not None
+    ]
 
 
 def _by_rank(points, column: int):
