@@ -52,11 +52,6 @@ def _f(value, digits: int = 2) -> str:
     return "" if value != value else f"{value:.{digits}f}"
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def _order(run) -> tuple:
     """Backbone, method, scaling, rank, seed: the tables' row order."""
     method = run.config["method"]
@@ -64,7 +59,9 @@ def _order(run) -> tuple:
 
 
 def _units_markdown(units) -> str:
-    return _markdown(
+    from forgetlab.reporting.page import markdown_table
+
+    return markdown_table(
         ["setting", "unit", "runs", "recovered (points)", "sd", "interval above 0", "alone (points)"],
         [
             [
@@ -91,6 +88,7 @@ def tables(out: Path) -> str:
         spectra_table,
         unit_loss_table,
     )
+    from forgetlab.reporting.page import markdown_table
 
     folders = [out / folder for folder in FOLDERS if (out / folder).exists()]
     runs = [run for run in find_runs(folders) if run.completed == run.matrix.num_tasks]
@@ -106,7 +104,7 @@ def tables(out: Path) -> str:
     spectra = spectra_table(runs)
     parts.append("\n### Intruder dimensions and relative norm of the cumulative update, per phase\n")
     parts.append(
-        _markdown(
+        markdown_table(
             ["setting", "phase", "runs", "intruders (sum)", "sd", "mean ||dW|| / ||W0||"],
             [
                 [
@@ -124,7 +122,7 @@ def tables(out: Path) -> str:
     predictors = predictors_table(runs)
     parts.append("\n### Does the last phase's update predict the upstream drop? (Spearman across runs)\n")
     parts.append(
-        _markdown(
+        markdown_table(
             ["backbone", "family", "predictor", "runs", "Spearman rho", "permutation p"],
             [
                 [r.backbone, r.family, r.predictor, str(r.runs), _f(r.spearman), _f(r.p, 4)]
@@ -139,7 +137,7 @@ def tables(out: Path) -> str:
         chosen = [(setting, rows) for setting, rows in by_setting if setting.split(" ")[0] == backbone]
         unit_names = list(chosen[0][1]["unit"])
         parts.append(
-            _markdown(
+            markdown_table(
                 ["setting", "runs", *unit_names],
                 [[setting, str(rows["runs"].iloc[0]), *(_f(v, 3) for v in rows["cka"])] for setting, rows in chosen],
             )
@@ -148,7 +146,7 @@ def tables(out: Path) -> str:
     split = lost_misaligned_across(runs)
     parts.append("\n### The head's upstream drop: lost (k-NN) and misaligned, per phase, all and near/far classes\n")
     parts.append(
-        _markdown(
+        markdown_table(
             ["setting", "phase", "classes", "runs", "head drop", "lost", "sd", "misaligned", "sd"],
             [
                 [

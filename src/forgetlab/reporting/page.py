@@ -498,7 +498,8 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub-flavoured Markdown table: the ``header`` cells, then one line per row (cells as ``str``)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -949,7 +950,7 @@ def where_across_tables(inputs: ReportInputs) -> list[TableSection]:
     predictors = predictors[predictors["runs"] >= 3]
     if len(predictors):
         rows = [
-            [r.backbone, r.family, r.predictor, str(r.runs), _points(r.spearman), _p_value(r.p)]
+            [r.backbone, r.family, r.predictor, str(r.runs), _points(r.spearman), _number(r.p, "{:.3g}")]
             for r in predictors.itertuples()
         ]
         notes = [
@@ -1005,10 +1006,6 @@ def where_across_tables(inputs: ReportInputs) -> list[TableSection]:
             )
         )
     return parts
-
-
-def _p_value(value) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
 
 
 # ------------------------------------------------------------------------------------ the pages
@@ -1086,7 +1083,7 @@ def _markdown_page(page: ReportPage) -> str:
             markdown += [
                 f"## {part.heading}",
                 "",
-                _markdown_table(part.header, part.rows),
+                markdown_table(part.header, part.rows),
                 "",
                 *[line for note in part.notes for line in (note, "")],
             ]
